@@ -1,0 +1,299 @@
+//! Rollout: *which* version of one Application, and how to get there.
+
+use super::{object, Condition, IntOrPercent};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+object! {
+    /// Which version of one Application the fleet should run, and how to get there.
+    /// Long-lived: CI or a GitOps commit changes `spec.version`; history is kept.
+    Rollout, spec: RolloutSpec, status: RolloutStatus,
+    plural: "rollouts", singular: "rollout", short: ["ro"],
+    namespaced: true
+}
+
+/// Annotation set by `deployctl rollout promote`: a request token; `full:` prefix skips
+/// every remaining step.
+pub const ANNOTATION_PROMOTE: &str = "deployctl.dev/promote";
+/// Annotation set by `deployctl rollout abort`: go back to the stable version.
+pub const ANNOTATION_ABORT: &str = "deployctl.dev/abort";
+/// Annotation set by `deployctl rollout retry`: forget failures and try the target again.
+pub const ANNOTATION_RETRY: &str = "deployctl.dev/retry";
+/// Annotation set by `deployctl rollout undo`: the generation whose version change
+/// goes straight to every machine, skipping canary steps.
+pub const ANNOTATION_UNDO: &str = "deployctl.dev/undo-generation";
+
+/// What the user wants for a Rollout.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// The name of the Application (in the same namespace) this Rollout drives.
+    pub application: String,
+    /// The version every selected machine should run. Matches
+    /// `[A-Za-z0-9][A-Za-z0-9._+-]{0,127}`.
+    pub version: String,
+    /// The artifact's hex sha256 for this version, when the Application has no `sha256Url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// How fast to go.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// A user's pause: no new stage or switch starts while true. Distinct from a pause
+    /// the controller sets at a pause step or on failure.
+    #[serde(default)]
+    pub paused: bool,
+    /// What to do when machines fail.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// How many past revisions `status.history` keeps (default 10).
+    #[serde(default = "default_history_limit")]
+    pub revision_history_limit: u32,
+    /// Set by `deployctl rollout restart`: every machine re-runs its activation (and
+    /// restarts its service) under the same slots, once per new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<DateTime<Utc>>,
+}
+
+fn default_history_limit() -> u32 {
+    10
+}
+
+/// Slots, gates and steps.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Strategy {
+    /// Slots: how many machines may be switching or unhealthy at once, as a count or a
+    /// percent of the desired machines (rounded down, at least 1). Default 1.
+    #[serde(default = "default_max_unavailable")]
+    pub max_unavailable: IntOrPercent,
+    /// The gate: how many machines must report the version staged before any switches,
+    /// as a count or percent (rounded up). Default `100%`.
+    #[serde(default = "default_min_staged")]
+    pub min_staged: IntOrPercent,
+    /// How many machines may stage (download, unpack, install) at once. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel_stage: Option<u32>,
+    /// Seconds a switched machine must stay healthy before it counts as available.
+    #[serde(default)]
+    pub min_ready_seconds: u32,
+    /// Seconds without progress before the Rollout reports `ProgressDeadlineExceeded`
+    /// (default 600).
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline_seconds: u32,
+    /// Canary steps, run in order; without steps every machine is switched under slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy {
+            max_unavailable: default_max_unavailable(),
+            min_staged: default_min_staged(),
+            max_parallel_stage: None,
+            min_ready_seconds: 0,
+            progress_deadline_seconds: default_progress_deadline(),
+            steps: Vec::new(),
+        }
+    }
+}
+
+fn default_max_unavailable() -> IntOrPercent {
+    IntOrPercent::Int(1)
+}
+fn default_min_staged() -> IntOrPercent {
+    IntOrPercent::Percent("100%".to_string())
+}
+fn default_progress_deadline() -> u32 {
+    600
+}
+
+/// One canary step: exactly one of `setWeight`, `machines` or `pause`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Step {
+    /// Switch this percent of the desired machines (0 to 100), then go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_weight: Option<u32>,
+    /// Switch this many machines, then go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machines: Option<u32>,
+    /// Stop here: for `duration`, or until `deployctl rollout promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PauseStep {
+    /// How long to wait, e.g. `30s` or `5m`. Without it, wait for `rollout promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailurePolicy {
+    /// Machines that may fail the target version before the Rollout turns `Degraded`
+    /// (default 0: the first failure acts).
+    #[serde(default)]
+    pub max_failures: u32,
+    /// What to do past `maxFailures` (default `Pause`).
+    #[serde(default)]
+    pub action: FailureAction,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            max_failures: 0,
+            action: FailureAction::Pause,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FailureAction {
+    /// Stop switching; machines keep what they run. `rollout retry` or a new version goes on.
+    #[default]
+    Pause,
+    /// Switch the updated machines back to the stable version, under the same slots.
+    Rollback,
+}
+
+/// Where a Rollout is.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RolloutPhase {
+    /// Not yet reconciled.
+    #[default]
+    Pending,
+    /// Staging or switching machines towards the target version.
+    Progressing,
+    /// Stopped by the user, a pause step, or the failure policy `Pause`.
+    Paused,
+    /// Switching updated machines back to the stable version.
+    RollingBack,
+    /// Failed past `maxFailures`, past the progress deadline, or aborted.
+    Degraded,
+    /// Every desired machine runs the target version healthily.
+    Complete,
+}
+
+impl std::fmt::Display for RolloutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What the controller observes about a Rollout. Counts and a bounded list, never one
+/// entry per machine.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub phase: RolloutPhase,
+    /// One line for a person.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The version the fleet last completed; new machines get it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<String>,
+    /// The digest that goes with `stableVersion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_sha256: Option<String>,
+    /// The version being rolled out (`spec.version` once observed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    /// Machines selected and ready.
+    #[serde(default)]
+    pub desired: u32,
+    /// Machines that report the target version staged.
+    #[serde(default)]
+    pub staged: u32,
+    /// Machines whose current version is the target.
+    #[serde(default)]
+    pub updated: u32,
+    /// Updated machines healthy for `minReadySeconds`.
+    #[serde(default)]
+    pub available: u32,
+    /// Machines switching or unhealthy (they use slots).
+    #[serde(default)]
+    pub unavailable: u32,
+    /// Machines that failed the target version.
+    #[serde(default)]
+    pub failed: u32,
+    /// The canary step in force (index into `spec.strategy.steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<u32>,
+    /// Pauses the controller set (at a pause step, or on failure). `rollout resume`
+    /// clears the user's `spec.paused`, `rollout promote` clears these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pause_conditions: Vec<PauseCondition>,
+    /// When the last progress was made, for `progressDeadlineSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<DateTime<Utc>>,
+    /// `Staged`, `Progressing`, `Available`, `Paused`, `Degraded`, `Complete`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Past revisions, newest last, at most `revisionHistoryLimit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Revision>,
+    /// The newest machine failures, at most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_machines: Vec<MachineFailure>,
+    /// Request tokens (annotations) already acted on: promote, abort, retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_promote: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_abort: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_retry: Option<String>,
+    /// True after `rollout abort` until the version changes or `rollout retry`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aborted: bool,
+}
+
+/// A pause the controller set.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PauseCondition {
+    /// `CanaryPauseStep` or `FailurePolicy`.
+    pub reason: String,
+    pub start_time: DateTime<Utc>,
+    /// When a timed pause step ends by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One revision of the Rollout: a version that was rolled out.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Revision {
+    /// 1, 2, 3, … in the order versions were started.
+    pub revision: u32,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// `Complete`, `RolledBack`, `Aborted`, `Superseded`, or empty while in progress.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub result: String,
+}
+
+/// One machine that failed, with its last error.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MachineFailure {
+    pub machine: String,
+    pub version: String,
+    /// `Stage`, `Switch` or `Health`.
+    pub operation: String,
+    pub message: String,
+    pub time: DateTime<Utc>,
+}

@@ -1,0 +1,1 @@
+//! The `deployctl` command line.

@@ -1,0 +1,22 @@
+//! deployctl: continuous deployment for fleets of plain servers, driven the way
+//! Kubernetes drives Pods.
+//!
+//! # Layout
+//!
+//! - [`api`]: the object types (Application, Rollout, Machine, Instance, Event) and
+//!   their validation. Knows nothing of storage.
+//! - [`store`]: the `Store` trait, its etcd and embedded (SQLite) backends, the key
+//!   layout, and a typed [`store::Client`]. The only module that knows keys.
+//! - [`controller`]: informers, the work queue, leader election, the reconcile runtime.
+//! - [`reconcilers`]: Machine, Application and Rollout decisions (pure functions) and
+//!   the thin effect steps that write them.
+//! - [`agent`]: the node agent: artifacts, hooks, health checks, the service, local state.
+//! - [`cli`]: the `deployctl` subcommands and their output.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod reconcilers;
+pub mod store;
+pub mod testing;

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("deployctl: not wired yet");
+    std::process::exit(1);
+}

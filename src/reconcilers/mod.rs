@@ -1,0 +1,1 @@
+//! Machine, Application and Rollout reconcilers: decisions and their effects.

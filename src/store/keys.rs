@@ -1,0 +1,157 @@
+//! The key layout in the store. Nothing outside `src/store/` builds keys.
+//!
+//! ```text
+//! /deployctl/<plural>/<namespace>/<name>            metadata + spec
+//! /deployctl/<plural>/<name>                        (cluster-scoped: machines)
+//! /deployctl/status/<plural>/<namespace>/<name>     status
+//! /deployctl/instances/<machine>/<namespace>/<app>  instance spec   (agent: read)
+//! /deployctl/status/instances/<machine>/<ns>/<app>  instance status (agent: write)
+//! /deployctl/leases/machines/<machine>              bound to the agent's lease
+//! /deployctl/leases/controller                      the leader's key, bound to its lease
+//! ```
+
+pub const ROOT: &str = "/deployctl/";
+
+/// Identifies one object in the store, independent of its kind's layout.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Instance names are `<app>.<machine>`; keys group instances by machine so that an
+/// agent can watch (and be granted) exactly its own prefix.
+fn instance_parts(namespace: &str, name: &str) -> Option<(String, String)> {
+    let (app, machine) = name.split_once('.')?;
+    Some((machine.to_string(), format!("{namespace}/{app}")))
+}
+
+/// The spec key of an object.
+pub fn spec_key(plural: &str, namespace: Option<&str>, name: &str) -> String {
+    if plural == "instances" {
+        if let Some((machine, rest)) = instance_parts(namespace.unwrap_or("default"), name) {
+            return format!("{ROOT}instances/{machine}/{rest}");
+        }
+    }
+    match namespace {
+        Some(ns) => format!("{ROOT}{plural}/{ns}/{name}"),
+        None => format!("{ROOT}{plural}/{name}"),
+    }
+}
+
+/// The status key of an object.
+pub fn status_key(plural: &str, namespace: Option<&str>, name: &str) -> String {
+    let spec = spec_key(plural, namespace, name);
+    format!("{ROOT}status/{}", &spec[ROOT.len()..])
+}
+
+/// The prefix holding the spec keys of a kind, in one namespace or all.
+pub fn spec_prefix(plural: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        // Instances are grouped by machine, so a namespace filter cannot be a prefix.
+        Some(ns) if plural != "instances" => format!("{ROOT}{plural}/{ns}/"),
+        _ => format!("{ROOT}{plural}/"),
+    }
+}
+
+/// The prefix holding the status keys of a kind.
+pub fn status_prefix(plural: &str, namespace: Option<&str>) -> String {
+    let spec = spec_prefix(plural, namespace);
+    format!("{ROOT}status/{}", &spec[ROOT.len()..])
+}
+
+/// The instance spec keys of one machine: all an agent watches.
+pub fn machine_instances_prefix(machine: &str) -> String {
+    format!("{ROOT}instances/{machine}/")
+}
+
+/// The instance status keys of one machine: all an agent writes.
+pub fn machine_instance_status_prefix(machine: &str) -> String {
+    format!("{ROOT}status/instances/{machine}/")
+}
+
+/// The presence key of a machine, bound to its agent's lease.
+pub fn machine_lease_key(machine: &str) -> String {
+    format!("{ROOT}leases/machines/{machine}")
+}
+
+pub fn machine_leases_prefix() -> String {
+    format!("{ROOT}leases/machines/")
+}
+
+/// The key the leading controller holds, bound to its lease; its writes are fenced on it.
+pub fn leader_key() -> String {
+    format!("{ROOT}leases/controller")
+}
+
+/// Parses a spec or status key back to the object it belongs to.
+pub fn parse_key(plural: &str, key: &str) -> Option<ObjectKey> {
+    let rest = key
+        .strip_prefix(ROOT)?
+        .strip_prefix("status/")
+        .or_else(|| key.strip_prefix(ROOT))?;
+    let rest = rest.strip_prefix(plural)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match (plural, parts.as_slice()) {
+        ("instances", [machine, ns, app]) => Some(ObjectKey {
+            namespace: Some(ns.to_string()),
+            name: format!("{app}.{machine}"),
+        }),
+        (_, [ns, name]) => Some(ObjectKey {
+            namespace: Some(ns.to_string()),
+            name: name.to_string(),
+        }),
+        (_, [name]) => Some(ObjectKey {
+            namespace: None,
+            name: name.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// True for status keys.
+pub fn is_status_key(key: &str) -> bool {
+    key.starts_with(&format!("{ROOT}status/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_should_follow_the_documented_layout() {
+        assert_eq!(
+            spec_key("rollouts", Some("default"), "api"),
+            "/deployctl/rollouts/default/api"
+        );
+        assert_eq!(
+            status_key("rollouts", Some("default"), "api"),
+            "/deployctl/status/rollouts/default/api"
+        );
+        assert_eq!(spec_key("machines", None, "m1"), "/deployctl/machines/m1");
+        assert_eq!(
+            spec_key("instances", Some("prod"), "api.m1"),
+            "/deployctl/instances/m1/prod/api"
+        );
+        assert_eq!(
+            status_key("instances", Some("prod"), "api.m1"),
+            "/deployctl/status/instances/m1/prod/api"
+        );
+    }
+
+    #[test]
+    fn keys_should_parse_back_to_their_object() {
+        for (plural, ns, name) in [
+            ("rollouts", Some("default"), "api"),
+            ("machines", None, "m1"),
+            ("instances", Some("prod"), "api.m-1"),
+        ] {
+            let want = ObjectKey {
+                namespace: ns.map(str::to_string),
+                name: name.to_string(),
+            };
+            assert_eq!(parse_key(plural, &spec_key(plural, ns, name)), Some(want.clone()));
+            assert_eq!(parse_key(plural, &status_key(plural, ns, name)), Some(want));
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The `Store` trait and its two backends; only this module knows the key layout.
+//!
+//! The trait is etcd's model, kept small: keys and bytes, a global revision that every
+//! write bumps, compare-and-swap transactions, watches from a revision, and leases.
+//! [`Client`] turns it into typed objects with spec and status under separate keys.
+
+mod client;
+pub mod embedded;
+pub mod etcd;
+pub mod keys;
+
+pub use client::{Client, ListResult, ObjectEvent, ObjectWatch};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong talking to a store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A compare-and-swap lost: somebody wrote first. Re-read and try again.
+    #[error("conflict: {0} was changed by someone else; re-read and retry")]
+    Conflict(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The watch asked for a revision that compaction removed: relist.
+    #[error("revision {requested} has been compacted (oldest kept: {compacted}); relist")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("lease {0} not found or expired")]
+    LeaseNotFound(i64),
+    /// A fenced write failed because this process no longer holds the leader lease.
+    #[error("not the leader any more")]
+    NotLeader,
+    #[error("cannot reach store at {endpoint}: {message}")]
+    Unavailable { endpoint: String, message: String },
+    #[error("corrupt value at {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl Error {
+    /// True when retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Other(_))
+    }
+}
+
+pub type LeaseId = i64;
+
+/// One key as stored, with etcd's revision bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key (since its last delete).
+    pub create_revision: i64,
+    /// Revision of the last write to the key: the `resourceVersion`.
+    pub mod_revision: i64,
+    /// The lease the key is bound to (0: none).
+    pub lease: LeaseId,
+}
+
+/// The field a [`Compare`] looks at. A missing key has revisions 0 and no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareTarget {
+    ModRevision(i64),
+    CreateRevision(i64),
+    Value(Vec<u8>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+}
+
+/// One condition of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    pub key: String,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+impl Compare {
+    /// The key's mod revision is `rev` (0: the key must not exist).
+    pub fn mod_revision(key: impl Into<String>, rev: i64) -> Self {
+        Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target: CompareTarget::ModRevision(rev),
+        }
+    }
+    /// The key exists.
+    pub fn exists(key: impl Into<String>) -> Self {
+        Compare {
+            key: key.into(),
+            op: CompareOp::Greater,
+            target: CompareTarget::CreateRevision(0),
+        }
+    }
+    /// The key does not exist.
+    pub fn absent(key: impl Into<String>) -> Self {
+        Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target: CompareTarget::CreateRevision(0),
+        }
+    }
+    pub fn create_revision(key: impl Into<String>, rev: i64) -> Self {
+        Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target: CompareTarget::CreateRevision(rev),
+        }
+    }
+}
+
+/// One write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Sets the key; `lease` 0 for none.
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: LeaseId,
+    },
+    /// Deletes the key if present.
+    Delete { key: String },
+}
+
+/// All of `ops` happen at one new revision if every compare holds; otherwise nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    /// The store's revision after the transaction (the new one when it wrote).
+    pub revision: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Put,
+    Delete,
+}
+
+/// One change seen by a watch. For a delete, `kv.value` is empty and `kv.mod_revision`
+/// is the revision of the delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub kind: EventType,
+    pub kv: KeyValue,
+}
+
+/// Events in revision order. A stream item is all events of one or more revisions.
+/// An `Err(Error::Compacted)` means: relist. The stream resumes by itself after a
+/// broken connection, from the revision after the last one it delivered.
+pub type WatchStream = BoxStream<'static, Result<Vec<WatchEvent>>>;
+
+/// The storage a deployctl control plane runs on.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A human-readable endpoint for error messages (`etcd://127.0.0.1:2379`).
+    fn endpoint(&self) -> String;
+
+    /// One key, at the current revision.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Every key starting with `prefix`, sorted by key, at `revision` (None: the
+    /// current one). Returns the keys and the revision they were read at.
+    async fn list(&self, prefix: &str, revision: Option<i64>) -> Result<(Vec<KeyValue>, i64)>;
+
+    /// Atomic compare-and-swap of many keys.
+    async fn txn(&self, txn: Txn) -> Result<TxnResult>;
+
+    /// Changes under `prefix` with revision ≥ `from_revision`, in order.
+    async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream>;
+
+    /// A new lease that expires `ttl` after its last keep-alive.
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
+
+    /// Refreshes a lease; `Err(LeaseNotFound)` once it has expired.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()>;
+
+    /// Ends a lease now, deleting every key bound to it.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
+
+    /// Forgets history before `revision` (watches from earlier revisions get `Compacted`).
+    async fn compact(&self, revision: i64) -> Result<()>;
+
+    /// Convenience: put one key unconditionally.
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<TxnResult> {
+        self.txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Put {
+                key: key.to_string(),
+                value,
+                lease: 0,
+            }],
+        })
+        .await
+    }
+}
+
+/// Which store to use, from `--store` or `DEPLOYCTL_STORE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `etcd://h1:2379,h2:2379`
+    Etcd(Vec<String>),
+    /// `sqlite:///path/to/store.db`, or a plain path, or nothing (the default path).
+    Embedded(std::path::PathBuf),
+}
+
+impl StoreUrl {
+    /// Parses a store URL; `None` selects the embedded store at its default path.
+    pub fn parse(url: Option<&str>) -> std::result::Result<StoreUrl, String> {
+        let Some(url) = url.filter(|u| !u.is_empty()) else {
+            return Ok(StoreUrl::Embedded(embedded::default_path()));
+        };
+        if let Some(rest) = url.strip_prefix("etcd://") {
+            let endpoints: Vec<String> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect();
+            if endpoints.is_empty() {
+                return Err(format!("invalid store URL {url:?}: no etcd endpoint given"));
+            }
+            for e in &endpoints {
+                let ok = e
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(format!(
+                        "invalid store URL {url:?}: endpoint {e:?} must be host:port"
+                    ));
+                }
+            }
+            return Ok(StoreUrl::Etcd(endpoints));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Ok(StoreUrl::Embedded(path.into()));
+        }
+        if url.contains("://") {
+            return Err(format!(
+                "invalid store URL {url:?}: use etcd://host:port[,host:port...] or a file path"
+            ));
+        }
+        Ok(StoreUrl::Embedded(url.into()))
+    }
+
+    /// Connects, failing within a few seconds when the store cannot be reached.
+    pub async fn connect(&self) -> Result<Arc<dyn Store>> {
+        match self {
+            StoreUrl::Etcd(endpoints) => {
+                let _ = etcd::EtcdStore::connect(endpoints).await?;
+                Err(Error::Other("todo".into()))
+            }
+            StoreUrl::Embedded(path) => {
+                let _ = embedded::EmbeddedStore::open(path)?;
+                Err(Error::Other("todo".into()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Etcd(e) => write!(f, "etcd://{}", e.join(",")),
+            StoreUrl::Embedded(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_should_parse_or_say_why_not() {
+        assert_eq!(
+            StoreUrl::parse(Some("etcd://a:2379,b:2379")).unwrap(),
+            StoreUrl::Etcd(vec!["a:2379".into(), "b:2379".into()])
+        );
+        assert_eq!(
+            StoreUrl::parse(Some("/tmp/x.db")).unwrap(),
+            StoreUrl::Embedded("/tmp/x.db".into())
+        );
+        assert!(StoreUrl::parse(Some("etcd://")).is_err());
+        assert!(StoreUrl::parse(Some("etcd://host")).is_err());
+        assert!(StoreUrl::parse(Some("redis://x")).is_err());
+        assert!(matches!(StoreUrl::parse(None).unwrap(), StoreUrl::Embedded(_)));
+    }
+}

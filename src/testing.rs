@@ -1,0 +1,1 @@
+//! Test and benchmark support: a real etcd on a free loopback port.
