@@ -9,7 +9,7 @@ pub mod embedded;
 pub mod etcd;
 pub mod keys;
 
-pub use client::{Client, ListResult, ObjectEvent, ObjectWatch};
+pub use client::{Client, ListResult, ObjectEvent, ObjectWatch, Scope};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -266,10 +266,7 @@ impl StoreUrl {
     /// Connects, failing within a few seconds when the store cannot be reached.
     pub async fn connect(&self) -> Result<Arc<dyn Store>> {
         match self {
-            StoreUrl::Etcd(endpoints) => {
-                let _ = etcd::EtcdStore::connect(endpoints).await?;
-                Err(Error::Other("todo".into()))
-            }
+            StoreUrl::Etcd(endpoints) => Ok(Arc::new(etcd::EtcdStore::connect(endpoints).await?)),
             StoreUrl::Embedded(path) => {
                 let _ = embedded::EmbeddedStore::open(path)?;
                 Err(Error::Other("todo".into()))
