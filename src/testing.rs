@@ -12,8 +12,10 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a started etcd may take to answer its health check.
@@ -40,6 +42,10 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts etcd and waits until it answers. Panics (with the install hint) when etcd is
     /// not installed, and with its log when it does not come up.
+    ///
+    /// etcd is killed when this value is dropped, and also when the thread that started
+    /// (or last restarted) it exits: start it from the test's own thread, not from a
+    /// short-lived one such as `spawn_blocking`.
     pub fn start() -> EtcdServer {
         let binary = find_etcd().unwrap_or_else(|| panic!("{MISSING}"));
         let mut last_error = String::new();
@@ -144,7 +150,19 @@ impl EtcdServer {
             .append(true)
             .open(&log)
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        // If the test process dies without running Drop (killed by a timeout), etcd must
+        // not live on: the kernel kills it with the thread that spawned it.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client_url}"))
@@ -260,15 +278,30 @@ fn healthy(port: u16) -> bool {
 
 /// An embedded store in a temporary dir, removed on drop.
 pub struct TempEmbedded {
-    pub store: EmbeddedStore,
+    store: Arc<EmbeddedStore>,
     /// Keeps the dir (and the database in it) alive as long as the store.
     dir: tempfile::TempDir,
 }
 
 impl TempEmbedded {
-    /// The database file: open it again for a second handle (another process's view).
+    /// The store (the handle opened by [`embedded_temp`]).
+    pub fn store(&self) -> Arc<EmbeddedStore> {
+        self.store.clone()
+    }
+
+    /// The database file.
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("store.db")
+    }
+
+    /// A second, independent handle on the same file: what another process sees.
+    pub fn open_another(&self) -> Arc<EmbeddedStore> {
+        let path = self.path();
+        Arc::new(
+            EmbeddedStore::open(&path).unwrap_or_else(|e| {
+                panic!("cannot open embedded store at {}: {e}", path.display())
+            }),
+        )
     }
 }
 
@@ -281,5 +314,8 @@ pub fn embedded_temp() -> TempEmbedded {
     let path = dir.path().join("store.db");
     let store = EmbeddedStore::open(&path)
         .unwrap_or_else(|e| panic!("cannot open embedded store at {}: {e}", path.display()));
-    TempEmbedded { store, dir }
+    TempEmbedded {
+        store: Arc::new(store),
+        dir,
+    }
 }

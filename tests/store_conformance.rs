@@ -55,7 +55,7 @@ impl Fixture {
                 self.store.clone()
             }
             #[cfg(any())]
-            Backend::Embedded(temp) => temp.open_another(),
+            Backend::Embedded(temp) => temp.open_another() as Arc<dyn Store>,
             #[cfg(not(any()))]
             Backend::Embedded(_) => unreachable!("embedded cases are compiled out"),
         }
@@ -838,4 +838,63 @@ async fn list_watch_should_emit_restarted_then_merged_applied_and_deleted(store:
         }
         other => panic!("want Deleted(a), got {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// etcd only: what a network store adds
+
+/// A stopped etcd is an `Unavailable` error naming it, within the request timeout, and
+/// the same handle works again once etcd is back.
+#[tokio::test]
+async fn etcd_store_should_report_a_stopped_etcd_and_recover_when_it_returns() {
+    let mut server = EtcdServer::start();
+    let store = server.connect().await;
+    store.put("/t/a", b"1".to_vec()).await.expect("put");
+    server.stop();
+
+    let started = Instant::now();
+    let err = store.get("/t/a").await.expect_err("etcd is stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::Unavailable { .. }), "got {err:?}");
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
+    assert!(err.is_transient());
+
+    server.restart();
+    let deadline = Instant::now() + DEADLINE;
+    let value = loop {
+        match store.get("/t/a").await {
+            Ok(v) => break v.expect("data survives a restart"),
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the same handle must read again after the restart: {e}"),
+        }
+    };
+    assert_eq!(value.value, b"1");
+}
+
+/// `StoreUrl` picks the etcd backend and names the endpoint when nothing answers there.
+#[tokio::test]
+async fn store_url_should_connect_to_etcd_and_fail_fast_when_it_is_gone() {
+    let mut server = EtcdServer::start();
+    let url = deployctl::store::StoreUrl::parse(Some(&server.url())).expect("valid url");
+    let store = url.connect().await.expect("connect");
+    assert_eq!(store.endpoint(), server.url());
+    server.stop();
+    drop(store);
+    let started = Instant::now();
+    let err = match url.connect().await {
+        Ok(_) => panic!("connected to a stopped etcd"),
+        Err(e) => e,
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
 }
