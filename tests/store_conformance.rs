@@ -507,11 +507,20 @@ async fn watch_from_a_compacted_revision_should_say_compacted_then_end(store: Ar
     let mut watch = store.watch("/t/", head).await.expect("watch at head");
     let events = next_events(&mut watch, 1).await;
     assert_eq!(keys_and_values(&events)[0].2, "3");
-    // Compacting again at the same revision is no error.
-    store
-        .compact(head)
-        .await
-        .expect("compacting twice is harmless");
+    // As in etcd: compacting again at (or before) the compaction revision says so, and
+    // compacting past the current revision is refused.
+    match store.compact(head).await {
+        Err(Error::Compacted {
+            requested,
+            compacted,
+        }) => {
+            assert_eq!(requested, head);
+            assert!(compacted >= head);
+        }
+        other => panic!("want Err(Compacted) for a second compaction, got {other:?}"),
+    }
+    let future = store.compact(head + 100).await;
+    assert!(future.is_err(), "compacting a future revision: {future:?}");
 }
 
 async fn list_at_a_compacted_revision_should_say_compacted(store: Arc<dyn Store>) {

@@ -402,8 +402,11 @@ impl Store for EtcdStore {
             .await
         {
             Ok(_) => Ok(()),
-            // Already compacted at or past `revision`: nothing left to forget.
-            Err(Error::Compacted { .. }) => Ok(()),
+            // As etcd says: already compacted at or past `revision`.
+            Err(Error::Compacted { .. }) => Err(Error::Compacted {
+                requested: revision,
+                compacted: self.compacted_revision().await.unwrap_or(revision),
+            }),
             Err(e) => Err(e),
         }
     }
