@@ -122,6 +122,24 @@ impl EtcdServer {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers, like a hung
+    /// server or a partition. [`thaw`](Self::thaw) resumes it; drop kills it either way.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Resumes a frozen etcd (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
     /// Stops etcd if it runs and starts it again on the same ports and data dir, waiting
     /// until it answers.
     pub fn restart(&mut self) {

@@ -116,6 +116,7 @@ conformance! {
         list_at_a_compacted_revision_should_say_compacted,
         revoking_a_lease_should_delete_its_keys,
         an_expired_lease_should_delete_its_keys,
+        keep_alive_should_hold_a_lease_past_its_ttl,
         put_with_an_unknown_lease_should_fail_with_lease_not_found,
         spec_and_status_updates_should_never_clobber_each_other,
         client_delete_should_remove_spec_and_status,
@@ -611,6 +612,39 @@ async fn an_expired_lease_should_delete_its_keys(store: Arc<dyn Store>) {
     ));
 }
 
+async fn keep_alive_should_hold_a_lease_past_its_ttl(store: Arc<dyn Store>) {
+    let ttl = Duration::from_secs(1);
+    let lease = store.grant_lease(ttl).await.expect("grant");
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Put {
+                key: "/t/held".into(),
+                value: b"v".to_vec(),
+                lease,
+            }],
+        })
+        .await
+        .expect("put with lease");
+    // Refresh well within the TTL for longer than any TTL a backend may round up to
+    // (etcd's minimum is 2 s): the key must stay.
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
+        store.keep_alive(lease).await.expect("keep alive");
+        assert!(
+            store.get("/t/held").await.expect("get").is_some(),
+            "a refreshed lease must not expire"
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // Then stop refreshing: it expires.
+    eventually("the no longer refreshed lease expires", || {
+        let store = store.clone();
+        async move { store.get("/t/held").await.expect("get").is_none() }
+    })
+    .await;
+}
+
 async fn put_with_an_unknown_lease_should_fail_with_lease_not_found(store: Arc<dyn Store>) {
     let lease = store
         .grant_lease(Duration::from_secs(60))
@@ -906,4 +940,22 @@ async fn store_url_should_connect_to_etcd_and_fail_fast_when_it_is_gone() {
         started.elapsed()
     );
     assert!(err.to_string().contains(&server.endpoint()), "{err}");
+}
+
+/// A request to an etcd that accepts connections but never answers (frozen with SIGSTOP)
+/// ends with `Unavailable` instead of hanging.
+#[tokio::test]
+async fn etcd_store_should_time_out_instead_of_hanging_on_a_frozen_etcd() {
+    let mut server = EtcdServer::start();
+    let store = server.connect().await;
+    store.put("/t/a", b"1".to_vec()).await.expect("put");
+    server.freeze();
+    let started = Instant::now();
+    let res = store.get("/t/a").await;
+    let took = started.elapsed();
+    server.thaw();
+    assert!(matches!(res, Err(Error::Unavailable { .. })), "got {res:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // And it answers again once thawed.
+    assert!(store.get("/t/a").await.expect("get after thaw").is_some());
 }
