@@ -34,6 +34,8 @@ pub struct EtcdServer {
     binary: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Extra flags from [`EtcdServer::start_with_flags`], kept for `restart`.
+    flags: Vec<String>,
     /// Holds the data dir and `etcd.log`; removed on drop, after the process is gone.
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -47,6 +49,12 @@ impl EtcdServer {
     /// (or last restarted) it exits: start it from the test's own thread, not from a
     /// short-lived one such as `spawn_blocking`.
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with_flags(&[])
+    }
+
+    /// Like [`start`](Self::start), with more etcd flags after the harness's own (a
+    /// repeated flag takes the last value: `--max-txn-ops=128` restores etcd's default).
+    pub fn start_with_flags(flags: &[&str]) -> EtcdServer {
         let binary = find_etcd().unwrap_or_else(|| panic!("{MISSING}"));
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -55,6 +63,7 @@ impl EtcdServer {
                 binary: binary.clone(),
                 client_port: free_port(),
                 peer_port: free_port(),
+                flags: flags.iter().map(|f| f.to_string()).collect(),
                 dir,
                 child: None,
             };
@@ -193,6 +202,7 @@ impl EtcdServer {
             .arg("--max-txn-ops=10000")
             .arg("--logger=zap")
             .arg("--log-level=warn")
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))

@@ -946,7 +946,7 @@ async fn store_url_should_connect_to_etcd_and_fail_fast_when_it_is_gone() {
 /// ends with `Unavailable` instead of hanging.
 #[tokio::test]
 async fn etcd_store_should_time_out_instead_of_hanging_on_a_frozen_etcd() {
-    let mut server = EtcdServer::start();
+    let server = EtcdServer::start();
     let store = server.connect().await;
     store.put("/t/a", b"1".to_vec()).await.expect("put");
     server.freeze();
@@ -958,4 +958,27 @@ async fn etcd_store_should_time_out_instead_of_hanging_on_a_frozen_etcd() {
     assert!(took < Duration::from_secs(15), "took {took:?}");
     // And it answers again once thawed.
     assert!(store.get("/t/a").await.expect("get after thaw").is_some());
+}
+
+/// Past etcd's `--max-txn-ops` a transaction fails whole, with a message saying which flag
+/// to raise (the harness raises it; a default etcd allows 128).
+#[tokio::test]
+async fn etcd_store_should_name_the_flag_when_a_transaction_has_too_many_ops() {
+    let server = EtcdServer::start_with_flags(&["--max-txn-ops=128"]);
+    let store = server.connect().await;
+    let res = store
+        .txn(Txn {
+            compares: vec![],
+            ops: (0..129).map(|i| put(&format!("/t/{i:03}"), "v")).collect(),
+        })
+        .await;
+    match res {
+        Err(Error::Other(m)) => assert!(m.contains("--max-txn-ops"), "{m}"),
+        other => panic!("want Err(Other) naming --max-txn-ops, got {other:?}"),
+    }
+    let (kvs, _) = store.list("/t/", None).await.expect("list");
+    assert!(
+        kvs.is_empty(),
+        "nothing of a refused transaction is written"
+    );
 }

@@ -314,8 +314,7 @@ impl Store for EtcdStore {
             }
             Err(Error::Other(m)) if m.contains("too many operations in txn") => {
                 return Err(Error::Other(format!(
-                    "{m} (etcd allows {} by default; raise its --max-txn-ops)",
-                    128
+                    "{m} (etcd allows 128 by default: start it with a larger --max-txn-ops)"
                 )))
             }
             other => other?,
@@ -518,7 +517,7 @@ impl Watch {
             }
             // etcd never splits one revision across responses (without `fragment`), so
             // resuming after the last delivered revision loses nothing and repeats nothing.
-            if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).last() {
+            if let Some(last) = resp.events().iter().rev().find_map(|e| e.kv()) {
                 self.next_revision = self.next_revision.max(last.mod_revision() + 1);
             }
             self.backoff = WATCH_BACKOFF_MIN;
@@ -550,7 +549,7 @@ mod tests {
         };
         let endpoint = format!("127.0.0.1:{port}");
         let started = std::time::Instant::now();
-        let err = EtcdStore::connect(&[endpoint.clone()])
+        let err = EtcdStore::connect(std::slice::from_ref(&endpoint))
             .await
             .expect_err("nothing listens there");
         assert!(
