@@ -489,10 +489,20 @@ impl Watch {
                 }));
             }
             if resp.canceled() {
-                // Cancelled for another reason (e.g. the member lost its leader): resume.
-                tracing::debug!(prefix = %self.prefix, reason = resp.cancel_reason(),
-                    "watch cancelled by etcd; re-opening");
+                let reason = resp.cancel_reason().to_string();
                 self.open = None;
+                if reason.contains("permission denied") {
+                    // Retrying cannot help: say so once and end.
+                    self.done = true;
+                    return Some(Err(Error::Other(format!(
+                        "watch {} at {}: {}",
+                        self.prefix,
+                        self.endpoint,
+                        reason.trim_start_matches("etcdserver: ")
+                    ))));
+                }
+                // Cancelled for another reason (e.g. the member lost its leader): resume.
+                tracing::warn!(prefix = %self.prefix, %reason, "watch cancelled by etcd; re-opening");
                 continue;
             }
             if resp.events().is_empty() {
