@@ -7,8 +7,8 @@
 use super::EventNote;
 use crate::api::{
     find_condition, parse_duration, set_condition, ConditionStatus, FailureAction, Instance,
-    MachineFailure, Object, PauseCondition, Revision, Rollout, RolloutPhase, RolloutStatus,
-    VersionRef, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
+    MachineFailure, PauseCondition, Revision, Rollout, RolloutPhase, RolloutStatus, VersionRef,
+    ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
 };
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use std::collections::HashSet;

@@ -457,7 +457,7 @@ fn with_revision<K: Object>(mut obj: K, revision: i64) -> K {
     obj
 }
 
-fn decode_spec<K: Object>(kv: &KeyValue) -> Result<K> {
+pub(super) fn decode_spec<K: Object>(kv: &KeyValue) -> Result<K> {
     let mut obj: K = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
         key: kv.key.clone(),
         message: e.to_string(),
@@ -477,7 +477,7 @@ fn attach_status<K: Object>(obj: &mut K, kv: &KeyValue) -> Result<()> {
 }
 
 /// The bytes stored under the spec key: the object without status and resourceVersion.
-fn encode_spec_value<K: Object>(obj: &K) -> Result<Vec<u8>> {
+pub(super) fn encode_spec_value<K: Object>(obj: &K) -> Result<Vec<u8>> {
     let mut bare = obj.clone();
     *bare.status_mut() = None;
     bare.meta_mut().resource_version = None;

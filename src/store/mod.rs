@@ -4,12 +4,16 @@
 //! write bumps, compare-and-swap transactions, watches from a revision, and leases.
 //! [`Client`] turns it into typed objects with spec and status under separate keys.
 
+pub mod batch;
 mod client;
 pub mod embedded;
 pub mod etcd;
 pub mod keys;
+mod leased;
 
-pub use client::{Client, ListResult, ObjectEvent, ObjectWatch};
+pub use batch::Write;
+pub use client::{Client, ListResult, ObjectEvent, ObjectWatch, Scope};
+pub use leased::{EventRecorder, PresenceEvent, EVENT_TTL};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
