@@ -25,21 +25,25 @@ pub enum Write<K> {
 impl Client {
     /// Applies `writes` in as few transactions as etcd allows. Each transaction is all or
     /// nothing; a conflict in one stops the batch with `Error::Conflict` (those before it
-    /// stay written). Returns how many objects were written.
-    pub async fn write_batch<K: Object>(&self, writes: Vec<Write<K>>) -> Result<usize> {
-        let mut written = 0;
+    /// stay written). Returns the created and replaced objects as written (with their
+    /// new resourceVersion).
+    pub async fn write_batch<K: Object>(&self, writes: Vec<Write<K>>) -> Result<Vec<K>> {
+        let mut written = Vec::new();
+        let mut pending: Vec<K> = Vec::new();
         let mut txn = Txn::default();
         let mut in_txn = 0;
         let mut what = String::new();
         for w in writes {
             let mut part = Txn::default();
+            let mut result = None;
             match &w {
                 Write::Create(obj) => {
-                    encode_create(obj, &mut part)?;
+                    result = Some(encode_create(obj, &mut part)?);
                 }
                 Write::Replace { current, desired } => {
-                    if encode_replace(current.as_ref(), desired.clone(), &mut part)?.is_none() {
-                        continue;
+                    match encode_replace(current.as_ref(), desired.clone(), &mut part)? {
+                        None => continue,
+                        Some(new) => result = Some(new),
                     }
                 }
                 Write::Delete(obj) => {
@@ -54,8 +58,8 @@ impl Client {
             let fits = txn.ops.len() + part.ops.len() <= MAX_TXN_OPS
                 && txn.compares.len() + part.compares.len() <= MAX_TXN_OPS;
             if !fits {
-                self.commit(std::mem::take(&mut txn), &what).await?;
-                written += in_txn;
+                let res = self.commit(std::mem::take(&mut txn), &what).await?;
+                written.extend(pending.drain(..).map(|o| with_revision(o, res.revision)));
                 in_txn = 0;
             }
             if in_txn == 0 {
@@ -63,14 +67,20 @@ impl Client {
             }
             txn.compares.extend(part.compares);
             txn.ops.extend(part.ops);
+            pending.extend(result);
             in_txn += 1;
         }
         if in_txn > 0 {
-            self.commit(txn, &what).await?;
-            written += in_txn;
+            let res = self.commit(txn, &what).await?;
+            written.extend(pending.drain(..).map(|o| with_revision(o, res.revision)));
         }
         Ok(written)
     }
+}
+
+fn with_revision<K: Object>(mut obj: K, revision: i64) -> K {
+    obj.meta_mut().resource_version = Some(revision.to_string());
+    obj
 }
 
 fn obj_name<K: Object>(w: &Write<K>) -> &str {
