@@ -1,5 +1,8 @@
 //! Informers, the work queue, leader election and the reconcile runtime.
 
+pub mod queue;
+pub mod runtime;
+
 use crate::store::StoreUrl;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
