@@ -1,5 +1,7 @@
 //! Informers, the work queue, leader election and the reconcile runtime.
 
+pub mod informer;
+pub mod leader;
 pub mod queue;
 pub mod runtime;
 

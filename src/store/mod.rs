@@ -9,7 +9,8 @@ pub mod embedded;
 pub mod etcd;
 pub mod keys;
 
-pub use client::{Client, ListResult, ObjectEvent, ObjectWatch};
+pub use client::LeaderRecord;
+pub use client::{Client, ListResult, ObjectEvent, ObjectWatch, Scope};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
