@@ -12,6 +12,7 @@ pub mod keys;
 mod leased;
 
 pub use batch::Write;
+pub use client::LeaderRecord;
 pub use client::{Client, ListResult, ObjectEvent, ObjectWatch, Scope};
 pub use leased::{EventRecorder, PresenceEvent, EVENT_TTL};
 
