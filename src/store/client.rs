@@ -442,7 +442,14 @@ fn apply_event<K: Object>(
                 statuses.insert(key.clone(), ev.kv.clone());
             }
             EventType::Delete => {
-                statuses.remove(&key);
+                // A status key is deleted only with its spec, whose Delete reports the
+                // object. The two prefixes are watched apart, so this may arrive first:
+                // announcing a status-less object about to vanish would be wrong, and the
+                // Deleted event should still carry the last status.
+                if !objects.contains_key(&key) {
+                    statuses.remove(&key);
+                }
+                return None;
             }
         }
         let obj = objects.get(&key)?;

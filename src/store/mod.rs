@@ -271,10 +271,7 @@ impl StoreUrl {
     /// Connects, failing within a few seconds when the store cannot be reached.
     pub async fn connect(&self) -> Result<Arc<dyn Store>> {
         match self {
-            StoreUrl::Etcd(endpoints) => {
-                let _ = etcd::EtcdStore::connect(endpoints).await?;
-                Err(Error::Other("todo".into()))
-            }
+            StoreUrl::Etcd(endpoints) => Ok(Arc::new(etcd::EtcdStore::connect(endpoints).await?)),
             StoreUrl::Embedded(path) => {
                 let _ = embedded::EmbeddedStore::open(path)?;
                 Err(Error::Other("todo".into()))
