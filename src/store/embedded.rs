@@ -935,7 +935,11 @@ impl Store for EmbeddedStore {
             .await
         {
             Ok(pending) => (pending, Some(rx)),
-            Err(e @ Error::Compacted { .. }) => (VecDeque::from([Err(e)]), None),
+            Err(e @ Error::Compacted { .. }) => {
+                // The stream ends after the error: stop fanning out to it now.
+                lock(&self.inner.shared.registry).remove(id);
+                (VecDeque::from([Err(e)]), None)
+            }
             Err(e) => return Err(e),
         };
         Ok(Box::pin(EmbeddedWatch {
@@ -1038,5 +1042,802 @@ impl Store for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{FutureExt, StreamExt};
+    use std::time::Instant;
+
+    type TestResult = anyhow::Result<()>;
+
+    fn temp_store() -> (tempfile::TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().expect("the temp dir is writable");
+        let store = EmbeddedStore::open(&dir.path().join("store.db")).expect("a fresh file opens");
+        (dir, store)
+    }
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }
+    }
+
+    fn del(key: &str) -> Op {
+        Op::Delete { key: key.into() }
+    }
+
+    fn txn(compares: Vec<Compare>, ops: Vec<Op>) -> Txn {
+        Txn { compares, ops }
+    }
+
+    /// Reads `n` events from a watch, failing after a deadline.
+    async fn collect(w: &mut WatchStream, n: usize) -> Vec<WatchEvent> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, w.next()).await {
+                Ok(Some(Ok(evs))) => out.extend(evs),
+                Ok(Some(Err(e))) => panic!("watch failed after {} events: {e}", out.len()),
+                Ok(None) => panic!("watch ended after {} of {n} events", out.len()),
+                Err(_) => panic!("timed out after {} of {n} events: {out:?}", out.len()),
+            }
+        }
+        assert_eq!(out.len(), n, "more events than expected: {out:?}");
+        out
+    }
+
+    fn summary(evs: &[WatchEvent]) -> Vec<(EventType, String, i64)> {
+        evs.iter()
+            .map(|e| (e.kind, e.kv.key.clone(), e.kv.mod_revision))
+            .collect()
+    }
+
+    /// Increments a counter key with compare-and-swap, retrying lost races.
+    async fn increment(s: &EmbeddedStore, key: &str) -> Result<()> {
+        loop {
+            let (n, rev) = match s.get(key).await? {
+                Some(kv) => (
+                    String::from_utf8_lossy(&kv.value)
+                        .parse::<u64>()
+                        .unwrap_or(0),
+                    kv.mod_revision,
+                ),
+                None => (0, 0),
+            };
+            let value = (n + 1).to_string();
+            let res = s
+                .txn(txn(
+                    vec![Compare::mod_revision(key, rev)],
+                    vec![put(key, &value)],
+                ))
+                .await?;
+            if res.succeeded {
+                return Ok(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn txns_should_follow_etcd_revision_and_compare_rules() -> TestResult {
+        let (_dir, s) = temp_store();
+        assert_eq!(
+            s.current_revision().await?,
+            1,
+            "a fresh store is at revision 1"
+        );
+
+        let r = s.put("/a", b"1".to_vec()).await?;
+        assert_eq!(
+            r,
+            TxnResult {
+                succeeded: true,
+                revision: 2
+            }
+        );
+        let r = s.put("/a", b"2".to_vec()).await?;
+        assert_eq!(r.revision, 3);
+        let kv = s.get("/a").await?.expect("just written");
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.lease), (2, 3, 0));
+        assert_eq!(kv.value, b"2");
+
+        // A failing compare writes nothing and reports the current revision.
+        let r = s
+            .txn(txn(
+                vec![Compare::mod_revision("/a", 2)],
+                vec![put("/b", "x")],
+            ))
+            .await?;
+        assert_eq!(
+            r,
+            TxnResult {
+                succeeded: false,
+                revision: 3
+            }
+        );
+        assert_eq!(s.get("/b").await?, None);
+
+        // A missing key has revisions 0; a value compare on it is false whatever the op.
+        for (c, want) in [
+            (Compare::mod_revision("/missing", 0), true),
+            (Compare::absent("/missing"), true),
+            (Compare::exists("/missing"), false),
+            (Compare::exists("/a"), true),
+            (Compare::create_revision("/a", 2), true),
+            (
+                Compare {
+                    key: "/missing".into(),
+                    op: CompareOp::NotEqual,
+                    target: CompareTarget::Value(b"x".to_vec()),
+                },
+                false,
+            ),
+            (
+                Compare {
+                    key: "/a".into(),
+                    op: CompareOp::Greater,
+                    target: CompareTarget::Value(b"1".to_vec()),
+                },
+                true,
+            ),
+            (
+                Compare {
+                    key: "/a".into(),
+                    op: CompareOp::Less,
+                    target: CompareTarget::ModRevision(3),
+                },
+                false,
+            ),
+        ] {
+            let r = s.txn(txn(vec![c.clone()], vec![])).await?;
+            assert_eq!(r.succeeded, want, "{c:?}");
+            assert_eq!(r.revision, 3, "a txn without writes keeps the revision");
+        }
+
+        // Deleting a missing key changes nothing and bumps nothing.
+        let r = s.txn(txn(vec![], vec![del("/missing")])).await?;
+        assert_eq!(
+            r,
+            TxnResult {
+                succeeded: true,
+                revision: 3
+            }
+        );
+
+        // All ops of one txn share one new revision.
+        let r = s
+            .txn(txn(vec![], vec![put("/b", "1"), put("/c", "1"), del("/a")]))
+            .await?;
+        assert_eq!(r.revision, 4);
+        let (kvs, rev) = s.list("/", None).await?;
+        assert_eq!(rev, 4);
+        let got: Vec<_> = kvs
+            .iter()
+            .map(|k| (k.key.as_str(), k.mod_revision))
+            .collect();
+        assert_eq!(got, vec![("/b", 4), ("/c", 4)]);
+
+        // Recreated after a delete: a new create revision.
+        s.put("/a", b"3".to_vec()).await?;
+        assert_eq!(s.get("/a").await?.map(|k| k.create_revision), Some(5));
+
+        // Bad input is refused with a clear error, and writes nothing.
+        let e = s.txn(txn(vec![], vec![put("/d", "1"), del("/d")])).await;
+        assert!(
+            matches!(&e, Err(Error::Other(m)) if m.contains("duplicate key \"/d\"")),
+            "{e:?}"
+        );
+        let e = s.txn(txn(vec![], vec![put("", "1")])).await;
+        assert!(
+            matches!(&e, Err(Error::Other(m)) if m.contains("empty key")),
+            "{e:?}"
+        );
+        assert_eq!(s.current_revision().await?, 5);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn list_should_cover_exactly_the_prefix() -> TestResult {
+        let (_dir, s) = temp_store();
+        let keys = ["/a", "/a/", "/a/1", "/a/2", "/a0", "/b", "/é", "/é/x", "/f"];
+        s.txn(txn(vec![], keys.iter().map(|k| put(k, "v")).collect()))
+            .await?;
+        for (prefix, want) in [
+            ("/a/", vec!["/a/", "/a/1", "/a/2"]),
+            ("/a", vec!["/a", "/a/", "/a/1", "/a/2", "/a0"]),
+            ("/é", vec!["/é", "/é/x"]),
+            // Byte order: "/f" < "/é" (0x66 < 0xC3).
+            (
+                "",
+                vec!["/a", "/a/", "/a/1", "/a/2", "/a0", "/b", "/f", "/é", "/é/x"],
+            ),
+            ("/z", vec![]),
+        ] {
+            let (kvs, _) = s.list(prefix, None).await?;
+            let got: Vec<_> = kvs.iter().map(|k| k.key.as_str()).collect();
+            assert_eq!(got, want, "prefix {prefix:?}");
+        }
+        assert_eq!(prefix_end("/a"), Some("/b".into()));
+        assert_eq!(prefix_end("a\u{10FFFF}"), Some("b".into()));
+        assert_eq!(prefix_end("\u{D7FF}"), Some("\u{E000}".into()));
+        assert_eq!(prefix_end(""), None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn puts_should_need_a_live_lease() -> TestResult {
+        let (_dir, s) = temp_store();
+        let op = |lease| Op::Put {
+            key: "/l".into(),
+            value: b"v".to_vec(),
+            lease,
+        };
+        let e = s.txn(txn(vec![], vec![op(12345)])).await;
+        assert!(matches!(e, Err(Error::LeaseNotFound(12345))), "{e:?}");
+
+        let lease = s.grant_lease(Duration::from_secs(60)).await?;
+        assert!(lease > 0);
+        s.txn(txn(vec![], vec![op(lease)])).await?;
+        assert_eq!(s.get("/l").await?.map(|k| k.lease), Some(lease));
+
+        let short = s.grant_lease(Duration::from_millis(1)).await?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while now_ms() <= 0 || s.keep_alive(short).await.is_ok() {
+            assert!(Instant::now() < deadline, "a 1 ms lease never expired");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let e = s.txn(txn(vec![], vec![op(short)])).await;
+        assert!(
+            matches!(e, Err(Error::LeaseNotFound(l)) if l == short),
+            "{e:?}"
+        );
+        assert!(matches!(
+            s.keep_alive(short).await,
+            Err(Error::LeaseNotFound(_))
+        ));
+        assert!(matches!(
+            s.revoke_lease(777).await,
+            Err(Error::LeaseNotFound(777))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn revoking_a_lease_should_delete_its_keys_with_delete_events() -> TestResult {
+        let (_dir, s) = temp_store();
+        let lease = s.grant_lease(Duration::from_secs(60)).await?;
+        let bound = |key: &str| Op::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+        };
+        let r = s
+            .txn(txn(
+                vec![],
+                vec![bound("/k/1"), bound("/k/2"), put("/k/3", "free")],
+            ))
+            .await?;
+        // Rebinding /k/2 to no lease frees it from the lease.
+        s.put("/k/2", b"free".to_vec()).await?;
+        let mut w = s.watch("/k/", r.revision + 2).await?;
+        s.keep_alive(lease).await?;
+        s.revoke_lease(lease).await?;
+        let evs = collect(&mut w, 1).await;
+        assert_eq!(
+            summary(&evs),
+            vec![(EventType::Delete, "/k/1".into(), r.revision + 2)]
+        );
+        assert_eq!(evs[0].kv.value, b"");
+        let (kvs, _) = s.list("/k/", None).await?;
+        assert_eq!(
+            kvs.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+            ["/k/2", "/k/3"]
+        );
+        assert!(matches!(
+            s.keep_alive(lease).await,
+            Err(Error::LeaseNotFound(_))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn history_reads_should_see_keys_as_they_were_at_each_revision() -> TestResult {
+        let (_dir, s) = temp_store();
+        s.put("/h/a", b"a1".to_vec()).await?; // 2
+        s.put("/h/b", b"b1".to_vec()).await?; // 3
+        s.put("/h/a", b"a2".to_vec()).await?; // 4
+        s.txn(txn(vec![], vec![del("/h/b")])).await?; // 5
+        s.put("/h/b", b"b2".to_vec()).await?; // 6
+        let at = |rev| {
+            let s = s.clone();
+            async move {
+                let (kvs, read_at) = s.list("/h/", Some(rev)).await?;
+                assert_eq!(read_at, rev);
+                Ok::<_, Error>(
+                    kvs.into_iter()
+                        .map(|k| {
+                            (
+                                k.key,
+                                String::from_utf8_lossy(&k.value).into_owned(),
+                                k.create_revision,
+                                k.mod_revision,
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        let kv = |k: &str, v: &str, c, m| (k.to_string(), v.to_string(), c, m);
+        assert_eq!(at(1).await?, vec![]);
+        assert_eq!(at(2).await?, vec![kv("/h/a", "a1", 2, 2)]);
+        assert_eq!(
+            at(3).await?,
+            vec![kv("/h/a", "a1", 2, 2), kv("/h/b", "b1", 3, 3)]
+        );
+        assert_eq!(
+            at(4).await?,
+            vec![kv("/h/a", "a2", 2, 4), kv("/h/b", "b1", 3, 3)]
+        );
+        assert_eq!(at(5).await?, vec![kv("/h/a", "a2", 2, 4)]);
+        assert_eq!(
+            at(6).await?,
+            vec![kv("/h/a", "a2", 2, 4), kv("/h/b", "b2", 6, 6)]
+        );
+        let e = s.list("/h/", Some(7)).await;
+        assert!(
+            matches!(&e, Err(Error::Other(m)) if m.contains("future")),
+            "{e:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn compaction_should_make_older_reads_and_watches_fail_with_compacted() -> TestResult {
+        let (_dir, s) = temp_store();
+        s.put("/c/a", b"1".to_vec()).await?; // 2
+        s.put("/c/b", b"1".to_vec()).await?; // 3
+        s.put("/c/a", b"2".to_vec()).await?; // 4
+        s.txn(txn(vec![], vec![del("/c/b")])).await?; // 5
+        s.put("/c/d", b"1".to_vec()).await?; // 6
+        s.compact(5).await?;
+
+        let e = s.list("/c/", Some(4)).await;
+        assert!(
+            matches!(
+                e,
+                Err(Error::Compacted {
+                    requested: 4,
+                    compacted: 5
+                })
+            ),
+            "{e:?}"
+        );
+        let mut w = s.watch("/c/", 4).await?;
+        let first = w.next().await.expect("one item before the end");
+        assert!(
+            matches!(
+                first,
+                Err(Error::Compacted {
+                    requested: 4,
+                    compacted: 5
+                })
+            ),
+            "{first:?}"
+        );
+        assert!(w.next().await.is_none(), "a compacted watch ends");
+        assert_eq!(s.watcher_count(), 0);
+
+        // The compacted revision itself is still readable and watchable.
+        let (kvs, _) = s.list("/c/", Some(5)).await?;
+        assert_eq!(
+            kvs.iter()
+                .map(|k| (k.key.as_str(), k.mod_revision))
+                .collect::<Vec<_>>(),
+            [("/c/a", 4)]
+        );
+        let mut w = s.watch("/c/", 5).await?;
+        let evs = collect(&mut w, 2).await;
+        assert_eq!(
+            summary(&evs),
+            vec![
+                (EventType::Delete, "/c/b".into(), 5),
+                (EventType::Put, "/c/d".into(), 6)
+            ]
+        );
+        // Compacting again at or below the mark, or in the future, is refused.
+        assert!(matches!(s.compact(5).await, Err(Error::Compacted { .. })));
+        assert!(matches!(s.compact(99).await, Err(Error::Other(_))));
+        // History rows left: the latest of each live key, and everything from 5 on.
+        let rows = s
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM log", [], |r| r.get::<_, i64>(0))?))
+            .await?;
+        assert_eq!(rows, 3, "/c/a@4, /c/b tombstone@5, /c/d@6");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_watch_should_replay_history_then_follow_grouped_per_revision_in_op_order(
+    ) -> TestResult {
+        let (_dir, s) = temp_store();
+        s.put("/w/a", b"1".to_vec()).await?; // 2
+        s.put("/other", b"1".to_vec()).await?; // 3
+        s.txn(txn(
+            vec![],
+            vec![put("/w/z", "1"), put("/w/b", "1"), del("/w/a")],
+        ))
+        .await?; // 4
+        let mut w = s.watch("/w/", 2).await?;
+        let mut live = s.watch("/w/", 0).await?;
+        s.txn(txn(vec![], vec![put("/w/y", "2"), put("/w/c", "2")]))
+            .await?; // 5
+        let evs = collect(&mut w, 6).await;
+        assert_eq!(
+            summary(&evs),
+            vec![
+                (EventType::Put, "/w/a".into(), 2),
+                (EventType::Put, "/w/z".into(), 4),
+                (EventType::Put, "/w/b".into(), 4),
+                (EventType::Delete, "/w/a".into(), 4),
+                (EventType::Put, "/w/y".into(), 5),
+                (EventType::Put, "/w/c".into(), 5),
+            ]
+        );
+        // Watch from 0 means "from now on"; one txn arrives as one item.
+        let item = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await?
+            .expect("the watch is open")?;
+        assert_eq!(
+            summary(&item).iter().map(|e| e.2).collect::<Vec<_>>(),
+            [5, 5]
+        );
+        assert_eq!(item[1].kv.create_revision, 5);
+        assert!(w.next().now_or_never().is_none(), "nothing more");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dropping_a_watch_should_unregister_it() -> TestResult {
+        let (_dir, s) = temp_store();
+        let a = s.watch("/a/", 0).await?;
+        let b = s.watch("/a/", 0).await?;
+        let c = s.watch("/b/", 0).await?;
+        assert_eq!(s.watcher_count(), 3);
+        drop(a);
+        drop(c);
+        assert_eq!(s.watcher_count(), 1);
+        drop(b);
+        assert_eq!(s.watcher_count(), 0);
+        let reg = lock(&s.inner.shared.registry);
+        assert!(reg.by_prefix.is_empty() && reg.lengths.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_handles_on_one_file_should_see_each_others_writes_and_watches() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("nested/dir/store.db");
+        let a = EmbeddedStore::open(&path)?;
+        let b = EmbeddedStore::open(&path)?;
+        assert_eq!(b.endpoint(), path.display().to_string());
+        let mut wb = b.watch("/x/", 0).await?;
+        let r = a.put("/x/1", b"from a".to_vec()).await?;
+        let kv = b.get("/x/1").await?.expect("a's write is visible to b");
+        assert_eq!(
+            (kv.value.as_slice(), kv.mod_revision),
+            (&b"from a"[..], r.revision)
+        );
+        // b's compare-and-swap on a's revision succeeds once, then conflicts.
+        let cas = || {
+            txn(
+                vec![Compare::mod_revision("/x/1", r.revision)],
+                vec![put("/x/1", "from b")],
+            )
+        };
+        assert!(b.txn(cas()).await?.succeeded);
+        assert!(!a.txn(cas()).await?.succeeded);
+        assert_eq!(
+            a.get("/x/1").await?.map(|k| k.value),
+            Some(b"from b".to_vec())
+        );
+        let evs = collect(&mut wb, 2).await;
+        assert_eq!(
+            summary(&evs),
+            vec![
+                (EventType::Put, "/x/1".into(), r.revision),
+                (EventType::Put, "/x/1".into(), r.revision + 1)
+            ]
+        );
+        // Concurrent CAS increments through both handles: none lost, none doubled.
+        let (ra, rb) = tokio::join!(
+            async {
+                for _ in 0..50 {
+                    increment(&a, "/x/n").await?;
+                }
+                Ok::<_, Error>(())
+            },
+            async {
+                for _ in 0..50 {
+                    increment(&b, "/x/n").await?;
+                }
+                Ok::<_, Error>(())
+            }
+        );
+        ra?;
+        rb?;
+        assert_eq!(a.get("/x/n").await?.map(|k| k.value), Some(b"100".to_vec()));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_in_one_handle_should_see_a_write_through_another_within_100ms() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.db");
+        let a = EmbeddedStore::open(&path)?;
+        let b = EmbeddedStore::open(&path)?;
+        let mut w = b.watch("/lat/", 0).await?;
+        let mut times = Vec::new();
+        for i in 0..20 {
+            let t0 = Instant::now();
+            let r = a.put(&format!("/lat/{i}"), b"v".to_vec()).await?;
+            let evs = collect(&mut w, 1).await;
+            times.push(t0.elapsed());
+            assert_eq!(evs[0].kv.mod_revision, r.revision);
+        }
+        times.sort();
+        let median = times[times.len() / 2];
+        eprintln!(
+            "cross-handle watch latency: median {median:?}, max {:?}",
+            times[times.len() - 1]
+        );
+        assert!(
+            median < Duration::from_millis(100),
+            "median latency {median:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_lease_should_be_swept_through_another_handle() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.db");
+        let b = EmbeddedStore::open(&path)?;
+        let (lease, rev) = {
+            let a = EmbeddedStore::open(&path)?;
+            let lease = a.grant_lease(Duration::from_millis(300)).await?;
+            let r = a
+                .txn(txn(
+                    vec![],
+                    vec![Op::Put {
+                        key: "/m/1".into(),
+                        value: b"alive".to_vec(),
+                        lease,
+                    }],
+                ))
+                .await?;
+            (lease, r.revision)
+            // `a` (and its poller) goes away here, like a process that died.
+        };
+        let mut w = b.watch("/m/", rev).await?;
+        let t0 = Instant::now();
+        let evs = collect(&mut w, 2).await;
+        assert_eq!(
+            summary(&evs),
+            vec![
+                (EventType::Put, "/m/1".into(), rev),
+                (EventType::Delete, "/m/1".into(), rev + 1)
+            ]
+        );
+        eprintln!("lease swept {:?} after the watch started", t0.elapsed());
+        assert_eq!(b.get("/m/1").await?, None);
+        assert!(matches!(
+            b.keep_alive(lease).await,
+            Err(Error::LeaseNotFound(_))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keep_alive_should_hold_a_lease_past_its_ttl() -> TestResult {
+        let (_dir, s) = temp_store();
+        let lease = s.grant_lease(Duration::from_millis(400)).await?;
+        s.txn(txn(
+            vec![],
+            vec![Op::Put {
+                key: "/k".into(),
+                value: b"v".to_vec(),
+                lease,
+            }],
+        ))
+        .await?;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(1200) {
+            s.keep_alive(lease).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            s.get("/k").await?.is_some(),
+            "a kept-alive lease keeps its keys"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn open_should_name_the_path_when_it_cannot() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let e = EmbeddedStore::open(dir.path())
+            .err()
+            .expect("a directory is no store");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&dir.path().display().to_string()) && msg.contains("directory"),
+            "{msg}"
+        );
+
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![b'x'; 4096])?;
+        let e = EmbeddedStore::open(&junk).err().expect("junk is no store");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("junk.db") && msg.contains("not a SQLite database"),
+            "{msg}"
+        );
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"")?;
+        let e = EmbeddedStore::open(&file.join("store.db"))
+            .err()
+            .expect("a file is no directory");
+        assert!(e.to_string().contains("file/store.db"), "{e}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn big_txns_and_lists_should_each_be_one_sqlite_transaction() -> TestResult {
+        let (_dir, s) = temp_store();
+        let t0 = Instant::now();
+        for batch in 0..10 {
+            let ops = (0..1000)
+                .map(|i| {
+                    put(
+                        &format!("/big/{batch:02}/{i:04}"),
+                        "some value of a few bytes",
+                    )
+                })
+                .collect();
+            let r = s.txn(txn(vec![], ops)).await?;
+            assert_eq!(r.revision, 2 + batch, "one txn, one revision");
+        }
+        let put_time = t0.elapsed();
+        let t1 = Instant::now();
+        let (kvs, _) = s.list("/big/", None).await?;
+        let list_time = t1.elapsed();
+        assert_eq!(kvs.len(), 10_000);
+        let t2 = Instant::now();
+        let (old, _) = s.list("/big/", Some(6)).await?;
+        let history_time = t2.elapsed();
+        assert_eq!(old.len(), 5_000);
+        eprintln!("10 txns of 1000 puts: {put_time:?}; list 10k: {list_time:?}; list 5k at old rev: {history_time:?}");
+        assert!(put_time < Duration::from_secs(10) && list_time < Duration::from_secs(2));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_watchers_should_each_get_only_their_own_prefix() -> TestResult {
+        let (_dir, s) = temp_store();
+        let t0 = Instant::now();
+        let mut watches = Vec::new();
+        for i in 0..10_000 {
+            watches.push(s.watch(&format!("/deployctl/instances/m{i}/"), 0).await?);
+        }
+        let register_time = t0.elapsed();
+        // One txn touches every tenth machine; one more key matches no watcher.
+        let mut ops: Vec<Op> = (0..10_000)
+            .step_by(10)
+            .map(|i| put(&format!("/deployctl/instances/m{i}/default/api"), "spec"))
+            .collect();
+        ops.push(put("/deployctl/instances/nobody", "x"));
+        let t1 = Instant::now();
+        let r = s.txn(txn(vec![], ops)).await?;
+        for (i, w) in watches.iter_mut().enumerate().step_by(10) {
+            let evs = collect(w, 1).await;
+            assert_eq!(
+                evs[0].kv.key,
+                format!("/deployctl/instances/m{i}/default/api")
+            );
+            assert_eq!(evs[0].kv.mod_revision, r.revision);
+        }
+        let fan_out_time = t1.elapsed();
+        for (i, w) in watches.iter_mut().enumerate() {
+            if i % 10 != 0 {
+                assert!(
+                    w.next().now_or_never().is_none(),
+                    "watcher {i} got another's event"
+                );
+            }
+        }
+        eprintln!("10k watchers: registered in {register_time:?}; 1000-put txn fanned out in {fan_out_time:?}");
+        drop(watches);
+        assert_eq!(s.watcher_count(), 0);
+        Ok(())
+    }
+
+    /// Env var naming the store file for the child process of the two-process test.
+    const CHILD_ENV: &str = "DEPLOYCTL_EMBEDDED_TEST_CHILD_STORE";
+
+    /// Not a test on its own: the writer process that
+    /// `two_processes_should_share_one_store_file` runs (this test binary, re-executed).
+    #[test]
+    #[ignore = "run as a child process by two_processes_should_share_one_store_file"]
+    fn child_writer_process() {
+        let path = std::env::var_os(CHILD_ENV).expect(
+            "run only by two_processes_should_share_one_store_file, which sets the env var",
+        );
+        let rt = tokio::runtime::Runtime::new().expect("a runtime starts in a test process");
+        rt.block_on(async {
+            let s = EmbeddedStore::open(Path::new(&path))?;
+            let lease = s.grant_lease(Duration::from_millis(300)).await?;
+            s.txn(txn(
+                vec![],
+                vec![Op::Put {
+                    key: "/p/child-lease".into(),
+                    value: b"alive".to_vec(),
+                    lease,
+                }],
+            ))
+            .await?;
+            for _ in 0..50 {
+                increment(&s, "/p/counter").await?;
+            }
+            s.put("/p/child-done", b"yes".to_vec()).await?;
+            Ok::<_, Error>(())
+        })
+        .expect("the child's writes succeed");
+        // Exits without revoking its lease, like a crashed agent.
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_should_share_one_store_file() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.db");
+        let s = EmbeddedStore::open(&path)?;
+        let mut w = s.watch("/p/child-", 0).await?;
+        let exe = std::env::current_exe()?;
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "store::embedded::tests::child_writer_process",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        for _ in 0..50 {
+            increment(&s, "/p/counter").await?;
+        }
+        let status = child.wait().await?;
+        assert!(
+            status.success(),
+            "the child writer process failed: {status}"
+        );
+        assert_eq!(
+            s.get("/p/counter").await?.map(|k| k.value),
+            Some(b"100".to_vec())
+        );
+        // The child's writes reach our watch; its abandoned lease is swept here.
+        let evs = collect(&mut w, 3).await;
+        let kinds: Vec<_> = evs.iter().map(|e| (e.kind, e.kv.key.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (EventType::Put, "/p/child-lease"),
+                (EventType::Put, "/p/child-done"),
+                (EventType::Delete, "/p/child-lease")
+            ]
+        );
+        Ok(())
     }
 }
