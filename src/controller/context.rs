@@ -50,7 +50,10 @@ impl<K: Object> Written<K> {
     /// The newer of the cached object and what we wrote: spec and metadata by
     /// resourceVersion, status by its own revision.
     pub fn fresher(&self, cached: Arc<K>) -> Arc<K> {
-        let mut map = self.map.lock().expect("written lock is never poisoned: no panics inside");
+        let mut map = self
+            .map
+            .lock()
+            .expect("written lock is never poisoned: no panics inside");
         let key = Self::key(&cached);
         let Some(ours) = map.get(&key) else {
             return cached;
@@ -61,7 +64,11 @@ impl<K: Object> Written<K> {
             map.remove(&key);
             return cached;
         }
-        let mut merged = if spec_newer { ours.clone() } else { K::clone(&cached) };
+        let mut merged = if spec_newer {
+            ours.clone()
+        } else {
+            K::clone(&cached)
+        };
         let (status, version) = if status_newer {
             (ours.status().cloned(), ours.meta().status_version)
         } else {
@@ -162,7 +169,10 @@ impl Context {
     }
 
     fn machine_views(&self) -> Vec<MachineView> {
-        let presence = self.presence.read().expect("presence lock is never poisoned");
+        let presence = self
+            .presence
+            .read()
+            .expect("presence lock is never poisoned");
         self.machines
             .list()
             .iter()
@@ -181,15 +191,20 @@ impl Context {
             .rollouts
             .filter(|r| r.spec.application == app && r.namespace() == Some(namespace));
         all.sort_by(|a, b| {
-            (a.metadata.creation_timestamp, a.name()).cmp(&(b.metadata.creation_timestamp, b.name()))
+            (a.metadata.creation_timestamp, a.name())
+                .cmp(&(b.metadata.creation_timestamp, b.name()))
         });
-        all.into_iter().next().map(|r| self.written_rollouts.fresher(r))
+        all.into_iter()
+            .next()
+            .map(|r| self.written_rollouts.fresher(r))
     }
 
     pub async fn reconcile(&self, key: Key) -> Result<Action, Error> {
         match key {
             Key::Machine(name) => self.reconcile_machine(&name).await,
-            Key::Application { namespace, name } => self.reconcile_application(&namespace, &name).await,
+            Key::Application { namespace, name } => {
+                self.reconcile_application(&namespace, &name).await
+            }
             Key::Rollout { namespace, name } => self.reconcile_rollout(&namespace, &name).await,
         }
     }
@@ -215,7 +230,9 @@ impl Context {
                     ("MachineNotReady", "the agent's lease expired")
                 };
                 let type_ = if alive { "Normal" } else { "Warning" };
-                self.events.record(reference(&new), type_, reason, msg).await;
+                self.events
+                    .record(reference(&new), type_, reason, msg)
+                    .await;
             }
         }
         Ok(Action::await_change())
@@ -228,7 +245,9 @@ impl Context {
         let stable = self
             .rollout_for(namespace, name)
             .and_then(|r| r.status.as_ref().and_then(|s| s.stable_version.clone()));
-        if let Some(status) = application::plan_status(&app, &self.machine_views(), stable.as_deref()) {
+        if let Some(status) =
+            application::plan_status(&app, &self.machine_views(), stable.as_deref())
+        {
             let mut new = Application::clone(&app);
             new.status = Some(status);
             self.client.replace_status(&new).await?;
@@ -314,7 +333,8 @@ impl Context {
         let mut writes = Vec::new();
         for inst in decision.instances {
             match by_name.get(inst.name()) {
-                Some(cur) if cur.spec == inst.spec && cur.metadata.labels == inst.metadata.labels => {}
+                Some(cur)
+                    if cur.spec == inst.spec && cur.metadata.labels == inst.metadata.labels => {}
                 Some(cur) => writes.push(Write::Replace {
                     current: Arc::clone(cur),
                     desired: inst,
@@ -339,7 +359,12 @@ impl Context {
         }
         for note in &decision.events {
             self.events
-                .record(reference(ro.as_ref()), note.type_, note.reason, &note.message)
+                .record(
+                    reference(ro.as_ref()),
+                    note.type_,
+                    note.reason,
+                    &note.message,
+                )
                 .await;
         }
         Ok(match decision.requeue_after {
@@ -348,4 +373,3 @@ impl Context {
         })
     }
 }
-

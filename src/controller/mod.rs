@@ -37,7 +37,8 @@ pub struct ControllerConfig {
 pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = config.store.connect().await?;
     let client = Client::new(store);
-    let elector = leader::LeaderElector::new(client.clone(), config.identity.clone(), config.lease_ttl);
+    let elector =
+        leader::LeaderElector::new(client.clone(), config.identity.clone(), config.lease_ttl);
     loop {
         tracing::info!(identity = %config.identity, "campaigning for leadership");
         let leadership = match elector.campaign(&shutdown).await {
@@ -82,11 +83,30 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
             }
         }};
     }
-    let machines = Informer::<Machine>::spawn(client.clone(), Scope::All, handler!(on_machine), stop.clone());
-    let applications =
-        Informer::<Application>::spawn(client.clone(), Scope::All, handler!(on_application), stop.clone());
-    let rollouts = Informer::<Rollout>::spawn(client.clone(), Scope::All, handler!(on_rollout), stop.clone());
-    let instances = Informer::<Instance>::spawn(client.clone(), Scope::All, handler!(on_instance), stop.clone());
+    let machines = Informer::<Machine>::spawn(
+        client.clone(),
+        Scope::All,
+        handler!(on_machine),
+        stop.clone(),
+    );
+    let applications = Informer::<Application>::spawn(
+        client.clone(),
+        Scope::All,
+        handler!(on_application),
+        stop.clone(),
+    );
+    let rollouts = Informer::<Rollout>::spawn(
+        client.clone(),
+        Scope::All,
+        handler!(on_rollout),
+        stop.clone(),
+    );
+    let instances = Informer::<Instance>::spawn(
+        client.clone(),
+        Scope::All,
+        handler!(on_instance),
+        stop.clone(),
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         machines,
@@ -120,16 +140,24 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
                         Some(Ok(ev)) => {
                             retry = Duration::from_millis(200);
                             let changed: Vec<String> = {
-                                let mut set = ctx.presence.write().expect("presence lock is never poisoned");
+                                let mut set = ctx
+                                    .presence
+                                    .write()
+                                    .expect("presence lock is never poisoned");
                                 match ev {
                                     PresenceEvent::Restarted(all) => {
-                                        let changed = set.symmetric_difference(&all).cloned().collect();
+                                        let changed =
+                                            set.symmetric_difference(&all).cloned().collect();
                                         *set = all;
                                         synced.cancel();
                                         changed
                                     }
-                                    PresenceEvent::Up(m) => set.insert(m.clone()).then_some(m).into_iter().collect(),
-                                    PresenceEvent::Down(m) => set.remove(&m).then_some(m).into_iter().collect(),
+                                    PresenceEvent::Up(m) => {
+                                        set.insert(m.clone()).then_some(m).into_iter().collect()
+                                    }
+                                    PresenceEvent::Down(m) => {
+                                        set.remove(&m).then_some(m).into_iter().collect()
+                                    }
                                 }
                             };
                             if !changed.is_empty() {
@@ -187,7 +215,9 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
                 async move { ctx.reconcile(key).await }
             },
             |_key: &Key, err: &context::Error| match err {
-                context::Error::Store(crate::store::Error::NotLeader) => runtime::Action::await_change(),
+                context::Error::Store(crate::store::Error::NotLeader) => {
+                    runtime::Action::await_change()
+                }
                 _ => runtime::Action::backoff(),
             },
             stop.clone(),
