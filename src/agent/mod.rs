@@ -1,5 +1,10 @@
 //! The node agent: artifacts, hooks, health checks, the service, local state.
 
+pub mod artifact;
+pub mod hooks;
+pub mod release;
+pub mod unpack;
+
 use crate::store::StoreUrl;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
