@@ -1,8 +1,10 @@
 //! The node agent: artifacts, hooks, health checks, the service, local state.
 
 pub mod artifact;
+pub mod health;
 pub mod hooks;
 pub mod release;
+pub mod service;
 pub mod unpack;
 
 use crate::store::StoreUrl;
