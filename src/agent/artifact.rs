@@ -187,7 +187,10 @@ pub async fn fetch(
 }
 
 /// Streams the body at `url` chunk by chunk into `sink`.
-async fn stream_into(url: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+async fn stream_into(
+    url: &str,
+    sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+) -> Result<()> {
     let io_err = |source: std::io::Error| ArtifactError::Fetch {
         url: url.to_string(),
         message: source.to_string(),

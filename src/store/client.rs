@@ -243,6 +243,37 @@ impl Client {
         }
     }
 
+    /// Puts `machine`'s presence key bound to `lease` (the agent's liveness; the key
+    /// vanishes when the lease expires). Compare-and-swap on the revision read, retried
+    /// on conflict; the key has one writer, the machine's own agent.
+    pub async fn register_presence(
+        &self,
+        machine: &str,
+        lease: super::LeaseId,
+        value: Vec<u8>,
+    ) -> Result<()> {
+        let key = keys::machine_lease_key(machine);
+        for _ in 0..CONFLICT_RETRIES {
+            let rev = self.store.get(&key).await?.map_or(0, |kv| kv.mod_revision);
+            let txn = Txn {
+                compares: vec![Compare::mod_revision(&key, rev)],
+                ops: vec![Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    lease,
+                }],
+            };
+            match self
+                .commit(txn, &format!("presence of machine {machine}"))
+                .await
+            {
+                Err(Error::Conflict(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(Error::Conflict(format!("presence of machine {machine}")))
+    }
+
     /// Lists, then watches from the next revision: first `Restarted(all)`, then changes.
     /// On compaction it relists and emits `Restarted` again; a broken connection is
     /// resumed by the store's watch. The stream ends only when dropped.
