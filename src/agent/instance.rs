@@ -12,10 +12,10 @@ use super::release::Layout;
 use super::service::{ServiceSpec, Supervisor};
 use super::unpack::{self, UnpackError};
 use crate::api::{
-    validation::check_version, Event, EventSpec, Instance, InstanceFailure, InstancePhase,
-    InstanceSpec, InstanceStatus, Object, ObjectReference, VersionRef,
+    validation::check_version, Instance, InstanceFailure, InstancePhase, InstanceSpec,
+    InstanceStatus, Object, ObjectReference, VersionRef,
 };
-use crate::store::{Client, Error as StoreError};
+use crate::store::{Client, Error as StoreError, EventRecorder};
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub struct Context {
     /// The agent's deploy root: default paths and `logs/` live under it.
     pub root: PathBuf,
     pub retry: Retry,
+    /// Events about instances (`agent/<machine>`), bound to an expiring lease.
+    pub events: EventRecorder,
 }
 
 /// Kinds of work whose failure is remembered so that it is not retried for the same
@@ -823,28 +825,14 @@ impl Task {
         tracing::warn!(instance = %obj.meta().key(), "status write kept conflicting; will retry");
     }
 
-    /// Records an Event about this instance; best effort.
+    /// Records an Event about this instance; best effort (failures are logged).
     async fn event(&self, type_: &str, reason: &str, message: &str) {
-        let name = format!("{}.{:08x}", self.obj.name(), rand::random::<u32>());
-        let mut ev = Event::new(
-            &name,
-            EventSpec {
-                involved_object: ObjectReference {
-                    kind: Instance::KIND.to_string(),
-                    namespace: self.obj.namespace().map(str::to_string),
-                    name: self.obj.name().to_string(),
-                },
-                type_: type_.to_string(),
-                reason: reason.to_string(),
-                message: message.to_string(),
-                source: format!("agent/{}", self.ctx.machine),
-                time: Some(Utc::now()),
-            },
-        );
-        ev.meta_mut().namespace = self.obj.namespace().map(str::to_string);
-        if let Err(e) = self.ctx.client.create(&ev).await {
-            tracing::warn!(event = %name, error = %e, "cannot record event");
-        }
+        let object = ObjectReference {
+            kind: Instance::KIND.to_string(),
+            namespace: self.obj.namespace().map(str::to_string),
+            name: self.obj.name().to_string(),
+        };
+        self.ctx.events.record(object, type_, reason, message).await;
     }
 }
 

@@ -14,7 +14,9 @@ pub mod service;
 pub mod unpack;
 
 use crate::api::{Instance, Machine, MachineSpec, Object};
-use crate::store::{Client, Error as StoreError, LeaseId, ObjectEvent, Scope, StoreUrl};
+use crate::store::{
+    Client, Error as StoreError, EventRecorder, LeaseId, ObjectEvent, Scope, StoreUrl,
+};
 use anyhow::Context as _;
 use chrono::Utc;
 use futures::StreamExt;
@@ -82,6 +84,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         machine: config.name.clone(),
         root: config.root.clone(),
         retry: artifact::Retry::default(),
+        events: EventRecorder::new(client.clone(), format!("agent/{}", config.name)),
     });
     let tasks_shutdown = shutdown.child_token();
     let mut tasks: HashMap<String, Running> = HashMap::new();

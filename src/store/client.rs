@@ -52,6 +52,18 @@ pub enum ObjectEvent<K> {
 
 pub type ObjectWatch<K> = BoxStream<'static, Result<ObjectEvent<K>>>;
 
+/// Who holds the leader key (the leading controller), as read from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderRecord {
+    /// The holder's identity (the key's value).
+    pub identity: String,
+    /// Tells one term of leadership from the next: the fence compares it.
+    pub create_revision: i64,
+    /// Watch from the revision after this one to see the key deleted.
+    pub mod_revision: i64,
+    pub lease: super::LeaseId,
+}
+
 impl Client {
     pub fn new(store: Arc<dyn Store>) -> Client {
         Client { store, fence: None }
@@ -243,35 +255,57 @@ impl Client {
         }
     }
 
-    /// Puts `machine`'s presence key bound to `lease` (the agent's liveness; the key
-    /// vanishes when the lease expires). Compare-and-swap on the revision read, retried
-    /// on conflict; the key has one writer, the machine's own agent.
-    pub async fn register_presence(
+    /// Tries to become the leading controller: creates the leader key with `identity`,
+    /// bound to `lease`, if nobody holds it. Returns the fence for [`Client::fenced`]
+    /// (the key's create revision must stay the one written here), or `None` when the
+    /// key is held by someone (see [`Client::leader`]).
+    pub async fn try_acquire_leader(
         &self,
-        machine: &str,
+        identity: &str,
         lease: super::LeaseId,
-        value: Vec<u8>,
-    ) -> Result<()> {
-        let key = keys::machine_lease_key(machine);
-        for _ in 0..CONFLICT_RETRIES {
-            let rev = self.store.get(&key).await?.map_or(0, |kv| kv.mod_revision);
-            let txn = Txn {
-                compares: vec![Compare::mod_revision(&key, rev)],
+    ) -> Result<Option<Compare>> {
+        let key = keys::leader_key();
+        let res = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare::absent(&key)],
                 ops: vec![Op::Put {
                     key: key.clone(),
-                    value: value.clone(),
+                    value: identity.as_bytes().to_vec(),
                     lease,
                 }],
-            };
-            match self
-                .commit(txn, &format!("presence of machine {machine}"))
-                .await
-            {
-                Err(Error::Conflict(_)) => continue,
-                other => return other.map(|_| ()),
-            }
-        }
-        Err(Error::Conflict(format!("presence of machine {machine}")))
+            })
+            .await?;
+        // A successful put happened at `res.revision`, which is the key's create revision.
+        Ok(res
+            .succeeded
+            .then(|| Compare::create_revision(key, res.revision)))
+    }
+
+    /// The current holder of the leader key, if any.
+    pub async fn leader(&self) -> Result<Option<LeaderRecord>> {
+        Ok(self
+            .store
+            .get(&keys::leader_key())
+            .await?
+            .map(|kv| LeaderRecord {
+                identity: String::from_utf8_lossy(&kv.value).into_owned(),
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                lease: kv.lease,
+            }))
+    }
+
+    /// Changes to the leader key with revision ≥ `from_revision`.
+    pub async fn watch_leader(&self, from_revision: i64) -> Result<super::WatchStream> {
+        let key = keys::leader_key();
+        let stream = self.store.watch(&key, from_revision).await?;
+        // The watch is on a prefix: keep only the leader key itself.
+        Ok(stream
+            .map(move |batch| {
+                batch.map(|evs| evs.into_iter().filter(|e| e.kv.key == key).collect())
+            })
+            .boxed())
     }
 
     /// Lists, then watches from the next revision: first `Restarted(all)`, then changes.
@@ -408,7 +442,14 @@ fn apply_event<K: Object>(
                 statuses.insert(key.clone(), ev.kv.clone());
             }
             EventType::Delete => {
-                statuses.remove(&key);
+                // A status key is deleted only with its spec, whose Delete reports the
+                // object. The two prefixes are watched apart, so this may arrive first:
+                // announcing a status-less object about to vanish would be wrong, and the
+                // Deleted event should still carry the last status.
+                if !objects.contains_key(&key) {
+                    statuses.remove(&key);
+                }
+                return None;
             }
         }
         let obj = objects.get(&key)?;
@@ -488,7 +529,7 @@ fn with_revision<K: Object>(mut obj: K, revision: i64) -> K {
     obj
 }
 
-fn decode_spec<K: Object>(kv: &KeyValue) -> Result<K> {
+pub(super) fn decode_spec<K: Object>(kv: &KeyValue) -> Result<K> {
     let mut obj: K = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
         key: kv.key.clone(),
         message: e.to_string(),
@@ -508,7 +549,7 @@ fn attach_status<K: Object>(obj: &mut K, kv: &KeyValue) -> Result<()> {
 }
 
 /// The bytes stored under the spec key: the object without status and resourceVersion.
-fn encode_spec_value<K: Object>(obj: &K) -> Result<Vec<u8>> {
+pub(super) fn encode_spec_value<K: Object>(obj: &K) -> Result<Vec<u8>> {
     let mut bare = obj.clone();
     *bare.status_mut() = None;
     bare.meta_mut().resource_version = None;
