@@ -272,10 +272,7 @@ impl StoreUrl {
     pub async fn connect(&self) -> Result<Arc<dyn Store>> {
         match self {
             StoreUrl::Etcd(endpoints) => Ok(Arc::new(etcd::EtcdStore::connect(endpoints).await?)),
-            StoreUrl::Embedded(path) => {
-                let _ = embedded::EmbeddedStore::open(path)?;
-                Err(Error::Other("todo".into()))
-            }
+            StoreUrl::Embedded(path) => Ok(Arc::new(embedded::EmbeddedStore::open(path)?)),
         }
     }
 }
