@@ -160,7 +160,9 @@ impl Client {
     pub async fn replace_status<K: Object>(&self, obj: &K) -> Result<K> {
         let mut txn = Txn::default();
         encode_status(obj, &mut txn)?;
-        let res = self.commit(txn, &format!("status of {}", describe::<K>(obj))).await?;
+        let res = self
+            .commit(txn, &format!("status of {}", describe::<K>(obj)))
+            .await?;
         let mut out = obj.clone();
         out.meta_mut().status_version = res.revision;
         Ok(out)
@@ -341,7 +343,9 @@ fn async_stream<K: Object>(
                 }
                 Some(Ok(events)) => {
                     for ev in events {
-                        if let Some(out) = apply_event(&mut st.objects, &mut st.statuses, &st.scope, ev) {
+                        if let Some(out) =
+                            apply_event(&mut st.objects, &mut st.statuses, &st.scope, ev)
+                        {
                             st.pending.push_back(out);
                         }
                     }
@@ -406,7 +410,11 @@ fn apply_event<K: Object>(
 
 /// The namespace to use for `K`: `None` for cluster-scoped kinds, `default` when omitted.
 fn ns_for<K: Object>(namespace: Option<&str>) -> Option<String> {
-    K::NAMESPACED.then(|| namespace.unwrap_or(crate::api::DEFAULT_NAMESPACE).to_string())
+    K::NAMESPACED.then(|| {
+        namespace
+            .unwrap_or(crate::api::DEFAULT_NAMESPACE)
+            .to_string()
+    })
 }
 
 fn object_key<K: Object>(obj: &K) -> ObjectKey {
@@ -547,8 +555,10 @@ pub fn encode_status<K: Object>(obj: &K, txn: &mut Txn) -> Result<()> {
     let status_key = keys::status_key(K::PLURAL, ns.as_deref(), obj.name());
     let status = obj.status().cloned().unwrap_or_default();
     txn.compares.push(Compare::exists(spec_key));
-    txn.compares
-        .push(Compare::mod_revision(&status_key, obj.meta().status_version));
+    txn.compares.push(Compare::mod_revision(
+        &status_key,
+        obj.meta().status_version,
+    ));
     txn.ops.push(Op::Put {
         key: status_key,
         value: serde_json::to_vec(&status)

@@ -9,7 +9,7 @@ pub mod embedded;
 pub mod etcd;
 pub mod keys;
 
-pub use client::{Client, ListResult, ObjectEvent, ObjectWatch};
+pub use client::{Client, ListResult, ObjectEvent, ObjectWatch, Scope};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -304,6 +304,9 @@ mod tests {
         assert!(StoreUrl::parse(Some("etcd://")).is_err());
         assert!(StoreUrl::parse(Some("etcd://host")).is_err());
         assert!(StoreUrl::parse(Some("redis://x")).is_err());
-        assert!(matches!(StoreUrl::parse(None).unwrap(), StoreUrl::Embedded(_)));
+        assert!(matches!(
+            StoreUrl::parse(None).unwrap(),
+            StoreUrl::Embedded(_)
+        ));
     }
 }
