@@ -257,7 +257,7 @@ fn dotted_path(location: &jsonschema::paths::Location) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(&p);
+                out.push_str(p);
             }
         }
     }
