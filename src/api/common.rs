@@ -33,7 +33,11 @@ impl IntOrPercent {
             IntOrPercent::Percent(_) => {
                 let p = u64::from(self.percent().unwrap_or(100));
                 let t = u64::from(total);
-                let v = if round_up { (t * p).div_ceil(100) } else { t * p / 100 };
+                let v = if round_up {
+                    (t * p).div_ceil(100)
+                } else {
+                    t * p / 100
+                };
                 v as u32
             }
         }

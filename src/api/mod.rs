@@ -10,6 +10,7 @@ mod instance;
 mod machine;
 mod meta;
 mod rollout;
+pub mod schema;
 pub mod selector;
 pub mod validation;
 
@@ -146,7 +147,10 @@ impl KindName {
 
     /// Kinds a user may `apply` (the others are written by deployctl itself).
     pub fn is_user_kind(self) -> bool {
-        matches!(self, KindName::Machine | KindName::Application | KindName::Rollout)
+        matches!(
+            self,
+            KindName::Machine | KindName::Application | KindName::Rollout
+        )
     }
 
     pub fn kind(self) -> &'static str {

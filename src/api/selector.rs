@@ -175,8 +175,16 @@ mod tests {
         check("role", &[("role", "x")], true);
         check("!role", &[("role", "x")], false);
         check("role in (web, api)", &[("role", "api")], true);
-        check("role notin (web,api),zone=a", &[("role", "db"), ("zone", "a")], true);
-        check("role in (web,api),zone=a", &[("role", "db"), ("zone", "a")], false);
+        check(
+            "role notin (web,api),zone=a",
+            &[("role", "db"), ("zone", "a")],
+            true,
+        );
+        check(
+            "role in (web,api),zone=a",
+            &[("role", "db"), ("zone", "a")],
+            false,
+        );
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub fn check_version(version: &str) -> Result<(), String> {
 fn check_sha256(path: &str, sha: &Option<String>, out: &mut Vec<FieldError>) {
     if let Some(s) = sha {
         if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            out.push(err(path, format!("invalid sha256 {s:?}: must be 64 hex digits")));
+            out.push(err(
+                path,
+                format!("invalid sha256 {s:?}: must be 64 hex digits"),
+            ));
         }
     }
 }
@@ -71,7 +74,10 @@ fn check_sha256(path: &str, sha: &Option<String>, out: &mut Vec<FieldError>) {
 fn check_percent(path: &str, v: &IntOrPercent, out: &mut Vec<FieldError>) {
     if let IntOrPercent::Percent(p) = v {
         if v.percent().is_none() {
-            out.push(err(path, format!("invalid percent {p:?}: must be 0% to 100%")));
+            out.push(err(
+                path,
+                format!("invalid percent {p:?}: must be 0% to 100%"),
+            ));
         }
     }
 }
@@ -94,7 +100,10 @@ fn check_commands(path: &str, cmds: &[Command], out: &mut Vec<FieldError>) {
             out.push(err(format!("{path}[{i}].command"), "must not be empty"));
         }
         if c.timeout_seconds == 0 {
-            out.push(err(format!("{path}[{i}].timeoutSeconds"), "must be at least 1"));
+            out.push(err(
+                format!("{path}[{i}].timeoutSeconds"),
+                "must be at least 1",
+            ));
         }
     }
 }
@@ -150,7 +159,10 @@ pub fn validate_application(app: &Application) -> Vec<FieldError> {
     }
     if let Some(shell) = &s.shell {
         if shell.is_empty() || shell[0].is_empty() {
-            out.push(err("spec.shell", "must name a program, e.g. [\"/bin/sh\", \"-c\"]"));
+            out.push(err(
+                "spec.shell",
+                "must name a program, e.g. [\"/bin/sh\", \"-c\"]",
+            ));
         }
     }
     for key in s.env.keys() {
@@ -176,11 +188,17 @@ pub fn validate_application(app: &Application) -> Vec<FieldError> {
     if let Some(hc) = &s.health_check {
         let n = hc.tcp.is_some() as u8 + hc.http.is_some() as u8 + hc.exec.is_some() as u8;
         if n != 1 {
-            out.push(err("spec.healthCheck", "must set exactly one of tcp, http or exec"));
+            out.push(err(
+                "spec.healthCheck",
+                "must set exactly one of tcp, http or exec",
+            ));
         }
         if let Some(http) = &hc.http {
             if !(http.url.starts_with("http://") || http.url.starts_with("https://")) {
-                out.push(err("spec.healthCheck.http.url", "must start with http:// or https://"));
+                out.push(err(
+                    "spec.healthCheck.http.url",
+                    "must start with http:// or https://",
+                ));
             }
             for (i, code) in http.expect_status.iter().enumerate() {
                 if !(100..=599).contains(code) {
@@ -202,7 +220,10 @@ pub fn validate_application(app: &Application) -> Vec<FieldError> {
             ("deadlineSeconds", hc.deadline_seconds),
         ] {
             if v == 0 {
-                out.push(err(format!("spec.healthCheck.{field}"), "must be at least 1"));
+                out.push(err(
+                    format!("spec.healthCheck.{field}"),
+                    "must be at least 1",
+                ));
             }
         }
     }
@@ -229,16 +250,26 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
     }
     check_sha256("spec.sha256", &s.sha256, &mut out);
     let st = &s.strategy;
-    check_percent("spec.strategy.maxUnavailable", &st.max_unavailable, &mut out);
+    check_percent(
+        "spec.strategy.maxUnavailable",
+        &st.max_unavailable,
+        &mut out,
+    );
     check_percent("spec.strategy.minStaged", &st.min_staged, &mut out);
     if st.max_unavailable == IntOrPercent::Int(0) || st.max_unavailable.percent() == Some(0) {
-        out.push(err("spec.strategy.maxUnavailable", "must be at least 1 (or 1%)"));
+        out.push(err(
+            "spec.strategy.maxUnavailable",
+            "must be at least 1 (or 1%)",
+        ));
     }
     if st.max_parallel_stage == Some(0) {
         out.push(err("spec.strategy.maxParallelStage", "must be at least 1"));
     }
     if st.progress_deadline_seconds == 0 {
-        out.push(err("spec.strategy.progressDeadlineSeconds", "must be at least 1"));
+        out.push(err(
+            "spec.strategy.progressDeadlineSeconds",
+            "must be at least 1",
+        ));
     }
     for (i, step) in st.steps.iter().enumerate() {
         let path = format!("spec.strategy.steps[{i}]");
@@ -246,7 +277,10 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
             + step.machines.is_some() as u8
             + step.pause.is_some() as u8;
         if n != 1 {
-            out.push(err(&path, "must set exactly one of setWeight, machines or pause"));
+            out.push(err(
+                &path,
+                "must set exactly one of setWeight, machines or pause",
+            ));
         }
         if let Some(w) = step.set_weight {
             if w > 100 {
@@ -284,7 +318,13 @@ mod tests {
 
     #[test]
     fn versions_should_match_the_documented_pattern() {
-        for good in ["1", "v1.2.3", "1.0+build.5", "2024-01-01_rc1", &"a".repeat(128)] {
+        for good in [
+            "1",
+            "v1.2.3",
+            "1.0+build.5",
+            "2024-01-01_rc1",
+            &"a".repeat(128),
+        ] {
             assert!(check_version(good).is_ok(), "{good}");
         }
         for bad in ["", ".1", "-1", "1/2", "..", "a b", "$(x)", &"a".repeat(129)] {

@@ -150,7 +150,10 @@ mod tests {
                 namespace: ns.map(str::to_string),
                 name: name.to_string(),
             };
-            assert_eq!(parse_key(plural, &spec_key(plural, ns, name)), Some(want.clone()));
+            assert_eq!(
+                parse_key(plural, &spec_key(plural, ns, name)),
+                Some(want.clone())
+            );
             assert_eq!(parse_key(plural, &status_key(plural, ns, name)), Some(want));
         }
     }
