@@ -10,6 +10,7 @@
 
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
+use crate::store::Store;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -306,15 +307,16 @@ fn healthy(port: u16) -> bool {
 
 /// An embedded store in a temporary dir, removed on drop.
 pub struct TempEmbedded {
-    store: Arc<EmbeddedStore>,
+    /// The handle opened by [`embedded_temp`] (cheap to clone).
+    pub store: EmbeddedStore,
     /// Keeps the dir (and the database in it) alive as long as the store.
     dir: tempfile::TempDir,
 }
 
 impl TempEmbedded {
-    /// The store (the handle opened by [`embedded_temp`]).
-    pub fn store(&self) -> Arc<EmbeddedStore> {
-        self.store.clone()
+    /// The store as the trait object the rest of deployctl takes.
+    pub fn dyn_store(&self) -> Arc<dyn Store> {
+        Arc::new(self.store.clone())
     }
 
     /// The database file.
@@ -323,7 +325,7 @@ impl TempEmbedded {
     }
 
     /// A second, independent handle on the same file: what another process sees.
-    pub fn open_another(&self) -> Arc<EmbeddedStore> {
+    pub fn open_another(&self) -> Arc<dyn Store> {
         let path = self.path();
         Arc::new(
             EmbeddedStore::open(&path).unwrap_or_else(|e| {
@@ -342,8 +344,5 @@ pub fn embedded_temp() -> TempEmbedded {
     let path = dir.path().join("store.db");
     let store = EmbeddedStore::open(&path)
         .unwrap_or_else(|e| panic!("cannot open embedded store at {}: {e}", path.display()));
-    TempEmbedded {
-        store: Arc::new(store),
-        dir,
-    }
+    TempEmbedded { store, dir }
 }

@@ -35,11 +35,10 @@ impl Fixture {
         }
     }
 
-    #[cfg(any())]
     fn embedded() -> Fixture {
         let temp = deployctl::testing::embedded_temp();
         Fixture {
-            store: temp.store(),
+            store: temp.dyn_store(),
             backend: Backend::Embedded(temp),
         }
     }
@@ -54,10 +53,7 @@ impl Fixture {
                 server.restart();
                 self.store.clone()
             }
-            #[cfg(any())]
-            Backend::Embedded(temp) => temp.open_another() as Arc<dyn Store>,
-            #[cfg(not(any()))]
-            Backend::Embedded(_) => unreachable!("embedded cases are compiled out"),
+            Backend::Embedded(temp) => temp.open_another(),
         }
     }
 }
@@ -81,8 +77,6 @@ macro_rules! conformance {
                 }
             )*
         }
-        // Until the embedded backend lands (merge of main), its cases are compiled out.
-        #[cfg(any())]
         mod embedded {
             $(
                 #[tokio::test]
