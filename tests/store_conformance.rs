@@ -1,6 +1,8 @@
 //! One conformance suite for every `Store` backend: each case runs against a real etcd
 //! (`etcd::<case>`) and against the embedded store (`embedded::<case>`).
 
+mod common;
+
 use deployctl::api::{Object, Rollout, RolloutSpec};
 use deployctl::store::{
     keys, Client, Compare, Error, EventType, ObjectEvent, ObjectWatch, Op, Scope, Store, Txn,
@@ -975,4 +977,101 @@ async fn etcd_store_should_name_the_flag_when_a_transaction_has_too_many_ops() {
         kvs.is_empty(),
         "nothing of a refused transaction is written"
     );
+}
+
+/// Cut off (a partition, via a proxy) while history is compacted, a watch resumes into
+/// `Compacted` and ends: the caller must relist.
+#[tokio::test]
+async fn etcd_watch_should_say_compacted_when_it_resumes_past_compacted_history() {
+    let server = EtcdServer::start();
+    let direct = server.connect().await;
+    let proxy = common::proxy::Proxy::start(server.endpoint().parse().expect("ip:port")).await;
+    let proxied = deployctl::store::etcd::EtcdStore::connect(&[proxy.endpoint()])
+        .await
+        .expect("connect through the proxy");
+
+    let r1 = direct
+        .put("/t/a", b"1".to_vec())
+        .await
+        .expect("put")
+        .revision;
+    let mut watch = proxied.watch("/t/", r1).await.expect("watch");
+    next_events(&mut watch, 1).await;
+
+    proxy.cut();
+    direct.put("/t/a", b"2".to_vec()).await.expect("put");
+    let head = direct
+        .put("/t/a", b"3".to_vec())
+        .await
+        .expect("put")
+        .revision;
+    direct.compact(head).await.expect("compact");
+    proxy.restore();
+
+    match tokio::time::timeout(DEADLINE, watch.next()).await {
+        Ok(Some(Err(Error::Compacted {
+            requested,
+            compacted,
+        }))) => {
+            assert_eq!(
+                requested,
+                r1 + 1,
+                "resumed after the last delivered revision"
+            );
+            assert_eq!(compacted, head);
+        }
+        other => panic!("want Err(Compacted) after resuming, got {other:?}"),
+    }
+    match tokio::time::timeout(DEADLINE, watch.next()).await {
+        Ok(None) => {}
+        other => panic!("the stream must end after Compacted, got {other:?}"),
+    }
+}
+
+/// `Client::list_watch` turns that `Compacted` into a relist: `Restarted` with the state
+/// after the partition, never an error.
+#[tokio::test]
+async fn list_watch_should_relist_when_history_it_missed_was_compacted() {
+    let server = EtcdServer::start();
+    let direct: Arc<dyn Store> = Arc::new(server.connect().await);
+    let proxy = common::proxy::Proxy::start(server.endpoint().parse().expect("ip:port")).await;
+    let proxied: Arc<dyn Store> = Arc::new(
+        deployctl::store::etcd::EtcdStore::connect(&[proxy.endpoint()])
+            .await
+            .expect("connect through the proxy"),
+    );
+    let writer = Client::new(direct.clone());
+    writer.create(&rollout("a", "1")).await.expect("create a");
+
+    let mut watch = Client::new(proxied).list_watch::<Rollout>(Scope::All);
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Restarted(items) => assert_eq!(items.len(), 1),
+        other => panic!("want Restarted first, got {other:?}"),
+    }
+
+    proxy.cut();
+    writer.create(&rollout("b", "1")).await.expect("create b");
+    writer
+        .delete::<Rollout>(Some("default"), "a", None)
+        .await
+        .expect("delete a");
+    let head = direct
+        .put("/unrelated", b"x".to_vec())
+        .await
+        .expect("put")
+        .revision;
+    direct.compact(head).await.expect("compact");
+    proxy.restore();
+
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Restarted(items) => {
+            let names: Vec<&str> = items.iter().map(|r| r.metadata.name.as_str()).collect();
+            assert_eq!(
+                names,
+                vec!["b"],
+                "the relist shows the state after the partition"
+            );
+        }
+        other => panic!("want Restarted after the compaction, got {other:?}"),
+    }
 }
