@@ -573,4 +573,26 @@ mod tests {
         }
         assert!(err.to_string().contains(&endpoint), "{err}");
     }
+
+    #[tokio::test]
+    async fn connect_should_time_out_on_a_server_that_never_answers() {
+        // Accepts TCP (the kernel's backlog does) but never speaks HTTP/2.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback bind works");
+        let endpoint = silent
+            .local_addr()
+            .expect("bound socket has an address")
+            .to_string();
+        let started = std::time::Instant::now();
+        let err = EtcdStore::connect(std::slice::from_ref(&endpoint))
+            .await
+            .expect_err("nothing answers there");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(8), "took {took:?}");
+        assert!(
+            took >= CONNECT_TIMEOUT / 2,
+            "failed suspiciously fast: {err}"
+        );
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains(&endpoint), "{err}");
+    }
 }
