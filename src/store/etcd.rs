@@ -462,8 +462,17 @@ impl Watch {
             let Some((_, stream)) = self.open.as_mut() else {
                 tokio::time::sleep(self.backoff).await;
                 self.backoff = (self.backoff * 2).min(WATCH_BACKOFF_MAX);
-                if let Err(e) = self.open().await {
-                    tracing::debug!(prefix = %self.prefix, error = %e, "re-opening watch failed");
+                match self.open().await {
+                    // Still failing at the longest pause: worth a person's attention.
+                    Err(e) if self.backoff == WATCH_BACKOFF_MAX => {
+                        tracing::warn!(prefix = %self.prefix, error = %e, "cannot re-open watch; retrying")
+                    }
+                    Err(e) => {
+                        tracing::debug!(prefix = %self.prefix, error = %e, "re-opening watch failed")
+                    }
+                    Ok(()) => {
+                        tracing::debug!(prefix = %self.prefix, from = self.next_revision, "watch re-opened")
+                    }
                 }
                 continue;
             };
