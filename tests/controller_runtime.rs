@@ -221,8 +221,9 @@ async fn informer_cache_should_equal_a_fresh_list_after_creates_updates_status_a
         cache_matches(&machines, &client, &Scope::All)
     })
     .await;
+    let prod = Scope::Namespace("prod".into());
     eventually("the rollout cache to equal a fresh list", SOON, || {
-        cache_matches(&rollouts, &client, &Scope::Namespace("prod".into()))
+        cache_matches(&rollouts, &client, &prod)
     })
     .await;
     assert!(machines.get(None, "before").is_none());

@@ -80,6 +80,11 @@ impl<K: Object> Reader<K> {
         self.read().get(&key).cloned()
     }
 
+    /// One object by its key (as queued by [`object_key`]).
+    pub fn get_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.read().get(key).cloned()
+    }
+
     /// Every cached object, in no particular order. Costs one `Arc` clone per object.
     pub fn list(&self) -> Vec<Arc<K>> {
         self.read().values().cloned().collect()
@@ -160,17 +165,17 @@ impl<K: Object> Writer<K> {
         match event {
             ObjectEvent::Applied(obj) => {
                 let obj = Arc::new(obj);
-                self.write().insert(key_of(&*obj), obj.clone());
+                self.write().insert(object_key(&*obj), obj.clone());
                 on_change(&obj, ChangeKind::Applied);
             }
             ObjectEvent::Deleted(obj) => {
-                self.write().remove(&key_of(&obj));
+                self.write().remove(&object_key(&obj));
                 on_change(&obj, ChangeKind::Deleted);
             }
             ObjectEvent::Restarted(objs) => {
                 let fresh: HashMap<ObjectKey, Arc<K>> = objs
                     .into_iter()
-                    .map(|o| (key_of(&o), Arc::new(o)))
+                    .map(|o| (object_key(&o), Arc::new(o)))
                     .collect();
                 let applied: Vec<Arc<K>> = fresh.values().cloned().collect();
                 let deleted: Vec<Arc<K>> = {
@@ -279,7 +284,8 @@ impl<K: Object> Informer<K> {
     }
 }
 
-fn key_of<K: Object>(obj: &K) -> ObjectKey {
+/// The key of an object in the cache and in work queues.
+pub fn object_key<K: Object>(obj: &K) -> ObjectKey {
     ObjectKey {
         namespace: obj.namespace().map(str::to_string),
         name: obj.name().to_string(),

@@ -5,7 +5,10 @@
 //! honours [`Action::requeue`]; a failure does what the error policy says, by default
 //! [`Action::backoff`] (the queue's per-key exponential backoff).
 
+use super::informer::{object_key, ChangeKind};
 use super::queue::WorkQueue;
+use crate::api::Object;
+use crate::store::keys::ObjectKey;
 use futures::FutureExt;
 use std::fmt::{Debug, Display};
 use std::future::Future;
@@ -66,6 +69,15 @@ impl Action {
 /// The default error policy: retry after the key's exponential backoff.
 pub fn backoff_on_error<K, E>(_key: &K, _error: &E) -> Action {
     Action::backoff()
+}
+
+/// A change handler for [`Informer::spawn`](super::informer::Informer::spawn) that queues
+/// the key of every changed object (deleted ones too: their reconcile cleans up).
+pub fn enqueue_changed<K: Object>(
+    queue: &WorkQueue<ObjectKey>,
+) -> impl Fn(&K, ChangeKind) + Send + Sync + 'static {
+    let queue = queue.clone();
+    move |obj, _| queue.add(object_key(obj))
 }
 
 /// Takes keys from a queue and reconciles them, at most `workers` at once, never one
@@ -329,5 +341,18 @@ mod tests {
         assert_eq!(queue.in_flight(), 0);
         shutdown.cancel();
         run.await.expect("controller does not panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn enqueue_changed_should_queue_the_objects_key_once() {
+        use crate::api::{Machine, MachineSpec};
+        let queue = WorkQueue::new();
+        let on_change = enqueue_changed::<Machine>(&queue);
+        let m = Machine::new("m1", MachineSpec::default());
+        on_change(&m, ChangeKind::Applied);
+        on_change(&m, ChangeKind::Deleted);
+        assert_eq!(queue.len(), 1);
+        let key = queue.next().await.expect("queued");
+        assert_eq!((key.namespace, key.name.as_str()), (None, "m1"));
     }
 }
