@@ -4,6 +4,22 @@
 //! `error_policy(&key, &error) -> Action`. A success forgets the key's backoff and
 //! honours [`Action::requeue`]; a failure does what the error policy says, by default
 //! [`Action::backoff`] (the queue's per-key exponential backoff).
+//!
+//! Wiring one kind, as `controller::run` does (a sketch):
+//!
+//! ```ignore
+//! let queue = WorkQueue::new();
+//! let rollouts = Informer::<Rollout>::spawn(client.clone(), Scope::All,
+//!     enqueue_changed(&queue), shutdown.clone());
+//! rollouts.wait_synced().await?;          // never decide from a half-filled cache
+//! let leadership = LeaderElector::new(client.clone(), identity, ttl).campaign(&shutdown).await?;
+//! let writes = leadership.client();        // every write fenced on the leadership
+//! let stop = leadership.lost();            // also cancelled when leadership is lost
+//! Controller::new(queue, workers)
+//!     .run(move |key: ObjectKey| reconcile(key, rollouts.clone(), writes.clone()),
+//!          backoff_on_error, stop)
+//!     .await;
+//! ```
 
 use super::informer::{object_key, ChangeKind};
 use super::queue::WorkQueue;
