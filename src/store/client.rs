@@ -442,7 +442,14 @@ fn apply_event<K: Object>(
                 statuses.insert(key.clone(), ev.kv.clone());
             }
             EventType::Delete => {
-                statuses.remove(&key);
+                // A status key is deleted only with its spec, whose Delete reports the
+                // object. The two prefixes are watched apart, so this may arrive first:
+                // announcing a status-less object about to vanish would be wrong, and the
+                // Deleted event should still carry the last status.
+                if !objects.contains_key(&key) {
+                    statuses.remove(&key);
+                }
+                return None;
             }
         }
         let obj = objects.get(&key)?;
@@ -522,7 +529,7 @@ fn with_revision<K: Object>(mut obj: K, revision: i64) -> K {
     obj
 }
 
-fn decode_spec<K: Object>(kv: &KeyValue) -> Result<K> {
+pub(super) fn decode_spec<K: Object>(kv: &KeyValue) -> Result<K> {
     let mut obj: K = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
         key: kv.key.clone(),
         message: e.to_string(),
@@ -542,7 +549,7 @@ fn attach_status<K: Object>(obj: &mut K, kv: &KeyValue) -> Result<()> {
 }
 
 /// The bytes stored under the spec key: the object without status and resourceVersion.
-fn encode_spec_value<K: Object>(obj: &K) -> Result<Vec<u8>> {
+pub(super) fn encode_spec_value<K: Object>(obj: &K) -> Result<Vec<u8>> {
     let mut bare = obj.clone();
     *bare.status_mut() = None;
     bare.meta_mut().resource_version = None;
