@@ -7,7 +7,7 @@ use deployctl::controller::informer::{ChangeKind, Informer, Reader};
 use deployctl::controller::leader::{LeaderElector, Leadership};
 use deployctl::store::embedded::EmbeddedStore;
 use deployctl::store::{
-    Client, Error as StoreError, KeyValue, LeaseId, Result as StoreResult, Scope, Store, Txn,
+    Client, Error as StoreError, KeyValue, LeaseId, Op, Result as StoreResult, Scope, Store, Txn,
     TxnResult, WatchStream,
 };
 use deployctl::testing::{embedded_temp, EtcdServer};
@@ -90,6 +90,7 @@ on_both_stores!(
     standby_should_take_over_when_the_leaders_lease_is_revoked_and_fence_the_old_leader,
     standby_should_take_over_within_the_ttl_when_the_leader_stops_renewing,
     resign_should_hand_over_at_once,
+    leader_should_count_itself_lost_when_its_key_is_deleted_by_hand,
 );
 
 /// Polls `check` until it holds, failing with `what` after `within`.
@@ -595,4 +596,34 @@ async fn leader_should_count_itself_lost_when_the_store_is_unreachable_for_a_ttl
         start.elapsed()
     );
     drop(a);
+}
+
+async fn leader_should_count_itself_lost_when_its_key_is_deleted_by_hand(store: TestStore) {
+    let client = store.client().await;
+    let a = lead(&LeaderElector::new(client.clone(), "a", TTL)).await;
+    // As `etcdctl del` would: the lease lives on, but the fence no longer holds.
+    let deleted = client
+        .store()
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Delete {
+                key: deployctl::store::keys::leader_key(),
+            }],
+        })
+        .await
+        .expect("delete the leader key");
+    assert!(deleted.succeeded);
+    // Noticed at the next keep-alive, every ttl / 3.
+    tokio::time::timeout(TTL, a.lost().cancelled())
+        .await
+        .expect("the leader notices within one keep-alive period");
+    let err = a
+        .client()
+        .create(&machine("late"))
+        .await
+        .expect_err("fenced out");
+    assert!(matches!(err, StoreError::NotLeader), "got {err}");
+    // The key is free again: a new campaign wins at once.
+    let b = lead(&LeaderElector::new(client.clone(), "b", TTL)).await;
+    b.resign().await.expect("resign");
 }
