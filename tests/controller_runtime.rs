@@ -8,7 +8,7 @@ use deployctl::controller::leader::{LeaderElector, Leadership};
 use deployctl::store::embedded::EmbeddedStore;
 use deployctl::store::{
     Client, Error as StoreError, KeyValue, LeaseId, Op, Result as StoreResult, Scope, Store, Txn,
-    TxnResult, WatchStream,
+    TxnResult, WatchStream, Write,
 };
 use deployctl::testing::{embedded_temp, EtcdServer};
 use futures::StreamExt;
@@ -91,6 +91,7 @@ on_both_stores!(
     standby_should_take_over_within_the_ttl_when_the_leader_stops_renewing,
     resign_should_hand_over_at_once,
     leader_should_count_itself_lost_when_its_key_is_deleted_by_hand,
+    informer_should_hold_ten_thousand_objects_and_follow_a_thousand_updates,
 );
 
 /// Polls `check` until it holds, failing with `what` after `within`.
@@ -626,4 +627,51 @@ async fn leader_should_count_itself_lost_when_its_key_is_deleted_by_hand(store: 
     // The key is free again: a new campaign wins at once.
     let b = lead(&LeaderElector::new(client.clone(), "b", TTL)).await;
     b.resign().await.expect("resign");
+}
+
+async fn informer_should_hold_ten_thousand_objects_and_follow_a_thousand_updates(store: TestStore) {
+    let client = store.client().await;
+    let shutdown = CancellationToken::new();
+    let creates = (0..10_000)
+        .map(|i| Write::Create(machine(&format!("m{i:05}"))))
+        .collect();
+    client
+        .write_batch::<Machine>(creates)
+        .await
+        .expect("create 10,000 machines");
+    let reader: Reader<Machine> =
+        Informer::spawn(client.clone(), Scope::All, |_, _| {}, shutdown.clone());
+    let start = Instant::now();
+    tokio::time::timeout(SOON, reader.wait_synced())
+        .await
+        .expect("10,000 objects sync in time")
+        .expect("informer runs");
+    assert_eq!(reader.len(), 10_000);
+    let synced_in = start.elapsed();
+
+    let updates = reader
+        .filter(|m| m.name() < "m01000")
+        .into_iter()
+        .map(|current| {
+            let mut desired = (*current).clone();
+            desired.spec.unschedulable = true;
+            Write::Replace { current, desired }
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(updates.len(), 1_000);
+    let start = Instant::now();
+    client
+        .write_batch(updates)
+        .await
+        .expect("update 1,000 machines");
+    eventually("the cache to see 1,000 updates", SOON, || async {
+        reader.filter(|m| m.spec.unschedulable).len() == 1_000
+    })
+    .await;
+    eprintln!(
+        "synced 10,000 in {synced_in:?}; followed 1,000 updates in {:?}",
+        start.elapsed()
+    );
+    assert!(cache_matches(&reader, &client, &Scope::All).await);
+    shutdown.cancel();
 }
