@@ -136,6 +136,8 @@ where
             let error_policy = error_policy.clone();
             workers.spawn(async move {
                 while let Some(key) = queue.next().await {
+                    // Unwind safety: a reconcile keeps no state across runs that a panic
+                    // could leave half-changed; the key is retried from fresh state.
                     let result = AssertUnwindSafe(reconcile(key.clone())).catch_unwind().await;
                     let action = match result {
                         Ok(Ok(action)) => {
