@@ -58,6 +58,14 @@ pub struct InstanceSpec {
     /// Re-run activation (and restart the service) once for each new value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_at: Option<DateTime<Utc>>,
+    /// Bumped by `rollout retry`: a new generation, so the agent tries a failed
+    /// operation again (it never retries one for the same generation by itself).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// A version and, when known, its artifact's sha256.

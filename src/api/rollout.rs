@@ -252,9 +252,13 @@ pub struct RolloutStatus {
     pub handled_abort: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_retry: Option<String>,
-    /// True after `rollout abort` until the version changes or `rollout retry`.
+    /// True while going (or gone) back to the stable version, after `rollout abort` or
+    /// the failure policy `Rollback`, until the version changes or `rollout retry`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aborted: bool,
+    /// Why `aborted`: `RolloutAborted` (by request) or `RolledBack` (failure policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
 }
 
 /// A pause the controller set.

@@ -1,6 +1,23 @@
 //! Informers, the work queue, leader election and the reconcile runtime.
+//!
+//! `run` campaigns for leadership; while it leads, it feeds informer caches from the
+//! store, turns their changes into queued keys, and runs the reconcilers on them with
+//! every write fenced on the leader key. When leadership is lost it stops everything and
+//! campaigns again.
 
-use crate::store::StoreUrl;
+pub mod context;
+pub mod informer;
+pub mod leader;
+pub mod queue;
+pub mod runtime;
+
+use crate::api::{Application, Instance, Machine, Rollout};
+use crate::store::{Client, EventRecorder, PresenceEvent, Scope, StoreUrl};
+use context::{Context, Key};
+use futures::StreamExt;
+use informer::Informer;
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +35,192 @@ pub struct ControllerConfig {
 
 /// Runs the control loop until `shutdown` is cancelled.
 pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = (config, shutdown);
-    anyhow::bail!("controller not written yet")
+    let store = config.store.connect().await?;
+    let client = Client::new(store);
+    let elector =
+        leader::LeaderElector::new(client.clone(), config.identity.clone(), config.lease_ttl);
+    loop {
+        tracing::info!(identity = %config.identity, "campaigning for leadership");
+        let leadership = match elector.campaign(&shutdown).await {
+            Ok(l) => l,
+            Err(_) if shutdown.is_cancelled() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(identity = %config.identity, "leading");
+        let leading = shutdown.child_token();
+        let lost = leadership.lost();
+        let stop = leading.clone();
+        let watcher = tokio::spawn(async move {
+            lost.cancelled().await;
+            stop.cancel();
+        });
+        lead(leadership.client(), config.workers, leading.clone()).await;
+        watcher.abort();
+        if shutdown.is_cancelled() {
+            if let Err(e) = leadership.resign().await {
+                tracing::warn!(error = %e, "could not resign leadership; it expires with its lease");
+            }
+            return Ok(());
+        }
+        tracing::warn!("lost leadership; stopped reconciling, campaigning again");
+    }
+}
+
+/// Everything a leader runs, until `stop`.
+async fn lead(client: Client, workers: usize, stop: CancellationToken) {
+    let queue = queue::WorkQueue::<Key>::new();
+    let presence = Arc::new(RwLock::new(BTreeSet::new()));
+    // The context needs the readers and the handlers need the context: build the
+    // context around informers whose handlers reach it through a OnceLock.
+    let ctx_cell: Arc<std::sync::OnceLock<Arc<Context>>> = Arc::new(std::sync::OnceLock::new());
+    macro_rules! handler {
+        ($method:ident) => {{
+            let cell = ctx_cell.clone();
+            move |obj: &_, kind| {
+                if let Some(ctx) = cell.get() {
+                    ctx.$method(obj, kind);
+                }
+            }
+        }};
+    }
+    let machines = Informer::<Machine>::spawn(
+        client.clone(),
+        Scope::All,
+        handler!(on_machine),
+        stop.clone(),
+    );
+    let applications = Informer::<Application>::spawn(
+        client.clone(),
+        Scope::All,
+        handler!(on_application),
+        stop.clone(),
+    );
+    let rollouts = Informer::<Rollout>::spawn(
+        client.clone(),
+        Scope::All,
+        handler!(on_rollout),
+        stop.clone(),
+    );
+    let instances = Informer::<Instance>::spawn(
+        client.clone(),
+        Scope::All,
+        handler!(on_instance),
+        stop.clone(),
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        machines,
+        applications,
+        rollouts,
+        instances,
+        presence: presence.clone(),
+        queue: queue.clone(),
+        events: EventRecorder::new(client.clone(), "controller"),
+        written_instances: Default::default(),
+        written_rollouts: Default::default(),
+    });
+    let _ = ctx_cell.set(ctx.clone());
+
+    // Presence: which agents hold their lease.
+    let presence_synced = CancellationToken::new();
+    {
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        let synced = presence_synced.clone();
+        tokio::spawn(async move {
+            let mut retry = Duration::from_millis(200);
+            loop {
+                let mut events = ctx.client.watch_presence();
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        n = events.next() => n,
+                    };
+                    match next {
+                        Some(Ok(ev)) => {
+                            retry = Duration::from_millis(200);
+                            let changed: Vec<String> = {
+                                let mut set = ctx
+                                    .presence
+                                    .write()
+                                    .expect("presence lock is never poisoned");
+                                match ev {
+                                    PresenceEvent::Restarted(all) => {
+                                        let changed =
+                                            set.symmetric_difference(&all).cloned().collect();
+                                        *set = all;
+                                        synced.cancel();
+                                        changed
+                                    }
+                                    PresenceEvent::Up(m) => {
+                                        set.insert(m.clone()).then_some(m).into_iter().collect()
+                                    }
+                                    PresenceEvent::Down(m) => {
+                                        set.remove(&m).then_some(m).into_iter().collect()
+                                    }
+                                }
+                            };
+                            if !changed.is_empty() {
+                                for m in changed {
+                                    ctx.queue.add(Key::Machine(m));
+                                }
+                                ctx.enqueue_all();
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "presence watch failed; retrying");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    // Workers start only once every cache has synced (sample-controller's rule).
+    let synced = async {
+        let _ = ctx.machines.wait_synced().await;
+        let _ = ctx.applications.wait_synced().await;
+        let _ = ctx.rollouts.wait_synced().await;
+        let _ = ctx.instances.wait_synced().await;
+        presence_synced.cancelled().await;
+    };
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = synced => {}
+    }
+    tracing::info!(
+        machines = ctx.machines.len(),
+        rollouts = ctx.rollouts.len(),
+        instances = ctx.instances.len(),
+        "caches synced; reconciling"
+    );
+    for m in ctx.machines.list() {
+        queue.add(Key::Machine(m.metadata.name.clone()));
+    }
+    ctx.enqueue_all();
+
+    let runner = runtime::Controller::new(queue.clone(), workers);
+    let reconcile_ctx = ctx.clone();
+    runner
+        .run(
+            move |key: Key| {
+                let ctx = reconcile_ctx.clone();
+                async move { ctx.reconcile(key).await }
+            },
+            |_key: &Key, err: &context::Error| match err {
+                context::Error::Store(crate::store::Error::NotLeader) => {
+                    runtime::Action::await_change()
+                }
+                _ => runtime::Action::backoff(),
+            },
+            stop.clone(),
+        )
+        .await;
 }

@@ -52,6 +52,18 @@ pub enum ObjectEvent<K> {
 
 pub type ObjectWatch<K> = BoxStream<'static, Result<ObjectEvent<K>>>;
 
+/// Who holds the leader key (the leading controller), as read from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderRecord {
+    /// The holder's identity (the key's value).
+    pub identity: String,
+    /// Tells one term of leadership from the next: the fence compares it.
+    pub create_revision: i64,
+    /// Watch from the revision after this one to see the key deleted.
+    pub mod_revision: i64,
+    pub lease: super::LeaseId,
+}
+
 impl Client {
     pub fn new(store: Arc<dyn Store>) -> Client {
         Client { store, fence: None }
@@ -243,6 +255,59 @@ impl Client {
         }
     }
 
+    /// Tries to become the leading controller: creates the leader key with `identity`,
+    /// bound to `lease`, if nobody holds it. Returns the fence for [`Client::fenced`]
+    /// (the key's create revision must stay the one written here), or `None` when the
+    /// key is held by someone (see [`Client::leader`]).
+    pub async fn try_acquire_leader(
+        &self,
+        identity: &str,
+        lease: super::LeaseId,
+    ) -> Result<Option<Compare>> {
+        let key = keys::leader_key();
+        let res = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare::absent(&key)],
+                ops: vec![Op::Put {
+                    key: key.clone(),
+                    value: identity.as_bytes().to_vec(),
+                    lease,
+                }],
+            })
+            .await?;
+        // A successful put happened at `res.revision`, which is the key's create revision.
+        Ok(res
+            .succeeded
+            .then(|| Compare::create_revision(key, res.revision)))
+    }
+
+    /// The current holder of the leader key, if any.
+    pub async fn leader(&self) -> Result<Option<LeaderRecord>> {
+        Ok(self
+            .store
+            .get(&keys::leader_key())
+            .await?
+            .map(|kv| LeaderRecord {
+                identity: String::from_utf8_lossy(&kv.value).into_owned(),
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                lease: kv.lease,
+            }))
+    }
+
+    /// Changes to the leader key with revision ≥ `from_revision`.
+    pub async fn watch_leader(&self, from_revision: i64) -> Result<super::WatchStream> {
+        let key = keys::leader_key();
+        let stream = self.store.watch(&key, from_revision).await?;
+        // The watch is on a prefix: keep only the leader key itself.
+        Ok(stream
+            .map(move |batch| {
+                batch.map(|evs| evs.into_iter().filter(|e| e.kv.key == key).collect())
+            })
+            .boxed())
+    }
+
     /// Lists, then watches from the next revision: first `Restarted(all)`, then changes.
     /// On compaction it relists and emits `Restarted` again; a broken connection is
     /// resumed by the store's watch. The stream ends only when dropped.
@@ -377,7 +442,14 @@ fn apply_event<K: Object>(
                 statuses.insert(key.clone(), ev.kv.clone());
             }
             EventType::Delete => {
-                statuses.remove(&key);
+                // A status key is deleted only with its spec, whose Delete reports the
+                // object. The two prefixes are watched apart, so this may arrive first:
+                // announcing a status-less object about to vanish would be wrong, and the
+                // Deleted event should still carry the last status.
+                if !objects.contains_key(&key) {
+                    statuses.remove(&key);
+                }
+                return None;
             }
         }
         let obj = objects.get(&key)?;
@@ -457,7 +529,7 @@ fn with_revision<K: Object>(mut obj: K, revision: i64) -> K {
     obj
 }
 
-fn decode_spec<K: Object>(kv: &KeyValue) -> Result<K> {
+pub(super) fn decode_spec<K: Object>(kv: &KeyValue) -> Result<K> {
     let mut obj: K = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
         key: kv.key.clone(),
         message: e.to_string(),
@@ -477,7 +549,7 @@ fn attach_status<K: Object>(obj: &mut K, kv: &KeyValue) -> Result<()> {
 }
 
 /// The bytes stored under the spec key: the object without status and resourceVersion.
-fn encode_spec_value<K: Object>(obj: &K) -> Result<Vec<u8>> {
+pub(super) fn encode_spec_value<K: Object>(obj: &K) -> Result<Vec<u8>> {
     let mut bare = obj.clone();
     *bare.status_mut() = None;
     bare.meta_mut().resource_version = None;

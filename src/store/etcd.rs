@@ -1,11 +1,564 @@
-//! The etcd backend (etcd-client). (Placeholder: being written.)
+//! The etcd backend: the `Store` trait over etcd's v3 gRPC API (etcd-client).
+//!
+//! One gRPC channel is shared by every request and every watch (etcd multiplexes them
+//! over HTTP/2). Every unary request runs under [`REQUEST_TIMEOUT`], so a dead etcd turns
+//! into `Error::Unavailable` instead of a hang. Watches resume by themselves after a
+//! broken stream, from the revision after the last one they delivered.
 
 use super::*;
+use etcd_client as ec;
+use futures::StreamExt;
+use std::future::Future;
 
-pub struct EtcdStore {}
+/// How long connecting (TCP + HTTP/2 handshake) may take before we call etcd unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The upper bound on one unary request, including waiting for a connection.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings find a silently dead connection (a partition, not a restart) this fast.
+/// etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and largest pause between attempts to re-open a broken watch.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(3);
+/// Keys per range request when listing: keeps each response far below gRPC's size limit.
+const LIST_PAGE: i64 = 1000;
+/// Largest gRPC message we accept (etcd itself sends up to 2 GiB).
+const MAX_DECODE: usize = 256 * 1024 * 1024;
+
+/// A connection to an etcd cluster. Cheap to share behind an `Arc`.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: ec::Client,
+    /// `etcd://h1:2379,h2:2379`, for error messages.
+    endpoint: String,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
 
 impl EtcdStore {
-    pub async fn connect(_endpoints: &[String]) -> Result<EtcdStore> {
-        Err(Error::Other("etcd store not written yet".into()))
+    /// Connects to `endpoints` (`host:port`, or `http://host:port`) and checks with one
+    /// cheap request that etcd answers. Fails within a few seconds with
+    /// `Error::Unavailable` when it does not.
+    pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
+        let endpoint = format!(
+            "etcd://{}",
+            endpoints
+                .iter()
+                .map(|e| e
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        if endpoints.is_empty() {
+            return Err(Error::Unavailable {
+                endpoint,
+                message: "no etcd endpoint given".into(),
+            });
+        }
+        let options = ec::ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+        let unavailable = |message: String| Error::Unavailable {
+            endpoint: endpoint.clone(),
+            message,
+        };
+        let client = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ec::Client::connect(endpoints, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => return Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+        };
+        let store = EtcdStore {
+            client,
+            endpoint: endpoint.clone(),
+        };
+        // The channel connects lazily: only a request proves that etcd is there.
+        let mut maintenance = store.client.maintenance_client();
+        match tokio::time::timeout(CONNECT_TIMEOUT, maintenance.status()).await {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+        }
+    }
+
+    fn kv(&self) -> ec::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_DECODE)
+    }
+
+    /// Runs one request under [`REQUEST_TIMEOUT`], mapping its errors.
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, ec::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_error(&self.endpoint, what, e)),
+            Err(_) => Err(Error::Unavailable {
+                endpoint: self.endpoint.clone(),
+                message: format!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    /// The compaction revision, learned the only way etcd tells it: a watch from revision 1
+    /// is cancelled with it. Used to give `Compacted` errors of a range a true number.
+    async fn compacted_revision(&self) -> Option<i64> {
+        let mut watch = self.client.watch_client();
+        let opts = ec::WatchOptions::new().with_start_revision(1);
+        let fut = async move {
+            let (_watcher, mut stream) = watch.watch("\0", Some(opts)).await.ok()?;
+            let resp = stream.message().await.ok()??;
+            (resp.compact_revision() > 0).then_some(resp.compact_revision())
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, fut).await.ok()?
+    }
+}
+
+/// Maps an etcd-client error to ours. `what` names the request for the message.
+fn map_error(endpoint: &str, what: &str, e: ec::Error) -> Error {
+    let unavailable = |message: String| Error::Unavailable {
+        endpoint: endpoint.to_string(),
+        message: format!("{what}: {message}"),
+    };
+    match e {
+        ec::Error::GRpcStatus(status) => {
+            let msg = status.message();
+            if msg.contains("required revision has been compacted") {
+                // The caller fills in the revisions it knows.
+                return Error::Compacted {
+                    requested: 0,
+                    compacted: 0,
+                };
+            }
+            if msg.contains("requested lease not found") {
+                return Error::LeaseNotFound(0);
+            }
+            // gRPC status codes (tonic is not re-exported, its `Code` converts to i32).
+            const CANCELLED: i32 = 1;
+            const UNKNOWN: i32 = 2;
+            const DEADLINE_EXCEEDED: i32 = 4;
+            const ABORTED: i32 = 10;
+            const UNAVAILABLE: i32 = 14;
+            match i32::from(status.code()) {
+                CANCELLED | DEADLINE_EXCEEDED | ABORTED | UNAVAILABLE => {
+                    unavailable(msg.to_string())
+                }
+                // Transport failures surface as `Unknown` with the transport's message.
+                UNKNOWN if msg.contains("transport") || msg.contains("connect") => {
+                    unavailable(msg.to_string())
+                }
+                _ => Error::Other(format!(
+                    "{what} at {endpoint}: {}",
+                    msg.trim_start_matches("etcdserver: ")
+                )),
+            }
+        }
+        ec::Error::TransportError(e) => unavailable(e.to_string()),
+        ec::Error::IoError(e) => unavailable(e.to_string()),
+        ec::Error::LeaseKeepAliveError(m) if m.contains("not found") => Error::LeaseNotFound(0),
+        ec::Error::LeaseKeepAliveError(m) | ec::Error::WatchError(m) => unavailable(m),
+        other => Error::Other(format!("{what} at {endpoint}: {other}")),
+    }
+}
+
+fn convert_kv(kv: &ec::KeyValue) -> Result<KeyValue> {
+    let key = String::from_utf8(kv.key().to_vec()).map_err(|_| Error::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        message: "key is not utf-8".into(),
+    })?;
+    Ok(KeyValue {
+        key,
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    })
+}
+
+fn header_revision(header: Option<&ec::ResponseHeader>) -> i64 {
+    header.map(|h| h.revision()).unwrap_or(0)
+}
+
+fn convert_compare(c: &Compare) -> ec::Compare {
+    let op = match c.op {
+        CompareOp::Equal => ec::CompareOp::Equal,
+        CompareOp::NotEqual => ec::CompareOp::NotEqual,
+        CompareOp::Greater => ec::CompareOp::Greater,
+        CompareOp::Less => ec::CompareOp::Less,
+    };
+    match &c.target {
+        CompareTarget::ModRevision(r) => ec::Compare::mod_revision(c.key.as_str(), op, *r),
+        CompareTarget::CreateRevision(r) => ec::Compare::create_revision(c.key.as_str(), op, *r),
+        CompareTarget::Value(v) => ec::Compare::value(c.key.as_str(), op, v.clone()),
+    }
+}
+
+fn convert_op(op: &Op) -> ec::TxnOp {
+    match op {
+        Op::Put { key, value, lease } => {
+            let opts = (*lease != 0).then(|| ec::PutOptions::new().with_lease(*lease));
+            ec::TxnOp::put(key.as_str(), value.clone(), opts)
+        }
+        Op::Delete { key } => ec::TxnOp::delete(key.as_str(), None),
+    }
+}
+
+/// The range end that selects every key starting with `prefix` (etcd's `GetPrefixRangeEnd`).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Empty prefix, or all 0xff: every key from `prefix` on.
+    vec![0]
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut kv = self.kv();
+        let resp = self.call(&format!("get {key}"), kv.get(key, None)).await?;
+        resp.kvs().first().map(convert_kv).transpose()
+    }
+
+    async fn list(&self, prefix: &str, revision: Option<i64>) -> Result<(Vec<KeyValue>, i64)> {
+        let mut kv = self.kv();
+        let end = prefix_end(prefix);
+        // Empty prefix: etcd reads key "" as "from the first key" only with range_end \0.
+        let mut start: Vec<u8> = if prefix.is_empty() {
+            vec![0]
+        } else {
+            prefix.as_bytes().to_vec()
+        };
+        let mut at = revision.unwrap_or(0);
+        let mut out = Vec::new();
+        loop {
+            let opts = ec::GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE)
+                .with_revision(at);
+            let resp = match self
+                .call(&format!("list {prefix}"), kv.get(start.clone(), Some(opts)))
+                .await
+            {
+                Err(Error::Compacted { .. }) => {
+                    return Err(Error::Compacted {
+                        requested: at,
+                        compacted: self.compacted_revision().await.unwrap_or(at),
+                    })
+                }
+                other => other?,
+            };
+            if at == 0 {
+                // Later pages read the same snapshot as the first.
+                at = header_revision(resp.header());
+            }
+            for kv in resp.kvs() {
+                out.push(convert_kv(kv)?);
+            }
+            match (resp.more(), out.last()) {
+                (true, Some(last)) => {
+                    start = last.key.as_bytes().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok((out, at))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        let what = match txn.ops.first() {
+            Some(Op::Put { key, .. }) | Some(Op::Delete { key }) if txn.ops.len() == 1 => {
+                format!("write {key}")
+            }
+            _ => format!("transaction of {} writes", txn.ops.len()),
+        };
+        let request = ec::Txn::new()
+            .when(txn.compares.iter().map(convert_compare).collect::<Vec<_>>())
+            .and_then(txn.ops.iter().map(convert_op).collect::<Vec<_>>());
+        let mut kv = self.kv();
+        let resp = match self.call(&what, kv.txn(request)).await {
+            Err(Error::LeaseNotFound(_)) => {
+                let lease = txn
+                    .ops
+                    .iter()
+                    .find_map(|op| match op {
+                        Op::Put { lease, .. } if *lease != 0 => Some(*lease),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                return Err(Error::LeaseNotFound(lease));
+            }
+            Err(Error::Other(m)) if m.contains("too many operations in txn") => {
+                return Err(Error::Other(format!(
+                    "{m} (etcd allows {} by default; raise its --max-txn-ops)",
+                    128
+                )))
+            }
+            other => other?,
+        };
+        Ok(TxnResult {
+            succeeded: resp.succeeded(),
+            revision: header_revision(resp.header()),
+        })
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
+        let mut watch = Watch {
+            client: self.client.clone(),
+            endpoint: self.endpoint.clone(),
+            prefix: prefix.to_string(),
+            next_revision: from_revision.max(1),
+            open: None,
+            backoff: WATCH_BACKOFF_MIN,
+            done: false,
+        };
+        // The first open is not retried: a caller with a bad store hears it at once.
+        watch.open().await?;
+        Ok(futures::stream::unfold(watch, |mut w| async move {
+            let item = w.next_batch().await?;
+            Some((item, w))
+        })
+        .boxed())
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        // etcd counts in whole seconds; round up so a lease never lives shorter than asked.
+        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let mut lease = self.client.lease_client();
+        let resp = self.call("grant lease", lease.grant(secs, None)).await?;
+        if !resp.error().is_empty() {
+            return Err(Error::Other(format!(
+                "grant lease at {}: {}",
+                self.endpoint,
+                resp.error()
+            )));
+        }
+        Ok(resp.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        let mut client = self.client.lease_client();
+        // etcd-client's `keep_alive` opens the stream, sends one refresh and reads its
+        // answer (TTL 0 there means expired): exactly one round trip.
+        match self
+            .call(
+                &format!("keep lease {lease} alive"),
+                client.keep_alive(lease),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::LeaseNotFound(_)) => Err(Error::LeaseNotFound(lease)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        let mut client = self.client.lease_client();
+        match self
+            .call(&format!("revoke lease {lease}"), client.revoke(lease))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::LeaseNotFound(_)) => Err(Error::LeaseNotFound(lease)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        let mut kv = self.kv();
+        // Physical: return only once the old revisions are really gone, so that a watch
+        // from before `revision` started right after this call sees `Compacted`.
+        let opts = ec::CompactionOptions::new().with_physical();
+        match self
+            .call(
+                &format!("compact to {revision}"),
+                kv.compact(revision, Some(opts)),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already compacted at or past `revision`: nothing left to forget.
+            Err(Error::Compacted { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The state of one resuming watch.
+struct Watch {
+    client: ec::Client,
+    endpoint: String,
+    prefix: String,
+    /// The first revision not yet delivered: where a re-opened watch starts.
+    next_revision: i64,
+    /// The live etcd watch; the `Watcher` is kept because dropping it ends the stream.
+    open: Option<(ec::Watcher, ec::WatchStream)>,
+    /// The pause before the next re-open attempt; reset by every delivered batch.
+    backoff: Duration,
+    /// Set after `Compacted` was yielded: the stream ends.
+    done: bool,
+}
+
+impl Watch {
+    /// Opens an etcd watch from `next_revision`.
+    async fn open(&mut self) -> Result<()> {
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_DECODE);
+        let opts = ec::WatchOptions::new()
+            .with_range(prefix_end(&self.prefix))
+            .with_start_revision(self.next_revision);
+        let key = if self.prefix.is_empty() {
+            vec![0]
+        } else {
+            self.prefix.as_bytes().to_vec()
+        };
+        let what = format!("watch {}", self.prefix);
+        let opened = tokio::time::timeout(REQUEST_TIMEOUT, client.watch(key, Some(opts)))
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoint: self.endpoint.clone(),
+                message: format!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
+            })?
+            .map_err(|e| map_error(&self.endpoint, &what, e))?;
+        self.open = Some(opened);
+        Ok(())
+    }
+
+    /// The next batch of events, re-opening the watch as often as needed. `None`: ended.
+    async fn next_batch(&mut self) -> Option<Result<Vec<WatchEvent>>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let Some((_, stream)) = self.open.as_mut() else {
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(WATCH_BACKOFF_MAX);
+                if let Err(e) = self.open().await {
+                    tracing::debug!(prefix = %self.prefix, error = %e, "re-opening watch failed");
+                }
+                continue;
+            };
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    tracing::debug!(prefix = %self.prefix, "watch stream ended; re-opening");
+                    self.open = None;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(prefix = %self.prefix, error = %e, "watch broke; re-opening");
+                    self.open = None;
+                    continue;
+                }
+            };
+            if resp.compact_revision() > 0 {
+                self.done = true;
+                self.open = None;
+                return Some(Err(Error::Compacted {
+                    requested: self.next_revision,
+                    compacted: resp.compact_revision(),
+                }));
+            }
+            if resp.canceled() {
+                // Cancelled for another reason (e.g. the member lost its leader): resume.
+                tracing::debug!(prefix = %self.prefix, reason = resp.cancel_reason(),
+                    "watch cancelled by etcd; re-opening");
+                self.open = None;
+                continue;
+            }
+            if resp.events().is_empty() {
+                // A progress notification or a late "created": nothing to deliver.
+                continue;
+            }
+            let mut events = Vec::with_capacity(resp.events().len());
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let kv = match convert_kv(kv) {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping watch event with a bad key");
+                        continue;
+                    }
+                };
+                let kind = match ev.event_type() {
+                    ec::EventType::Put => EventType::Put,
+                    ec::EventType::Delete => EventType::Delete,
+                };
+                events.push(WatchEvent { kind, kv });
+            }
+            // etcd never splits one revision across responses (without `fragment`), so
+            // resuming after the last delivered revision loses nothing and repeats nothing.
+            if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).last() {
+                self.next_revision = self.next_revision.max(last.mod_revision() + 1);
+            }
+            self.backoff = WATCH_BACKOFF_MIN;
+            if events.is_empty() {
+                continue;
+            }
+            return Some(Ok(events));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_should_be_the_next_key_after_every_key_with_the_prefix() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[tokio::test]
+    async fn connect_should_fail_fast_and_name_an_unreachable_endpoint() {
+        // A port nobody listens on: bind one, learn its number, close it.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback bind works");
+            l.local_addr().expect("bound socket has an address").port()
+        };
+        let endpoint = format!("127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        let err = EtcdStore::connect(&[endpoint.clone()])
+            .await
+            .expect_err("nothing listens there");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "took {:?}",
+            started.elapsed()
+        );
+        match &err {
+            Error::Unavailable { endpoint: e, .. } => assert!(e.contains(&endpoint)),
+            other => panic!("want Unavailable, got {other:?}"),
+        }
+        assert!(err.to_string().contains(&endpoint), "{err}");
     }
 }

@@ -4,12 +4,17 @@
 //! write bumps, compare-and-swap transactions, watches from a revision, and leases.
 //! [`Client`] turns it into typed objects with spec and status under separate keys.
 
+pub mod batch;
 mod client;
 pub mod embedded;
 pub mod etcd;
 pub mod keys;
+mod leased;
 
-pub use client::{Client, ListResult, ObjectEvent, ObjectWatch};
+pub use batch::Write;
+pub use client::LeaderRecord;
+pub use client::{Client, ListResult, ObjectEvent, ObjectWatch, Scope};
+pub use leased::{EventRecorder, PresenceEvent, EVENT_TTL};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -266,14 +271,8 @@ impl StoreUrl {
     /// Connects, failing within a few seconds when the store cannot be reached.
     pub async fn connect(&self) -> Result<Arc<dyn Store>> {
         match self {
-            StoreUrl::Etcd(endpoints) => {
-                let _ = etcd::EtcdStore::connect(endpoints).await?;
-                Err(Error::Other("todo".into()))
-            }
-            StoreUrl::Embedded(path) => {
-                let _ = embedded::EmbeddedStore::open(path)?;
-                Err(Error::Other("todo".into()))
-            }
+            StoreUrl::Etcd(endpoints) => Ok(Arc::new(etcd::EtcdStore::connect(endpoints).await?)),
+            StoreUrl::Embedded(path) => Ok(Arc::new(embedded::EmbeddedStore::open(path)?)),
         }
     }
 }

@@ -1,0 +1,475 @@
+//! Runs hook commands in their own process group, with `DEPLOY_*` values passed only as
+//! environment variables, a timeout that kills the whole group, and an output tail.
+
+use crate::api::Command;
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+/// Lines of hook output kept for the Instance status.
+pub const TAIL_LINES: usize = 20;
+
+/// Why a hook failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("{label} hook {command:?} failed: {status}")]
+    Failed {
+        label: String,
+        command: String,
+        status: String,
+        tail: Vec<String>,
+    },
+    #[error("{label} hook {command:?} timed out after {seconds}s; its process group was killed")]
+    Timeout {
+        label: String,
+        command: String,
+        seconds: u32,
+        tail: Vec<String>,
+    },
+    #[error("cannot start {label} hook {command:?} with shell {shell:?}: {message}")]
+    Spawn {
+        label: String,
+        command: String,
+        shell: Vec<String>,
+        message: String,
+    },
+}
+
+impl HookError {
+    /// `HookFailed` or `HookTimeout`, as recorded in the Instance status.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HookError::Timeout { .. } => "HookTimeout",
+            _ => "HookFailed",
+        }
+    }
+
+    /// The last lines of output before the failure.
+    pub fn tail(&self) -> &[String] {
+        match self {
+            HookError::Failed { tail, .. } | HookError::Timeout { tail, .. } => tail,
+            HookError::Spawn { .. } => &[],
+        }
+    }
+}
+
+/// What every command of one Instance runs with: the shell and the environment.
+#[derive(Clone, Debug)]
+pub struct HookEnv {
+    /// Program and leading arguments; the command text is appended as the last argument.
+    pub shell: Vec<String>,
+    /// The Application's `env` plus `DEPLOY_*` (which win on a clash).
+    pub vars: BTreeMap<String, String>,
+}
+
+/// The values a deploy step describes. Each becomes one `DEPLOY_*` variable.
+pub struct DeployVars<'a> {
+    pub app: &'a str,
+    pub namespace: &'a str,
+    pub version: &'a str,
+    pub previous_version: Option<&'a str>,
+    pub release_dir: &'a Path,
+    pub path: &'a Path,
+    pub machine: &'a str,
+}
+
+impl HookEnv {
+    pub fn new(
+        shell: Option<&[String]>,
+        app_env: &BTreeMap<String, String>,
+        d: &DeployVars,
+    ) -> HookEnv {
+        let shell = match shell {
+            Some(s) if !s.is_empty() => s.to_vec(),
+            _ => vec!["/bin/sh".to_string(), "-c".to_string()],
+        };
+        let mut vars = app_env.clone();
+        for (k, v) in [
+            ("DEPLOY_APP", d.app.to_string()),
+            ("DEPLOY_NAMESPACE", d.namespace.to_string()),
+            ("DEPLOY_VERSION", d.version.to_string()),
+            (
+                "DEPLOY_PREVIOUS_VERSION",
+                d.previous_version.unwrap_or("").to_string(),
+            ),
+            ("DEPLOY_RELEASE_DIR", d.release_dir.display().to_string()),
+            ("DEPLOY_PATH", d.path.display().to_string()),
+            ("DEPLOY_MACHINE", d.machine.to_string()),
+        ] {
+            vars.insert(k.to_string(), v);
+        }
+        HookEnv { shell, vars }
+    }
+
+    /// A process for `text` in `cwd`, in its own process group (so that a timeout or a
+    /// stop can signal every descendant), killed if the future running it is dropped.
+    pub fn command(&self, text: &str, cwd: &Path) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.shell[0]);
+        c.args(&self.shell[1..])
+            .arg(text)
+            .current_dir(cwd)
+            .envs(&self.vars)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        c
+    }
+}
+
+/// SIGKILLs a process group when dropped, unless disarmed: a hook whose future is dropped
+/// (agent shutdown) must not leave its children running.
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            kill_group(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends `signal` to the process group `pgid`; a group already gone is fine.
+pub fn kill_group(pgid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
+}
+
+fn push_line(tail: &mut VecDeque<String>, label: &str, bytes: &[u8]) {
+    let line = String::from_utf8_lossy(bytes)
+        .trim_end_matches('\r')
+        .to_string();
+    tracing::info!(hook = label, "{line}");
+    if tail.len() == TAIL_LINES {
+        tail.pop_front();
+    }
+    tail.push_back(line);
+}
+
+/// Runs one command with stdout and stderr interleaved into one pipe. Returns the last
+/// [`TAIL_LINES`] lines of output.
+pub async fn run_command(
+    env: &HookEnv,
+    cmd: &Command,
+    cwd: &Path,
+    label: &str,
+) -> Result<Vec<String>, HookError> {
+    let spawn_err = |message: String| HookError::Spawn {
+        label: label.to_string(),
+        command: cmd.command.clone(),
+        shell: env.shell.clone(),
+        message,
+    };
+    let (reader, writer) = std::io::pipe().map_err(|e| spawn_err(e.to_string()))?;
+    let mut child = {
+        let mut c = env.command(&cmd.command, cwd);
+        let w2 = writer.try_clone().map_err(|e| spawn_err(e.to_string()))?;
+        c.stdout(w2).stderr(writer);
+        // `c` holds the pipe's write ends; it is dropped at the end of this block so that
+        // the reader sees end-of-file when the hook's processes exit.
+        c.spawn().map_err(|e| spawn_err(e.to_string()))?
+    };
+    let mut guard = GroupGuard(child.id().map(|p| p as i32));
+    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+        .map_err(|e| spawn_err(e.to_string()))?;
+    let mut lines = tokio::io::BufReader::new(rx).split(b'\n');
+    let mut tail = VecDeque::new();
+    let seconds = cmd.timeout_seconds;
+    let deadline = tokio::time::sleep(Duration::from_secs(u64::from(seconds)));
+    tokio::pin!(deadline);
+    let mut eof = false;
+    let status = loop {
+        tokio::select! {
+            line = lines.next_segment(), if !eof => match line {
+                Ok(Some(l)) => push_line(&mut tail, label, &l),
+                _ => eof = true,
+            },
+            st = child.wait() => break st,
+            _ = &mut deadline => {
+                guard.kill();
+                let _ = child.wait().await;
+                drain(&mut lines, &mut tail, label).await;
+                return Err(HookError::Timeout {
+                    label: label.to_string(),
+                    command: cmd.command.clone(),
+                    seconds,
+                    tail: tail.into(),
+                });
+            }
+        }
+    };
+    // The hook exited: children it left in the background stay (the group is not killed),
+    // but their output is not waited for beyond a short grace period.
+    guard.0 = None;
+    if !eof {
+        drain(&mut lines, &mut tail, label).await;
+    }
+    let status = status.map_err(|e| spawn_err(e.to_string()))?;
+    if !status.success() {
+        return Err(HookError::Failed {
+            label: label.to_string(),
+            command: cmd.command.clone(),
+            status: status.to_string(),
+            tail: tail.into(),
+        });
+    }
+    Ok(tail.into())
+}
+
+/// Reads what is left in the pipe, giving up after a second (a background process may
+/// hold the write end open forever).
+async fn drain<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Split<R>,
+    tail: &mut VecDeque<String>,
+    label: &str,
+) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(Some(l)) = lines.next_segment().await {
+            push_line(tail, label, &l);
+        }
+    })
+    .await;
+}
+
+/// Runs `cmds` in order; the first failure stops the list. Returns the output tail of
+/// the last command.
+pub async fn run_hooks(
+    env: &HookEnv,
+    cmds: &[Command],
+    cwd: &Path,
+    label: &str,
+) -> Result<Vec<String>, HookError> {
+    let mut tail = Vec::new();
+    for cmd in cmds {
+        tail = run_command(env, cmd, cwd, label).await?;
+    }
+    Ok(tail)
+}
+
+/// Runs a command and returns its stdout (stderr is logged), for `getVersion`.
+pub async fn capture_stdout(
+    env: &HookEnv,
+    cmd: &Command,
+    cwd: &Path,
+    label: &str,
+) -> Result<String, HookError> {
+    let mut c = env.command(&cmd.command, cwd);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().map_err(|e| HookError::Spawn {
+        label: label.to_string(),
+        command: cmd.command.clone(),
+        shell: env.shell.clone(),
+        message: e.to_string(),
+    })?;
+    let mut guard = GroupGuard(child.id().map(|p| p as i32));
+    let secs = cmd.timeout_seconds;
+    match tokio::time::timeout(
+        Duration::from_secs(u64::from(secs)),
+        child.wait_with_output(),
+    )
+    .await
+    {
+        Err(_) => {
+            guard.kill();
+            Err(HookError::Timeout {
+                label: label.to_string(),
+                command: cmd.command.clone(),
+                seconds: secs,
+                tail: vec![],
+            })
+        }
+        Ok(Err(e)) => Err(HookError::Spawn {
+            label: label.to_string(),
+            command: cmd.command.clone(),
+            shell: env.shell.clone(),
+            message: e.to_string(),
+        }),
+        Ok(Ok(out)) => {
+            guard.0 = None;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            for line in stderr.lines() {
+                tracing::info!(hook = label, "{line}");
+            }
+            if !out.status.success() {
+                return Err(HookError::Failed {
+                    label: label.to_string(),
+                    command: cmd.command.clone(),
+                    status: out.status.to_string(),
+                    tail: {
+                        let lines: Vec<String> = stderr.lines().map(String::from).collect();
+                        lines[lines.len().saturating_sub(TAIL_LINES)..].to_vec()
+                    },
+                });
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    }
+}
+
+/// A release dir path for `DEPLOY_RELEASE_DIR`, as a convenience for callers.
+pub fn release_dir(path: &Path, version: &str) -> PathBuf {
+    path.join("releases").join(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_in(dir: &Path, extra: &[(&str, &str)]) -> HookEnv {
+        let app_env = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HookEnv::new(
+            None,
+            &app_env,
+            &DeployVars {
+                app: "api",
+                namespace: "prod",
+                version: "1.0",
+                previous_version: None,
+                release_dir: &dir.join("releases/1.0"),
+                path: dir,
+                machine: "m1",
+            },
+        )
+    }
+
+    fn cmd(text: &str, timeout_seconds: u32) -> Command {
+        Command {
+            command: text.to_string(),
+            timeout_seconds,
+        }
+    }
+
+    #[tokio::test]
+    async fn env_values_with_shell_metacharacters_should_never_be_interpreted() {
+        let dir = tempfile::tempdir().unwrap();
+        let nasty = "$(touch pwned1); `touch pwned2` && touch pwned3 | x > pwned4 '\"";
+        let env = env_in(dir.path(), &[("NASTY", nasty)]);
+        let out = run_command(
+            &env,
+            &cmd(r#"printf '%s\n' "$NASTY" "$DEPLOY_APP/$DEPLOY_NAMESPACE/$DEPLOY_VERSION/[$DEPLOY_PREVIOUS_VERSION]/$DEPLOY_MACHINE""#, 10),
+            dir.path(),
+            "install",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![nasty.to_string(), "api/prod/1.0/[]/m1".to_string()]
+        );
+        for f in ["pwned1", "pwned2", "pwned3", "pwned4"] {
+            assert!(
+                !dir.path().join(f).exists(),
+                "{f} was created: the value ran as shell"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_hook_should_report_its_status_and_the_last_20_lines_interleaved() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path(), &[]);
+        let err = run_command(
+            &env,
+            &cmd(
+                "for i in $(seq 1 30); do echo out$i; echo err$i >&2; done; exit 3",
+                10,
+            ),
+            dir.path(),
+            "activate",
+        )
+        .await
+        .err()
+        .expect("exit 3 fails");
+        assert_eq!(err.reason(), "HookFailed");
+        assert!(err.to_string().contains("exit status: 3"), "{err}");
+        let tail = err.tail();
+        assert_eq!(tail.len(), 20);
+        assert_eq!(tail.last().unwrap(), "err30");
+        assert!(tail.contains(&"out30".to_string()));
+    }
+
+    fn alive(pid: i32) -> bool {
+        // A zombie (not yet reaped by init) counts as dead.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => !s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_should_kill_the_whole_process_group_with_grandchildren() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path(), &[]);
+        let pidfile = dir.path().join("pid");
+        let err = run_command(
+            &env,
+            &cmd("sleep 100 & echo $! > pid; echo started; wait", 1),
+            dir.path(),
+            "activate",
+        )
+        .await
+        .err()
+        .expect("the hook outlives its timeout");
+        assert_eq!(err.reason(), "HookTimeout");
+        assert_eq!(err.tail(), ["started"]);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "grandchild {pid} survived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn hooks_should_run_in_order_and_stop_at_the_first_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path(), &[]);
+        let cmds = [
+            cmd("echo a >> log", 5),
+            cmd("false", 5),
+            cmd("echo c >> log", 5),
+        ];
+        assert!(run_hooks(&env, &cmds, dir.path(), "install").await.is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log")).unwrap(),
+            "a\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn capture_stdout_should_return_only_stdout() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path(), &[]);
+        let out = capture_stdout(
+            &env,
+            &cmd("echo 1.0; echo noise >&2", 5),
+            dir.path(),
+            "getVersion",
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.trim(), "1.0");
+    }
+}

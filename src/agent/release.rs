@@ -1,0 +1,208 @@
+//! The disk state of one Instance: `releases/<version>` (staged when marked) and `current`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Written inside a release once `install` succeeded; a release without it is not staged.
+pub const STAGED_MARKER: &str = ".deployctl-staged";
+
+/// Where one Instance lives on disk.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// `spec.path`, or `<root>/<namespace>/<app>`.
+    pub path: PathBuf,
+}
+
+impl Layout {
+    pub fn new(path: PathBuf) -> Layout {
+        Layout { path }
+    }
+    pub fn releases(&self) -> PathBuf {
+        self.path.join("releases")
+    }
+    pub fn release(&self, version: &str) -> PathBuf {
+        self.releases().join(version)
+    }
+    pub fn current_link(&self) -> PathBuf {
+        self.path.join("current")
+    }
+    /// Downloads in progress.
+    pub fn tmp(&self) -> PathBuf {
+        self.path.join(".tmp")
+    }
+
+    /// True when `releases/<version>` exists and carries the staged marker.
+    pub fn is_staged(&self, version: &str) -> bool {
+        self.release(version).join(STAGED_MARKER).is_file()
+    }
+
+    /// Marks a release staged (after `install` succeeded).
+    pub fn mark_staged(&self, version: &str) -> io::Result<()> {
+        fs::write(self.release(version).join(STAGED_MARKER), b"")
+    }
+
+    /// Staged versions, sorted by name.
+    pub fn staged_versions(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .release_dirs()
+            .into_iter()
+            .filter(|v| self.is_staged(v))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Every directory under `releases/` that is not a temp dir (staged or not).
+    fn release_dirs(&self) -> Vec<String> {
+        let Ok(rd) = fs::read_dir(self.releases()) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    }
+
+    /// Removes half-done work: unmarked releases (an interrupted install), temp unpack
+    /// dirs and downloads. Never touches the release `current` points at.
+    pub fn remove_unfinished(&self) -> io::Result<Vec<String>> {
+        let current = self.current_version();
+        let mut removed = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.releases()) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let temp = name.starts_with('.') && name.contains(".tmp-");
+                let unmarked = !name.starts_with('.')
+                    && !self.is_staged(&name)
+                    && current.as_deref() != Some(&name);
+                if temp || unmarked {
+                    fs::remove_dir_all(e.path())?;
+                    removed.push(name);
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(self.tmp());
+        Ok(removed)
+    }
+
+    /// The version `current` points at (`releases/<version>`), if any.
+    pub fn current_version(&self) -> Option<String> {
+        let target = fs::read_link(self.current_link()).ok()?;
+        let name = target.file_name()?.to_str()?.to_string();
+        let parent = target.parent()?;
+        (parent == Path::new("releases") || parent == self.releases()).then_some(name)
+    }
+
+    /// Points `current` at `releases/<version>` atomically: a new symlink renamed over it.
+    pub fn switch_current(&self, version: &str) -> io::Result<()> {
+        let tmp = self
+            .path
+            .join(format!("current.tmp-{:08x}", rand::random::<u32>()));
+        std::os::unix::fs::symlink(Path::new("releases").join(version), &tmp)?;
+        if let Err(e) = fs::rename(&tmp, self.current_link()) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Releases to delete: not in `keep`, not current, beyond the `keep_releases` newest
+    /// (by mtime; kept and current count toward the limit). Oldest first.
+    pub fn releases_to_clean(&self, keep: &[String], keep_releases: u32) -> Vec<String> {
+        let current = self.current_version();
+        let mut all: Vec<(std::time::SystemTime, String)> = self
+            .release_dirs()
+            .into_iter()
+            .map(|v| {
+                let t = fs::metadata(self.release(&v))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (t, v)
+            })
+            .collect();
+        all.sort_by(|a, b| b.cmp(a)); // newest first
+        let protected = |v: &str| keep.iter().any(|k| k == v) || current.as_deref() == Some(v);
+        let mut budget = keep_releases as usize;
+        budget = budget.saturating_sub(all.iter().filter(|(_, v)| protected(v)).count());
+        let mut out = Vec::new();
+        for (_, v) in all {
+            if protected(&v) {
+                continue;
+            }
+            if budget > 0 {
+                budget -= 1;
+                continue;
+            }
+            out.push(v);
+        }
+        out.reverse();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(l: &Layout, v: &str) {
+        fs::create_dir_all(l.release(v)).unwrap();
+        l.mark_staged(v).unwrap();
+    }
+
+    #[test]
+    fn current_should_switch_atomically_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path().to_path_buf());
+        assert_eq!(l.current_version(), None);
+        staged(&l, "1.0");
+        staged(&l, "2.0");
+        l.switch_current("1.0").unwrap();
+        assert_eq!(l.current_version().as_deref(), Some("1.0"));
+        l.switch_current("2.0").unwrap();
+        assert_eq!(l.current_version().as_deref(), Some("2.0"));
+        let leftovers = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp-")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn a_release_without_the_marker_should_not_count_and_be_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path().to_path_buf());
+        staged(&l, "1.0");
+        fs::create_dir_all(l.release("2.0")).unwrap();
+        fs::create_dir_all(l.releases().join(".3.0.tmp-0000abcd")).unwrap();
+        assert_eq!(l.staged_versions(), vec!["1.0"]);
+        let mut removed = l.remove_unfinished().unwrap();
+        removed.sort();
+        assert_eq!(removed, vec![".3.0.tmp-0000abcd", "2.0"]);
+        assert!(l.is_staged("1.0"));
+    }
+
+    #[test]
+    fn cleaning_should_keep_wanted_current_and_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path().to_path_buf());
+        for (i, v) in ["1", "2", "3", "4", "5"].iter().enumerate() {
+            staged(&l, v);
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
+            fs::File::open(l.release(v))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        l.switch_current("1").unwrap();
+        // keep 3: "1" (current) and "5" (wanted) are protected, one more: "4".
+        assert_eq!(l.releases_to_clean(&["5".into()], 3), vec!["2", "3"]);
+    }
+}

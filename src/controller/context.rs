@@ -1,0 +1,375 @@
+//! What the reconcilers read and write through: the informer caches, machine presence,
+//! the fenced client, and the work queue their changes feed.
+
+use super::informer::{ChangeKind, Reader};
+use super::queue::WorkQueue;
+use super::runtime::Action;
+use crate::api::{
+    Application, Instance, Machine, Object, ObjectReference, Rollout, DEFAULT_NAMESPACE,
+};
+use crate::reconcilers::{application, machine, rollout, MachineView};
+use crate::store::{self, Client, EventRecorder, Write};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A queued unit of work. Keys, never objects: a reconcile reads the current cache.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    Machine(String),
+    Application { namespace: String, name: String },
+    Rollout { namespace: String, name: String },
+}
+
+/// Objects this controller wrote, kept until its informer has seen them, so that a
+/// reconcile right after a write does not decide from the older cached copy (and lose a
+/// compare-and-swap against itself).
+pub struct Written<K> {
+    map: Mutex<HashMap<(Option<String>, String), K>>,
+}
+
+impl<K: Object> Default for Written<K> {
+    fn default() -> Self {
+        Written {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Object> Written<K> {
+    fn key(obj: &K) -> (Option<String>, String) {
+        (obj.namespace().map(str::to_string), obj.name().to_string())
+    }
+
+    pub fn record(&self, obj: K) {
+        self.map
+            .lock()
+            .expect("written lock is never poisoned: no panics inside")
+            .insert(Self::key(&obj), obj);
+    }
+
+    /// The newer of the cached object and what we wrote: spec and metadata by
+    /// resourceVersion, status by its own revision.
+    pub fn fresher(&self, cached: Arc<K>) -> Arc<K> {
+        let mut map = self
+            .map
+            .lock()
+            .expect("written lock is never poisoned: no panics inside");
+        let key = Self::key(&cached);
+        let Some(ours) = map.get(&key) else {
+            return cached;
+        };
+        let spec_newer = ours.meta().revision() > cached.meta().revision();
+        let status_newer = ours.meta().status_version > cached.meta().status_version;
+        if !spec_newer && !status_newer {
+            map.remove(&key);
+            return cached;
+        }
+        let mut merged = if spec_newer {
+            ours.clone()
+        } else {
+            K::clone(&cached)
+        };
+        let (status, version) = if status_newer {
+            (ours.status().cloned(), ours.meta().status_version)
+        } else {
+            (cached.status().cloned(), cached.meta().status_version)
+        };
+        *merged.status_mut() = status;
+        merged.meta_mut().status_version = version;
+        Arc::new(merged)
+    }
+}
+
+/// Everything a reconcile needs. Shared by all workers.
+pub struct Context {
+    /// Fenced on the leader key: a write after leadership is lost fails with NotLeader.
+    pub client: Client,
+    pub machines: Reader<Machine>,
+    pub applications: Reader<Application>,
+    pub rollouts: Reader<Rollout>,
+    pub instances: Reader<Instance>,
+    /// Machines whose agent holds its lease.
+    pub presence: Arc<RwLock<BTreeSet<String>>>,
+    pub queue: WorkQueue<Key>,
+    pub events: EventRecorder,
+    pub written_instances: Written<Instance>,
+    pub written_rollouts: Written<Rollout>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Store(#[from] store::Error),
+}
+
+fn ns_name<K: Object>(obj: &K) -> (String, String) {
+    (
+        obj.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string(),
+        obj.name().to_string(),
+    )
+}
+
+fn reference<K: Object>(obj: &K) -> ObjectReference {
+    ObjectReference {
+        kind: K::KIND.to_string(),
+        namespace: obj.namespace().map(str::to_string),
+        name: obj.name().to_string(),
+    }
+}
+
+impl Context {
+    /// Enqueues every Rollout and Application: machines and presence affect them all.
+    pub fn enqueue_all(&self) {
+        for ro in self.rollouts.list() {
+            let (namespace, name) = ns_name(ro.as_ref());
+            self.queue.add(Key::Rollout { namespace, name });
+        }
+        for app in self.applications.list() {
+            let (namespace, name) = ns_name(app.as_ref());
+            self.queue.add(Key::Application { namespace, name });
+        }
+    }
+
+    /// Enqueues the Rollouts that drive `namespace/app`.
+    pub fn enqueue_rollouts_of(&self, namespace: &str, app: &str) {
+        for ro in self
+            .rollouts
+            .filter(|r| r.spec.application == app && r.namespace() == Some(namespace))
+        {
+            self.queue.add(Key::Rollout {
+                namespace: namespace.to_string(),
+                name: ro.name().to_string(),
+            });
+        }
+    }
+
+    pub fn on_machine(&self, m: &Machine, _kind: ChangeKind) {
+        self.queue.add(Key::Machine(m.name().to_string()));
+        self.enqueue_all();
+    }
+
+    pub fn on_application(&self, app: &Application, _kind: ChangeKind) {
+        let (namespace, name) = ns_name(app);
+        self.enqueue_rollouts_of(&namespace, &name);
+        self.queue.add(Key::Application { namespace, name });
+    }
+
+    pub fn on_rollout(&self, ro: &Rollout, _kind: ChangeKind) {
+        let (namespace, name) = ns_name(ro);
+        self.queue.add(Key::Application {
+            namespace: namespace.clone(),
+            name: ro.spec.application.clone(),
+        });
+        self.queue.add(Key::Rollout { namespace, name });
+    }
+
+    pub fn on_instance(&self, inst: &Instance, _kind: ChangeKind) {
+        let namespace = inst.namespace().unwrap_or(DEFAULT_NAMESPACE);
+        self.enqueue_rollouts_of(namespace, &inst.spec.application);
+    }
+
+    fn machine_views(&self) -> Vec<MachineView> {
+        let presence = self
+            .presence
+            .read()
+            .expect("presence lock is never poisoned");
+        self.machines
+            .list()
+            .iter()
+            .map(|m| MachineView {
+                name: m.name().to_string(),
+                labels: m.metadata.labels.clone(),
+                ready: presence.contains(m.name()),
+                unschedulable: m.spec.unschedulable,
+            })
+            .collect()
+    }
+
+    /// The Rollout that drives an Application: the oldest, if several name it.
+    fn rollout_for(&self, namespace: &str, app: &str) -> Option<Arc<Rollout>> {
+        let mut all = self
+            .rollouts
+            .filter(|r| r.spec.application == app && r.namespace() == Some(namespace));
+        all.sort_by(|a, b| {
+            (a.metadata.creation_timestamp, a.name())
+                .cmp(&(b.metadata.creation_timestamp, b.name()))
+        });
+        all.into_iter()
+            .next()
+            .map(|r| self.written_rollouts.fresher(r))
+    }
+
+    pub async fn reconcile(&self, key: Key) -> Result<Action, Error> {
+        match key {
+            Key::Machine(name) => self.reconcile_machine(&name).await,
+            Key::Application { namespace, name } => {
+                self.reconcile_application(&namespace, &name).await
+            }
+            Key::Rollout { namespace, name } => self.reconcile_rollout(&namespace, &name).await,
+        }
+    }
+
+    async fn reconcile_machine(&self, name: &str) -> Result<Action, Error> {
+        let Some(m) = self.machines.get(None, name) else {
+            return Ok(Action::await_change());
+        };
+        let alive = self
+            .presence
+            .read()
+            .expect("presence lock is never poisoned")
+            .contains(name);
+        if let Some(status) = machine::plan(&m, alive, chrono::Utc::now()) {
+            let was_ready = machine::is_ready(&m);
+            let mut new = Machine::clone(&m);
+            new.status = Some(status);
+            self.client.replace_status(&new).await?;
+            if was_ready != alive {
+                let (reason, msg) = if alive {
+                    ("MachineReady", "the agent's lease is alive")
+                } else {
+                    ("MachineNotReady", "the agent's lease expired")
+                };
+                let type_ = if alive { "Normal" } else { "Warning" };
+                self.events
+                    .record(reference(&new), type_, reason, msg)
+                    .await;
+            }
+        }
+        Ok(Action::await_change())
+    }
+
+    async fn reconcile_application(&self, namespace: &str, name: &str) -> Result<Action, Error> {
+        let Some(app) = self.applications.get(Some(namespace), name) else {
+            return Ok(Action::await_change());
+        };
+        let stable = self
+            .rollout_for(namespace, name)
+            .and_then(|r| r.status.as_ref().and_then(|s| s.stable_version.clone()));
+        if let Some(status) =
+            application::plan_status(&app, &self.machine_views(), stable.as_deref())
+        {
+            let mut new = Application::clone(&app);
+            new.status = Some(status);
+            self.client.replace_status(&new).await?;
+        }
+        Ok(Action::await_change())
+    }
+
+    async fn reconcile_rollout(&self, namespace: &str, name: &str) -> Result<Action, Error> {
+        let Some(cached) = self.rollouts.get(Some(namespace), name) else {
+            return Ok(Action::await_change());
+        };
+        let ro = self.written_rollouts.fresher(cached);
+        let now = chrono::Utc::now();
+        let app_name = ro.spec.application.clone();
+
+        // Preconditions a retry cannot fix go on the object, not into a retry loop.
+        let app = self.applications.get(Some(namespace), &app_name);
+        let driver = self.rollout_for(namespace, &app_name);
+        let problem = match (&app, &driver) {
+            (None, _) => Some((
+                "ApplicationNotFound",
+                format!("application {namespace}/{app_name} does not exist"),
+            )),
+            (Some(_), Some(d)) if d.name() != ro.name() => Some((
+                "ApplicationTaken",
+                format!("application {app_name} is driven by rollout {}", d.name()),
+            )),
+            _ => None,
+        };
+        if let Some((reason, message)) = problem {
+            let mut st = ro.status.clone().unwrap_or_default();
+            st.observed_generation = ro.metadata.generation.unwrap_or(0);
+            st.phase = crate::api::RolloutPhase::Degraded;
+            st.message = message.clone();
+            crate::api::set_condition(
+                &mut st.conditions,
+                "Degraded",
+                crate::api::ConditionStatus::True,
+                reason,
+                &message,
+                now,
+            );
+            if ro.status.as_ref() != Some(&st) {
+                let mut new = Rollout::clone(&ro);
+                new.status = Some(st);
+                let written = self.client.replace_status(&new).await?;
+                self.written_rollouts.record(written);
+            }
+            return Ok(Action::await_change());
+        }
+        let app = app.expect("checked above: a missing application returned early");
+
+        let views = self.machine_views();
+        let existing: Vec<Arc<Instance>> = self
+            .instances
+            .filter(|i| i.spec.application == app_name && i.namespace() == Some(namespace))
+            .into_iter()
+            .map(|i| self.written_instances.fresher(i))
+            .collect();
+        let stable = rollout::stable_ref(ro.status.as_ref().unwrap_or(&Default::default()));
+        let membership = application::plan_instances(
+            &app,
+            &views,
+            &existing,
+            stable.as_ref(),
+            ro.spec.strategy.min_ready_seconds,
+        );
+        let desired: HashSet<String> = views
+            .iter()
+            .filter(|m| m.schedulable_and_ready() && app.spec.selector.matches(&m.labels))
+            .map(|m| m.name.clone())
+            .collect();
+        let decision = rollout::plan(rollout::RolloutInput {
+            rollout: &ro,
+            instances: membership.keep,
+            desired_machines: &desired,
+            now,
+        });
+
+        // Instances first (batched), then the Rollout status that describes them.
+        let by_name: HashMap<&str, &Arc<Instance>> =
+            existing.iter().map(|i| (i.name(), i)).collect();
+        let mut writes = Vec::new();
+        for inst in decision.instances {
+            match by_name.get(inst.name()) {
+                Some(cur)
+                    if cur.spec == inst.spec && cur.metadata.labels == inst.metadata.labels => {}
+                Some(cur) => writes.push(Write::Replace {
+                    current: Arc::clone(cur),
+                    desired: inst,
+                }),
+                None => writes.push(Write::Create(inst)),
+            }
+        }
+        writes.extend(membership.delete.into_iter().map(Write::Delete));
+        if !writes.is_empty() {
+            let count = writes.len();
+            let written = self.client.write_batch(writes).await?;
+            tracing::debug!(rollout = name, count, "wrote instances");
+            for inst in written {
+                self.written_instances.record(inst);
+            }
+        }
+        if ro.status.as_ref() != Some(&decision.status) {
+            let mut new = Rollout::clone(&ro);
+            new.status = Some(decision.status);
+            let written = self.client.replace_status(&new).await?;
+            self.written_rollouts.record(written);
+        }
+        for note in &decision.events {
+            self.events
+                .record(
+                    reference(ro.as_ref()),
+                    note.type_,
+                    note.reason,
+                    &note.message,
+                )
+                .await;
+        }
+        Ok(match decision.requeue_after {
+            Some(d) => Action::requeue(d),
+            None => Action::await_change(),
+        })
+    }
+}

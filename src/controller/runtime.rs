@@ -1,0 +1,333 @@
+//! Runs reconciles for the keys of a [`WorkQueue`] on a fixed number of workers.
+//!
+//! The contract is kube-runtime's: `reconcile(key) -> Result<Action, E>` and
+//! `error_policy(&key, &error) -> Action`. A success forgets the key's backoff and
+//! honours [`Action::requeue`]; a failure does what the error policy says, by default
+//! [`Action::backoff`] (the queue's per-key exponential backoff).
+
+use super::queue::WorkQueue;
+use futures::FutureExt;
+use std::fmt::{Debug, Display};
+use std::future::Future;
+use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What to do with a key after its reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Action {
+    next: Next,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Nothing until something changes (an informer event adds the key again).
+    AwaitChange,
+    /// Run again after this long (a deadline, a timed pause, a periodic check).
+    After(Duration),
+    /// Run again after the key's exponential backoff (for errors).
+    Backoff,
+}
+
+impl Action {
+    /// Reconcile the key again after `after`, even if nothing changes.
+    pub fn requeue(after: Duration) -> Action {
+        Action {
+            next: Next::After(after),
+        }
+    }
+
+    /// Reconcile the key again only when an informer sees a change.
+    pub fn await_change() -> Action {
+        Action {
+            next: Next::AwaitChange,
+        }
+    }
+
+    /// Reconcile the key again after its backoff, which doubles with each consecutive
+    /// failure. Meant for error policies.
+    pub fn backoff() -> Action {
+        Action {
+            next: Next::Backoff,
+        }
+    }
+
+    /// The requested delay, if this action is a [`requeue`](Self::requeue).
+    pub fn requeue_after(&self) -> Option<Duration> {
+        match self.next {
+            Next::After(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The default error policy: retry after the key's exponential backoff.
+pub fn backoff_on_error<K, E>(_key: &K, _error: &E) -> Action {
+    Action::backoff()
+}
+
+/// Takes keys from a queue and reconciles them, at most `workers` at once, never one
+/// key twice at once.
+pub struct Controller<K> {
+    queue: WorkQueue<K>,
+    workers: usize,
+}
+
+impl<K> Controller<K>
+where
+    K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
+{
+    /// `workers` is at least 1.
+    pub fn new(queue: WorkQueue<K>, workers: usize) -> Self {
+        Controller {
+            queue,
+            workers: workers.max(1),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled (or the queue is shut down), then stops taking
+    /// keys and returns once every reconcile in flight has finished.
+    ///
+    /// A panicking reconcile is logged and treated like an error with
+    /// [`Action::backoff`], so that its key is not stuck in flight forever.
+    pub async fn run<R, Fut, E, P>(self, reconcile: R, error_policy: P, shutdown: CancellationToken)
+    where
+        R: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        E: Display + Send + 'static,
+        P: Fn(&K, &E) -> Action + Send + Sync + 'static,
+    {
+        let reconcile = Arc::new(reconcile);
+        let error_policy = Arc::new(error_policy);
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..self.workers {
+            let queue = self.queue.clone();
+            let reconcile = reconcile.clone();
+            let error_policy = error_policy.clone();
+            workers.spawn(async move {
+                while let Some(key) = queue.next().await {
+                    let result = AssertUnwindSafe(reconcile(key.clone())).catch_unwind().await;
+                    let action = match result {
+                        Ok(Ok(action)) => {
+                            queue.forget(&key);
+                            action
+                        }
+                        Ok(Err(e)) => {
+                            let action = error_policy(&key, &e);
+                            tracing::warn!(key = ?key, error = %e, ?action, "reconcile failed");
+                            action
+                        }
+                        Err(_) => {
+                            tracing::error!(key = ?key, "reconcile panicked; retrying with backoff");
+                            Action::backoff()
+                        }
+                    };
+                    queue.done(&key);
+                    match action.next {
+                        Next::AwaitChange => {}
+                        Next::After(d) => queue.add_after(key, d),
+                        Next::Backoff => {
+                            queue.add_rate_limited(key);
+                        }
+                    }
+                }
+            });
+        }
+        let queue = self.queue.clone();
+        let stop = async move {
+            shutdown.cancelled().await;
+            queue.shutdown();
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop, if !self.queue.is_shutting_down() => {}
+                joined = workers.join_next() => match joined {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::error!(error = %e, "reconcile worker failed"),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// Records when each key ran, and how many reconciles ran at once.
+    #[derive(Default)]
+    struct Log {
+        runs: Mutex<HashMap<&'static str, Vec<Duration>>>,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+    }
+
+    impl Log {
+        fn runs(&self, key: &str) -> Vec<u128> {
+            let runs = self.runs.lock().expect("test lock not poisoned");
+            runs.get(key)
+                .map(|v| v.iter().map(Duration::as_millis).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn controller_should_honour_requeue_and_backoff_then_forget_on_success() {
+        let queue = WorkQueue::with_backoff(Duration::from_millis(100), Duration::from_secs(10));
+        let log = Arc::new(Log::default());
+        let start = Instant::now();
+        let shutdown = CancellationToken::new();
+        let run = {
+            let log = log.clone();
+            let queue = queue.clone();
+            tokio::spawn(Controller::new(queue, 2).run(
+                move |key: &'static str| {
+                    let log = log.clone();
+                    async move {
+                        let n = {
+                            let mut runs = log.runs.lock().expect("test lock not poisoned");
+                            let v = runs.entry(key).or_default();
+                            v.push(start.elapsed());
+                            v.len()
+                        };
+                        match (key, n) {
+                            // Fails three times, then succeeds and asks for nothing more.
+                            ("flaky", 1..=3) => Err("boom"),
+                            ("flaky", _) => Ok(Action::await_change()),
+                            // Runs every 5 s, three times.
+                            ("periodic", 1..=2) => Ok(Action::requeue(Duration::from_secs(5))),
+                            _ => Ok(Action::await_change()),
+                        }
+                    }
+                },
+                backoff_on_error,
+                shutdown.clone(),
+            ))
+        };
+        queue.add("flaky");
+        queue.add("periodic");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(log.runs("flaky"), [0, 100, 300, 700]);
+        assert_eq!(queue.failures(&"flaky"), 0, "success forgets the backoff");
+        assert_eq!(log.runs("periodic"), [0, 5_000, 10_000]);
+        shutdown.cancel();
+        run.await.expect("controller does not panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn controller_should_never_reconcile_one_key_twice_at_once() {
+        let queue = WorkQueue::new();
+        let log = Arc::new(Log::default());
+        let shutdown = CancellationToken::new();
+        let run = {
+            let log = log.clone();
+            tokio::spawn(Controller::new(queue.clone(), 4).run(
+                move |key: &'static str| {
+                    let log = log.clone();
+                    async move {
+                        let now = log.running.fetch_add(1, Ordering::SeqCst) + 1;
+                        log.max_running.fetch_max(now, Ordering::SeqCst);
+                        log.runs
+                            .lock()
+                            .expect("test lock not poisoned")
+                            .entry(key)
+                            .or_default()
+                            .push(Duration::ZERO);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        log.running.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, String>(Action::await_change())
+                    }
+                },
+                backoff_on_error,
+                shutdown.clone(),
+            ))
+        };
+        queue.add("a");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Added again while running, three times: runs once more, after the first.
+        for _ in 0..3 {
+            queue.add("a");
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(log.max_running.load(Ordering::SeqCst), 1);
+        assert_eq!(log.runs("a").len(), 2);
+        shutdown.cancel();
+        run.await.expect("controller does not panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_should_let_reconciles_in_flight_finish() {
+        let queue = WorkQueue::new();
+        let finished = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let run = {
+            let (started, finished) = (started.clone(), finished.clone());
+            tokio::spawn(Controller::new(queue.clone(), 2).run(
+                move |_key: u32| {
+                    let (started, finished) = (started.clone(), finished.clone());
+                    async move {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, String>(Action::await_change())
+                    }
+                },
+                backoff_on_error,
+                shutdown.clone(),
+            ))
+        };
+        for k in 0..10 {
+            queue.add(k);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+        let t = Instant::now();
+        shutdown.cancel();
+        run.await.expect("controller does not panic");
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_secs(2),
+            "waited for the two in flight"
+        );
+        assert_eq!(finished.load(Ordering::SeqCst), 2);
+        assert_eq!(started.load(Ordering::SeqCst), 2, "took no new key");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_reconcile_should_be_retried_with_backoff() {
+        let queue = WorkQueue::with_backoff(Duration::from_secs(1), Duration::from_secs(1));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let run = {
+            let calls = calls.clone();
+            tokio::spawn(Controller::new(queue.clone(), 1).run(
+                move |_key: u32| {
+                    let calls = calls.clone();
+                    async move {
+                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                            panic!("first reconcile panics (on purpose, in a test)");
+                        }
+                        Ok::<_, String>(Action::await_change())
+                    }
+                },
+                backoff_on_error,
+                shutdown.clone(),
+            ))
+        };
+        queue.add(1);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(queue.in_flight(), 0);
+        shutdown.cancel();
+        run.await.expect("controller does not panic");
+    }
+}

@@ -1,0 +1,221 @@
+//! Application: one Instance per selected machine, each a self-contained snapshot of the
+//! Application; a new machine gets the stable version at once.
+
+use super::MachineView;
+use crate::api::{Application, ApplicationStatus, Instance, InstanceSpec, Object, VersionRef};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The Instances an Application should have.
+#[derive(Debug, Default)]
+pub struct InstancePlan {
+    /// Every Instance that should exist, existing ones (with their status and metadata, spec
+    /// refreshed from the Application) and new ones (no resourceVersion yet).
+    pub keep: Vec<Instance>,
+    /// Instances whose machine is gone or no longer selected.
+    pub delete: Vec<Arc<Instance>>,
+}
+
+/// Copies what an agent needs from the Application into an Instance spec, leaving the
+/// versions (`staged`, `current`, `restartAt`, `attempt`) as they are.
+pub fn snapshot(app: &Application, machine: &str, into: &mut InstanceSpec) {
+    let s = &app.spec;
+    into.machine = machine.to_string();
+    into.application = app.metadata.name.clone();
+    into.artifact = s.artifact.clone();
+    into.path = s.path.clone();
+    into.shell = s.shell.clone();
+    into.env = s.env.clone();
+    into.hooks = s.hooks.clone();
+    into.get_version = s.get_version.clone();
+    into.health_check = s.health_check.clone();
+    into.service = s.service.clone();
+    into.keep_releases = s.keep_releases;
+}
+
+/// Decides which Instances `app` should have on `machines`.
+///
+/// `existing` are the Instances of this Application. `stable` is the version a new machine
+/// gets at once (the Rollout's stable version), if any. `min_ready_seconds` comes from
+/// the Rollout.
+pub fn plan_instances(
+    app: &Application,
+    machines: &[MachineView],
+    existing: &[Arc<Instance>],
+    stable: Option<&VersionRef>,
+    min_ready_seconds: u32,
+) -> InstancePlan {
+    let by_machine: HashMap<&str, &Arc<Instance>> = existing
+        .iter()
+        .map(|i| (i.spec.machine.as_str(), i))
+        .collect();
+    let namespace = app.namespace().unwrap_or(crate::api::DEFAULT_NAMESPACE);
+    let mut plan = InstancePlan::default();
+    let mut selected = std::collections::HashSet::new();
+    for m in machines {
+        if !app.spec.selector.matches(&m.labels) {
+            continue;
+        }
+        selected.insert(m.name.as_str());
+        match by_machine.get(m.name.as_str()) {
+            Some(inst) => {
+                let mut inst = Instance::clone(inst);
+                snapshot(app, &m.name, &mut inst.spec);
+                inst.spec.min_ready_seconds = min_ready_seconds;
+                plan.keep.push(inst);
+            }
+            None if m.schedulable_and_ready() => {
+                let mut inst = Instance::new(
+                    &Instance::name_for(&app.metadata.name, &m.name),
+                    InstanceSpec::default(),
+                );
+                inst.metadata.namespace = Some(namespace.to_string());
+                inst.metadata.labels = [
+                    (
+                        "deployctl.dev/application".to_string(),
+                        app.metadata.name.clone(),
+                    ),
+                    ("deployctl.dev/machine".to_string(), m.name.clone()),
+                ]
+                .into();
+                snapshot(app, &m.name, &mut inst.spec);
+                inst.spec.min_ready_seconds = min_ready_seconds;
+                if let Some(v) = stable {
+                    inst.spec.staged = vec![v.clone()];
+                    inst.spec.current = Some(v.version.clone());
+                }
+                plan.keep.push(inst);
+            }
+            None => {}
+        }
+    }
+    for inst in existing {
+        if !selected.contains(inst.spec.machine.as_str()) {
+            plan.delete.push(inst.clone());
+        }
+    }
+    plan.keep
+        .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    plan
+}
+
+/// The status an Application should have, or `None` when it already has it.
+pub fn plan_status(
+    app: &Application,
+    machines: &[MachineView],
+    stable_version: Option<&str>,
+) -> Option<ApplicationStatus> {
+    let selected: Vec<&MachineView> = machines
+        .iter()
+        .filter(|m| app.spec.selector.matches(&m.labels))
+        .collect();
+    let status = ApplicationStatus {
+        observed_generation: app.metadata.generation.unwrap_or(0),
+        machines: selected.len() as u32,
+        ready_machines: selected.iter().filter(|m| m.ready).count() as u32,
+        stable_version: stable_version.map(str::to_string),
+    };
+    (app.status.as_ref() != Some(&status)).then_some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ApplicationSpec, Artifact};
+
+    pub(crate) fn machine(name: &str, role: &str, ready: bool) -> MachineView {
+        MachineView {
+            name: name.into(),
+            labels: [("role".to_string(), role.to_string())].into(),
+            ready,
+            unschedulable: false,
+        }
+    }
+
+    fn app() -> Application {
+        let mut app = Application::new(
+            "api",
+            ApplicationSpec {
+                artifact: Artifact {
+                    url: "file:///a/{{version}}.tar.gz".into(),
+                    ..Default::default()
+                },
+                keep_releases: 3,
+                ..Default::default()
+            },
+        );
+        app.spec
+            .selector
+            .match_labels
+            .insert("role".into(), "web".into());
+        app
+    }
+
+    #[test]
+    fn new_ready_machine_should_get_the_stable_version_at_once() {
+        let stable = VersionRef {
+            version: "1.0".into(),
+            sha256: None,
+        };
+        let plan = plan_instances(
+            &app(),
+            &[
+                machine("m1", "web", true),
+                machine("m2", "db", true),
+                machine("m3", "web", false),
+            ],
+            &[],
+            Some(&stable),
+            5,
+        );
+        assert_eq!(plan.keep.len(), 1, "only m1: selected and ready");
+        let inst = &plan.keep[0];
+        assert_eq!(inst.metadata.name, "api.m1");
+        assert_eq!(inst.spec.current.as_deref(), Some("1.0"));
+        assert_eq!(inst.spec.staged, vec![stable]);
+        assert_eq!(inst.spec.min_ready_seconds, 5);
+        assert_eq!(inst.spec.artifact.url, "file:///a/{{version}}.tar.gz");
+    }
+
+    #[test]
+    fn instance_on_unselected_machine_should_be_deleted_and_not_ready_ones_kept() {
+        let first = plan_instances(
+            &app(),
+            &[machine("m1", "web", true), machine("m2", "web", true)],
+            &[],
+            None,
+            0,
+        );
+        let existing: Vec<Arc<Instance>> = first.keep.into_iter().map(Arc::new).collect();
+        let plan = plan_instances(
+            &app(),
+            &[machine("m1", "web", false), machine("m2", "db", true)],
+            &existing,
+            None,
+            0,
+        );
+        assert_eq!(plan.keep.len(), 1);
+        assert_eq!(
+            plan.keep[0].spec.machine, "m1",
+            "not ready: kept, converges when back"
+        );
+        assert_eq!(plan.delete.len(), 1);
+        assert_eq!(plan.delete[0].spec.machine, "m2");
+    }
+
+    #[test]
+    fn application_status_should_count_selected_and_ready_machines() {
+        let st = plan_status(
+            &app(),
+            &[
+                machine("m1", "web", true),
+                machine("m2", "web", false),
+                machine("m3", "db", true),
+            ],
+            Some("2.0"),
+        )
+        .unwrap();
+        assert_eq!((st.machines, st.ready_machines), (2, 1));
+        assert_eq!(st.stable_version.as_deref(), Some("2.0"));
+    }
+}

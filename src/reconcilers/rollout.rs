@@ -1,0 +1,831 @@
+//! Rollout: stage → gate → switch (in slots, through canary steps) → verify → complete,
+//! with the failure policy, abort, retry, undo and restart.
+//!
+//! [`plan`] is the whole decision: from the Rollout and its Instances (as cached) to the
+//! Instance specs it wants and the Rollout status. It never reads a store.
+
+use super::EventNote;
+use crate::api::{
+    find_condition, parse_duration, set_condition, ConditionStatus, FailureAction, Instance,
+    MachineFailure, PauseCondition, Revision, Rollout, RolloutPhase, RolloutStatus, VersionRef,
+    ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
+};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Pause reasons the controller sets (a user's pause is `spec.paused`).
+pub const PAUSE_STEP: &str = "CanaryPauseStep";
+pub const PAUSE_FAILURE: &str = "FailurePolicy";
+/// Why a Rollout went back to its stable version.
+pub const REASON_ABORTED: &str = "RolloutAborted";
+pub const REASON_ROLLED_BACK: &str = "RolledBack";
+/// At most this many failed machines are listed in the status.
+pub const MAX_FAILED_MACHINES: usize = 10;
+
+/// What the Rollout decision sees.
+pub struct RolloutInput<'a> {
+    pub rollout: &'a Rollout,
+    /// The Application's Instances as the Application plan wants them (existing ones with
+    /// their status; new ones without). Specs are changed in place by the plan.
+    pub instances: Vec<Instance>,
+    /// Machines that count: selected, ready and schedulable.
+    pub desired_machines: &'a HashSet<String>,
+    pub now: DateTime<Utc>,
+}
+
+/// What the Rollout decision wants.
+#[derive(Debug)]
+pub struct RolloutPlan {
+    /// Every Instance with the spec it should have (write those that differ).
+    pub instances: Vec<Instance>,
+    pub status: RolloutStatus,
+    /// Wake up again by then (timed pause, progress deadline) even without a change.
+    pub requeue_after: Option<Duration>,
+    pub events: Vec<EventNote>,
+}
+
+/// The stable version with its digest, as Instances carry it.
+pub fn stable_ref(status: &RolloutStatus) -> Option<VersionRef> {
+    status.stable_version.as_ref().map(|v| VersionRef {
+        version: v.clone(),
+        sha256: status.stable_sha256.clone(),
+    })
+}
+
+/// How one Instance stands with respect to a version.
+struct View<'a> {
+    inst: &'a Instance,
+}
+
+impl View<'_> {
+    /// The status answers the current spec.
+    fn fresh(&self) -> bool {
+        let st = self.inst.status.as_ref();
+        st.is_some_and(|s| Some(s.observed_generation) == self.inst.metadata.generation)
+    }
+    fn current(&self) -> Option<&str> {
+        self.inst.status.as_ref()?.current_version.as_deref()
+    }
+    fn has_staged(&self, v: &str) -> bool {
+        self.inst
+            .status
+            .as_ref()
+            .is_some_and(|s| s.staged_versions.iter().any(|x| x == v))
+    }
+    fn asked_to_stage(&self, v: &str) -> bool {
+        self.inst.spec.staged.iter().any(|x| x.version == v)
+    }
+    /// Runs `v`, switch done (hooks ran, health held for minReadySeconds).
+    fn available_on(&self, v: &str) -> bool {
+        self.current() == Some(v) && self.inst.status.as_ref().is_some_and(|s| s.available)
+    }
+    /// Failed an operation on `v`, and that failure answers the current spec.
+    fn failed(&self, v: &str) -> bool {
+        self.fresh()
+            && self
+                .inst
+                .status
+                .as_ref()
+                .and_then(|s| s.failure.as_ref())
+                .is_some_and(|f| f.version == v)
+    }
+    /// Not serving normally: switching, verifying, unhealthy or failed. Uses a slot.
+    fn unavailable(&self) -> bool {
+        let Some(want) = self.inst.spec.current.as_deref() else {
+            return false;
+        };
+        let st = self.inst.status.as_ref();
+        let failed = st.and_then(|s| s.failure.as_ref()).is_some() && self.fresh();
+        let settled = self.current() == Some(want) && st.is_some_and(|s| s.available && s.healthy);
+        let restarting = self.inst.spec.restart_at.is_some()
+            && st.is_some_and(|s| s.restarted_at != self.inst.spec.restart_at);
+        failed || !settled || restarting
+    }
+}
+
+/// The whole Rollout decision.
+pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
+    let RolloutInput {
+        rollout,
+        mut instances,
+        desired_machines,
+        now,
+    } = input;
+    let spec = &rollout.spec;
+    let generation = rollout.metadata.generation.unwrap_or(1);
+    let target = spec.version.clone();
+    let mut st = rollout.status.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    let mut requeue: Option<Duration> = None;
+    let mut wake = |d: Duration| {
+        requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
+    };
+
+    // A new version: a new revision, steps from the start, failures forgotten.
+    if st.target_version.as_deref() != Some(target.as_str()) {
+        if let Some(last) = st.history.last_mut() {
+            if last.result.is_empty() {
+                last.result = "Superseded".into();
+                last.completed_at = Some(now);
+            }
+        }
+        let next = st.history.last().map_or(1, |r| r.revision + 1);
+        st.history.push(Revision {
+            revision: next,
+            version: target.clone(),
+            sha256: spec.sha256.clone(),
+            started_at: now,
+            completed_at: None,
+            result: String::new(),
+        });
+        let limit = spec.revision_history_limit.max(1) as usize;
+        if st.history.len() > limit {
+            let extra = st.history.len() - limit;
+            st.history.drain(..extra);
+        }
+        st.target_version = Some(target.clone());
+        st.current_step_index = (!spec.strategy.steps.is_empty()).then_some(0);
+        st.pause_conditions.clear();
+        st.aborted = false;
+        st.abort_reason = None;
+        st.failed_machines.clear();
+        st.last_progress_time = Some(now);
+        events.push(EventNote::normal(
+            "RolloutStarted",
+            format!("rolling out version {target} (revision {next})"),
+        ));
+    }
+    st.observed_generation = generation;
+
+    // Requests from `rollout promote|abort|retry` (annotation tokens, acted on once).
+    let annotations = &rollout.metadata.annotations;
+    let request = |key: &str, handled: &Option<String>| {
+        annotations
+            .get(key)
+            .filter(|tok| Some(*tok) != handled.as_ref())
+            .cloned()
+    };
+    let promote = request(ANNOTATION_PROMOTE, &st.handled_promote);
+    let abort = request(ANNOTATION_ABORT, &st.handled_abort);
+    let retry = request(ANNOTATION_RETRY, &st.handled_retry);
+    if let Some(tok) = &abort {
+        st.handled_abort = Some(tok.clone());
+        if !st.aborted && st.stable_version.as_deref() != Some(target.as_str()) {
+            st.aborted = true;
+            st.abort_reason = Some(REASON_ABORTED.into());
+            events.push(EventNote::warning(
+                "RolloutAborted",
+                format!(
+                    "aborted by request: switching back to {}",
+                    st.stable_version.as_deref().unwrap_or("nothing")
+                ),
+            ));
+        }
+    }
+    let mut retrying = false;
+    if let Some(tok) = &retry {
+        st.handled_retry = Some(tok.clone());
+        st.aborted = false;
+        st.abort_reason = None;
+        st.pause_conditions.retain(|p| p.reason != PAUSE_FAILURE);
+        st.failed_machines.clear();
+        st.last_progress_time = Some(now);
+        retrying = true;
+        events.push(EventNote::normal(
+            "RolloutRetried",
+            format!("retrying version {target}"),
+        ));
+    }
+    if retrying {
+        for inst in instances.iter_mut() {
+            if desired_machines.contains(&inst.spec.machine) && (View { inst }).failed(&target) {
+                inst.spec.attempt += 1;
+                // The new attempt makes the stored failure stale (the generation moves on
+                // when this spec is written); forget it in this decision too.
+                if let Some(s) = inst.status.as_mut() {
+                    s.failure = None;
+                }
+            }
+        }
+    }
+
+    let stable = st.stable_version.clone();
+    let stable_sha = st.stable_sha256.clone();
+    let desired_idx: Vec<usize> = (0..instances.len())
+        .filter(|&i| desired_machines.contains(&instances[i].spec.machine))
+        .collect();
+    let n = desired_idx.len() as u32;
+    let strategy = &spec.strategy;
+    let max_unavailable = strategy.max_unavailable.resolve(n, false).max(1);
+    let min_staged = strategy.min_staged.resolve(n, true).min(n);
+
+    // Observe.
+    let count = |f: &dyn Fn(&View) -> bool, insts: &Vec<Instance>| {
+        desired_idx
+            .iter()
+            .filter(|&&i| f(&View { inst: &insts[i] }))
+            .count() as u32
+    };
+    let staged = count(&|v| v.has_staged(&target), &instances);
+    let updated = count(&|v| v.current() == Some(target.as_str()), &instances);
+    let available = count(&|v| v.available_on(&target), &instances);
+    let failed = count(&|v| v.failed(&target), &instances);
+
+    // Failure policy.
+    let over_failures = failed > spec.failure_policy.max_failures;
+    if over_failures && !st.aborted {
+        let can_roll_back = stable.as_deref().is_some_and(|s| s != target);
+        if spec.failure_policy.action == FailureAction::Rollback && can_roll_back {
+            st.aborted = true;
+            st.abort_reason = Some(REASON_ROLLED_BACK.into());
+            events.push(EventNote::warning(
+                "RollingBack",
+                format!(
+                    "{failed} machine(s) failed version {target} (maxFailures {}): switching back to {}",
+                    spec.failure_policy.max_failures,
+                    stable.as_deref().unwrap_or_default()
+                ),
+            ));
+        } else if !st
+            .pause_conditions
+            .iter()
+            .any(|p| p.reason == PAUSE_FAILURE)
+        {
+            st.pause_conditions.push(PauseCondition {
+                reason: PAUSE_FAILURE.into(),
+                start_time: now,
+                until: None,
+            });
+            events.push(EventNote::warning(
+                "FailureLimitExceeded",
+                format!(
+                    "{failed} machine(s) failed version {target} (maxFailures {}): paused; `deployctl rollout retry` or a new version continues",
+                    spec.failure_policy.max_failures
+                ),
+            ));
+        }
+    }
+
+    // Canary steps: where are we, how many machines may run the target.
+    let steps = &strategy.steps;
+    let undo = annotations
+        .get(ANNOTATION_UNDO)
+        .and_then(|g| g.parse::<i64>().ok())
+        == Some(generation);
+    let mut step = st.current_step_index.unwrap_or(0) as usize;
+    let mut step_paused = false;
+    let mut cap = n;
+    if let Some(tok) = &promote {
+        st.handled_promote = Some(tok.clone());
+        st.pause_conditions.retain(|p| p.reason != PAUSE_STEP);
+        if tok.starts_with("full:") {
+            step = steps.len();
+        } else if step < steps.len() {
+            step += 1;
+        }
+        st.last_progress_time = Some(now);
+        events.push(EventNote::normal(
+            "RolloutPromoted",
+            format!("promoted to step {step}/{}", steps.len()),
+        ));
+    }
+    // Straight to every machine: after `undo`, when going back, and on the very first
+    // rollout (no stable version: nothing runs that a canary would protect).
+    if undo || st.aborted || stable.is_none() {
+        step = steps.len();
+    }
+    while step < steps.len() {
+        let s = &steps[step];
+        let want = match (s.set_weight, s.machines) {
+            (Some(w), _) => Some((u64::from(n) * u64::from(w)).div_ceil(100) as u32),
+            (_, Some(m)) => Some(m.min(n)),
+            _ => None,
+        };
+        if let Some(want) = want {
+            if available >= want {
+                step += 1;
+                st.last_progress_time = Some(now);
+                continue;
+            }
+            cap = want;
+            break;
+        }
+        // A pause step.
+        let duration = s
+            .pause
+            .as_ref()
+            .and_then(|p| p.duration.as_deref())
+            .and_then(|d| parse_duration(d).ok());
+        match st
+            .pause_conditions
+            .iter()
+            .position(|p| p.reason == PAUSE_STEP)
+        {
+            None => {
+                let until = duration.map(|d| now + ChronoDuration::from_std(d).unwrap_or_default());
+                st.pause_conditions.push(PauseCondition {
+                    reason: PAUSE_STEP.into(),
+                    start_time: now,
+                    until,
+                });
+                events.push(EventNote::normal(
+                    "RolloutPaused",
+                    match &s.pause.as_ref().and_then(|p| p.duration.clone()) {
+                        Some(d) => format!("paused at step {}/{} for {d}", step + 1, steps.len()),
+                        None => format!(
+                            "paused at step {}/{}: `deployctl rollout promote` continues",
+                            step + 1,
+                            steps.len()
+                        ),
+                    },
+                ));
+                if let Some(d) = duration {
+                    wake(d);
+                }
+                step_paused = true;
+            }
+            Some(i) => match st.pause_conditions[i].until {
+                Some(until) if until <= now => {
+                    st.pause_conditions.remove(i);
+                    step += 1;
+                    st.last_progress_time = Some(now);
+                    continue;
+                }
+                Some(until) => {
+                    wake((until - now).to_std().unwrap_or_default());
+                    step_paused = true;
+                }
+                None => step_paused = true,
+            },
+        }
+        cap = count(
+            &|v| v.inst.spec.current.as_deref() == Some(target.as_str()),
+            &instances,
+        );
+        break;
+    }
+    if !steps.is_empty() {
+        st.current_step_index = Some(step.min(steps.len()) as u32);
+    }
+
+    let failure_paused = st
+        .pause_conditions
+        .iter()
+        .any(|p| p.reason == PAUSE_FAILURE);
+    let user_paused = spec.paused;
+    let frozen = user_paused || failure_paused;
+
+    // Versions every Instance keeps staged: where it points, the stable, and the target
+    // once asked for.
+    let version_ref = |v: &str, old: &[VersionRef]| -> VersionRef {
+        let sha = if v == target {
+            spec.sha256.clone()
+        } else if Some(v) == stable.as_deref() {
+            stable_sha.clone()
+        } else {
+            old.iter()
+                .find(|r| r.version == v)
+                .and_then(|r| r.sha256.clone())
+        };
+        VersionRef {
+            version: v.to_string(),
+            sha256: sha,
+        }
+    };
+    let restage = |inst: &mut Instance, with_target: bool| {
+        let mut versions: Vec<String> = Vec::new();
+        let mut push = |v: Option<&str>| {
+            if let Some(v) = v {
+                if !versions.iter().any(|x| x == v) {
+                    versions.push(v.to_string());
+                }
+            }
+        };
+        push(inst.spec.current.as_deref());
+        push(stable.as_deref());
+        if with_target {
+            push(Some(target.as_str()));
+        }
+        let old = inst.spec.staged.clone();
+        inst.spec.staged = versions.iter().map(|v| version_ref(v, &old)).collect();
+    };
+
+    // Stage: ask up to maxParallelStage machines at a time.
+    if !frozen && !st.aborted {
+        let in_flight = count(
+            &|v| v.asked_to_stage(&target) && !v.has_staged(&target) && !v.failed(&target),
+            &instances,
+        );
+        let mut budget = strategy
+            .max_parallel_stage
+            .map_or(u32::MAX, |m| m.saturating_sub(in_flight));
+        for &i in &desired_idx {
+            let asked = (View {
+                inst: &instances[i],
+            })
+            .asked_to_stage(&target);
+            if asked {
+                restage(&mut instances[i], true);
+                continue;
+            }
+            if budget == 0 {
+                restage(&mut instances[i], false);
+                continue;
+            }
+            budget -= 1;
+            restage(&mut instances[i], true);
+        }
+    } else {
+        for &i in &desired_idx {
+            let asked = (View {
+                inst: &instances[i],
+            })
+            .asked_to_stage(&target);
+            restage(&mut instances[i], asked && !st.aborted);
+        }
+    }
+
+    // The gate.
+    let gate_open = staged >= min_staged;
+
+    // Switch, in slots.
+    let mut unavailable = count(&|v| v.unavailable(), &instances);
+    let switch_to = if st.aborted {
+        stable.clone()
+    } else {
+        Some(target.clone())
+    };
+    if let Some(to) = switch_to.as_deref() {
+        let may_switch = if st.aborted {
+            !user_paused
+        } else {
+            gate_open && !frozen && !step_paused
+        };
+        let mut allowed = if st.aborted {
+            u32::MAX
+        } else {
+            cap.saturating_sub(count(
+                &|v| v.inst.spec.current.as_deref() == Some(to),
+                &instances,
+            ))
+        };
+        if may_switch {
+            for &i in &desired_idx {
+                if unavailable >= max_unavailable || allowed == 0 {
+                    break;
+                }
+                let v = View {
+                    inst: &instances[i],
+                };
+                let wanted = v.inst.spec.current.as_deref() == Some(to);
+                let eligible = if st.aborted {
+                    // Back only the machines the target touched.
+                    !wanted
+                        && (v.inst.spec.current.as_deref() == Some(target.as_str())
+                            || v.current() == Some(target.as_str()))
+                } else {
+                    !wanted && v.has_staged(to) && !v.failed(to)
+                };
+                if !eligible {
+                    continue;
+                }
+                let was_unavailable = v.unavailable();
+                let inst = &mut instances[i];
+                inst.spec.current = Some(to.to_string());
+                restage(inst, !st.aborted);
+                allowed = allowed.saturating_sub(1);
+                if !was_unavailable {
+                    unavailable += 1;
+                }
+            }
+        }
+    }
+
+    // Restart: once the fleet runs the target, re-activate every machine under slots.
+    let all_on_target = n > 0
+        && desired_idx.iter().all(|&i| {
+            (View {
+                inst: &instances[i],
+            })
+            .available_on(&target)
+        });
+    if let (Some(at), false, false) = (spec.restart_at, st.aborted, frozen) {
+        if all_on_target {
+            for &i in &desired_idx {
+                if unavailable >= max_unavailable {
+                    break;
+                }
+                if instances[i].spec.restart_at.is_none_or(|r| r < at) {
+                    instances[i].spec.restart_at = Some(at);
+                    unavailable += 1;
+                }
+            }
+        }
+    }
+
+    // Where the Rollout stands.
+    let steps_done = st
+        .current_step_index
+        .is_none_or(|i| i as usize >= steps.len());
+    let restart_pending = spec.restart_at.is_some_and(|at| {
+        desired_idx.iter().any(|&i| {
+            let inst = &instances[i];
+            inst.spec.restart_at.is_none_or(|r| r < at)
+                || inst
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| s.restarted_at != Some(at))
+        })
+    });
+    let complete = !st.aborted && steps_done && (n == 0 || all_on_target) && !restart_pending;
+    let rolled_back = st.aborted
+        && stable.as_deref().is_some_and(|s| {
+            desired_idx.iter().all(|&i| {
+                (View {
+                    inst: &instances[i],
+                })
+                .available_on(s)
+            })
+        });
+
+    // Progress and its deadline.
+    let before = rollout.status.as_ref();
+    let progressed =
+        before.is_none_or(|b| staged > b.staged || updated > b.updated || available > b.available);
+    if progressed {
+        st.last_progress_time = Some(now);
+    }
+    let deadline = Duration::from_secs(u64::from(strategy.progress_deadline_seconds));
+    let since_progress = st
+        .last_progress_time
+        .map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default());
+    let waiting_on_machines = !complete && !frozen && !step_paused && !st.aborted;
+    let deadline_exceeded = waiting_on_machines && since_progress >= deadline;
+    if waiting_on_machines && !deadline_exceeded {
+        wake(deadline - since_progress);
+    }
+
+    // Failed machines: newest first, bounded.
+    let mut failures: Vec<MachineFailure> = desired_idx
+        .iter()
+        .filter_map(|&i| {
+            let inst = &instances[i];
+            let f = inst.status.as_ref()?.failure.as_ref()?;
+            ((View { inst }).failed(&target)).then(|| MachineFailure {
+                machine: inst.spec.machine.clone(),
+                version: f.version.clone(),
+                operation: f.operation.clone(),
+                message: format!("{}: {}", f.reason, f.message),
+                time: f.time,
+            })
+        })
+        .collect();
+    failures.sort_by(|a, b| b.time.cmp(&a.time).then(a.machine.cmp(&b.machine)));
+    failures.truncate(MAX_FAILED_MACHINES);
+    st.failed_machines = failures;
+
+    // Counts.
+    st.desired = n;
+    st.staged = staged;
+    st.updated = updated;
+    st.available = available;
+    st.unavailable = unavailable;
+    st.failed = failed;
+
+    // Completion, history, stable version.
+    let was_complete = before.is_some_and(|b| b.phase == RolloutPhase::Complete)
+        && before.and_then(|b| b.target_version.as_deref()) == Some(target.as_str());
+    if complete {
+        st.stable_version = Some(target.clone());
+        st.stable_sha256 = spec.sha256.clone();
+        if let Some(last) = st.history.last_mut() {
+            if last.result.is_empty() {
+                last.result = "Complete".into();
+                last.completed_at = Some(now);
+            }
+        }
+        if !was_complete {
+            events.push(EventNote::normal(
+                "RolloutCompleted",
+                format!("every machine ({n}) runs version {target}"),
+            ));
+        }
+    }
+    if rolled_back {
+        if let Some(last) = st.history.last_mut() {
+            if last.result.is_empty() {
+                last.result = match st.abort_reason.as_deref() {
+                    Some(REASON_ABORTED) => "Aborted".into(),
+                    _ => "RolledBack".into(),
+                };
+                last.completed_at = Some(now);
+                events.push(EventNote::warning(
+                    "RolledBack",
+                    format!(
+                        "every machine is back on {}",
+                        stable.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+
+    // Phase, message and conditions.
+    let first_failure = st
+        .failed_machines
+        .first()
+        .map(|f| format!("{}: {}", f.machine, f.message))
+        .unwrap_or_default();
+    let (phase, message) = if st.aborted && !rolled_back {
+        (
+            RolloutPhase::RollingBack,
+            format!(
+                "rolling back to {}: {updated} machine(s) still on {target}",
+                stable.as_deref().unwrap_or_default()
+            ),
+        )
+    } else if st.aborted {
+        (
+            RolloutPhase::Degraded,
+            format!(
+                "version {target} was rolled back; every machine runs {}{}",
+                stable.as_deref().unwrap_or_default(),
+                if first_failure.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({first_failure})")
+                }
+            ),
+        )
+    } else if failure_paused {
+        (
+            RolloutPhase::Degraded,
+            format!("{failed} machine(s) failed version {target}: {first_failure}"),
+        )
+    } else if complete {
+        (
+            RolloutPhase::Complete,
+            format!("{n} machine(s) run version {target}"),
+        )
+    } else if user_paused {
+        (
+            RolloutPhase::Paused,
+            "paused by user: `deployctl rollout resume` continues".to_string(),
+        )
+    } else if step_paused {
+        let until = st
+            .pause_conditions
+            .iter()
+            .find(|p| p.reason == PAUSE_STEP)
+            .and_then(|p| p.until);
+        (
+            RolloutPhase::Paused,
+            match until {
+                Some(u) => format!(
+                    "paused at step {}/{} until {}",
+                    step + 1,
+                    steps.len(),
+                    u.format("%H:%M:%S")
+                ),
+                None => format!(
+                    "paused at step {}/{}: `deployctl rollout promote` continues",
+                    step + 1,
+                    steps.len()
+                ),
+            },
+        )
+    } else if deadline_exceeded {
+        (
+            RolloutPhase::Degraded,
+            format!(
+                "no progress for {}s (progressDeadlineSeconds)",
+                deadline.as_secs()
+            ),
+        )
+    } else if !gate_open {
+        (
+            RolloutPhase::Progressing,
+            format!("waiting for staged {staged}/{min_staged} (minStaged) before any switch"),
+        )
+    } else if unavailable >= max_unavailable {
+        (
+            RolloutPhase::Progressing,
+            format!("switching: slots {unavailable}/{max_unavailable} busy, {available}/{n} available on {target}"),
+        )
+    } else {
+        (
+            RolloutPhase::Progressing,
+            format!("switching: {available}/{n} available on {target}"),
+        )
+    };
+    if phase != st.phase && phase == RolloutPhase::Degraded && deadline_exceeded {
+        events.push(EventNote::warning(
+            "ProgressDeadlineExceeded",
+            message.clone(),
+        ));
+    }
+    st.phase = phase;
+    st.message = message.clone();
+
+    let c = &mut st.conditions;
+    use ConditionStatus::{False, True};
+    let staged_msg = format!("{staged}/{n} machine(s) staged {target}; {min_staged} needed");
+    set_condition(
+        c,
+        "Staged",
+        if gate_open { True } else { False },
+        if gate_open {
+            "MinStagedReached"
+        } else {
+            "WaitingForStage"
+        },
+        &staged_msg,
+        now,
+    );
+    let (prog, prog_reason) = if deadline_exceeded {
+        (False, "ProgressDeadlineExceeded")
+    } else if st.aborted {
+        (
+            False,
+            st.abort_reason.as_deref().unwrap_or(REASON_ROLLED_BACK),
+        )
+    } else if complete {
+        (True, "NewVersionAvailable")
+    } else {
+        (True, "RolloutProgressing")
+    };
+    set_condition(c, "Progressing", prog, prog_reason, &message, now);
+    let min_available = n.saturating_sub(max_unavailable);
+    let serving = count(&|v| !v.unavailable() && v.current().is_some(), &instances);
+    set_condition(
+        c,
+        "Available",
+        if serving >= min_available {
+            True
+        } else {
+            False
+        },
+        if serving >= min_available {
+            "MinimumAvailable"
+        } else {
+            "BelowMinimumAvailable"
+        },
+        &format!("{serving}/{n} machine(s) serving; at least {min_available} wanted"),
+        now,
+    );
+    let (paused, pause_reason) = if user_paused {
+        (True, "UserPaused")
+    } else if failure_paused {
+        (True, PAUSE_FAILURE)
+    } else if step_paused {
+        (True, PAUSE_STEP)
+    } else {
+        (False, "NotPaused")
+    };
+    set_condition(
+        c,
+        "Paused",
+        paused,
+        pause_reason,
+        if paused == True { &message } else { "" },
+        now,
+    );
+    let (degraded, degraded_reason, degraded_msg) = if st.aborted {
+        (
+            True,
+            st.abort_reason.as_deref().unwrap_or(REASON_ROLLED_BACK),
+            message.clone(),
+        )
+    } else if failure_paused {
+        (True, "FailureLimitExceeded", message.clone())
+    } else if deadline_exceeded {
+        (True, "ProgressDeadlineExceeded", message.clone())
+    } else {
+        (False, "NotDegraded", String::new())
+    };
+    set_condition(c, "Degraded", degraded, degraded_reason, &degraded_msg, now);
+    set_condition(
+        c,
+        "Complete",
+        if complete { True } else { False },
+        if complete {
+            "RolloutCompleted"
+        } else {
+            "RolloutNotComplete"
+        },
+        if complete { &message } else { "" },
+        now,
+    );
+    debug_assert!(find_condition(&st.conditions, "Complete").is_some());
+
+    RolloutPlan {
+        instances,
+        status: st,
+        requeue_after: requeue,
+        events,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,731 @@
+//! The Rollout decision against a simulated fleet: agents that stage and switch in steps,
+//! so that in-between states (switching, verifying) are visible to the next decision.
+
+use super::*;
+use crate::api::{
+    FailurePolicy, InstanceFailure, InstancePhase, InstanceSpec, InstanceStatus, IntOrPercent,
+    Object, PauseStep, RolloutSpec, Step, Strategy,
+};
+use std::collections::{BTreeSet, HashMap};
+
+/// A fleet of simulated agents plus the Rollout, driven one decision at a time.
+struct Fleet {
+    rollout: Rollout,
+    instances: Vec<Instance>,
+    desired: HashSet<String>,
+    now: DateTime<Utc>,
+    /// Machines whose switch to this version fails.
+    fail_switch: HashMap<String, String>,
+    /// Versions whose staging fails everywhere (e.g. a checksum mismatch).
+    fail_stage: BTreeSet<String>,
+    /// Machines that do not act at all (a stuck install).
+    stuck: BTreeSet<String>,
+    /// Most machines seen unavailable at once.
+    max_seen_unavailable: u32,
+    /// Every (machine, version) switch the agents performed, in order.
+    switches: Vec<(String, String)>,
+    events: Vec<EventNote>,
+}
+
+fn rollout(version: &str, strategy: Strategy) -> Rollout {
+    let mut ro = Rollout::new(
+        "api",
+        RolloutSpec {
+            application: "api".into(),
+            version: version.into(),
+            strategy,
+            revision_history_limit: 10,
+            ..Default::default()
+        },
+    );
+    ro.metadata.generation = Some(1);
+    ro
+}
+
+impl Fleet {
+    fn new(machines: usize, strategy: Strategy) -> Fleet {
+        let mut instances = Vec::new();
+        let mut desired = HashSet::new();
+        for i in 0..machines {
+            let m = format!("m{i:02}");
+            let mut inst = Instance::new(&format!("api.{m}"), InstanceSpec::default());
+            inst.spec.machine = m.clone();
+            inst.metadata.generation = Some(1);
+            desired.insert(m);
+            instances.push(inst);
+        }
+        Fleet {
+            rollout: rollout("1.0", strategy),
+            instances,
+            desired,
+            now: Utc::now(),
+            fail_switch: HashMap::new(),
+            fail_stage: BTreeSet::new(),
+            stuck: BTreeSet::new(),
+            max_seen_unavailable: 0,
+            switches: vec![],
+            events: vec![],
+        }
+    }
+
+    fn status(&self) -> &RolloutStatus {
+        self.rollout
+            .status
+            .as_ref()
+            .expect("reconciled at least once")
+    }
+
+    /// One controller decision; spec changes bump the Instance generation like the store.
+    fn decide(&mut self) -> RolloutPlan {
+        let plan = plan(RolloutInput {
+            rollout: &self.rollout,
+            instances: self.instances.clone(),
+            desired_machines: &self.desired,
+            now: self.now,
+        });
+        for (old, new) in self.instances.iter_mut().zip(plan.instances.iter()) {
+            if old.spec != new.spec {
+                let gen = old.metadata.generation.unwrap_or(0) + 1;
+                *old = new.clone();
+                old.metadata.generation = Some(gen);
+            }
+        }
+        self.rollout.status = Some(plan.status.clone());
+        self.events.extend(plan.events.iter().cloned());
+        let unavailable = plan.status.unavailable;
+        self.max_seen_unavailable = self.max_seen_unavailable.max(unavailable);
+        plan
+    }
+
+    /// Every agent takes one step: stage what is asked, or start a switch, or finish one.
+    fn agents(&mut self) {
+        for inst in &mut self.instances {
+            let m = inst.spec.machine.clone();
+            if self.stuck.contains(&m) {
+                continue;
+            }
+            let gen = inst.metadata.generation.unwrap_or(0);
+            let mut st = inst.status.clone().unwrap_or_default();
+            if st.observed_generation != gen {
+                st.failure = None; // a new generation: try again
+            }
+            st.observed_generation = gen;
+            for v in &inst.spec.staged {
+                if st.staged_versions.contains(&v.version) {
+                    continue;
+                }
+                if self.fail_stage.contains(&v.version) {
+                    st.failure = Some(failure(&v.version, "Stage", "ChecksumMismatch"));
+                    st.phase = InstancePhase::Failed;
+                } else {
+                    st.staged_versions.push(v.version.clone());
+                }
+            }
+            let want = inst.spec.current.clone();
+            if st.failure.is_some() {
+                // No retry within a generation.
+            } else if want.is_some() && want != st.current_version {
+                let v = want.clone().expect("checked is_some");
+                if !st.staged_versions.contains(&v) {
+                    st.failure = Some(failure(&v, "Switch", "NotStaged"));
+                } else if self.fail_switch.get(&m) == Some(&v) {
+                    st.current_version = Some(v.clone());
+                    st.available = false;
+                    st.healthy = false;
+                    st.failure = Some(failure(&v, "Switch", "HookFailed"));
+                    st.phase = InstancePhase::Failed;
+                    self.switches.push((m.clone(), v));
+                } else {
+                    st.current_version = Some(v.clone());
+                    st.available = false; // verifying: finishes next step
+                    st.healthy = false;
+                    st.phase = InstancePhase::Verifying;
+                    self.switches.push((m.clone(), v));
+                }
+            } else if want.is_some() && !st.available {
+                st.available = true;
+                st.healthy = true;
+                st.phase = InstancePhase::Running;
+            } else if inst.spec.restart_at.is_some() && st.restarted_at != inst.spec.restart_at {
+                st.restarted_at = inst.spec.restart_at;
+            }
+            inst.status = Some(st);
+        }
+    }
+
+    /// Decide and act until nothing changes, at most `rounds` times.
+    fn run(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            let before = (self.instances.clone(), self.rollout.status.clone());
+            self.decide();
+            self.agents();
+            self.decide();
+            if (self.instances.clone(), self.rollout.status.clone()) == before {
+                return;
+            }
+        }
+    }
+
+    fn set_version(&mut self, v: &str) {
+        self.rollout.spec.version = v.into();
+        self.bump();
+    }
+
+    fn bump(&mut self) {
+        let g = self.rollout.metadata.generation.unwrap_or(1) + 1;
+        self.rollout.metadata.generation = Some(g);
+    }
+
+    fn annotate(&mut self, key: &str, value: &str) {
+        self.rollout
+            .metadata
+            .annotations
+            .insert(key.into(), value.into());
+    }
+
+    fn currents(&self) -> Vec<Option<String>> {
+        self.instances
+            .iter()
+            .map(|i| i.status.as_ref().and_then(|s| s.current_version.clone()))
+            .collect()
+    }
+
+    fn on(&self, v: &str) -> usize {
+        self.currents()
+            .iter()
+            .filter(|c| c.as_deref() == Some(v))
+            .count()
+    }
+}
+
+fn failure(version: &str, op: &str, reason: &str) -> InstanceFailure {
+    InstanceFailure {
+        version: version.into(),
+        operation: op.into(),
+        reason: reason.into(),
+        message: format!("{reason} for {version}"),
+        time: Utc::now(),
+    }
+}
+
+fn strategy(max_unavailable: IntOrPercent) -> Strategy {
+    Strategy {
+        max_unavailable,
+        ..Default::default()
+    }
+}
+
+fn complete_v1(fleet: &mut Fleet) {
+    fleet.run(100);
+    assert_eq!(
+        fleet.status().phase,
+        RolloutPhase::Complete,
+        "{:?}",
+        fleet.status().message
+    );
+    assert_eq!(fleet.status().stable_version.as_deref(), Some("1.0"));
+}
+
+#[test]
+fn rollout_should_complete_and_make_the_version_stable() {
+    let mut fleet = Fleet::new(5, strategy(IntOrPercent::Int(2)));
+    complete_v1(&mut fleet);
+    assert_eq!(fleet.on("1.0"), 5);
+    let st = fleet.status();
+    assert_eq!(
+        (st.desired, st.staged, st.updated, st.available),
+        (5, 5, 5, 5)
+    );
+    assert_eq!(st.history.len(), 1);
+    assert_eq!(st.history[0].result, "Complete");
+    assert_eq!(
+        find_condition(&st.conditions, "Complete").unwrap().status,
+        ConditionStatus::True
+    );
+}
+
+#[test]
+fn slots_should_never_let_more_machines_switch_at_once_than_max_unavailable() {
+    for (machines, mu, want) in [
+        (6, IntOrPercent::Int(2), 2),
+        (10, IntOrPercent::Percent("30%".into()), 3),
+        (3, IntOrPercent::Percent("10%".into()), 1),
+    ] {
+        let mut fleet = Fleet::new(machines, strategy(mu.clone()));
+        complete_v1(&mut fleet);
+        fleet.max_seen_unavailable = 0;
+        fleet.set_version("2.0");
+        fleet.run(200);
+        assert_eq!(fleet.on("2.0"), machines, "{mu}");
+        assert_eq!(
+            fleet.max_seen_unavailable, want,
+            "{machines} machines, maxUnavailable {mu}"
+        );
+        assert_eq!(
+            fleet.switches.iter().filter(|s| s.1 == "2.0").count(),
+            machines,
+            "each switched once"
+        );
+    }
+}
+
+#[test]
+fn gate_should_hold_every_switch_until_min_staged_machines_have_the_version() {
+    let mut fleet = Fleet::new(4, strategy(IntOrPercent::Int(4)));
+    complete_v1(&mut fleet);
+    fleet.stuck.insert("m03".into());
+    fleet.set_version("2.0");
+    fleet.run(20);
+    assert_eq!(
+        fleet.on("2.0"),
+        0,
+        "one machine has not staged: nothing switches"
+    );
+    let st = fleet.status();
+    assert_eq!(st.staged, 3);
+    assert_eq!(
+        find_condition(&st.conditions, "Staged").unwrap().status,
+        ConditionStatus::False
+    );
+    assert!(
+        st.message.contains("waiting for staged 3/4"),
+        "{}",
+        st.message
+    );
+    fleet.stuck.clear();
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 4);
+}
+
+#[test]
+fn min_staged_as_a_percent_should_let_switching_start_early() {
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.min_staged = IntOrPercent::Percent("50%".into());
+    let mut fleet = Fleet::new(4, s);
+    complete_v1(&mut fleet);
+    fleet.stuck.insert("m03".into());
+    fleet.set_version("2.0");
+    fleet.run(50);
+    assert_eq!(
+        fleet.on("2.0"),
+        3,
+        "three staged machines switch; the stuck one waits"
+    );
+}
+
+#[test]
+fn max_parallel_stage_should_bound_machines_asked_to_stage_at_once() {
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.max_parallel_stage = Some(2);
+    let mut fleet = Fleet::new(5, s);
+    complete_v1(&mut fleet);
+    fleet.stuck = ["m00", "m01", "m02", "m03", "m04"].map(String::from).into();
+    fleet.set_version("2.0");
+    fleet.decide();
+    let asked = fleet
+        .instances
+        .iter()
+        .filter(|i| i.spec.staged.iter().any(|v| v.version == "2.0"))
+        .count();
+    assert_eq!(asked, 2);
+    fleet.stuck.clear();
+    fleet.run(100);
+    assert_eq!(fleet.on("2.0"), 5);
+}
+
+#[test]
+fn a_new_version_should_keep_the_stable_one_staged_for_rollback() {
+    let mut fleet = Fleet::new(2, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.decide();
+    for inst in &fleet.instances {
+        let v: Vec<_> = inst
+            .spec
+            .staged
+            .iter()
+            .map(|v| v.version.as_str())
+            .collect();
+        assert_eq!(v, ["1.0", "2.0"]);
+    }
+}
+
+#[test]
+fn canary_steps_should_switch_the_weight_then_pause_until_promoted() {
+    let mut s = strategy(IntOrPercent::Int(5));
+    s.steps = vec![
+        Step {
+            set_weight: Some(20),
+            ..Default::default()
+        },
+        Step {
+            pause: Some(PauseStep { duration: None }),
+            ..Default::default()
+        },
+        Step {
+            machines: Some(3),
+            ..Default::default()
+        },
+        Step {
+            pause: Some(PauseStep {
+                duration: Some("30s".into()),
+            }),
+            ..Default::default()
+        },
+    ];
+    let mut fleet = Fleet::new(10, s);
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 2, "20% of 10");
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Paused);
+    assert_eq!(st.current_step_index, Some(1));
+    assert!(st.message.contains("promote"), "{}", st.message);
+
+    fleet.annotate(ANNOTATION_PROMOTE, "t1");
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 3, "machines: 3");
+    assert_eq!(fleet.status().current_step_index, Some(3));
+    assert_eq!(fleet.status().phase, RolloutPhase::Paused, "timed pause");
+    let plan = fleet.decide();
+    let wait = plan.requeue_after.expect("a timed pause asks to be woken");
+    assert!(
+        wait <= Duration::from_secs(30) && wait > Duration::from_secs(25),
+        "{wait:?}"
+    );
+
+    fleet.now += ChronoDuration::seconds(31);
+    fleet.run(100);
+    assert_eq!(fleet.on("2.0"), 10);
+    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
+}
+
+#[test]
+fn promote_full_should_skip_every_remaining_step() {
+    let mut s = strategy(IntOrPercent::Int(10));
+    s.steps = vec![
+        Step {
+            machines: Some(1),
+            ..Default::default()
+        },
+        Step {
+            pause: Some(PauseStep { duration: None }),
+            ..Default::default()
+        },
+        Step {
+            machines: Some(2),
+            ..Default::default()
+        },
+        Step {
+            pause: Some(PauseStep { duration: None }),
+            ..Default::default()
+        },
+    ];
+    let mut fleet = Fleet::new(4, s);
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 1);
+    fleet.annotate(ANNOTATION_PROMOTE, "full:x");
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 4);
+    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
+}
+
+#[test]
+fn user_pause_and_step_pause_should_be_distinct() {
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.steps = vec![
+        Step {
+            machines: Some(1),
+            ..Default::default()
+        },
+        Step {
+            pause: Some(PauseStep { duration: None }),
+            ..Default::default()
+        },
+    ];
+    let mut fleet = Fleet::new(3, s);
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(50);
+    assert_eq!(fleet.status().phase, RolloutPhase::Paused);
+    // The user pauses and resumes: the step pause stays.
+    fleet.rollout.spec.paused = true;
+    fleet.bump();
+    fleet.run(5);
+    assert_eq!(
+        find_condition(&fleet.status().conditions, "Paused")
+            .unwrap()
+            .reason,
+        "UserPaused"
+    );
+    fleet.rollout.spec.paused = false;
+    fleet.bump();
+    fleet.run(5);
+    assert_eq!(
+        fleet.status().phase,
+        RolloutPhase::Paused,
+        "resume does not promote"
+    );
+    assert_eq!(fleet.on("2.0"), 1);
+    // Promote while the user has paused: the step advances but nothing switches.
+    fleet.rollout.spec.paused = true;
+    fleet.bump();
+    fleet.annotate(ANNOTATION_PROMOTE, "p1");
+    fleet.run(5);
+    assert_eq!(fleet.on("2.0"), 1, "user pause holds");
+    fleet.rollout.spec.paused = false;
+    fleet.bump();
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 3);
+}
+
+#[test]
+fn failure_policy_pause_should_stop_switching_and_report_degraded() {
+    let mut fleet = Fleet::new(4, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    fleet.fail_switch.insert("m01".into(), "2.0".into());
+    fleet.set_version("2.0");
+    fleet.run(50);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Degraded);
+    assert_eq!(st.failed, 1);
+    assert_eq!(st.failed_machines[0].machine, "m01");
+    assert_eq!(
+        find_condition(&st.conditions, "Degraded").unwrap().reason,
+        "FailureLimitExceeded"
+    );
+    assert_eq!(
+        find_condition(&st.conditions, "Paused").unwrap().reason,
+        PAUSE_FAILURE
+    );
+    assert_eq!(
+        fleet.on("2.0"),
+        2,
+        "m00 switched, m01 failed on it, nothing after"
+    );
+    assert!(fleet
+        .events
+        .iter()
+        .any(|e| e.reason == "FailureLimitExceeded"));
+
+    // Retry after the cause is fixed: the failed machine tries again and the rollout ends.
+    fleet.fail_switch.clear();
+    fleet.annotate(ANNOTATION_RETRY, "r1");
+    fleet.run(50);
+    assert_eq!(
+        fleet.status().phase,
+        RolloutPhase::Complete,
+        "{}",
+        fleet.status().message
+    );
+    assert_eq!(fleet.on("2.0"), 4);
+}
+
+#[test]
+fn failure_policy_rollback_should_switch_updated_machines_back_under_slots() {
+    let mut s = strategy(IntOrPercent::Int(2));
+    s.min_staged = IntOrPercent::Int(1);
+    let mut fleet = Fleet::new(6, s);
+    fleet.rollout.spec.failure_policy = FailurePolicy {
+        max_failures: 0,
+        action: FailureAction::Rollback,
+    };
+    complete_v1(&mut fleet);
+    fleet.fail_switch.insert("m02".into(), "2.0".into());
+    fleet.max_seen_unavailable = 0;
+    fleet.set_version("2.0");
+    fleet.run(100);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Degraded, "{}", st.message);
+    assert_eq!(
+        find_condition(&st.conditions, "Degraded").unwrap().reason,
+        "RolledBack"
+    );
+    assert_eq!(
+        fleet.on("1.0"),
+        6,
+        "every machine back on the stable version"
+    );
+    assert_eq!(st.stable_version.as_deref(), Some("1.0"));
+    assert_eq!(st.history.last().unwrap().result, "RolledBack");
+    assert!(
+        fleet.max_seen_unavailable <= 2,
+        "rollback used the same slots"
+    );
+}
+
+#[test]
+fn checksum_mismatch_should_switch_nothing_and_degrade_naming_the_failure() {
+    let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    fleet.fail_stage.insert("2.0".into());
+    fleet.set_version("2.0");
+    fleet.run(50);
+    let st = fleet.status();
+    assert_eq!(fleet.on("2.0"), 0);
+    assert_eq!(st.phase, RolloutPhase::Degraded);
+    assert_eq!(st.failed, 3);
+    assert!(st.message.contains("ChecksumMismatch"), "{}", st.message);
+}
+
+#[test]
+fn abort_should_go_back_to_stable_and_a_new_version_should_go_on() {
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.steps = vec![
+        Step {
+            machines: Some(2),
+            ..Default::default()
+        },
+        Step {
+            pause: Some(PauseStep { duration: None }),
+            ..Default::default()
+        },
+    ];
+    let mut fleet = Fleet::new(4, s);
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 2);
+    fleet.annotate(ANNOTATION_ABORT, "a1");
+    fleet.run(50);
+    assert_eq!(fleet.on("1.0"), 4);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Degraded);
+    assert_eq!(
+        find_condition(&st.conditions, "Degraded").unwrap().reason,
+        REASON_ABORTED
+    );
+    assert_eq!(st.history.last().unwrap().result, "Aborted");
+    fleet.set_version("3.0");
+    fleet.run(50);
+    assert_eq!(
+        fleet.on("3.0"),
+        2,
+        "a new version starts over at the first step"
+    );
+}
+
+#[test]
+fn undo_should_go_straight_back_skipping_canary_steps() {
+    let mut s = strategy(IntOrPercent::Int(4));
+    s.steps = vec![
+        Step {
+            machines: Some(1),
+            ..Default::default()
+        },
+        Step {
+            pause: Some(PauseStep { duration: None }),
+            ..Default::default()
+        },
+    ];
+    let mut fleet = Fleet::new(4, s);
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.annotate(ANNOTATION_PROMOTE, "full:1");
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 4);
+    fleet.set_version("1.0");
+    let gen = fleet.rollout.metadata.generation.unwrap().to_string();
+    fleet.annotate(ANNOTATION_UNDO, &gen);
+    fleet.run(50);
+    assert_eq!(fleet.on("1.0"), 4, "no pause at step 1");
+    let h: Vec<_> = fleet
+        .status()
+        .history
+        .iter()
+        .map(|r| r.version.as_str())
+        .collect();
+    assert_eq!(h, ["1.0", "2.0", "1.0"]);
+}
+
+#[test]
+fn progress_deadline_should_degrade_with_its_reason() {
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.progress_deadline_seconds = 60;
+    let mut fleet = Fleet::new(2, s);
+    complete_v1(&mut fleet);
+    fleet.stuck.insert("m01".into());
+    fleet.set_version("2.0");
+    fleet.run(20);
+    assert_eq!(fleet.status().phase, RolloutPhase::Progressing);
+    fleet.now += ChronoDuration::seconds(61);
+    fleet.decide();
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Degraded);
+    let c = find_condition(&st.conditions, "Progressing").unwrap();
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::False, "ProgressDeadlineExceeded")
+    );
+}
+
+#[test]
+fn machines_that_are_not_ready_should_leave_the_desired_count() {
+    let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    fleet.desired.remove("m02");
+    fleet.stuck.insert("m02".into());
+    fleet.set_version("2.0");
+    fleet.run(50);
+    let st = fleet.status();
+    assert_eq!(st.desired, 2);
+    assert_eq!(st.phase, RolloutPhase::Complete);
+    assert_eq!(fleet.on("2.0"), 2);
+}
+
+#[test]
+fn restart_should_reactivate_every_machine_under_slots() {
+    let mut fleet = Fleet::new(4, strategy(IntOrPercent::Int(2)));
+    complete_v1(&mut fleet);
+    let at = fleet.now;
+    fleet.rollout.spec.restart_at = Some(at);
+    fleet.bump();
+    fleet.decide();
+    let asked = fleet
+        .instances
+        .iter()
+        .filter(|i| i.spec.restart_at == Some(at))
+        .count();
+    assert_eq!(asked, 2, "two slots");
+    assert_ne!(fleet.status().phase, RolloutPhase::Complete);
+    fleet.run(50);
+    assert!(fleet
+        .instances
+        .iter()
+        .all(|i| i.status.as_ref().unwrap().restarted_at == Some(at)));
+    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
+}
+
+#[test]
+fn history_should_keep_at_most_the_revision_history_limit() {
+    let mut fleet = Fleet::new(1, strategy(IntOrPercent::Int(1)));
+    fleet.rollout.spec.revision_history_limit = 3;
+    complete_v1(&mut fleet);
+    for v in ["2", "3", "4", "5"] {
+        fleet.set_version(v);
+        fleet.run(20);
+    }
+    let revs: Vec<_> = fleet.status().history.iter().map(|r| r.revision).collect();
+    assert_eq!(revs, [3, 4, 5]);
+}
+
+#[test]
+fn an_empty_fleet_should_complete_at_once() {
+    let mut fleet = Fleet::new(0, strategy(IntOrPercent::Int(1)));
+    fleet.decide();
+    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
+    assert_eq!(fleet.status().stable_version.as_deref(), Some("1.0"));
+}
+
+#[test]
+fn a_status_with_no_change_should_be_stable_across_decisions() {
+    let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    let before = fleet.status().clone();
+    fleet.decide();
+    assert_eq!(fleet.status(), &before, "no writes when nothing changed");
+    let _ = InstanceStatus::default();
+}

@@ -1,0 +1,329 @@
+//! The real agent `run()` against a real store (etcd and embedded), with Instance specs
+//! written through `Client` the way the controller writes them, and real artifacts.
+
+use deployctl::agent::{run, AgentConfig};
+use deployctl::api::{
+    Artifact, Command, Event, Hooks, Instance, InstancePhase, InstanceSpec, InstanceStatus,
+    Machine, Object, VersionRef,
+};
+use deployctl::store::{keys, Client, Scope, Store, StoreUrl};
+use deployctl::testing::EtcdServer;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long the agent may take to reach any awaited state.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A tar.gz with `VERSION` and `bin/run`, as CI would publish it.
+fn write_artifact(dir: &Path, version: &str) -> String {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, body, mode) in [
+        ("VERSION", format!("{version}\n"), 0o644),
+        ("bin/run", "#!/bin/sh\necho running\n".to_string(), 0o755),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(mode);
+        h.set_cksum();
+        tar.append_data(&mut h, name, body.as_bytes()).unwrap();
+    }
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let bytes = gz.finish().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(format!("web-{version}.tar.gz")), &bytes).unwrap();
+    hex::encode(sha2::Sha256::digest(&bytes))
+}
+
+struct World {
+    client: Client,
+    url: StoreUrl,
+    tmp: tempfile::TempDir,
+}
+
+impl World {
+    fn root(&self) -> PathBuf {
+        self.tmp.path().join("root")
+    }
+    fn app_path(&self) -> PathBuf {
+        self.root().join("default/web")
+    }
+    fn activations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.tmp.path().join("activations"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn start_agent(
+        &self,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let token = CancellationToken::new();
+        let config = AgentConfig {
+            store: self.url.clone(),
+            name: "m1".into(),
+            labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+            root: self.root(),
+            lease_ttl: Duration::from_secs(5),
+        };
+        let handle = tokio::spawn(run(config, token.clone()));
+        (token, handle)
+    }
+
+    async fn instance(&self) -> Instance {
+        self.client
+            .get::<Instance>(Some("default"), "web.m1")
+            .await
+            .unwrap()
+            .expect("the test created the instance")
+    }
+
+    /// Polls the instance until `cond` holds for its status.
+    async fn wait_status(
+        &self,
+        what: &str,
+        cond: impl Fn(&Instance, &InstanceStatus) -> bool,
+    ) -> Instance {
+        let start = Instant::now();
+        loop {
+            let inst = self.instance().await;
+            if let Some(s) = inst.status() {
+                if cond(&inst, s) {
+                    return inst;
+                }
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; last status: {:#?}",
+                inst.status()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn update_spec(&self, change: impl Fn(&mut InstanceSpec)) -> i64 {
+        let obj = self
+            .client
+            .update::<Instance>(Some("default"), "web.m1", |i| change(i.spec_mut()))
+            .await
+            .unwrap();
+        obj.meta().generation.unwrap()
+    }
+}
+
+fn spec(tmp: &Path, sha_1: &str) -> InstanceSpec {
+    let artifacts = tmp.join("artifacts");
+    InstanceSpec {
+        machine: "m1".into(),
+        application: "web".into(),
+        artifact: Artifact {
+            url: format!("file://{}/web-{{{{version}}}}.tar.gz", artifacts.display()),
+            ..Default::default()
+        },
+        env: BTreeMap::from([(
+            "ACTIVATIONS".to_string(),
+            tmp.join("activations").display().to_string(),
+        )]),
+        hooks: Hooks {
+            install: vec![cmd("test -x bin/run && echo installed $DEPLOY_VERSION")],
+            activate: vec![cmd(
+                r#"echo "$DEPLOY_VERSION from [$DEPLOY_PREVIOUS_VERSION]" >> "$ACTIVATIONS""#,
+            )],
+            ..Default::default()
+        },
+        get_version: Some(cmd("cat VERSION")),
+        keep_releases: 3,
+        staged: vec![VersionRef {
+            version: "1.0".into(),
+            sha256: Some(sha_1.to_string()),
+        }],
+        current: Some("1.0".into()),
+        ..Default::default()
+    }
+}
+
+fn cmd(text: &str) -> Command {
+    Command {
+        command: text.into(),
+        timeout_seconds: 10,
+    }
+}
+
+async fn scenario(client: Client, url: StoreUrl) {
+    let w = World {
+        client,
+        url,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let sha_1 = write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    write_artifact(&w.tmp.path().join("artifacts"), "2.0");
+    w.client
+        .create(&Instance::new("web.m1", spec(w.tmp.path(), &sha_1)))
+        .await
+        .unwrap();
+
+    // Stage and switch to 1.0.
+    let (token, agent) = w.start_agent();
+    w.wait_status("Running 1.0", |_, s| {
+        s.phase == InstancePhase::Running
+            && s.current_version.as_deref() == Some("1.0")
+            && s.available
+    })
+    .await;
+    let current = std::fs::read_link(w.app_path().join("current")).unwrap();
+    assert_eq!(current, Path::new("releases/1.0"));
+    assert!(w.app_path().join("releases/1.0/.deployctl-staged").exists());
+    assert_eq!(w.activations(), vec!["1.0 from []"]);
+
+    // The machine registered itself, with its labels, status and presence key.
+    let m = w
+        .client
+        .get::<Machine>(None, "m1")
+        .await
+        .unwrap()
+        .expect("agent created it");
+    assert_eq!(m.meta().labels.get("zone").map(String::as_str), Some("a"));
+    assert!(m.status().and_then(|s| s.hostname.as_ref()).is_some());
+    let presence = w
+        .client
+        .store()
+        .get(&keys::machine_lease_key("m1"))
+        .await
+        .unwrap();
+    assert!(
+        presence.is_some_and(|kv| kv.lease != 0),
+        "presence key bound to a lease"
+    );
+
+    // The current-version gate: 2.0 is wanted current but not staged.
+    let g = w.update_spec(|s| s.current = Some("2.0".into())).await;
+    let inst = w
+        .wait_status("NotStaged refusal", |_, s| {
+            s.observed_generation == g && s.phase == InstancePhase::Failed
+        })
+        .await;
+    let s = inst.status().unwrap();
+    let failure = s.failure.as_ref().expect("the refusal is recorded");
+    assert_eq!(
+        (failure.reason.as_str(), failure.version.as_str()),
+        ("NotStaged", "2.0")
+    );
+    assert_eq!(s.current_version.as_deref(), Some("1.0"));
+    assert_eq!(
+        std::fs::read_link(w.app_path().join("current")).unwrap(),
+        Path::new("releases/1.0")
+    );
+
+    // Stage 2.0 as well (a new generation), and the switch goes through.
+    let g = w
+        .update_spec(|s| {
+            s.staged.push(VersionRef {
+                version: "2.0".into(),
+                sha256: None,
+            })
+        })
+        .await;
+    w.wait_status("Running 2.0", |_, s| {
+        s.observed_generation == g
+            && s.phase == InstancePhase::Running
+            && s.current_version.as_deref() == Some("2.0")
+    })
+    .await;
+    assert_eq!(w.activations(), vec!["1.0 from []", "2.0 from [1.0]"]);
+    assert!(
+        inst_status(&w).await.failure.is_none(),
+        "success clears the failure"
+    );
+
+    // A checksum mismatch fails staging and leaves no release dir behind.
+    write_artifact(&w.tmp.path().join("artifacts"), "3.0");
+    let g = w
+        .update_spec(|s| {
+            s.staged.push(VersionRef {
+                version: "3.0".into(),
+                sha256: Some("0".repeat(64)),
+            })
+        })
+        .await;
+    let inst = w
+        .wait_status("ChecksumMismatch", |_, s| {
+            s.observed_generation == g && s.phase == InstancePhase::Failed
+        })
+        .await;
+    let failure = inst.status().unwrap().failure.clone().unwrap();
+    assert_eq!(
+        (failure.reason.as_str(), failure.operation.as_str()),
+        ("ChecksumMismatch", "Stage")
+    );
+    assert!(!w.app_path().join("releases/3.0").exists());
+
+    // Restart the agent: the finished switch is not re-run, even for a new generation.
+    token.cancel();
+    agent.await.unwrap().unwrap();
+    let g = w
+        .update_spec(|s| {
+            s.staged.retain(|v| v.version != "3.0");
+            s.keep_releases = 2;
+        })
+        .await;
+    let (token, agent) = w.start_agent();
+    w.wait_status("re-reported after restart", |_, s| {
+        s.observed_generation == g
+            && s.phase == InstancePhase::Running
+            && s.current_version.as_deref() == Some("2.0")
+    })
+    .await;
+    assert_eq!(
+        w.activations(),
+        vec!["1.0 from []", "2.0 from [1.0]"],
+        "activate must not re-run"
+    );
+
+    // Events were recorded about the instance.
+    let events = w
+        .client
+        .list::<Event>(&Scope::Namespace("default".into()))
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = events
+        .items
+        .iter()
+        .filter(|e| e.spec().source == "agent/m1" && e.spec().involved_object.name == "web.m1")
+        .map(|e| e.spec().reason.as_str())
+        .collect();
+    for r in ["Staged", "Switched", "SwitchFailed", "StageFailed"] {
+        assert!(reasons.contains(&r), "missing event {r}: {reasons:?}");
+    }
+
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+async fn inst_status(w: &World) -> InstanceStatus {
+    w.instance().await.status().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_stage_switch_gate_and_survive_a_restart_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    scenario(Client::new(store), StoreUrl::Etcd(vec![etcd.endpoint()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_stage_switch_gate_and_survive_a_restart_on_the_embedded_store() {
+    let temp = deployctl::testing::embedded_temp();
+    let path = temp.path();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}

@@ -1,0 +1,841 @@
+//! One conformance suite for every `Store` backend: each case runs against a real etcd
+//! (`etcd::<case>`) and against the embedded store (`embedded::<case>`).
+
+use deployctl::api::{Object, Rollout, RolloutSpec};
+use deployctl::store::{
+    keys, Client, Compare, Error, EventType, ObjectEvent, ObjectWatch, Op, Scope, Store, Txn,
+    WatchEvent, WatchStream,
+};
+use deployctl::testing::EtcdServer;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long any awaited event or condition may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A backend under test and what keeps it alive.
+struct Fixture {
+    store: Arc<dyn Store>,
+    backend: Backend,
+}
+
+enum Backend {
+    Etcd(EtcdServer),
+    Embedded(deployctl::testing::TempEmbedded),
+}
+
+impl Fixture {
+    async fn etcd() -> Fixture {
+        let server = EtcdServer::start();
+        let store = Arc::new(server.connect().await);
+        Fixture {
+            store,
+            backend: Backend::Etcd(server),
+        }
+    }
+
+    #[cfg(any())]
+    fn embedded() -> Fixture {
+        let temp = deployctl::testing::embedded_temp();
+        Fixture {
+            store: temp.store(),
+            backend: Backend::Embedded(temp),
+        }
+    }
+
+    /// Breaks whatever connection `self.store` holds, and returns a store to write with
+    /// afterwards: etcd is restarted (same port and data) and written through the same
+    /// handle; the embedded store has no connection to break, so a second handle on the
+    /// same file writes while the first keeps watching (another process's view).
+    fn disrupt(&mut self) -> Arc<dyn Store> {
+        match &mut self.backend {
+            Backend::Etcd(server) => {
+                server.restart();
+                self.store.clone()
+            }
+            #[cfg(any())]
+            Backend::Embedded(temp) => temp.open_another(),
+            #[cfg(not(any()))]
+            Backend::Embedded(_) => unreachable!("embedded cases are compiled out"),
+        }
+    }
+}
+
+/// Generates `etcd::<case>` and `embedded::<case>` for every case.
+macro_rules! conformance {
+    (store: [$($case:ident),* $(,)?], fixture: [$($fcase:ident),* $(,)?]) => {
+        mod etcd {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let f = super::Fixture::etcd().await;
+                    super::$case(f.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $fcase() {
+                    let mut f = super::Fixture::etcd().await;
+                    super::$fcase(&mut f).await;
+                }
+            )*
+        }
+        // Until the embedded backend lands (merge of main), its cases are compiled out.
+        #[cfg(any())]
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let f = super::Fixture::embedded();
+                    super::$case(f.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $fcase() {
+                    let mut f = super::Fixture::embedded();
+                    super::$fcase(&mut f).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    store: [
+        create_should_fail_when_the_key_already_exists,
+        get_should_return_none_for_a_missing_key,
+        list_should_return_sorted_keys_under_a_prefix_at_now_and_at_an_older_revision,
+        list_should_return_every_key_even_past_one_page,
+        update_with_a_stale_revision_should_conflict_and_change_nothing,
+        a_transaction_should_write_all_of_many_puts_at_one_revision_or_nothing,
+        delete_should_remove_the_key_and_be_seen_by_a_watch,
+        watch_should_deliver_history_then_live_events_in_revision_order,
+        watch_from_a_compacted_revision_should_say_compacted_then_end,
+        list_at_a_compacted_revision_should_say_compacted,
+        revoking_a_lease_should_delete_its_keys,
+        an_expired_lease_should_delete_its_keys,
+        put_with_an_unknown_lease_should_fail_with_lease_not_found,
+        spec_and_status_updates_should_never_clobber_each_other,
+        client_delete_should_remove_spec_and_status,
+        list_watch_should_emit_restarted_then_merged_applied_and_deleted,
+    ],
+    fixture: [
+        watch_should_resume_after_a_disconnect_without_loss_or_repeats,
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put {
+        key: key.to_string(),
+        value: value.as_bytes().to_vec(),
+        lease: 0,
+    }
+}
+
+async fn must_put(store: &Arc<dyn Store>, key: &str, value: &str) -> i64 {
+    let res = store
+        .put(key, value.as_bytes().to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    assert!(res.succeeded, "an unconditional put always succeeds");
+    res.revision
+}
+
+/// Reads events from `watch` until `n` have arrived; fails after [`DEADLINE`].
+async fn next_events(watch: &mut WatchStream, n: usize) -> Vec<WatchEvent> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(Ok(batch))) => {
+                assert!(!batch.is_empty(), "a watch never yields an empty batch");
+                out.extend(batch);
+            }
+            Ok(Some(Err(e))) => panic!("watch failed after {} events: {e}", out.len()),
+            Ok(None) => panic!("watch ended after {} of {n} events", out.len()),
+            Err(_) => panic!(
+                "only {} of {n} events within {DEADLINE:?}: {out:?}",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+fn keys_and_values(events: &[WatchEvent]) -> Vec<(EventType, String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.kv.key.clone(),
+                String::from_utf8_lossy(&e.kv.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns true; fails with `what` after [`DEADLINE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {DEADLINE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn next_object_event(watch: &mut ObjectWatch<Rollout>) -> ObjectEvent<Rollout> {
+    match tokio::time::timeout(DEADLINE, watch.next()).await {
+        Ok(Some(Ok(ev))) => ev,
+        other => panic!("want an object event, got {other:?}"),
+    }
+}
+
+fn rollout(name: &str, version: &str) -> Rollout {
+    Rollout::new(
+        name,
+        RolloutSpec {
+            application: name.to_string(),
+            version: version.to_string(),
+            ..Default::default()
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys, lists and transactions
+
+async fn create_should_fail_when_the_key_already_exists(store: Arc<dyn Store>) {
+    let create = |value: &str| Txn {
+        compares: vec![Compare::absent("/t/a")],
+        ops: vec![put("/t/a", value)],
+    };
+    let first = store.txn(create("one")).await.expect("first create");
+    assert!(first.succeeded);
+    let second = store.txn(create("two")).await.expect("second create");
+    assert!(
+        !second.succeeded,
+        "a second create of the same key must fail"
+    );
+    assert_eq!(
+        second.revision, first.revision,
+        "a failed txn writes nothing"
+    );
+
+    let kv = store.get("/t/a").await.expect("get").expect("created");
+    assert_eq!(kv.value, b"one");
+    assert_eq!(kv.create_revision, first.revision);
+    assert_eq!(kv.mod_revision, first.revision);
+    assert_eq!(kv.lease, 0);
+}
+
+async fn get_should_return_none_for_a_missing_key(store: Arc<dyn Store>) {
+    must_put(&store, "/t/ab", "x").await;
+    assert_eq!(
+        store.get("/t/a").await.expect("get"),
+        None,
+        "a prefix is not a key"
+    );
+    assert_eq!(store.get("/t/abc").await.expect("get"), None);
+}
+
+async fn list_should_return_sorted_keys_under_a_prefix_at_now_and_at_an_older_revision(
+    store: Arc<dyn Store>,
+) {
+    must_put(&store, "/t/b", "b1").await;
+    must_put(&store, "/t/a", "a1").await;
+    must_put(&store, "/u/x", "outside").await;
+    must_put(&store, "/t", "not under /t/").await;
+    let old = must_put(&store, "/t/c/d", "d1").await;
+    must_put(&store, "/t/a", "a2").await;
+    must_put(&store, "/t/e", "e1").await;
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Delete { key: "/t/b".into() }],
+        })
+        .await
+        .expect("delete");
+
+    let (now, now_rev) = store.list("/t/", None).await.expect("list now");
+    let got: Vec<(&str, &[u8])> = now
+        .iter()
+        .map(|kv| (kv.key.as_str(), &kv.value[..]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("/t/a", &b"a2"[..]), ("/t/c/d", b"d1"), ("/t/e", b"e1")]
+    );
+    let (_, head) = store.list("/nothing/", None).await.expect("list empty");
+    assert_eq!(now_rev, head, "list reports the current revision");
+
+    let (then, then_rev) = store.list("/t/", Some(old)).await.expect("list old");
+    let got: Vec<(&str, &[u8])> = then
+        .iter()
+        .map(|kv| (kv.key.as_str(), &kv.value[..]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("/t/a", &b"a1"[..]), ("/t/b", b"b1"), ("/t/c/d", b"d1")]
+    );
+    assert_eq!(then_rev, old);
+    assert!(then.iter().all(|kv| kv.mod_revision <= old));
+}
+
+async fn list_should_return_every_key_even_past_one_page(store: Arc<dyn Store>) {
+    // More than one page of the etcd backend (1000 keys), in a few transactions.
+    let total = 2_345;
+    let names: Vec<String> = (0..total).map(|i| format!("/t/k{i:05}")).collect();
+    for chunk in names.chunks(800) {
+        let res = store
+            .txn(Txn {
+                compares: vec![],
+                ops: chunk.iter().map(|k| put(k, "v")).collect(),
+            })
+            .await
+            .expect("bulk put");
+        assert!(res.succeeded);
+    }
+    let (kvs, rev) = store.list("/t/", None).await.expect("list");
+    let got: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(got.len(), total);
+    assert_eq!(got, names.iter().map(String::as_str).collect::<Vec<_>>());
+    // A write between pages must not leak in: list again at the same revision.
+    must_put(&store, "/t/k00000x", "late").await;
+    let (again, again_rev) = store.list("/t/", Some(rev)).await.expect("list at rev");
+    assert_eq!(again_rev, rev);
+    assert_eq!(again.len(), total);
+}
+
+async fn update_with_a_stale_revision_should_conflict_and_change_nothing(store: Arc<dyn Store>) {
+    let r1 = must_put(&store, "/t/k", "v1").await;
+    let cas = |rev: i64, value: &str| Txn {
+        compares: vec![Compare::mod_revision("/t/k", rev)],
+        ops: vec![put("/t/k", value)],
+    };
+    let r2 = store.txn(cas(r1, "v2")).await.expect("cas");
+    assert!(r2.succeeded, "a CAS on the revision just read succeeds");
+    assert!(r2.revision > r1);
+    let stale = store.txn(cas(r1, "v3")).await.expect("stale cas");
+    assert!(!stale.succeeded, "a CAS on a stale revision must fail");
+    let kv = store.get("/t/k").await.expect("get").expect("exists");
+    assert_eq!(kv.value, b"v2");
+    assert_eq!(kv.mod_revision, r2.revision);
+    assert_eq!(kv.create_revision, r1);
+    // Compare on a missing key: mod revision 0.
+    let absent = store
+        .txn(Txn {
+            compares: vec![Compare::mod_revision("/t/missing", 0)],
+            ops: vec![put("/t/missing", "new")],
+        })
+        .await
+        .expect("cas on missing");
+    assert!(absent.succeeded, "a missing key has mod revision 0");
+}
+
+async fn a_transaction_should_write_all_of_many_puts_at_one_revision_or_nothing(
+    store: Arc<dyn Store>,
+) {
+    let ops: Vec<Op> = (0..500).map(|i| put(&format!("/t/{i:03}"), "v")).collect();
+    let res = store
+        .txn(Txn {
+            compares: vec![Compare::absent("/t/guard")],
+            ops: ops.clone(),
+        })
+        .await
+        .expect("txn of 500 puts");
+    assert!(res.succeeded);
+    let (kvs, _) = store.list("/t/", None).await.expect("list");
+    assert_eq!(kvs.len(), 500);
+    assert!(
+        kvs.iter().all(|kv| kv.mod_revision == res.revision),
+        "all 500 puts happen at the one revision of the txn"
+    );
+
+    must_put(&store, "/t/guard", "set").await;
+    let failed = store
+        .txn(Txn {
+            compares: vec![Compare::absent("/t/guard")],
+            ops: (0..500).map(|i| put(&format!("/u/{i:03}"), "v")).collect(),
+        })
+        .await
+        .expect("failing txn");
+    assert!(!failed.succeeded);
+    let (none, _) = store.list("/u/", None).await.expect("list");
+    assert!(none.is_empty(), "a failed txn writes nothing");
+}
+
+async fn delete_should_remove_the_key_and_be_seen_by_a_watch(store: Arc<dyn Store>) {
+    let created = must_put(&store, "/t/k", "v").await;
+    let mut watch = store.watch("/t/", created + 1).await.expect("watch");
+    let res = store
+        .txn(Txn {
+            compares: vec![Compare::exists("/t/k")],
+            ops: vec![Op::Delete { key: "/t/k".into() }],
+        })
+        .await
+        .expect("delete");
+    assert!(res.succeeded);
+    assert_eq!(store.get("/t/k").await.expect("get"), None);
+    let events = next_events(&mut watch, 1).await;
+    assert_eq!(events[0].kind, EventType::Delete);
+    assert_eq!(events[0].kv.key, "/t/k");
+    assert_eq!(events[0].kv.mod_revision, res.revision);
+    assert!(events[0].kv.value.is_empty());
+    // Deleting again: the compare fails.
+    let again = store
+        .txn(Txn {
+            compares: vec![Compare::exists("/t/k")],
+            ops: vec![Op::Delete { key: "/t/k".into() }],
+        })
+        .await
+        .expect("delete again");
+    assert!(!again.succeeded);
+}
+
+// ---------------------------------------------------------------------------------------
+// Watches
+
+async fn watch_should_deliver_history_then_live_events_in_revision_order(store: Arc<dyn Store>) {
+    let before = must_put(&store, "/t/old", "before the watch's start").await;
+    let r1 = must_put(&store, "/t/a", "1").await;
+    must_put(&store, "/u/a", "other prefix").await;
+    must_put(&store, "/t/b", "2").await;
+    let mut watch = store.watch("/t/", r1).await.expect("watch");
+    // Live: one txn of two keys, then a delete.
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![put("/t/c", "3"), put("/t/a", "4")],
+        })
+        .await
+        .expect("txn");
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Delete { key: "/t/b".into() }],
+        })
+        .await
+        .expect("delete");
+    let events = next_events(&mut watch, 5).await;
+    use EventType::{Delete, Put};
+    assert_eq!(
+        keys_and_values(&events),
+        vec![
+            (Put, "/t/a".into(), "1".into()),
+            (Put, "/t/b".into(), "2".into()),
+            (Put, "/t/c".into(), "3".into()),
+            (Put, "/t/a".into(), "4".into()),
+            (Delete, "/t/b".into(), "".into()),
+        ]
+    );
+    let revs: Vec<i64> = events.iter().map(|e| e.kv.mod_revision).collect();
+    assert!(
+        revs.windows(2).all(|w| w[0] <= w[1]),
+        "in revision order: {revs:?}"
+    );
+    assert_eq!(revs[2], revs[3], "one txn, one revision");
+    assert!(revs[0] > before);
+}
+
+async fn watch_should_resume_after_a_disconnect_without_loss_or_repeats(f: &mut Fixture) {
+    let store = f.store.clone();
+    let r1 = must_put(&store, "/t/a", "1").await;
+    let mut watch = store.watch("/t/", r1).await.expect("watch");
+    let first = next_events(&mut watch, 1).await;
+    assert_eq!(keys_and_values(&first)[0].2, "1");
+
+    let writer = f.disrupt();
+    // After an etcd restart the first writes may find the connection still down.
+    let mut written = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while written < 2 {
+        let value = (written + 2).to_string();
+        match writer.put("/t/a", value.into_bytes()).await {
+            Ok(_) => written += 1,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("write after the disruption: {e}"),
+        }
+    }
+    let events = next_events(&mut watch, 2).await;
+    let values: Vec<String> = keys_and_values(&events).into_iter().map(|e| e.2).collect();
+    assert_eq!(
+        values,
+        vec!["2", "3"],
+        "resumed after the last delivered revision"
+    );
+    // Nothing more: no event was delivered twice.
+    let extra = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
+    assert!(extra.is_err(), "unexpected extra item: {extra:?}");
+}
+
+async fn watch_from_a_compacted_revision_should_say_compacted_then_end(store: Arc<dyn Store>) {
+    let first = must_put(&store, "/t/a", "1").await;
+    must_put(&store, "/t/a", "2").await;
+    let head = must_put(&store, "/t/a", "3").await;
+    store.compact(head).await.expect("compact");
+    let mut watch = store.watch("/t/", first).await.expect("watch");
+    match tokio::time::timeout(DEADLINE, watch.next()).await {
+        Ok(Some(Err(Error::Compacted {
+            requested,
+            compacted,
+        }))) => {
+            assert_eq!(requested, first);
+            assert!(
+                compacted >= head,
+                "compacted at {compacted}, want >= {head}"
+            );
+        }
+        other => panic!("want Err(Compacted), got {other:?}"),
+    }
+    match tokio::time::timeout(DEADLINE, watch.next()).await {
+        Ok(None) => {}
+        other => panic!("the stream must end after Compacted, got {other:?}"),
+    }
+    // From the compaction revision on, history is still there.
+    let mut watch = store.watch("/t/", head).await.expect("watch at head");
+    let events = next_events(&mut watch, 1).await;
+    assert_eq!(keys_and_values(&events)[0].2, "3");
+    // Compacting again at the same revision is no error.
+    store
+        .compact(head)
+        .await
+        .expect("compacting twice is harmless");
+}
+
+async fn list_at_a_compacted_revision_should_say_compacted(store: Arc<dyn Store>) {
+    let first = must_put(&store, "/t/a", "1").await;
+    let head = must_put(&store, "/t/a", "2").await;
+    store.compact(head).await.expect("compact");
+    match store.list("/t/", Some(first)).await {
+        Err(Error::Compacted { requested, .. }) => assert_eq!(requested, first),
+        other => panic!("want Err(Compacted), got {other:?}"),
+    }
+    let (kvs, _) = store.list("/t/", Some(head)).await.expect("list at head");
+    assert_eq!(kvs[0].value, b"2");
+}
+
+// ---------------------------------------------------------------------------------------
+// Leases
+
+async fn revoking_a_lease_should_delete_its_keys(store: Arc<dyn Store>) {
+    let lease = store
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .expect("grant");
+    let res = store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![
+                Op::Put {
+                    key: "/t/leased".into(),
+                    value: b"v".to_vec(),
+                    lease,
+                },
+                put("/t/kept", "v"),
+            ],
+        })
+        .await
+        .expect("put with lease");
+    assert!(res.succeeded);
+    let kv = store.get("/t/leased").await.expect("get").expect("exists");
+    assert_eq!(kv.lease, lease);
+    store
+        .keep_alive(lease)
+        .await
+        .expect("a live lease can be kept alive");
+
+    let mut watch = store.watch("/t/", res.revision + 1).await.expect("watch");
+    store.revoke_lease(lease).await.expect("revoke");
+    assert_eq!(store.get("/t/leased").await.expect("get"), None);
+    assert!(store.get("/t/kept").await.expect("get").is_some());
+    let events = next_events(&mut watch, 1).await;
+    assert_eq!(events[0].kind, EventType::Delete);
+    assert_eq!(events[0].kv.key, "/t/leased");
+
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(Error::LeaseNotFound(l)) if l == lease
+    ));
+    assert!(matches!(
+        store.revoke_lease(lease).await,
+        Err(Error::LeaseNotFound(l)) if l == lease
+    ));
+}
+
+async fn an_expired_lease_should_delete_its_keys(store: Arc<dyn Store>) {
+    let lease = store
+        .grant_lease(Duration::from_secs(1))
+        .await
+        .expect("grant");
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Put {
+                key: "/t/leased".into(),
+                value: b"v".to_vec(),
+                lease,
+            }],
+        })
+        .await
+        .expect("put with lease");
+    assert!(store.get("/t/leased").await.expect("get").is_some());
+    eventually("the expired lease's key is deleted", || {
+        let store = store.clone();
+        async move { store.get("/t/leased").await.expect("get").is_none() }
+    })
+    .await;
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(Error::LeaseNotFound(l)) if l == lease
+    ));
+}
+
+async fn put_with_an_unknown_lease_should_fail_with_lease_not_found(store: Arc<dyn Store>) {
+    let lease = store
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .expect("grant");
+    store.revoke_lease(lease).await.expect("revoke");
+    let res = store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Put {
+                key: "/t/k".into(),
+                value: b"v".to_vec(),
+                lease,
+            }],
+        })
+        .await;
+    assert!(
+        matches!(res, Err(Error::LeaseNotFound(l)) if l == lease),
+        "got {res:?}"
+    );
+    assert_eq!(store.get("/t/k").await.expect("get"), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// The typed client
+
+async fn spec_and_status_updates_should_never_clobber_each_other(store: Arc<dyn Store>) {
+    let client = Client::new(store.clone());
+    let created = client.create(&rollout("api", "1.0")).await.expect("create");
+    let uid = created.metadata.uid.clone().expect("create sets a uid");
+    let born = created
+        .metadata
+        .creation_timestamp
+        .expect("create sets a timestamp");
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(matches!(
+        client.create(&rollout("api", "9.9")).await,
+        Err(Error::AlreadyExists(_))
+    ));
+
+    // Status first, then spec: the spec update keeps the status.
+    let with_status: Rollout = client
+        .update_status::<Rollout>(Some("default"), "api", |s| s.message = "staging".into())
+        .await
+        .expect("status update");
+    assert_eq!(
+        with_status.metadata.generation,
+        Some(1),
+        "status never bumps generation"
+    );
+    let v2: Rollout = client
+        .update(Some("default"), "api", |r: &mut Rollout| {
+            r.spec.version = "2.0".into()
+        })
+        .await
+        .expect("spec update");
+    assert_eq!(v2.metadata.generation, Some(2));
+    let read: Rollout = client
+        .get(Some("default"), "api")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(read.spec.version, "2.0");
+    assert_eq!(
+        read.status.as_ref().map(|s| s.message.as_str()),
+        Some("staging")
+    );
+    assert_eq!(read.metadata.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(read.metadata.creation_timestamp, Some(born));
+
+    // A status write from a stale read (made before the spec update) still succeeds
+    // (status has its own revision) and keeps the new spec.
+    let mut stale_status = with_status.clone();
+    stale_status.status.as_mut().expect("set above").message = "switching".into();
+    client
+        .replace_status(&stale_status)
+        .await
+        .expect("status write");
+    let read: Rollout = client
+        .get(Some("default"), "api")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        read.spec.version, "2.0",
+        "a status write never clobbers spec"
+    );
+    assert_eq!(
+        read.status.as_ref().map(|s| s.message.as_str()),
+        Some("switching")
+    );
+    assert_eq!(read.metadata.generation, Some(2));
+
+    // A stale spec write conflicts instead of overwriting.
+    let mut stale_spec = created.clone();
+    stale_spec.spec.version = "3.0".into();
+    assert!(matches!(
+        client.replace(&created, stale_spec).await,
+        Err(Error::Conflict(_))
+    ));
+    // A second stale status write (same status revision as before) conflicts too.
+    assert!(matches!(
+        client.replace_status(&stale_status).await,
+        Err(Error::Conflict(_))
+    ));
+
+    // Metadata-only change: generation stays.
+    let labelled: Rollout = client
+        .update(Some("default"), "api", |r: &mut Rollout| {
+            r.metadata.labels.insert("team".into(), "web".into());
+        })
+        .await
+        .expect("label update");
+    assert_eq!(labelled.metadata.generation, Some(2));
+    assert_eq!(
+        labelled.status.as_ref().map(|s| s.message.as_str()),
+        Some("switching")
+    );
+}
+
+async fn client_delete_should_remove_spec_and_status(store: Arc<dyn Store>) {
+    let client = Client::new(store.clone());
+    client.create(&rollout("api", "1.0")).await.expect("create");
+    let _: Rollout = client
+        .update_status::<Rollout>(Some("default"), "api", |s| s.message = "ok".into())
+        .await
+        .expect("status");
+    let spec_key = keys::spec_key(Rollout::PLURAL, Some("default"), "api");
+    let status_key = keys::status_key(Rollout::PLURAL, Some("default"), "api");
+    assert!(store.get(&status_key).await.expect("get").is_some());
+
+    assert!(client
+        .delete::<Rollout>(Some("default"), "api", None)
+        .await
+        .expect("delete"));
+    assert_eq!(store.get(&spec_key).await.expect("get"), None);
+    assert_eq!(store.get(&status_key).await.expect("get"), None);
+    assert!(client
+        .get::<Rollout>(Some("default"), "api")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(!client
+        .delete::<Rollout>(Some("default"), "api", None)
+        .await
+        .expect("delete"));
+
+    // Recreated: a fresh object, no status left over.
+    let again = client
+        .create(&rollout("api", "2.0"))
+        .await
+        .expect("recreate");
+    let read: Rollout = client
+        .get(Some("default"), "api")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(read.status, None);
+    assert_eq!(read.metadata.uid, again.metadata.uid);
+}
+
+async fn list_watch_should_emit_restarted_then_merged_applied_and_deleted(store: Arc<dyn Store>) {
+    let client = Client::new(store.clone());
+    client.create(&rollout("a", "1")).await.expect("create a");
+    let _: Rollout = client
+        .update_status::<Rollout>(Some("default"), "a", |s| s.message = "a-status".into())
+        .await
+        .expect("status a");
+
+    let mut watch = client.list_watch::<Rollout>(Scope::All);
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Restarted(items) => {
+            assert_eq!(items.len(), 1);
+            assert_eq!(items[0].metadata.name, "a");
+            assert_eq!(
+                items[0].status.as_ref().map(|s| s.message.as_str()),
+                Some("a-status")
+            );
+        }
+        other => panic!("want Restarted first, got {other:?}"),
+    }
+
+    client.create(&rollout("b", "1")).await.expect("create b");
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Applied(b) => {
+            assert_eq!(b.metadata.name, "b");
+            assert_eq!(b.status, None);
+        }
+        other => panic!("want Applied(b), got {other:?}"),
+    }
+
+    // A status change arrives merged with the spec.
+    let _: Rollout = client
+        .update_status::<Rollout>(Some("default"), "b", |s| s.message = "b-status".into())
+        .await
+        .expect("status b");
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Applied(b) => {
+            assert_eq!(b.spec.version, "1");
+            assert_eq!(
+                b.status.as_ref().map(|s| s.message.as_str()),
+                Some("b-status")
+            );
+        }
+        other => panic!("want Applied(b with status), got {other:?}"),
+    }
+
+    // A spec change arrives with the status kept.
+    let _: Rollout = client
+        .update(Some("default"), "a", |r: &mut Rollout| {
+            r.spec.version = "2".into()
+        })
+        .await
+        .expect("update a");
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Applied(a) => {
+            assert_eq!(a.spec.version, "2");
+            assert_eq!(
+                a.status.as_ref().map(|s| s.message.as_str()),
+                Some("a-status")
+            );
+        }
+        other => panic!("want Applied(a v2), got {other:?}"),
+    }
+
+    client
+        .delete::<Rollout>(Some("default"), "a", None)
+        .await
+        .expect("delete a");
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Deleted(a) => {
+            assert_eq!(a.metadata.name, "a");
+            assert_eq!(a.spec.version, "2");
+        }
+        other => panic!("want Deleted(a), got {other:?}"),
+    }
+}
