@@ -1052,11 +1052,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
-        let from = if from_revision > 0 {
-            from_revision
-        } else {
-            self.current_revision().await? + 1
-        };
+        // Revision ≥ 0 means all history, as with the etcd backend (revision 1 is the first).
+        let from = from_revision.max(1);
         let (tx, rx) = mpsc::unbounded_channel();
         // Register first, then replay what the poller had already passed: the poller sends
         // only revisions after `delivered`, the replay covers [from, delivered], no gap.
@@ -1618,10 +1615,16 @@ mod tests {
         ))
         .await?; // 4
         let mut w = s.watch("/w/", 2).await?;
-        let mut live = s.watch("/w/", 0).await?;
+        let mut live = s.watch("/w/", s.current_revision().await? + 1).await?;
         s.txn(txn(vec![], vec![put("/w/y", "2"), put("/w/c", "2")]))
             .await?; // 5
         let evs = collect(&mut w, 6).await;
+        let mut from_zero = s.watch("/w/", 0).await?;
+        assert_eq!(
+            summary(&collect(&mut from_zero, 6).await),
+            summary(&evs),
+            "0: all history"
+        );
         assert_eq!(
             summary(&evs),
             vec![
@@ -1633,7 +1636,7 @@ mod tests {
                 (EventType::Put, "/w/c".into(), 5),
             ]
         );
-        // Watch from 0 means "from now on"; one txn arrives as one item.
+        // A watch from the next revision sees only what follows; one txn is one item.
         let item = tokio::time::timeout(Duration::from_secs(5), live.next())
             .await?
             .expect("the watch is open")?;
