@@ -53,6 +53,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// The most writes the writer thread puts in one SQLite transaction.
 const MAX_BATCH: usize = 512;
+/// How often a long-lived handle compacts history, and how many revisions it keeps: nobody
+/// else compacts the embedded store. A watch more than this far behind relists.
+const AUTO_COMPACT_INTERVAL: Duration = Duration::from_secs(300);
+const AUTO_COMPACT_KEEP: i64 = 10_000;
 /// Read connections in use at once per handle.
 const READERS: usize = 4;
 /// The table layout this code reads and writes.
@@ -406,7 +410,8 @@ impl EmbeddedStore {
         })?
     }
 
-    async fn current_revision(&self) -> Result<i64> {
+    /// The revision of the last write.
+    pub async fn current_revision(&self) -> Result<i64> {
         self.read(|conn| Ok(meta(conn, "revision")?)).await
     }
 
@@ -677,6 +682,7 @@ fn run_poller(path: &Path, mut conn: Connection, shared: &Shared) {
     };
     let mut last_version = None;
     let mut last_sweep: Option<Instant> = None;
+    let mut last_compaction = Instant::now();
     // Our own sweeps do not change our connection's data_version: look after them anyway.
     let mut force = true;
     while !shared.stop.load(Ordering::SeqCst) {
@@ -707,6 +713,20 @@ fn run_poller(path: &Path, mut conn: Connection, shared: &Shared) {
                 }
                 Err(Fail::Store(e)) => {
                     tracing::warn!(error = %e, "store poller could not sweep expired leases");
+                }
+            }
+        }
+        if last_compaction.elapsed() >= AUTO_COMPACT_INTERVAL {
+            last_compaction = Instant::now();
+            match auto_compact(&mut conn, AUTO_COMPACT_KEEP) {
+                Ok(Some(rev)) => tracing::debug!(revision = rev, "store history compacted"),
+                Ok(None) => {}
+                Err(Fail::Sql(e)) => {
+                    let e = db_error(path, &e);
+                    tracing::warn!(error = %e, "store poller could not compact history");
+                }
+                Err(Fail::Store(e)) => {
+                    tracing::warn!(error = %e, "store poller could not compact history");
                 }
             }
         }
@@ -759,6 +779,37 @@ fn delete_key(conn: &Connection, key: &str, revision: i64) -> SqlResult<bool> {
     )?
     .execute(params![revision, key])?;
     Ok(true)
+}
+
+/// Forgets history before `revision`, inside a write transaction.
+fn compact_log(tx: &Connection, revision: i64) -> SqlResult<()> {
+    // Rows superseded by a later change at or before `revision` are never read again;
+    // tombstones before it neither (every older row of their key is gone with them).
+    tx.execute(
+        "DELETE FROM log WHERE revision < ?1 AND EXISTS (
+             SELECT 1 FROM log AS newer WHERE newer.key = log.key
+             AND newer.revision > log.revision AND newer.revision <= ?1)",
+        [revision],
+    )?;
+    tx.execute(
+        "DELETE FROM log WHERE revision < ?1 AND deleted = 1",
+        [revision],
+    )?;
+    set_meta(tx, "compacted", revision)?;
+    Ok(())
+}
+
+/// Compacts to `keep` revisions behind the head, like etcd's
+/// `--auto-compaction-mode=revision`; returns the new mark if it moved.
+fn auto_compact(conn: &mut Connection, keep: i64) -> SqlResult<Option<i64>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let target = meta(&tx, "revision")? - keep;
+    if target <= meta(&tx, "compacted")? {
+        return Ok(None);
+    }
+    compact_log(&tx, target)?;
+    tx.commit()?;
+    Ok(Some(target))
 }
 
 /// Revokes every expired lease, each at its own revision if it had keys; true if any.
@@ -1161,23 +1212,10 @@ impl Store for EmbeddedStore {
                 ))
                 .into());
             }
-            if revision <= compacted {
-                // Already forgotten: nothing to do (the etcd backend says the same).
-                return Ok(());
+            if revision > compacted {
+                compact_log(tx, revision)?;
             }
-            // Rows superseded by a later change at or before `revision` are never read
-            // again; tombstones before it neither (every older row of their key is gone).
-            tx.execute(
-                "DELETE FROM log WHERE revision < ?1 AND EXISTS (
-                     SELECT 1 FROM log AS newer WHERE newer.key = log.key
-                     AND newer.revision > log.revision AND newer.revision <= ?1)",
-                [revision],
-            )?;
-            tx.execute(
-                "DELETE FROM log WHERE revision < ?1 AND deleted = 1",
-                [revision],
-            )?;
-            set_meta(tx, "compacted", revision)?;
+            // At or below the mark: already forgotten (the etcd backend says Ok too).
             Ok(())
         })
         .await
@@ -1601,6 +1639,83 @@ mod tests {
             .await?;
         assert_eq!(rows, 3, "/c/a@4, /c/b tombstone@5, /c/d@6");
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn auto_compaction_should_keep_the_last_revisions() -> TestResult {
+        let (dir, s) = temp_store();
+        for i in 0..20 {
+            s.put("/ac/k", i.to_string().into_bytes()).await?; // 2..=21
+        }
+        let mut conn = connect(&dir.path().join("store.db"))?;
+        assert_eq!(
+            auto_compact(&mut conn, 5).map_err(|e| s.inner.error(e))?,
+            Some(16)
+        );
+        assert_eq!(
+            auto_compact(&mut conn, 5).map_err(|e| s.inner.error(e))?,
+            None
+        );
+        assert!(matches!(
+            s.list("/ac/", Some(15)).await,
+            Err(Error::Compacted { compacted: 16, .. })
+        ));
+        let (kvs, _) = s.list("/ac/", Some(16)).await?;
+        assert_eq!(kvs[0].value, b"14");
+        Ok(())
+    }
+
+    #[test]
+    fn a_poller_that_falls_behind_a_compaction_should_tell_its_watchers_to_relist() {
+        let mut reg = Registry {
+            delivered: 5,
+            ..Registry::default()
+        };
+        let (tx_old, mut rx_old) = mpsc::unbounded_channel();
+        let (tx_new, mut rx_new) = mpsc::unbounded_channel();
+        reg.add(
+            "/a/",
+            Watcher {
+                from: 3,
+                tx: tx_old,
+            },
+        );
+        reg.add(
+            "/a/",
+            Watcher {
+                from: 9,
+                tx: tx_new,
+            },
+        );
+        let ev = WatchEvent {
+            kind: EventType::Put,
+            kv: KeyValue {
+                key: "/a/x".into(),
+                value: vec![],
+                create_revision: 9,
+                mod_revision: 9,
+                lease: 0,
+            },
+        };
+        // Revisions 6..8 may have lost rows to a compaction at 8 before the poller read them.
+        reg.fan_out(vec![ev.clone()], 9, 8);
+        let got = rx_old.try_recv().expect("the lagging watcher hears of it");
+        assert!(
+            matches!(
+                got,
+                Err(Error::Compacted {
+                    requested: 6,
+                    compacted: 8
+                })
+            ),
+            "{got:?}"
+        );
+        assert!(rx_old.try_recv().is_err(), "and its stream ends");
+        assert_eq!(
+            rx_new.try_recv().expect("unaffected").expect("events"),
+            vec![ev]
+        );
+        assert_eq!((reg.delivered, reg.prefix_of.len()), (9, 1));
     }
 
     #[tokio::test]
