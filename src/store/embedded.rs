@@ -320,6 +320,7 @@ impl EmbeddedStore {
         let mut writer = connect(path)?;
         init_schema(path, &mut writer)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn WriteJob>>();
+        let poller_jobs = jobs.clone();
         let poller = connect(path)?;
         let delivered = meta(&poller, "revision").map_err(|e| db_error(path, &e))?;
         let shared = Arc::new(Shared {
@@ -335,7 +336,7 @@ impl EmbeddedStore {
         let thread_path = path.to_path_buf();
         std::thread::Builder::new()
             .name("store-poller".into())
-            .spawn(move || run_poller(&thread_path, poller, &for_thread))
+            .spawn(move || run_poller(&thread_path, poller, &for_thread, poller_jobs))
             .map_err(|e| Error::Other(format!("cannot start the store poller thread: {e}")))?;
         let for_thread = shared.clone();
         let thread_path = path.to_path_buf();
@@ -605,6 +606,45 @@ where
     }
 }
 
+/// A write of the store's own (sweep, compaction): errors are logged, nobody waits.
+struct Chore<F> {
+    what: &'static str,
+    path: PathBuf,
+    f: F,
+}
+
+impl<F> WriteJob for Chore<F>
+where
+    F: FnOnce(&Connection) -> SqlResult<()> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Finished {
+        let Chore { what, path, f } = *self;
+        let ok = match f(conn) {
+            Ok(()) => true,
+            Err(e) => {
+                let e = match e {
+                    Fail::Sql(e) => db_error(&path, &e),
+                    Fail::Store(e) => e,
+                };
+                tracing::warn!(error = %e, "store could not {what}");
+                false
+            }
+        };
+        Finished {
+            ok,
+            answer: Box::new(move |failed| {
+                if let Some(e) = failed {
+                    tracing::warn!(error = %e, "store could not {what}");
+                }
+            }),
+        }
+    }
+
+    fn fail(self: Box<Self>, e: Error) {
+        tracing::warn!(error = %e, "store could not {}", self.what);
+    }
+}
+
 /// The writer thread: group-commits whatever writes have queued up, until every handle
 /// (and so every sender) is gone.
 fn run_writer(
@@ -676,14 +716,18 @@ fn write_batch(path: &Path, conn: &Connection, batch: Vec<Box<dyn WriteJob>>) {
 }
 
 /// The poller thread: notices commits, fans out new log rows, sweeps expired leases.
-fn run_poller(path: &Path, mut conn: Connection, shared: &Shared) {
+fn run_poller(
+    path: &Path,
+    mut conn: Connection,
+    shared: &Shared,
+    jobs: std::sync::mpsc::Sender<Box<dyn WriteJob>>,
+) {
     let data_version = |conn: &Connection| -> rusqlite::Result<i64> {
         conn.query_row("PRAGMA data_version", [], |r| r.get(0))
     };
     let mut last_version = None;
     let mut last_sweep: Option<Instant> = None;
     let mut last_compaction = Instant::now();
-    // Our own sweeps do not change our connection's data_version: look after them anyway.
     let mut force = true;
     while !shared.stop.load(Ordering::SeqCst) {
         let kicked = shared.wait();
@@ -703,32 +747,37 @@ fn run_poller(path: &Path, mut conn: Connection, shared: &Shared) {
                 force = true;
             }
         }
+        // Sweeps and compactions are writes: they queue for the writer thread, so this
+        // thread never waits for the write lock and watches keep flowing meanwhile.
         if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_INTERVAL) {
             last_sweep = Some(Instant::now());
-            match sweep_expired_leases(&mut conn, now_ms()) {
-                Ok(wrote) => force |= wrote,
-                Err(Fail::Sql(e)) => {
-                    let e = db_error(path, &e);
-                    tracing::warn!(error = %e, "store poller could not sweep expired leases");
+            let expired = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM leases WHERE expires_at_ms <= ?1)")
+                .and_then(|mut q| q.query_row([now_ms()], |r| r.get::<_, bool>(0)));
+            match expired {
+                Ok(true) => {
+                    let chore = Chore {
+                        what: "sweep expired leases",
+                        path: path.to_path_buf(),
+                        f: |tx: &Connection| sweep_expired_leases(tx, now_ms()).map(drop),
+                    };
+                    let _ = jobs.send(Box::new(chore));
                 }
-                Err(Fail::Store(e)) => {
-                    tracing::warn!(error = %e, "store poller could not sweep expired leases");
+                Ok(false) => {}
+                Err(e) => {
+                    let e = db_error(path, &e);
+                    tracing::warn!(error = %e, "store poller could not look for expired leases");
                 }
             }
         }
         if last_compaction.elapsed() >= AUTO_COMPACT_INTERVAL {
             last_compaction = Instant::now();
-            match auto_compact(&mut conn, AUTO_COMPACT_KEEP) {
-                Ok(Some(rev)) => tracing::debug!(revision = rev, "store history compacted"),
-                Ok(None) => {}
-                Err(Fail::Sql(e)) => {
-                    let e = db_error(path, &e);
-                    tracing::warn!(error = %e, "store poller could not compact history");
-                }
-                Err(Fail::Store(e)) => {
-                    tracing::warn!(error = %e, "store poller could not compact history");
-                }
-            }
+            let chore = Chore {
+                what: "compact history",
+                path: path.to_path_buf(),
+                f: |tx: &Connection| auto_compact(tx, AUTO_COMPACT_KEEP).map(drop),
+            };
+            let _ = jobs.send(Box::new(chore));
         }
     }
 }
@@ -801,44 +850,34 @@ fn compact_log(tx: &Connection, revision: i64) -> SqlResult<()> {
 
 /// Compacts to `keep` revisions behind the head, like etcd's
 /// `--auto-compaction-mode=revision`; returns the new mark if it moved.
-fn auto_compact(conn: &mut Connection, keep: i64) -> SqlResult<Option<i64>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let target = meta(&tx, "revision")? - keep;
-    if target <= meta(&tx, "compacted")? {
+fn auto_compact(tx: &Connection, keep: i64) -> SqlResult<Option<i64>> {
+    let target = meta(tx, "revision")? - keep;
+    if target <= meta(tx, "compacted")? {
         return Ok(None);
     }
-    compact_log(&tx, target)?;
-    tx.commit()?;
+    compact_log(tx, target)?;
+    tracing::debug!(revision = target, "store history compacted");
     Ok(Some(target))
 }
 
 /// Revokes every expired lease, each at its own revision if it had keys; true if any.
-fn sweep_expired_leases(conn: &mut Connection, now: i64) -> SqlResult<bool> {
-    let any: Option<i64> = conn
-        .prepare_cached("SELECT id FROM leases WHERE expires_at_ms <= ?1 LIMIT 1")?
-        .query_row([now], |r| r.get(0))
-        .optional()?;
-    if any.is_none() {
-        return Ok(false);
-    }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+fn sweep_expired_leases(tx: &Connection, now: i64) -> SqlResult<bool> {
     let expired = tx
         .prepare_cached("SELECT id FROM leases WHERE expires_at_ms <= ?1 ORDER BY id")?
         .query_map([now], |r| r.get::<_, i64>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut revision = meta(&tx, "revision")?;
+    let mut revision = meta(tx, "revision")?;
     let start = revision;
     for lease in expired {
-        if delete_lease_keys(&tx, lease, revision + 1)? {
+        if delete_lease_keys(tx, lease, revision + 1)? {
             revision += 1;
         }
         tx.prepare_cached("DELETE FROM leases WHERE id = ?1")?
             .execute([lease])?;
     }
     if revision != start {
-        set_meta(&tx, "revision", revision)?;
+        set_meta(tx, "revision", revision)?;
     }
-    tx.commit()?;
     Ok(revision != start)
 }
 
@@ -1643,19 +1682,12 @@ mod tests {
 
     #[tokio::test]
     async fn auto_compaction_should_keep_the_last_revisions() -> TestResult {
-        let (dir, s) = temp_store();
+        let (_dir, s) = temp_store();
         for i in 0..20 {
             s.put("/ac/k", i.to_string().into_bytes()).await?; // 2..=21
         }
-        let mut conn = connect(&dir.path().join("store.db"))?;
-        assert_eq!(
-            auto_compact(&mut conn, 5).map_err(|e| s.inner.error(e))?,
-            Some(16)
-        );
-        assert_eq!(
-            auto_compact(&mut conn, 5).map_err(|e| s.inner.error(e))?,
-            None
-        );
+        assert_eq!(s.write(|tx| auto_compact(tx, 5)).await?, Some(16));
+        assert_eq!(s.write(|tx| auto_compact(tx, 5)).await?, None);
         assert!(matches!(
             s.list("/ac/", Some(15)).await,
             Err(Error::Compacted { compacted: 16, .. })
