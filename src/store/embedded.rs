@@ -1797,6 +1797,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_long_replay_should_come_in_chunks_that_never_split_a_revision() -> TestResult {
+        let (_dir, s) = temp_store();
+        for t in 0..3 {
+            let ops = (0..600)
+                .map(|i| put(&format!("/ch/{t}/{i:03}"), "v"))
+                .collect();
+            s.txn(txn(vec![], ops)).await?;
+        }
+        let mut w = s.watch("/ch/", 1).await?;
+        let mut items = Vec::new();
+        while items.iter().map(Vec::len).sum::<usize>() < 1800 {
+            let item = tokio::time::timeout(Duration::from_secs(5), w.next())
+                .await?
+                .expect("the watch is open")?;
+            items.push(item);
+        }
+        let sizes: Vec<usize> = items.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1200, 600]);
+        for pair in items.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert_ne!(a[a.len() - 1].kv.mod_revision, b[0].kv.mod_revision);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn dropping_a_watch_should_unregister_it() -> TestResult {
         let (_dir, s) = temp_store();
         let a = s.watch("/a/", 0).await?;
