@@ -21,7 +21,10 @@
 //! Each handle has ONE poller thread with its own connection. It notices commits from any
 //! connection or process cheaply (`PRAGMA data_version`, every 10 ms, or at once when this
 //! handle wrote), reads the new `log` rows once, and fans them out to every registered
-//! watcher by prefix. It also sweeps expired leases every 250 ms, in its own transaction.
+//! watcher by prefix (each watcher has an unbounded queue: a watcher that never reads
+//! holds its backlog in memory). Every 250 ms it also looks for expired leases, and every
+//! 5 minutes it compacts history to the last 10,000 revisions; both queue on the writer
+//! thread. Lease expiry is wall-clock time, so any process's poller may sweep any lease.
 
 use super::*;
 use futures::Stream;
