@@ -410,7 +410,7 @@ impl EmbeddedStore {
             .send(Box::new(job))
             .map_err(|_| Error::Other("the store writer thread has stopped".into()))?;
         rx.await.map_err(|_| {
-            Error::Other("the store writer thread stopped before finishing a write".into())
+            Error::Other("the store writer failed before finishing this write".into())
         })?
     }
 
@@ -2018,6 +2018,18 @@ mod tests {
             .err()
             .expect("a file is no directory");
         assert!(e.to_string().contains("file/store.db"), "{e}");
+
+        // A directory nobody may create (even root, on /proc): the message says which.
+        if cfg!(target_os = "linux") {
+            let e = EmbeddedStore::open(Path::new("/proc/deployctl/store.db"))
+                .err()
+                .expect("/proc takes no new directories");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("cannot create the directory of store file /proc/deployctl/store.db"),
+                "{msg}"
+            );
+        }
         Ok(())
     }
 
