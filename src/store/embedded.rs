@@ -2178,6 +2178,12 @@ mod tests {
                 increment(&s, "/p/counter").await?;
             }
             s.put("/p/child-done", b"yes".to_vec()).await?;
+            // Timestamped writes (wall clock, shared with the parent) to time the watch.
+            for i in 0..10 {
+                s.put(&format!("/p/tick/{i}"), now_ms().to_string().into_bytes())
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Ok::<_, Error>(())
         })
         .expect("the child's writes succeed");
@@ -2190,6 +2196,18 @@ mod tests {
         let path = dir.path().join("store.db");
         let s = EmbeddedStore::open(&path)?;
         let mut w = s.watch("/p/child-", 0).await?;
+        // Times each tick from the child's write to our watch, as it arrives.
+        let mut ticks = s.watch("/p/tick/", 0).await?;
+        let latencies = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while out.len() < 10 {
+                for ev in collect(&mut ticks, 1).await {
+                    let written: i64 = String::from_utf8_lossy(&ev.kv.value).parse().unwrap_or(0);
+                    out.push(now_ms() - written);
+                }
+            }
+            out
+        });
         let exe = std::env::current_exe()?;
         let mut child = tokio::process::Command::new(exe)
             .args([
@@ -2212,16 +2230,26 @@ mod tests {
             s.get("/p/counter").await?.map(|k| k.value),
             Some(b"100".to_vec())
         );
-        // The child's writes reach our watch; its abandoned lease is swept here.
+        // The child's writes reach our watch; its abandoned lease is swept (by whichever
+        // process's poller comes first, possibly before the child is done).
         let evs = collect(&mut w, 3).await;
-        let kinds: Vec<_> = evs.iter().map(|e| (e.kind, e.kv.key.as_str())).collect();
+        let mut kinds: Vec<_> = evs.iter().map(|e| (e.kind, e.kv.key.as_str())).collect();
+        assert_eq!(kinds.remove(0), (EventType::Put, "/p/child-lease"));
+        kinds.sort_by_key(|k| k.1);
         assert_eq!(
             kinds,
             [
-                (EventType::Put, "/p/child-lease"),
                 (EventType::Put, "/p/child-done"),
-                (EventType::Delete, "/p/child-lease")
+                (EventType::Delete, "/p/child-lease"),
             ]
+        );
+        let mut latencies = latencies.await?;
+        latencies.sort();
+        eprintln!("cross-process watch latency (ms): {latencies:?}");
+        assert!(
+            latencies[5] < 100,
+            "median cross-process latency {} ms",
+            latencies[5]
         );
         Ok(())
     }
