@@ -335,18 +335,19 @@ impl EmbeddedStore {
             kicked: Mutex::new(false),
             wake: Condvar::new(),
         });
-        let for_thread = shared.clone();
-        let thread_path = path.to_path_buf();
-        std::thread::Builder::new()
-            .name("store-poller".into())
-            .spawn(move || run_poller(&thread_path, poller, &for_thread, poller_jobs))
-            .map_err(|e| Error::Other(format!("cannot start the store poller thread: {e}")))?;
+        // The writer first: if the poller cannot start, dropping every sender stops it.
         let for_thread = shared.clone();
         let thread_path = path.to_path_buf();
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run_writer(&thread_path, writer, queue, &for_thread))
             .map_err(|e| Error::Other(format!("cannot start the store writer thread: {e}")))?;
+        let for_thread = shared.clone();
+        let thread_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("store-poller".into())
+            .spawn(move || run_poller(&thread_path, poller, &for_thread, poller_jobs))
+            .map_err(|e| Error::Other(format!("cannot start the store poller thread: {e}")))?;
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
