@@ -314,8 +314,8 @@ pub struct TempEmbedded {
 }
 
 impl TempEmbedded {
-    /// The store as the trait object the rest of deployctl takes.
-    pub fn dyn_store(&self) -> Arc<dyn Store> {
+    /// The store as a trait object (a clone of the handle: same connections and poller).
+    pub fn store(&self) -> Arc<dyn Store> {
         Arc::new(self.store.clone())
     }
 
@@ -324,14 +324,12 @@ impl TempEmbedded {
         self.dir.path().join("store.db")
     }
 
-    /// A second, independent handle on the same file: what another process sees.
+    /// A second, independent handle on the same file, as another process would open it.
     pub fn open_another(&self) -> Arc<dyn Store> {
         let path = self.path();
-        Arc::new(
-            EmbeddedStore::open(&path).unwrap_or_else(|e| {
-                panic!("cannot open embedded store at {}: {e}", path.display())
-            }),
-        )
+        let store = EmbeddedStore::open(&path)
+            .unwrap_or_else(|e| panic!("cannot reopen embedded store at {}: {e}", path.display()));
+        Arc::new(store)
     }
 }
 

@@ -401,11 +401,10 @@ impl Store for EtcdStore {
             .await
         {
             Ok(_) => Ok(()),
-            // As etcd says: already compacted at or past `revision`.
-            Err(Error::Compacted { .. }) => Err(Error::Compacted {
-                requested: revision,
-                compacted: self.compacted_revision().await.unwrap_or(revision),
-            }),
+            // Already compacted at or past `revision`: nothing left to forget. (etcd says
+            // ErrCompacted; the Store contract makes compaction idempotent, as a periodic
+            // compactor may race another.)
+            Err(Error::Compacted { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
