@@ -46,6 +46,9 @@ pub struct GetArgs {
     /// Print tables without the header line.
     #[arg(long)]
     pub no_headers: bool,
+    /// No colour in the live rollout view (`NO_COLOR` works too).
+    #[arg(long)]
+    pub no_color: bool,
 }
 
 /// What `get` prints, decided once from the flags.
@@ -87,6 +90,17 @@ pub async fn run(g: &GlobalArgs, args: GetArgs) -> anyhow::Result<i32> {
         Scope::Namespace(g.namespace.clone())
     };
     let client = connect(g).await?;
+    // Rollouts followed without `-o` get the live view (symbols, gates, machine tree).
+    if args.watch && kind == KindName::Rollout && args.output.is_none() {
+        let opts = super::view::WatchOptions {
+            scope,
+            names: args.names,
+            selector: view.selector,
+            all_namespaces: view.all_namespaces,
+            no_color: args.no_color,
+        };
+        return super::view::watch(&client, opts).await;
+    }
     for_kind!(kind, K => {
         if args.watch {
             watch::<K>(&client, scope, &view).await

@@ -16,6 +16,7 @@ pub mod get;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod view;
 
 use crate::api::KindName;
 use crate::store::{Client, StoreUrl};

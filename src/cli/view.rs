@@ -1,0 +1,652 @@
+//! The live rollout view of `get rollouts -w`: status symbol, gate, counts and a
+//! per-machine tree, redrawn in place on a terminal and printed as plain blocks elsewhere.
+//!
+//! Rendering is pure (objects in, text out) so that every phase has a snapshot test;
+//! [`watch`] only feeds it from the store and decides how to print.
+
+use super::get::shutdown_signal;
+use crate::api::selector::LabelSelector;
+use crate::api::{
+    Instance, InstancePhase, Object, Rollout, RolloutPhase, RolloutStatus, Step, DEFAULT_NAMESPACE,
+};
+use crate::reconcilers::rollout::{PAUSE_FAILURE, PAUSE_STEP};
+use crate::store::{Client, ObjectEvent, Scope};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+
+/// Whether to paint: decided once from the flag, `NO_COLOR` and the terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    pub const PLAIN: Style = Style { color: false };
+    pub const COLOR: Style = Style { color: true };
+
+    /// Colour only on a terminal, and never with `--no-color` or a non-empty `NO_COLOR`
+    /// (<https://no-color.org>).
+    pub fn decide(no_color_flag: bool, no_color_env: Option<OsString>, terminal: bool) -> Style {
+        let env_off = no_color_env.is_some_and(|v| !v.is_empty());
+        Style {
+            color: terminal && !no_color_flag && !env_off,
+        }
+    }
+
+    fn paint(self, text: &str, paint: Paint) -> String {
+        if !self.color || text.is_empty() {
+            return text.to_string();
+        }
+        let code = match paint {
+            Paint::None => return text.to_string(),
+            Paint::Green => "32",
+            Paint::Yellow => "33",
+            Paint::Red => "31",
+            Paint::Cyan => "36",
+            Paint::Bold => "1",
+            Paint::Dim => "2",
+        };
+        format!("\x1b[{code}m{text}\x1b[0m")
+    }
+}
+
+/// The few colours the view uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Paint {
+    None,
+    Green,
+    Yellow,
+    Red,
+    Cyan,
+    Bold,
+    Dim,
+}
+
+/// The symbol `kubectl argo rollouts` shows for a phase, and its colour.
+pub fn phase_symbol(phase: RolloutPhase) -> &'static str {
+    match phase {
+        RolloutPhase::Pending => "◌",
+        RolloutPhase::Progressing => "◌",
+        RolloutPhase::Paused => "॥",
+        RolloutPhase::RollingBack => "↺",
+        RolloutPhase::Degraded => "✖",
+        RolloutPhase::Complete => "✔",
+    }
+}
+
+fn phase_paint(phase: RolloutPhase) -> Paint {
+    match phase {
+        RolloutPhase::Pending | RolloutPhase::Progressing | RolloutPhase::Paused => Paint::Yellow,
+        RolloutPhase::RollingBack => Paint::Cyan,
+        RolloutPhase::Degraded => Paint::Red,
+        RolloutPhase::Complete => Paint::Green,
+    }
+}
+
+fn instance_symbol(phase: InstancePhase) -> (&'static str, Paint) {
+    match phase {
+        InstancePhase::Running => ("✔", Paint::Green),
+        InstancePhase::Failed => ("✖", Paint::Red),
+        InstancePhase::Drifted => ("⚠", Paint::Yellow),
+        InstancePhase::Pending
+        | InstancePhase::Staging
+        | InstancePhase::Switching
+        | InstancePhase::Verifying => ("◌", Paint::Yellow),
+    }
+}
+
+/// `Canary` with steps, `Rolling` (every machine under slots) without.
+pub fn strategy_name(r: &Rollout) -> &'static str {
+    if r.spec.strategy.steps.is_empty() {
+        "Rolling"
+    } else {
+        "Canary"
+    }
+}
+
+/// `2/4`, or `-` without steps. The index may be one past the last step once done.
+pub fn step_text(r: &Rollout) -> String {
+    let n = r.spec.strategy.steps.len();
+    let st = r.status.as_ref();
+    match st.and_then(|s| s.current_step_index) {
+        Some(i) if n > 0 => format!("{}/{n}", (i as usize + 1).min(n)),
+        _ if n > 0 => format!("0/{n}"),
+        _ => "-".into(),
+    }
+}
+
+fn describe_step(s: &Step) -> String {
+    match (s.set_weight, s.machines, &s.pause) {
+        (Some(w), _, _) => format!("setWeight {w}%"),
+        (_, Some(m), _) => format!("machines {m}"),
+        (_, _, Some(p)) => match &p.duration {
+            Some(d) => format!("pause {d}"),
+            None => "pause until promoted".into(),
+        },
+        _ => "empty step".into(),
+    }
+}
+
+/// Slots and the gate resolved against the desired count, as the rollout reconciler
+/// resolves them (`maxUnavailable` rounds down to at least 1, `minStaged` rounds up).
+fn resolved(r: &Rollout, st: &RolloutStatus) -> (u32, u32) {
+    let n = st.desired;
+    let slots = r.spec.strategy.max_unavailable.resolve(n, false).max(1);
+    let min_staged = r.spec.strategy.min_staged.resolve(n, true).min(n);
+    (slots, min_staged)
+}
+
+/// What the Rollout waits for now: `waiting for staged 3/5`, `slots 2/2 busy`, `paused
+/// by user`, …; `-` when nothing holds it (complete or not yet reconciled).
+pub fn gate(r: &Rollout) -> String {
+    let Some(st) = r.status.as_ref() else {
+        return "not yet reconciled".into();
+    };
+    let (slots, min_staged) = resolved(r, st);
+    let busy = format!("slots {}/{slots} busy", st.unavailable);
+    let steps = r.spec.strategy.steps.len();
+    let step_pause = st.pause_conditions.iter().find(|p| p.reason == PAUSE_STEP);
+    match st.phase {
+        RolloutPhase::Pending => "not yet reconciled".into(),
+        RolloutPhase::Complete => "-".into(),
+        RolloutPhase::RollingBack => format!("rolling back, {busy}"),
+        RolloutPhase::Degraded => {
+            if st.aborted {
+                format!(
+                    "rolled back ({})",
+                    st.abort_reason.as_deref().unwrap_or("RolledBack")
+                )
+            } else if st
+                .pause_conditions
+                .iter()
+                .any(|p| p.reason == PAUSE_FAILURE)
+            {
+                format!(
+                    "paused: {} failed, maxFailures {}",
+                    st.failed, r.spec.failure_policy.max_failures
+                )
+            } else {
+                "progress deadline exceeded".into()
+            }
+        }
+        RolloutPhase::Paused => {
+            if r.spec.paused {
+                "paused by user".into()
+            } else if let Some(p) = step_pause {
+                let at = st
+                    .current_step_index
+                    .map_or(0, |i| i as usize + 1)
+                    .min(steps);
+                match p.until {
+                    Some(u) => {
+                        format!("paused at step {at}/{steps} until {}", u.format("%H:%M:%S"))
+                    }
+                    None => format!("paused at step {at}/{steps} until promoted"),
+                }
+            } else {
+                "paused".into()
+            }
+        }
+        RolloutPhase::Progressing => {
+            if st.staged < min_staged {
+                format!("waiting for staged {}/{min_staged}", st.staged)
+            } else {
+                busy
+            }
+        }
+    }
+}
+
+/// A table whose cells may be painted: widths come from the plain text, so colour
+/// never shifts a column.
+struct Table {
+    rows: Vec<Vec<(String, Paint)>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header
+                .iter()
+                .map(|h| (h.to_string(), Paint::None))
+                .collect()],
+        }
+    }
+
+    fn row(&mut self, cells: Vec<(String, Paint)>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, style: Style, out: &mut String) {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .map(|(t, _)| t.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for r in &self.rows {
+            let mut line = String::new();
+            for (i, (text, paint)) in r.iter().enumerate() {
+                line.push_str(&style.paint(text, *paint));
+                if i + 1 < r.len() {
+                    let pad = widths[i] - text.chars().count() + 3;
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+}
+
+/// `get rollouts -w`: one line per Rollout.
+pub fn render_rollouts(rollouts: &[Rollout], all_namespaces: bool, style: Style) -> String {
+    let mut header = vec![
+        "NAME",
+        "STATUS",
+        "STRATEGY",
+        "STEP",
+        "GATE",
+        "DESIRED",
+        "STAGED",
+        "UPDATED",
+        "AVAILABLE",
+        "VERSION",
+        "MESSAGE",
+    ];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut t = Table::new(&header);
+    for r in rollouts {
+        let st = r.status.clone().unwrap_or_default();
+        let mut cells = vec![
+            (r.metadata.name.clone(), Paint::None),
+            (
+                format!("{} {}", phase_symbol(st.phase), st.phase),
+                phase_paint(st.phase),
+            ),
+            (strategy_name(r).into(), Paint::None),
+            (step_text(r), Paint::None),
+            (gate(r), Paint::None),
+            (st.desired.to_string(), Paint::None),
+            (st.staged.to_string(), Paint::None),
+            (st.updated.to_string(), Paint::None),
+            (st.available.to_string(), Paint::None),
+            (r.spec.version.clone(), Paint::None),
+            (first_line(&st.message), Paint::None),
+        ];
+        if all_namespaces {
+            let ns = r.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string();
+            cells.insert(0, (ns, Paint::None));
+        }
+        t.row(cells);
+    }
+    let mut out = String::new();
+    if rollouts.is_empty() {
+        out.push_str("No rollouts found.\n");
+    } else {
+        t.render(style, &mut out);
+    }
+    out
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+/// `get rollout NAME -w`: the Rollout in detail, then its machines grouped by the
+/// revision they run. `instances` may hold any Instances; only those of this Rollout's
+/// Application (same namespace) are shown.
+pub fn render_rollout(r: &Rollout, instances: &[Instance], style: Style) -> String {
+    let st = r.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut field = |label: &str, value: String| {
+        out.push_str(&format!("{:<15}{}\n", format!("{label}:"), value));
+    };
+    field("Name", style.paint(&r.metadata.name, Paint::Bold));
+    field(
+        "Namespace",
+        r.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string(),
+    );
+    field("Application", r.spec.application.clone());
+    field(
+        "Status",
+        style.paint(
+            &format!("{} {}", phase_symbol(st.phase), st.phase),
+            phase_paint(st.phase),
+        ),
+    );
+    if !st.message.is_empty() {
+        field("Message", first_line(&st.message));
+    }
+    field("Strategy", strategy_name(r).into());
+    let steps = &r.spec.strategy.steps;
+    if !steps.is_empty() {
+        let idx = st.current_step_index.map(|i| i as usize);
+        let what = match idx.and_then(|i| steps.get(i)) {
+            Some(s) => format!(" ({})", describe_step(s)),
+            None if idx.is_some() => " (all steps done)".into(),
+            None => String::new(),
+        };
+        field("  Step", format!("{}{what}", step_text(r)));
+    }
+    field("  Gate", gate(r));
+    let (slots, min_staged) = resolved(r, &st);
+    field(
+        "  Slots",
+        format!(
+            "{}/{slots} busy (maxUnavailable {})",
+            st.unavailable, r.spec.strategy.max_unavailable
+        ),
+    );
+    field(
+        "  MinStaged",
+        format!("{min_staged} (minStaged {})", r.spec.strategy.min_staged),
+    );
+    let target = st.target_version.clone().unwrap_or(r.spec.version.clone());
+    let stable = st.stable_version.clone();
+    let mut versions = vec![format!("{target} (target)")];
+    if let Some(s) = &stable {
+        if *s == target {
+            versions[0] = format!("{target} (stable, target)");
+        } else {
+            versions.push(format!("{s} (stable)"));
+        }
+    }
+    field("Versions", versions.join(", "));
+    out.push_str("Machines:\n");
+    let mut count = |label: &str, n: u32, paint: Paint| {
+        let v = n.to_string();
+        let v = if n > 0 { style.paint(&v, paint) } else { v };
+        out.push_str(&format!("  {:<13}{v}\n", format!("{label}:")));
+    };
+    count("Desired", st.desired, Paint::None);
+    count("Staged", st.staged, Paint::None);
+    count("Updated", st.updated, Paint::None);
+    count("Available", st.available, Paint::None);
+    count("Unavailable", st.unavailable, Paint::Yellow);
+    count("Failed", st.failed, Paint::Red);
+    out.push('\n');
+    tree(
+        r,
+        &st,
+        &target,
+        stable.as_deref(),
+        instances,
+        style,
+        &mut out,
+    );
+    out
+}
+
+/// Revision → machine → instance phase, newest revision first, as `kubectl argo
+/// rollouts get rollout` draws ReplicaSets and Pods.
+fn tree(
+    r: &Rollout,
+    st: &RolloutStatus,
+    target: &str,
+    stable: Option<&str>,
+    instances: &[Instance],
+    style: Style,
+    out: &mut String,
+) {
+    let mut mine: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| {
+            i.spec.application == r.spec.application
+                && i.namespace().unwrap_or(DEFAULT_NAMESPACE)
+                    == r.namespace().unwrap_or(DEFAULT_NAMESPACE)
+        })
+        .collect();
+    mine.sort_by(|a, b| a.spec.machine.cmp(&b.spec.machine));
+
+    // The version each machine runs now (what `current` points at on disk).
+    let running = |i: &Instance| i.status.as_ref().and_then(|s| s.current_version.clone());
+    // Groups, newest first: every revision in history that is the target, the stable
+    // version, or run by a machine; then versions outside history; then no version.
+    let mut groups: Vec<(String, String, Vec<&Instance>)> = Vec::new();
+    let mut placed = vec![false; mine.len()];
+    for rev in st.history.iter().rev() {
+        let mut members = Vec::new();
+        for (k, i) in mine.iter().enumerate() {
+            if !placed[k] && running(i).as_deref() == Some(rev.version.as_str()) {
+                placed[k] = true;
+                members.push(*i);
+            }
+        }
+        let mut tags = Vec::new();
+        if rev.version == target {
+            tags.push("target");
+        }
+        if Some(rev.version.as_str()) == stable {
+            tags.push("stable");
+        }
+        if members.is_empty() && tags.is_empty() {
+            continue;
+        }
+        let mut info = tags.join(", ");
+        if !rev.result.is_empty() {
+            if !info.is_empty() {
+                info.push_str(", ");
+            }
+            info.push_str(&rev.result.to_lowercase());
+        }
+        groups.push((
+            format!("# revision:{} {}", rev.revision, rev.version),
+            info,
+            members,
+        ));
+    }
+    let mut others: BTreeMap<Option<String>, Vec<&Instance>> = BTreeMap::new();
+    for (k, i) in mine.iter().enumerate() {
+        if !placed[k] {
+            others.entry(running(i)).or_default().push(*i);
+        }
+    }
+    // `None` sorts first in a BTreeMap; the machines without a version go last.
+    let none = others.remove(&None);
+    for (v, members) in others {
+        let v = v.unwrap_or_default();
+        groups.push((format!("# version {v}"), String::new(), members));
+    }
+    if let Some(members) = none {
+        groups.push(("# no version yet".into(), String::new(), members));
+    }
+
+    let mut t = Table::new(&["NAME", "STATUS", "INFO"]);
+    t.row(vec![
+        (format!("⟳ {}", r.metadata.name), Paint::Bold),
+        (
+            format!("{} {}", phase_symbol(st.phase), st.phase),
+            phase_paint(st.phase),
+        ),
+        (String::new(), Paint::None),
+    ]);
+    let last_group = groups.len().saturating_sub(1);
+    for (g, (name, info, members)) in groups.iter().enumerate() {
+        let (branch, indent) = if g == last_group {
+            ("└──", "   ")
+        } else {
+            ("├──", "│  ")
+        };
+        t.row(vec![
+            (format!("{branch}{name}"), Paint::None),
+            (String::new(), Paint::None),
+            (info.clone(), Paint::Dim),
+        ]);
+        let last_member = members.len().saturating_sub(1);
+        for (m, i) in members.iter().enumerate() {
+            let twig = if m == last_member {
+                "└──"
+            } else {
+                "├──"
+            };
+            let phase = i.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            let (sym, paint) = instance_symbol(phase);
+            let (info, info_paint) = instance_info(i, target);
+            t.row(vec![
+                (format!("{indent}{twig}□ {}", i.spec.machine), Paint::None),
+                (format!("{sym} {phase}"), paint),
+                (info, info_paint),
+            ]);
+        }
+    }
+    if mine.is_empty() {
+        t.row(vec![
+            ("└──(no machines)".into(), Paint::Dim),
+            (String::new(), Paint::None),
+            (String::new(), Paint::None),
+        ]);
+    }
+    t.render(style, out);
+}
+
+/// What a machine is doing beyond its phase; its last error wins, being what a person
+/// needs first.
+fn instance_info(i: &Instance, target: &str) -> (String, Paint) {
+    let Some(s) = i.status.as_ref() else {
+        return ("no status yet".into(), Paint::Dim);
+    };
+    if let Some(f) = &s.failure {
+        return (
+            format!(
+                "{} {} failed: {}: {}",
+                f.operation,
+                f.version,
+                f.reason,
+                first_line(&f.message)
+            ),
+            Paint::Red,
+        );
+    }
+    let mut parts = Vec::new();
+    let current = s.current_version.as_deref();
+    if let Some(want) = i.spec.current.as_deref() {
+        if current != Some(want) {
+            parts.push(format!("switching to {want}"));
+        }
+    }
+    if current != Some(target) {
+        if s.staged_versions.iter().any(|v| v == target) {
+            parts.push(format!("{target} staged"));
+        } else if i.spec.staged.iter().any(|v| v.version == target) {
+            parts.push(format!("staging {target}"));
+        }
+    }
+    if current.is_some() {
+        parts.push(if s.healthy { "healthy" } else { "unhealthy" }.into());
+        if s.available {
+            parts.push("available".into());
+        }
+    }
+    (parts.join(", "), Paint::None)
+}
+
+/// What `watch` shows and how.
+pub struct WatchOptions {
+    pub scope: Scope,
+    /// One name: the detailed view with its machines; none or several: one line each.
+    pub names: Vec<String>,
+    pub selector: LabelSelector,
+    pub all_namespaces: bool,
+    /// `--no-color`.
+    pub no_color: bool,
+}
+
+/// Prints the live view until interrupted. On a terminal each frame replaces the last
+/// in place; elsewhere each changed frame is printed as a plain block.
+pub async fn watch(client: &Client, opts: WatchOptions) -> anyhow::Result<i32> {
+    let terminal = std::io::stdout().is_terminal();
+    let style = Style::decide(opts.no_color, std::env::var_os("NO_COLOR"), terminal);
+    let single = (opts.names.len() == 1).then(|| opts.names[0].clone());
+    let wants = |r: &Rollout| {
+        (opts.names.is_empty() || opts.names.iter().any(|n| n == r.name()))
+            && opts.selector.matches(&r.metadata.labels)
+    };
+    let mut rollouts_stream = client.list_watch::<Rollout>(opts.scope.clone());
+    // Instances only matter for the per-machine tree of one named Rollout.
+    let mut instance_stream = match single {
+        Some(_) => client.list_watch::<Instance>(opts.scope.clone()),
+        None => futures::stream::pending().boxed(),
+    };
+    let mut rollouts: BTreeMap<String, Rollout> = BTreeMap::new();
+    let mut instances: BTreeMap<String, Instance> = BTreeMap::new();
+    let mut listed = (false, single.is_none());
+    let mut last_frame = String::new();
+    let mut out = std::io::stdout();
+    if terminal {
+        // Clear once; later frames overwrite from the top-left corner.
+        write!(out, "\x1b[2J")?;
+    }
+    loop {
+        tokio::select! {
+            ev = rollouts_stream.next() => match ev {
+                None => return Ok(0),
+                Some(Err(e)) if !listed.0 => return Err(e.into()),
+                Some(Err(e)) => tracing::warn!(error = %e, "rollout watch interrupted; resuming"),
+                Some(Ok(ev)) => {
+                    listed.0 = true;
+                    apply_event(&mut rollouts, ev);
+                }
+            },
+            ev = instance_stream.next() => match ev {
+                None => return Ok(0),
+                Some(Err(e)) if !listed.1 => return Err(e.into()),
+                Some(Err(e)) => tracing::warn!(error = %e, "instance watch interrupted; resuming"),
+                Some(Ok(ev)) => {
+                    listed.1 = true;
+                    apply_event(&mut instances, ev);
+                }
+            },
+            _ = shutdown_signal() => return Ok(0),
+        }
+        if !(listed.0 && listed.1) {
+            continue;
+        }
+        let shown: Vec<Rollout> = rollouts.values().filter(|r| wants(r)).cloned().collect();
+        let frame = match &single {
+            Some(name) => match shown.first() {
+                Some(r) => {
+                    let all: Vec<Instance> = instances.values().cloned().collect();
+                    render_rollout(r, &all, style)
+                }
+                None => format!("rollout {name:?} not found; waiting for it to appear\n"),
+            },
+            None => render_rollouts(&shown, opts.all_namespaces, style),
+        };
+        if frame == last_frame {
+            continue;
+        }
+        if terminal {
+            // Home, each line cleared to its end, then the rest of the screen cleared.
+            let body: String = frame.lines().map(|l| format!("{l}\x1b[K\n")).collect();
+            write!(out, "\x1b[H{body}\x1b[J")?;
+        } else {
+            writeln!(out, "{frame}")?;
+        }
+        out.flush()?;
+        last_frame = frame;
+    }
+}
+
+fn apply_event<K: Object>(cache: &mut BTreeMap<String, K>, ev: ObjectEvent<K>) {
+    match ev {
+        ObjectEvent::Applied(o) => {
+            cache.insert(o.meta().key(), o);
+        }
+        ObjectEvent::Deleted(o) => {
+            cache.remove(&o.meta().key());
+        }
+        ObjectEvent::Restarted(items) => {
+            *cache = items.into_iter().map(|o| (o.meta().key(), o)).collect();
+        }
+    }
+}
