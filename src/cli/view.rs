@@ -650,3 +650,536 @@ fn apply_event<K: Object>(cache: &mut BTreeMap<String, K>, ev: ObjectEvent<K>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        Condition, ConditionStatus, FailureAction, InstanceFailure, InstanceSpec, InstanceStatus,
+        IntOrPercent, MachineFailure, PauseCondition, PauseStep, Revision, RolloutSpec, VersionRef,
+    };
+    use chrono::{DateTime, TimeZone, Utc};
+    use std::path::PathBuf;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_790_000_000 + secs, 0)
+            .single()
+            .expect("a fixed, valid timestamp")
+    }
+
+    /// Compares with `tests/snapshots/view/<name>.txt`; `DEPLOYCTL_BLESS=1` rewrites it.
+    fn check(name: &str, got: &str) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/snapshots/view")
+            .join(format!("{name}.txt"));
+        if std::env::var_os("DEPLOYCTL_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().expect("the path has a folder"))
+                .expect("can create tests/snapshots/view");
+            std::fs::write(&path, got).expect("can write the snapshot");
+            return;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if want != got {
+            let diff = similar::TextDiff::from_lines(want.as_str(), got);
+            panic!(
+                "snapshot {} differs (- stored, + rendered); if the change is wanted, refresh with: \
+                 DEPLOYCTL_BLESS=1 cargo test view::\n{}",
+                path.display(),
+                diff.unified_diff().context_radius(2)
+            );
+        }
+    }
+
+    fn rollout(version: &str, status: Option<RolloutStatus>) -> Rollout {
+        let mut r = Rollout::new(
+            "api",
+            RolloutSpec {
+                application: "api".into(),
+                version: version.into(),
+                ..Default::default()
+            },
+        );
+        r.metadata.creation_timestamp = Some(at(0));
+        r.status = status;
+        r
+    }
+
+    fn canary(r: &mut Rollout) {
+        r.spec.strategy.max_unavailable = IntOrPercent::Percent("40%".into());
+        r.spec.strategy.steps = vec![
+            Step {
+                set_weight: Some(20),
+                ..Default::default()
+            },
+            Step {
+                pause: Some(PauseStep { duration: None }),
+                ..Default::default()
+            },
+            Step {
+                set_weight: Some(60),
+                ..Default::default()
+            },
+            Step {
+                pause: Some(PauseStep {
+                    duration: Some("5m".into()),
+                }),
+                ..Default::default()
+            },
+        ];
+    }
+
+    fn history(versions: &[(&str, &str)]) -> Vec<Revision> {
+        versions
+            .iter()
+            .enumerate()
+            .map(|(i, (v, result))| Revision {
+                revision: i as u32 + 1,
+                version: v.to_string(),
+                sha256: None,
+                started_at: at(i as i64 * 100),
+                completed_at: (!result.is_empty()).then(|| at(i as i64 * 100 + 50)),
+                result: result.to_string(),
+            })
+            .collect()
+    }
+
+    fn status(phase: RolloutPhase, message: &str, counts: [u32; 6]) -> RolloutStatus {
+        let [desired, staged, updated, available, unavailable, failed] = counts;
+        RolloutStatus {
+            observed_generation: 2,
+            phase,
+            message: message.into(),
+            stable_version: Some("1.0".into()),
+            target_version: Some("2.0".into()),
+            desired,
+            staged,
+            updated,
+            available,
+            unavailable,
+            failed,
+            history: history(&[("1.0", "Complete"), ("2.0", "")]),
+            conditions: vec![Condition {
+                type_: "Progressing".into(),
+                status: ConditionStatus::True,
+                reason: "RolloutProgressing".into(),
+                message: message.into(),
+                last_transition_time: Some(at(100)),
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// One Instance of `api` on `machine`: running `current`, with `staged` on disk.
+    fn inst(
+        machine: &str,
+        phase: InstancePhase,
+        current: Option<&str>,
+        staged: &[&str],
+    ) -> Instance {
+        let mut i = Instance::new(
+            &Instance::name_for("api", machine),
+            InstanceSpec {
+                machine: machine.into(),
+                application: "api".into(),
+                current: current.map(str::to_string),
+                staged: staged
+                    .iter()
+                    .map(|v| VersionRef {
+                        version: v.to_string(),
+                        sha256: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        i.status = Some(InstanceStatus {
+            observed_generation: 1,
+            phase,
+            current_version: current.map(str::to_string),
+            staged_versions: staged.iter().map(|v| v.to_string()).collect(),
+            healthy: phase == InstancePhase::Running,
+            available: phase == InstancePhase::Running,
+            ..Default::default()
+        });
+        i
+    }
+
+    fn wants(i: &mut Instance, version: &str) {
+        i.spec.current = Some(version.into());
+    }
+
+    fn fail(i: &mut Instance, operation: &str, reason: &str, message: &str) {
+        let s = i.status.as_mut().expect("fixtures always have a status");
+        s.phase = InstancePhase::Failed;
+        s.healthy = false;
+        s.available = false;
+        s.failure = Some(InstanceFailure {
+            version: "2.0".into(),
+            operation: operation.into(),
+            reason: reason.into(),
+            message: message.into(),
+            time: at(150),
+        });
+    }
+
+    fn fleet_on_stable() -> Vec<Instance> {
+        (1..=5)
+            .map(|m| {
+                inst(
+                    &format!("web-{m}"),
+                    InstancePhase::Running,
+                    Some("1.0"),
+                    &["1.0"],
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn view_should_render_a_pending_rollout() {
+        let r = rollout("2.0", None);
+        let mut insts = vec![inst("web-1", InstancePhase::Pending, None, &[])];
+        insts[0].status = None;
+        check("pending", &render_rollout(&r, &insts, Style::PLAIN));
+    }
+
+    #[test]
+    fn view_should_render_progressing_waiting_for_stage() {
+        let r = rollout(
+            "2.0",
+            Some(status(
+                RolloutPhase::Progressing,
+                "waiting for staged 3/5 (minStaged) before any switch",
+                [5, 3, 0, 0, 0, 0],
+            )),
+        );
+        let mut insts = fleet_on_stable();
+        for (k, i) in insts.iter_mut().enumerate() {
+            i.spec.staged.push(VersionRef {
+                version: "2.0".into(),
+                sha256: None,
+            });
+            if k < 3 {
+                i.status
+                    .as_mut()
+                    .expect("fixtures have a status")
+                    .staged_versions
+                    .push("2.0".into());
+            } else {
+                i.status.as_mut().expect("fixtures have a status").phase = InstancePhase::Staging;
+            }
+        }
+        let out = render_rollout(&r, &insts, Style::PLAIN);
+        assert!(out.contains("Gate:        waiting for staged 3/5"), "{out}");
+        check("progressing_waiting_for_stage", &out);
+    }
+
+    #[test]
+    fn view_should_render_progressing_with_busy_slots() {
+        let mut st = status(
+            RolloutPhase::Progressing,
+            "switching: slots 2/2 busy, 1/5 available on 2.0",
+            [5, 5, 3, 1, 2, 0],
+        );
+        st.current_step_index = Some(2);
+        let mut r = rollout("2.0", Some(st));
+        canary(&mut r);
+        let mut insts = fleet_on_stable();
+        for i in insts.iter_mut() {
+            i.status
+                .as_mut()
+                .expect("fixtures have a status")
+                .staged_versions
+                .push("2.0".into());
+        }
+        insts[0] = inst(
+            "web-1",
+            InstancePhase::Running,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        insts[1] = inst(
+            "web-2",
+            InstancePhase::Verifying,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        insts[1].status.as_mut().expect("set above").healthy = true;
+        wants(&mut insts[2], "2.0");
+        insts[2].status.as_mut().expect("set above").phase = InstancePhase::Switching;
+        insts[2].status.as_mut().expect("set above").available = false;
+        let out = render_rollout(&r, &insts, Style::PLAIN);
+        assert!(out.contains("slots 2/2 busy"), "{out}");
+        assert!(out.contains("Step:        3/4 (setWeight 60%)"), "{out}");
+        check("progressing_slots_busy", &out);
+    }
+
+    #[test]
+    fn view_should_render_paused_at_a_step() {
+        let mut st = status(
+            RolloutPhase::Paused,
+            "paused at step 2/4: `deployctl rollout promote` continues",
+            [5, 5, 1, 1, 0, 0],
+        );
+        st.current_step_index = Some(1);
+        st.pause_conditions = vec![PauseCondition {
+            reason: PAUSE_STEP.into(),
+            start_time: at(120),
+            until: None,
+        }];
+        let mut r = rollout("2.0", Some(st));
+        canary(&mut r);
+        let mut insts = fleet_on_stable();
+        insts[0] = inst(
+            "web-1",
+            InstancePhase::Running,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        let out = render_rollout(&r, &insts, Style::PLAIN);
+        assert!(out.contains("paused at step 2/4 until promoted"), "{out}");
+        check("paused_at_step", &out);
+    }
+
+    #[test]
+    fn view_should_render_paused_by_user() {
+        let mut r = rollout(
+            "2.0",
+            Some(status(
+                RolloutPhase::Paused,
+                "paused by user: `deployctl rollout resume` continues",
+                [5, 5, 2, 2, 0, 0],
+            )),
+        );
+        r.spec.paused = true;
+        let mut insts = fleet_on_stable();
+        insts[0] = inst(
+            "web-1",
+            InstancePhase::Running,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        insts[1] = inst(
+            "web-2",
+            InstancePhase::Running,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        let out = render_rollout(&r, &insts, Style::PLAIN);
+        assert!(out.contains("Status:        ॥ Paused"), "{out}");
+        assert!(out.contains("Gate:        paused by user"), "{out}");
+        check("paused_by_user", &out);
+    }
+
+    #[test]
+    fn view_should_render_degraded_with_failed_machines() {
+        let mut st = status(
+            RolloutPhase::Degraded,
+            "2 machine(s) failed version 2.0: web-2: HookFailed: exit status 3",
+            [5, 5, 2, 0, 2, 2],
+        );
+        st.pause_conditions = vec![PauseCondition {
+            reason: PAUSE_FAILURE.into(),
+            start_time: at(150),
+            until: None,
+        }];
+        st.failed_machines = vec![MachineFailure {
+            machine: "web-2".into(),
+            version: "2.0".into(),
+            operation: "Switch".into(),
+            message: "HookFailed: exit status 3".into(),
+            time: at(150),
+        }];
+        let mut r = rollout("2.0", Some(st));
+        r.spec.strategy.max_unavailable = IntOrPercent::Int(2);
+        let mut insts = fleet_on_stable();
+        insts[1] = inst(
+            "web-2",
+            InstancePhase::Running,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        fail(
+            &mut insts[1],
+            "Switch",
+            "HookFailed",
+            "exit status 3\nsecond line",
+        );
+        insts[2] = inst(
+            "web-3",
+            InstancePhase::Running,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        fail(
+            &mut insts[2],
+            "Health",
+            "HealthDeadline",
+            "http://127.0.0.1:8080/health: connection refused",
+        );
+        let out = render_rollout(&r, &insts, Style::PLAIN);
+        assert!(
+            out.contains("Switch 2.0 failed: HookFailed: exit status 3"),
+            "the last error shows: {out}"
+        );
+        assert!(!out.contains("second line"), "{out}");
+        check("degraded_failed_machines", &out);
+    }
+
+    #[test]
+    fn view_should_render_rolling_back() {
+        let mut st = status(
+            RolloutPhase::RollingBack,
+            "rolling back to 1.0: 2 machine(s) still on 2.0",
+            [5, 5, 2, 0, 1, 1],
+        );
+        st.aborted = true;
+        st.abort_reason = Some("RolledBack".into());
+        let mut r = rollout("2.0", Some(st));
+        r.spec.failure_policy.action = FailureAction::Rollback;
+        let mut insts = fleet_on_stable();
+        insts[0] = inst(
+            "web-1",
+            InstancePhase::Running,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        wants(&mut insts[0], "1.0");
+        insts[0].status.as_mut().expect("set above").phase = InstancePhase::Switching;
+        insts[0].status.as_mut().expect("set above").available = false;
+        insts[1] = inst(
+            "web-2",
+            InstancePhase::Running,
+            Some("2.0"),
+            &["1.0", "2.0"],
+        );
+        fail(
+            &mut insts[1],
+            "Health",
+            "HealthDeadline",
+            "unhealthy for 60s",
+        );
+        let out = render_rollout(&r, &insts, Style::PLAIN);
+        assert!(out.contains("↺ RollingBack"), "{out}");
+        assert!(out.contains("switching to 1.0"), "{out}");
+        check("rolling_back", &out);
+    }
+
+    #[test]
+    fn view_should_render_complete() {
+        let mut st = status(
+            RolloutPhase::Complete,
+            "5 machine(s) run version 2.0",
+            [5, 5, 5, 5, 0, 0],
+        );
+        st.stable_version = Some("2.0".into());
+        st.history = history(&[("1.0", "Complete"), ("2.0", "Complete")]);
+        let r = rollout("2.0", Some(st));
+        let insts: Vec<Instance> = (1..=5)
+            .map(|m| {
+                inst(
+                    &format!("web-{m}"),
+                    InstancePhase::Running,
+                    Some("2.0"),
+                    &["1.0", "2.0"],
+                )
+            })
+            .collect();
+        let out = render_rollout(&r, &insts, Style::PLAIN);
+        assert!(out.contains("Status:        ✔ Complete"), "{out}");
+        assert!(
+            !out.contains("revision:1"),
+            "an empty old revision is hidden: {out}"
+        );
+        check("complete", &out);
+    }
+
+    #[test]
+    fn view_should_list_rollouts_one_line_each() {
+        let mut a = rollout(
+            "2.0",
+            Some(status(
+                RolloutPhase::Progressing,
+                "waiting for staged 3/5 (minStaged) before any switch",
+                [5, 3, 0, 0, 0, 0],
+            )),
+        );
+        a.metadata.name = "api".into();
+        let mut b = rollout(
+            "7",
+            Some(status(
+                RolloutPhase::Complete,
+                "3 machine(s) run version 7",
+                [3, 3, 3, 3, 0, 0],
+            )),
+        );
+        b.metadata.name = "web".into();
+        b.metadata.namespace = Some("shop".into());
+        check(
+            "list",
+            &render_rollouts(&[a.clone(), b.clone()], false, Style::PLAIN),
+        );
+        check(
+            "list_all_namespaces",
+            &render_rollouts(&[a, b], true, Style::PLAIN),
+        );
+        assert_eq!(
+            render_rollouts(&[], false, Style::PLAIN),
+            "No rollouts found.\n"
+        );
+    }
+
+    #[test]
+    fn colour_should_add_ansi_codes_and_no_color_should_remove_them() {
+        let r = rollout(
+            "2.0",
+            Some(status(RolloutPhase::Degraded, "failed", [5, 5, 1, 0, 1, 1])),
+        );
+        let insts = fleet_on_stable();
+        let on = Style::decide(false, None, true);
+        assert_eq!(on, Style::COLOR);
+        let painted = render_rollout(&r, &insts, on);
+        assert!(painted.contains("\x1b[31m✖ Degraded\x1b[0m"), "{painted:?}");
+        assert!(render_rollouts(std::slice::from_ref(&r), false, on).contains("\x1b["));
+        // Colour never shifts columns: without the codes it is the plain rendering.
+        let stripped = painted
+            .split("\x1b[")
+            .enumerate()
+            .map(|(k, part)| {
+                if k == 0 {
+                    part
+                } else {
+                    part.split_once('m').map_or(part, |p| p.1)
+                }
+            })
+            .collect::<String>();
+        assert_eq!(stripped, render_rollout(&r, &insts, Style::PLAIN));
+
+        for off in [
+            Style::decide(false, Some("1".into()), true),
+            Style::decide(true, None, true),
+            Style::decide(false, None, false),
+        ] {
+            assert_eq!(off, Style::PLAIN);
+            assert!(!render_rollout(&r, &insts, off).contains('\x1b'));
+        }
+        // NO_COLOR set but empty does not count (no-color.org).
+        assert_eq!(Style::decide(false, Some("".into()), true), Style::COLOR);
+    }
+
+    #[test]
+    fn gate_should_resolve_percent_slots_against_desired_machines() {
+        let mut st = status(RolloutPhase::Progressing, "", [10, 10, 4, 1, 3, 0]);
+        st.current_step_index = Some(0);
+        let mut r = rollout("2.0", Some(st));
+        canary(&mut r); // maxUnavailable 40% of 10 = 4
+        assert_eq!(gate(&r), "slots 3/4 busy");
+        r.spec.strategy.min_staged = IntOrPercent::Percent("50%".into());
+        r.status.as_mut().expect("set above").staged = 4;
+        assert_eq!(gate(&r), "waiting for staged 4/5");
+        r.status.as_mut().expect("set above").desired = 1;
+        r.spec.strategy.max_unavailable = IntOrPercent::Percent("10%".into());
+        r.status.as_mut().expect("set above").staged = 1;
+        assert_eq!(gate(&r), "slots 3/1 busy", "slots are at least 1");
+    }
+}
