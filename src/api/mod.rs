@@ -9,6 +9,7 @@ mod event;
 mod instance;
 mod machine;
 mod meta;
+pub mod reference;
 mod rollout;
 pub mod schema;
 pub mod selector;
