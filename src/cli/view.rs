@@ -561,11 +561,35 @@ pub struct WatchOptions {
     pub no_color: bool,
 }
 
-/// Prints the live view until interrupted. On a terminal each frame replaces the last
-/// in place; elsewhere each changed frame is printed as a plain block.
+/// Where frames go and how.
+pub struct Screen<W> {
+    pub out: W,
+    /// Redraw in place with ANSI cursor codes; otherwise print each changed frame.
+    pub terminal: bool,
+    pub style: Style,
+}
+
+/// Prints the live view to stdout until Ctrl-C or SIGTERM.
 pub async fn watch(client: &Client, opts: WatchOptions) -> anyhow::Result<i32> {
     let terminal = std::io::stdout().is_terminal();
-    let style = Style::decide(opts.no_color, std::env::var_os("NO_COLOR"), terminal);
+    let screen = Screen {
+        out: std::io::stdout(),
+        terminal,
+        style: Style::decide(opts.no_color, std::env::var_os("NO_COLOR"), terminal),
+    };
+    watch_into(client, &opts, screen, shutdown_signal()).await
+}
+
+/// Prints the live view until `shutdown` resolves or the watch ends. On a terminal each
+/// frame replaces the last in place; elsewhere each changed frame is printed as a plain
+/// block followed by a blank line. Returns the exit code.
+pub async fn watch_into<W: Write>(
+    client: &Client,
+    opts: &WatchOptions,
+    mut screen: Screen<W>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<i32> {
+    let style = screen.style;
     let single = (opts.names.len() == 1).then(|| opts.names[0].clone());
     let wants = |r: &Rollout| {
         (opts.names.is_empty() || opts.names.iter().any(|n| n == r.name()))
@@ -579,13 +603,14 @@ pub async fn watch(client: &Client, opts: WatchOptions) -> anyhow::Result<i32> {
     };
     let mut rollouts: BTreeMap<String, Rollout> = BTreeMap::new();
     let mut instances: BTreeMap<String, Instance> = BTreeMap::new();
+    // Whether each stream has delivered its first list; nothing is drawn before both.
     let mut listed = (false, single.is_none());
     let mut last_frame = String::new();
-    let mut out = std::io::stdout();
-    if terminal {
+    if screen.terminal {
         // Clear once; later frames overwrite from the top-left corner.
-        write!(out, "\x1b[2J")?;
+        write!(screen.out, "\x1b[2J")?;
     }
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             ev = rollouts_stream.next() => match ev {
@@ -606,7 +631,7 @@ pub async fn watch(client: &Client, opts: WatchOptions) -> anyhow::Result<i32> {
                     apply_event(&mut instances, ev);
                 }
             },
-            _ = shutdown_signal() => return Ok(0),
+            _ = &mut shutdown => return Ok(0),
         }
         if !(listed.0 && listed.1) {
             continue;
@@ -625,14 +650,14 @@ pub async fn watch(client: &Client, opts: WatchOptions) -> anyhow::Result<i32> {
         if frame == last_frame {
             continue;
         }
-        if terminal {
+        if screen.terminal {
             // Home, each line cleared to its end, then the rest of the screen cleared.
             let body: String = frame.lines().map(|l| format!("{l}\x1b[K\n")).collect();
-            write!(out, "\x1b[H{body}\x1b[J")?;
+            write!(screen.out, "\x1b[H{body}\x1b[J")?;
         } else {
-            writeln!(out, "{frame}")?;
+            writeln!(screen.out, "{frame}")?;
         }
-        out.flush()?;
+        screen.out.flush()?;
         last_frame = frame;
     }
 }
