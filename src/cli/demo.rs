@@ -7,7 +7,7 @@ use super::rollout::{progress_line, verdict, Verdict};
 use crate::api::{
     Application, ConditionStatus, Machine, Rollout, RolloutPhase, ANNOTATION_PROMOTE,
 };
-use crate::reconcilers::rollout::PAUSE_STEP;
+use crate::reconcilers::rollout::{PAUSE_FAILURE, PAUSE_STEP};
 use crate::store::{Client, ObjectEvent, Scope};
 use anyhow::Context as _;
 use clap::Args;
@@ -78,14 +78,13 @@ pub struct DemoServerArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("cannot read VERSION in {dir}: {source}")]
-    Version {
-        dir: String,
-        source: std::io::Error,
-    },
+    Version { dir: String, source: std::io::Error },
     #[error("cannot listen on 127.0.0.1:{port}: {source}")]
     Listen { port: u16, source: std::io::Error },
     #[error("rollout {name:?} is degraded: {message}")]
     Degraded { name: String, message: String },
+    #[error("rollout {name:?} paused after failures: {message}")]
+    FailurePause { name: String, message: String },
     #[error("the watch on rollout {0:?} ended")]
     WatchEnded(String),
     #[error("rollout {0:?} was deleted")]
@@ -274,7 +273,10 @@ pub fn demo_objects(
                 Ok(other) => anyhow::bail!("{name}: unexpected {} in the demo", other.kind()),
                 Err(es) => anyhow::bail!(
                     "built-in demo manifest: {}",
-                    es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+                    es.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
             }
         }
@@ -330,18 +332,19 @@ pub async fn run_demo(
     println!("waiting for {machines} machines to be ready");
     wait_machines_ready(client, machines).await?;
 
-    for outcome in [
-        (
-            super::reference(crate::api::KindName::Application, DEMO_NAME),
-            apply_object(client, app, false).await?,
-        ),
-        (
-            super::reference(crate::api::KindName::Rollout, DEMO_NAME),
-            apply_object(client, rollout, false).await?,
-        ),
-    ] {
-        println!("{} {}", outcome.0, outcome.1);
-    }
+    let outcome = apply_object(client, app, false).await?;
+    println!(
+        "{} {outcome}",
+        super::reference(crate::api::KindName::Application, DEMO_NAME)
+    );
+    // The controller marks a Rollout whose Application it has not seen yet Degraded;
+    // let it see the Application first.
+    wait_application_observed(client).await?;
+    let outcome = apply_object(client, rollout, false).await?;
+    println!(
+        "{} {outcome}",
+        super::reference(crate::api::KindName::Rollout, DEMO_NAME)
+    );
 
     let (v1, v2) = (DEMO_VERSIONS[0], DEMO_VERSIONS[1]);
     println!("==> rolling out {v1} (the first rollout skips the steps)");
@@ -402,6 +405,20 @@ fn at_pause_step(r: &Rollout, version: &str) -> bool {
         && r.spec.version == version
         && st.phase == RolloutPhase::Paused
         && st.pause_conditions.iter().any(|p| p.reason == PAUSE_STEP)
+}
+
+/// Polls the demo Application until the controller has written its status for the
+/// current generation.
+async fn wait_application_observed(client: &Client) -> anyhow::Result<()> {
+    loop {
+        let app: Option<Application> = client.get(Some("default"), DEMO_NAME).await?;
+        let app = app.ok_or_else(|| anyhow::anyhow!("application {DEMO_NAME:?} vanished"))?;
+        let observed = app.status.as_ref().map(|s| s.observed_generation);
+        if observed.is_some() && observed == app.metadata.generation {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Polls the Machines until `machines` of them are `Ready`.
@@ -469,6 +486,28 @@ async fn follow(client: &Client, done: impl Fn(&Rollout) -> bool) -> anyhow::Res
             }
             .into());
         }
+        // The demo's failure policy pauses; nobody would resume it, so stop here.
+        if let Some(st) = &ro.status {
+            if st.observed_generation == ro.metadata.generation.unwrap_or(0)
+                && st
+                    .pause_conditions
+                    .iter()
+                    .any(|p| p.reason == PAUSE_FAILURE)
+            {
+                let mut message = st.message.clone();
+                if let Some(f) = st.failed_machines.last() {
+                    message = format!(
+                        "{message} (last: {} {}: {})",
+                        f.machine, f.operation, f.message
+                    );
+                }
+                return Err(DemoError::FailurePause {
+                    name: DEMO_NAME.into(),
+                    message,
+                }
+                .into());
+            }
+        }
     }
 }
 
@@ -485,14 +524,22 @@ mod tests {
         check("GET / HTTP/1.1\r\n\r\n", "200 OK", "version 1.0.0\n");
         check("GET /healthz HTTP/1.0\r\n\r\n", "200 OK", "version 1.0.0\n");
         check("GET /x HTTP/1.1\r\n\r\n", "404 Not Found", "not found\n");
-        check("POST / HTTP/1.1\r\n\r\n", "405 Method Not Allowed", "only GET\n");
+        check(
+            "POST / HTTP/1.1\r\n\r\n",
+            "405 Method Not Allowed",
+            "only GET\n",
+        );
         check("", "405 Method Not Allowed", "only GET\n");
     }
 
     #[test]
     fn demo_objects_should_point_at_the_state_dir_and_this_binary() {
-        let (app, ro) =
-            demo_objects(Path::new("/s/artifacts"), Path::new("/bin/deployctl"), 20000).unwrap();
+        let (app, ro) = demo_objects(
+            Path::new("/s/artifacts"),
+            Path::new("/bin/deployctl"),
+            20000,
+        )
+        .unwrap();
         assert_eq!(
             app.spec.artifact.url,
             "file:///s/artifacts/demo-{{version}}.tar.gz"
@@ -515,7 +562,10 @@ mod tests {
         let sum = std::fs::read_to_string(dir.path().join("demo-2.0.0.tar.gz.sha256")).unwrap();
         assert_eq!(
             sum,
-            format!("{}  demo-2.0.0.tar.gz\n", hex::encode(Sha256::digest(&bytes)))
+            format!(
+                "{}  demo-2.0.0.tar.gz\n",
+                hex::encode(Sha256::digest(&bytes))
+            )
         );
         let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
         let mut seen = Vec::new();

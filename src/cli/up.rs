@@ -345,8 +345,8 @@ mod tests {
         assert_eq!((a.machines, a.demo, a.demo_port), (3, false, 18080));
         assert_eq!(a.demo_timeout, Duration::from_secs(120));
         assert!(Cli::try_parse_from(["deployctl", "up", "--machines", "0"]).is_err());
-        let cli = Cli::try_parse_from(["deployctl", "up", "--demo", "--store", "etcd://h:1"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["deployctl", "up", "--demo", "--store", "etcd://h:1"]).unwrap();
         assert_eq!(cli.global.store.as_deref(), Some("etcd://h:1"));
     }
 }
