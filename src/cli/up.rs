@@ -41,6 +41,7 @@ pub struct UpArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Also build the demo service and roll out 1.0.0, then 2.0.0; exit when done.
+    /// (The store is `<state-dir>/store.db` unless `--store` or DEPLOYCTL_STORE says.)
     #[arg(long)]
     pub demo: bool,
     /// The demo's machine-N serves on this port + N.
@@ -123,6 +124,32 @@ Press Ctrl-C to stop everything.",
     )
 }
 
+/// Takes an exclusive `flock` on `<state_dir>/up.lock`; the kernel releases it when the
+/// process exits, however it exits.
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join("up.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own and keep open; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            anyhow::bail!(
+                "another deployctl up is running with state dir {}: stop it first, or pass another --state-dir",
+                state_dir.display()
+            );
+        }
+        anyhow::bail!("cannot lock {}: {err}", path.display());
+    }
+    Ok(file)
+}
+
 pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&state_dir)
@@ -131,6 +158,8 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
     let state_dir = state_dir
         .canonicalize()
         .with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
+    // Held until this process exits: one `up` per state dir, or machines would run twice.
+    let _lock = lock_state_dir(&state_dir)?;
     let store = match g.store {
         Some(_) => store_url(g)?,
         None => StoreUrl::Embedded(state_dir.join("store.db")),

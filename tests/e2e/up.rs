@@ -157,6 +157,28 @@ fn assert_nothing_left_under(dir: &Path) {
     }
 }
 
+/// The body of `GET http://127.0.0.1:<port>/` (HTTP/1.0, the server closes).
+fn http_get(port: u16) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to port {port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a positive timeout");
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .expect("sending the request");
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .expect("reading the reply");
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP reply from port {port}: {reply:?}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 /// A base port whose next `n` ports are free on loopback now.
 fn free_base_port(n: u16) -> u16 {
     for _ in 0..100 {
@@ -268,13 +290,17 @@ fn up_demo_should_fail_clearly_when_a_machine_port_is_taken() {
 }
 
 /// `deployctl up` on `store` (None: the embedded default in the state dir): prints the
-/// next steps with the right `--store`, runs real agents, and stops on SIGTERM.
+/// next steps with the right `--store`, runs real agents that deploy the printed demo
+/// manifest, refuses a second `up` on its state dir, and stops everything on SIGTERM.
 fn up_should_print_next_steps_and_stop_cleanly_on_sigterm(store: Option<&str>) {
     let state = tempfile::tempdir().expect("temp dir");
     let state_dir = state.path().canonicalize().expect("temp dir resolves");
+    let base = free_base_port(2);
     let mut cmd = Command::new(BIN);
     cmd.env_remove("DEPLOYCTL_STORE")
-        .args(["up", "--machines", "2", "--state-dir"])
+        .args(["up", "--machines", "2", "--demo-port"])
+        .arg(base.to_string())
+        .arg("--state-dir")
         .arg(&state_dir);
     if let Some(s) = store {
         cmd.args(["--store", s]);
@@ -316,9 +342,9 @@ fn up_should_print_next_steps_and_stop_cleanly_on_sigterm(store: Option<&str>) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The printed manifest applies (and stays a dry run: no services to stop here).
+    // The printed manifest applies and rolls out: the agents now supervise services.
     let applied = Command::new(BIN)
-        .args(["--store", &expected_store, "apply", "--dry-run", "-f"])
+        .args(["--store", &expected_store, "apply", "-f"])
         .arg(&demo)
         .output()
         .expect("running deployctl apply");
@@ -326,6 +352,49 @@ fn up_should_print_next_steps_and_stop_cleanly_on_sigterm(store: Option<&str>) {
         applied.status.success(),
         "{}",
         String::from_utf8_lossy(&applied.stderr)
+    );
+    let status = Command::new(BIN)
+        .args([
+            "--store",
+            &expected_store,
+            "rollout",
+            "status",
+            "demo",
+            "--timeout",
+            "60s",
+        ])
+        .output()
+        .expect("running deployctl rollout status");
+    assert!(
+        status.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for n in 1..=2 {
+        let port = base + n;
+        let body = http_get(port);
+        assert_eq!(body, "version 1.0.0\n", "machine-{n} on port {port}");
+    }
+    let services = processes_under(&state_dir);
+    assert!(
+        services.len() >= 2,
+        "the two services should run from the state dir: {services:?}"
+    );
+
+    // A second `up` on the same state dir would run the same machines twice.
+    let second = Command::new(BIN)
+        .env_remove("DEPLOYCTL_STORE")
+        .args(["up", "--machines", "2", "--state-dir"])
+        .arg(&state_dir)
+        .output()
+        .expect("running a second deployctl up");
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another deployctl up is running")
+            && err.contains(&state_dir.display().to_string()),
+        "{err}"
     );
 
     let pgid = up.pgid();
