@@ -36,12 +36,12 @@ pub struct UpArgs {
     /// How many local machines (agents) to run: machine-1 .. machine-N.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub machines: u32,
-    /// Where the embedded store and each machine's root live
+    /// Where each machine's root and the embedded store (`<DIR>/store.db`, unless
+    /// --store or DEPLOYCTL_STORE names one) live
     /// (default: $XDG_STATE_HOME/deployctl/up, else ~/.local/state/deployctl/up).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Also build the demo service and roll out 1.0.0, then 2.0.0; exit when done.
-    /// (The store is `<state-dir>/store.db` unless `--store` or DEPLOYCTL_STORE says.)
     #[arg(long)]
     pub demo: bool,
     /// The demo's machine-N serves on this port + N.
