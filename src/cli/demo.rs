@@ -337,8 +337,8 @@ pub async fn run_demo(
         "{} {outcome}",
         super::reference(crate::api::KindName::Application, DEMO_NAME)
     );
-    // The controller marks a Rollout whose Application it has not seen yet Degraded;
-    // let it see the Application first.
+    // Let the controller see the Application before a Rollout names it, so the first
+    // status the demo prints is about the rollout, not a missing application.
     wait_application_observed(client).await?;
     let outcome = apply_object(client, rollout, false).await?;
     println!(
