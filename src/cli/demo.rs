@@ -139,7 +139,7 @@ async fn answer(mut stream: tokio::net::TcpStream, body: std::sync::Arc<str>) {
     let mut head = Vec::new();
     let read = async {
         let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+        while !head_complete(&head) && head.len() < MAX_REQUEST {
             let n = stream.read(&mut buf).await?;
             if n == 0 {
                 break;
@@ -161,6 +161,12 @@ async fn answer(mut stream: tokio::net::TcpStream, body: std::sync::Arc<str>) {
     );
     let _ = stream.write_all(reply.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// True once `head` holds the blank line that ends an HTTP request head (CRLF or the
+/// bare LF some clients send).
+fn head_complete(head: &[u8]) -> bool {
+    head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
 }
 
 /// The status line and body for a request head.
@@ -530,6 +536,18 @@ mod tests {
             "only GET\n",
         );
         check("", "405 Method Not Allowed", "only GET\n");
+    }
+
+    #[test]
+    fn request_head_should_end_at_the_first_blank_line_with_or_without_cr() {
+        for (head, done) in [
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", true),
+            ("GET / HTTP/1.0\n\n", true),
+            ("GET / HTTP/1.1\r\nHost: x\r\n", false),
+            ("", false),
+        ] {
+            assert_eq!(head_complete(head.as_bytes()), done, "{head:?}");
+        }
     }
 
     #[test]
