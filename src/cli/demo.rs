@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -453,8 +454,93 @@ async fn wait_machines_ready(client: &Client, machines: u32) -> anyhow::Result<(
 /// Watches the demo rollout, printing a line whenever its progress line changes, until
 /// `done` holds. A degraded rollout for the current generation is an error.
 async fn follow(client: &Client, done: impl Fn(&Rollout) -> bool) -> anyhow::Result<Rollout> {
+    let mut progress = Progress::new(terminal_columns());
+    let result = follow_printing(client, done, &mut progress).await;
+    progress.finish();
+    result
+}
+
+/// The width of the terminal on stdout, or `None` when stdout is not a terminal (or its
+/// width is unknown).
+fn terminal_columns() -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let stdout = std::io::stdout();
+    if !stdout.is_terminal() {
+        return None;
+    }
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct we pass and nothing else.
+    let rc = unsafe { libc::ioctl(stdout.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+    (rc == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
+/// Progress lines: one per change when stdout is a pipe or a file; on a terminal, the
+/// line of the current phase is redrawn in place and each new phase starts a line.
+struct Progress {
+    /// Terminal columns when stdout is a terminal of known width, else plain lines.
+    tty: Option<usize>,
+    last: String,
+    /// The phase of the line left open (no newline yet) on a terminal.
+    open: Option<RolloutPhase>,
+}
+
+impl Progress {
+    fn new(tty: Option<usize>) -> Progress {
+        Progress {
+            tty,
+            last: String::new(),
+            open: None,
+        }
+    }
+
+    /// The bytes to write for a new progress `line` in `phase` (empty when unchanged).
+    fn update(&mut self, line: &str, phase: RolloutPhase) -> String {
+        if line == self.last {
+            return String::new();
+        }
+        self.last = line.to_string();
+        let Some(cols) = self.tty else {
+            return format!("{line}\n");
+        };
+        // A redrawn line must not wrap: `\r` only returns to the start of the last row.
+        let line: String = line.chars().take(cols.saturating_sub(1).max(1)).collect();
+        let out = match self.open {
+            Some(p) if p == phase => format!("\r\x1b[2K{line}"),
+            Some(_) => format!("\n{line}"),
+            None => line.to_string(),
+        };
+        self.open = Some(phase);
+        out
+    }
+
+    fn show(&mut self, line: &str, phase: RolloutPhase) {
+        let out = self.update(line, phase);
+        if !out.is_empty() {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(out.as_bytes());
+            let _ = stdout.flush();
+        }
+    }
+
+    /// Ends a line left open on a terminal.
+    fn finish(&mut self) {
+        if self.open.take().is_some() {
+            println!();
+        }
+    }
+}
+
+async fn follow_printing(
+    client: &Client,
+    done: impl Fn(&Rollout) -> bool,
+    progress: &mut Progress,
+) -> anyhow::Result<Rollout> {
     let mut stream = client.list_watch::<Rollout>(Scope::Namespace("default".into()));
-    let mut last = String::new();
     loop {
         let event = stream
             .next()
@@ -477,11 +563,8 @@ async fn follow(client: &Client, done: impl Fn(&Rollout) -> bool) -> anyhow::Res
                 continue;
             }
         };
-        let line = progress_line(&ro);
-        if line != last {
-            println!("{line}");
-            last = line;
-        }
+        let phase = ro.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        progress.show(&progress_line(&ro), phase);
         if done(&ro) {
             return Ok(ro);
         }
@@ -548,6 +631,25 @@ mod tests {
         ] {
             assert_eq!(head_complete(head.as_bytes()), done, "{head:?}");
         }
+    }
+
+    #[test]
+    fn progress_should_print_lines_to_a_pipe_and_redraw_a_phase_on_a_terminal() {
+        use RolloutPhase::*;
+        let steps = [
+            ("a", Progressing),
+            ("a", Progressing),
+            ("b", Progressing),
+            ("c", Paused),
+        ];
+        let mut pipe = Progress::new(None);
+        let out: String = steps.iter().map(|(l, p)| pipe.update(l, *p)).collect();
+        assert_eq!(out, "a\nb\nc\n");
+        let mut tty = Progress::new(Some(80));
+        let out: String = steps.iter().map(|(l, p)| tty.update(l, *p)).collect();
+        assert_eq!(out, "a\r\x1b[2Kb\nc");
+        let mut narrow = Progress::new(Some(4));
+        assert_eq!(narrow.update("abcdef", Progressing), "abc", "never wraps");
     }
 
     #[test]
