@@ -671,3 +671,47 @@ fn describe_should_show_conditions_and_events_of_the_object() {
         let _ = Machine::KIND;
     }
 }
+
+#[test]
+fn get_watch_should_keep_working_across_an_etcd_restart() {
+    let mut etcd = deployctl::testing::EtcdServer::start();
+    let store = etcd.url();
+    let dir = tempdir();
+    run(
+        &store,
+        &["apply", "-f", &write(dir.path(), "api.yaml", &manifests())],
+    )
+    .ok();
+    let mut watch = spawn(&store, &["get", "ro", "-w", "-o", "name"]);
+    watch.wait_for_line("with the rollout", |l| l == "rollout.deployctl.dev/api");
+    etcd.kill();
+    etcd.restart();
+    run(&store, &["set", "version", "api", "3.0.0"]).ok();
+    run(
+        &store,
+        &[
+            "apply",
+            "-f",
+            &write(
+                dir.path(),
+                "web.yaml",
+                &ROLLOUT.replace("name: api", "name: web"),
+            ),
+        ],
+    )
+    .ok();
+    // The watch resumed (or relisted) and reports what changed while and after it was away.
+    watch.wait_for_line("for the rollout created after the restart", |l| {
+        l == "rollout.deployctl.dev/web"
+    });
+    assert!(
+        watch
+            .seen
+            .iter()
+            .filter(|l| *l == "rollout.deployctl.dev/api")
+            .count()
+            >= 2,
+        "{:?}",
+        watch.seen
+    );
+}
