@@ -247,6 +247,8 @@ pub async fn connect(g: &GlobalArgs) -> anyhow::Result<Client> {
     let url = store_url(g)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, url.connect()).await {
         Ok(Ok(store)) => Ok(Client::new(store)),
+        // Unavailable already names the endpoint.
+        Ok(Err(e @ crate::store::Error::Unavailable { .. })) => Err(e.into()),
         Ok(Err(e)) => Err(anyhow::anyhow!("cannot use store {url}: {e}")),
         Err(_) => Err(anyhow::anyhow!(
             "cannot reach store at {url}: no answer within {}s",
