@@ -349,7 +349,11 @@ pub fn describe_rollout(ro: &Rollout, evs: &[Event], now: DateTime<Utc>) -> Stri
         p.field(
             1,
             "Current Step",
-            format!("{} of {}", i + 1, st.steps.len()),
+            if i as usize >= st.steps.len() {
+                format!("done ({} of {})", st.steps.len(), st.steps.len())
+            } else {
+                format!("{} of {}", i + 1, st.steps.len())
+            },
         );
     }
     for pc in &status.pause_conditions {
