@@ -449,7 +449,8 @@ impl Task {
             message: e.message.clone(),
             time: Utc::now(),
         });
-        if kind != OpKind::Stage && kind != OpKind::Clean {
+        // A refused switch changed nothing on disk: what runs keeps its health.
+        if matches!(kind, OpKind::Switch | OpKind::Restart) && e.reason != "NotStaged" {
             self.status.healthy = false;
             self.status.available = false;
             self.status.ready_since = None;
