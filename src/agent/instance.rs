@@ -854,6 +854,7 @@ mod tests {
         }
     }
 
+    #[derive(Default)]
     struct Case {
         staged_spec: Vec<&'static str>,
         current_spec: Option<&'static str>,
@@ -863,21 +864,6 @@ mod tests {
         get_version: bool,
         restart: Option<(i64, Option<i64>)>,
         to_clean: Vec<&'static str>,
-    }
-
-    impl Default for Case {
-        fn default() -> Self {
-            Case {
-                staged_spec: vec![],
-                current_spec: None,
-                disk_staged: vec![],
-                disk_current: None,
-                memory: Memory::default(),
-                get_version: false,
-                restart: None,
-                to_clean: vec![],
-            }
-        }
     }
 
     fn check(c: Case, want: Action) {
