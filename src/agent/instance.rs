@@ -112,7 +112,8 @@ pub fn next_action(o: &Observed) -> Action {
         }
     }
     if let Some(want) = o.spec.current.as_deref() {
-        let blocked = m.failed(OpKind::Switch, want, g);
+        // A version that failed to stage keeps that (more telling) failure: no NotStaged.
+        let blocked = m.failed(OpKind::Switch, want, g) || m.failed(OpKind::Stage, want, g);
         if o.current != Some(want) {
             if !blocked {
                 return if o.staged.iter().any(|s| s == want) {
@@ -243,9 +244,13 @@ pub async fn run(
 
 impl Task {
     fn new(ctx: Arc<Context>, obj: Instance) -> Task {
-        let status = obj.status().cloned().unwrap_or_default();
+        let mut status = obj.status().cloned().unwrap_or_default();
         let generation = obj.meta().generation.unwrap_or(0);
         let mut memory = Memory::default();
+        if status.observed_generation != generation {
+            // Written for an older spec (the agent was down when it changed).
+            status.failure = None;
+        }
         // A failure reported for this very generation by an earlier run is not retried.
         if let Some(f) = &status.failure {
             if status.observed_generation == generation {
@@ -300,19 +305,10 @@ impl Task {
         let sv = &mut self.obj.meta_mut().status_version;
         *sv = (*sv).max(ours);
         if generation_changed {
-            // A failure for a version no longer wanted is history.
-            let wanted = |v: &str| {
-                self.obj.spec().current.as_deref() == Some(v)
-                    || self.obj.spec().staged.iter().any(|s| s.version == v)
-            };
-            if self
-                .status
-                .failure
-                .as_ref()
-                .is_some_and(|f| !wanted(&f.version))
-            {
-                self.status.failure = None;
-            }
+            // A failure answers the spec it happened under; a new generation retries
+            // (or no longer wants) that operation, and the controller reads a failure
+            // next to a fresh observedGeneration as a failure of the new spec.
+            self.status.failure = None;
         }
     }
 
@@ -926,6 +922,21 @@ mod tests {
                 ..Default::default()
             },
             Action::RefuseSwitch("2".into()),
+        );
+    }
+
+    #[test]
+    fn next_action_should_not_refuse_a_switch_whose_version_failed_to_stage() {
+        check(
+            Case {
+                staged_spec: vec!["1", "2"],
+                current_spec: Some("2"),
+                disk_staged: vec!["1"],
+                disk_current: Some("1"),
+                memory: mem(&[(OpKind::Stage, "2", 7)], Some("1")),
+                ..Default::default()
+            },
+            Action::Idle,
         );
     }
 
