@@ -137,7 +137,7 @@ fn spec(tmp: &Path, sha_1: &str) -> InstanceSpec {
         hooks: Hooks {
             install: vec![cmd("test -x bin/run && echo installed $DEPLOY_VERSION")],
             activate: vec![cmd(
-                r#"echo "$DEPLOY_VERSION from [$DEPLOY_PREVIOUS_VERSION]" >> "$ACTIVATIONS""#,
+                r#"echo "$DEPLOY_VERSION from [$DEPLOY_PREVIOUS_VERSION]" >> "$ACTIVATIONS"; echo "activated $DEPLOY_VERSION""#,
             )],
             ..Default::default()
         },
@@ -288,6 +288,29 @@ async fn scenario(client: Client, url: StoreUrl) {
         vec!["1.0 from []", "2.0 from [1.0]"],
         "activate must not re-run"
     );
+
+    assert!(
+        inst_status(&w).await.last_hook_output == ["activated 2.0"],
+        "the activate output is kept (afterActivate is empty)"
+    );
+
+    // Retention: 1.0 is no longer wanted; its clean hook runs in it, then it is deleted.
+    let g = w
+        .update_spec(|s| {
+            s.staged.retain(|v| v.version == "2.0");
+            s.keep_releases = 1;
+            s.hooks.clean = vec![cmd(
+                r#"test -f VERSION && echo "$DEPLOY_VERSION" >> "$ACTIVATIONS.cleaned""#,
+            )];
+        })
+        .await;
+    w.wait_status("observed", |_, s| {
+        s.observed_generation == g && s.staged_versions == ["2.0"]
+    })
+    .await;
+    assert!(!w.app_path().join("releases/1.0").exists());
+    let cleaned = std::fs::read_to_string(w.tmp.path().join("activations.cleaned")).unwrap();
+    assert_eq!(cleaned, "1.0\n");
 
     // Events were recorded about the instance.
     let events = w

@@ -364,6 +364,12 @@ impl Task {
     /// Steps until idle, reporting after each.
     async fn converge(&mut self, starting: bool) {
         let layout = self.layout();
+        if self.spec().service.is_none() {
+            if let Some(s) = self.service.take() {
+                tracing::info!(instance = %self.obj.meta().key(), "service removed from spec: stopping it");
+                s.stop().await;
+            }
+        }
         if starting {
             match layout.remove_unfinished() {
                 Ok(removed) if !removed.is_empty() => {
@@ -459,7 +465,8 @@ impl Task {
         self.report(Some(InstancePhase::Staging)).await;
         match self.stage(v).await {
             Ok(tail) => {
-                self.status.last_hook_output = tail;
+                let install = self.spec().hooks.install.clone();
+                self.record_output(&install, tail);
                 if self
                     .status
                     .failure
@@ -506,6 +513,8 @@ impl Task {
         .await
         .map_err(|e| OpError::new("Stage", "UnpackFailed", format!("unpack task failed: {e}")))?
         .map_err(OpError::unpack)?;
+        // An artifact must not mark itself staged before `install` ran.
+        let _ = std::fs::remove_file(dir.join(super::release::STAGED_MARKER));
         let current = layout.current_version();
         let env = self.env(version, current.as_deref());
         let tail = hooks::run_hooks(&env, &self.spec().hooks.install, &dir, "install")
@@ -552,7 +561,7 @@ impl Task {
         let tail = hooks::run_hooks(&env, &hooks.before_activate, &dir, "beforeActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.before_activate, tail);
         layout.switch_current(want).map_err(|e| {
             OpError::new(
                 "Switch",
@@ -566,16 +575,24 @@ impl Task {
         let tail = hooks::run_hooks(&env, &hooks.activate, &dir, "activate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.activate, tail);
         self.restart_service(want).await;
         self.report(Some(InstancePhase::Verifying)).await;
         let since = self.check_health(&env, self.min_ready()).await?;
         let tail = hooks::run_hooks(&env, &hooks.after_activate, &dir, "afterActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.after_activate, tail);
         self.set_ready(since);
         Ok(())
+    }
+
+    /// Keeps a hook list's output for the status, unless the list was empty (then the
+    /// previous hook's output is more useful).
+    fn record_output(&mut self, cmds: &[crate::api::Command], tail: Vec<String>) {
+        if !cmds.is_empty() {
+            self.status.last_hook_output = tail;
+        }
     }
 
     fn min_ready(&self) -> Duration {
@@ -701,7 +718,7 @@ impl Task {
             let tail = hooks::run_hooks(&env, &activate, &dir, "activate")
                 .await
                 .map_err(|e| OpError::hook("Switch", e))?;
-            self.status.last_hook_output = tail;
+            self.record_output(&activate, tail);
             self.restart_service(&current).await;
             self.check_health(&env, self.min_ready()).await
         }
