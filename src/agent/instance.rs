@@ -457,8 +457,9 @@ impl Task {
             self.status.available = false;
             self.status.ready_since = None;
         }
-        self.report(Some(InstancePhase::Failed)).await;
+        // The event goes first: a reader that saw the Failed status can find its event.
         self.event("Warning", event_reason, &e.message).await;
+        self.report(Some(InstancePhase::Failed)).await;
     }
 
     async fn do_stage(&mut self, v: &VersionRef) {
