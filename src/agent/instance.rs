@@ -17,8 +17,9 @@ use crate::api::{
 };
 use crate::store::{Client, Error as StoreError, EventRecorder};
 use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,9 @@ pub struct Memory {
     pub version_checked: Option<String>,
     /// The version (and generation) already re-converged once after drift.
     pub drift_fixed: Option<(String, i64)>,
+    /// Releases being cleaned in the background right now: neither switched to nor
+    /// staged again until their cleaning is over.
+    pub cleaning: BTreeSet<String>,
 }
 
 impl Memory {
@@ -107,13 +111,18 @@ pub fn next_action(o: &Observed) -> Action {
     let g = o.generation;
     let m = o.memory;
     for v in &o.spec.staged {
-        if !o.staged.contains(&v.version) && !m.failed(OpKind::Stage, &v.version, g) {
+        if !o.staged.contains(&v.version)
+            && !m.failed(OpKind::Stage, &v.version, g)
+            && !m.cleaning.contains(&v.version)
+        {
             return Action::Stage(v.clone());
         }
     }
     if let Some(want) = o.spec.current.as_deref() {
         // A version that failed to stage keeps that (more telling) failure: no NotStaged.
-        let blocked = m.failed(OpKind::Switch, want, g) || m.failed(OpKind::Stage, want, g);
+        let blocked = m.failed(OpKind::Switch, want, g)
+            || m.failed(OpKind::Stage, want, g)
+            || m.cleaning.contains(want);
         if o.current != Some(want) {
             if !blocked {
                 return if o.staged.iter().any(|s| s == want) {
@@ -139,7 +148,7 @@ pub fn next_action(o: &Observed) -> Action {
     let clean: Vec<String> = o
         .to_clean
         .iter()
-        .filter(|v| !m.failed(OpKind::Clean, v, g))
+        .filter(|v| !m.failed(OpKind::Clean, v, g) && !m.cleaning.contains(*v))
         .cloned()
         .collect();
     if !clean.is_empty() {
@@ -193,6 +202,19 @@ struct Task {
     /// The status last written successfully (None: not yet, or the write failed).
     written: Option<InstanceStatus>,
     service: Option<Supervisor>,
+    /// Shared with the background clean jobs.
+    cleaning: Arc<Mutex<CleanState>>,
+    /// Woken when a clean job ends, so that what waited for it (or retention) goes on.
+    clean_done: Arc<tokio::sync::Notify>,
+    clean_jobs: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the background clean jobs of one instance are doing.
+#[derive(Default)]
+struct CleanState {
+    running: BTreeSet<String>,
+    /// Versions whose cleaning failed, with the generation it was asked under.
+    failed: Vec<(String, i64)>,
 }
 
 /// Runs one instance until it is deleted (the channel yields `None` or closes) or
@@ -218,6 +240,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             // A status write failed (store unreachable): try again later.
             _ = tokio::time::sleep(Duration::from_secs(5)), if retry_write => {}
+            _ = task.clean_done.notified() => {}
             changed = specs.changed() => {
                 if changed.is_err() {
                     break;
@@ -236,6 +259,9 @@ pub async fn run(
                 }
             }
         }
+    }
+    for job in task.clean_jobs.drain(..) {
+        job.abort();
     }
     if let Some(s) = task.service.take() {
         s.stop().await;
@@ -269,6 +295,9 @@ impl Task {
             memory,
             status,
             service: None,
+            cleaning: Default::default(),
+            clean_done: Default::default(),
+            clean_jobs: Vec::new(),
         }
     }
 
@@ -389,6 +418,7 @@ impl Task {
         // Each action changes the disk or the memory; the cap guards against a bug
         // turning into a hot loop.
         for _ in 0..64 {
+            self.sync_cleaning();
             let staged = layout.staged_versions();
             let current = layout.current_version();
             let mut keep: Vec<String> = self
@@ -430,7 +460,7 @@ impl Task {
                 Action::Verify(v) => self.do_verify(&v).await,
                 Action::CheckVersion(v) => self.do_check_version(&v).await,
                 Action::Restart(at) => self.do_restart(at).await,
-                Action::Clean(list) => self.do_clean(&list).await,
+                Action::Clean(list) => self.start_clean(list),
             }
             self.report(None).await;
         }
@@ -738,28 +768,76 @@ impl Task {
         }
     }
 
-    async fn do_clean(&mut self, list: &[String]) {
-        let layout = self.layout();
-        for v in list {
-            let env = self.env(v, None);
-            let dir = layout.release(v);
-            if let Err(e) = hooks::run_hooks(&env, &self.spec().hooks.clean, &dir, "clean").await {
-                tracing::warn!(instance = %self.obj.meta().key(), version = %v, error = %e, "clean hook failed; keeping the release");
-                self.memory.fail(OpKind::Clean, v, self.generation());
-                continue;
-            }
-            let d = dir.clone();
-            let res = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&d)).await;
-            match res {
-                Ok(Ok(())) => {
-                    tracing::info!(instance = %self.obj.meta().key(), version = %v, "release cleaned")
-                }
-                other => {
-                    tracing::warn!(dir = %dir.display(), result = ?other, "cannot delete release");
-                    self.memory.fail(OpKind::Clean, v, self.generation());
-                }
-            }
+    /// Copies the clean jobs' state into the memory the decision reads.
+    fn sync_cleaning(&mut self) {
+        self.clean_jobs.retain(|j| !j.is_finished());
+        let mut st = self
+            .cleaning
+            .lock()
+            .expect("clean state lock: no panics inside");
+        self.memory.cleaning = st.running.clone();
+        for (v, g) in st.failed.drain(..) {
+            self.memory.fail(OpKind::Clean, &v, g);
         }
+    }
+
+    /// Cleans releases in the background (clean hooks in each, then delete), so that a
+    /// slow clean hook never holds up a switch.
+    fn start_clean(&mut self, list: Vec<String>) {
+        let generation = self.generation();
+        let key = self.obj.meta().key();
+        let hooks = self.spec().hooks.clean.clone();
+        let layout = self.layout();
+        let jobs: Vec<(String, HookEnv, PathBuf)> = list
+            .iter()
+            .map(|v| (v.clone(), self.env(v, None), layout.release(v)))
+            .collect();
+        {
+            let mut st = self
+                .cleaning
+                .lock()
+                .expect("clean state lock: no panics inside");
+            st.running.extend(list.iter().cloned());
+        }
+        self.memory.cleaning.extend(list);
+        let state = self.cleaning.clone();
+        let done = self.clean_done.clone();
+        self.clean_jobs.push(tokio::spawn(async move {
+            for (v, env, dir) in jobs {
+                let ok = match hooks::run_hooks(&env, &hooks, &dir, "clean").await {
+                    Err(e) => {
+                        tracing::warn!(instance = %key, version = %v, error = %e, "clean hook failed; keeping the release");
+                        false
+                    }
+                    Ok(_) => {
+                        // Renamed away first, so that an interrupted delete never leaves a
+                        // half-deleted release that still looks staged.
+                        let d = dir.clone();
+                        let doomed = dir.with_file_name(format!(".{v}.tmp-del-{:08x}", rand::random::<u32>()));
+                        let delete = move || {
+                            std::fs::rename(&d, &doomed)?;
+                            std::fs::remove_dir_all(&doomed)
+                        };
+                        match tokio::task::spawn_blocking(delete).await {
+                            Ok(Ok(())) => {
+                                tracing::info!(instance = %key, version = %v, "release cleaned");
+                                true
+                            }
+                            other => {
+                                tracing::warn!(dir = %dir.display(), result = ?other, "cannot delete release");
+                                false
+                            }
+                        }
+                    }
+                };
+                let mut st = state.lock().expect("clean state lock: no panics inside");
+                st.running.remove(&v);
+                if !ok {
+                    st.failed.push((v, generation));
+                }
+            }
+            done.notify_one();
+        }));
     }
 
     /// The phase when nothing is in progress.
@@ -1056,6 +1134,43 @@ mod tests {
             Case {
                 memory: mem(&[(OpKind::Clean, "0", 7)], Some("1")),
                 ..base()
+            },
+            Action::Idle,
+        );
+        let mut cleaning = mem(&[], Some("1"));
+        cleaning.cleaning.insert("0".into());
+        check(
+            Case {
+                memory: cleaning,
+                ..base()
+            },
+            Action::Idle,
+        );
+    }
+
+    #[test]
+    fn next_action_should_wait_for_a_release_being_cleaned_before_using_it() {
+        let mut m = mem(&[], Some("1"));
+        m.cleaning.insert("0".into());
+        // Wanted current again while being deleted: no switch (and no refusal) yet.
+        check(
+            Case {
+                staged_spec: vec!["0"],
+                current_spec: Some("0"),
+                disk_staged: vec!["0", "1"],
+                disk_current: Some("1"),
+                memory: m.clone(),
+                ..Default::default()
+            },
+            Action::Idle,
+        );
+        // Wanted staged while being deleted (and already gone from disk): staged after.
+        check(
+            Case {
+                staged_spec: vec!["0"],
+                disk_staged: vec![],
+                memory: m,
+                ..Default::default()
             },
             Action::Idle,
         );
