@@ -315,7 +315,8 @@ impl Task {
     }
     fn layout(&self) -> Layout {
         let path = match &self.spec().path {
-            Some(p) => PathBuf::from(p),
+            // A relative path is taken under the agent's root, never its working dir.
+            Some(p) => self.ctx.root.join(p),
             None => self
                 .ctx
                 .root
