@@ -1,4 +1,19 @@
-fn main() {
-    eprintln!("deployctl: not wired yet");
-    std::process::exit(1);
+//! The `deployctl` binary: parse, set up logging, hand over to [`deployctl::cli::run`].
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = deployctl::cli::Cli::parse();
+    deployctl::cli::init_logging(cli.global.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(deployctl::cli::run(cli));
+    // Do not wait for blocked stdin readers or watches still parked in the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

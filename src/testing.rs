@@ -270,6 +270,19 @@ impl TempEmbedded {
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("store.db")
     }
+
+    /// The store as a trait object (a clone of the handle: same connections and poller).
+    pub fn store(&self) -> std::sync::Arc<dyn crate::store::Store> {
+        std::sync::Arc::new(self.store.clone())
+    }
+
+    /// A second, independent handle on the same file, as another process would open it.
+    pub fn open_another(&self) -> std::sync::Arc<dyn crate::store::Store> {
+        let path = self.path();
+        let store = EmbeddedStore::open(&path)
+            .unwrap_or_else(|e| panic!("cannot reopen embedded store at {}: {e}", path.display()));
+        std::sync::Arc::new(store)
+    }
 }
 
 /// A fresh embedded store in a temporary dir.

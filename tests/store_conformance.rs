@@ -35,7 +35,6 @@ impl Fixture {
         }
     }
 
-    #[cfg(any())]
     fn embedded() -> Fixture {
         let temp = deployctl::testing::embedded_temp();
         Fixture {
@@ -54,10 +53,7 @@ impl Fixture {
                 server.restart();
                 self.store.clone()
             }
-            #[cfg(any())]
             Backend::Embedded(temp) => temp.open_another(),
-            #[cfg(not(any()))]
-            Backend::Embedded(_) => unreachable!("embedded cases are compiled out"),
         }
     }
 }
@@ -81,8 +77,6 @@ macro_rules! conformance {
                 }
             )*
         }
-        // Until the embedded backend lands (merge of main), its cases are compiled out.
-        #[cfg(any())]
         mod embedded {
             $(
                 #[tokio::test]

@@ -10,6 +10,7 @@ mod instance;
 mod machine;
 mod meta;
 mod rollout;
+pub mod schema;
 pub mod selector;
 pub mod validation;
 

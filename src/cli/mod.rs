@@ -1,1 +1,336 @@
-//! The `deployctl` command line.
+//! The `deployctl` command line: kubectl-shaped subcommands over the typed store client.
+//!
+//! # Layout
+//!
+//! - this file: the clap definitions, logging, connecting, exit codes and dispatch.
+//! - [`manifest`]: reading files, directories and stdin into validated objects.
+//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`]: one file per command.
+//! - [`output`]: tables, ages, `-o yaml|json|name`.
+//! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
+
+pub mod apply;
+pub mod daemon;
+pub mod delete;
+pub mod describe;
+pub mod get;
+pub mod manifest;
+pub mod output;
+pub mod rollout;
+
+use crate::api::KindName;
+use crate::store::{Client, StoreUrl};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long connecting to a store may take before the command gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Dispatches on a [`KindName`] known only at run time to code generic over the kind:
+/// `for_kind!(kind, K => get_kind::<K>(..).await)`.
+macro_rules! for_kind {
+    ($kind:expr, $K:ident => $body:expr) => {
+        match $kind {
+            $crate::api::KindName::Machine => {
+                type $K = $crate::api::Machine;
+                $body
+            }
+            $crate::api::KindName::Application => {
+                type $K = $crate::api::Application;
+                $body
+            }
+            $crate::api::KindName::Rollout => {
+                type $K = $crate::api::Rollout;
+                $body
+            }
+            $crate::api::KindName::Instance => {
+                type $K = $crate::api::Instance;
+                $body
+            }
+            $crate::api::KindName::Event => {
+                type $K = $crate::api::Event;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use for_kind;
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  # Deploy an application and its rollout, then follow it
+  deployctl apply -f manifests/
+  deployctl rollout status api
+
+  # What CI runs after a build
+  deployctl set version api 1.4.2 --sha256 $(sha256sum api.tar.gz | cut -d' ' -f1)
+
+  # Against etcd instead of the embedded store
+  deployctl --store etcd://10.0.0.1:2379 get rollouts -A";
+
+/// Continuous deployment for fleets of plain servers, driven the way Kubernetes drives Pods.
+#[derive(Parser, Debug)]
+#[command(name = "deployctl", version, after_help = MAIN_EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// The store: `etcd://host:port[,host:port...]`, a file path for the embedded store,
+    /// or nothing for the embedded store at its default path.
+    #[arg(long, global = true, env = "DEPLOYCTL_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// The namespace of namespaced objects.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        default_value = "default",
+        value_name = "NS"
+    )]
+    pub namespace: String,
+    /// Log to stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create or update objects from files, directories or stdin.
+    #[command(after_help = apply::EXAMPLES)]
+    Apply(apply::ApplyArgs),
+    /// List objects, or watch them change.
+    #[command(after_help = get::EXAMPLES)]
+    Get(get::GetArgs),
+    /// Show one object in detail, with its conditions and recent events.
+    #[command(after_help = describe::EXAMPLES)]
+    Describe(describe::DescribeArgs),
+    /// Delete objects by name or by the manifests that declared them.
+    #[command(after_help = delete::EXAMPLES)]
+    Delete(delete::DeleteArgs),
+    /// Follow, pause, resume, promote, abort, retry, restart or undo a Rollout.
+    #[command(subcommand, after_help = rollout::EXAMPLES)]
+    Rollout(rollout::RolloutCommand),
+    /// Change one field of an object: the one-liners CI calls.
+    #[command(subcommand, after_help = rollout::SET_EXAMPLES)]
+    Set(rollout::SetCommand),
+    /// Run the control loop (several may run; one leads).
+    #[command(after_help = daemon::CONTROLLER_EXAMPLES)]
+    Controller(daemon::ControllerArgs),
+    /// Run the node agent on one machine.
+    #[command(after_help = daemon::AGENT_EXAMPLES)]
+    Agent(daemon::AgentArgs),
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the JSON Schemas of the user kinds to a directory.
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  deployctl schemas --out schemas/"
+    )]
+    Schemas {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+const COMPLETION_EXAMPLES: &str = "\
+Examples:
+  deployctl completion bash > /etc/bash_completion.d/deployctl
+  deployctl completion zsh > \"${fpath[1]}/_deployctl\"
+  deployctl completion fish > ~/.config/fish/completions/deployctl.fish";
+
+/// `-o` of `get`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
+/// Errors that decide the exit code or print in kubectl's own words.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The problems were already printed; exit with this status.
+    #[error("exit status {0}")]
+    Exit(i32),
+    #[error("Error from server (NotFound): {plural} \"{name}\" not found")]
+    NotFound { plural: &'static str, name: String },
+    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events (or mc, app, ro, inst, ev)")]
+    UnknownKind(String),
+}
+
+/// Sets up tracing to stderr: warn by default, more with `-v`, RUST_LOG wins.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs one command; returns the process exit status (errors are printed here).
+pub async fn run(cli: Cli) -> i32 {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<CliError>() {
+            Some(CliError::Exit(code)) => *code,
+            Some(not_found @ CliError::NotFound { .. }) => {
+                eprintln!("{not_found}");
+                1
+            }
+            _ => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let g = cli.global;
+    match cli.command {
+        Command::Apply(args) => apply::run(&g, args).await,
+        Command::Get(args) => get::run(&g, args).await,
+        Command::Describe(args) => describe::run(&g, args).await,
+        Command::Delete(args) => delete::run(&g, args).await,
+        Command::Rollout(cmd) => rollout::run(&g, cmd).await,
+        Command::Set(cmd) => rollout::run_set(&g, cmd).await,
+        Command::Controller(args) => daemon::run_controller(&g, args).await,
+        Command::Agent(args) => daemon::run_agent(&g, args).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "deployctl",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Schemas { out } => {
+            std::fs::create_dir_all(&out)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            for (name, schema) in crate::api::schema::all() {
+                let path = out.join(name);
+                std::fs::write(&path, crate::api::schema::to_text(&schema))
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                println!("{}", path.display());
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// The store URL from `--store` / `DEPLOYCTL_STORE`.
+pub fn store_url(g: &GlobalArgs) -> anyhow::Result<StoreUrl> {
+    StoreUrl::parse(g.store.as_deref()).map_err(anyhow::Error::msg)
+}
+
+/// Connects to the store, failing within [`CONNECT_TIMEOUT`] with the endpoint named.
+pub async fn connect(g: &GlobalArgs) -> anyhow::Result<Client> {
+    let url = store_url(g)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, url.connect()).await {
+        Ok(Ok(store)) => Ok(Client::new(store)),
+        Ok(Err(e)) => Err(anyhow::anyhow!("cannot use store {url}: {e}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot reach store at {url}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Bounds one store call by the same timeout as connecting, so an endpoint that
+/// accepted the connection and then died still fails promptly with its name.
+pub async fn within<T>(
+    g: &GlobalArgs,
+    fut: impl std::future::Future<Output = crate::store::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => {
+            let url = store_url(g).map(|u| u.to_string()).unwrap_or_default();
+            Err(anyhow::anyhow!(
+                "cannot reach store at {url}: no answer within {}s",
+                (CONNECT_TIMEOUT * 2).as_secs()
+            ))
+        }
+    }
+}
+
+/// Resolves a kind word (`ro`, `rollouts`, `Rollout`).
+pub fn parse_kind(word: &str) -> anyhow::Result<KindName> {
+    KindName::parse(word).ok_or_else(|| CliError::UnknownKind(word.to_string()).into())
+}
+
+/// The namespace argument for a kind: `None` for cluster-scoped kinds.
+pub fn ns_for(kind: KindName, g: &GlobalArgs) -> Option<&str> {
+    kind.namespaced().then_some(g.namespace.as_str())
+}
+
+/// `rollout.deployctl.dev/api`, as kubectl prints a reference to an object.
+pub fn reference(kind: KindName, name: &str) -> String {
+    format!("{}.{}/{}", kind.singular(), crate::api::GROUP, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_should_be_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_should_show_examples_in_its_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let name = format!("{path} {}", cmd.get_name());
+            let has = cmd
+                .get_after_help()
+                .is_some_and(|h| h.to_string().contains("Examples:"));
+            if !has && cmd.get_name() != "help" {
+                missing.push(name.clone());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no Examples: in {missing:?}");
+    }
+
+    #[test]
+    fn global_flags_should_parse_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "deployctl",
+            "get",
+            "ro",
+            "-n",
+            "prod",
+            "--store",
+            "/tmp/x.db",
+            "-vv",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.namespace, "prod");
+        assert_eq!(cli.global.store.as_deref(), Some("/tmp/x.db"));
+        assert_eq!(cli.global.verbose, 2);
+    }
+}

@@ -279,16 +279,19 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     if let Some(tok) = &promote {
         st.handled_promote = Some(tok.clone());
         st.pause_conditions.retain(|p| p.reason != PAUSE_STEP);
+        let from = step;
         if tok.starts_with("full:") {
             step = steps.len();
         } else if step < steps.len() {
             step += 1;
         }
         st.last_progress_time = Some(now);
-        events.push(EventNote::normal(
-            "RolloutPromoted",
-            format!("promoted to step {step}/{}", steps.len()),
-        ));
+        let message = if step >= steps.len() {
+            "promoted: no steps left, switching every machine".to_string()
+        } else {
+            format!("promoted past step {}/{}", from + 1, steps.len())
+        };
+        events.push(EventNote::normal("RolloutPromoted", message));
     }
     // Straight to every machine: after `undo`, when going back, and on the very first
     // rollout (no stable version: nothing runs that a canary would protect).

@@ -4,7 +4,7 @@
 use super::*;
 use crate::api::{
     FailurePolicy, InstanceFailure, InstancePhase, InstanceSpec, InstanceStatus, IntOrPercent,
-    PauseStep, RolloutSpec, Step, Strategy,
+    Object, PauseStep, RolloutSpec, Step, Strategy,
 };
 use std::collections::{BTreeSet, HashMap};
 

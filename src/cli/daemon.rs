@@ -1,0 +1,192 @@
+//! `deployctl controller` and `deployctl agent`: flags into configs, then hand over
+//! with a cancellation token that SIGINT/SIGTERM cancel.
+
+use super::{get::shutdown_signal, store_url, GlobalArgs};
+use crate::agent::AgentConfig;
+use crate::api::validation::check_name;
+use crate::controller::ControllerConfig;
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const CONTROLLER_EXAMPLES: &str = "\
+Examples:
+  # One controller on the embedded store
+  deployctl controller
+
+  # Two for high availability on etcd (one leads, the other takes over)
+  deployctl --store etcd://10.0.0.1:2379 controller --identity ctl-a --lease-ttl 10s";
+
+pub const AGENT_EXAMPLES: &str = "\
+Examples:
+  # On each machine
+  deployctl agent --name web-1 --labels role=web,zone=a --root /srv/deploy
+
+  # Against etcd
+  deployctl --store etcd://10.0.0.1:2379 agent --name db-1 --labels role=db --root /srv/deploy";
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Names this controller in the leader key and in events (default: hostname-pid).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Leader lease TTL: a standby takes over within this long after the leader dies.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// Reconciles run at once (different keys).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// This Machine's name (a DNS-1123 label).
+    #[arg(long, value_parser = parse_machine_name)]
+    pub name: String,
+    /// Labels of this Machine: `k=v,k=v`.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    pub labels: BTreeMap<String, String>,
+    /// Deploy root: releases go under `<root>/<namespace>/<app>/`.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Presence lease TTL: the machine turns NotReady this long after the agent dies.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+}
+
+fn parse_machine_name(s: &str) -> Result<String, String> {
+    check_name(s).map(|_| s.to_string())
+}
+
+/// `k=v,k2=v2` into a map; keys as label keys, values non-empty-safe.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (k, v) = term
+            .split_once('=')
+            .ok_or_else(|| format!("invalid label {term:?}: use key=value"))?;
+        let ok = !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !ok {
+            return Err(format!(
+                "invalid label key {k:?}: letters, digits, '-', '_', '.', '/' only"
+            ));
+        }
+        if !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "invalid label value {v:?}: letters, digits, '-', '_', '.' only"
+            ));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received; shutting down");
+        t.cancel();
+    });
+    token
+}
+
+pub async fn run_controller(g: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<i32> {
+    let identity = match args.identity {
+        Some(i) => i,
+        None => {
+            let host = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "controller".into());
+            format!("{host}-{}", std::process::id())
+        }
+    };
+    let config = ControllerConfig {
+        store: store_url(g)?,
+        identity,
+        lease_ttl: args.lease_ttl,
+        workers: args.workers as usize,
+    };
+    crate::controller::run(config, shutdown_token()).await?;
+    Ok(0)
+}
+
+pub async fn run_agent(g: &GlobalArgs, args: AgentArgs) -> anyhow::Result<i32> {
+    let config = AgentConfig {
+        store: store_url(g)?,
+        name: args.name,
+        labels: args.labels,
+        root: args.root,
+        lease_ttl: args.lease_ttl,
+    };
+    crate::agent::run(config, shutdown_token()).await?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn agent_flags_should_parse_and_validate() {
+        let cli = Cli::try_parse_from([
+            "deployctl",
+            "agent",
+            "--name",
+            "web-1",
+            "--labels",
+            "role=web,zone=a",
+            "--root",
+            "/srv",
+            "--lease-ttl",
+            "3s",
+        ])
+        .unwrap();
+        let Command::Agent(a) = cli.command else {
+            panic!("agent")
+        };
+        assert_eq!(a.name, "web-1");
+        assert_eq!(a.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(a.lease_ttl, Duration::from_secs(3));
+        let err = Cli::try_parse_from(["deployctl", "agent", "--name", "Web_1", "--root", "/srv"])
+            .unwrap_err();
+        assert!(err.to_string().contains("DNS-1123"), "{err}");
+        assert!(Cli::try_parse_from([
+            "deployctl",
+            "agent",
+            "--name",
+            "w",
+            "--root",
+            "/s",
+            "--labels",
+            "x"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["deployctl", "agent", "--name", "w"]).is_err(),
+            "--root is required"
+        );
+    }
+
+    #[test]
+    fn controller_flags_should_have_defaults() {
+        let cli = Cli::try_parse_from(["deployctl", "controller"]).unwrap();
+        let Command::Controller(c) = cli.command else {
+            panic!("controller")
+        };
+        assert_eq!(c.lease_ttl, Duration::from_secs(15));
+        assert_eq!(c.workers, 4);
+        assert!(Cli::try_parse_from(["deployctl", "controller", "--workers", "0"]).is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! Output for people and programs: kubectl-looking tables, ages, `-o yaml|json|name`.
+
+use crate::api::selector::{LabelOperator, LabelSelector};
+use crate::api::{
+    find_condition, Application, ConditionStatus, Event, Instance, KindName, Machine, Object,
+    Rollout,
+};
+use chrono::{DateTime, Utc};
+use comfy_table::{presets::NOTHING, CellAlignment, ContentArrangement, Table};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What `get` shows of a kind as a table row.
+pub trait Columns: Object {
+    const KIND_NAME: KindName;
+    fn headers(wide: bool) -> Vec<&'static str>;
+    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String>;
+    /// The order rows are listed in (by name unless a kind says otherwise).
+    fn sort_key(&self) -> String {
+        self.meta().key()
+    }
+}
+
+/// A table without borders, left-aligned, three spaces between columns, as kubectl prints.
+pub fn render(headers: Option<&[&str]>, rows: &[Vec<String>]) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    if let Some(h) = headers {
+        table.set_header(h.iter().map(|s| s.to_string()));
+    }
+    for r in rows {
+        table.add_row(r.clone());
+    }
+    let n = headers
+        .map(|h| h.len())
+        .or_else(|| rows.first().map(Vec::len))
+        .unwrap_or(0);
+    for i in 0..n {
+        if let Some(col) = table.column_mut(i) {
+            col.set_padding((0, if i + 1 == n { 0 } else { 3 }));
+            col.set_cell_alignment(CellAlignment::Left);
+        }
+    }
+    table
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// kubectl's human durations: `45s`, `3m12s`, `52m`, `5h3m`, `20h`, `3d4h`, `40d`, `2y30d`.
+pub fn human_duration(d: chrono::Duration) -> String {
+    let secs = d.num_seconds();
+    if secs < 0 {
+        return "<invalid>".into();
+    }
+    let (m, h, day) = (60, 3600, 86400);
+    let year = 365 * day;
+    if secs < 2 * m {
+        format!("{secs}s")
+    } else if secs < 10 * m {
+        let s = secs % m;
+        if s == 0 {
+            format!("{}m", secs / m)
+        } else {
+            format!("{}m{s}s", secs / m)
+        }
+    } else if secs < 3 * h {
+        format!("{}m", secs / m)
+    } else if secs < 8 * h {
+        let mins = (secs % h) / m;
+        if mins == 0 {
+            format!("{}h", secs / h)
+        } else {
+            format!("{}h{mins}m", secs / h)
+        }
+    } else if secs < 2 * day {
+        format!("{}h", secs / h)
+    } else if secs < 8 * day {
+        let hours = (secs % day) / h;
+        if hours == 0 {
+            format!("{}d", secs / day)
+        } else {
+            format!("{}d{hours}h", secs / day)
+        }
+    } else if secs < 2 * year {
+        format!("{}d", secs / day)
+    } else if secs < 8 * year {
+        let days = (secs % year) / day;
+        if days == 0 {
+            format!("{}y", secs / year)
+        } else {
+            format!("{}y{days}d", secs / year)
+        }
+    } else {
+        format!("{}y", secs / year)
+    }
+}
+
+/// The age of a timestamp, or `<unknown>`.
+pub fn age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        Some(t) => human_duration(now - t),
+        None => "<unknown>".into(),
+    }
+}
+
+fn or_none(v: Option<&str>) -> String {
+    v.filter(|s| !s.is_empty()).unwrap_or("<none>").to_string()
+}
+
+/// `a=1,b=2`, or `<none>`.
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A selector in `-l` syntax: `role=web,zone in (a,b)`; `<all>` when empty.
+pub fn selector_text(sel: &LabelSelector) -> String {
+    if sel.is_empty() {
+        return "<all>".into();
+    }
+    let mut terms: Vec<String> = sel
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in &sel.match_expressions {
+        terms.push(match e.operator {
+            LabelOperator::In => format!("{} in ({})", e.key, e.values.join(",")),
+            LabelOperator::NotIn => format!("{} notin ({})", e.key, e.values.join(",")),
+            LabelOperator::Exists => e.key.clone(),
+            LabelOperator::DoesNotExist => format!("!{}", e.key),
+        });
+    }
+    terms.join(",")
+}
+
+impl Columns for Application {
+    const KIND_NAME: KindName = KindName::Application;
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["NAME", "MACHINES", "READY", "STABLE", "AGE"];
+        if wide {
+            h.extend(["SELECTOR", "ARTIFACT"]);
+        }
+        h
+    }
+    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+        let st = self.status.clone().unwrap_or_default();
+        let mut r = vec![
+            self.metadata.name.clone(),
+            st.machines.to_string(),
+            st.ready_machines.to_string(),
+            or_none(st.stable_version.as_deref()),
+            age(self.metadata.creation_timestamp, now),
+        ];
+        if wide {
+            r.push(selector_text(&self.spec.selector));
+            r.push(self.spec.artifact.url.clone());
+        }
+        r
+    }
+}
+
+impl Columns for Rollout {
+    const KIND_NAME: KindName = KindName::Rollout;
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec![
+            "NAME",
+            "APPLICATION",
+            "DESIRED",
+            "STAGED",
+            "UPDATED",
+            "AVAILABLE",
+            "VERSION",
+            "PHASE",
+            "AGE",
+        ];
+        if wide {
+            h.extend(["STABLE", "STEP", "MESSAGE"]);
+        }
+        h
+    }
+    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+        let st = self.status.clone().unwrap_or_default();
+        let mut r = vec![
+            self.metadata.name.clone(),
+            self.spec.application.clone(),
+            st.desired.to_string(),
+            st.staged.to_string(),
+            st.updated.to_string(),
+            st.available.to_string(),
+            self.spec.version.clone(),
+            st.phase.to_string(),
+            age(self.metadata.creation_timestamp, now),
+        ];
+        if wide {
+            r.push(or_none(st.stable_version.as_deref()));
+            let steps = self.spec.strategy.steps.len();
+            r.push(match st.current_step_index {
+                Some(i) if steps > 0 => format!("{}/{steps}", (i as usize + 1).min(steps)),
+                _ => "-".into(),
+            });
+            r.push(st.message.clone());
+        }
+        r
+    }
+}
+
+/// `Ready`, `NotReady`, plus `,SchedulingDisabled` when cordoned.
+pub fn machine_state(m: &Machine) -> String {
+    let ready = m
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, "Ready"))
+        .is_some_and(|c| c.status == ConditionStatus::True);
+    let mut s = if ready { "Ready" } else { "NotReady" }.to_string();
+    if m.spec.unschedulable {
+        s.push_str(",SchedulingDisabled");
+    }
+    s
+}
+
+impl Columns for Machine {
+    const KIND_NAME: KindName = KindName::Machine;
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["NAME", "STATUS", "AGENT", "AGE"];
+        if wide {
+            h.extend(["HOSTNAME", "LABELS"]);
+        }
+        h
+    }
+    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+        let st = self.status.clone().unwrap_or_default();
+        let mut r = vec![
+            self.metadata.name.clone(),
+            machine_state(self),
+            or_none(st.agent_version.as_deref()),
+            age(self.metadata.creation_timestamp, now),
+        ];
+        if wide {
+            r.push(or_none(st.hostname.as_deref()));
+            r.push(labels_text(&self.metadata.labels));
+        }
+        r
+    }
+}
+
+impl Columns for Instance {
+    const KIND_NAME: KindName = KindName::Instance;
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec![
+            "NAME",
+            "MACHINE",
+            "APPLICATION",
+            "CURRENT",
+            "WANTED",
+            "PHASE",
+            "HEALTHY",
+            "AGE",
+        ];
+        if wide {
+            h.extend(["STAGED", "ERROR"]);
+        }
+        h
+    }
+    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+        let st = self.status.clone().unwrap_or_default();
+        let mut r = vec![
+            self.metadata.name.clone(),
+            self.spec.machine.clone(),
+            self.spec.application.clone(),
+            or_none(st.current_version.as_deref()),
+            or_none(self.spec.current.as_deref()),
+            st.phase.to_string(),
+            st.healthy.to_string(),
+            age(self.metadata.creation_timestamp, now),
+        ];
+        if wide {
+            r.push(if st.staged_versions.is_empty() {
+                "<none>".into()
+            } else {
+                st.staged_versions.join(",")
+            });
+            r.push(match &st.failure {
+                Some(f) => format!("{} {}: {}", f.operation, f.reason, f.message),
+                None => "<none>".into(),
+            });
+        }
+        r
+    }
+}
+
+impl Columns for Event {
+    const KIND_NAME: KindName = KindName::Event;
+    fn headers(_wide: bool) -> Vec<&'static str> {
+        vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    }
+    fn row(&self, _wide: bool, now: DateTime<Utc>) -> Vec<String> {
+        let o = &self.spec.involved_object;
+        vec![
+            age(self.spec.time.or(self.metadata.creation_timestamp), now),
+            self.spec.type_.clone(),
+            self.spec.reason.clone(),
+            format!("{}/{}", o.kind.to_ascii_lowercase(), o.name),
+            self.spec.message.clone(),
+        ]
+    }
+    fn sort_key(&self) -> String {
+        let t = self.spec.time.or(self.metadata.creation_timestamp);
+        format!(
+            "{}/{}",
+            t.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.metadata.name
+        )
+    }
+}
+
+/// The rows of a table, with a NAMESPACE column first when listing every namespace.
+pub fn table_rows<K: Columns>(
+    items: &[K],
+    wide: bool,
+    all_namespaces: bool,
+    now: DateTime<Utc>,
+) -> Vec<Vec<String>> {
+    items
+        .iter()
+        .map(|o| {
+            let mut r = o.row(wide, now);
+            if all_namespaces && K::NAMESPACED {
+                r.insert(0, o.namespace().unwrap_or_default().to_string());
+            }
+            r
+        })
+        .collect()
+}
+
+pub fn table_headers<K: Columns>(wide: bool, all_namespaces: bool) -> Vec<&'static str> {
+    let mut h = K::headers(wide);
+    if all_namespaces && K::NAMESPACED {
+        h.insert(0, "NAMESPACE");
+    }
+    h
+}
+
+/// One object as YAML (without a trailing newline).
+pub fn to_yaml<T: Serialize>(v: &T) -> anyhow::Result<String> {
+    Ok(serde_yaml::to_string(v)?.trim_end().to_string())
+}
+
+/// A kubectl `List` of objects.
+pub fn list_value<K: Serialize>(items: &[K]) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": items.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?,
+        "metadata": {"resourceVersion": ""},
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_should_read_like_kubectl() {
+        for (secs, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (180, "3m"),
+            (192, "3m12s"),
+            (3000, "50m"),
+            (7200, "120m"),
+            (4 * 3600 + 600, "4h10m"),
+            (20 * 3600, "20h"),
+            (4 * 86400, "4d"),
+            (3 * 86400 + 7200, "3d2h"),
+            (40 * 86400, "40d"),
+            (3 * 365 * 86400 + 86400, "3y1d"),
+            (10 * 365 * 86400, "10y"),
+        ] {
+            assert_eq!(
+                human_duration(chrono::Duration::seconds(secs)),
+                want,
+                "{secs}s"
+            );
+        }
+    }
+
+    #[test]
+    fn tables_should_have_no_borders_and_three_spaces_between_columns() {
+        let text = render(
+            Some(&["NAME", "PHASE", "AGE"]),
+            &[
+                vec!["api".into(), "Complete".into(), "5s".into()],
+                vec!["web-frontend".into(), "Pending".into(), "3m".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "NAME           PHASE      AGE\napi            Complete   5s\nweb-frontend   Pending    3m"
+        );
+    }
+
+    #[test]
+    fn machine_state_should_show_cordon() {
+        let mut m = Machine::new("m1", Default::default());
+        assert_eq!(machine_state(&m), "NotReady");
+        m.spec.unschedulable = true;
+        let mut st = crate::api::MachineStatus::default();
+        crate::api::set_condition(
+            &mut st.conditions,
+            "Ready",
+            ConditionStatus::True,
+            "LeaseAlive",
+            "",
+            Utc::now(),
+        );
+        m.status = Some(st);
+        assert_eq!(machine_state(&m), "Ready,SchedulingDisabled");
+    }
+}

@@ -1,0 +1,513 @@
+//! `deployctl rollout ...` and `deployctl set version`: requests to a Rollout, each one
+//! compare-and-swap update, plus `status` (follow until done) and `history`.
+
+use super::output::render;
+use super::{connect, get::shutdown_signal, within, CliError, GlobalArgs};
+use crate::api::validation::check_version;
+use crate::api::{
+    Object, Rollout, RolloutPhase, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY,
+    ANNOTATION_UNDO,
+};
+use crate::store::{Client, ObjectEvent, Scope};
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use std::time::Duration;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  # Follow a rollout until it completes (exit 0), degrades (1) or times out (2)
+  deployctl rollout status api --timeout 15m
+
+  # Stop starting new switches, then go on
+  deployctl rollout pause api
+  deployctl rollout resume api
+
+  # Past a canary pause step; or skip every remaining step
+  deployctl rollout promote api
+  deployctl rollout promote api --full
+
+  # Back to the previous version, or a given revision
+  deployctl rollout undo api
+  deployctl rollout undo api --to-revision 3";
+
+pub const SET_EXAMPLES: &str = "\
+Examples:
+  # What CI runs after publishing an artifact
+  deployctl set version api 1.4.2
+  deployctl set version api 1.4.2 --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Follow a rollout: one line per change until Complete (0), Degraded (1) or timeout (2).
+    #[command(
+        after_help = "Examples:\n  deployctl rollout status api\n  deployctl rollout status api --timeout 30m -n prod"
+    )]
+    Status {
+        name: String,
+        /// Give up after this long (exit 2).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// The revisions this rollout went through.
+    #[command(after_help = "Examples:\n  deployctl rollout history api")]
+    History { name: String },
+    /// Stop starting new stages and switches (sets spec.paused).
+    #[command(after_help = "Examples:\n  deployctl rollout pause api")]
+    Pause { name: String },
+    /// Clear a user's pause (a pause step or the failure policy needs `promote` or `retry`).
+    #[command(after_help = "Examples:\n  deployctl rollout resume api")]
+    Resume { name: String },
+    /// Go past the current canary pause; `--full` skips every remaining step.
+    #[command(
+        after_help = "Examples:\n  deployctl rollout promote api\n  deployctl rollout promote api --full"
+    )]
+    Promote {
+        name: String,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Go back to the stable version on every updated machine.
+    #[command(after_help = "Examples:\n  deployctl rollout abort api")]
+    Abort { name: String },
+    /// Forget failures and try the target version again.
+    #[command(after_help = "Examples:\n  deployctl rollout retry api")]
+    Retry { name: String },
+    /// Re-run activation (and restart the service) on every machine, under the slots.
+    #[command(after_help = "Examples:\n  deployctl rollout restart api")]
+    Restart { name: String },
+    /// Roll back to a previous revision's version, straight to every machine.
+    #[command(
+        after_help = "Examples:\n  deployctl rollout undo api\n  deployctl rollout undo api --to-revision 2"
+    )]
+    Undo {
+        name: String,
+        /// The revision (see `rollout history`); default: the newest with another version.
+        #[arg(long, value_name = "N")]
+        to_revision: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SetCommand {
+    /// Set a Rollout's version (and the artifact's sha256, which goes with it).
+    #[command(after_help = SET_EXAMPLES)]
+    Version(SetVersionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SetVersionArgs {
+    /// The Rollout.
+    pub rollout: String,
+    /// The new version, e.g. `1.4.2`.
+    pub version: String,
+    /// The artifact's hex sha256. Without it a changed version drops the old digest.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+}
+
+pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
+    let client = connect(g).await?;
+    let ns = g.namespace.as_str();
+    let token = || uuid::Uuid::new_v4().to_string();
+    let (name, done) = match cmd {
+        RolloutCommand::Status { name, timeout } => {
+            return status(&client, ns, &name, timeout).await
+        }
+        RolloutCommand::History { name } => return history(g, &client, ns, &name).await,
+        RolloutCommand::Pause { name } => {
+            change(g, &client, ns, &name, |r| r.spec.paused = true).await?;
+            (name, "paused".to_string())
+        }
+        RolloutCommand::Resume { name } => {
+            change(g, &client, ns, &name, |r| r.spec.paused = false).await?;
+            (name, "resumed".to_string())
+        }
+        RolloutCommand::Promote { name, full } => {
+            let value = if full {
+                format!("full:{}", token())
+            } else {
+                token()
+            };
+            change(g, &client, ns, &name, |r| {
+                annotate(r, ANNOTATION_PROMOTE, &value)
+            })
+            .await?;
+            (
+                name,
+                if full { "fully promoted" } else { "promoted" }.to_string(),
+            )
+        }
+        RolloutCommand::Abort { name } => {
+            let value = token();
+            change(g, &client, ns, &name, |r| {
+                annotate(r, ANNOTATION_ABORT, &value)
+            })
+            .await?;
+            (name, "aborted".to_string())
+        }
+        RolloutCommand::Retry { name } => {
+            let value = token();
+            change(g, &client, ns, &name, |r| {
+                annotate(r, ANNOTATION_RETRY, &value)
+            })
+            .await?;
+            (name, "retried".to_string())
+        }
+        RolloutCommand::Restart { name } => {
+            let now = Utc::now();
+            change(g, &client, ns, &name, |r| r.spec.restart_at = Some(now)).await?;
+            (name, "restarted".to_string())
+        }
+        RolloutCommand::Undo { name, to_revision } => {
+            let mut outcome: Result<String, String> = Err(String::new());
+            change(g, &client, ns, &name, |r| {
+                outcome = undo(r, to_revision);
+            })
+            .await?;
+            match outcome {
+                Ok(what) => (name, what),
+                Err(e) => anyhow::bail!("cannot undo rollout {name:?}: {e}"),
+            }
+        }
+    };
+    println!(
+        "{} {done}",
+        super::reference(crate::api::KindName::Rollout, &name)
+    );
+    Ok(0)
+}
+
+fn annotate(r: &mut Rollout, key: &str, value: &str) {
+    r.metadata
+        .annotations
+        .insert(key.to_string(), value.to_string());
+}
+
+/// Points `spec.version` at a past revision and marks the generation this write makes
+/// as an undo. Leaves `r` unchanged (so nothing is written) when it cannot.
+pub fn undo(r: &mut Rollout, to_revision: Option<u32>) -> Result<String, String> {
+    let history = r
+        .status
+        .as_ref()
+        .map(|s| s.history.clone())
+        .unwrap_or_default();
+    let target = match to_revision {
+        Some(n) => history.iter().find(|h| h.revision == n).ok_or_else(|| {
+            format!(
+                "no revision {n} in its history (see `deployctl rollout history {}`)",
+                r.metadata.name
+            )
+        })?,
+        None => history
+            .iter()
+            .rev()
+            .find(|h| h.version != r.spec.version)
+            .ok_or_else(|| "no earlier revision with another version in its history".to_string())?,
+    };
+    if target.version == r.spec.version && target.sha256 == r.spec.sha256 {
+        return Err(format!(
+            "revision {} is version {}, which it already wants",
+            target.revision, target.version
+        ));
+    }
+    r.spec.version = target.version.clone();
+    r.spec.sha256 = target.sha256.clone();
+    let next_generation = r.metadata.generation.unwrap_or(0) + 1;
+    annotate(r, ANNOTATION_UNDO, &next_generation.to_string());
+    Ok(format!(
+        "rolled back to revision {} (version {})",
+        target.revision, target.version
+    ))
+}
+
+/// One compare-and-swap update, retried from fresh state on conflict.
+async fn change(
+    g: &GlobalArgs,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    f: impl FnMut(&mut Rollout),
+) -> anyhow::Result<Rollout> {
+    match within(g, client.update::<Rollout>(Some(ns), name, f)).await {
+        Ok(r) => Ok(r),
+        Err(e) => match e.downcast_ref::<crate::store::Error>() {
+            Some(crate::store::Error::NotFound(_)) => Err(CliError::NotFound {
+                plural: Rollout::PLURAL,
+                name: name.to_string(),
+            }
+            .into()),
+            _ => Err(e),
+        },
+    }
+}
+
+pub async fn run_set(g: &GlobalArgs, cmd: SetCommand) -> anyhow::Result<i32> {
+    let SetCommand::Version(args) = cmd;
+    check_version(&args.version).map_err(anyhow::Error::msg)?;
+    if let Some(s) = &args.sha256 {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            anyhow::bail!("invalid sha256 {s:?}: must be 64 hex digits");
+        }
+    }
+    let client = connect(g).await?;
+    change(g, &client, &g.namespace, &args.rollout, |r| {
+        if r.spec.version != args.version || args.sha256.is_some() {
+            r.spec.sha256 = args.sha256.clone();
+        }
+        r.spec.version = args.version.clone();
+    })
+    .await?;
+    println!(
+        "{} version set to {}",
+        super::reference(crate::api::KindName::Rollout, &args.rollout),
+        args.version
+    );
+    Ok(0)
+}
+
+async fn history(g: &GlobalArgs, client: &Client, ns: &str, name: &str) -> anyhow::Result<i32> {
+    let ro: Rollout = within(g, client.get(Some(ns), name))
+        .await?
+        .ok_or_else(|| CliError::NotFound {
+            plural: Rollout::PLURAL,
+            name: name.to_string(),
+        })?;
+    let history = ro.status.map(|s| s.history).unwrap_or_default();
+    if history.is_empty() {
+        eprintln!("No history for rollout {name:?} yet.");
+        return Ok(0);
+    }
+    let rows = super::describe::history_rows(&history, Utc::now());
+    println!(
+        "{}",
+        render(
+            Some(&["REVISION", "VERSION", "STARTED", "COMPLETED", "RESULT"]),
+            &rows
+        )
+    );
+    Ok(0)
+}
+
+/// Where a followed rollout stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Complete at the wanted version, for the current generation.
+    Done,
+    /// Degraded for the current generation: the message says why.
+    Failed(String),
+    Waiting,
+}
+
+/// Done only when the controller has seen this generation, completed it, and its target
+/// is the wanted version: an old `Complete` must not end a new rollout's wait.
+pub fn verdict(r: &Rollout) -> Verdict {
+    let Some(st) = &r.status else {
+        return Verdict::Waiting;
+    };
+    if st.observed_generation != r.metadata.generation.unwrap_or(0) {
+        return Verdict::Waiting;
+    }
+    match st.phase {
+        RolloutPhase::Complete if st.target_version.as_deref() == Some(r.spec.version.as_str()) => {
+            Verdict::Done
+        }
+        RolloutPhase::Degraded => Verdict::Failed(if st.message.is_empty() {
+            "degraded".into()
+        } else {
+            st.message.clone()
+        }),
+        _ => Verdict::Waiting,
+    }
+}
+
+/// One line of `rollout status`.
+pub fn progress_line(r: &Rollout) -> String {
+    let st = r.status.clone().unwrap_or_default();
+    let mut line = format!(
+        "rollout {:?} to {}: {}, {} of {} machines updated, {} staged, {} available",
+        r.metadata.name, r.spec.version, st.phase, st.updated, st.desired, st.staged, st.available
+    );
+    if !st.message.is_empty() {
+        line.push_str(": ");
+        line.push_str(&st.message);
+    }
+    line
+}
+
+async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> anyhow::Result<i32> {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut stream = client.list_watch::<Rollout>(Scope::Namespace(ns.to_string()));
+    let mut last_line = String::new();
+    let mut listed = false;
+    loop {
+        let event = tokio::select! {
+            e = stream.next() => e,
+            _ = &mut deadline => {
+                eprintln!("error: timed out after {} waiting for rollout {name:?}", humantime::format_duration(timeout));
+                return Ok(2);
+            }
+            _ = shutdown_signal() => return Ok(1),
+        };
+        let Some(event) = event else {
+            anyhow::bail!("the watch on rollout {name:?} ended");
+        };
+        let ro = match event {
+            Ok(ObjectEvent::Restarted(items)) => {
+                let found = items.into_iter().find(|r| r.metadata.name == name);
+                match found {
+                    Some(r) => r,
+                    None if !listed => {
+                        return Err(CliError::NotFound {
+                            plural: Rollout::PLURAL,
+                            name: name.to_string(),
+                        }
+                        .into())
+                    }
+                    None => anyhow::bail!("rollout {name:?} was deleted"),
+                }
+            }
+            Ok(ObjectEvent::Applied(r)) if r.metadata.name == name => r,
+            Ok(ObjectEvent::Deleted(r)) if r.metadata.name == name => {
+                anyhow::bail!("rollout {name:?} was deleted")
+            }
+            Ok(_) => continue,
+            Err(e) if !listed => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "watch interrupted; resuming");
+                continue;
+            }
+        };
+        listed = true;
+        let line = progress_line(&ro);
+        if line != last_line {
+            println!("{line}");
+            last_line = line;
+        }
+        match verdict(&ro) {
+            Verdict::Done => {
+                println!(
+                    "rollout {name:?} successfully rolled out to {}",
+                    ro.spec.version
+                );
+                return Ok(0);
+            }
+            Verdict::Failed(why) => {
+                eprintln!("error: rollout {name:?} is degraded: {why}");
+                return Ok(1);
+            }
+            Verdict::Waiting => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Revision, RolloutSpec, RolloutStatus};
+
+    fn rollout(version: &str, generation: i64, status: Option<RolloutStatus>) -> Rollout {
+        let mut r = Rollout::new(
+            "api",
+            RolloutSpec {
+                application: "api".into(),
+                version: version.into(),
+                ..Default::default()
+            },
+        );
+        r.metadata.generation = Some(generation);
+        r.status = status;
+        r
+    }
+
+    fn st(phase: RolloutPhase, observed: i64, target: &str) -> Option<RolloutStatus> {
+        Some(RolloutStatus {
+            phase,
+            observed_generation: observed,
+            target_version: Some(target.into()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn status_should_finish_only_on_a_complete_current_generation_at_the_wanted_version() {
+        assert_eq!(verdict(&rollout("2", 2, None)), Verdict::Waiting);
+        assert_eq!(
+            verdict(&rollout("2", 2, st(RolloutPhase::Complete, 1, "1"))),
+            Verdict::Waiting
+        );
+        assert_eq!(
+            verdict(&rollout("2", 2, st(RolloutPhase::Complete, 2, "1"))),
+            Verdict::Waiting
+        );
+        assert_eq!(
+            verdict(&rollout("2", 2, st(RolloutPhase::Progressing, 2, "2"))),
+            Verdict::Waiting
+        );
+        assert_eq!(
+            verdict(&rollout("2", 2, st(RolloutPhase::Complete, 2, "2"))),
+            Verdict::Done
+        );
+        // A degraded old generation is not this rollout's failure.
+        assert_eq!(
+            verdict(&rollout("2", 2, st(RolloutPhase::Degraded, 1, "1"))),
+            Verdict::Waiting
+        );
+        assert!(matches!(
+            verdict(&rollout("2", 2, st(RolloutPhase::Degraded, 2, "2"))),
+            Verdict::Failed(_)
+        ));
+    }
+
+    fn rev(n: u32, v: &str) -> Revision {
+        Revision {
+            revision: n,
+            version: v.into(),
+            sha256: Some(format!("{v:0>64}")),
+            started_at: Utc::now(),
+            completed_at: None,
+            result: String::new(),
+        }
+    }
+
+    #[test]
+    fn undo_should_pick_the_newest_other_version_and_mark_the_next_generation() {
+        let history = vec![rev(1, "1"), rev(2, "2"), rev(3, "3")];
+        let mut r = rollout(
+            "3",
+            5,
+            Some(RolloutStatus {
+                history,
+                ..Default::default()
+            }),
+        );
+        let what = undo(&mut r, None).unwrap();
+        assert_eq!(what, "rolled back to revision 2 (version 2)");
+        assert_eq!(r.spec.version, "2");
+        assert_eq!(
+            r.spec.sha256.as_deref(),
+            Some(format!("{:0>64}", "2").as_str())
+        );
+        assert_eq!(
+            r.metadata
+                .annotations
+                .get(ANNOTATION_UNDO)
+                .map(String::as_str),
+            Some("6")
+        );
+
+        let mut r2 = rollout("3", 5, r.status.clone());
+        undo(&mut r2, Some(1)).unwrap();
+        assert_eq!(r2.spec.version, "1");
+
+        let before = rollout("3", 5, r.status.clone());
+        let mut r3 = before.clone();
+        assert!(undo(&mut r3, Some(9))
+            .unwrap_err()
+            .contains("no revision 9"));
+        assert_eq!(r3, before, "a failed undo changes nothing");
+        let mut empty = rollout("3", 5, None);
+        assert!(undo(&mut empty, None).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The control loop in one process: the real controller and real agents (as library
+//! calls) on a real store, deploying real artifacts. The process-level end-to-end tests
+//! are in tests/e2e/; these are quicker to debug.
+
+use deployctl::agent::{self, AgentConfig};
+use deployctl::api::*;
+use deployctl::controller::{self, ControllerConfig};
+use deployctl::store::{Client, Scope, StoreUrl};
+use deployctl::testing::EtcdServer;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Writes `app-<version>.tar.gz` holding `VERSION` into `dir`.
+fn build_artifact(dir: &Path, version: &str) -> PathBuf {
+    let path = dir.join(format!("app-{version}.tar.gz"));
+    let file = std::fs::File::create(&path).expect("artifact dir is writable");
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let body = format!("{version}\n");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(body.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "VERSION", body.as_bytes())
+        .expect("appending to an in-memory tar");
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("finishing the artifact");
+    path
+}
+
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn rollout_should_stage_switch_and_complete_on_every_machine(url: StoreUrl) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let artifacts = work.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    build_artifact(&artifacts, "1.0");
+    build_artifact(&artifacts, "2.0");
+    let log = work.path().join("activations.log");
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(controller::run(
+        ControllerConfig {
+            store: url.clone(),
+            identity: "test-controller".into(),
+            lease_ttl: Duration::from_secs(5),
+            workers: 2,
+        },
+        shutdown.clone(),
+    )));
+    for i in 0..3 {
+        tasks.push(tokio::spawn(agent::run(
+            AgentConfig {
+                store: url.clone(),
+                name: format!("m{i}"),
+                labels: [("role".to_string(), "web".to_string())].into(),
+                root: work.path().join(format!("m{i}")),
+                lease_ttl: Duration::from_secs(5),
+            },
+            shutdown.clone(),
+        )));
+    }
+
+    let client = Client::new(url.connect().await.expect("store reachable"));
+    let mut app = Application::new(
+        "api",
+        ApplicationSpec {
+            artifact: Artifact {
+                url: format!("file://{}/app-{{{{version}}}}.tar.gz", artifacts.display()),
+                ..Default::default()
+            },
+            keep_releases: 3,
+            ..Default::default()
+        },
+    );
+    app.spec
+        .selector
+        .match_labels
+        .insert("role".into(), "web".into());
+    app.spec.hooks.activate.push(Command {
+        command: format!(
+            "echo \"$DEPLOY_MACHINE $DEPLOY_VERSION $DEPLOY_PREVIOUS_VERSION\" >> {}",
+            log.display()
+        ),
+        timeout_seconds: 10,
+    });
+    client.create(&app).await.expect("create application");
+    let mut ro = Rollout::new(
+        "api",
+        RolloutSpec {
+            application: "api".into(),
+            version: "1.0".into(),
+            revision_history_limit: 10,
+            ..Default::default()
+        },
+    );
+    ro.spec.strategy.max_unavailable = IntOrPercent::Int(2);
+    client.create(&ro).await.expect("create rollout");
+
+    let complete = |version: &'static str| {
+        let client = client.clone();
+        async move || {
+            let r: Rollout = client.get(Some("default"), "api").await.ok()??;
+            let st = r.status?;
+            (st.phase == RolloutPhase::Complete
+                && st.stable_version.as_deref() == Some(version)
+                && st.desired == 3)
+                .then_some(st)
+        }
+    };
+    wait_for(
+        "version 1.0 complete",
+        Duration::from_secs(60),
+        complete("1.0"),
+    )
+    .await;
+    client
+        .update::<Rollout>(Some("default"), "api", |r| r.spec.version = "2.0".into())
+        .await
+        .expect("set version");
+    let st = wait_for(
+        "version 2.0 complete",
+        Duration::from_secs(60),
+        complete("2.0"),
+    )
+    .await;
+    assert_eq!((st.updated, st.available), (3, 3));
+    assert_eq!(
+        st.history
+            .iter()
+            .map(|r| r.version.as_str())
+            .collect::<Vec<_>>(),
+        ["1.0", "2.0"]
+    );
+
+    for i in 0..3 {
+        let current = work.path().join(format!("m{i}/default/api/current"));
+        let body = std::fs::read_to_string(current.join("VERSION")).expect("current/VERSION");
+        assert_eq!(body, "2.0\n", "m{i}");
+    }
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let mut seen: Vec<&str> = lines.lines().collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "m0 1.0 ",
+            "m0 2.0 1.0",
+            "m1 1.0 ",
+            "m1 2.0 1.0",
+            "m2 1.0 ",
+            "m2 2.0 1.0"
+        ],
+        "one activation per machine and version, with the right environment"
+    );
+
+    let instances = client.list::<Instance>(&Scope::All).await.unwrap().items;
+    assert_eq!(instances.len(), 3);
+    shutdown.cancel();
+    for t in tasks {
+        let r = tokio::time::timeout(Duration::from_secs(15), t)
+            .await
+            .expect("stops on shutdown");
+        r.expect("task does not panic").expect("clean exit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_rollout_should_stage_switch_and_complete_on_every_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::Embedded(dir.path().join("store.db"));
+    rollout_should_stage_switch_and_complete_on_every_machine(url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_rollout_should_stage_switch_and_complete_on_every_machine() {
+    let etcd = EtcdServer::start();
+    let url = StoreUrl::parse(Some(&etcd.url())).unwrap();
+    rollout_should_stage_switch_and_complete_on_every_machine(url).await;
+}
