@@ -585,3 +585,55 @@ async fn agent_should_re_register_presence_after_losing_its_lease_on_the_embedde
     let store: Arc<dyn Store> = Arc::new(temp.store.clone());
     presence_scenario(Client::new(store), StoreUrl::Embedded(path)).await;
 }
+
+/// etcd's count of Range (read) requests served, from its metrics endpoint.
+async fn etcd_reads(etcd: &EtcdServer) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", etcd.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total") && l.contains("grpc_method=\"Range\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_should_make_no_store_reads() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    let w = World {
+        client: Client::new(store),
+        url: StoreUrl::Etcd(vec![etcd.endpoint()]),
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let sha = write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    w.client
+        .create(&Instance::new("web.m1", spec(w.tmp.path(), &sha)))
+        .await
+        .unwrap();
+    let (token, agent) = w.start_agent();
+    w.wait_status("Running 1.0", |_, s| {
+        s.phase == InstancePhase::Running && s.available
+    })
+    .await;
+    // Let the agent settle (its own status echo, the event writes), then watch it idle
+    // across more than one lease keep-alive (every ttl/3 ≈ 1.7 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = etcd_reads(&etcd).await;
+    assert!(before > 0, "etcd reports its Range count (the agent listed its instances)");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = etcd_reads(&etcd).await;
+    assert_eq!(
+        before,
+        after,
+        "an idle agent read the store {} times",
+        after - before
+    );
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
