@@ -625,7 +625,10 @@ async fn an_idle_agent_should_make_no_store_reads() {
     // across more than one lease keep-alive (every ttl/3 ≈ 1.7 s).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = etcd_reads(&etcd).await;
-    assert!(before > 0, "etcd reports its Range count (the agent listed its instances)");
+    assert!(
+        before > 0,
+        "etcd reports its Range count (the agent listed its instances)"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = etcd_reads(&etcd).await;
     assert_eq!(

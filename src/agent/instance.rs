@@ -610,7 +610,7 @@ impl Task {
         self.record_output(&hooks.activate, tail);
         self.restart_service(want).await;
         self.report(Some(InstancePhase::Verifying)).await;
-        let since = self.check_health(&env, self.min_ready()).await?;
+        let since = self.check_health(&env, self.min_ready(), true).await?;
         let tail = hooks::run_hooks(&env, &hooks.after_activate, &dir, "afterActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
@@ -631,19 +631,40 @@ impl Task {
         Duration::from_secs(u64::from(self.spec().min_ready_seconds))
     }
 
+    /// Runs the health check after a switch; while it runs, each change of readiness
+    /// is reported (phase Verifying, `healthy`, `readySince`).
     async fn check_health(
-        &self,
+        &mut self,
         env: &HookEnv,
         min_ready: Duration,
+        report_progress: bool,
     ) -> Result<DateTime<Utc>, OpError> {
         let check = self.spec().health_check.clone();
         let cwd = self.layout().current_link();
         let probe_check = check.clone().unwrap_or_default();
-        health::verify(check.as_ref(), min_ready, || {
-            health::probe(&probe_check, env, &cwd)
-        })
-        .await
-        .map_err(|e| OpError::new("Health", e.reason(), e.to_string()))
+        let (tx, mut rx) = watch::channel(None);
+        let verify = health::verify(
+            check.as_ref(),
+            min_ready,
+            || health::probe(&probe_check, env, &cwd),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        );
+        tokio::pin!(verify);
+        loop {
+            tokio::select! {
+                res = &mut verify => {
+                    return res.map_err(|e| OpError::new("Health", e.reason(), e.to_string()));
+                }
+                Ok(()) = rx.changed(), if report_progress => {
+                    let ready = *rx.borrow_and_update();
+                    self.status.healthy = ready.is_some();
+                    self.status.ready_since = ready;
+                    self.report(Some(InstancePhase::Verifying)).await;
+                }
+            }
+        }
     }
 
     fn set_ready(&mut self, since: DateTime<Utc>) {
@@ -667,7 +688,7 @@ impl Task {
             self.report(Some(InstancePhase::Verifying)).await;
         }
         let env = self.env(want, None);
-        match self.check_health(&env, min_ready).await {
+        match self.check_health(&env, min_ready, !was_available).await {
             Ok(since) => {
                 let keep_since = self.status.ready_since.filter(|_| was_available);
                 self.set_ready(keep_since.unwrap_or(since));
@@ -752,7 +773,7 @@ impl Task {
                 .map_err(|e| OpError::hook("Switch", e))?;
             self.record_output(&activate, tail);
             self.restart_service(&current).await;
-            self.check_health(&env, self.min_ready()).await
+            self.check_health(&env, self.min_ready(), true).await
         }
         .await;
         match result {
