@@ -429,7 +429,12 @@ impl Task {
                 .map(|v| v.version.clone())
                 .collect();
             keep.extend(self.spec().current.clone());
-            let to_clean = layout.releases_to_clean(&keep, self.spec().keep_releases.max(1));
+            // 0 means unset (Applications default to 3 and refuse 0): delete less, not more.
+            let keep_releases = match self.spec().keep_releases {
+                0 => 3,
+                n => n,
+            };
+            let to_clean = layout.releases_to_clean(&keep, keep_releases);
             let action = next_action(&Observed {
                 spec: self.spec(),
                 generation: self.generation(),
@@ -741,13 +746,9 @@ impl Task {
             return self.fail(OpKind::Switch, want, e, "Drifted").await;
         }
         self.memory.drift_fixed = Some((want.to_string(), g));
-        self.status.failure = Some(InstanceFailure {
-            version: want.to_string(),
-            operation: "Switch".into(),
-            reason: "Drifted".into(),
-            message: msg.clone(),
-            time: Utc::now(),
-        });
+        // Not a `failure` (the controller would count one against the rollout): the
+        // message goes with getVersion's output, and a repair that fails records its own.
+        self.status.last_hook_output = vec![msg.clone()];
         self.status.healthy = false;
         self.status.available = false;
         self.report(Some(InstancePhase::Drifted)).await;
