@@ -80,6 +80,11 @@ impl<K: Object> Reader<K> {
         self.read().get(&key).cloned()
     }
 
+    /// One object by its key (as queued by [`object_key`]).
+    pub fn get_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.read().get(key).cloned()
+    }
+
     /// Every cached object, in no particular order. Costs one `Arc` clone per object.
     pub fn list(&self) -> Vec<Arc<K>> {
         self.read().values().cloned().collect()
@@ -120,20 +125,23 @@ impl<K: Object> Reader<K> {
     }
 }
 
-/// The writer: consumes the list-watch of one kind and keeps the cache.
-pub struct Informer<K> {
-    client: Client,
-    scope: Scope,
+/// The one writer of a cache: applies list-watch events and tells the handler.
+pub struct Writer<K> {
     shared: Arc<Shared<K>>,
     synced: watch::Sender<bool>,
 }
 
-impl<K: Object> Informer<K> {
-    pub fn new(client: Client, scope: Scope) -> Self {
+impl<K: Object> Default for Writer<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Object> Writer<K> {
+    /// An empty, not yet synced cache.
+    pub fn new() -> Self {
         let (synced, synced_rx) = watch::channel(false);
-        Informer {
-            client,
-            scope,
+        Writer {
             shared: Arc::new(Shared {
                 objects: RwLock::new(HashMap::new()),
                 synced: synced_rx,
@@ -147,6 +155,78 @@ impl<K: Object> Informer<K> {
         Reader {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Applies one event to the cache, then tells `on_change` (so that a reconcile it
+    /// triggers already reads the new state). A `Restarted` replaces the whole cache:
+    /// every object that vanished is reported `Deleted`, every listed one `Applied`,
+    /// and the cache counts as synced from then on.
+    pub fn apply(&self, event: ObjectEvent<K>, on_change: &impl Fn(&K, ChangeKind)) {
+        match event {
+            ObjectEvent::Applied(obj) => {
+                let obj = Arc::new(obj);
+                self.write().insert(object_key(&*obj), obj.clone());
+                on_change(&obj, ChangeKind::Applied);
+            }
+            ObjectEvent::Deleted(obj) => {
+                self.write().remove(&object_key(&obj));
+                on_change(&obj, ChangeKind::Deleted);
+            }
+            ObjectEvent::Restarted(objs) => {
+                let fresh: HashMap<ObjectKey, Arc<K>> = objs
+                    .into_iter()
+                    .map(|o| (object_key(&o), Arc::new(o)))
+                    .collect();
+                let applied: Vec<Arc<K>> = fresh.values().cloned().collect();
+                let deleted: Vec<Arc<K>> = {
+                    let mut cache = self.write();
+                    let gone = cache
+                        .iter()
+                        .filter(|(key, _)| !fresh.contains_key(*key))
+                        .map(|(_, obj)| obj.clone())
+                        .collect();
+                    *cache = fresh;
+                    gone
+                };
+                for obj in &deleted {
+                    on_change(obj, ChangeKind::Deleted);
+                }
+                for obj in &applied {
+                    on_change(obj, ChangeKind::Applied);
+                }
+                self.synced.send_replace(true);
+            }
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ObjectKey, Arc<K>>> {
+        // See `Reader::read`: the lock cannot be poisoned by a half-done update.
+        self.shared
+            .objects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Feeds a [`Writer`] from [`Client::list_watch`], re-creating the stream when it fails.
+pub struct Informer<K> {
+    client: Client,
+    scope: Scope,
+    writer: Writer<K>,
+}
+
+impl<K: Object> Informer<K> {
+    pub fn new(client: Client, scope: Scope) -> Self {
+        Informer {
+            client,
+            scope,
+            writer: Writer::new(),
+        }
+    }
+
+    /// A read-only handle on the cache.
+    pub fn reader(&self) -> Reader<K> {
+        self.writer.reader()
     }
 
     /// Starts the informer as a task and returns its reader. `on_change` runs on the
@@ -180,7 +260,7 @@ impl<K: Object> Informer<K> {
                 };
                 match next {
                     Some(Ok(event)) => {
-                        self.apply(event, &on_change);
+                        self.writer.apply(event, &on_change);
                         retry = RETRY_BASE;
                     }
                     Some(Err(e)) => {
@@ -202,58 +282,147 @@ impl<K: Object> Informer<K> {
             retry = (retry * 2).min(RETRY_MAX);
         }
     }
-
-    /// Applies one event to the cache, then tells the handler.
-    fn apply(&self, event: ObjectEvent<K>, on_change: &impl Fn(&K, ChangeKind)) {
-        match event {
-            ObjectEvent::Applied(obj) => {
-                let obj = Arc::new(obj);
-                self.write().insert(key_of(&*obj), obj.clone());
-                on_change(&obj, ChangeKind::Applied);
-            }
-            ObjectEvent::Deleted(obj) => {
-                self.write().remove(&key_of(&obj));
-                on_change(&obj, ChangeKind::Deleted);
-            }
-            ObjectEvent::Restarted(objs) => {
-                let fresh: HashMap<ObjectKey, Arc<K>> = objs
-                    .into_iter()
-                    .map(|o| (key_of(&o), Arc::new(o)))
-                    .collect();
-                let applied: Vec<Arc<K>> = fresh.values().cloned().collect();
-                let deleted: Vec<Arc<K>> = {
-                    let mut cache = self.write();
-                    let gone = cache
-                        .iter()
-                        .filter(|(key, _)| !fresh.contains_key(*key))
-                        .map(|(_, obj)| obj.clone())
-                        .collect();
-                    *cache = fresh;
-                    gone
-                };
-                for obj in &deleted {
-                    on_change(obj, ChangeKind::Deleted);
-                }
-                for obj in &applied {
-                    on_change(obj, ChangeKind::Applied);
-                }
-                self.synced.send_replace(true);
-            }
-        }
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ObjectKey, Arc<K>>> {
-        // See `Reader::read`: the lock cannot be poisoned by a half-done update.
-        self.shared
-            .objects
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
-fn key_of<K: Object>(obj: &K) -> ObjectKey {
+/// The key of an object in the cache and in work queues.
+pub fn object_key<K: Object>(obj: &K) -> ObjectKey {
     ObjectKey {
         namespace: obj.namespace().map(str::to_string),
         name: obj.name().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Machine, MachineSpec, Rollout, RolloutSpec};
+    use std::sync::Mutex;
+
+    fn machine(name: &str, revision: i64) -> Machine {
+        let mut m = Machine::new(name, MachineSpec::default());
+        m.metadata.resource_version = Some(revision.to_string());
+        m
+    }
+
+    /// Applies `event` and returns the handler calls it made, sorted.
+    fn apply(writer: &Writer<Machine>, event: ObjectEvent<Machine>) -> Vec<(String, ChangeKind)> {
+        let calls = Mutex::new(Vec::new());
+        writer.apply(event, &|m: &Machine, kind| {
+            calls
+                .lock()
+                .expect("test lock not poisoned")
+                .push((m.name().to_string(), kind))
+        });
+        let mut calls = calls.into_inner().expect("test lock not poisoned");
+        calls.sort_by(|a, b| a.0.cmp(&b.0));
+        calls
+    }
+
+    fn names(reader: &Reader<Machine>) -> Vec<String> {
+        let mut names: Vec<_> = reader.list().iter().map(|m| m.name().to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn restart_should_replace_the_cache_and_report_what_vanished_as_deleted() {
+        let writer = Writer::new();
+        let reader = writer.reader();
+        assert!(!reader.is_synced());
+        apply(
+            &writer,
+            ObjectEvent::Restarted(vec![machine("a", 1), machine("b", 2)]),
+        );
+        assert!(reader.is_synced());
+        assert_eq!(names(&reader), ["a", "b"]);
+
+        let calls = apply(
+            &writer,
+            ObjectEvent::Restarted(vec![machine("b", 2), machine("c", 3)]),
+        );
+        use ChangeKind::*;
+        let want = [("a", Deleted), ("b", Applied), ("c", Applied)];
+        let want: Vec<_> = want.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+        assert_eq!(calls, want);
+        assert_eq!(names(&reader), ["b", "c"]);
+        assert!(reader.get(None, "a").is_none());
+    }
+
+    #[test]
+    fn applied_and_deleted_should_update_the_cache_before_the_handler_runs() {
+        let writer = Writer::new();
+        let reader = writer.reader();
+        apply(&writer, ObjectEvent::Restarted(vec![]));
+        let seen_in_handler = Mutex::new(None);
+        writer.apply(ObjectEvent::Applied(machine("a", 5)), &|m: &Machine, _| {
+            *seen_in_handler.lock().expect("test lock not poisoned") =
+                reader.get(None, m.name()).map(|c| c.meta().revision());
+        });
+        assert_eq!(
+            *seen_in_handler.lock().expect("test lock not poisoned"),
+            Some(5)
+        );
+        apply(&writer, ObjectEvent::Applied(machine("a", 6)));
+        assert_eq!(reader.get(None, "a").expect("cached").meta().revision(), 6);
+        assert_eq!(reader.len(), 1);
+        let calls = apply(&writer, ObjectEvent::Deleted(machine("a", 6)));
+        assert_eq!(calls, [("a".to_string(), ChangeKind::Deleted)]);
+        assert!(reader.is_empty());
+    }
+
+    #[test]
+    fn readers_should_share_objects_without_copying_them() {
+        let writer = Writer::new();
+        let reader = writer.reader();
+        apply(&writer, ObjectEvent::Restarted(vec![machine("a", 1)]));
+        let (one, two) = (reader.get(None, "a"), reader.clone().get(None, "a"));
+        let (one, two) = (one.expect("cached"), two.expect("cached"));
+        assert!(Arc::ptr_eq(&one, &two));
+        assert!(Arc::ptr_eq(&one, &reader.list()[0]));
+    }
+
+    #[test]
+    fn get_should_default_the_namespace_of_namespaced_kinds_only() {
+        let writer = Writer::new();
+        let reader = writer.reader();
+        let mut prod = Rollout::new("api", RolloutSpec::default());
+        prod.metadata.namespace = Some("prod".into());
+        let dflt = Rollout::new("api", RolloutSpec::default());
+        writer.apply(
+            ObjectEvent::Restarted(vec![prod, dflt]),
+            &|_: &Rollout, _| {},
+        );
+        let ns = |r: Option<Arc<Rollout>>| r.and_then(|r| r.namespace().map(str::to_string));
+        assert_eq!(ns(reader.get(Some("prod"), "api")).as_deref(), Some("prod"));
+        assert_eq!(ns(reader.get(None, "api")).as_deref(), Some("default"));
+        assert!(reader.get(Some("dev"), "api").is_none());
+        let prod_only = reader.filter(|r| r.namespace() == Some("prod"));
+        assert_eq!(prod_only.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn wait_synced_should_fail_when_the_writer_goes_away_first() {
+        let writer: Writer<Machine> = Writer::new();
+        let reader = writer.reader();
+        drop(writer);
+        let err = reader.wait_synced().await.expect_err("never synced");
+        assert_eq!(
+            err.to_string(),
+            "the Machine informer stopped before its cache was synced"
+        );
+    }
+
+    #[tokio::test]
+    async fn wait_synced_should_return_once_the_first_list_is_applied() {
+        let writer: Writer<Machine> = Writer::new();
+        let reader = writer.reader();
+        let waiter = tokio::spawn({
+            let reader = reader.clone();
+            async move { reader.wait_synced().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        apply(&writer, ObjectEvent::Restarted(vec![]));
+        waiter.await.expect("no panic").expect("synced");
     }
 }

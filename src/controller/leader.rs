@@ -73,6 +73,8 @@ impl LeaderElector {
 
     /// Waits until this process holds the leader key. Store errors are logged and
     /// retried with backoff; only `shutdown` makes it give up ([`Error::Cancelled`]).
+    /// (Cancelled in the middle of an attempt, it may leave a lease behind that holds the
+    /// key until its TTL runs out.)
     pub async fn campaign(&self, shutdown: &CancellationToken) -> Result<Leadership> {
         let mut retry = RETRY_BASE;
         loop {

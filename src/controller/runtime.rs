@@ -4,8 +4,27 @@
 //! `error_policy(&key, &error) -> Action`. A success forgets the key's backoff and
 //! honours [`Action::requeue`]; a failure does what the error policy says, by default
 //! [`Action::backoff`] (the queue's per-key exponential backoff).
+//!
+//! Wiring one kind, as `controller::run` does (a sketch):
+//!
+//! ```ignore
+//! let queue = WorkQueue::new();
+//! let rollouts = Informer::<Rollout>::spawn(client.clone(), Scope::All,
+//!     enqueue_changed(&queue), shutdown.clone());
+//! rollouts.wait_synced().await?;          // never decide from a half-filled cache
+//! let leadership = LeaderElector::new(client.clone(), identity, ttl).campaign(&shutdown).await?;
+//! let writes = leadership.client();        // every write fenced on the leadership
+//! let stop = leadership.lost();            // also cancelled when leadership is lost
+//! Controller::new(queue, workers)
+//!     .run(move |key: ObjectKey| reconcile(key, rollouts.clone(), writes.clone()),
+//!          backoff_on_error, stop)
+//!     .await;
+//! ```
 
+use super::informer::{object_key, ChangeKind};
 use super::queue::WorkQueue;
+use crate::api::Object;
+use crate::store::keys::ObjectKey;
 use futures::FutureExt;
 use std::fmt::{Debug, Display};
 use std::future::Future;
@@ -68,6 +87,15 @@ pub fn backoff_on_error<K, E>(_key: &K, _error: &E) -> Action {
     Action::backoff()
 }
 
+/// A change handler for [`Informer::spawn`](super::informer::Informer::spawn) that queues
+/// the key of every changed object (deleted ones too: their reconcile cleans up).
+pub fn enqueue_changed<K: Object>(
+    queue: &WorkQueue<ObjectKey>,
+) -> impl Fn(&K, ChangeKind) + Send + Sync + 'static {
+    let queue = queue.clone();
+    move |obj, _| queue.add(object_key(obj))
+}
+
 /// Takes keys from a queue and reconciles them, at most `workers` at once, never one
 /// key twice at once.
 pub struct Controller<K> {
@@ -108,6 +136,8 @@ where
             let error_policy = error_policy.clone();
             workers.spawn(async move {
                 while let Some(key) = queue.next().await {
+                    // Unwind safety: a reconcile keeps no state across runs that a panic
+                    // could leave half-changed; the key is retried from fresh state.
                     let result = AssertUnwindSafe(reconcile(key.clone())).catch_unwind().await;
                     let action = match result {
                         Ok(Ok(action)) => {
@@ -329,5 +359,18 @@ mod tests {
         assert_eq!(queue.in_flight(), 0);
         shutdown.cancel();
         run.await.expect("controller does not panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn enqueue_changed_should_queue_the_objects_key_once() {
+        use crate::api::{Machine, MachineSpec};
+        let queue = WorkQueue::new();
+        let on_change = enqueue_changed::<Machine>(&queue);
+        let m = Machine::new("m1", MachineSpec::default());
+        on_change(&m, ChangeKind::Applied);
+        on_change(&m, ChangeKind::Deleted);
+        assert_eq!(queue.len(), 1);
+        let key = queue.next().await.expect("queued");
+        assert_eq!((key.namespace, key.name.as_str()), (None, "m1"));
     }
 }

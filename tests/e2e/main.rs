@@ -1,5 +1,7 @@
-//! End-to-end tests: the built `deployctl` binary as real processes, on real stores
-//! (a private etcd and the embedded store), deploying real artifacts.
+//! End-to-end tests: the built `deployctl` binary as users and CI run it, against the
+//! embedded store and a real etcd, deploying real artifacts.
 
+mod cli;
+mod common;
 mod manifests;
 mod up;
