@@ -36,9 +36,10 @@ pub struct UpArgs {
     /// How many local machines (agents) to run: machine-1 .. machine-N.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub machines: u32,
-    /// Where each machine's root and the embedded store (`<DIR>/store.db`, unless
-    /// --store or DEPLOYCTL_STORE names one) live
+    /// Where each machine's root and the demo artifacts live
     /// (default: $XDG_STATE_HOME/deployctl/up, else ~/.local/state/deployctl/up).
+    /// Given, it also holds the embedded store (`<DIR>/store.db`) unless --store or
+    /// DEPLOYCTL_STORE names one; not given, `up` uses the default store, like every command.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Also build the demo service and roll out 1.0.0, then 2.0.0; exit when done.
@@ -104,10 +105,22 @@ pub fn shell_word(text: &str) -> String {
     }
 }
 
-/// The commands a newcomer runs next, each with the right `--store`.
+/// The commands a newcomer runs next, each with the right `--store` (none when `store`
+/// is the default store every command uses without one).
 pub fn next_steps(store: &StoreUrl, demo_manifest: &Path) -> String {
-    let d = format!("deployctl --store {}", shell_word(&store.to_string()));
+    let is_default = StoreUrl::parse(None).is_ok_and(|d| &d == store);
+    let store_word = shell_word(&store.to_string());
+    let d = if is_default {
+        "deployctl".to_string()
+    } else {
+        format!("deployctl --store {store_word}")
+    };
     let m = shell_word(&demo_manifest.display().to_string());
+    let export = if is_default {
+        String::new()
+    } else {
+        format!("  (or export DEPLOYCTL_STORE={store_word} and drop --store)\n")
+    };
     format!(
         "\
 Next, in another terminal:
@@ -118,9 +131,7 @@ Next, in another terminal:
   {d} set version demo 2.0.0
   {d} rollout promote demo
   {d} rollout undo demo
-  (or export DEPLOYCTL_STORE={store_word} and drop --store)
-Press Ctrl-C to stop everything.",
-        store_word = shell_word(&store.to_string())
+{export}Press Ctrl-C to stop everything."
     )
 }
 
@@ -160,9 +171,12 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
     // Held until this process exits: one `up` per state dir, or machines would run twice.
     let _lock = lock_state_dir(&state_dir)?;
-    let store = match g.store {
-        Some(_) => store_url(g)?,
-        None => StoreUrl::Embedded(state_dir.join("store.db")),
+    let store = match (&g.store, &args.state_dir) {
+        (Some(_), _) => store_url(g)?,
+        (None, Some(_)) => StoreUrl::Embedded(state_dir.join("store.db")),
+        // The default store of every other command, so that a bare `deployctl get
+        // machines` in another terminal sees these machines.
+        (None, None) => StoreUrl::parse(None).map_err(anyhow::Error::msg)?,
     };
     let client = match tokio::time::timeout(CONNECT_TIMEOUT, store.connect()).await {
         Ok(Ok(s)) => Client::new(s),
@@ -360,6 +374,10 @@ mod tests {
                 "{cmd} in {text}"
             );
         }
+        let default = StoreUrl::parse(None).unwrap();
+        let text = next_steps(&default, Path::new("/d.yaml"));
+        assert!(text.contains("  deployctl get machines\n"), "{text}");
+        assert!(!text.contains("--store"), "{text}");
         let etcd = StoreUrl::parse(Some("etcd://127.0.0.1:2379")).unwrap();
         assert!(next_steps(&etcd, Path::new("/d.yaml"))
             .contains("deployctl --store etcd://127.0.0.1:2379 get machines"));

@@ -421,3 +421,55 @@ fn up_on_etcd_should_print_next_steps_and_stop_cleanly_on_sigterm() {
     let etcd = EtcdServer::start();
     up_should_print_next_steps_and_stop_cleanly_on_sigterm(Some(&etcd.url()));
 }
+
+/// The README's tour: `deployctl up` with no flags, then bare commands in another
+/// terminal, which find the same (default) store.
+#[test]
+fn up_without_flags_should_share_the_default_store_with_bare_commands() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let home_dir = home.path().canonicalize().expect("temp dir resolves");
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("DEPLOYCTL_STORE")
+        .env("XDG_STATE_HOME", &home_dir)
+        .args(["up", "--machines", "1"]);
+    let mut up = Up::spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    up.wait_line("Press Ctrl-C to stop everything.", deadline);
+    let out = up.seen.join("\n");
+    assert!(out.contains("\n  deployctl get machines\n"), "{out}");
+    assert!(!out.contains("--store"), "{out}");
+    let state_dir = home_dir.join("deployctl/up");
+    assert!(
+        out.contains(&format!(
+            "apply -f {}",
+            state_dir.join("demo.yaml").display()
+        )),
+        "{out}"
+    );
+    loop {
+        let got = Command::new(BIN)
+            .env_remove("DEPLOYCTL_STORE")
+            .env("XDG_STATE_HOME", &home_dir)
+            .args(["get", "machines"])
+            .output()
+            .expect("running deployctl get");
+        let text = String::from_utf8_lossy(&got.stdout).into_owned();
+        if text
+            .lines()
+            .any(|l| l.starts_with("machine-1 ") && l.contains(" Ready "))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "machine-1 never turned Ready in the default store:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(home_dir.join("deployctl/store.db").is_file());
+    assert!(state_dir.join("demo.yaml").is_file());
+    kill(up.pgid(), Signal::SIGTERM).expect("deployctl up is running");
+    let (code, stdout, stderr) = up.finish(Instant::now() + Duration::from_secs(30));
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_nothing_left_under(&home_dir);
+}
