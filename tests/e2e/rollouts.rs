@@ -100,6 +100,11 @@ impl Fleet {
         self.work.path().join("logs")
     }
 
+    /// A file a hook may wait for (the Application's `GATE` env).
+    fn gate(&self) -> PathBuf {
+        self.logs().join("gate")
+    }
+
     fn root(&self, machine: &str) -> PathBuf {
         self.work.path().join("roots").join(machine)
     }
@@ -179,7 +184,10 @@ impl Fleet {
     /// The Application `api` for machines labelled role=web, artifacts from our dir, with
     /// `LOGS` (and `extra_env`) in its env and `hooks` as given.
     fn app(&self, hooks: Value, extra_env: Value) -> Value {
-        let mut env = json!({ "LOGS": self.logs().display().to_string() });
+        let mut env = json!({
+            "LOGS": self.logs().display().to_string(),
+            "GATE": self.gate().display().to_string(),
+        });
         if let (Some(env), Some(extra)) = (env.as_object_mut(), extra_env.as_object()) {
             env.extend(extra.clone());
         }
@@ -428,5 +436,493 @@ fn three_agents_should_roll_from_v1_to_v2_with_the_right_hook_environment() {
             counts.values().all(|&c| c == 1) && counts.len() == 6,
             "[{label}] one activation per machine and version: {counts:?}"
         );
+    }
+}
+
+/// The condition `kind` of a Rollout: (status, reason, message).
+fn condition(r: &Rollout, kind: &str) -> Option<(String, String, String)> {
+    let st = r.status.as_ref()?;
+    let c = st.conditions.iter().find(|c| c.type_ == kind)?;
+    Some((
+        format!("{:?}", c.status),
+        c.reason.clone(),
+        c.message.clone(),
+    ))
+}
+
+/// `start`/`end` events of switches into the most that ever overlapped.
+fn max_overlap(lines: &[String]) -> usize {
+    let mut events: Vec<(u128, i32)> = lines
+        .iter()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let kind = w.next().expect("a kind word");
+            let ns: u128 = w
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("no time in hook line {l:?}"));
+            // Ends sort before starts at the same instant: touching is not overlapping.
+            (ns, if kind == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// Test 2, embedded only: slot counting is the controller's logic, not the store's.
+#[test]
+fn six_agents_with_max_unavailable_two_should_never_switch_more_than_two_at_once() {
+    let hooks = json!({
+        "activate": [hook(concat!(
+            r#"echo "start $(date +%s%N) $DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/times"; "#,
+            r#"sleep 0.3; "#,
+            r#"echo "end $(date +%s%N) $DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/times""#
+        ))],
+    });
+    let (f, machines) = Fleet::at_v1(
+        "embedded",
+        Backend::embedded(),
+        6,
+        hooks,
+        json!({}),
+        json!({ "maxUnavailable": 2 }),
+        pause_policy(),
+    );
+    f.run(&["set", "version", "api", "v2"]).ok();
+    f.wait_complete("v2", 6);
+    for m in &machines {
+        assert_eq!(f.current(m).as_deref(), Some("releases/v2"), "{m}");
+    }
+    let v2: Vec<String> = f
+        .log_lines("times")
+        .into_iter()
+        .filter(|l| l.ends_with(" v2"))
+        .collect();
+    assert_eq!(v2.len(), 12, "a start and an end per machine: {v2:#?}");
+    let most = max_overlap(&v2);
+    assert!(
+        most <= 2,
+        "{most} switches overlapped with maxUnavailable 2: {v2:#?}"
+    );
+    assert_eq!(most, 2, "two slots were never used at once: {v2:#?}");
+}
+
+/// Test 3, etcd only (the gate is controller logic; etcd is the production store).
+#[test]
+fn min_staged_all_should_hold_every_switch_until_the_slow_install_finishes() {
+    let hooks = json!({
+        "install": [hook(concat!(
+            r#"if [ "$DEPLOY_MACHINE" = m1 ] && [ "$DEPLOY_VERSION" = v2 ]; then "#,
+            r#"touch "$LOGS/m1-waiting"; "#,
+            r#"while [ ! -f "$GATE" ]; do sleep 0.1; done; fi"#
+        ))],
+        "activate": [hook(
+            r#"echo "$DEPLOY_MACHINE $DEPLOY_VERSION $(date +%s%N)" >> "$LOGS/switches""#
+        )],
+    });
+    let (f, machines) = Fleet::at_v1(
+        "etcd",
+        Backend::etcd(),
+        3,
+        hooks,
+        json!({}),
+        json!({ "maxUnavailable": 3, "minStaged": "100%" }),
+        pause_policy(),
+    );
+    f.run(&["set", "version", "api", "v2"]).ok();
+    // The other two stage v2 while m1's install waits on the gate.
+    wait_until(
+        "m1's install hook waiting and two machines staged",
+        ROLLOUT_DEADLINE,
+        || {
+            let st = f.get_rollout().status?;
+            (f.logs().join("m1-waiting").exists() && st.staged == 2).then_some(())
+        },
+    );
+    // Watch a while: nothing may switch while the gate is shut.
+    let watch_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < watch_until {
+        for m in &machines {
+            assert_eq!(
+                f.current(m).as_deref(),
+                Some("releases/v1"),
+                "{m} switched before every machine staged v2"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100)); // sampling the window
+    }
+    let r = f.get_rollout();
+    let (status, reason, _) = condition(&r, "Staged").expect("a Staged condition");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "WaitingForStage")
+    );
+    let opened = now_ns();
+    std::fs::write(f.gate(), "").expect("logs dir is writable");
+    f.wait_complete("v2", 3);
+    for m in &machines {
+        assert_eq!(f.current(m).as_deref(), Some("releases/v2"), "{m}");
+    }
+    let v2: Vec<String> = f
+        .log_lines("switches")
+        .into_iter()
+        .filter(|l| l.contains(" v2 "))
+        .collect();
+    assert_eq!(v2.len(), 3, "one v2 switch per machine: {v2:?}");
+    for l in &v2 {
+        let ns: u128 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .expect("a time at the end of the line");
+        assert!(ns > opened, "switch before the gate opened: {l}");
+    }
+}
+
+/// Activate fails for v2 on `machine` only.
+fn failing_activate(machine: &str) -> Value {
+    json!({
+        "activate": [
+            hook(r#"echo "$DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/activations""#),
+            hook(&format!(
+                r#"[ "$DEPLOY_MACHINE" != {machine} ] || [ "$DEPLOY_VERSION" != v2 ] || exit 3"#
+            )),
+        ],
+    })
+}
+
+/// Test 4a, embedded only: failure accounting is controller logic.
+#[test]
+fn a_failed_activate_under_pause_policy_should_degrade_and_stop_switching() {
+    // Machines switch in name order; m0 fails first, so m1 and m2 must never move.
+    let (f, _machines) = Fleet::at_v1(
+        "embedded",
+        Backend::embedded(),
+        3,
+        failing_activate("m0"),
+        json!({}),
+        default_strategy(),
+        pause_policy(),
+    );
+    f.run(&["set", "version", "api", "v2"]).ok();
+    let r = wait_until("rollout Degraded", ROLLOUT_DEADLINE, || {
+        let r = f.get_rollout();
+        (r.status.as_ref()?.phase == RolloutPhase::Degraded).then_some(r)
+    });
+    let (status, reason, _) = condition(&r, "Degraded").expect("a Degraded condition");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "FailureLimitExceeded")
+    );
+    let st = r.status.as_ref().expect("status");
+    assert!(
+        st.failed_machines.iter().any(|fm| fm.machine == "m0"),
+        "failedMachines names m0: {:?}",
+        st.failed_machines
+    );
+    for m in ["m1", "m2"] {
+        assert_eq!(
+            f.current(m).as_deref(),
+            Some("releases/v1"),
+            "{m} moved after the failure"
+        );
+    }
+    let counts = activation_counts(&f.log_lines("activations"));
+    assert!(
+        !counts.contains_key("m1 v2") && !counts.contains_key("m2 v2"),
+        "no switch after the failure: {counts:?}"
+    );
+    assert_eq!(
+        f.run(&["rollout", "status", "api", "--timeout", "20s"])
+            .code,
+        1
+    );
+}
+
+/// Test 4b, etcd only: the rollback path (many Instance writes at once) on etcd.
+#[test]
+fn a_failed_activate_under_rollback_policy_should_put_every_machine_back_on_v1() {
+    // m2 fails last, after m0 and m1 switched: both must come back.
+    let (f, machines) = Fleet::at_v1(
+        "etcd",
+        Backend::etcd(),
+        3,
+        failing_activate("m2"),
+        json!({}),
+        default_strategy(),
+        json!({ "maxFailures": 0, "action": "Rollback" }),
+    );
+    f.run(&["set", "version", "api", "v2"]).ok();
+    let r = wait_until("rolled back on disk and Degraded", ROLLOUT_DEADLINE, || {
+        let r = f.get_rollout();
+        let on_v1 = machines
+            .iter()
+            .all(|m| f.current(m).as_deref() == Some("releases/v1"));
+        let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
+        let reason = condition(&r, "Degraded")?.1;
+        (on_v1 && degraded && reason == "RolledBack").then_some(r)
+    });
+    let counts = activation_counts(&f.log_lines("activations"));
+    for m in ["m0", "m1"] {
+        assert_eq!(
+            counts.get(&format!("{m} v2")),
+            Some(&1),
+            "{m} reached v2: {counts:?}"
+        );
+        assert_eq!(
+            counts.get(&format!("{m} v1")),
+            Some(&2),
+            "{m} re-activated v1 on rollback: {counts:?}"
+        );
+    }
+    let st = r.status.expect("status");
+    assert_eq!(st.stable_version.as_deref(), Some("v1"));
+    let out = f.run(&["rollout", "status", "api", "--timeout", "20s"]);
+    assert_eq!(out.code, 1, "rollout status after a rollback: {out:?}");
+}
+
+/// Test 5, embedded only: verification is the agent's; the store plays no part.
+#[test]
+fn a_checksum_mismatch_should_switch_nothing_and_name_the_artifact() {
+    let hooks = json!({ "activate": [hook(COUNT_ACTIVATIONS)] });
+    let (f, machines) = Fleet::at_v1(
+        "embedded",
+        Backend::embedded(),
+        2,
+        hooks,
+        json!({}),
+        default_strategy(),
+        pause_policy(),
+    );
+    let wrong = "0".repeat(64);
+    f.run(&["set", "version", "api", "v2", "--sha256", &wrong])
+        .ok();
+    let r = wait_until("rollout Degraded", ROLLOUT_DEADLINE, || {
+        let r = f.get_rollout();
+        (r.status.as_ref()?.phase == RolloutPhase::Degraded).then_some(r)
+    });
+    for m in &machines {
+        assert_eq!(f.current(m).as_deref(), Some("releases/v1"), "{m}");
+        assert!(
+            !f.root(m).join("default/api/releases/v2").exists(),
+            "{m}: nothing unpacked on a mismatch"
+        );
+    }
+    let counts = activation_counts(&f.log_lines("activations"));
+    assert!(counts.keys().all(|k| k.ends_with(" v1")), "{counts:?}");
+    let st = r.status.expect("status");
+    let said = format!(
+        "{}\n{}",
+        st.message,
+        st.failed_machines
+            .iter()
+            .map(|m| m.message.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        said.contains("app-v2.tar.gz") && said.contains(&wrong),
+        "the Rollout names the artifact and the digest: {said}"
+    );
+}
+
+/// Test 6, etcd only: a new Machine's presence comes through etcd's watch.
+#[test]
+fn an_agent_joining_after_complete_should_get_the_stable_version() {
+    let hooks = json!({ "activate": [hook(COUNT_ACTIVATIONS)] });
+    let (mut f, _machines) = Fleet::at_v1(
+        "etcd",
+        Backend::etcd(),
+        2,
+        hooks,
+        json!({}),
+        default_strategy(),
+        pause_policy(),
+    );
+    let before = f.get_rollout();
+    f.start_agent("m2");
+    wait_until("m2 on v1", ROLLOUT_DEADLINE, || {
+        (f.current("m2").as_deref() == Some("releases/v1")).then_some(())
+    });
+    let r = f.wait_complete("v1", 3);
+    assert_eq!(
+        r.metadata.generation, before.metadata.generation,
+        "the Rollout's spec was not touched"
+    );
+    let counts = activation_counts(&f.log_lines("activations"));
+    assert_eq!(counts.get("m2 v1"), Some(&1), "{counts:?}");
+}
+
+/// Test 7, both stores: recovery after a crash reads the store afresh.
+#[test]
+fn a_controller_killed_mid_rollout_should_finish_after_restart_without_double_switches() {
+    for (label, backend) in Backend::all() {
+        let hooks = json!({
+            "activate": [
+                hook(COUNT_ACTIVATIONS),
+                hook(r#"[ "$DEPLOY_VERSION" != v2 ] || sleep 1"#),
+            ],
+        });
+        let (mut f, machines) = Fleet::at_v1(
+            label,
+            backend,
+            3,
+            hooks,
+            json!({}),
+            default_strategy(),
+            pause_policy(),
+        );
+        f.run(&["set", "version", "api", "v2"]).ok();
+        wait_until(
+            &format!("[{label}] a first v2 switch"),
+            ROLLOUT_DEADLINE,
+            || {
+                let st = f.get_rollout().status?;
+                (st.updated >= 1 && st.phase != RolloutPhase::Complete).then_some(())
+            },
+        );
+        f.kill_controller(0);
+        f.start_controller("ctl-b");
+        f.wait_complete("v2", 3);
+        for m in &machines {
+            assert_eq!(
+                f.current(m).as_deref(),
+                Some("releases/v2"),
+                "[{label}] {m}"
+            );
+        }
+        let counts = activation_counts(&f.log_lines("activations"));
+        assert_eq!(counts.len(), 6, "[{label}] {counts:?}");
+        assert!(
+            counts.values().all(|&c| c == 1),
+            "[{label}] a machine switched twice: {counts:?}"
+        );
+    }
+}
+
+/// Test 8, both stores: the restarted agent re-reads its Instance and its lease.
+#[test]
+fn an_agent_killed_mid_switch_should_converge_after_restart() {
+    for (label, backend) in Backend::all() {
+        let hooks = json!({
+            "activate": [
+                hook(COUNT_ACTIVATIONS),
+                hook(concat!(
+                    r#"if [ "$DEPLOY_MACHINE" = m1 ] && [ "$DEPLOY_VERSION" = v2 ]; then "#,
+                    r#"touch "$LOGS/m1-activating"; sleep 2; fi"#
+                )),
+            ],
+        });
+        let (mut f, machines) = Fleet::at_v1(
+            label,
+            backend,
+            3,
+            hooks,
+            json!({}),
+            default_strategy(),
+            pause_policy(),
+        );
+        f.run(&["set", "version", "api", "v2"]).ok();
+        wait_until(
+            &format!("[{label}] m1's activate hook running"),
+            ROLLOUT_DEADLINE,
+            || f.logs().join("m1-activating").exists().then_some(()),
+        );
+        f.kill_agent("m1");
+        f.start_agent("m1");
+        f.wait_complete("v2", 3);
+        for m in &machines {
+            assert_eq!(
+                f.current(m).as_deref(),
+                Some("releases/v2"),
+                "[{label}] {m}"
+            );
+        }
+        let m1 = f
+            .instances()
+            .into_iter()
+            .find(|i| i.spec.machine == "m1")
+            .expect("m1 has an Instance");
+        let st = m1.status.expect("m1's Instance has a status");
+        assert_eq!(st.phase, InstancePhase::Running, "[{label}]");
+        assert_eq!(st.current_version.as_deref(), Some("v2"), "[{label}]");
+    }
+}
+
+/// Test 9, embedded only: undo is a spec change like any other.
+#[test]
+fn rollout_undo_should_return_every_machine_to_the_previous_version() {
+    let hooks = json!({ "activate": [hook(COUNT_ACTIVATIONS)] });
+    let (f, machines) = Fleet::at_v1(
+        "embedded",
+        Backend::embedded(),
+        3,
+        hooks,
+        json!({}),
+        default_strategy(),
+        pause_policy(),
+    );
+    f.run(&["set", "version", "api", "v2"]).ok();
+    f.wait_complete("v2", 3);
+    f.run(&["rollout", "undo", "api"]).ok();
+    let r = f.wait_complete("v1", 3);
+    assert_eq!(r.spec.version, "v1");
+    for m in &machines {
+        assert_eq!(f.current(m).as_deref(), Some("releases/v1"), "{m}");
+    }
+    let counts = activation_counts(&f.log_lines("activations"));
+    for m in &machines {
+        assert_eq!(counts.get(&format!("{m} v1")), Some(&2), "{counts:?}");
+    }
+}
+
+/// Test 10, both stores: leader election rests on the store's leases.
+#[test]
+fn a_standby_controller_should_take_over_when_the_leader_is_killed() {
+    for (label, backend) in Backend::all() {
+        let mut f = Fleet::new(label, backend);
+        for v in ["v1", "v2"] {
+            build_artifact(&f.artifacts(), v);
+        }
+        let a = f.start_controller("ctl-a");
+        let leading = f.controllers[a]
+            .as_mut()
+            .expect("just started")
+            .wait_for_stderr_line(Duration::from_secs(20), |l| l.contains("leading"));
+        assert!(leading.is_some(), "[{label}] ctl-a never led");
+        let b = f.start_controller("ctl-b");
+        let machines = f.start_agents(2);
+        f.apply(&[
+            f.app(json!({ "activate": [hook(COUNT_ACTIVATIONS)] }), json!({})),
+            Fleet::rollout("v1", default_strategy(), pause_policy()),
+        ]);
+        f.wait_complete("v1", 2);
+        f.kill_controller(a);
+        let killed = Instant::now();
+        f.run(&["set", "version", "api", "v2"]).ok();
+        f.wait_complete("v2", 2);
+        let took = killed.elapsed();
+        let ttl = humantime::parse_duration(LEASE_TTL).expect("a valid duration");
+        assert!(
+            took < ttl + Duration::from_secs(15),
+            "[{label}] the standby took {took:?} (lease TTL {ttl:?})"
+        );
+        let b_led = f.controllers[b]
+            .as_mut()
+            .expect("still running")
+            .wait_for_stderr_line(Duration::from_secs(5), |l| l.contains("leading"));
+        assert!(b_led.is_some(), "[{label}] ctl-b never said it leads");
+        for m in &machines {
+            assert_eq!(
+                f.current(m).as_deref(),
+                Some("releases/v2"),
+                "[{label}] {m}"
+            );
+        }
     }
 }
