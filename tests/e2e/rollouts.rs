@@ -114,6 +114,7 @@ impl Fleet {
         let c = spawn(
             &self.store,
             &[
+                "-v", // info logs: the test reads "leading" from stderr
                 "controller",
                 "--identity",
                 identity,
@@ -261,6 +262,17 @@ impl Fleet {
                 "[{label}] rollout never completed at {version} on {desired} machines; last status: {last:#?}\n{}",
                 self.diagnostics()
             ),
+        }
+    }
+
+    /// [`wait_until`], with the fleet's state and logs added to the failure message.
+    fn wait<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        let what = format!("[{}] {what}", self.label);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(&what, ROLLOUT_DEADLINE, check)
+        })) {
+            Ok(v) => v,
+            Err(_) => panic!("timed out waiting for {what}\n{}", self.diagnostics()),
         }
     }
 
@@ -536,14 +548,10 @@ fn min_staged_all_should_hold_every_switch_until_the_slow_install_finishes() {
     );
     f.run(&["set", "version", "api", "v2"]).ok();
     // The other two stage v2 while m1's install waits on the gate.
-    wait_until(
-        "m1's install hook waiting and two machines staged",
-        ROLLOUT_DEADLINE,
-        || {
-            let st = f.get_rollout().status?;
-            (f.logs().join("m1-waiting").exists() && st.staged == 2).then_some(())
-        },
-    );
+    f.wait("m1's install hook waiting and two machines staged", || {
+        let st = f.get_rollout().status?;
+        (f.logs().join("m1-waiting").exists() && st.staged == 2).then_some(())
+    });
     // Watch a while: nothing may switch while the gate is shut.
     let watch_until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < watch_until {
@@ -610,7 +618,7 @@ fn a_failed_activate_under_pause_policy_should_degrade_and_stop_switching() {
         pause_policy(),
     );
     f.run(&["set", "version", "api", "v2"]).ok();
-    let r = wait_until("rollout Degraded", ROLLOUT_DEADLINE, || {
+    let r = f.wait("rollout Degraded", || {
         let r = f.get_rollout();
         (r.status.as_ref()?.phase == RolloutPhase::Degraded).then_some(r)
     });
@@ -658,7 +666,7 @@ fn a_failed_activate_under_rollback_policy_should_put_every_machine_back_on_v1()
         json!({ "maxFailures": 0, "action": "Rollback" }),
     );
     f.run(&["set", "version", "api", "v2"]).ok();
-    let r = wait_until("rolled back on disk and Degraded", ROLLOUT_DEADLINE, || {
+    let r = f.wait("rolled back on disk and Degraded", || {
         let r = f.get_rollout();
         let on_v1 = machines
             .iter()
@@ -702,7 +710,7 @@ fn a_checksum_mismatch_should_switch_nothing_and_name_the_artifact() {
     let wrong = "0".repeat(64);
     f.run(&["set", "version", "api", "v2", "--sha256", &wrong])
         .ok();
-    let r = wait_until("rollout Degraded", ROLLOUT_DEADLINE, || {
+    let r = f.wait("rollout Degraded", || {
         let r = f.get_rollout();
         (r.status.as_ref()?.phase == RolloutPhase::Degraded).then_some(r)
     });
@@ -746,7 +754,7 @@ fn an_agent_joining_after_complete_should_get_the_stable_version() {
     );
     let before = f.get_rollout();
     f.start_agent("m2");
-    wait_until("m2 on v1", ROLLOUT_DEADLINE, || {
+    f.wait("m2 on v1", || {
         (f.current("m2").as_deref() == Some("releases/v1")).then_some(())
     });
     let r = f.wait_complete("v1", 3);
@@ -778,14 +786,10 @@ fn a_controller_killed_mid_rollout_should_finish_after_restart_without_double_sw
             pause_policy(),
         );
         f.run(&["set", "version", "api", "v2"]).ok();
-        wait_until(
-            &format!("[{label}] a first v2 switch"),
-            ROLLOUT_DEADLINE,
-            || {
-                let st = f.get_rollout().status?;
-                (st.updated >= 1 && st.phase != RolloutPhase::Complete).then_some(())
-            },
-        );
+        f.wait("a first v2 switch", || {
+            let st = f.get_rollout().status?;
+            (st.updated >= 1 && st.phase != RolloutPhase::Complete).then_some(())
+        });
         f.kill_controller(0);
         f.start_controller("ctl-b");
         f.wait_complete("v2", 3);
@@ -828,11 +832,9 @@ fn an_agent_killed_mid_switch_should_converge_after_restart() {
             pause_policy(),
         );
         f.run(&["set", "version", "api", "v2"]).ok();
-        wait_until(
-            &format!("[{label}] m1's activate hook running"),
-            ROLLOUT_DEADLINE,
-            || f.logs().join("m1-activating").exists().then_some(()),
-        );
+        f.wait("m1's activate hook running", || {
+            f.logs().join("m1-activating").exists().then_some(())
+        });
         f.kill_agent("m1");
         f.start_agent("m1");
         f.wait_complete("v2", 3);
@@ -893,7 +895,7 @@ fn a_standby_controller_should_take_over_when_the_leader_is_killed() {
         let leading = f.controllers[a]
             .as_mut()
             .expect("just started")
-            .wait_for_stderr_line(Duration::from_secs(20), |l| l.contains("leading"));
+            .wait_for_stderr_line(Duration::from_secs(20), |l| l.contains("became the leader"));
         assert!(leading.is_some(), "[{label}] ctl-a never led");
         let b = f.start_controller("ctl-b");
         let machines = f.start_agents(2);
@@ -915,7 +917,7 @@ fn a_standby_controller_should_take_over_when_the_leader_is_killed() {
         let b_led = f.controllers[b]
             .as_mut()
             .expect("still running")
-            .wait_for_stderr_line(Duration::from_secs(5), |l| l.contains("leading"));
+            .wait_for_stderr_line(Duration::from_secs(5), |l| l.contains("became the leader"));
         assert!(b_led.is_some(), "[{label}] ctl-b never said it leads");
         for m in &machines {
             assert_eq!(
