@@ -468,7 +468,9 @@ fn max_overlap(lines: &[String]) -> usize {
         .iter()
         .map(|l| {
             let mut w = l.split_whitespace();
-            let kind = w.next().expect("a kind word");
+            let kind = w
+                .next()
+                .expect("split_whitespace of a hook line written with a first word");
             let ns: u128 = w
                 .next()
                 .and_then(|t| t.parse().ok())
@@ -627,7 +629,7 @@ fn a_failed_activate_under_pause_policy_should_degrade_and_stop_switching() {
         (status.as_str(), reason.as_str()),
         ("True", "FailureLimitExceeded")
     );
-    let st = r.status.as_ref().expect("status");
+    let st = r.status.as_ref().expect("a Degraded rollout has a status");
     assert!(
         st.failed_machines.iter().any(|fm| fm.machine == "m0"),
         "failedMachines names m0: {:?}",
@@ -688,7 +690,7 @@ fn a_failed_activate_under_rollback_policy_should_put_every_machine_back_on_v1()
             "{m} re-activated v1 on rollback: {counts:?}"
         );
     }
-    let st = r.status.expect("status");
+    let st = r.status.expect("the waited-for phase is in the status");
     assert_eq!(st.stable_version.as_deref(), Some("v1"));
     let out = f.run(&["rollout", "status", "api", "--timeout", "20s"]);
     assert_eq!(out.code, 1, "rollout status after a rollback: {out:?}");
@@ -723,7 +725,7 @@ fn a_checksum_mismatch_should_switch_nothing_and_name_the_artifact() {
     }
     let counts = activation_counts(&f.log_lines("activations"));
     assert!(counts.keys().all(|k| k.ends_with(" v1")), "{counts:?}");
-    let st = r.status.expect("status");
+    let st = r.status.expect("the waited-for phase is in the status");
     let said = format!(
         "{}\n{}",
         st.message,
@@ -791,6 +793,13 @@ fn a_controller_killed_mid_rollout_should_finish_after_restart_without_double_sw
             (st.updated >= 1 && st.phase != RolloutPhase::Complete).then_some(())
         });
         f.kill_controller(0);
+        // With no controller the status is frozen: this proves the kill came mid-rollout.
+        let frozen = f.get_rollout();
+        assert_ne!(
+            frozen.status.as_ref().map(|s| s.phase),
+            Some(RolloutPhase::Complete),
+            "[{label}] the controller was killed only after the rollout completed"
+        );
         f.start_controller("ctl-b");
         f.wait_complete("v2", 3);
         for m in &machines {
@@ -894,7 +903,7 @@ fn a_standby_controller_should_take_over_when_the_leader_is_killed() {
         let a = f.start_controller("ctl-a");
         let leading = f.controllers[a]
             .as_mut()
-            .expect("just started")
+            .expect("started just above, not killed")
             .wait_for_stderr_line(Duration::from_secs(20), |l| l.contains("became the leader"));
         assert!(leading.is_some(), "[{label}] ctl-a never led");
         let b = f.start_controller("ctl-b");
@@ -916,7 +925,7 @@ fn a_standby_controller_should_take_over_when_the_leader_is_killed() {
         );
         let b_led = f.controllers[b]
             .as_mut()
-            .expect("still running")
+            .expect("only ctl-a was killed")
             .wait_for_stderr_line(Duration::from_secs(5), |l| l.contains("became the leader"));
         assert!(b_led.is_some(), "[{label}] ctl-b never said it leads");
         for m in &machines {
