@@ -642,6 +642,20 @@ fn a_failed_activate_under_pause_policy_should_degrade_and_stop_switching() {
             "{m} moved after the failure"
         );
     }
+    let m0 = f
+        .instances()
+        .into_iter()
+        .find(|i| i.spec.machine == "m0")
+        .expect("m0 has an Instance");
+    let failure = m0
+        .status
+        .and_then(|s| s.failure)
+        .expect("m0's Instance reports its failure");
+    assert_eq!(failure.version, "v2");
+    assert!(
+        failure.message.contains("exit status: 3"),
+        "the failure says how the hook ended: {failure:?}"
+    );
     let counts = activation_counts(&f.log_lines("activations"));
     assert!(
         !counts.contains_key("m1 v2") && !counts.contains_key("m2 v2"),
@@ -862,6 +876,14 @@ fn an_agent_killed_mid_switch_should_converge_after_restart() {
         let st = m1.status.expect("m1's Instance has a status");
         assert_eq!(st.phase, InstancePhase::Running, "[{label}]");
         assert_eq!(st.current_version.as_deref(), Some("v2"), "[{label}]");
+        let counts = activation_counts(&f.log_lines("activations"));
+        for m in ["m0", "m2"] {
+            assert_eq!(
+                counts.get(&format!("{m} v2")),
+                Some(&1),
+                "[{label}] {m} switched once: {counts:?}"
+            );
+        }
     }
 }
 
