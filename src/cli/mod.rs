@@ -11,11 +11,13 @@
 pub mod apply;
 pub mod daemon;
 pub mod delete;
+pub mod demo;
 pub mod describe;
 pub mod get;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod up;
 pub mod view;
 
 use crate::api::KindName;
@@ -25,7 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long connecting to a store may take before the command gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Dispatches on a [`KindName`] known only at run time to code generic over the kind:
 /// `for_kind!(kind, K => get_kind::<K>(..).await)`.
@@ -126,6 +128,15 @@ pub enum Command {
     /// Run the node agent on one machine.
     #[command(after_help = daemon::AGENT_EXAMPLES)]
     Agent(daemon::AgentArgs),
+    /// Run a controller and local agents on this machine (and, with --demo, a rollout).
+    #[command(after_help = up::EXAMPLES)]
+    Up(up::UpArgs),
+    /// The demo service of `up --demo`: serves its VERSION over HTTP.
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  deployctl demo-server --port 18081\n  deployctl demo-server --probe --port 18081"
+    )]
+    DemoServer(demo::DemoServerArgs),
     /// Print a shell completion script.
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion {
@@ -183,6 +194,8 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -215,6 +228,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Set(cmd) => rollout::run_set(&g, cmd).await,
         Command::Controller(args) => daemon::run_controller(&g, args).await,
         Command::Agent(args) => daemon::run_agent(&g, args).await,
+        Command::Up(args) => up::run(&g, args).await,
+        Command::DemoServer(args) => demo::run_server(args).await,
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
@@ -248,6 +263,8 @@ pub async fn connect(g: &GlobalArgs) -> anyhow::Result<Client> {
     let url = store_url(g)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, url.connect()).await {
         Ok(Ok(store)) => Ok(Client::new(store)),
+        // Unavailable already names the endpoint.
+        Ok(Err(e @ crate::store::Error::Unavailable { .. })) => Err(e.into()),
         Ok(Err(e)) => Err(anyhow::anyhow!("cannot use store {url}: {e}")),
         Err(_) => Err(anyhow::anyhow!(
             "cannot reach store at {url}: no answer within {}s",

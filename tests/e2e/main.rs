@@ -1,0 +1,8 @@
+//! End-to-end tests: the built `deployctl` binary as users and CI run it, against the
+//! embedded store and a real etcd, deploying real artifacts.
+
+mod cli;
+mod common;
+mod manifests;
+mod rollouts;
+mod up;
