@@ -19,6 +19,10 @@ Examples:
   # One object as YAML (apply accepts it back)
   deployctl get rollout api -o yaml
 
+  # Rollouts live: status symbol, step, gate and counts; one with its machines
+  deployctl get rollouts -w
+  deployctl get rollout api -w
+
   # Machines with a label, in every namespace, following changes
   deployctl get machines -l role=web -w
 
