@@ -652,7 +652,12 @@ pub async fn watch_into<W: Write>(
         }
         if screen.terminal {
             // Home, each line cleared to its end, then the rest of the screen cleared.
-            let body: String = frame.lines().map(|l| format!("{l}\x1b[K\n")).collect();
+            // A frame taller or wider than the screen would scroll and break the redraw.
+            let size = crossterm::terminal::size().ok();
+            let body = fit(
+                &frame,
+                size.map(|(cols, rows)| (cols as usize, rows as usize)),
+            );
             write!(screen.out, "\x1b[H{body}\x1b[J")?;
         } else {
             writeln!(screen.out, "{frame}")?;
@@ -660,6 +665,59 @@ pub async fn watch_into<W: Write>(
         screen.out.flush()?;
         last_frame = frame;
     }
+}
+
+/// The frame cut to the screen, each line ending with clear-to-end-of-line: lines cut to
+/// `cols` visible characters (escape codes do not count), and when the frame is taller
+/// than `rows`, its first lines and a last one saying how many were left out.
+fn fit(frame: &str, screen: Option<(usize, usize)>) -> String {
+    let (cols, rows) = screen.unwrap_or((usize::MAX, usize::MAX));
+    let lines: Vec<&str> = frame.lines().collect();
+    let room = rows.max(2) - 1; // the cursor's last line stays empty, or the screen scrolls
+    let (shown, hidden) = if lines.len() > room {
+        (&lines[..room - 1], lines.len() - (room - 1))
+    } else {
+        (&lines[..], 0)
+    };
+    let mut out = String::new();
+    for l in shown {
+        out.push_str(&cut(l, cols));
+        out.push_str("\x1b[K\n");
+    }
+    if hidden > 0 {
+        let note =
+            format!("… {hidden} more line(s); widen the terminal or use `deployctl describe`");
+        out.push_str(&cut(&note, cols));
+        out.push_str("\x1b[K\n");
+    }
+    out
+}
+
+/// `line` cut to `cols` visible characters; SGR codes (`ESC [ … m`) are kept and cost
+/// nothing, and a cut line resets colour.
+fn cut(line: &str, cols: usize) -> String {
+    let mut out = String::new();
+    let mut visible = 0;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            out.push(c);
+            for e in chars.by_ref() {
+                out.push(e);
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        if visible == cols {
+            out.push_str("\x1b[0m");
+            return out;
+        }
+        visible += 1;
+        out.push(c);
+    }
+    out
 }
 
 fn apply_event<K: Object>(cache: &mut BTreeMap<String, K>, ev: ObjectEvent<K>) {
@@ -1190,6 +1248,23 @@ mod tests {
         }
         // NO_COLOR set but empty does not count (no-color.org).
         assert_eq!(Style::decide(false, Some("".into()), true), Style::COLOR);
+    }
+
+    #[test]
+    fn fit_should_keep_a_frame_within_the_screen() {
+        let frame = "\x1b[31m✖ Degraded\x1b[0m and more\nb\nc\nd\ne\n";
+        // Fits: every line kept, each cleared to its end.
+        assert_eq!(
+            fit(frame, None),
+            "\x1b[31m✖ Degraded\x1b[0m and more\x1b[K\nb\x1b[K\nc\x1b[K\nd\x1b[K\ne\x1b[K\n"
+        );
+        // 4 rows: 2 lines, a note, and the cursor's empty last line.
+        let small = fit(frame, Some((6, 4)));
+        assert_eq!(
+            small,
+            "\x1b[31m✖ Degr\x1b[0m\x1b[K\nb\x1b[K\n… 3 mo\x1b[0m\x1b[K\n"
+        );
+        assert_eq!(small.matches('\n').count(), 3);
     }
 
     #[test]
