@@ -6,6 +6,7 @@
 //! - [`manifest`]: reading files, directories and stdin into validated objects.
 //! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`]: one file per command.
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
+//! - [`view`]: the live rollout view of `get rollouts -w` (pure rendering, snapshot-tested).
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
 
 pub mod apply;
