@@ -293,7 +293,9 @@ fn get_watch_should_see_changes_made_by_another_process() {
             &["apply", "-f", &write(dir.path(), "api.yaml", &manifests())],
         )
         .ok();
-        let mut watch = spawn(&store, &["get", "rollouts", "-w"]);
+        // `-o wide` keeps kubectl's row-per-change table; without `-o`, rollouts get the
+        // live view (tests/watch_view.rs).
+        let mut watch = spawn(&store, &["get", "rollouts", "-w", "-o", "wide"]);
         watch.wait_for_line("with the header", |l| {
             l.starts_with("NAME") && l.contains("PHASE")
         });

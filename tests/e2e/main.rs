@@ -6,3 +6,4 @@ mod common;
 mod manifests;
 mod rollouts;
 mod up;
+mod view;
