@@ -351,15 +351,22 @@ pub fn render_rollout(r: &Rollout, instances: &[Instance], style: Style) -> Stri
         "  MinStaged",
         format!("{min_staged} (minStaged {})", r.spec.strategy.min_staged),
     );
-    let target = st.target_version.clone().unwrap_or(r.spec.version.clone());
+    // The version asked for; until the controller has seen it, the status still
+    // describes the previous one, and the view says so rather than look stuck.
+    let target = r.spec.version.clone();
+    let unobserved = r.status.is_some() && st.target_version.as_deref() != Some(target.as_str());
     let stable = st.stable_version.clone();
-    let mut versions = vec![format!("{target} (target)")];
-    if let Some(s) = &stable {
-        if *s == target {
-            versions[0] = format!("{target} (stable, target)");
-        } else {
-            versions.push(format!("{s} (stable)"));
-        }
+    let mut tags = Vec::new();
+    if stable.as_deref() == Some(target.as_str()) {
+        tags.push("stable");
+    }
+    tags.push("target");
+    if unobserved {
+        tags.push("not yet observed");
+    }
+    let mut versions = vec![format!("{target} ({})", tags.join(", "))];
+    if let Some(s) = stable.as_ref().filter(|s| **s != target) {
+        versions.push(format!("{s} (stable)"));
     }
     field("Versions", versions.join(", "));
     out.push_str("Machines:\n");
@@ -650,7 +657,7 @@ pub async fn watch_into<W: Write>(
         if frame == last_frame {
             continue;
         }
-        if screen.terminal {
+        let text = if screen.terminal {
             // Home, each line cleared to its end, then the rest of the screen cleared.
             // A frame taller or wider than the screen would scroll and break the redraw.
             let size = crossterm::terminal::size().ok();
@@ -658,11 +665,19 @@ pub async fn watch_into<W: Write>(
                 &frame,
                 size.map(|(cols, rows)| (cols as usize, rows as usize)),
             );
-            write!(screen.out, "\x1b[H{body}\x1b[J")?;
+            format!("\x1b[H{body}\x1b[J")
         } else {
-            writeln!(screen.out, "{frame}")?;
+            format!("{frame}\n")
+        };
+        match screen
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|()| screen.out.flush())
+        {
+            // The reader went away (`| head`): done, as `kubectl get -w` is.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            other => other?,
         }
-        screen.out.flush()?;
         last_frame = frame;
     }
 }
@@ -1248,6 +1263,18 @@ mod tests {
         }
         // NO_COLOR set but empty does not count (no-color.org).
         assert_eq!(Style::decide(false, Some("".into()), true), Style::COLOR);
+    }
+
+    #[test]
+    fn view_should_say_when_the_controller_has_not_seen_a_new_version() {
+        let mut st = status(RolloutPhase::Complete, "", [5, 5, 5, 5, 0, 0]);
+        st.stable_version = Some("2.0".into());
+        let r = rollout("3.0", Some(st));
+        let out = render_rollout(&r, &[], Style::PLAIN);
+        assert!(
+            out.contains("Versions:      3.0 (target, not yet observed), 2.0 (stable)"),
+            "{out}"
+        );
     }
 
     #[test]
