@@ -139,7 +139,7 @@ fn resolved(r: &Rollout, st: &RolloutStatus) -> (u32, u32) {
 }
 
 /// What the Rollout waits for now: `waiting for staged 3/5`, `slots 2/2 busy`, `paused
-/// by user`, …; `-` when nothing holds it (complete or not yet reconciled).
+/// by user`, `paused at step 4/4 until 12:05:00`, …; `-` once complete.
 pub fn gate(r: &Rollout) -> String {
     let Some(st) = r.status.as_ref() else {
         return "not yet reconciled".into();
@@ -1308,5 +1308,21 @@ mod tests {
         r.spec.strategy.max_unavailable = IntOrPercent::Percent("10%".into());
         r.status.as_mut().expect("set above").staged = 1;
         assert_eq!(gate(&r), "slots 3/1 busy", "slots are at least 1");
+
+        // A timed pause step says until when (UTC).
+        let st = r.status.as_mut().expect("set above");
+        st.phase = RolloutPhase::Paused;
+        st.current_step_index = Some(3);
+        st.pause_conditions = vec![PauseCondition {
+            reason: PAUSE_STEP.into(),
+            start_time: at(0),
+            until: Some(at(300)),
+        }];
+        assert_eq!(
+            gate(&r),
+            format!("paused at step 4/4 until {}", at(300).format("%H:%M:%S"))
+        );
+        r.spec.paused = true;
+        assert_eq!(gate(&r), "paused by user", "the user's pause comes first");
     }
 }
