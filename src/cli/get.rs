@@ -285,6 +285,9 @@ async fn watch<K: Columns>(client: &Client, scope: Scope, view: &View) -> anyhow
                 if view.wants(&o) {
                     print_change(&o, view, &widths)?;
                     seen.insert(o.meta().key(), o);
+                } else if seen.remove(&o.meta().key()).is_some() {
+                    // Its labels left the selection: for this watch it is gone.
+                    print_change(&o, view, &widths)?;
                 }
             }
             ObjectEvent::Deleted(o) => {

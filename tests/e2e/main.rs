@@ -1,0 +1,5 @@
+//! End-to-end tests: the built `deployctl` binary as users and CI run it, against the
+//! embedded store and a real etcd.
+
+mod cli;
+mod common;
