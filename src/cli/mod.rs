@@ -51,6 +51,10 @@ macro_rules! for_kind {
                 type $K = $crate::api::Event;
                 $body
             }
+            $crate::api::KindName::Sync => {
+                type $K = $crate::api::GitSync;
+                $body
+            }
         }
     };
 }
@@ -165,7 +169,7 @@ pub enum CliError {
     Exit(i32),
     #[error("Error from server (NotFound): {plural} \"{name}\" not found")]
     NotFound { plural: &'static str, name: String },
-    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events (or mc, app, ro, inst, ev)")]
+    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs (or mc, app, ro, inst, ev)")]
     UnknownKind(String),
 }
 
