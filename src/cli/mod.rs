@@ -4,7 +4,8 @@
 //!
 //! - this file: the clap definitions, logging, connecting, exit codes and dispatch.
 //! - [`manifest`]: reading files, directories and stdin into validated objects.
-//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`]: one file per command.
+//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`], [`diff`], [`sync`]: one
+//!   file per command.
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
 
@@ -12,10 +13,12 @@ pub mod apply;
 pub mod daemon;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod get;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod sync;
 
 use crate::api::KindName;
 use crate::store::{Client, StoreUrl};
@@ -123,6 +126,12 @@ pub enum Command {
     /// Change one field of an object: the one-liners CI calls.
     #[command(subcommand, after_help = rollout::SET_EXAMPLES)]
     Set(rollout::SetCommand),
+    /// Show what apply would change, as a unified diff (exit 1 when there are changes).
+    #[command(after_help = diff::EXAMPLES)]
+    Diff(diff::DiffArgs),
+    /// Keep the store equal to the manifests of a Git repository.
+    #[command(after_help = sync::EXAMPLES)]
+    Sync(sync::SyncArgs),
     /// Run the control loop (several may run; one leads).
     #[command(after_help = daemon::CONTROLLER_EXAMPLES)]
     Controller(daemon::ControllerArgs),
@@ -216,6 +225,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Delete(args) => delete::run(&g, args).await,
         Command::Rollout(cmd) => rollout::run(&g, cmd).await,
         Command::Set(cmd) => rollout::run_set(&g, cmd).await,
+        Command::Diff(args) => diff::run(&g, args).await,
+        Command::Sync(args) => sync::run(&g, args).await,
         Command::Controller(args) => daemon::run_controller(&g, args).await,
         Command::Agent(args) => daemon::run_agent(&g, args).await,
         Command::Completion { shell } => {
