@@ -153,6 +153,9 @@ pub struct Repo {
     url: String,
     git_dir: PathBuf,
     work_tree: PathBuf,
+    /// Held (an exclusive `flock`) for as long as this process uses the clone: two syncs
+    /// of the same repository on one host would check out over each other.
+    _lock: std::fs::File,
 }
 
 impl Repo {
@@ -182,16 +185,33 @@ impl Repo {
         };
         let hash = hex::encode(Sha256::digest(url.as_bytes()));
         let root = cache.join(&hash[..16]);
-        let r = Repo {
-            url,
-            git_dir: root.join("git"),
-            work_tree: root.join("tree"),
-        };
         let cache_err = |path: &Path, e: std::io::Error| SyncError::Cache {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        std::fs::create_dir_all(&r.work_tree).map_err(|e| cache_err(&r.work_tree, e))?;
+        let work_tree = root.join("tree");
+        std::fs::create_dir_all(&work_tree).map_err(|e| cache_err(&work_tree, e))?;
+        let lock_path = root.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| cache_err(&lock_path, e))?;
+        lock_exclusive(&lock).map_err(|e| SyncError::Cache {
+            path: root.display().to_string(),
+            message: if e.kind() == std::io::ErrorKind::WouldBlock {
+                "in use by another deployctl sync of the same repository (give each its own --cache-dir)".into()
+            } else {
+                format!("cannot lock: {e}")
+            },
+        })?;
+        let r = Repo {
+            url,
+            git_dir: root.join("git"),
+            work_tree,
+            _lock: lock,
+        };
         if !r.git_dir.join("HEAD").exists() {
             let dir = r.git_dir.display().to_string();
             git(None, &["init", "--quiet", "--bare", &dir]).await?;
@@ -281,6 +301,18 @@ impl Repo {
             .await?;
         self.git(&["clean", "-ffdxq"]).await?;
         Ok(&self.work_tree)
+    }
+}
+
+/// Takes an exclusive advisory lock on `file` without waiting; released when it closes.
+fn lock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor number, which `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -834,9 +866,12 @@ impl Syncer {
         self.ensure_object().await.map_err(SyncError::Status)?;
         let message = e.to_string();
         let commit = e.commit().map(str::to_string);
-        self.client
+        let mut new_error = false;
+        let obj = self
+            .client
             .update_status::<GitSync>(None, &self.name, |st| {
-                if st.last_error.as_deref() != Some(message.as_str()) {
+                new_error = st.last_error.as_deref() != Some(message.as_str());
+                if new_error {
                     st.last_error_time = Some(chrono::Utc::now());
                 }
                 st.last_error = Some(message.clone());
@@ -844,6 +879,16 @@ impl Syncer {
             })
             .await
             .map_err(SyncError::Status)?;
+        // Once per distinct error, not once per interval.
+        if new_error {
+            let reason = match e {
+                SyncError::BadCommit { .. } | SyncError::Owned { .. } => "BadCommit",
+                _ => "SyncFailed",
+            };
+            self.events
+                .record(object_ref(&obj), "Warning", reason, &message)
+                .await;
+        }
         Ok(())
     }
 }

@@ -354,6 +354,11 @@ fn a_bad_commit_should_apply_nothing_and_leave_the_last_good_one_in_force() {
             "{backend}: {}",
             describe.stdout
         );
+        assert!(
+            describe.stdout.contains("BadCommit"),
+            "{backend}: no event: {}",
+            describe.stdout
+        );
 
         // The fix is the next commit: it syncs, and the error is cleared.
         repo.remove("manifests/broken.yaml");
@@ -556,6 +561,13 @@ fn a_running_sync_should_follow_new_commits_until_terminated() {
             rollout_of(&b).map(|r| r.spec.version).as_deref(),
             Some("1.2.0"),
             "{backend}"
+        );
+        // A second sync of the same repository may not share the running one's clone.
+        let out = repo.sync(&store, &["--once", "--name", "fleet"]).code(1);
+        assert!(
+            out.stderr.contains("in use by another deployctl sync"),
+            "{backend}: {}",
+            out.stderr
         );
         assert_eq!(
             daemon.terminate(),
