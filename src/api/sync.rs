@@ -26,7 +26,7 @@ pub const ANNOTATION_SYNC_HASH: &str = "deployctl.dev/sync-hash";
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GitSyncSpec {
-    /// The repository URL or local path, as given to `--repo`.
+    /// The repository URL, or the absolute path of a local repository.
     pub repo: String,
     /// The branch, tag or commit followed; the remote's default branch when absent.
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]

@@ -490,21 +490,19 @@ pub struct Syncer {
 
 impl Syncer {
     pub async fn new(g: &GlobalArgs, client: Client, args: &SyncArgs) -> Result<Syncer> {
-        let name = args
-            .name
-            .clone()
-            .unwrap_or_else(|| default_name(&args.repo));
+        let path = check_path(&args.path)?;
+        let repo = Repo::open(&args.repo, args.cache_dir.as_deref()).await?;
+        // From the resolved URL, so that `--repo .` is named after the directory.
+        let name = args.name.clone().unwrap_or_else(|| default_name(&repo.url));
         check_name(&name).map_err(|message| SyncError::Invalid {
             field: "--name",
             message,
         })?;
-        let path = check_path(&args.path)?;
-        let repo = Repo::open(&args.repo, args.cache_dir.as_deref()).await?;
         Ok(Syncer {
             events: EventRecorder::new(client.clone(), format!("sync/{name}")),
             client,
             spec: GitSyncSpec {
-                repo: args.repo.clone(),
+                repo: repo.url.clone(),
                 ref_: args.git_ref.clone(),
                 path: args.path.clone(),
                 prune: args.prune,
