@@ -37,6 +37,8 @@ Examples:
 
 /// Create-or-update (or delete) attempts before giving up on an object that keeps changing.
 const RETRIES: usize = 16;
+/// How long one git command (a fetch over a slow network) may take.
+const GIT_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Args, Debug, Clone)]
 pub struct SyncArgs {
@@ -345,17 +347,35 @@ async fn git(repo: Option<&Repo>, args: &[&str]) -> Result<String> {
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| SyncError::NoGit(e.to_string()))?;
+    // kill_on_drop: a fetch that hangs (network) is killed, not left behind.
+    let out = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
+        Ok(out) => out.map_err(|e| SyncError::NoGit(e.to_string()))?,
+        Err(_) => {
+            return Err(SyncError::Git {
+                args: args.first().copied().unwrap_or_default().to_string(),
+                message: format!("no answer within {}s", GIT_TIMEOUT.as_secs()),
+            })
+        }
+    };
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // git's own words: its `fatal:`/`error:` line names the repository or the ref.
+        let lines: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let message = lines
+            .iter()
+            .find(|l| l.starts_with("fatal:") || l.starts_with("error:"))
+            .or(lines.first())
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| format!("failed ({})", out.status));
         Err(SyncError::Git {
-            args: args.join(" "),
-            message: stderr.trim().lines().last().unwrap_or("failed").to_string(),
+            args: args.first().copied().unwrap_or_default().to_string(),
+            message,
         })
     }
 }
