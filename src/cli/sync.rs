@@ -562,6 +562,47 @@ impl Syncer {
     async fn pass(&self) -> Result<Report> {
         self.repo.fetch(self.spec.ref_.as_deref()).await?;
         let sha = self.repo.resolve(self.spec.ref_.as_deref()).await?;
+        let result = self.apply_commit(&sha).await;
+        if let Err(e @ (SyncError::BadCommit { .. } | SyncError::Owned { .. })) = &result {
+            if !self.dry_run {
+                self.keep_last_good(&sha, e).await;
+            }
+        }
+        result
+    }
+
+    /// A bad commit leaves the last good one in force: re-apply it, so that drift is
+    /// still restored (and pruned objects stay pruned) until a good commit comes.
+    async fn keep_last_good(&self, bad: &str, e: &SyncError) {
+        let last: Option<GitSync> = match self.client.get(None, &self.name).await {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(sync = %self.name, error = %err, "cannot read the last good commit");
+                return;
+            }
+        };
+        let Some(good) = last.and_then(|s| s.status).and_then(|st| st.last_commit) else {
+            return;
+        };
+        if good == bad {
+            return;
+        }
+        tracing::warn!(sync = %self.name, error = %e, "commit {} refused; keeping {} in force", short_commit(bad), short_commit(&good));
+        match self.apply_commit(&good).await {
+            Ok(r) => {
+                for l in &r.lines {
+                    println!("{l} (kept from {})", short_commit(&good));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(sync = %self.name, error = %err, "cannot re-apply the last good commit")
+            }
+        }
+    }
+
+    /// Checks `sha` out and applies it (and prunes, with `--prune`): all or nothing.
+    async fn apply_commit(&self, sha: &str) -> Result<Report> {
+        let sha = sha.to_string();
         let tree = self.repo.checkout(&sha).await?;
         let loaded = load_commit(tree, &self.path, &sha, &self.namespace)?;
         let mut report = Report {
@@ -970,16 +1011,23 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
     }
     let mut stop = tokio::spawn(super::get::shutdown_signal());
     let mut last_commit: Option<String> = None;
+    // Printed once while it lasts, not once per interval (the Sync status has it too).
+    let mut last_error: Option<String> = None;
     loop {
         match syncer.sync_once().await {
             Ok(r) => {
                 let new_commit = last_commit.as_deref() != Some(r.commit.as_str());
                 print_report(&syncer, &r, new_commit);
                 last_commit = Some(r.commit);
+                last_error = None;
             }
             Err(e) => {
-                tracing::warn!(sync = %syncer.name, error = %e, "sync failed");
-                eprintln!("error: {e}");
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    eprintln!("error: {text}");
+                    last_error = Some(text);
+                }
+                last_commit = None;
             }
         }
         tokio::select! {

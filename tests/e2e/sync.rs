@@ -360,6 +360,20 @@ fn a_bad_commit_should_apply_nothing_and_leave_the_last_good_one_in_force() {
             describe.stdout
         );
 
+        // While the bad commit is the newest, the good one stays in force: a hand edit
+        // is still reverted.
+        run(&store, &["set", "version", "api", "6.6.6"]).ok();
+        repo.sync(&store, &["--once", "--name", "fleet"]).code(1);
+        assert_eq!(
+            rollout_of(&b).map(|r| r.spec.version).as_deref(),
+            Some("1.0.0"),
+            "{backend}: the last good commit is not in force"
+        );
+        assert!(
+            app_of(&b, "web").is_none(),
+            "{backend}: web came from the bad commit"
+        );
+
         // The fix is the next commit: it syncs, and the error is cleared.
         repo.remove("manifests/broken.yaml");
         let fixed = repo.commit("fix");
