@@ -10,10 +10,13 @@
 
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
+use crate::store::Store;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a started etcd may take to answer its health check.
@@ -32,6 +35,8 @@ pub struct EtcdServer {
     binary: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Extra flags from [`EtcdServer::start_with_flags`], kept for `restart`.
+    flags: Vec<String>,
     /// Holds the data dir and `etcd.log`; removed on drop, after the process is gone.
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -40,7 +45,17 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts etcd and waits until it answers. Panics (with the install hint) when etcd is
     /// not installed, and with its log when it does not come up.
+    ///
+    /// etcd is killed when this value is dropped, and also when the thread that started
+    /// (or last restarted) it exits: start it from the test's own thread, not from a
+    /// short-lived one such as `spawn_blocking`.
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with_flags(&[])
+    }
+
+    /// Like [`start`](Self::start), with more etcd flags after the harness's own (a
+    /// repeated flag takes the last value: `--max-txn-ops=128` restores etcd's default).
+    pub fn start_with_flags(flags: &[&str]) -> EtcdServer {
         let binary = find_etcd().unwrap_or_else(|| panic!("{MISSING}"));
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -49,6 +64,7 @@ impl EtcdServer {
                 binary: binary.clone(),
                 client_port: free_port(),
                 peer_port: free_port(),
+                flags: flags.iter().map(|f| f.to_string()).collect(),
                 dir,
                 child: None,
             };
@@ -116,6 +132,24 @@ impl EtcdServer {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers, like a hung
+    /// server or a partition. [`thaw`](Self::thaw) resumes it; drop kills it either way.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Resumes a frozen etcd (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
     /// Stops etcd if it runs and starts it again on the same ports and data dir, waiting
     /// until it answers.
     pub fn restart(&mut self) {
@@ -144,7 +178,19 @@ impl EtcdServer {
             .append(true)
             .open(&log)
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        // If the test process dies without running Drop (killed by a timeout), etcd must
+        // not live on: the kernel kills it with the thread that spawned it.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client_url}"))
@@ -157,6 +203,7 @@ impl EtcdServer {
             .arg("--max-txn-ops=10000")
             .arg("--logger=zap")
             .arg("--log-level=warn")
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
@@ -260,28 +307,29 @@ fn healthy(port: u16) -> bool {
 
 /// An embedded store in a temporary dir, removed on drop.
 pub struct TempEmbedded {
+    /// The handle opened by [`embedded_temp`] (cheap to clone).
     pub store: EmbeddedStore,
     /// Keeps the dir (and the database in it) alive as long as the store.
     dir: tempfile::TempDir,
 }
 
 impl TempEmbedded {
-    /// The database file: open it again for a second handle (another process's view).
+    /// The store as a trait object (a clone of the handle: same connections and poller).
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::new(self.store.clone())
+    }
+
+    /// The database file.
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("store.db")
     }
 
-    /// The store as a trait object (a clone of the handle: same connections and poller).
-    pub fn store(&self) -> std::sync::Arc<dyn crate::store::Store> {
-        std::sync::Arc::new(self.store.clone())
-    }
-
     /// A second, independent handle on the same file, as another process would open it.
-    pub fn open_another(&self) -> std::sync::Arc<dyn crate::store::Store> {
+    pub fn open_another(&self) -> Arc<dyn Store> {
         let path = self.path();
         let store = EmbeddedStore::open(&path)
             .unwrap_or_else(|e| panic!("cannot reopen embedded store at {}: {e}", path.display()));
-        std::sync::Arc::new(store)
+        Arc::new(store)
     }
 }
 

@@ -137,7 +137,7 @@ fn spec(tmp: &Path, sha_1: &str) -> InstanceSpec {
         hooks: Hooks {
             install: vec![cmd("test -x bin/run && echo installed $DEPLOY_VERSION")],
             activate: vec![cmd(
-                r#"echo "$DEPLOY_VERSION from [$DEPLOY_PREVIOUS_VERSION]" >> "$ACTIVATIONS""#,
+                r#"echo "$DEPLOY_VERSION from [$DEPLOY_PREVIOUS_VERSION]" >> "$ACTIVATIONS"; echo "activated $DEPLOY_VERSION""#,
             )],
             ..Default::default()
         },
@@ -289,6 +289,29 @@ async fn scenario(client: Client, url: StoreUrl) {
         "activate must not re-run"
     );
 
+    assert!(
+        inst_status(&w).await.last_hook_output == ["activated 2.0"],
+        "the activate output is kept (afterActivate is empty)"
+    );
+
+    // Retention: 1.0 is no longer wanted; its clean hook runs in it, then it is deleted.
+    let g = w
+        .update_spec(|s| {
+            s.staged.retain(|v| v.version == "2.0");
+            s.keep_releases = 1;
+            s.hooks.clean = vec![cmd(
+                r#"test -f VERSION && echo "$DEPLOY_VERSION" >> "$ACTIVATIONS.cleaned""#,
+            )];
+        })
+        .await;
+    w.wait_status("observed", |_, s| {
+        s.observed_generation == g && s.staged_versions == ["2.0"]
+    })
+    .await;
+    assert!(!w.app_path().join("releases/1.0").exists());
+    let cleaned = std::fs::read_to_string(w.tmp.path().join("activations.cleaned")).unwrap();
+    assert_eq!(cleaned, "1.0\n");
+
     // Events were recorded about the instance.
     let events = w
         .client
@@ -326,4 +349,294 @@ async fn agent_should_stage_switch_gate_and_survive_a_restart_on_the_embedded_st
     let path = temp.path();
     let store: Arc<dyn Store> = Arc::new(temp.store.clone());
     scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}
+
+/// Polls `cond` until it holds.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie not yet reaped counts as dead.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Service, health check, restartAt, drift repair, health failure and deletion.
+async fn service_scenario(client: Client, url: StoreUrl) {
+    let w = World {
+        client,
+        url,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let state = w.tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    write_artifact(&w.tmp.path().join("artifacts"), "2.0");
+    let mut s = spec(w.tmp.path(), "unused");
+    s.staged[0].sha256 = None;
+    s.env.insert("STATE".into(), state.display().to_string());
+    s.hooks.activate = vec![cmd(
+        r#"echo "$DEPLOY_VERSION" > "$STATE/installed"; echo "$DEPLOY_VERSION" >> "$ACTIVATIONS""#,
+    )];
+    s.get_version = Some(cmd(r#"cat "$STATE/installed""#));
+    s.service = Some(deployctl::api::Service {
+        command: r#"echo "service $DEPLOY_VERSION in $(pwd -P)"; echo $$ > "$STATE/service.pid"; exec sleep 1000"#.into(),
+        stop_timeout_seconds: 2,
+    });
+    s.health_check = Some(deployctl::api::HealthCheck {
+        exec: Some(cmd(
+            r#"test -s "$STATE/service.pid" && kill -0 "$(cat "$STATE/service.pid")""#,
+        )),
+        period_seconds: 1,
+        timeout_seconds: 2,
+        success_threshold: 1,
+        failure_threshold: 1,
+        deadline_seconds: 10,
+        ..Default::default()
+    });
+    s.min_ready_seconds = 1;
+    w.client.create(&Instance::new("web.m1", s)).await.unwrap();
+
+    let (token, agent) = w.start_agent();
+    let inst = w
+        .wait_status("Running 1.0", |_, s| {
+            s.phase == InstancePhase::Running && s.available
+        })
+        .await;
+    assert!(inst.status().unwrap().ready_since.is_some());
+    let pid_file = state.join("service.pid");
+    let first = read_pid(&pid_file).expect("the service wrote its pid");
+    assert!(alive(first));
+    let log = w.root().join("logs/default_web.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("service 1.0 in") && text.contains("releases/1.0"),
+        "{text}"
+    );
+
+    // restartAt: activate again, restart the service, record restartedAt.
+    let at = chrono::Utc::now();
+    w.update_spec(|s| s.restart_at = Some(at)).await;
+    w.wait_status("restartedAt", |_, s| {
+        s.restarted_at == Some(at) && s.phase == InstancePhase::Running
+    })
+    .await;
+    assert_eq!(w.activations(), vec!["1.0", "1.0"]);
+    wait_for("old service process gone", || !alive(first)).await;
+    let second = read_pid(&pid_file).unwrap();
+    assert_ne!(first, second);
+    assert!(alive(second));
+
+    // Drift: what getVersion prints no longer matches; found on agent start and repaired.
+    token.cancel();
+    agent.await.unwrap().unwrap();
+    wait_for("service stopped with the agent", || !alive(second)).await;
+    std::fs::write(state.join("installed"), "0.9\n").unwrap();
+    let (token, agent) = w.start_agent();
+    wait_for("drift repaired by re-activation", || {
+        w.activations().len() == 3
+    })
+    .await;
+    w.wait_status("Running after drift repair", |_, s| {
+        s.phase == InstancePhase::Running && s.failure.is_none() && s.available
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(state.join("installed"))
+            .unwrap()
+            .trim(),
+        "1.0"
+    );
+    let events = w
+        .client
+        .list::<Event>(&Scope::Namespace("default".into()))
+        .await
+        .unwrap();
+    assert!(events.items.iter().any(|e| e.spec().reason == "Drifted"));
+
+    // A health check that never passes fails the switch with HealthDeadline.
+    let g = w
+        .update_spec(|s| {
+            s.staged.push(VersionRef {
+                version: "2.0".into(),
+                sha256: None,
+            });
+            s.current = Some("2.0".into());
+            let hc = s.health_check.as_mut().unwrap();
+            hc.exec = Some(cmd("test -f never-there"));
+            hc.deadline_seconds = 2;
+        })
+        .await;
+    let inst = w
+        .wait_status("HealthDeadline", |_, s| {
+            s.observed_generation == g && s.phase == InstancePhase::Failed
+        })
+        .await;
+    let st = inst.status().unwrap();
+    let f = st.failure.as_ref().unwrap();
+    assert_eq!(
+        (f.operation.as_str(), f.reason.as_str(), f.version.as_str()),
+        ("Health", "HealthDeadline", "2.0")
+    );
+    assert!(!st.available && !st.healthy);
+    let activations_after_failure = w.activations().len();
+
+    // Deleting the instance stops its service and leaves its files.
+    let running = read_pid(&pid_file).unwrap();
+    assert!(alive(running));
+    w.client
+        .delete::<Instance>(Some("default"), "web.m1", None)
+        .await
+        .unwrap();
+    wait_for("service stopped after delete", || !alive(running)).await;
+    assert!(w.app_path().join("releases/2.0").exists());
+    assert_eq!(
+        w.activations().len(),
+        activations_after_failure,
+        "no retry after failure"
+    );
+
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_supervise_verify_restart_and_repair_drift_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    service_scenario(Client::new(store), StoreUrl::Etcd(vec![etcd.endpoint()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_supervise_verify_restart_and_repair_drift_on_the_embedded_store() {
+    let temp = deployctl::testing::embedded_temp();
+    let path = temp.path();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    service_scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}
+
+/// A lost presence lease is replaced and the presence key put again.
+async fn presence_scenario(client: Client, url: StoreUrl) {
+    let w = World {
+        client,
+        url,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let (token, agent) = w.start_agent();
+    let key = keys::machine_lease_key("m1");
+    let mut first = 0;
+    let start = Instant::now();
+    while first == 0 {
+        first = w
+            .client
+            .store()
+            .get(&key)
+            .await
+            .unwrap()
+            .map_or(0, |kv| kv.lease);
+        assert!(start.elapsed() < DEADLINE, "presence key never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.client.store().revoke_lease(first).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let kv = w.client.store().get(&key).await.unwrap();
+        if let Some(kv) = kv.filter(|kv| kv.lease != first) {
+            assert_ne!(kv.lease, 0);
+            let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+            assert!(
+                v.get("hostname").is_some() && v.get("startedAt").is_some(),
+                "{v}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "presence was not re-registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_re_register_presence_after_losing_its_lease_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    presence_scenario(Client::new(store), StoreUrl::Etcd(vec![etcd.endpoint()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_re_register_presence_after_losing_its_lease_on_the_embedded_store() {
+    let temp = deployctl::testing::embedded_temp();
+    let path = temp.path();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    presence_scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}
+
+/// etcd's count of Range (read) requests served, from its metrics endpoint.
+async fn etcd_reads(etcd: &EtcdServer) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", etcd.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total") && l.contains("grpc_method=\"Range\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_should_make_no_store_reads() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    let w = World {
+        client: Client::new(store),
+        url: StoreUrl::Etcd(vec![etcd.endpoint()]),
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let sha = write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    w.client
+        .create(&Instance::new("web.m1", spec(w.tmp.path(), &sha)))
+        .await
+        .unwrap();
+    let (token, agent) = w.start_agent();
+    w.wait_status("Running 1.0", |_, s| {
+        s.phase == InstancePhase::Running && s.available
+    })
+    .await;
+    // Let the agent settle (its own status echo, the event writes), then watch it idle
+    // across more than one lease keep-alive (every ttl/3 ≈ 1.7 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = etcd_reads(&etcd).await;
+    assert!(
+        before > 0,
+        "etcd reports its Range count (the agent listed its instances)"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = etcd_reads(&etcd).await;
+    assert_eq!(
+        before,
+        after,
+        "an idle agent read the store {} times",
+        after - before
+    );
+    token.cancel();
+    agent.await.unwrap().unwrap();
 }

@@ -78,10 +78,12 @@ pub async fn probe(check: &HealthCheck, env: &HookEnv, cwd: &Path) -> Result<(),
 /// (within `deadlineSeconds`), then until it has stayed healthy for `min_ready`
 /// (`failureThreshold` failures in a row lose readiness). Returns when readiness began.
 /// Without a check, the instance is healthy at once and only `min_ready` is waited.
+/// `on_ready` hears each change of readiness (`Some(since)` or `None`), for the status.
 pub async fn verify<F, Fut>(
     check: Option<&HealthCheck>,
     min_ready: Duration,
     mut probe: F,
+    mut on_ready: impl FnMut(Option<DateTime<Utc>>),
 ) -> Result<DateTime<Utc>, HealthError>
 where
     F: FnMut() -> Fut,
@@ -89,6 +91,7 @@ where
 {
     let Some(check) = check else {
         let since = Utc::now();
+        on_ready(Some(since));
         tokio::time::sleep(min_ready).await;
         return Ok(since);
     };
@@ -112,7 +115,9 @@ where
                 successes += 1;
                 failures = 0;
                 if ready.is_none() && successes >= needed {
-                    ready = Some((now, Utc::now()));
+                    let since = Utc::now();
+                    ready = Some((now, since));
+                    on_ready(Some(since));
                 }
             }
             Err(e) => {
@@ -120,8 +125,8 @@ where
                 last = e;
                 failures += 1;
                 successes = 0;
-                if failures >= check.failure_threshold.max(1) {
-                    ready = None;
+                if failures >= check.failure_threshold.max(1) && ready.take().is_some() {
+                    on_ready(None);
                 }
             }
         }
@@ -187,7 +192,7 @@ mod tests {
     async fn verify_should_need_success_threshold_passes_in_a_row() {
         let (p, calls) = scripted(&[false, true, false, true, true, true]);
         let start = Instant::now();
-        verify(Some(&check(3, 3, 60)), Duration::ZERO, p)
+        verify(Some(&check(3, 3, 60)), Duration::ZERO, p, |_| {})
             .await
             .unwrap();
         assert_eq!(*calls.lock().unwrap(), 6);
@@ -198,7 +203,7 @@ mod tests {
     async fn verify_should_fail_with_health_deadline_when_never_healthy() {
         let (p, _) = scripted(&[false]);
         let start = Instant::now();
-        let err = verify(Some(&check(1, 3, 10)), Duration::ZERO, p)
+        let err = verify(Some(&check(1, 3, 10)), Duration::ZERO, p, |_| {})
             .await
             .unwrap_err();
         assert_eq!(err.reason(), "HealthDeadline");
@@ -212,14 +217,18 @@ mod tests {
         // healthy again from t=3, so min-ready (5s) ends at t=8.
         let (p, _) = scripted(&[true, false, false, true]);
         let start = Instant::now();
-        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p)
-            .await
-            .unwrap();
+        let mut changes = Vec::new();
+        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p, |r| {
+            changes.push((start.elapsed().as_secs(), r.is_some()))
+        })
+        .await
+        .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(8));
+        assert_eq!(changes, vec![(0, true), (2, false), (3, true)]);
         // A single failure below the threshold does not reset the window.
         let (p, _) = scripted(&[true, false, true]);
         let start = Instant::now();
-        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p)
+        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p, |_| {})
             .await
             .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(5));
@@ -228,12 +237,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_check_only_min_ready_should_be_waited() {
         let start = Instant::now();
-        verify(None, Duration::from_secs(3), || async {
-            Err("never called".to_string())
-        })
+        let mut told = None;
+        verify(
+            None,
+            Duration::from_secs(3),
+            || async { Err("never called".to_string()) },
+            |r| told = r,
+        )
         .await
         .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert!(told.is_some(), "healthy at once");
     }
 
     fn env(dir: &Path) -> HookEnv {

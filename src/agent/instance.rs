@@ -17,8 +17,9 @@ use crate::api::{
 };
 use crate::store::{Client, Error as StoreError, EventRecorder};
 use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,9 @@ pub struct Memory {
     pub version_checked: Option<String>,
     /// The version (and generation) already re-converged once after drift.
     pub drift_fixed: Option<(String, i64)>,
+    /// Releases being cleaned in the background right now: neither switched to nor
+    /// staged again until their cleaning is over.
+    pub cleaning: BTreeSet<String>,
 }
 
 impl Memory {
@@ -107,12 +111,18 @@ pub fn next_action(o: &Observed) -> Action {
     let g = o.generation;
     let m = o.memory;
     for v in &o.spec.staged {
-        if !o.staged.contains(&v.version) && !m.failed(OpKind::Stage, &v.version, g) {
+        if !o.staged.contains(&v.version)
+            && !m.failed(OpKind::Stage, &v.version, g)
+            && !m.cleaning.contains(&v.version)
+        {
             return Action::Stage(v.clone());
         }
     }
     if let Some(want) = o.spec.current.as_deref() {
-        let blocked = m.failed(OpKind::Switch, want, g);
+        // A version that failed to stage keeps that (more telling) failure: no NotStaged.
+        let blocked = m.failed(OpKind::Switch, want, g)
+            || m.failed(OpKind::Stage, want, g)
+            || m.cleaning.contains(want);
         if o.current != Some(want) {
             if !blocked {
                 return if o.staged.iter().any(|s| s == want) {
@@ -138,7 +148,7 @@ pub fn next_action(o: &Observed) -> Action {
     let clean: Vec<String> = o
         .to_clean
         .iter()
-        .filter(|v| !m.failed(OpKind::Clean, v, g))
+        .filter(|v| !m.failed(OpKind::Clean, v, g) && !m.cleaning.contains(*v))
         .cloned()
         .collect();
     if !clean.is_empty() {
@@ -192,6 +202,19 @@ struct Task {
     /// The status last written successfully (None: not yet, or the write failed).
     written: Option<InstanceStatus>,
     service: Option<Supervisor>,
+    /// Shared with the background clean jobs.
+    cleaning: Arc<Mutex<CleanState>>,
+    /// Woken when a clean job ends, so that what waited for it (or retention) goes on.
+    clean_done: Arc<tokio::sync::Notify>,
+    clean_jobs: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the background clean jobs of one instance are doing.
+#[derive(Default)]
+struct CleanState {
+    running: BTreeSet<String>,
+    /// Versions whose cleaning failed, with the generation it was asked under.
+    failed: Vec<(String, i64)>,
 }
 
 /// Runs one instance until it is deleted (the channel yields `None` or closes) or
@@ -217,6 +240,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             // A status write failed (store unreachable): try again later.
             _ = tokio::time::sleep(Duration::from_secs(5)), if retry_write => {}
+            _ = task.clean_done.notified() => {}
             changed = specs.changed() => {
                 if changed.is_err() {
                     break;
@@ -236,6 +260,9 @@ pub async fn run(
             }
         }
     }
+    for job in task.clean_jobs.drain(..) {
+        job.abort();
+    }
     if let Some(s) = task.service.take() {
         s.stop().await;
     }
@@ -243,9 +270,13 @@ pub async fn run(
 
 impl Task {
     fn new(ctx: Arc<Context>, obj: Instance) -> Task {
-        let status = obj.status().cloned().unwrap_or_default();
+        let mut status = obj.status().cloned().unwrap_or_default();
         let generation = obj.meta().generation.unwrap_or(0);
         let mut memory = Memory::default();
+        if status.observed_generation != generation {
+            // Written for an older spec (the agent was down when it changed).
+            status.failure = None;
+        }
         // A failure reported for this very generation by an earlier run is not retried.
         if let Some(f) = &status.failure {
             if status.observed_generation == generation {
@@ -264,6 +295,9 @@ impl Task {
             memory,
             status,
             service: None,
+            cleaning: Default::default(),
+            clean_done: Default::default(),
+            clean_jobs: Vec::new(),
         }
     }
 
@@ -281,7 +315,8 @@ impl Task {
     }
     fn layout(&self) -> Layout {
         let path = match &self.spec().path {
-            Some(p) => PathBuf::from(p),
+            // A relative path is taken under the agent's root, never its working dir.
+            Some(p) => self.ctx.root.join(p),
             None => self
                 .ctx
                 .root
@@ -300,19 +335,10 @@ impl Task {
         let sv = &mut self.obj.meta_mut().status_version;
         *sv = (*sv).max(ours);
         if generation_changed {
-            // A failure for a version no longer wanted is history.
-            let wanted = |v: &str| {
-                self.obj.spec().current.as_deref() == Some(v)
-                    || self.obj.spec().staged.iter().any(|s| s.version == v)
-            };
-            if self
-                .status
-                .failure
-                .as_ref()
-                .is_some_and(|f| !wanted(&f.version))
-            {
-                self.status.failure = None;
-            }
+            // A failure answers the spec it happened under; a new generation retries
+            // (or no longer wants) that operation, and the controller reads a failure
+            // next to a fresh observedGeneration as a failure of the new spec.
+            self.status.failure = None;
         }
     }
 
@@ -368,6 +394,12 @@ impl Task {
     /// Steps until idle, reporting after each.
     async fn converge(&mut self, starting: bool) {
         let layout = self.layout();
+        if self.spec().service.is_none() {
+            if let Some(s) = self.service.take() {
+                tracing::info!(instance = %self.obj.meta().key(), "service removed from spec: stopping it");
+                s.stop().await;
+            }
+        }
         if starting {
             match layout.remove_unfinished() {
                 Ok(removed) if !removed.is_empty() => {
@@ -387,6 +419,7 @@ impl Task {
         // Each action changes the disk or the memory; the cap guards against a bug
         // turning into a hot loop.
         for _ in 0..64 {
+            self.sync_cleaning();
             let staged = layout.staged_versions();
             let current = layout.current_version();
             let mut keep: Vec<String> = self
@@ -396,7 +429,12 @@ impl Task {
                 .map(|v| v.version.clone())
                 .collect();
             keep.extend(self.spec().current.clone());
-            let to_clean = layout.releases_to_clean(&keep, self.spec().keep_releases.max(1));
+            // 0 means unset (Applications default to 3 and refuse 0): delete less, not more.
+            let keep_releases = match self.spec().keep_releases {
+                0 => 3,
+                n => n,
+            };
+            let to_clean = layout.releases_to_clean(&keep, keep_releases);
             let action = next_action(&Observed {
                 spec: self.spec(),
                 generation: self.generation(),
@@ -428,7 +466,7 @@ impl Task {
                 Action::Verify(v) => self.do_verify(&v).await,
                 Action::CheckVersion(v) => self.do_check_version(&v).await,
                 Action::Restart(at) => self.do_restart(at).await,
-                Action::Clean(list) => self.do_clean(&list).await,
+                Action::Clean(list) => self.start_clean(list),
             }
             self.report(None).await;
         }
@@ -449,20 +487,23 @@ impl Task {
             message: e.message.clone(),
             time: Utc::now(),
         });
-        if kind != OpKind::Stage && kind != OpKind::Clean {
+        // A refused switch changed nothing on disk: what runs keeps its health.
+        if matches!(kind, OpKind::Switch | OpKind::Restart) && e.reason != "NotStaged" {
             self.status.healthy = false;
             self.status.available = false;
             self.status.ready_since = None;
         }
-        self.report(Some(InstancePhase::Failed)).await;
+        // The event goes first: a reader that saw the Failed status can find its event.
         self.event("Warning", event_reason, &e.message).await;
+        self.report(Some(InstancePhase::Failed)).await;
     }
 
     async fn do_stage(&mut self, v: &VersionRef) {
         self.report(Some(InstancePhase::Staging)).await;
         match self.stage(v).await {
             Ok(tail) => {
-                self.status.last_hook_output = tail;
+                let install = self.spec().hooks.install.clone();
+                self.record_output(&install, tail);
                 if self
                     .status
                     .failure
@@ -509,6 +550,8 @@ impl Task {
         .await
         .map_err(|e| OpError::new("Stage", "UnpackFailed", format!("unpack task failed: {e}")))?
         .map_err(OpError::unpack)?;
+        // An artifact must not mark itself staged before `install` ran.
+        let _ = std::fs::remove_file(dir.join(super::release::STAGED_MARKER));
         let current = layout.current_version();
         let env = self.env(version, current.as_deref());
         let tail = hooks::run_hooks(&env, &self.spec().hooks.install, &dir, "install")
@@ -555,7 +598,7 @@ impl Task {
         let tail = hooks::run_hooks(&env, &hooks.before_activate, &dir, "beforeActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.before_activate, tail);
         layout.switch_current(want).map_err(|e| {
             OpError::new(
                 "Switch",
@@ -569,35 +612,64 @@ impl Task {
         let tail = hooks::run_hooks(&env, &hooks.activate, &dir, "activate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.activate, tail);
         self.restart_service(want).await;
         self.report(Some(InstancePhase::Verifying)).await;
-        let since = self.check_health(&env, self.min_ready()).await?;
+        let since = self.check_health(&env, self.min_ready(), true).await?;
         let tail = hooks::run_hooks(&env, &hooks.after_activate, &dir, "afterActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.after_activate, tail);
         self.set_ready(since);
         Ok(())
+    }
+
+    /// Keeps a hook list's output for the status, unless the list was empty (then the
+    /// previous hook's output is more useful).
+    fn record_output(&mut self, cmds: &[crate::api::Command], tail: Vec<String>) {
+        if !cmds.is_empty() {
+            self.status.last_hook_output = tail;
+        }
     }
 
     fn min_ready(&self) -> Duration {
         Duration::from_secs(u64::from(self.spec().min_ready_seconds))
     }
 
+    /// Runs the health check after a switch; while it runs, each change of readiness
+    /// is reported (phase Verifying, `healthy`, `readySince`).
     async fn check_health(
-        &self,
+        &mut self,
         env: &HookEnv,
         min_ready: Duration,
+        report_progress: bool,
     ) -> Result<DateTime<Utc>, OpError> {
         let check = self.spec().health_check.clone();
         let cwd = self.layout().current_link();
         let probe_check = check.clone().unwrap_or_default();
-        health::verify(check.as_ref(), min_ready, || {
-            health::probe(&probe_check, env, &cwd)
-        })
-        .await
-        .map_err(|e| OpError::new("Health", e.reason(), e.to_string()))
+        let (tx, mut rx) = watch::channel(None);
+        let verify = health::verify(
+            check.as_ref(),
+            min_ready,
+            || health::probe(&probe_check, env, &cwd),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        );
+        tokio::pin!(verify);
+        loop {
+            tokio::select! {
+                res = &mut verify => {
+                    return res.map_err(|e| OpError::new("Health", e.reason(), e.to_string()));
+                }
+                Ok(()) = rx.changed(), if report_progress => {
+                    let ready = *rx.borrow_and_update();
+                    self.status.healthy = ready.is_some();
+                    self.status.ready_since = ready;
+                    self.report(Some(InstancePhase::Verifying)).await;
+                }
+            }
+        }
     }
 
     fn set_ready(&mut self, since: DateTime<Utc>) {
@@ -621,7 +693,7 @@ impl Task {
             self.report(Some(InstancePhase::Verifying)).await;
         }
         let env = self.env(want, None);
-        match self.check_health(&env, min_ready).await {
+        match self.check_health(&env, min_ready, !was_available).await {
             Ok(since) => {
                 let keep_since = self.status.ready_since.filter(|_| was_available);
                 self.set_ready(keep_since.unwrap_or(since));
@@ -674,13 +746,9 @@ impl Task {
             return self.fail(OpKind::Switch, want, e, "Drifted").await;
         }
         self.memory.drift_fixed = Some((want.to_string(), g));
-        self.status.failure = Some(InstanceFailure {
-            version: want.to_string(),
-            operation: "Switch".into(),
-            reason: "Drifted".into(),
-            message: msg.clone(),
-            time: Utc::now(),
-        });
+        // Not a `failure` (the controller would count one against the rollout): the
+        // message goes with getVersion's output, and a repair that fails records its own.
+        self.status.last_hook_output = vec![msg.clone()];
         self.status.healthy = false;
         self.status.available = false;
         self.report(Some(InstancePhase::Drifted)).await;
@@ -704,9 +772,9 @@ impl Task {
             let tail = hooks::run_hooks(&env, &activate, &dir, "activate")
                 .await
                 .map_err(|e| OpError::hook("Switch", e))?;
-            self.status.last_hook_output = tail;
+            self.record_output(&activate, tail);
             self.restart_service(&current).await;
-            self.check_health(&env, self.min_ready()).await
+            self.check_health(&env, self.min_ready(), true).await
         }
         .await;
         match result {
@@ -723,28 +791,76 @@ impl Task {
         }
     }
 
-    async fn do_clean(&mut self, list: &[String]) {
-        let layout = self.layout();
-        for v in list {
-            let env = self.env(v, None);
-            let dir = layout.release(v);
-            if let Err(e) = hooks::run_hooks(&env, &self.spec().hooks.clean, &dir, "clean").await {
-                tracing::warn!(instance = %self.obj.meta().key(), version = %v, error = %e, "clean hook failed; keeping the release");
-                self.memory.fail(OpKind::Clean, v, self.generation());
-                continue;
-            }
-            let d = dir.clone();
-            let res = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&d)).await;
-            match res {
-                Ok(Ok(())) => {
-                    tracing::info!(instance = %self.obj.meta().key(), version = %v, "release cleaned")
-                }
-                other => {
-                    tracing::warn!(dir = %dir.display(), result = ?other, "cannot delete release");
-                    self.memory.fail(OpKind::Clean, v, self.generation());
-                }
-            }
+    /// Copies the clean jobs' state into the memory the decision reads.
+    fn sync_cleaning(&mut self) {
+        self.clean_jobs.retain(|j| !j.is_finished());
+        let mut st = self
+            .cleaning
+            .lock()
+            .expect("clean state lock: no panics inside");
+        self.memory.cleaning = st.running.clone();
+        for (v, g) in st.failed.drain(..) {
+            self.memory.fail(OpKind::Clean, &v, g);
         }
+    }
+
+    /// Cleans releases in the background (clean hooks in each, then delete), so that a
+    /// slow clean hook never holds up a switch.
+    fn start_clean(&mut self, list: Vec<String>) {
+        let generation = self.generation();
+        let key = self.obj.meta().key();
+        let hooks = self.spec().hooks.clean.clone();
+        let layout = self.layout();
+        let jobs: Vec<(String, HookEnv, PathBuf)> = list
+            .iter()
+            .map(|v| (v.clone(), self.env(v, None), layout.release(v)))
+            .collect();
+        {
+            let mut st = self
+                .cleaning
+                .lock()
+                .expect("clean state lock: no panics inside");
+            st.running.extend(list.iter().cloned());
+        }
+        self.memory.cleaning.extend(list);
+        let state = self.cleaning.clone();
+        let done = self.clean_done.clone();
+        self.clean_jobs.push(tokio::spawn(async move {
+            for (v, env, dir) in jobs {
+                let ok = match hooks::run_hooks(&env, &hooks, &dir, "clean").await {
+                    Err(e) => {
+                        tracing::warn!(instance = %key, version = %v, error = %e, "clean hook failed; keeping the release");
+                        false
+                    }
+                    Ok(_) => {
+                        // Renamed away first, so that an interrupted delete never leaves a
+                        // half-deleted release that still looks staged.
+                        let d = dir.clone();
+                        let doomed = dir.with_file_name(format!(".{v}.tmp-del-{:08x}", rand::random::<u32>()));
+                        let delete = move || {
+                            std::fs::rename(&d, &doomed)?;
+                            std::fs::remove_dir_all(&doomed)
+                        };
+                        match tokio::task::spawn_blocking(delete).await {
+                            Ok(Ok(())) => {
+                                tracing::info!(instance = %key, version = %v, "release cleaned");
+                                true
+                            }
+                            other => {
+                                tracing::warn!(dir = %dir.display(), result = ?other, "cannot delete release");
+                                false
+                            }
+                        }
+                    }
+                };
+                let mut st = state.lock().expect("clean state lock: no panics inside");
+                st.running.remove(&v);
+                if !ok {
+                    st.failed.push((v, generation));
+                }
+            }
+            done.notify_one();
+        }));
     }
 
     /// The phase when nothing is in progress.
@@ -853,6 +969,7 @@ mod tests {
         }
     }
 
+    #[derive(Default)]
     struct Case {
         staged_spec: Vec<&'static str>,
         current_spec: Option<&'static str>,
@@ -862,21 +979,6 @@ mod tests {
         get_version: bool,
         restart: Option<(i64, Option<i64>)>,
         to_clean: Vec<&'static str>,
-    }
-
-    impl Default for Case {
-        fn default() -> Self {
-            Case {
-                staged_spec: vec![],
-                current_spec: None,
-                disk_staged: vec![],
-                disk_current: None,
-                memory: Memory::default(),
-                get_version: false,
-                restart: None,
-                to_clean: vec![],
-            }
-        }
     }
 
     fn check(c: Case, want: Action) {
@@ -939,6 +1041,21 @@ mod tests {
                 ..Default::default()
             },
             Action::RefuseSwitch("2".into()),
+        );
+    }
+
+    #[test]
+    fn next_action_should_not_refuse_a_switch_whose_version_failed_to_stage() {
+        check(
+            Case {
+                staged_spec: vec!["1", "2"],
+                current_spec: Some("2"),
+                disk_staged: vec!["1"],
+                disk_current: Some("1"),
+                memory: mem(&[(OpKind::Stage, "2", 7)], Some("1")),
+                ..Default::default()
+            },
+            Action::Idle,
         );
     }
 
@@ -1040,6 +1157,43 @@ mod tests {
             Case {
                 memory: mem(&[(OpKind::Clean, "0", 7)], Some("1")),
                 ..base()
+            },
+            Action::Idle,
+        );
+        let mut cleaning = mem(&[], Some("1"));
+        cleaning.cleaning.insert("0".into());
+        check(
+            Case {
+                memory: cleaning,
+                ..base()
+            },
+            Action::Idle,
+        );
+    }
+
+    #[test]
+    fn next_action_should_wait_for_a_release_being_cleaned_before_using_it() {
+        let mut m = mem(&[], Some("1"));
+        m.cleaning.insert("0".into());
+        // Wanted current again while being deleted: no switch (and no refusal) yet.
+        check(
+            Case {
+                staged_spec: vec!["0"],
+                current_spec: Some("0"),
+                disk_staged: vec!["0", "1"],
+                disk_current: Some("1"),
+                memory: m.clone(),
+                ..Default::default()
+            },
+            Action::Idle,
+        );
+        // Wanted staged while being deleted (and already gone from disk): staged after.
+        check(
+            Case {
+                staged_spec: vec!["0"],
+                disk_staged: vec![],
+                memory: m,
+                ..Default::default()
             },
             Action::Idle,
         );

@@ -92,8 +92,9 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    let signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("signal received; shutting down");
         t.cancel();
     });

@@ -228,6 +228,8 @@ fn version_of<K: Object>(o: &K) -> (String, i64) {
 }
 
 async fn watch<K: Columns>(client: &Client, scope: Scope, view: &View) -> anyhow::Result<i32> {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let mut stream = client.list_watch::<K>(scope.clone());
     // The last state printed of every object shown, to print only real changes after
     // a relist and to print the rows of objects deleted meanwhile.
@@ -238,7 +240,7 @@ async fn watch<K: Columns>(client: &Client, scope: Scope, view: &View) -> anyhow
     loop {
         let next = tokio::select! {
             n = stream.next() => n,
-            _ = shutdown_signal() => return Ok(0),
+            _ = &mut shutdown => return Ok(0),
         };
         let Some(event) = next else { return Ok(0) };
         let event = match event {
@@ -319,18 +321,24 @@ fn column_widths<K: Columns>(items: &[K], view: &View) -> Vec<String> {
         .collect()
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when first polled, so a signal that comes while the caller is busy is not lost: call
+/// it once, before the work, and keep the future.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-            Err(_) => futures::future::pending::<()>().await,
+            // No signal driver (cannot happen on unix with tokio's `signal` feature):
+            // never resolve rather than exit at once.
+            _ => futures::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

@@ -651,7 +651,11 @@ pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec
         }
     }
     if loaded.is_empty() && errors.is_empty() {
-        errors.push(source_error(&args.join(", "), "no objects found".into()));
+        let names: Vec<&str> = args
+            .iter()
+            .map(|a| if a == "-" { "<stdin>" } else { a.as_str() })
+            .collect();
+        errors.push(source_error(&names.join(", "), "no objects found".into()));
     }
     if !errors.is_empty() {
         return Err(errors);

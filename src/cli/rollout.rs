@@ -338,6 +338,8 @@ pub fn progress_line(r: &Rollout) -> String {
 async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> anyhow::Result<i32> {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let mut stream = client.list_watch::<Rollout>(Scope::Namespace(ns.to_string()));
     let mut last_line = String::new();
     let mut listed = false;
@@ -348,7 +350,7 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
                 eprintln!("error: timed out after {} waiting for rollout {name:?}", humantime::format_duration(timeout));
                 return Ok(2);
             }
-            _ = shutdown_signal() => return Ok(1),
+            _ = &mut shutdown => return Ok(1),
         };
         let Some(event) = event else {
             anyhow::bail!("the watch on rollout {name:?} ended");

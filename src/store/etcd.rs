@@ -314,8 +314,7 @@ impl Store for EtcdStore {
             }
             Err(Error::Other(m)) if m.contains("too many operations in txn") => {
                 return Err(Error::Other(format!(
-                    "{m} (etcd allows {} by default; raise its --max-txn-ops)",
-                    128
+                    "{m} (etcd allows 128 by default: start it with a larger --max-txn-ops)"
                 )))
             }
             other => other?,
@@ -402,7 +401,9 @@ impl Store for EtcdStore {
             .await
         {
             Ok(_) => Ok(()),
-            // Already compacted at or past `revision`: nothing left to forget.
+            // Already compacted at or past `revision`: nothing left to forget. (etcd says
+            // ErrCompacted; the Store contract makes compaction idempotent, as a periodic
+            // compactor may race another.)
             Err(Error::Compacted { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -460,8 +461,17 @@ impl Watch {
             let Some((_, stream)) = self.open.as_mut() else {
                 tokio::time::sleep(self.backoff).await;
                 self.backoff = (self.backoff * 2).min(WATCH_BACKOFF_MAX);
-                if let Err(e) = self.open().await {
-                    tracing::debug!(prefix = %self.prefix, error = %e, "re-opening watch failed");
+                match self.open().await {
+                    // Still failing at the longest pause: worth a person's attention.
+                    Err(e) if self.backoff == WATCH_BACKOFF_MAX => {
+                        tracing::warn!(prefix = %self.prefix, error = %e, "cannot re-open watch; retrying")
+                    }
+                    Err(e) => {
+                        tracing::debug!(prefix = %self.prefix, error = %e, "re-opening watch failed")
+                    }
+                    Ok(()) => {
+                        tracing::debug!(prefix = %self.prefix, from = self.next_revision, "watch re-opened")
+                    }
                 }
                 continue;
             };
@@ -487,10 +497,20 @@ impl Watch {
                 }));
             }
             if resp.canceled() {
-                // Cancelled for another reason (e.g. the member lost its leader): resume.
-                tracing::debug!(prefix = %self.prefix, reason = resp.cancel_reason(),
-                    "watch cancelled by etcd; re-opening");
+                let reason = resp.cancel_reason().to_string();
                 self.open = None;
+                if reason.contains("permission denied") {
+                    // Retrying cannot help: say so once and end.
+                    self.done = true;
+                    return Some(Err(Error::Other(format!(
+                        "watch {} at {}: {}",
+                        self.prefix,
+                        self.endpoint,
+                        reason.trim_start_matches("etcdserver: ")
+                    ))));
+                }
+                // Cancelled for another reason (e.g. the member lost its leader): resume.
+                tracing::warn!(prefix = %self.prefix, %reason, "watch cancelled by etcd; re-opening");
                 continue;
             }
             if resp.events().is_empty() {
@@ -515,7 +535,7 @@ impl Watch {
             }
             // etcd never splits one revision across responses (without `fragment`), so
             // resuming after the last delivered revision loses nothing and repeats nothing.
-            if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).last() {
+            if let Some(last) = resp.events().iter().rev().find_map(|e| e.kv()) {
                 self.next_revision = self.next_revision.max(last.mod_revision() + 1);
             }
             self.backoff = WATCH_BACKOFF_MIN;
@@ -547,7 +567,7 @@ mod tests {
         };
         let endpoint = format!("127.0.0.1:{port}");
         let started = std::time::Instant::now();
-        let err = EtcdStore::connect(&[endpoint.clone()])
+        let err = EtcdStore::connect(std::slice::from_ref(&endpoint))
             .await
             .expect_err("nothing listens there");
         assert!(
@@ -559,6 +579,28 @@ mod tests {
             Error::Unavailable { endpoint: e, .. } => assert!(e.contains(&endpoint)),
             other => panic!("want Unavailable, got {other:?}"),
         }
+        assert!(err.to_string().contains(&endpoint), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connect_should_time_out_on_a_server_that_never_answers() {
+        // Accepts TCP (the kernel's backlog does) but never speaks HTTP/2.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback bind works");
+        let endpoint = silent
+            .local_addr()
+            .expect("bound socket has an address")
+            .to_string();
+        let started = std::time::Instant::now();
+        let err = EtcdStore::connect(std::slice::from_ref(&endpoint))
+            .await
+            .expect_err("nothing answers there");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(8), "took {took:?}");
+        assert!(
+            took >= CONNECT_TIMEOUT / 2,
+            "failed suspiciously fast: {err}"
+        );
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
         assert!(err.to_string().contains(&endpoint), "{err}");
     }
 }

@@ -715,3 +715,98 @@ fn get_watch_should_keep_working_across_an_etcd_restart() {
         watch.seen
     );
 }
+
+/// A tar.gz holding `VERSION`, written to `dir/api-<version>.tar.gz`.
+fn write_artifact(dir: &std::path::Path, version: &str) {
+    let mut tar = tar::Builder::new(Vec::new());
+    let body = format!("{version}\n");
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "VERSION", body.as_bytes()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("api-{version}.tar.gz")),
+        gz.finish().unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_cli_should_drive_a_real_rollout_through_a_controller_and_agents() {
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let dir = tempdir();
+        let art = dir.path().join("artifacts");
+        std::fs::create_dir_all(&art).unwrap();
+        write_artifact(&art, "1.0.0");
+        write_artifact(&art, "1.1.0");
+        let manifests = format!(
+            "apiVersion: deployctl.dev/v1\nkind: Application\nmetadata: {{name: api}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  artifact: {{url: 'file://{}/api-{{{{version}}}}.tar.gz'}}\n---\n\
+             apiVersion: deployctl.dev/v1\nkind: Rollout\nmetadata: {{name: api}}\nspec: {{application: api, version: 1.0.0}}\n",
+            art.display()
+        );
+        let _controller = spawn(&store, &["controller", "--lease-ttl", "3s"]);
+        let agents: Vec<_> = (1..=2)
+            .map(|i| {
+                let root = dir.path().join(format!("root-{i}")).display().to_string();
+                spawn(
+                    &store,
+                    &[
+                        "agent",
+                        "--name",
+                        &format!("web-{i}"),
+                        "--labels",
+                        "role=web",
+                        "--root",
+                        &root,
+                    ],
+                )
+            })
+            .collect();
+        run(
+            &store,
+            &["apply", "-f", &write(dir.path(), "api.yaml", &manifests)],
+        )
+        .ok();
+        let out = run(&store, &["rollout", "status", "api", "--timeout", "60s"]).ok();
+        assert!(
+            out.stdout
+                .ends_with("rollout \"api\" successfully rolled out to 1.0.0\n"),
+            "{backend}: {}",
+            out.stdout
+        );
+        run(&store, &["set", "version", "api", "1.1.0"]).ok();
+        let out = run(&store, &["rollout", "status", "api", "--timeout", "60s"]).ok();
+        assert!(
+            out.stdout.contains("1 of 2 machines updated"),
+            "{backend}: one slot at a time: {}",
+            out.stdout
+        );
+        let release = dir.path().join("root-2/default/api/current/VERSION");
+        assert_eq!(
+            std::fs::read_to_string(&release).unwrap(),
+            "1.1.0\n",
+            "{backend}"
+        );
+        let inst = run(&store, &["get", "instances", "--no-headers"])
+            .ok()
+            .stdout;
+        assert_eq!(
+            inst.lines()
+                .filter(|l| l.contains("1.1.0") && l.contains("Running"))
+                .count(),
+            2,
+            "{backend}: {inst}"
+        );
+        let history = run(&store, &["rollout", "history", "api"]).ok().stdout;
+        assert_eq!(
+            history.lines().filter(|l| l.ends_with("Complete")).count(),
+            2,
+            "{backend}: {history}"
+        );
+        drop(agents);
+    }
+}
