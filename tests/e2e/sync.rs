@@ -1,13 +1,14 @@
 //! GitOps end to end: `deployctl sync` and `deployctl diff` against a Git repository made
 //! by the test (the git command line), on the embedded store and a real etcd.
 
-use crate::common::{rt, run, spawn, tempdir, write, Backend, Output};
+use crate::common::{rt, run, spawn, tempdir, write, Backend, Output, DEADLINE};
 use deployctl::api::{
     Application, Event, GitSync, Rollout, ANNOTATION_SYNC_COMMIT, ANNOTATION_SYNC_PATH, LABEL_SYNC,
 };
 use deployctl::store::Scope;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const APP: &str = "\
 apiVersion: deployctl.dev/v1
@@ -539,7 +540,7 @@ fn sync_dry_run_should_print_the_diff_and_what_it_would_prune_and_write_nothing(
 }
 
 #[test]
-fn a_running_sync_should_follow_new_commits_until_terminated() {
+fn a_running_sync_should_follow_new_commits_past_a_bad_one_until_terminated() {
     for (backend, b) in Backend::all() {
         let store = b.url();
         let repo = Repo::new();
@@ -574,6 +575,32 @@ fn a_running_sync_should_follow_new_commits_until_terminated() {
         assert_eq!(
             rollout_of(&b).map(|r| r.spec.version).as_deref(),
             Some("1.2.0"),
+            "{backend}"
+        );
+        // A bad commit does not stop it: the next good commit is applied.
+        repo.write("manifests/rollout.yaml", &rollout("not a version"));
+        let bad = repo.commit("bad");
+        let deadline = Instant::now() + DEADLINE;
+        while sync_of(&b, "fleet")
+            .and_then(|s| s.status)
+            .and_then(|st| st.last_error_commit)
+            .as_deref()
+            != Some(bad.as_str())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: the bad commit was never seen"
+            );
+            std::thread::sleep(Duration::from_millis(50)); // polling the status, with a deadline
+        }
+        repo.write("manifests/rollout.yaml", &rollout("1.3.0"));
+        let v3 = repo.commit("v3");
+        daemon.wait_for_line("applying v3 after a bad commit", |l| {
+            l.contains(&format!("commit {} applied", short(&v3)))
+        });
+        assert_eq!(
+            rollout_of(&b).map(|r| r.spec.version).as_deref(),
+            Some("1.3.0"),
             "{backend}"
         );
         // A second sync of the same repository may not share the running one's clone.
