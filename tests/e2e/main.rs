@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod manifests;
 mod rollouts;
+mod sync;
 mod up;
