@@ -4,6 +4,12 @@
 //! Level-triggered and restart-safe: [`next_action`] is a plain function of the spec, the
 //! disk and what this process remembers; the async shell ([`run`]) carries out one action,
 //! re-reads the disk and asks again until nothing is left to do.
+//!
+//! A switch is restart-safe: `<path>/.switching` (version and generation) is written
+//! before `beforeActivate` and removed only once the switch is done (`activate` ran, the
+//! health check held for `minReadySeconds`, `afterActivate` ran). An agent that finds the
+//! marker runs the switch again from `beforeActivate`, so switch hooks must be idempotent.
+//! A finished switch leaves no marker and is never re-run.
 
 use super::artifact::{self, ArtifactError, Retry};
 use super::health;
@@ -103,6 +109,8 @@ pub struct Observed<'a> {
     pub restarted_at: Option<DateTime<Utc>>,
     /// Releases beyond retention, from the disk.
     pub to_clean: &'a [String],
+    /// A switch marker is on disk: a switch began and did not finish.
+    pub switching: bool,
     pub memory: &'a Memory,
 }
 
@@ -132,6 +140,10 @@ pub fn next_action(o: &Observed) -> Action {
                 };
             }
         } else if !blocked {
+            // `current` already points at it, but the switch was interrupted: again.
+            if o.switching {
+                return Action::Switch(want.to_string());
+            }
             if m.verified.as_deref() != Some(want) {
                 return Action::Verify(want.to_string());
             }
@@ -401,6 +413,10 @@ impl Task {
             }
         }
         if starting {
+            if let Some(sw) = layout.switching() {
+                tracing::warn!(path = %layout.path.display(), version = %sw.version,
+                    generation = sw.generation, "a switch was interrupted; it runs again");
+            }
             match layout.remove_unfinished() {
                 Ok(removed) if !removed.is_empty() => {
                     tracing::info!(path = %layout.path.display(), ?removed, "removed unfinished releases")
@@ -442,6 +458,7 @@ impl Task {
                 current: current.as_deref(),
                 restarted_at: self.status.restarted_at,
                 to_clean: &to_clean,
+                switching: layout.switching().is_some(),
                 memory: &self.memory,
             });
             tracing::debug!(instance = %self.obj.meta().key(), ?action, "next action");
@@ -595,6 +612,15 @@ impl Task {
         let env = self.env(want, previous);
         let dir = layout.release(want);
         let hooks = self.spec().hooks.clone();
+        layout
+            .mark_switching(want, self.generation())
+            .map_err(|e| {
+                OpError::new(
+                    "Switch",
+                    "SwitchFailed",
+                    format!("cannot write {}: {e}", layout.switching_marker().display()),
+                )
+            })?;
         let tail = hooks::run_hooks(&env, &hooks.before_activate, &dir, "beforeActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
@@ -620,6 +646,13 @@ impl Task {
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
         self.record_output(&hooks.after_activate, tail);
+        layout.clear_switching().map_err(|e| {
+            OpError::new(
+                "Switch",
+                "SwitchFailed",
+                format!("cannot remove {}: {e}", layout.switching_marker().display()),
+            )
+        })?;
         self.set_ready(since);
         Ok(())
     }
@@ -979,6 +1012,7 @@ mod tests {
         get_version: bool,
         restart: Option<(i64, Option<i64>)>,
         to_clean: Vec<&'static str>,
+        switching: bool,
     }
 
     fn check(c: Case, want: Action) {
@@ -1002,6 +1036,7 @@ mod tests {
             current: c.disk_current,
             restarted_at: c.restart.and_then(|(_, r)| r.map(ts)),
             to_clean: &to_clean,
+            switching: c.switching,
             memory: &c.memory,
         });
         assert_eq!(got, want);
@@ -1124,6 +1159,42 @@ mod tests {
                 ..Default::default()
             },
             Action::CheckVersion("1".into()),
+        );
+    }
+
+    #[test]
+    fn next_action_should_run_an_interrupted_switch_again_unless_it_failed_this_generation() {
+        let base = || Case {
+            staged_spec: vec!["1", "2"],
+            current_spec: Some("2"),
+            disk_staged: vec!["1", "2"],
+            disk_current: Some("2"),
+            switching: true,
+            ..Default::default()
+        };
+        check(base(), Action::Switch("2".into()));
+        // Even after this process verified it (the marker outranks the memory).
+        check(
+            Case {
+                memory: mem(&[], Some("2")),
+                ..base()
+            },
+            Action::Switch("2".into()),
+        );
+        check(
+            Case {
+                memory: mem(&[(OpKind::Switch, "2", 7)], None),
+                ..base()
+            },
+            Action::Idle,
+        );
+        // No marker: a finished switch is only verified.
+        check(
+            Case {
+                switching: false,
+                ..base()
+            },
+            Action::Verify("2".into()),
         );
     }
 
