@@ -417,6 +417,22 @@ async fn crash_scenario(client: Client, url: StoreUrl) {
     })
     .await;
     assert_eq!(w.activations().len(), 5, "a finished switch is not re-run");
+
+    // A service added to a running instance is started from current.
+    let started = w.tmp.path().join("service-started");
+    w.update_spec(|s| {
+        s.env
+            .insert("STARTED".into(), started.display().to_string());
+        s.service = Some(deployctl::api::Service {
+            command: r#"cat VERSION > "$STARTED"; exec sleep 1000"#.into(),
+            stop_timeout_seconds: 2,
+        });
+    })
+    .await;
+    wait_for("added service started", || {
+        std::fs::read_to_string(&started).is_ok_and(|t| t == "1.0\n")
+    })
+    .await;
     token.cancel();
     agent.await.unwrap().unwrap();
 }
@@ -484,7 +500,7 @@ async fn service_scenario(client: Client, url: StoreUrl) {
     });
     s.health_check = Some(deployctl::api::HealthCheck {
         exec: Some(cmd(
-            r#"test -s "$STATE/service.pid" && kill -0 "$(cat "$STATE/service.pid")""#,
+            r#"test ! -f "$STATE/sick" && test -s "$STATE/service.pid" && kill -0 "$(cat "$STATE/service.pid")""#,
         )),
         period_seconds: 1,
         timeout_seconds: 2,
@@ -503,6 +519,19 @@ async fn service_scenario(client: Client, url: StoreUrl) {
         })
         .await;
     assert!(inst.status().unwrap().ready_since.is_some());
+
+    // Health keeps being checked while Running: unhealthy after failureThreshold (1)
+    // failures, healthy again after successThreshold (1) passes; the phase stays Running.
+    std::fs::write(state.join("sick"), "").unwrap();
+    w.wait_status("unhealthy while Running", |_, s| {
+        s.phase == InstancePhase::Running && !s.healthy && s.ready_since.is_none()
+    })
+    .await;
+    std::fs::remove_file(state.join("sick")).unwrap();
+    w.wait_status("healthy again", |_, s| {
+        s.phase == InstancePhase::Running && s.healthy && s.ready_since.is_some()
+    })
+    .await;
     let pid_file = state.join("service.pid");
     let first = read_pid(&pid_file).expect("the service wrote its pid");
     assert!(alive(first));
@@ -525,6 +554,27 @@ async fn service_scenario(client: Client, url: StoreUrl) {
     let second = read_pid(&pid_file).unwrap();
     assert_ne!(first, second);
     assert!(alive(second));
+
+    // A changed service command restarts the service, without a switch or activate.
+    w.update_spec(|s| {
+        let svc = s.service.as_mut().unwrap();
+        svc.command = svc
+            .command
+            .replace("echo \"service", "echo \"changed service");
+    })
+    .await;
+    wait_for("service restarted with its new command", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("changed service 1.0"))
+    })
+    .await;
+    wait_for("service before the change gone", || !alive(second)).await;
+    let second = read_pid(&pid_file).unwrap();
+    assert!(alive(second));
+    assert_eq!(
+        w.activations(),
+        vec!["1.0", "1.0"],
+        "no activate for a service change"
+    );
 
     // Drift: what getVersion prints no longer matches; found on agent start and repaired.
     token.cancel();

@@ -18,12 +18,12 @@ use super::release::Layout;
 use super::service::{ServiceSpec, Supervisor};
 use super::unpack::{self, UnpackError};
 use crate::api::{
-    validation::check_version, Instance, InstanceFailure, InstancePhase, InstanceSpec,
+    validation::check_version, HealthCheck, Instance, InstanceFailure, InstancePhase, InstanceSpec,
     InstanceStatus, Object, ObjectReference, VersionRef,
 };
 use crate::store::{Client, Error as StoreError, EventRecorder};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -214,11 +214,40 @@ struct Task {
     /// The status last written successfully (None: not yet, or the write failed).
     written: Option<InstanceStatus>,
     service: Option<Supervisor>,
+    /// What of the spec the running service was started from: a change restarts it.
+    service_shape: Option<ServiceShape>,
+    /// The health check kept running while Running, with the version it watches.
+    monitor: Option<(String, health::Monitor)>,
     /// Shared with the background clean jobs.
     cleaning: Arc<Mutex<CleanState>>,
     /// Woken when a clean job ends, so that what waited for it (or retention) goes on.
     clean_done: Arc<tokio::sync::Notify>,
     clean_jobs: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The parts of an Instance spec that shape its service (not the version: a switch
+/// restarts the service itself).
+#[derive(Clone, Debug, PartialEq)]
+struct ServiceShape {
+    service: crate::api::Service,
+    env: BTreeMap<String, String>,
+    shell: Option<Vec<String>>,
+}
+
+/// What a running health monitor probes with: the check, the environment, `current`.
+type ProbeContext = (HealthCheck, HookEnv, PathBuf);
+
+/// The next change of health from the monitor; never, when there is none.
+async fn monitor_next(
+    monitor: &mut Option<(String, health::Monitor)>,
+    probe: &Option<ProbeContext>,
+) -> bool {
+    match (monitor, probe) {
+        (Some((_, m)), Some((check, env, cwd))) => {
+            m.next_change(|| health::probe(check, env, cwd)).await
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// What the background clean jobs of one instance are doing.
@@ -248,8 +277,13 @@ pub async fn run(
         }
         starting = false;
         let retry_write = task.written.as_ref() != Some(&task.status);
+        task.sync_monitor();
+        let probe = task.probe_context();
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            healthy = monitor_next(&mut task.monitor, &probe) => {
+                task.health_changed(healthy).await;
+            }
             // A status write failed (store unreachable): try again later.
             _ = tokio::time::sleep(Duration::from_secs(5)), if retry_write => {}
             _ = task.clean_done.notified() => {}
@@ -307,6 +341,8 @@ impl Task {
             memory,
             status,
             service: None,
+            service_shape: None,
+            monitor: None,
             cleaning: Default::default(),
             clean_done: Default::default(),
             clean_jobs: Vec::new(),
@@ -389,18 +425,111 @@ impl Task {
         })
     }
 
+    fn service_shape(&self) -> Option<ServiceShape> {
+        Some(ServiceShape {
+            service: self.spec().service.clone()?,
+            env: self.spec().env.clone(),
+            shell: self.spec().shell.clone(),
+        })
+    }
+
     /// (Re)starts the service for `version`, or starts it if it is not running.
     async fn restart_service(&mut self, version: &str) {
         let Some(spec) = self.service_spec(version) else {
             if let Some(s) = self.service.take() {
                 s.stop().await;
             }
+            self.service_shape = None;
             return;
         };
+        self.service_shape = self.service_shape();
         match &self.service {
             Some(s) => s.restart(spec).await,
             None => self.service = Some(Supervisor::start(spec)),
         }
+    }
+
+    /// The service's spec changed (or it was added) with no switch to carry it out:
+    /// restart it from `current`. Not while a switch is unfinished (that one restarts it).
+    async fn apply_service_changes(&mut self) {
+        let layout = self.layout();
+        let Some(current) = layout.current_version() else {
+            return;
+        };
+        if layout.switching().is_some() || self.spec().service.is_none() {
+            return;
+        }
+        let wanted = self.service_shape();
+        if self.service.is_some() && self.service_shape == wanted {
+            return;
+        }
+        let what = if self.service.is_some() {
+            "service spec changed: restarting it"
+        } else {
+            "service added: starting it"
+        };
+        tracing::info!(instance = %self.obj.meta().key(), version = %current, "{what}");
+        self.restart_service(&current).await;
+        self.event("Normal", "ServiceRestarted", what).await;
+    }
+
+    /// Keeps the health monitor in step: running while `current` is verified and the
+    /// spec has a check, restarted when the version or the check changes.
+    fn sync_monitor(&mut self) {
+        let layout = self.layout();
+        let current = layout.current_version();
+        let watched = match (&self.spec().health_check, current) {
+            (Some(check), Some(v))
+                if self.memory.verified.as_deref() == Some(v.as_str())
+                    && layout.switching().is_none() =>
+            {
+                Some((check.clone(), v))
+            }
+            _ => None,
+        };
+        match watched {
+            None => self.monitor = None,
+            Some((check, v)) => {
+                let same = self
+                    .monitor
+                    .as_ref()
+                    .is_some_and(|(mv, m)| *mv == v && *m.check() == check);
+                if !same {
+                    self.monitor = Some((v, health::Monitor::new(check, self.status.healthy)));
+                }
+            }
+        }
+    }
+
+    fn probe_context(&self) -> Option<ProbeContext> {
+        let (version, m) = self.monitor.as_ref()?;
+        Some((
+            m.check().clone(),
+            self.env(version, None),
+            self.layout().current_link(),
+        ))
+    }
+
+    /// The monitor saw the health change while Running: report it (phase stays Running;
+    /// the controller counts an unhealthy instance as unavailable).
+    async fn health_changed(&mut self, healthy: bool) {
+        self.status.healthy = healthy;
+        self.status.ready_since = healthy.then(Utc::now);
+        let version = self.status.current_version.clone().unwrap_or_default();
+        if healthy {
+            tracing::info!(instance = %self.obj.meta().key(), %version, "healthy again");
+            self.event("Normal", "Healthy", &format!("{version} is healthy again"))
+                .await;
+        } else {
+            let n = self
+                .monitor
+                .as_ref()
+                .map_or(1, |(_, m)| m.check().failure_threshold.max(1));
+            let msg = format!("{version} failed its health check {n} time(s) in a row");
+            tracing::warn!(instance = %self.obj.meta().key(), "{msg}");
+            self.event("Warning", "Unhealthy", &msg).await;
+        }
+        self.report(None).await;
     }
 
     /// Steps until idle, reporting after each.
@@ -411,6 +540,7 @@ impl Task {
                 tracing::info!(instance = %self.obj.meta().key(), "service removed from spec: stopping it");
                 s.stop().await;
             }
+            self.service_shape = None;
         }
         if starting {
             if let Some(sw) = layout.switching() {
@@ -487,6 +617,7 @@ impl Task {
             }
             self.report(None).await;
         }
+        self.apply_service_changes().await;
         self.report(None).await;
     }
 
