@@ -10,6 +10,11 @@
 //! health check held for `minReadySeconds`, `afterActivate` ran). An agent that finds the
 //! marker runs the switch again from `beforeActivate`, so switch hooks must be idempotent.
 //! A finished switch leaves no marker and is never re-run.
+//!
+//! Between steps, while `current` is verified, the health check keeps running every
+//! `periodSeconds` ([`health::Monitor`]): `healthy` turns false after `failureThreshold`
+//! failures and true after `successThreshold` passes (the phase stays Running). A service
+//! whose spec changed (or that was added) without a switch is restarted from `current`.
 
 use super::artifact::{self, ArtifactError, Retry};
 use super::health;
