@@ -4,7 +4,8 @@
 //!
 //! - this file: the clap definitions, logging, connecting, exit codes and dispatch.
 //! - [`manifest`]: reading files, directories and stdin into validated objects.
-//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`]: one file per command.
+//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`], [`diff`], [`sync`]: one
+//!   file per command.
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`view`]: the live rollout view of `get rollouts -w` (pure rendering, snapshot-tested).
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
@@ -14,10 +15,12 @@ pub mod daemon;
 pub mod delete;
 pub mod demo;
 pub mod describe;
+pub mod diff;
 pub mod get;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod sync;
 pub mod up;
 pub mod view;
 
@@ -53,6 +56,10 @@ macro_rules! for_kind {
             }
             $crate::api::KindName::Event => {
                 type $K = $crate::api::Event;
+                $body
+            }
+            $crate::api::KindName::Sync => {
+                type $K = $crate::api::GitSync;
                 $body
             }
         }
@@ -123,6 +130,12 @@ pub enum Command {
     /// Change one field of an object: the one-liners CI calls.
     #[command(subcommand, after_help = rollout::SET_EXAMPLES)]
     Set(rollout::SetCommand),
+    /// Show what apply would change, as a unified diff (exit 1 when there are changes).
+    #[command(after_help = diff::EXAMPLES)]
+    Diff(diff::DiffArgs),
+    /// Keep the store equal to the manifests of a Git repository.
+    #[command(after_help = sync::EXAMPLES)]
+    Sync(sync::SyncArgs),
     /// Run the control loop (several may run; one leads).
     #[command(after_help = daemon::CONTROLLER_EXAMPLES)]
     Controller(daemon::ControllerArgs),
@@ -178,7 +191,7 @@ pub enum CliError {
     Exit(i32),
     #[error("Error from server (NotFound): {plural} \"{name}\" not found")]
     NotFound { plural: &'static str, name: String },
-    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events (or mc, app, ro, inst, ev)")]
+    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs (or mc, app, ro, inst, ev)")]
     UnknownKind(String),
 }
 
@@ -227,6 +240,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Delete(args) => delete::run(&g, args).await,
         Command::Rollout(cmd) => rollout::run(&g, cmd).await,
         Command::Set(cmd) => rollout::run_set(&g, cmd).await,
+        Command::Diff(args) => diff::run(&g, args).await,
+        Command::Sync(args) => sync::run(&g, args).await,
         Command::Controller(args) => daemon::run_controller(&g, args).await,
         Command::Agent(args) => daemon::run_agent(&g, args).await,
         Command::Up(args) => up::run(&g, args).await,

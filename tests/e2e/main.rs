@@ -5,5 +5,6 @@ mod cli;
 mod common;
 mod manifests;
 mod rollouts;
+mod sync;
 mod up;
 mod view;
