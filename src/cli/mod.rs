@@ -18,10 +18,16 @@ pub mod output;
 pub mod rollout;
 
 use crate::api::KindName;
-use crate::store::{Client, StoreUrl};
+use crate::store::{Client, Error as StoreError, EtcdOptions, StoreUrl};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Where `--help` lists the etcd TLS and user flags.
+const ETCD_HEADING: &str = "etcd connection (TLS, user)";
+
+/// The environment variable that holds the etcd user's password.
+pub const ETCD_PASSWORD_ENV: &str = "DEPLOYCTL_ETCD_PASSWORD";
 
 /// How long connecting to a store may take before the command gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
@@ -85,6 +91,19 @@ pub struct GlobalArgs {
     /// or nothing for the embedded store at its default path.
     #[arg(long, global = true, env = "DEPLOYCTL_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificate; turns on TLS.
+    #[arg(long, global = true, env = "DEPLOYCTL_ETCD_CA", value_name = "FILE", help_heading = ETCD_HEADING)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key.
+    #[arg(long, global = true, env = "DEPLOYCTL_ETCD_CERT", value_name = "FILE", help_heading = ETCD_HEADING)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, global = true, env = "DEPLOYCTL_ETCD_KEY", value_name = "FILE", help_heading = ETCD_HEADING)]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user; the password is read from DEPLOYCTL_ETCD_PASSWORD only (a flag would
+    /// show in ps).
+    #[arg(long, global = true, env = "DEPLOYCTL_ETCD_USER", value_name = "USER", help_heading = ETCD_HEADING)]
+    pub etcd_user: Option<String>,
     /// The namespace of namespaced objects.
     #[arg(
         short = 'n',
@@ -239,9 +258,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// The store URL from `--store` / `DEPLOYCTL_STORE`.
+/// The store URL from `--store` / `DEPLOYCTL_STORE`, with the `--etcd-*` options and
+/// the password from [`ETCD_PASSWORD_ENV`].
 pub fn store_url(g: &GlobalArgs) -> anyhow::Result<StoreUrl> {
-    StoreUrl::parse(g.store.as_deref()).map_err(anyhow::Error::msg)
+    let options = EtcdOptions {
+        tls: false,
+        ca: g.etcd_ca.clone(),
+        cert: g.etcd_cert.clone(),
+        key: g.etcd_key.clone(),
+        user: g.etcd_user.clone(),
+        password: std::env::var(ETCD_PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty()),
+    };
+    StoreUrl::parse(g.store.as_deref())
+        .and_then(|u| u.with_etcd_options(options))
+        .map_err(anyhow::Error::msg)
 }
 
 /// Connects to the store, failing within [`CONNECT_TIMEOUT`] with the endpoint named.
@@ -249,8 +281,13 @@ pub async fn connect(g: &GlobalArgs) -> anyhow::Result<Client> {
     let url = store_url(g)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, url.connect()).await {
         Ok(Ok(store)) => Ok(Client::new(store)),
-        // Unavailable already names the endpoint.
-        Ok(Err(e @ crate::store::Error::Unavailable { .. })) => Err(e.into()),
+        // These already name the endpoint or the file.
+        Ok(Err(
+            e @ (StoreError::Unavailable { .. }
+            | StoreError::Tls { .. }
+            | StoreError::Auth { .. }
+            | StoreError::Config(_)),
+        )) => Err(e.into()),
         Ok(Err(e)) => Err(anyhow::anyhow!("cannot use store {url}: {e}")),
         Err(_) => Err(anyhow::anyhow!(
             "cannot reach store at {url}: no answer within {}s",

@@ -47,49 +47,82 @@ impl EtcdStore {
     /// cheap request that etcd answers. Fails within a few seconds with
     /// `Error::Unavailable` when it does not.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
-        let endpoint = format!(
-            "etcd://{}",
-            endpoints
-                .iter()
-                .map(|e| e
-                    .trim_start_matches("http://")
-                    .trim_start_matches("https://"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        EtcdStore::connect_with(endpoints, &EtcdOptions::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), with TLS and/or a user. An unreadable file is
+    /// `Error::Config` naming it; a failed handshake `Error::Tls`; a refused user or
+    /// password `Error::Auth`; each names the endpoint.
+    pub async fn connect_with(endpoints: &[String], opts: &EtcdOptions) -> Result<EtcdStore> {
+        let tls = opts.uses_tls();
+        let scheme = if tls { "etcds" } else { "etcd" };
+        let bare: Vec<&str> = endpoints
+            .iter()
+            .map(|e| {
+                e.trim_start_matches("http://")
+                    .trim_start_matches("https://")
+            })
+            .collect();
+        let endpoint = format!("{scheme}://{}", bare.join(","));
         if endpoints.is_empty() {
             return Err(Error::Unavailable {
                 endpoint,
                 message: "no etcd endpoint given".into(),
             });
         }
-        let options = ec::ConnectOptions::new()
+        opts.check().map_err(Error::Config)?;
+        let mut options = ec::ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
-        let unavailable = |message: String| Error::Unavailable {
-            endpoint: endpoint.clone(),
-            message,
-        };
-        let client = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            ec::Client::connect(endpoints, Some(options)),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
-            Err(_) => return Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
-        };
+        // etcd-client picks TLS from the scheme: give every endpoint the one we mean.
+        let urls: Vec<String> = bare
+            .iter()
+            .map(|e| format!("{}://{e}", if tls { "https" } else { "http" }))
+            .collect();
+        if tls {
+            options = options.with_tls(tls_options(opts)?);
+        }
+        if let (Some(user), Some(password)) = (&opts.user, &opts.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let failed = |e: ec::Error| connect_error(&endpoint, opts, e);
+        // With a user, connecting authenticates: that is the first request.
+        let client =
+            match tokio::time::timeout(CONNECT_TIMEOUT, ec::Client::connect(&urls, Some(options)))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(failed(e)),
+                Err(_) => {
+                    return Err(Error::Unavailable {
+                        endpoint,
+                        message: format!("no answer within {CONNECT_TIMEOUT:?}"),
+                    })
+                }
+            };
         let store = EtcdStore {
             client,
             endpoint: endpoint.clone(),
         };
-        // The channel connects lazily: only a request proves that etcd is there.
-        let mut maintenance = store.client.maintenance_client();
-        match tokio::time::timeout(CONNECT_TIMEOUT, maintenance.status()).await {
+        // The channel connects lazily: only a request proves that etcd is there. A range
+        // read (not `status`) so that a user without read access is told so now.
+        let mut kv = store.kv();
+        let probe = kv.get(
+            super::keys::ROOT,
+            Some(ec::GetOptions::new().with_count_only()),
+        );
+        match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
-            Err(_) => Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            // Permission denied on the root only means a narrow role (an agent's): the
+            // connection and the login work, which is what this probe is for.
+            Ok(Err(ec::Error::GRpcStatus(s))) if s.message().contains("permission denied") => {
+                Ok(store)
+            }
+            Ok(Err(e)) => Err(failed(e)),
+            Err(_) => Err(Error::Unavailable {
+                endpoint,
+                message: format!("no answer within {CONNECT_TIMEOUT:?}"),
+            }),
         }
     }
 
@@ -129,6 +162,116 @@ impl EtcdStore {
     }
 }
 
+/// Reads the TLS files into etcd-client's options; `Error::Config` names an unreadable one.
+fn tls_options(opts: &EtcdOptions) -> Result<ec::TlsOptions> {
+    fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::Config(format!("cannot read etcd {what} {}: {e}", path.display()))
+        })?;
+        if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(Error::Config(format!(
+                "etcd {what} {} is not a PEM file (no -----BEGIN line)",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+    let mut tls = ec::TlsOptions::new();
+    if let Some(ca) = &opts.ca {
+        tls = tls.ca_certificate(ec::Certificate::from_pem(read_pem(
+            "CA certificate (--etcd-ca)",
+            ca,
+        )?));
+    }
+    if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
+        let cert = read_pem("client certificate (--etcd-cert)", cert)?;
+        let key = read_pem("client key (--etcd-key)", key)?;
+        tls = tls.identity(ec::Identity::from_pem(cert, key));
+    }
+    Ok(tls)
+}
+
+/// Every message in an error's source chain: tonic's transport errors say only
+/// "transport error" at the top.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Classifies an error of connecting: TLS, authentication, or plain unavailability.
+fn connect_error(endpoint: &str, opts: &EtcdOptions, e: ec::Error) -> Error {
+    let text = error_chain(&e);
+    let lower = text.to_lowercase();
+    if let ec::Error::GRpcStatus(status) = &e {
+        let msg = status.message().trim_start_matches("etcdserver: ");
+        if msg.contains("authentication failed") || msg.contains("invalid auth token") {
+            let user = opts.user.as_deref().unwrap_or("(none)");
+            return Error::Auth {
+                endpoint: endpoint.to_string(),
+                message: format!(
+                    "authentication failed for user {user}: wrong user or password \
+                     (DEPLOYCTL_ETCD_PASSWORD)"
+                ),
+            };
+        }
+        if msg.contains("authentication is not enabled") {
+            return Error::Auth {
+                endpoint: endpoint.to_string(),
+                message: "etcd has authentication disabled; drop --etcd-user".into(),
+            };
+        }
+        if msg.contains("user name is empty") || msg.contains("user name not found") {
+            return Error::Auth {
+                endpoint: endpoint.to_string(),
+                message: "etcd requires a user: give --etcd-user and DEPLOYCTL_ETCD_PASSWORD"
+                    .into(),
+            };
+        }
+    }
+    let tls_words = [
+        "certificate",
+        "tls",
+        "handshake",
+        "unknownissuer",
+        "corrupt message",
+        "invalidcontenttype",
+    ];
+    if tls_words.iter().any(|w| lower.contains(w)) {
+        let hint = if opts.uses_tls() {
+            "check --etcd-ca (the CA that signed etcd's certificate) and, if etcd checks \
+             clients, --etcd-cert/--etcd-key"
+        } else {
+            "etcd may not speak TLS"
+        };
+        return Error::Tls {
+            endpoint: endpoint.to_string(),
+            message: format!("{text} ({hint})"),
+        };
+    }
+    match map_error(endpoint, "connect", e) {
+        // A plain client talking to a TLS port sees the connection dropped.
+        Error::Unavailable { endpoint, message } if !opts.uses_tls() => Error::Unavailable {
+            endpoint,
+            message: format!(
+                "{message} (if etcd serves TLS, use etcds:// with --etcd-ca)"
+            ),
+        },
+        Error::Unavailable { endpoint, message } => Error::Unavailable {
+            endpoint,
+            message: format!("{message} (or etcd does not serve TLS on that port)"),
+        },
+        other => other,
+    }
+}
+
 /// Maps an etcd-client error to ours. `what` names the request for the message.
 fn map_error(endpoint: &str, what: &str, e: ec::Error) -> Error {
     let unavailable = |message: String| Error::Unavailable {
@@ -147,6 +290,24 @@ fn map_error(endpoint: &str, what: &str, e: ec::Error) -> Error {
             }
             if msg.contains("requested lease not found") {
                 return Error::LeaseNotFound(0);
+            }
+            if msg.contains("permission denied") {
+                return Error::Auth {
+                    endpoint: endpoint.to_string(),
+                    message: format!(
+                        "{what}: permission denied (the etcd user's role lacks access to \
+                         that key; see `deployctl agent --help` for the keys an agent needs)"
+                    ),
+                };
+            }
+            if msg.contains("invalid auth token")
+                || msg.contains("user name is empty")
+                || msg.contains("authentication failed")
+            {
+                return Error::Auth {
+                    endpoint: endpoint.to_string(),
+                    message: format!("{what}: {}", msg.trim_start_matches("etcdserver: ")),
+                };
             }
             // gRPC status codes (tonic is not re-exported, its `Code` converts to i32).
             const CANCELLED: i32 = 1;
