@@ -193,22 +193,56 @@ fn tls_options(opts: &EtcdOptions) -> Result<ec::TlsOptions> {
 
 /// Every message in an error's source chain: tonic's transport errors say only
 /// "transport error" at the top.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
     let mut parts = vec![e.to_string()];
     let mut next = e.source();
     while let Some(s) = next {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
+        parts.push(s.to_string());
         next = s.source();
     }
-    parts.join(": ")
+    parts
+}
+
+/// Joins messages, dropping empty ones, tonic's bare "transport error" and any message
+/// that another one already contains.
+fn join_messages(parts: Vec<String>) -> String {
+    let parts: Vec<String> = parts
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty() && p != "transport error")
+        .collect();
+    let mut kept: Vec<&String> = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let covered = parts
+            .iter()
+            .enumerate()
+            .any(|(j, q)| j != i && q.contains(p.as_str()) && (q != p || j < i));
+        if !covered {
+            kept.push(p);
+        }
+    }
+    if kept.is_empty() {
+        return "transport error".into();
+    }
+    kept.iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Classifies an error of connecting: TLS, authentication, or plain unavailability.
 fn connect_error(endpoint: &str, opts: &EtcdOptions, e: ec::Error) -> Error {
-    let text = error_chain(&e);
+    let text = match &e {
+        // The status's own message, then what caused it (rustls says why here).
+        ec::Error::GRpcStatus(status) => {
+            let mut parts = vec![status.message().to_string()];
+            if let Some(source) = std::error::Error::source(status) {
+                parts.extend(error_chain(source));
+            }
+            join_messages(parts)
+        }
+        other => join_messages(error_chain(other)),
+    };
     let lower = text.to_lowercase();
     if let ec::Error::GRpcStatus(status) = &e {
         let msg = status.message().trim_start_matches("etcdserver: ");
@@ -246,10 +280,10 @@ fn connect_error(endpoint: &str, opts: &EtcdOptions, e: ec::Error) -> Error {
     ];
     if tls_words.iter().any(|w| lower.contains(w)) {
         let hint = if opts.uses_tls() {
-            "check --etcd-ca (the CA that signed etcd's certificate) and, if etcd checks \
-             clients, --etcd-cert/--etcd-key"
+            "check that --etcd-ca is the CA that signed etcd's certificate and, if etcd \
+             checks clients, --etcd-cert/--etcd-key"
         } else {
-            "etcd may not speak TLS"
+            "etcd may serve TLS: use etcds:// with --etcd-ca"
         };
         return Error::Tls {
             endpoint: endpoint.to_string(),
@@ -260,8 +294,14 @@ fn connect_error(endpoint: &str, opts: &EtcdOptions, e: ec::Error) -> Error {
         // A plain client talking to a TLS port sees the connection dropped.
         Error::Unavailable { endpoint, message } if !opts.uses_tls() => Error::Unavailable {
             endpoint,
+            message: format!("{message} (if etcd serves TLS, use etcds:// with --etcd-ca)"),
+        },
+        Error::Unavailable { endpoint, message } if opts.cert.is_none() => Error::Unavailable {
+            endpoint,
             message: format!(
-                "{message} (if etcd serves TLS, use etcds:// with --etcd-ca)"
+                "{message} (etcd closed the TLS connection: if it checks client \
+                 certificates, give --etcd-cert and --etcd-key; or it does not serve TLS \
+                 on that port)"
             ),
         },
         Error::Unavailable { endpoint, message } => Error::Unavailable {

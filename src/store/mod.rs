@@ -300,9 +300,11 @@ impl EtcdOptions {
             _ => {}
         }
         if self.uses_tls() && self.ca.is_none() {
-            return Err("TLS to etcd needs --etcd-ca FILE (DEPLOYCTL_ETCD_CA): the CA that \
+            return Err(
+                "TLS to etcd needs --etcd-ca FILE (DEPLOYCTL_ETCD_CA): the CA that \
                  signed etcd's server certificate"
-                .into());
+                    .into(),
+            );
         }
         if let Some(user) = &self.user {
             if user.is_empty() {
@@ -492,7 +494,10 @@ mod tests {
             .unwrap()
             .with_etcd_options(ca)
             .unwrap_err();
-        assert!(err.contains("--etcd-ca only apply to an etcd store"), "{err}");
+        assert!(
+            err.contains("--etcd-ca only apply to an etcd store"),
+            "{err}"
+        );
         // etcds:// without a CA.
         let err = StoreUrl::parse(Some("etcds://a:2379"))
             .unwrap()
