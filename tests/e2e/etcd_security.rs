@@ -238,3 +238,198 @@ async fn etcd_auth_should_accept_the_right_password_and_name_a_wrong_one() {
         out.stderr
     );
 }
+
+/// A `deployctl agent` killed on drop, its stderr going to a file.
+struct AgentProcess {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
+}
+
+impl AgentProcess {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it returns Some, up to [`DEADLINE`]; panics naming `what`.
+async fn wait_for<T, F, Fut>(what: &str, agent: &AgentProcess, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting for {what}; agent stderr:\n{}",
+            agent.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_should_work_with_only_the_etcd_permissions_its_help_lists() {
+    use deployctl::api::{Artifact, Event, Instance, InstanceSpec, Machine, Object, VersionRef};
+    use deployctl::store::etcd::EtcdStore;
+    use deployctl::store::{keys, Client, EtcdOptions, Scope};
+    use etcd_client::Permission;
+
+    let etcd = EtcdServer::start();
+    enable_auth(&etcd, "root-pw").await;
+    let root_options = EtcdOptions {
+        user: Some("root".into()),
+        password: Some("root-pw".into()),
+        ..EtcdOptions::default()
+    };
+    let root_store = EtcdStore::connect_with(&[etcd.endpoint()], &root_options)
+        .await
+        .unwrap_or_else(|e| panic!("root connects: {e}\n{}", etcd.log_tail()));
+    let root = Client::new(std::sync::Arc::new(root_store));
+
+    // The role exactly as `deployctl agent --help` documents it.
+    let mut admin = etcd_client::Client::connect(
+        [etcd.endpoint()],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "root-pw")),
+    )
+    .await
+    .expect("root connects with etcd-client");
+    admin.role_add("agent-web-1").await.expect("role added");
+    for (prefix, perm, key) in deployctl::cli::daemon::agent_etcd_permissions("web-1") {
+        let p = match perm {
+            "read" => Permission::read(key),
+            "write" => Permission::write(key),
+            "readwrite" => Permission::read_write(key),
+            other => panic!("unknown permission {other}"),
+        };
+        let p = if prefix { p.with_prefix() } else { p };
+        admin
+            .role_grant_permission("agent-web-1", p)
+            .await
+            .expect("permission granted");
+    }
+    admin
+        .user_add("agent-web-1", "agent-pw", None)
+        .await
+        .expect("user added");
+    admin
+        .user_grant_role("agent-web-1", "agent-web-1")
+        .await
+        .expect("role granted");
+
+    // An instance whose artifact is missing: the agent reports a failure in its status and
+    // records an event, so every documented write is exercised.
+    let tmp = tempfile::tempdir().expect("can create a temporary dir");
+    let spec = InstanceSpec {
+        machine: "web-1".into(),
+        application: "api".into(),
+        artifact: Artifact {
+            url: format!("file://{}/api-{{{{version}}}}.tar.gz", tmp.path().display()),
+            ..Default::default()
+        },
+        staged: vec![VersionRef {
+            version: "1.0".into(),
+            sha256: None,
+        }],
+        ..Default::default()
+    };
+    root.create(&Instance::new("api.web-1", spec))
+        .await
+        .expect("root creates the instance");
+
+    let root_dir = tmp.path().join("deploy");
+    let stderr_path = tmp.path().join("agent.stderr");
+    let child = Command::new(bin())
+        .args([
+            "--store",
+            &etcd.url(),
+            "--etcd-user",
+            "agent-web-1",
+            "agent",
+            "--name",
+            "web-1",
+            "--labels",
+            "role=web",
+            "--root",
+            root_dir.to_str().expect("utf-8"),
+        ])
+        .env("DEPLOYCTL_ETCD_PASSWORD", "agent-pw")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("can create the stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin()));
+    let agent = AgentProcess {
+        child,
+        stderr: stderr_path,
+    };
+
+    let machine = wait_for("the machine to be registered", &agent, || async {
+        root.get::<Machine>(None, "web-1").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(
+        machine.meta().labels.get("role").map(String::as_str),
+        Some("web")
+    );
+    wait_for("the presence key", &agent, || async {
+        root.store()
+            .get(&keys::machine_lease_key("web-1"))
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    wait_for("the instance status", &agent, || async {
+        let inst = root
+            .get::<Instance>(Some("default"), "api.web-1")
+            .await
+            .ok()
+            .flatten()?;
+        inst.status()
+            .filter(|s| s.observed_generation >= 1)
+            .cloned()
+    })
+    .await;
+    wait_for("an event from the agent", &agent, || async {
+        let events = root
+            .list::<Event>(&Scope::Namespace("default".into()))
+            .await
+            .ok()?;
+        events
+            .items
+            .into_iter()
+            .find(|e| e.spec().source == "agent/web-1")
+    })
+    .await;
+    let log = agent.stderr();
+    assert!(!log.contains("permission denied"), "agent log:\n{log}");
+
+    // And the role is narrow: the same user cannot read rollouts, and is told why.
+    let out = run_env(
+        &[
+            "--store",
+            &etcd.url(),
+            "--etcd-user",
+            "agent-web-1",
+            "get",
+            "rollouts",
+            "-A",
+        ],
+        &[("DEPLOYCTL_ETCD_PASSWORD", "agent-pw")],
+    )
+    .code(1);
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+    assert!(out.stderr.contains(&etcd.endpoint()), "{}", out.stderr);
+}
