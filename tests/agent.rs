@@ -351,6 +351,107 @@ async fn agent_should_stage_switch_gate_and_survive_a_restart_on_the_embedded_st
     scenario(Client::new(store), StoreUrl::Embedded(path)).await;
 }
 
+/// An agent killed while `activate` runs: the restarted agent runs the whole switch
+/// again (from beforeActivate) to Running; a finished switch is not run again.
+async fn crash_scenario(client: Client, url: StoreUrl) {
+    let w = World {
+        client,
+        url,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let sha_1 = write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    let block = w.tmp.path().join("block");
+    std::fs::write(&block, "").unwrap();
+    let mut s = spec(w.tmp.path(), &sha_1);
+    s.env.insert("BLOCK".into(), block.display().to_string());
+    s.hooks.before_activate = vec![cmd(r#"echo "before $DEPLOY_VERSION" >> "$ACTIVATIONS""#)];
+    // Waits while the block file exists, so the test can kill the agent mid-activate.
+    s.hooks.activate = vec![Command {
+        command: r#"echo "start $DEPLOY_VERSION" >> "$ACTIVATIONS"; while [ -f "$BLOCK" ]; do sleep 0.05; done; echo "done $DEPLOY_VERSION" >> "$ACTIVATIONS""#.into(),
+        timeout_seconds: 60,
+    }];
+    w.client.create(&Instance::new("web.m1", s)).await.unwrap();
+
+    let (token, agent) = w.start_agent();
+    wait_for("activate started", || {
+        w.activations() == ["before 1.0", "start 1.0"]
+    })
+    .await;
+    token.cancel();
+    agent.await.unwrap().unwrap();
+    let marker = w.app_path().join(".switching");
+    assert!(marker.exists(), "the interrupted switch left its marker");
+    assert_eq!(
+        std::fs::read_link(w.app_path().join("current")).unwrap(),
+        Path::new("releases/1.0"),
+        "current was swapped before activate"
+    );
+    // Unblocked: a hook that outlived its agent would now write a stray "done 1.0",
+    // which the exact list below would show.
+    std::fs::remove_file(&block).unwrap();
+
+    let (token, agent) = w.start_agent();
+    w.wait_status("Running 1.0 after the re-run switch", |_, s| {
+        s.phase == InstancePhase::Running && s.available && s.healthy
+    })
+    .await;
+    assert_eq!(
+        w.activations(),
+        [
+            "before 1.0",
+            "start 1.0",
+            "before 1.0",
+            "start 1.0",
+            "done 1.0"
+        ]
+    );
+    assert!(!marker.exists(), "a finished switch removes its marker");
+
+    // Restart after the finished switch: nothing is re-run, even for a new generation.
+    token.cancel();
+    agent.await.unwrap().unwrap();
+    let g = w.update_spec(|s| s.keep_releases = 2).await;
+    let (token, agent) = w.start_agent();
+    w.wait_status("re-reported after restart", |_, s| {
+        s.observed_generation == g && s.phase == InstancePhase::Running && s.available
+    })
+    .await;
+    assert_eq!(w.activations().len(), 5, "a finished switch is not re-run");
+
+    // A service added to a running instance is started from current.
+    let started = w.tmp.path().join("service-started");
+    w.update_spec(|s| {
+        s.env
+            .insert("STARTED".into(), started.display().to_string());
+        s.service = Some(deployctl::api::Service {
+            command: r#"cat VERSION > "$STARTED"; exec sleep 1000"#.into(),
+            stop_timeout_seconds: 2,
+        });
+    })
+    .await;
+    wait_for("added service started", || {
+        std::fs::read_to_string(&started).is_ok_and(|t| t == "1.0\n")
+    })
+    .await;
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_switch_should_run_the_switch_again_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    crash_scenario(Client::new(store), StoreUrl::Etcd(vec![etcd.endpoint()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_switch_should_run_the_switch_again_on_the_embedded_store() {
+    let temp = deployctl::testing::embedded_temp();
+    let path = temp.path();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    crash_scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}
+
 /// Polls `cond` until it holds.
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -399,7 +500,7 @@ async fn service_scenario(client: Client, url: StoreUrl) {
     });
     s.health_check = Some(deployctl::api::HealthCheck {
         exec: Some(cmd(
-            r#"test -s "$STATE/service.pid" && kill -0 "$(cat "$STATE/service.pid")""#,
+            r#"test ! -f "$STATE/sick" && test -s "$STATE/service.pid" && kill -0 "$(cat "$STATE/service.pid")""#,
         )),
         period_seconds: 1,
         timeout_seconds: 2,
@@ -418,6 +519,19 @@ async fn service_scenario(client: Client, url: StoreUrl) {
         })
         .await;
     assert!(inst.status().unwrap().ready_since.is_some());
+
+    // Health keeps being checked while Running: unhealthy after failureThreshold (1)
+    // failures, healthy again after successThreshold (1) passes; the phase stays Running.
+    std::fs::write(state.join("sick"), "").unwrap();
+    w.wait_status("unhealthy while Running", |_, s| {
+        s.phase == InstancePhase::Running && !s.healthy && s.ready_since.is_none()
+    })
+    .await;
+    std::fs::remove_file(state.join("sick")).unwrap();
+    w.wait_status("healthy again", |_, s| {
+        s.phase == InstancePhase::Running && s.healthy && s.ready_since.is_some()
+    })
+    .await;
     let pid_file = state.join("service.pid");
     let first = read_pid(&pid_file).expect("the service wrote its pid");
     assert!(alive(first));
@@ -440,6 +554,27 @@ async fn service_scenario(client: Client, url: StoreUrl) {
     let second = read_pid(&pid_file).unwrap();
     assert_ne!(first, second);
     assert!(alive(second));
+
+    // A changed service command restarts the service, without a switch or activate.
+    w.update_spec(|s| {
+        let svc = s.service.as_mut().unwrap();
+        svc.command = svc
+            .command
+            .replace("echo \"service", "echo \"changed service");
+    })
+    .await;
+    wait_for("service restarted with its new command", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("changed service 1.0"))
+    })
+    .await;
+    wait_for("service before the change gone", || !alive(second)).await;
+    let second = read_pid(&pid_file).unwrap();
+    assert!(alive(second));
+    assert_eq!(
+        w.activations(),
+        vec!["1.0", "1.0"],
+        "no activate for a service change"
+    );
 
     // Drift: what getVersion prints no longer matches; found on agent start and repaired.
     token.cancel();

@@ -4,6 +4,17 @@
 //! Level-triggered and restart-safe: [`next_action`] is a plain function of the spec, the
 //! disk and what this process remembers; the async shell ([`run`]) carries out one action,
 //! re-reads the disk and asks again until nothing is left to do.
+//!
+//! A switch is restart-safe: `<path>/.switching` (version and generation) is written
+//! before `beforeActivate` and removed only once the switch is done (`activate` ran, the
+//! health check held for `minReadySeconds`, `afterActivate` ran). An agent that finds the
+//! marker runs the switch again from `beforeActivate`, so switch hooks must be idempotent.
+//! A finished switch leaves no marker and is never re-run.
+//!
+//! Between steps, while `current` is verified, the health check keeps running every
+//! `periodSeconds` ([`health::Monitor`]): `healthy` turns false after `failureThreshold`
+//! failures and true after `successThreshold` passes (the phase stays Running). A service
+//! whose spec changed (or that was added) without a switch is restarted from `current`.
 
 use super::artifact::{self, ArtifactError, Retry};
 use super::health;
@@ -12,12 +23,12 @@ use super::release::Layout;
 use super::service::{ServiceSpec, Supervisor};
 use super::unpack::{self, UnpackError};
 use crate::api::{
-    validation::check_version, Instance, InstanceFailure, InstancePhase, InstanceSpec,
+    validation::check_version, HealthCheck, Instance, InstanceFailure, InstancePhase, InstanceSpec,
     InstanceStatus, Object, ObjectReference, VersionRef,
 };
 use crate::store::{Client, Error as StoreError, EventRecorder};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,6 +114,8 @@ pub struct Observed<'a> {
     pub restarted_at: Option<DateTime<Utc>>,
     /// Releases beyond retention, from the disk.
     pub to_clean: &'a [String],
+    /// A switch marker is on disk: a switch began and did not finish.
+    pub switching: bool,
     pub memory: &'a Memory,
 }
 
@@ -132,6 +145,10 @@ pub fn next_action(o: &Observed) -> Action {
                 };
             }
         } else if !blocked {
+            // `current` already points at it, but the switch was interrupted: again.
+            if o.switching {
+                return Action::Switch(want.to_string());
+            }
             if m.verified.as_deref() != Some(want) {
                 return Action::Verify(want.to_string());
             }
@@ -202,11 +219,40 @@ struct Task {
     /// The status last written successfully (None: not yet, or the write failed).
     written: Option<InstanceStatus>,
     service: Option<Supervisor>,
+    /// What of the spec the running service was started from: a change restarts it.
+    service_shape: Option<ServiceShape>,
+    /// The health check kept running while Running, with the version it watches.
+    monitor: Option<(String, health::Monitor)>,
     /// Shared with the background clean jobs.
     cleaning: Arc<Mutex<CleanState>>,
     /// Woken when a clean job ends, so that what waited for it (or retention) goes on.
     clean_done: Arc<tokio::sync::Notify>,
     clean_jobs: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The parts of an Instance spec that shape its service (not the version: a switch
+/// restarts the service itself).
+#[derive(Clone, Debug, PartialEq)]
+struct ServiceShape {
+    service: crate::api::Service,
+    env: BTreeMap<String, String>,
+    shell: Option<Vec<String>>,
+}
+
+/// What a running health monitor probes with: the check, the environment, `current`.
+type ProbeContext = (HealthCheck, HookEnv, PathBuf);
+
+/// The next change of health from the monitor; never, when there is none.
+async fn monitor_next(
+    monitor: &mut Option<(String, health::Monitor)>,
+    probe: &Option<ProbeContext>,
+) -> bool {
+    match (monitor, probe) {
+        (Some((_, m)), Some((check, env, cwd))) => {
+            m.next_change(|| health::probe(check, env, cwd)).await
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// What the background clean jobs of one instance are doing.
@@ -236,8 +282,13 @@ pub async fn run(
         }
         starting = false;
         let retry_write = task.written.as_ref() != Some(&task.status);
+        task.sync_monitor();
+        let probe = task.probe_context();
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            healthy = monitor_next(&mut task.monitor, &probe) => {
+                task.health_changed(healthy).await;
+            }
             // A status write failed (store unreachable): try again later.
             _ = tokio::time::sleep(Duration::from_secs(5)), if retry_write => {}
             _ = task.clean_done.notified() => {}
@@ -295,6 +346,8 @@ impl Task {
             memory,
             status,
             service: None,
+            service_shape: None,
+            monitor: None,
             cleaning: Default::default(),
             clean_done: Default::default(),
             clean_jobs: Vec::new(),
@@ -377,18 +430,111 @@ impl Task {
         })
     }
 
+    fn service_shape(&self) -> Option<ServiceShape> {
+        Some(ServiceShape {
+            service: self.spec().service.clone()?,
+            env: self.spec().env.clone(),
+            shell: self.spec().shell.clone(),
+        })
+    }
+
     /// (Re)starts the service for `version`, or starts it if it is not running.
     async fn restart_service(&mut self, version: &str) {
         let Some(spec) = self.service_spec(version) else {
             if let Some(s) = self.service.take() {
                 s.stop().await;
             }
+            self.service_shape = None;
             return;
         };
+        self.service_shape = self.service_shape();
         match &self.service {
             Some(s) => s.restart(spec).await,
             None => self.service = Some(Supervisor::start(spec)),
         }
+    }
+
+    /// The service's spec changed (or it was added) with no switch to carry it out:
+    /// restart it from `current`. Not while a switch is unfinished (that one restarts it).
+    async fn apply_service_changes(&mut self) {
+        let layout = self.layout();
+        let Some(current) = layout.current_version() else {
+            return;
+        };
+        if layout.switching().is_some() || self.spec().service.is_none() {
+            return;
+        }
+        let wanted = self.service_shape();
+        if self.service.is_some() && self.service_shape == wanted {
+            return;
+        }
+        let what = if self.service.is_some() {
+            "service spec changed: restarting it"
+        } else {
+            "service added: starting it"
+        };
+        tracing::info!(instance = %self.obj.meta().key(), version = %current, "{what}");
+        self.restart_service(&current).await;
+        self.event("Normal", "ServiceRestarted", what).await;
+    }
+
+    /// Keeps the health monitor in step: running while `current` is verified and the
+    /// spec has a check, restarted when the version or the check changes.
+    fn sync_monitor(&mut self) {
+        let layout = self.layout();
+        let current = layout.current_version();
+        let watched = match (&self.spec().health_check, current) {
+            (Some(check), Some(v))
+                if self.memory.verified.as_deref() == Some(v.as_str())
+                    && layout.switching().is_none() =>
+            {
+                Some((check.clone(), v))
+            }
+            _ => None,
+        };
+        match watched {
+            None => self.monitor = None,
+            Some((check, v)) => {
+                let same = self
+                    .monitor
+                    .as_ref()
+                    .is_some_and(|(mv, m)| *mv == v && *m.check() == check);
+                if !same {
+                    self.monitor = Some((v, health::Monitor::new(check, self.status.healthy)));
+                }
+            }
+        }
+    }
+
+    fn probe_context(&self) -> Option<ProbeContext> {
+        let (version, m) = self.monitor.as_ref()?;
+        Some((
+            m.check().clone(),
+            self.env(version, None),
+            self.layout().current_link(),
+        ))
+    }
+
+    /// The monitor saw the health change while Running: report it (phase stays Running;
+    /// the controller counts an unhealthy instance as unavailable).
+    async fn health_changed(&mut self, healthy: bool) {
+        self.status.healthy = healthy;
+        self.status.ready_since = healthy.then(Utc::now);
+        let version = self.status.current_version.clone().unwrap_or_default();
+        if healthy {
+            tracing::info!(instance = %self.obj.meta().key(), %version, "healthy again");
+            self.event("Normal", "Healthy", &format!("{version} is healthy again"))
+                .await;
+        } else {
+            let n = self
+                .monitor
+                .as_ref()
+                .map_or(1, |(_, m)| m.check().failure_threshold.max(1));
+            let msg = format!("{version} failed its health check {n} time(s) in a row");
+            tracing::warn!(instance = %self.obj.meta().key(), "{msg}");
+            self.event("Warning", "Unhealthy", &msg).await;
+        }
+        self.report(None).await;
     }
 
     /// Steps until idle, reporting after each.
@@ -399,8 +545,13 @@ impl Task {
                 tracing::info!(instance = %self.obj.meta().key(), "service removed from spec: stopping it");
                 s.stop().await;
             }
+            self.service_shape = None;
         }
         if starting {
+            if let Some(sw) = layout.switching() {
+                tracing::warn!(path = %layout.path.display(), version = %sw.version,
+                    generation = sw.generation, "a switch was interrupted; it runs again");
+            }
             match layout.remove_unfinished() {
                 Ok(removed) if !removed.is_empty() => {
                     tracing::info!(path = %layout.path.display(), ?removed, "removed unfinished releases")
@@ -442,6 +593,7 @@ impl Task {
                 current: current.as_deref(),
                 restarted_at: self.status.restarted_at,
                 to_clean: &to_clean,
+                switching: layout.switching().is_some(),
                 memory: &self.memory,
             });
             tracing::debug!(instance = %self.obj.meta().key(), ?action, "next action");
@@ -470,6 +622,7 @@ impl Task {
             }
             self.report(None).await;
         }
+        self.apply_service_changes().await;
         self.report(None).await;
     }
 
@@ -595,6 +748,15 @@ impl Task {
         let env = self.env(want, previous);
         let dir = layout.release(want);
         let hooks = self.spec().hooks.clone();
+        layout
+            .mark_switching(want, self.generation())
+            .map_err(|e| {
+                OpError::new(
+                    "Switch",
+                    "SwitchFailed",
+                    format!("cannot write {}: {e}", layout.switching_marker().display()),
+                )
+            })?;
         let tail = hooks::run_hooks(&env, &hooks.before_activate, &dir, "beforeActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
@@ -620,6 +782,13 @@ impl Task {
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
         self.record_output(&hooks.after_activate, tail);
+        layout.clear_switching().map_err(|e| {
+            OpError::new(
+                "Switch",
+                "SwitchFailed",
+                format!("cannot remove {}: {e}", layout.switching_marker().display()),
+            )
+        })?;
         self.set_ready(since);
         Ok(())
     }
@@ -979,6 +1148,7 @@ mod tests {
         get_version: bool,
         restart: Option<(i64, Option<i64>)>,
         to_clean: Vec<&'static str>,
+        switching: bool,
     }
 
     fn check(c: Case, want: Action) {
@@ -1002,6 +1172,7 @@ mod tests {
             current: c.disk_current,
             restarted_at: c.restart.and_then(|(_, r)| r.map(ts)),
             to_clean: &to_clean,
+            switching: c.switching,
             memory: &c.memory,
         });
         assert_eq!(got, want);
@@ -1124,6 +1295,42 @@ mod tests {
                 ..Default::default()
             },
             Action::CheckVersion("1".into()),
+        );
+    }
+
+    #[test]
+    fn next_action_should_run_an_interrupted_switch_again_unless_it_failed_this_generation() {
+        let base = || Case {
+            staged_spec: vec!["1", "2"],
+            current_spec: Some("2"),
+            disk_staged: vec!["1", "2"],
+            disk_current: Some("2"),
+            switching: true,
+            ..Default::default()
+        };
+        check(base(), Action::Switch("2".into()));
+        // Even after this process verified it (the marker outranks the memory).
+        check(
+            Case {
+                memory: mem(&[], Some("2")),
+                ..base()
+            },
+            Action::Switch("2".into()),
+        );
+        check(
+            Case {
+                memory: mem(&[(OpKind::Switch, "2", 7)], None),
+                ..base()
+            },
+            Action::Idle,
+        );
+        // No marker: a finished switch is only verified.
+        check(
+            Case {
+                switching: false,
+                ..base()
+            },
+            Action::Verify("2".into()),
         );
     }
 

@@ -3,7 +3,8 @@
 use super::output::{self, age, human_duration};
 use super::{connect, for_kind, ns_for, parse_kind, within, CliError, GlobalArgs};
 use crate::api::{
-    Application, Condition, Event, Instance, KindName, Machine, Object, ObjectMeta, Rollout,
+    Application, Condition, Event, GitSync, Instance, KindName, Machine, Object, ObjectMeta,
+    Rollout,
 };
 use crate::store::{Client, Scope};
 use chrono::{DateTime, Utc};
@@ -665,6 +666,45 @@ impl Describe for Instance {
             for l in &st.last_hook_output {
                 p.line(1, l);
             }
+        }
+        events(&mut p, &evs, now);
+        Ok(p.finish())
+    }
+}
+
+impl Describe for GitSync {
+    async fn describe(
+        &self,
+        _c: &Client,
+        _g: &GlobalArgs,
+        evs: Vec<Event>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<String> {
+        let mut p = Page::default();
+        meta_fields(&mut p, &self.metadata);
+        let s = &self.spec;
+        p.field(0, "Repo", &s.repo);
+        p.field(0, "Ref", opt(s.ref_.as_ref()));
+        p.field(0, "Path", &s.path);
+        p.field(0, "Prune", s.prune);
+        p.field(
+            0,
+            "Interval",
+            if s.interval_seconds == 0 {
+                "<once>".to_string()
+            } else {
+                format!("{}s", s.interval_seconds)
+            },
+        );
+        let st = self.status.clone().unwrap_or_default();
+        p.field(0, "Status", "");
+        p.field(1, "Last Commit", opt(st.last_commit.as_ref()));
+        p.field(1, "Last Sync", time(st.last_sync_time));
+        p.field(1, "Objects", st.objects);
+        p.field(1, "Last Error", opt(st.last_error.as_ref()));
+        p.field(1, "Last Error Commit", opt(st.last_error_commit.as_ref()));
+        if st.last_error_time.is_some() {
+            p.field(1, "Last Error Time", time(st.last_error_time));
         }
         events(&mut p, &evs, now);
         Ok(p.finish())

@@ -554,7 +554,7 @@ pub fn validate_document(
             let errs = validate_machine(&o);
             (Manifest::Machine(o), errs)
         }),
-        KindName::Instance | KindName::Event => {
+        KindName::Instance | KindName::Event | KindName::Sync => {
             unreachable!("only user kinds get here (checked above)")
         }
     }

@@ -4,18 +4,23 @@
 //!
 //! - this file: the clap definitions, logging, connecting, exit codes and dispatch.
 //! - [`manifest`]: reading files, directories and stdin into validated objects.
-//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`]: one file per command.
+//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`], [`diff`], [`sync`]: one
+//!   file per command.
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
 
 pub mod apply;
 pub mod daemon;
 pub mod delete;
+pub mod demo;
 pub mod describe;
+pub mod diff;
 pub mod get;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod sync;
+pub mod up;
 
 use crate::api::KindName;
 use crate::store::{Client, Error as StoreError, EtcdOptions, StoreUrl};
@@ -30,7 +35,7 @@ const ETCD_HEADING: &str = "etcd connection (TLS, user)";
 pub const ETCD_PASSWORD_ENV: &str = "DEPLOYCTL_ETCD_PASSWORD";
 
 /// How long connecting to a store may take before the command gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Dispatches on a [`KindName`] known only at run time to code generic over the kind:
 /// `for_kind!(kind, K => get_kind::<K>(..).await)`.
@@ -55,6 +60,10 @@ macro_rules! for_kind {
             }
             $crate::api::KindName::Event => {
                 type $K = $crate::api::Event;
+                $body
+            }
+            $crate::api::KindName::Sync => {
+                type $K = $crate::api::GitSync;
                 $body
             }
         }
@@ -138,12 +147,27 @@ pub enum Command {
     /// Change one field of an object: the one-liners CI calls.
     #[command(subcommand, after_help = rollout::SET_EXAMPLES)]
     Set(rollout::SetCommand),
+    /// Show what apply would change, as a unified diff (exit 1 when there are changes).
+    #[command(after_help = diff::EXAMPLES)]
+    Diff(diff::DiffArgs),
+    /// Keep the store equal to the manifests of a Git repository.
+    #[command(after_help = sync::EXAMPLES)]
+    Sync(sync::SyncArgs),
     /// Run the control loop (several may run; one leads).
     #[command(after_help = daemon::CONTROLLER_EXAMPLES)]
     Controller(daemon::ControllerArgs),
     /// Run the node agent on one machine.
     #[command(after_help = daemon::AGENT_EXAMPLES)]
     Agent(daemon::AgentArgs),
+    /// Run a controller and local agents on this machine (and, with --demo, a rollout).
+    #[command(after_help = up::EXAMPLES)]
+    Up(up::UpArgs),
+    /// The demo service of `up --demo`: serves its VERSION over HTTP.
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  deployctl demo-server --port 18081\n  deployctl demo-server --probe --port 18081"
+    )]
+    DemoServer(demo::DemoServerArgs),
     /// Print a shell completion script.
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion {
@@ -184,7 +208,7 @@ pub enum CliError {
     Exit(i32),
     #[error("Error from server (NotFound): {plural} \"{name}\" not found")]
     NotFound { plural: &'static str, name: String },
-    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events (or mc, app, ro, inst, ev)")]
+    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs (or mc, app, ro, inst, ev)")]
     UnknownKind(String),
 }
 
@@ -233,8 +257,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Delete(args) => delete::run(&g, args).await,
         Command::Rollout(cmd) => rollout::run(&g, cmd).await,
         Command::Set(cmd) => rollout::run_set(&g, cmd).await,
+        Command::Diff(args) => diff::run(&g, args).await,
+        Command::Sync(args) => sync::run(&g, args).await,
         Command::Controller(args) => daemon::run_controller(&g, args).await,
         Command::Agent(args) => daemon::run_agent(&g, args).await,
+        Command::Up(args) => up::run(&g, args).await,
+        Command::DemoServer(args) => demo::run_server(args).await,
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,

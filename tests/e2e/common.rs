@@ -251,3 +251,28 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .expect("a tokio runtime starts")
 }
+
+impl Spawned {
+    /// Waits up to `timeout` for a stderr line matching `pred` (lines read are consumed);
+    /// `None` when none came. Daemons log through tracing to stderr.
+    pub fn wait_for_stderr_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if pred(&line) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The child's pid, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
