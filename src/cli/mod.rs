@@ -248,7 +248,31 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
+/// `deployctl get events | head` must end quietly, as Unix tools do, instead of panicking
+/// in `println!` with "Broken pipe": commands that only print get the default SIGPIPE
+/// back (Rust ignores it). Sockets are unaffected (Rust sends with MSG_NOSIGNAL). The
+/// long-running commands keep ignoring it: they write to hook processes' pipes, where a
+/// closed pipe is an error to report, not a reason to die.
+fn restore_default_sigpipe(command: &Command) {
+    let prints_only = !matches!(
+        command,
+        Command::Sync(_)
+            | Command::Controller(_)
+            | Command::Agent(_)
+            | Command::Up(_)
+            | Command::DemoServer(_)
+    );
+    if prints_only {
+        // SAFETY: sets a signal disposition to its default before any thread that could
+        // race on it does anything with signals; no handler runs Rust code.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    restore_default_sigpipe(&cli.command);
     let g = cli.global;
     match cli.command {
         Command::Apply(args) => apply::run(&g, args).await,

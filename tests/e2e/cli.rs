@@ -810,3 +810,31 @@ fn the_cli_should_drive_a_real_rollout_through_a_controller_and_agents() {
         drop(agents);
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_should_end_quietly_not_panic() {
+    let backend = Backend::embedded();
+    let store = backend.url();
+    let dir = tempdir();
+    let file = write(
+        dir.path(),
+        "machine.yaml",
+        "apiVersion: deployctl.dev/v1\nkind: Machine\nmetadata:\n  name: web-7\n",
+    );
+    run(&store, &["apply", "-f", &file]).ok();
+    // A pipe whose reader is already gone, as after `deployctl get machines | head -0`.
+    let (read_end, write_end) = nix::unistd::pipe().expect("can make a pipe");
+    drop(read_end);
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["get", "machines"])
+        .env("DEPLOYCTL_STORE", &store)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("deployctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
