@@ -124,6 +124,25 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
             (name, "resumed".to_string())
         }
         RolloutCommand::Promote { name, full } => {
+            // A promote on a finished rollout would be acted on as a no-op: say so
+            // instead of claiming "promoted".
+            let current = within(g, client.get::<Rollout>(Some(ns), &name))
+                .await?
+                .ok_or_else(|| CliError::NotFound {
+                    plural: Rollout::PLURAL,
+                    name: name.clone(),
+                })?;
+            if let Some(st) = current.status.as_ref().filter(|st| {
+                st.phase == RolloutPhase::Complete
+                    && Some(st.observed_generation) == current.metadata.generation
+            }) {
+                println!(
+                    "{} is already complete at {}: nothing to promote",
+                    super::reference(crate::api::KindName::Rollout, &name),
+                    st.stable_version.as_deref().unwrap_or("its version")
+                );
+                return Ok(0);
+            }
             let value = if full {
                 format!("full:{}", token())
             } else {

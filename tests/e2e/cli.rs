@@ -838,3 +838,37 @@ fn output_into_a_closed_pipe_should_end_quietly_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }
+
+#[test]
+fn promoting_a_complete_rollout_should_say_there_is_nothing_to_promote() {
+    let b = Backend::embedded();
+    let store = b.url();
+    let dir = tempdir();
+    run(
+        &store,
+        &["apply", "-f", &write(dir.path(), "api.yaml", &manifests())],
+    )
+    .ok();
+    crate::common::rt().block_on(async {
+        b.client()
+            .await
+            .update_status::<Rollout>(Some("default"), "api", |s| {
+                s.phase = RolloutPhase::Complete;
+                s.observed_generation = 1;
+                s.stable_version = Some("1.0.0".into());
+            })
+            .await
+            .expect("the status is written");
+    });
+    let out = run(&store, &["rollout", "promote", "api"]).ok();
+    assert_eq!(
+        out.stdout,
+        "rollout.deployctl.dev/api is already complete at 1.0.0: nothing to promote\n"
+    );
+    let after = get_yaml::<Rollout>(&store, "ro", "api");
+    assert!(
+        !after.metadata.annotations.contains_key(ANNOTATION_PROMOTE),
+        "no promote request was written: {:?}",
+        after.metadata.annotations
+    );
+}
