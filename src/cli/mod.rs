@@ -81,7 +81,11 @@ Examples:
   deployctl set version api 1.4.2 --sha256 $(sha256sum api.tar.gz | cut -d' ' -f1)
 
   # Against etcd instead of the embedded store
-  deployctl --store etcd://10.0.0.1:2379 get rollouts -A";
+  deployctl --store etcd://10.0.0.1:2379 get rollouts -A
+
+  # etcd over TLS, as a user (the password only from the environment)
+  DEPLOYCTL_ETCD_PASSWORD=... deployctl --store etcds://10.0.0.1:2379 \\
+    --etcd-ca ca.pem --etcd-user ci get rollouts -A";
 
 /// Continuous deployment for fleets of plain servers, driven the way Kubernetes drives Pods.
 #[derive(Parser, Debug)]
@@ -96,8 +100,9 @@ pub struct Cli {
 /// Flags every subcommand takes.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// The store: `etcd://host:port[,host:port...]`, a file path for the embedded store,
-    /// or nothing for the embedded store at its default path.
+    /// The store: `etcd://host:port[,host:port...]`, `etcds://...` for etcd over TLS, a
+    /// file path for the embedded store, or nothing for the embedded store at
+    /// `$XDG_STATE_HOME/deployctl/store.db` (`~/.local/state/deployctl/store.db`).
     #[arg(long, global = true, env = "DEPLOYCTL_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// CA certificate (PEM) that signed etcd's server certificate; turns on TLS.
@@ -330,7 +335,12 @@ pub fn store_url(g: &GlobalArgs) -> anyhow::Result<StoreUrl> {
 
 /// Connects to the store, failing within [`CONNECT_TIMEOUT`] with the endpoint named.
 pub async fn connect(g: &GlobalArgs) -> anyhow::Result<Client> {
-    let url = store_url(g)?;
+    connect_url(&store_url(g)?).await
+}
+
+/// Connects to `url`, failing within [`CONNECT_TIMEOUT`] with one message that names the
+/// endpoint or file once.
+pub async fn connect_url(url: &StoreUrl) -> anyhow::Result<Client> {
     match tokio::time::timeout(CONNECT_TIMEOUT, url.connect()).await {
         Ok(Ok(store)) => Ok(Client::new(store)),
         // These already name the endpoint or the file.
@@ -340,6 +350,9 @@ pub async fn connect(g: &GlobalArgs) -> anyhow::Result<Client> {
             | StoreError::Auth { .. }
             | StoreError::Config(_)),
         )) => Err(e.into()),
+        // The embedded store's own messages name its file already.
+        Ok(Err(StoreError::Other(m))) if m.contains(&url.to_string()) => Err(anyhow::anyhow!(m)),
+        Ok(Err(StoreError::Other(m))) => Err(anyhow::anyhow!("cannot use store {url}: {m}")),
         Ok(Err(e)) => Err(anyhow::anyhow!("cannot use store {url}: {e}")),
         Err(_) => Err(anyhow::anyhow!(
             "cannot reach store at {url}: no answer within {}s",

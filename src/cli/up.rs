@@ -3,10 +3,10 @@
 
 use super::demo;
 use super::get::shutdown_signal;
-use super::{store_url, GlobalArgs, CONNECT_TIMEOUT};
+use super::{store_url, GlobalArgs};
 use crate::agent::{self, AgentConfig};
 use crate::controller::{self, ControllerConfig};
-use crate::store::{Client, StoreUrl};
+use crate::store::StoreUrl;
 use anyhow::Context as _;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -178,14 +178,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         // machines` in another terminal sees these machines.
         (None, None) => StoreUrl::parse(None).map_err(anyhow::Error::msg)?,
     };
-    let client = match tokio::time::timeout(CONNECT_TIMEOUT, store.connect()).await {
-        Ok(Ok(s)) => Client::new(s),
-        Ok(Err(e)) => anyhow::bail!("cannot use store {store}: {e}"),
-        Err(_) => anyhow::bail!(
-            "cannot reach store at {store}: no answer within {}s",
-            CONNECT_TIMEOUT.as_secs()
-        ),
-    };
+    let client = super::connect_url(&store).await?;
 
     // Ready-to-apply demo manifests for the next steps (the artifacts they point at too).
     let artifacts = state_dir.join("artifacts");
