@@ -9,6 +9,26 @@
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
 
+/// `println!` for command output: `deployctl get events | head` must end quietly, as
+/// Unix tools do, not panic with "failed printing to stdout: Broken pipe". (Restoring the
+/// default SIGPIPE instead would also kill the process on a socket whose peer went away:
+/// vectored socket writes do not pass MSG_NOSIGNAL.)
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 pub mod apply;
 pub mod daemon;
 pub mod delete;
@@ -217,6 +237,19 @@ pub enum CliError {
     UnknownKind(String),
 }
 
+/// Writes command output. A reader that went away (`| head`) ends the process quietly
+/// with status 0; any other write error ends it with status 1 and says so.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Sets up tracing to stderr: warn by default, more with `-v`, RUST_LOG wins.
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -253,31 +286,7 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
-/// `deployctl get events | head` must end quietly, as Unix tools do, instead of panicking
-/// in `println!` with "Broken pipe": commands that only print get the default SIGPIPE
-/// back (Rust ignores it). Sockets are unaffected (Rust sends with MSG_NOSIGNAL). The
-/// long-running commands keep ignoring it: they write to hook processes' pipes, where a
-/// closed pipe is an error to report, not a reason to die.
-fn restore_default_sigpipe(command: &Command) {
-    let prints_only = !matches!(
-        command,
-        Command::Sync(_)
-            | Command::Controller(_)
-            | Command::Agent(_)
-            | Command::Up(_)
-            | Command::DemoServer(_)
-    );
-    if prints_only {
-        // SAFETY: sets a signal disposition to its default before any thread that could
-        // race on it does anything with signals; no handler runs Rust code.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
-}
-
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    restore_default_sigpipe(&cli.command);
     let g = cli.global;
     match cli.command {
         Command::Apply(args) => apply::run(&g, args).await,
@@ -293,12 +302,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Up(args) => up::run(&g, args).await,
         Command::DemoServer(args) => demo::run_server(args).await,
         Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "deployctl",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "deployctl", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             Ok(0)
         }
         Command::Schemas { out } => {
@@ -308,7 +314,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 let path = out.join(name);
                 std::fs::write(&path, crate::api::schema::to_text(&schema))
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-                println!("{}", path.display());
+                outln!("{}", path.display());
             }
             Ok(0)
         }

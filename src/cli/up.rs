@@ -225,21 +225,21 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         tasks.spawn(async move { (what, agent::run(config, token).await) });
     }
 
-    println!(
+    outln!(
         "deployctl up: a controller and {} machines (store {store}, state {})",
         machines.len(),
         state_dir.display()
     );
     for m in &machines {
         let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "  {}  {}  root {}",
             m.name,
             labels.join(","),
             m.root.display()
         );
     }
-    println!("{}", next_steps(&store, &demo_manifest));
+    outln!("{}", next_steps(&store, &demo_manifest));
 
     // Run until the demo ends, a signal arrives, or a part stops on its own.
     let outcome: anyhow::Result<()> = {
@@ -264,7 +264,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         tokio::select! {
             r = demo_run => r,
             _ = shutdown_signal() => {
-                println!("signal received: stopping the controller and the agents");
+                outln!("signal received: stopping the controller and the agents");
                 if args.demo {
                     Err(anyhow::anyhow!("the demo was interrupted"))
                 } else {
@@ -307,7 +307,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
     }
     match outcome {
         Ok(()) if failures.is_empty() => {
-            println!("stopped");
+            outln!("stopped");
             Ok(0)
         }
         Ok(()) => Ok(1),
