@@ -29,9 +29,21 @@ const MAX_DECODE: usize = 256 * 1024 * 1024;
 /// A connection to an etcd cluster. Cheap to share behind an `Arc`.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: ec::Client,
+    inner: Arc<Inner>,
     /// `etcd://h1:2379,h2:2379`, for error messages.
     endpoint: String,
+}
+
+struct Inner {
+    /// Swapped for a fresh one by [`EtcdStore::relogin`].
+    client: std::sync::RwLock<ec::Client>,
+    /// What `connect_with` was given, to log in again: etcd keeps auth tokens in memory
+    /// only, so a restarted etcd refuses the old token for ever.
+    urls: Vec<String>,
+    options: ec::ConnectOptions,
+    logs_in: bool,
+    /// One re-login at a time.
+    relogin: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -87,6 +99,7 @@ impl EtcdStore {
         }
         let failed = |e: ec::Error| connect_error(&endpoint, opts, e);
         // With a user, connecting authenticates: that is the first request.
+        let kept = options.clone();
         let client =
             match tokio::time::timeout(CONNECT_TIMEOUT, ec::Client::connect(&urls, Some(options)))
                 .await
@@ -101,7 +114,13 @@ impl EtcdStore {
                 }
             };
         let store = EtcdStore {
-            client,
+            inner: Arc::new(Inner {
+                client: std::sync::RwLock::new(client),
+                urls,
+                options: kept,
+                logs_in: opts.user.is_some(),
+                relogin: tokio::sync::Mutex::new(()),
+            }),
             endpoint: endpoint.clone(),
         };
         // The channel connects lazily: only a request proves that etcd is there. A range
@@ -126,8 +145,45 @@ impl EtcdStore {
         }
     }
 
+    /// The current client (a cheap handle on the shared channel).
+    fn client(&self) -> ec::Client {
+        self.inner
+            .client
+            .read()
+            .expect("the client lock is never poisoned: nothing panics while holding it")
+            .clone()
+    }
+
+    /// Logs in again after etcd refused our auth token (it forgets tokens when it
+    /// restarts): connects anew with the same user and swaps the client. True when the
+    /// next request may succeed.
+    async fn relogin(&self) -> bool {
+        if !self.inner.logs_in {
+            return false;
+        }
+        let _one = self.inner.relogin.lock().await;
+        let connect = ec::Client::connect(&self.inner.urls, Some(self.inner.options.clone()));
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(client)) => {
+                *self
+                    .inner
+                    .client
+                    .write()
+                    .expect("the client lock is never poisoned: nothing panics while holding it") =
+                    client;
+                tracing::info!(endpoint = %self.endpoint, "logged in to etcd again");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot log in to etcd again");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     fn kv(&self) -> ec::KvClient {
-        self.client
+        self.client()
             .kv_client()
             .max_decoding_message_size(MAX_DECODE)
     }
@@ -140,6 +196,13 @@ impl EtcdStore {
     ) -> Result<T> {
         match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if is_invalid_token(&e) && self.relogin().await => Err(Error::Unavailable {
+                endpoint: self.endpoint.clone(),
+                message: format!(
+                    "{what}: etcd no longer knew our auth token (restarted?); logged in \
+                         again, retry"
+                ),
+            }),
             Ok(Err(e)) => Err(map_error(&self.endpoint, what, e)),
             Err(_) => Err(Error::Unavailable {
                 endpoint: self.endpoint.clone(),
@@ -151,7 +214,7 @@ impl EtcdStore {
     /// The compaction revision, learned the only way etcd tells it: a watch from revision 1
     /// is cancelled with it. Used to give `Compacted` errors of a range a true number.
     async fn compacted_revision(&self) -> Option<i64> {
-        let mut watch = self.client.watch_client();
+        let mut watch = self.client().watch_client();
         let opts = ec::WatchOptions::new().with_start_revision(1);
         let fut = async move {
             let (_watcher, mut stream) = watch.watch("\0", Some(opts)).await.ok()?;
@@ -160,6 +223,11 @@ impl EtcdStore {
         };
         tokio::time::timeout(CONNECT_TIMEOUT, fut).await.ok()?
     }
+}
+
+/// etcd's answer to a token it does not know (any more).
+fn is_invalid_token(e: &ec::Error) -> bool {
+    matches!(e, ec::Error::GRpcStatus(s) if s.message().contains("invalid auth token"))
 }
 
 /// Reads the TLS files into etcd-client's options; `Error::Config` names an unreadable one.
@@ -528,7 +596,7 @@ impl Store for EtcdStore {
 
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
         let mut watch = Watch {
-            client: self.client.clone(),
+            store: self.clone(),
             endpoint: self.endpoint.clone(),
             prefix: prefix.to_string(),
             next_revision: from_revision.max(1),
@@ -548,7 +616,7 @@ impl Store for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         // etcd counts in whole seconds; round up so a lease never lives shorter than asked.
         let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
-        let mut lease = self.client.lease_client();
+        let mut lease = self.client().lease_client();
         let resp = self.call("grant lease", lease.grant(secs, None)).await?;
         if !resp.error().is_empty() {
             return Err(Error::Other(format!(
@@ -561,7 +629,7 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.client.lease_client();
+        let mut client = self.client().lease_client();
         // etcd-client's `keep_alive` opens the stream, sends one refresh and reads its
         // answer (TTL 0 there means expired): exactly one round trip.
         match self
@@ -578,7 +646,7 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.client.lease_client();
+        let mut client = self.client().lease_client();
         match self
             .call(&format!("revoke lease {lease}"), client.revoke(lease))
             .await
@@ -613,7 +681,8 @@ impl Store for EtcdStore {
 
 /// The state of one resuming watch.
 struct Watch {
-    client: ec::Client,
+    /// The store, for its current client: a re-login swaps it.
+    store: EtcdStore,
     endpoint: String,
     prefix: String,
     /// The first revision not yet delivered: where a re-opened watch starts.
@@ -630,7 +699,8 @@ impl Watch {
     /// Opens an etcd watch from `next_revision`.
     async fn open(&mut self) -> Result<()> {
         let mut client = self
-            .client
+            .store
+            .client()
             .watch_client()
             .max_decoding_message_size(MAX_DECODE);
         let opts = ec::WatchOptions::new()
@@ -647,8 +717,16 @@ impl Watch {
             .map_err(|_| Error::Unavailable {
                 endpoint: self.endpoint.clone(),
                 message: format!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
-            })?
-            .map_err(|e| map_error(&self.endpoint, &what, e))?;
+            })?;
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                if is_invalid_token(&e) {
+                    self.store.relogin().await;
+                }
+                return Err(map_error(&self.endpoint, &what, e));
+            }
+        };
         self.open = Some(opened);
         Ok(())
     }
@@ -803,5 +881,65 @@ mod tests {
         );
         assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
         assert!(err.to_string().contains(&endpoint), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_user_should_stay_logged_in_across_an_etcd_restart() {
+        let mut etcd = crate::testing::EtcdServer::start();
+        let mut admin = ec::Client::connect([etcd.endpoint()], None)
+            .await
+            .expect("the test etcd answers");
+        admin
+            .user_add("root", "pw", None)
+            .await
+            .expect("user added");
+        admin
+            .user_grant_role("root", "root")
+            .await
+            .expect("role granted");
+        admin.auth_enable().await.expect("auth enabled");
+        let opts = EtcdOptions {
+            user: Some("root".into()),
+            password: Some("pw".into()),
+            ..EtcdOptions::default()
+        };
+        let store = EtcdStore::connect_with(&[etcd.endpoint()], &opts)
+            .await
+            .expect("root logs in");
+        store.put("/t/k", b"v".to_vec()).await.expect("put");
+        let mut watch = store.watch("/t/", 1).await.expect("watch");
+        assert!(watch.next().await.is_some(), "the watch sees the put");
+
+        // etcd forgets every token when it restarts.
+        etcd.restart();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let last = loop {
+            match store.get("/t/k").await {
+                Ok(Some(kv)) => break kv,
+                Ok(None) => panic!("the key is gone after a restart"),
+                Err(e) => {
+                    assert!(
+                        e.is_transient() && std::time::Instant::now() < deadline,
+                        "still failing: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert_eq!(last.value, b"v");
+        // The watch logs in again too and sees a new write.
+        store
+            .put("/t/k", b"w".to_vec())
+            .await
+            .expect("put after restart");
+        let events = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .expect("the watch delivers within the deadline")
+            .expect("the watch goes on")
+            .expect("no error");
+        assert_eq!(
+            events.last().map(|e| e.kv.value.clone()),
+            Some(b"w".to_vec())
+        );
     }
 }
