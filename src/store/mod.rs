@@ -413,9 +413,10 @@ impl StoreUrl {
                     // Only a password in the environment: nothing to use it for, harmless.
                     return Ok(StoreUrl::Embedded(path));
                 }
+                let verb = if flags.len() == 1 { "applies" } else { "apply" };
                 return Err(format!(
-                    "{} only apply to an etcd store, but the store is the embedded one at {} \
-                     (use --store etcd://host:port or etcds://host:port)",
+                    "{} only {verb} to an etcd store, but the store is the embedded one at \
+                     {} (use --store etcd://host:port or etcds://host:port)",
                     flags.join(", "),
                     path.display()
                 ));
@@ -495,7 +496,7 @@ mod tests {
             .with_etcd_options(ca)
             .unwrap_err();
         assert!(
-            err.contains("--etcd-ca only apply to an etcd store"),
+            err.contains("--etcd-ca only applies to an etcd store"),
             "{err}"
         );
         // etcds:// without a CA.
