@@ -324,7 +324,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 /// The store URL from `--store` / `DEPLOYCTL_STORE`, with the `--etcd-*` options and
 /// the password from [`ETCD_PASSWORD_ENV`].
 pub fn store_url(g: &GlobalArgs) -> anyhow::Result<StoreUrl> {
-    let options = EtcdOptions {
+    StoreUrl::parse(g.store.as_deref())
+        .and_then(|u| u.with_etcd_options(etcd_options(g)))
+        .map_err(anyhow::Error::msg)
+}
+
+/// The `--etcd-*` flags (or their environment) and the password from the environment.
+pub fn etcd_options(g: &GlobalArgs) -> EtcdOptions {
+    EtcdOptions {
         tls: false,
         ca: g.etcd_ca.clone(),
         cert: g.etcd_cert.clone(),
@@ -333,10 +340,7 @@ pub fn store_url(g: &GlobalArgs) -> anyhow::Result<StoreUrl> {
         password: std::env::var(ETCD_PASSWORD_ENV)
             .ok()
             .filter(|p| !p.is_empty()),
-    };
-    StoreUrl::parse(g.store.as_deref())
-        .and_then(|u| u.with_etcd_options(options))
-        .map_err(anyhow::Error::msg)
+    }
 }
 
 /// Connects to the store, failing within [`CONNECT_TIMEOUT`] with the endpoint named.

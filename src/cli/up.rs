@@ -173,10 +173,13 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
     let _lock = lock_state_dir(&state_dir)?;
     let store = match (&g.store, &args.state_dir) {
         (Some(_), _) => store_url(g)?,
-        (None, Some(_)) => StoreUrl::Embedded(state_dir.join("store.db")),
+        // Through `with_etcd_options` so that stray --etcd-* flags are refused, not ignored.
+        (None, Some(_)) => StoreUrl::Embedded(state_dir.join("store.db"))
+            .with_etcd_options(super::etcd_options(g))
+            .map_err(anyhow::Error::msg)?,
         // The default store of every other command, so that a bare `deployctl get
         // machines` in another terminal sees these machines.
-        (None, None) => StoreUrl::parse(None).map_err(anyhow::Error::msg)?,
+        (None, None) => store_url(g)?,
     };
     let client = super::connect_url(&store).await?;
 
