@@ -37,6 +37,10 @@ pub struct EtcdServer {
     peer_port: u16,
     /// Extra flags from [`EtcdServer::start_with_flags`], kept for `restart`.
     flags: Vec<String>,
+    /// Serves clients over TLS ([`EtcdServer::start_tls`]); health is then checked on a
+    /// plain-HTTP metrics port, since the client port speaks only TLS.
+    tls: bool,
+    metrics_port: u16,
     /// Holds the data dir and `etcd.log`; removed on drop, after the process is gone.
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -56,6 +60,23 @@ impl EtcdServer {
     /// Like [`start`](Self::start), with more etcd flags after the harness's own (a
     /// repeated flag takes the last value: `--max-txn-ops=128` restores etcd's default).
     pub fn start_with_flags(flags: &[&str]) -> EtcdServer {
+        EtcdServer::start_inner(flags, false)
+    }
+
+    /// Starts etcd serving clients only over TLS with `certs`' server certificate, and
+    /// requiring a client certificate signed by `certs`' CA (`--client-cert-auth`).
+    pub fn start_tls(certs: &TestCerts) -> EtcdServer {
+        let flags = [
+            format!("--cert-file={}", certs.server_cert().display()),
+            format!("--key-file={}", certs.server_key().display()),
+            format!("--trusted-ca-file={}", certs.ca().display()),
+            "--client-cert-auth".to_string(),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        EtcdServer::start_inner(&flags, true)
+    }
+
+    fn start_inner(flags: &[&str], tls: bool) -> EtcdServer {
         let binary = find_etcd().unwrap_or_else(|| panic!("{MISSING}"));
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -65,6 +86,8 @@ impl EtcdServer {
                 client_port: free_port(),
                 peer_port: free_port(),
                 flags: flags.iter().map(|f| f.to_string()).collect(),
+                tls,
+                metrics_port: free_port(),
                 dir,
                 child: None,
             };
@@ -81,9 +104,10 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// `etcd://127.0.0.1:PORT`, as `--store` takes it.
+    /// `etcd://127.0.0.1:PORT` (`etcds://` when serving TLS), as `--store` takes it.
     pub fn url(&self) -> String {
-        format!("etcd://{}", self.endpoint())
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{}", self.endpoint())
     }
 
     /// The data dir: it survives `stop()` so that `restart()` keeps every key.
@@ -170,7 +194,13 @@ impl EtcdServer {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let health_port = if self.tls {
+            self.metrics_port
+        } else {
+            self.client_port
+        };
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let log = self.log_path();
         let stderr = std::fs::OpenOptions::new()
@@ -203,6 +233,10 @@ impl EtcdServer {
             .arg("--max-txn-ops=10000")
             .arg("--logger=zap")
             .arg("--log-level=warn")
+            .args(
+                self.tls
+                    .then(|| format!("--listen-metrics-urls=http://127.0.0.1:{health_port}")),
+            )
             .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -217,7 +251,7 @@ impl EtcdServer {
                 self.child = None;
                 return Err(format!("etcd exited with {status}\n{}", self.log_tail()));
             }
-            if healthy(self.client_port) {
+            if healthy(health_port) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -343,4 +377,139 @@ pub fn embedded_temp() -> TempEmbedded {
     let store = EmbeddedStore::open(&path)
         .unwrap_or_else(|e| panic!("cannot open embedded store at {}: {e}", path.display()));
     TempEmbedded { store, dir }
+}
+
+const NO_OPENSSL: &str =
+    "openssl not found: install it with `apt-get install openssl` (tests make TLS certificates with it)";
+
+/// A throwaway CA with a server certificate for 127.0.0.1/localhost and a client
+/// certificate, made with the `openssl` command; removed on drop.
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// Makes the CA and both certificates (EC P-256, valid one day). Panics with the
+    /// install hint when `openssl` is missing, and with its output when it fails.
+    pub fn generate() -> TestCerts {
+        let dir = tempfile::Builder::new()
+            .prefix("deployctl-certs-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary dir: {e}"));
+        let certs = TestCerts { dir };
+        let d = certs.dir.path();
+        let p = |name: &str| d.join(name).display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=deployctl test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+        ]);
+        for (name, cn, usage) in [
+            ("server", "etcd", "serverAuth,clientAuth"),
+            ("client", "deployctl", "clientAuth"),
+        ] {
+            openssl(&[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &p(&format!("{name}.key")),
+                "-out",
+                &p(&format!("{name}.csr")),
+            ]);
+            let ext = d.join(format!("{name}.ext"));
+            std::fs::write(
+                &ext,
+                format!(
+                    "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n\
+                     extendedKeyUsage={usage}\n"
+                ),
+            )
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", ext.display()));
+            openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &p(&format!("{name}.csr")),
+                "-CA",
+                &p("ca.pem"),
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &ext.display().to_string(),
+                "-out",
+                &p(&format!("{name}.pem")),
+            ]);
+        }
+        certs
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
+
+    /// Options that connect to an etcd started with [`EtcdServer::start_tls`].
+    pub fn etcd_options(&self) -> crate::store::EtcdOptions {
+        crate::store::EtcdOptions {
+            tls: true,
+            ca: Some(self.ca()),
+            cert: Some(self.client_cert()),
+            key: Some(self.client_key()),
+            ..Default::default()
+        }
+    }
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => panic!("{NO_OPENSSL}"),
+            _ => panic!("cannot run openssl: {e}"),
+        });
+    assert!(
+        out.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -112,7 +112,7 @@ pub async fn run_server(args: DemoServerArgs) -> anyhow::Result<i32> {
             port: args.port,
             source,
         })?;
-    println!("demo-server {version} listening on 127.0.0.1:{}", args.port);
+    outln!("demo-server {version} listening on 127.0.0.1:{}", args.port);
     let body: std::sync::Arc<str> = format!("version {version}\n").into();
     let shutdown = super::get::shutdown_signal();
     tokio::pin!(shutdown);
@@ -186,7 +186,7 @@ fn response_for(head: &[u8], body: &str) -> (&'static str, String) {
 async fn probe(port: u16) -> anyhow::Result<i32> {
     match get_body(port, "/healthz").await {
         Ok(body) => {
-            print!("{body}");
+            out!("{body}");
             Ok(0)
         }
         Err(e) => {
@@ -331,16 +331,16 @@ pub async fn run_demo(
     let artifacts = state_dir.join("artifacts");
     for v in DEMO_VERSIONS {
         let path = build_artifact(&artifacts, v)?;
-        println!("built {}", path.display());
+        outln!("built {}", path.display());
     }
     let bin = std::env::current_exe().context("cannot locate the deployctl binary")?;
     let (app, rollout) = demo_objects(&artifacts, &bin, base_port)?;
 
-    println!("waiting for {machines} machines to be ready");
+    outln!("waiting for {machines} machines to be ready");
     wait_machines_ready(client, machines).await?;
 
     let outcome = apply_object(client, app, false).await?;
-    println!(
+    outln!(
         "{} {outcome}",
         super::reference(crate::api::KindName::Application, DEMO_NAME)
     );
@@ -348,16 +348,16 @@ pub async fn run_demo(
     // status the demo prints is about the rollout, not a missing application.
     wait_application_observed(client).await?;
     let outcome = apply_object(client, rollout, false).await?;
-    println!(
+    outln!(
         "{} {outcome}",
         super::reference(crate::api::KindName::Rollout, DEMO_NAME)
     );
 
     let (v1, v2) = (DEMO_VERSIONS[0], DEMO_VERSIONS[1]);
-    println!("==> rolling out {v1} (the first rollout skips the steps)");
+    outln!("==> rolling out {v1} (the first rollout skips the steps)");
     follow(client, |r| verdict(r) == Verdict::Done).await?;
 
-    println!("==> deployctl set version {DEMO_NAME} {v2}");
+    outln!("==> deployctl set version {DEMO_NAME} {v2}");
     client
         .update::<Rollout>(Some("default"), DEMO_NAME, |r| {
             r.spec.version = v2.to_string();
@@ -367,7 +367,7 @@ pub async fn run_demo(
         .context("cannot set the version")?;
     follow(client, |r| at_pause_step(r, v2)).await?;
 
-    println!("==> deployctl rollout promote {DEMO_NAME}");
+    outln!("==> deployctl rollout promote {DEMO_NAME}");
     let token = uuid::Uuid::new_v4().to_string();
     client
         .update::<Rollout>(Some("default"), DEMO_NAME, |r| {
@@ -379,20 +379,20 @@ pub async fn run_demo(
         .context("cannot promote")?;
     follow(client, |r| verdict(r) == Verdict::Done).await?;
 
-    println!("==> what every machine serves");
+    outln!("==> what every machine serves");
     let mut wrong = Vec::new();
     for n in 1..=machines {
         let port = machine_port(base_port, n).expect("checked above that every port fits");
         match get_body(port, "/").await {
             Ok(body) => {
                 let body = body.trim();
-                println!("machine-{n} http://127.0.0.1:{port}/ -> {body}");
+                outln!("machine-{n} http://127.0.0.1:{port}/ -> {body}");
                 if body != format!("version {v2}") {
                     wrong.push(format!("machine-{n} serves {body:?}"));
                 }
             }
             Err(e) => {
-                println!("machine-{n} http://127.0.0.1:{port}/ -> error: {e}");
+                outln!("machine-{n} http://127.0.0.1:{port}/ -> error: {e}");
                 wrong.push(format!("machine-{n}: {e}"));
             }
         }
@@ -400,7 +400,7 @@ pub async fn run_demo(
     if !wrong.is_empty() {
         anyhow::bail!("not every machine serves {v2}: {}", wrong.join("; "));
     }
-    println!("demo complete: {machines} machines serve {v2}");
+    outln!("demo complete: {machines} machines serve {v2}");
     Ok(())
 }
 
@@ -444,7 +444,7 @@ async fn wait_machines_ready(client: &Client, machines: u32) -> anyhow::Result<(
             })
             .count();
         if ready >= machines as usize {
-            println!("{ready} machines ready");
+            outln!("{ready} machines ready");
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -530,7 +530,7 @@ impl Progress {
     /// Ends a line left open on a terminal.
     fn finish(&mut self) {
         if self.open.take().is_some() {
-            println!();
+            outln!();
         }
     }
 }

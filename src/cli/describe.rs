@@ -250,7 +250,7 @@ pub async fn run(g: &GlobalArgs, args: DescribeArgs) -> anyhow::Result<i32> {
         };
         obj.describe(&client, g, evs, Utc::now()).await?
     });
-    print!("{page}");
+    out!("{page}");
     Ok(0)
 }
 

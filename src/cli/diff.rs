@@ -48,7 +48,7 @@ pub async fn run(g: &GlobalArgs, args: DiffArgs) -> anyhow::Result<i32> {
         for l in &loaded {
             let text = within(g, manifest_diff(&client, &l.manifest)).await?;
             if let Some(text) = text {
-                print!("{text}");
+                out!("{text}");
                 differs = true;
             }
         }

@@ -173,19 +173,19 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
         Some(OutputFormat::Yaml) => {
             if single {
                 if let Some(o) = items.first() {
-                    println!("{}", output::to_yaml(o)?);
+                    outln!("{}", output::to_yaml(o)?);
                 }
             } else {
-                println!("{}", output::to_yaml(&output::list_value(items)?)?);
+                outln!("{}", output::to_yaml(&output::list_value(items)?)?);
             }
         }
         Some(OutputFormat::Json) => {
             if single {
                 if let Some(o) = items.first() {
-                    println!("{}", serde_json::to_string_pretty(o)?);
+                    outln!("{}", serde_json::to_string_pretty(o)?);
                 }
             } else {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&output::list_value(items)?)?
                 );
@@ -193,7 +193,7 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
         }
         Some(OutputFormat::Name) => {
             for o in items {
-                println!("{}", super::reference(K::KIND_NAME, o.name()));
+                outln!("{}", super::reference(K::KIND_NAME, o.name()));
             }
         }
         None | Some(OutputFormat::Wide) => {
@@ -203,7 +203,7 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
             let rows = output::table_rows(items, view.wide(), view.all_namespaces, Utc::now());
             let headers = output::table_headers::<K>(view.wide(), view.all_namespaces);
             let headers = (!view.no_headers).then_some(headers.as_slice());
-            println!("{}", output::render(headers, &rows));
+            outln!("{}", output::render(headers, &rows));
         }
     }
     Ok(())
@@ -212,9 +212,9 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
 /// Prints one changed object during `-w`: a table row without header, or the object.
 fn print_change<K: Columns>(obj: &K, view: &View, widths_from: &[String]) -> anyhow::Result<()> {
     match view.format {
-        Some(OutputFormat::Yaml) => println!("---\n{}", output::to_yaml(obj)?),
-        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(obj)?),
-        Some(OutputFormat::Name) => println!("{}", super::reference(K::KIND_NAME, obj.name())),
+        Some(OutputFormat::Yaml) => outln!("---\n{}", output::to_yaml(obj)?),
+        Some(OutputFormat::Json) => outln!("{}", serde_json::to_string_pretty(obj)?),
+        Some(OutputFormat::Name) => outln!("{}", super::reference(K::KIND_NAME, obj.name())),
         None | Some(OutputFormat::Wide) => {
             let row = output::table_rows(
                 std::slice::from_ref(obj),
@@ -231,7 +231,7 @@ fn print_change<K: Columns>(obj: &K, view: &View, widths_from: &[String]) -> any
                     _ => cell.clone(),
                 })
                 .collect();
-            println!("{}", output::render(None, &[padded]));
+            outln!("{}", output::render(None, &[padded]));
         }
     }
     Ok(())

@@ -591,7 +591,7 @@ impl Syncer {
         match self.apply_commit(&good).await {
             Ok(r) => {
                 for l in &r.lines {
-                    println!("{l} (kept from {})", short_commit(&good));
+                    outln!("{l} (kept from {})", short_commit(&good));
                 }
             }
             Err(err) => {
@@ -954,10 +954,10 @@ impl Syncer {
 
 fn print_report(s: &Syncer, r: &Report, always: bool) {
     for l in &r.lines {
-        println!("{l}");
+        outln!("{l}");
     }
     if always || !r.lines.is_empty() {
-        println!(
+        outln!(
             "sync {}: commit {} applied ({} objects: {} changed, {} drifted, {} pruned)",
             s.name,
             short_commit(&r.commit),
@@ -981,7 +981,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
     if args.dry_run {
         return Ok(match syncer.sync_once().await {
             Ok(r) => {
-                print!("{}", r.diff);
+                out!("{}", r.diff);
                 for l in &r.lines {
                     eprintln!("{l}");
                 }

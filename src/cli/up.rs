@@ -3,10 +3,10 @@
 
 use super::demo;
 use super::get::shutdown_signal;
-use super::{store_url, GlobalArgs, CONNECT_TIMEOUT};
+use super::{store_url, GlobalArgs};
 use crate::agent::{self, AgentConfig};
 use crate::controller::{self, ControllerConfig};
-use crate::store::{Client, StoreUrl};
+use crate::store::StoreUrl;
 use anyhow::Context as _;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -173,19 +173,15 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
     let _lock = lock_state_dir(&state_dir)?;
     let store = match (&g.store, &args.state_dir) {
         (Some(_), _) => store_url(g)?,
-        (None, Some(_)) => StoreUrl::Embedded(state_dir.join("store.db")),
+        // Through `with_etcd_options` so that stray --etcd-* flags are refused, not ignored.
+        (None, Some(_)) => StoreUrl::Embedded(state_dir.join("store.db"))
+            .with_etcd_options(super::etcd_options(g))
+            .map_err(anyhow::Error::msg)?,
         // The default store of every other command, so that a bare `deployctl get
         // machines` in another terminal sees these machines.
-        (None, None) => StoreUrl::parse(None).map_err(anyhow::Error::msg)?,
+        (None, None) => store_url(g)?,
     };
-    let client = match tokio::time::timeout(CONNECT_TIMEOUT, store.connect()).await {
-        Ok(Ok(s)) => Client::new(s),
-        Ok(Err(e)) => anyhow::bail!("cannot use store {store}: {e}"),
-        Err(_) => anyhow::bail!(
-            "cannot reach store at {store}: no answer within {}s",
-            CONNECT_TIMEOUT.as_secs()
-        ),
-    };
+    let client = super::connect_url(&store).await?;
 
     // Ready-to-apply demo manifests for the next steps (the artifacts they point at too).
     let artifacts = state_dir.join("artifacts");
@@ -232,21 +228,21 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         tasks.spawn(async move { (what, agent::run(config, token).await) });
     }
 
-    println!(
+    outln!(
         "deployctl up: a controller and {} machines (store {store}, state {})",
         machines.len(),
         state_dir.display()
     );
     for m in &machines {
         let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "  {}  {}  root {}",
             m.name,
             labels.join(","),
             m.root.display()
         );
     }
-    println!("{}", next_steps(&store, &demo_manifest));
+    outln!("{}", next_steps(&store, &demo_manifest));
 
     // Run until the demo ends, a signal arrives, or a part stops on its own.
     let outcome: anyhow::Result<()> = {
@@ -271,7 +267,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         tokio::select! {
             r = demo_run => r,
             _ = shutdown_signal() => {
-                println!("signal received: stopping the controller and the agents");
+                outln!("signal received: stopping the controller and the agents");
                 if args.demo {
                     Err(anyhow::anyhow!("the demo was interrupted"))
                 } else {
@@ -314,7 +310,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
     }
     match outcome {
         Ok(()) if failures.is_empty() => {
-            println!("stopped");
+            outln!("stopped");
             Ok(0)
         }
         Ok(()) => Ok(1),

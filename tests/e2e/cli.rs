@@ -812,3 +812,66 @@ fn the_cli_should_drive_a_real_rollout_through_a_controller_and_agents() {
         drop(agents);
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_should_end_quietly_not_panic() {
+    let backend = Backend::embedded();
+    let store = backend.url();
+    let dir = tempdir();
+    let file = write(
+        dir.path(),
+        "machine.yaml",
+        "apiVersion: deployctl.dev/v1\nkind: Machine\nmetadata:\n  name: web-7\n",
+    );
+    run(&store, &["apply", "-f", &file]).ok();
+    // A pipe whose reader is already gone, as after `deployctl get machines | head -0`.
+    let (read_end, write_end) = nix::unistd::pipe().expect("can make a pipe");
+    drop(read_end);
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["get", "machines"])
+        .env("DEPLOYCTL_STORE", &store)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("deployctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn promoting_a_complete_rollout_should_say_there_is_nothing_to_promote() {
+    let b = Backend::embedded();
+    let store = b.url();
+    let dir = tempdir();
+    run(
+        &store,
+        &["apply", "-f", &write(dir.path(), "api.yaml", &manifests())],
+    )
+    .ok();
+    crate::common::rt().block_on(async {
+        b.client()
+            .await
+            .update_status::<Rollout>(Some("default"), "api", |s| {
+                s.phase = RolloutPhase::Complete;
+                s.observed_generation = 1;
+                s.stable_version = Some("1.0.0".into());
+            })
+            .await
+            .expect("the status is written");
+    });
+    let out = run(&store, &["rollout", "promote", "api"]).ok();
+    assert_eq!(
+        out.stdout,
+        "rollout.deployctl.dev/api is already complete at 1.0.0: nothing to promote\n"
+    );
+    let after = get_yaml::<Rollout>(&store, "ro", "api");
+    assert!(
+        !after.metadata.annotations.contains_key(ANNOTATION_PROMOTE),
+        "no promote request was written: {:?}",
+        after.metadata.annotations
+    );
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod etcd_security;
 mod manifests;
 mod rollouts;
 mod sync;

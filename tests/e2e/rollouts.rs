@@ -789,7 +789,9 @@ fn a_controller_killed_mid_rollout_should_finish_after_restart_without_double_sw
         let hooks = json!({
             "activate": [
                 hook(COUNT_ACTIVATIONS),
-                hook(r#"[ "$DEPLOY_VERSION" != v2 ] || sleep 1"#),
+                // Slow enough that the kill below lands mid-rollout even on a loaded
+                // machine, where each CLI poll can take a second.
+                hook(r#"[ "$DEPLOY_VERSION" != v2 ] || sleep 2"#),
             ],
         });
         let (mut f, machines) = Fleet::at_v1(
