@@ -35,12 +35,19 @@ pub struct EtcdServer {
     /// Holds the data dir and `etcd.log`; removed on drop, after the process is gone.
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More etcd flags (benchmarks tune the quota); empty for tests.
+    extra_args: Vec<String>,
 }
 
 impl EtcdServer {
     /// Starts etcd and waits until it answers. Panics (with the install hint) when etcd is
     /// not installed, and with its log when it does not come up.
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with_args(&[])
+    }
+
+    /// Like [`EtcdServer::start`], with more etcd flags (e.g. `--quota-backend-bytes=...`).
+    pub fn start_with_args(extra_args: &[&str]) -> EtcdServer {
         let binary = find_etcd().unwrap_or_else(|| panic!("{MISSING}"));
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -51,6 +58,7 @@ impl EtcdServer {
                 peer_port: free_port(),
                 dir,
                 child: None,
+                extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             };
             match server.spawn_and_wait() {
                 Ok(()) => return server,
@@ -157,6 +165,7 @@ impl EtcdServer {
             .arg("--max-txn-ops=10000")
             .arg("--logger=zap")
             .arg("--log-level=warn")
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
