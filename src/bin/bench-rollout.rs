@@ -56,6 +56,12 @@ struct Args {
     /// The deployctl binary that runs the controller (default: next to this one).
     #[arg(long)]
     deployctl: Option<PathBuf>,
+    /// Keep the controller's log (stderr) in this file.
+    #[arg(long)]
+    controller_log: Option<PathBuf>,
+    /// Record a `perf` profile of the controller during v1 -> v2 into this file.
+    #[arg(long)]
+    perf: Option<PathBuf>,
     /// Controller workers (`deployctl controller --workers`).
     #[arg(long, default_value_t = 4)]
     workers: u32,
@@ -172,31 +178,35 @@ struct ControllerProcess {
     child: Child,
 }
 
+/// User + system CPU seconds of a process so far, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("{path}: no ')' in {text:?}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    let parse = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i - 3)
+            .ok_or_else(|| anyhow!("{path}: field {i} missing"))?
+            .parse::<f64>()
+            .with_context(|| format!("{path}: field {i} is not a number"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((parse(14)? + parse(15)?) / ticks)
+}
+
 impl ControllerProcess {
     fn pid(&self) -> u32 {
         self.child.id()
     }
-    /// User + system CPU seconds so far, from /proc/<pid>/stat.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let path = format!("/proc/{}/stat", self.pid());
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let rest = text
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or_else(|| anyhow!("{path}: no ')' in {text:?}"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // rest starts at field 3 (state); utime is field 14, stime field 15.
-        let parse = |i: usize| -> anyhow::Result<f64> {
-            fields
-                .get(i - 3)
-                .ok_or_else(|| anyhow!("{path}: field {i} missing"))?
-                .parse::<f64>()
-                .with_context(|| format!("{path}: field {i} is not a number"))
-        };
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok((parse(14)? + parse(15)?) / ticks)
+        cpu_seconds(self.pid())
     }
     /// Peak resident set size in MiB, from VmHWM in /proc/<pid>/status.
     fn peak_rss_mb(&self) -> anyhow::Result<f64> {
@@ -403,7 +413,7 @@ async fn wait_present(
 }
 
 async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Value> {
-    let (_etcd, url) = match &args.store {
+    let (etcd, url) = match &args.store {
         Some(u) => (None, u.clone()),
         None => {
             let etcd = tokio::task::spawn_blocking(|| EtcdServer::start_with_args(ETCD_ARGS))
@@ -487,7 +497,10 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
 
     // 3. The controller, as its own process.
     let bin = deployctl_binary(args)?;
-    let ctl_log = roots.path().join("controller.log");
+    let ctl_log = args
+        .controller_log
+        .clone()
+        .unwrap_or_else(|| roots.path().join("controller.log"));
     let controller = ControllerProcess {
         child: Command::new(&bin)
             .arg("--store")
@@ -552,6 +565,23 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     );
 
     // 5. v1 -> v2, measured.
+    let etcd_pid = etcd.as_ref().and_then(EtcdServer::pid);
+    let etcd_cpu_before = etcd_pid.map(cpu_seconds).transpose()?;
+    let self_cpu_before = cpu_seconds(std::process::id())?;
+    let perf = match &args.perf {
+        Some(out) => Some(
+            Command::new("perf")
+                .args(["record", "-F", "999", "-g", "-o"])
+                .arg(out)
+                .args(["-p", &controller.pid().to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot run perf (apt-get install linux-perf)")?,
+        ),
+        None => None,
+    };
     let cpu_before = controller.cpu_seconds()?;
     let agent_writes_before = counters.writes.load(Ordering::SeqCst);
     let agent_reads_before = counters.reads.load(Ordering::SeqCst);
@@ -567,6 +597,16 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     let rollout = t0.elapsed();
     let rev_after = revision(&raw).await?;
     let cpu_after = controller.cpu_seconds()?;
+    let etcd_cpu = match (etcd_pid, etcd_cpu_before) {
+        (Some(pid), Some(before)) => Some(round(cpu_seconds(pid)? - before, 2)),
+        _ => None,
+    };
+    let self_cpu = round(cpu_seconds(std::process::id())? - self_cpu_before, 2);
+    if let Some(mut p) = perf {
+        let pid = nix::unistd::Pid::from_raw(p.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = p.wait();
+    }
     let agent_writes = counters.writes.load(Ordering::SeqCst) - agent_writes_before;
     let agent_reads = counters.reads.load(Ordering::SeqCst) - agent_reads_before;
     // Every revision in the window is a write: ours (the version), the agents', the
@@ -644,6 +684,8 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         "idle_agent_reads": idle_reads,
         "idle_agent_writes": idle_writes,
         "controller_cpu_seconds_total": round(cpu_total, 2),
+        "etcd_cpu_seconds": etcd_cpu,
+        "bench_cpu_seconds": self_cpu,
         "step_ms": args.step_ms,
         "agent_clients": args.clients,
         "agent_restarts": restarts.load(Ordering::SeqCst),
