@@ -104,7 +104,9 @@ pub async fn run_with(
     });
     let tasks_shutdown = shutdown.child_token();
     let mut tasks: HashMap<String, Running> = HashMap::new();
-    let mut watch = client.list_watch::<Instance>(Scope::Machine(config.name.clone()));
+    // Specs only: this agent is the only writer of its Instances' status, so watching
+    // the status keys would echo every report back to it.
+    let mut watch = client.list_watch_specs::<Instance>(Scope::Machine(config.name.clone()));
     let mut error_backoff = Duration::from_millis(500);
     loop {
         let event = tokio::select! {
@@ -114,7 +116,7 @@ pub async fn run_with(
         match event {
             None => {
                 tracing::error!("instance watch ended; starting a new one");
-                watch = client.list_watch::<Instance>(Scope::Machine(config.name.clone()));
+                watch = client.list_watch_specs::<Instance>(Scope::Machine(config.name.clone()));
             }
             Some(Err(e)) => {
                 // The stream relists by itself on the next poll; do not spin.

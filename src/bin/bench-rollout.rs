@@ -73,6 +73,8 @@ struct Counters {
     reads: AtomicU64,
     /// Transactions that wrote (each is one etcd revision).
     writes: AtomicU64,
+    /// The revision of each write, to count those inside a time window exactly.
+    write_revisions: Mutex<Vec<i64>>,
     failed_txns: AtomicU64,
     watches: AtomicU64,
 }
@@ -105,6 +107,11 @@ impl Store for CountingStore {
         match &res {
             Ok(r) if r.succeeded && writes => {
                 self.counters.writes.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .write_revisions
+                    .lock()
+                    .expect("revision log lock: no panics inside")
+                    .push(r.revision);
             }
             Ok(_) => {
                 self.counters.failed_txns.fetch_add(1, Ordering::Relaxed);
@@ -257,19 +264,6 @@ fn deployctl_binary(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(sibling)
 }
 
-/// The etcd revision now (one cheap read with a raw client).
-async fn revision(raw: &etcd_client::Client) -> anyhow::Result<i64> {
-    let mut kv = raw.kv_client();
-    let resp = kv
-        .get("/bench/revision-probe", None)
-        .await
-        .context("cannot read the etcd revision")?;
-    Ok(resp
-        .header()
-        .ok_or_else(|| anyhow!("etcd answered without a header"))?
-        .revision())
-}
-
 /// The floor: 4 x N single-key puts of 256-byte values, 64 in flight, on one client.
 async fn floor(raw: &etcd_client::Client, machines: usize) -> anyhow::Result<Duration> {
     let value = vec![b'x'; FLOOR_VALUE_BYTES];
@@ -346,7 +340,7 @@ async fn wait_complete(
     version: &str,
     machines: usize,
     timeout: Duration,
-) -> anyhow::Result<RolloutStatus> {
+) -> anyhow::Result<(RolloutStatus, i64)> {
     let mut watch = client.list_watch::<Rollout>(Scope::Namespace(NAMESPACE.into()));
     let done = |r: &Rollout| {
         r.name() == name
@@ -365,7 +359,8 @@ async fn wait_complete(
                 ObjectEvent::Deleted(_) => None,
             };
             if let Some(r) = found {
-                return Ok(r.status.expect("checked by done()"));
+                let revision = r.meta().status_version;
+                return Ok((r.status.expect("checked by done()"), revision));
             }
         }
         Err(anyhow!("the rollout watch ended"))
@@ -583,19 +578,18 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         None => None,
     };
     let cpu_before = controller.cpu_seconds()?;
-    let agent_writes_before = counters.writes.load(Ordering::SeqCst);
     let agent_reads_before = counters.reads.load(Ordering::SeqCst);
-    let rev_before = revision(&raw).await?;
     let t0 = Instant::now();
-    client
+    let updated = client
         .update::<Rollout>(Some(NAMESPACE), &app_name, |r| {
             r.spec.version = "2.0".into()
         })
         .await
         .context("cannot set the rollout's version")?;
-    let status = wait_complete(&client, &app_name, "2.0", machines, timeout).await?;
+    let (status, rev_complete) =
+        wait_complete(&client, &app_name, "2.0", machines, timeout).await?;
     let rollout = t0.elapsed();
-    let rev_after = revision(&raw).await?;
+    let rev_version = updated.meta().revision();
     let cpu_after = controller.cpu_seconds()?;
     let etcd_cpu = match (etcd_pid, etcd_cpu_before) {
         (Some(pid), Some(before)) => Some(round(cpu_seconds(pid)? - before, 2)),
@@ -607,11 +601,17 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = p.wait();
     }
-    let agent_writes = counters.writes.load(Ordering::SeqCst) - agent_writes_before;
+    // Every revision after the version write up to the one that said Complete is a write
+    // by the controller or an agent.
+    let agent_writes = counters
+        .write_revisions
+        .lock()
+        .expect("revision log lock: no panics inside")
+        .iter()
+        .filter(|&&r| r > rev_version && r <= rev_complete)
+        .count() as u64;
     let agent_reads = counters.reads.load(Ordering::SeqCst) - agent_reads_before;
-    // Every revision in the window is a write: ours (the version), the agents', the
-    // controller's. Agents may still write a little after Complete (e.g. a last event).
-    let total_writes = (rev_after - rev_before - 1).max(0) as u64;
+    let total_writes = (rev_complete - rev_version).max(0) as u64;
     let controller_writes = total_writes.saturating_sub(agent_writes);
     eprintln!("[{machines}] v2 complete in {:.3} s", rollout.as_secs_f64());
 
