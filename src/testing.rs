@@ -10,10 +10,13 @@
 
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
+use crate::store::Store;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a started etcd may take to answer its health check.
@@ -32,22 +35,48 @@ pub struct EtcdServer {
     binary: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Extra flags from [`EtcdServer::start_with_flags`], kept for `restart`.
+    flags: Vec<String>,
+    /// Serves clients over TLS ([`EtcdServer::start_tls`]); health is then checked on a
+    /// plain-HTTP metrics port, since the client port speaks only TLS.
+    tls: bool,
+    metrics_port: u16,
     /// Holds the data dir and `etcd.log`; removed on drop, after the process is gone.
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// More etcd flags (benchmarks tune the quota); empty for tests.
-    extra_args: Vec<String>,
 }
 
 impl EtcdServer {
     /// Starts etcd and waits until it answers. Panics (with the install hint) when etcd is
     /// not installed, and with its log when it does not come up.
+    ///
+    /// etcd is killed when this value is dropped, and also when the thread that started
+    /// (or last restarted) it exits: start it from the test's own thread, not from a
+    /// short-lived one such as `spawn_blocking`.
     pub fn start() -> EtcdServer {
-        EtcdServer::start_with_args(&[])
+        EtcdServer::start_with_flags(&[])
     }
 
-    /// Like [`EtcdServer::start`], with more etcd flags (e.g. `--quota-backend-bytes=...`).
-    pub fn start_with_args(extra_args: &[&str]) -> EtcdServer {
+    /// Like [`start`](Self::start), with more etcd flags after the harness's own (a
+    /// repeated flag takes the last value: `--max-txn-ops=128` restores etcd's default).
+    pub fn start_with_flags(flags: &[&str]) -> EtcdServer {
+        EtcdServer::start_inner(flags, false)
+    }
+
+    /// Starts etcd serving clients only over TLS with `certs`' server certificate, and
+    /// requiring a client certificate signed by `certs`' CA (`--client-cert-auth`).
+    pub fn start_tls(certs: &TestCerts) -> EtcdServer {
+        let flags = [
+            format!("--cert-file={}", certs.server_cert().display()),
+            format!("--key-file={}", certs.server_key().display()),
+            format!("--trusted-ca-file={}", certs.ca().display()),
+            "--client-cert-auth".to_string(),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        EtcdServer::start_inner(&flags, true)
+    }
+
+    fn start_inner(flags: &[&str], tls: bool) -> EtcdServer {
         let binary = find_etcd().unwrap_or_else(|| panic!("{MISSING}"));
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -56,9 +85,11 @@ impl EtcdServer {
                 binary: binary.clone(),
                 client_port: free_port(),
                 peer_port: free_port(),
+                flags: flags.iter().map(|f| f.to_string()).collect(),
+                tls,
+                metrics_port: free_port(),
                 dir,
                 child: None,
-                extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             };
             match server.spawn_and_wait() {
                 Ok(()) => return server,
@@ -78,9 +109,10 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// `etcd://127.0.0.1:PORT`, as `--store` takes it.
+    /// `etcd://127.0.0.1:PORT` (`etcds://` when serving TLS), as `--store` takes it.
     pub fn url(&self) -> String {
-        format!("etcd://{}", self.endpoint())
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{}", self.endpoint())
     }
 
     /// The data dir: it survives `stop()` so that `restart()` keeps every key.
@@ -129,6 +161,24 @@ impl EtcdServer {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers, like a hung
+    /// server or a partition. [`thaw`](Self::thaw) resumes it; drop kills it either way.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Resumes a frozen etcd (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
     /// Stops etcd if it runs and starts it again on the same ports and data dir, waiting
     /// until it answers.
     pub fn restart(&mut self) {
@@ -149,7 +199,13 @@ impl EtcdServer {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let health_port = if self.tls {
+            self.metrics_port
+        } else {
+            self.client_port
+        };
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let log = self.log_path();
         let stderr = std::fs::OpenOptions::new()
@@ -157,7 +213,19 @@ impl EtcdServer {
             .append(true)
             .open(&log)
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        // If the test process dies without running Drop (killed by a timeout), etcd must
+        // not live on: the kernel kills it with the thread that spawned it.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client_url}"))
@@ -170,7 +238,11 @@ impl EtcdServer {
             .arg("--max-txn-ops=10000")
             .arg("--logger=zap")
             .arg("--log-level=warn")
-            .args(&self.extra_args)
+            .args(
+                self.tls
+                    .then(|| format!("--listen-metrics-urls=http://127.0.0.1:{health_port}")),
+            )
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
@@ -184,7 +256,7 @@ impl EtcdServer {
                 self.child = None;
                 return Err(format!("etcd exited with {status}\n{}", self.log_tail()));
             }
-            if healthy(self.client_port) {
+            if healthy(health_port) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -274,28 +346,29 @@ fn healthy(port: u16) -> bool {
 
 /// An embedded store in a temporary dir, removed on drop.
 pub struct TempEmbedded {
+    /// The handle opened by [`embedded_temp`] (cheap to clone).
     pub store: EmbeddedStore,
     /// Keeps the dir (and the database in it) alive as long as the store.
     dir: tempfile::TempDir,
 }
 
 impl TempEmbedded {
-    /// The database file: open it again for a second handle (another process's view).
+    /// The store as a trait object (a clone of the handle: same connections and poller).
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::new(self.store.clone())
+    }
+
+    /// The database file.
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("store.db")
     }
 
-    /// The store as a trait object (a clone of the handle: same connections and poller).
-    pub fn store(&self) -> std::sync::Arc<dyn crate::store::Store> {
-        std::sync::Arc::new(self.store.clone())
-    }
-
     /// A second, independent handle on the same file, as another process would open it.
-    pub fn open_another(&self) -> std::sync::Arc<dyn crate::store::Store> {
+    pub fn open_another(&self) -> Arc<dyn Store> {
         let path = self.path();
         let store = EmbeddedStore::open(&path)
             .unwrap_or_else(|e| panic!("cannot reopen embedded store at {}: {e}", path.display()));
-        std::sync::Arc::new(store)
+        Arc::new(store)
     }
 }
 
@@ -309,4 +382,139 @@ pub fn embedded_temp() -> TempEmbedded {
     let store = EmbeddedStore::open(&path)
         .unwrap_or_else(|e| panic!("cannot open embedded store at {}: {e}", path.display()));
     TempEmbedded { store, dir }
+}
+
+const NO_OPENSSL: &str =
+    "openssl not found: install it with `apt-get install openssl` (tests make TLS certificates with it)";
+
+/// A throwaway CA with a server certificate for 127.0.0.1/localhost and a client
+/// certificate, made with the `openssl` command; removed on drop.
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// Makes the CA and both certificates (EC P-256, valid one day). Panics with the
+    /// install hint when `openssl` is missing, and with its output when it fails.
+    pub fn generate() -> TestCerts {
+        let dir = tempfile::Builder::new()
+            .prefix("deployctl-certs-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary dir: {e}"));
+        let certs = TestCerts { dir };
+        let d = certs.dir.path();
+        let p = |name: &str| d.join(name).display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=deployctl test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+        ]);
+        for (name, cn, usage) in [
+            ("server", "etcd", "serverAuth,clientAuth"),
+            ("client", "deployctl", "clientAuth"),
+        ] {
+            openssl(&[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &p(&format!("{name}.key")),
+                "-out",
+                &p(&format!("{name}.csr")),
+            ]);
+            let ext = d.join(format!("{name}.ext"));
+            std::fs::write(
+                &ext,
+                format!(
+                    "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n\
+                     extendedKeyUsage={usage}\n"
+                ),
+            )
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", ext.display()));
+            openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &p(&format!("{name}.csr")),
+                "-CA",
+                &p("ca.pem"),
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &ext.display().to_string(),
+                "-out",
+                &p(&format!("{name}.pem")),
+            ]);
+        }
+        certs
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
+
+    /// Options that connect to an etcd started with [`EtcdServer::start_tls`].
+    pub fn etcd_options(&self) -> crate::store::EtcdOptions {
+        crate::store::EtcdOptions {
+            tls: true,
+            ca: Some(self.ca()),
+            cert: Some(self.client_cert()),
+            key: Some(self.client_key()),
+            ..Default::default()
+        }
+    }
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => panic!("{NO_OPENSSL}"),
+            _ => panic!("cannot run openssl: {e}"),
+        });
+    assert!(
+        out.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

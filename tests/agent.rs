@@ -137,7 +137,7 @@ fn spec(tmp: &Path, sha_1: &str) -> InstanceSpec {
         hooks: Hooks {
             install: vec![cmd("test -x bin/run && echo installed $DEPLOY_VERSION")],
             activate: vec![cmd(
-                r#"echo "$DEPLOY_VERSION from [$DEPLOY_PREVIOUS_VERSION]" >> "$ACTIVATIONS""#,
+                r#"echo "$DEPLOY_VERSION from [$DEPLOY_PREVIOUS_VERSION]" >> "$ACTIVATIONS"; echo "activated $DEPLOY_VERSION""#,
             )],
             ..Default::default()
         },
@@ -289,6 +289,29 @@ async fn scenario(client: Client, url: StoreUrl) {
         "activate must not re-run"
     );
 
+    assert!(
+        inst_status(&w).await.last_hook_output == ["activated 2.0"],
+        "the activate output is kept (afterActivate is empty)"
+    );
+
+    // Retention: 1.0 is no longer wanted; its clean hook runs in it, then it is deleted.
+    let g = w
+        .update_spec(|s| {
+            s.staged.retain(|v| v.version == "2.0");
+            s.keep_releases = 1;
+            s.hooks.clean = vec![cmd(
+                r#"test -f VERSION && echo "$DEPLOY_VERSION" >> "$ACTIVATIONS.cleaned""#,
+            )];
+        })
+        .await;
+    w.wait_status("observed", |_, s| {
+        s.observed_generation == g && s.staged_versions == ["2.0"]
+    })
+    .await;
+    assert!(!w.app_path().join("releases/1.0").exists());
+    let cleaned = std::fs::read_to_string(w.tmp.path().join("activations.cleaned")).unwrap();
+    assert_eq!(cleaned, "1.0\n");
+
     // Events were recorded about the instance.
     let events = w
         .client
@@ -326,4 +349,429 @@ async fn agent_should_stage_switch_gate_and_survive_a_restart_on_the_embedded_st
     let path = temp.path();
     let store: Arc<dyn Store> = Arc::new(temp.store.clone());
     scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}
+
+/// An agent killed while `activate` runs: the restarted agent runs the whole switch
+/// again (from beforeActivate) to Running; a finished switch is not run again.
+async fn crash_scenario(client: Client, url: StoreUrl) {
+    let w = World {
+        client,
+        url,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let sha_1 = write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    let block = w.tmp.path().join("block");
+    std::fs::write(&block, "").unwrap();
+    let mut s = spec(w.tmp.path(), &sha_1);
+    s.env.insert("BLOCK".into(), block.display().to_string());
+    s.hooks.before_activate = vec![cmd(r#"echo "before $DEPLOY_VERSION" >> "$ACTIVATIONS""#)];
+    // Waits while the block file exists, so the test can kill the agent mid-activate.
+    s.hooks.activate = vec![Command {
+        command: r#"echo "start $DEPLOY_VERSION" >> "$ACTIVATIONS"; while [ -f "$BLOCK" ]; do sleep 0.05; done; echo "done $DEPLOY_VERSION" >> "$ACTIVATIONS""#.into(),
+        timeout_seconds: 60,
+    }];
+    w.client.create(&Instance::new("web.m1", s)).await.unwrap();
+
+    let (token, agent) = w.start_agent();
+    wait_for("activate started", || {
+        w.activations() == ["before 1.0", "start 1.0"]
+    })
+    .await;
+    token.cancel();
+    agent.await.unwrap().unwrap();
+    let marker = w.app_path().join(".switching");
+    assert!(marker.exists(), "the interrupted switch left its marker");
+    assert_eq!(
+        std::fs::read_link(w.app_path().join("current")).unwrap(),
+        Path::new("releases/1.0"),
+        "current was swapped before activate"
+    );
+    // Unblocked: a hook that outlived its agent would now write a stray "done 1.0",
+    // which the exact list below would show.
+    std::fs::remove_file(&block).unwrap();
+
+    let (token, agent) = w.start_agent();
+    w.wait_status("Running 1.0 after the re-run switch", |_, s| {
+        s.phase == InstancePhase::Running && s.available && s.healthy
+    })
+    .await;
+    assert_eq!(
+        w.activations(),
+        [
+            "before 1.0",
+            "start 1.0",
+            "before 1.0",
+            "start 1.0",
+            "done 1.0"
+        ]
+    );
+    assert!(!marker.exists(), "a finished switch removes its marker");
+
+    // Restart after the finished switch: nothing is re-run, even for a new generation.
+    token.cancel();
+    agent.await.unwrap().unwrap();
+    let g = w.update_spec(|s| s.keep_releases = 2).await;
+    let (token, agent) = w.start_agent();
+    w.wait_status("re-reported after restart", |_, s| {
+        s.observed_generation == g && s.phase == InstancePhase::Running && s.available
+    })
+    .await;
+    assert_eq!(w.activations().len(), 5, "a finished switch is not re-run");
+
+    // A service added to a running instance is started from current.
+    let started = w.tmp.path().join("service-started");
+    w.update_spec(|s| {
+        s.env
+            .insert("STARTED".into(), started.display().to_string());
+        s.service = Some(deployctl::api::Service {
+            command: r#"cat VERSION > "$STARTED"; exec sleep 1000"#.into(),
+            stop_timeout_seconds: 2,
+        });
+    })
+    .await;
+    wait_for("added service started", || {
+        std::fs::read_to_string(&started).is_ok_and(|t| t == "1.0\n")
+    })
+    .await;
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_switch_should_run_the_switch_again_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    crash_scenario(Client::new(store), StoreUrl::Etcd(vec![etcd.endpoint()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_switch_should_run_the_switch_again_on_the_embedded_store() {
+    let temp = deployctl::testing::embedded_temp();
+    let path = temp.path();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    crash_scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}
+
+/// Polls `cond` until it holds.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie not yet reaped counts as dead.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Service, health check, restartAt, drift repair, health failure and deletion.
+async fn service_scenario(client: Client, url: StoreUrl) {
+    let w = World {
+        client,
+        url,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let state = w.tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    write_artifact(&w.tmp.path().join("artifacts"), "2.0");
+    let mut s = spec(w.tmp.path(), "unused");
+    s.staged[0].sha256 = None;
+    s.env.insert("STATE".into(), state.display().to_string());
+    s.hooks.activate = vec![cmd(
+        r#"echo "$DEPLOY_VERSION" > "$STATE/installed"; echo "$DEPLOY_VERSION" >> "$ACTIVATIONS""#,
+    )];
+    s.get_version = Some(cmd(r#"cat "$STATE/installed""#));
+    s.service = Some(deployctl::api::Service {
+        command: r#"echo "service $DEPLOY_VERSION in $(pwd -P)"; echo $$ > "$STATE/service.pid"; exec sleep 1000"#.into(),
+        stop_timeout_seconds: 2,
+    });
+    s.health_check = Some(deployctl::api::HealthCheck {
+        exec: Some(cmd(
+            r#"test ! -f "$STATE/sick" && test -s "$STATE/service.pid" && kill -0 "$(cat "$STATE/service.pid")""#,
+        )),
+        period_seconds: 1,
+        timeout_seconds: 2,
+        success_threshold: 1,
+        failure_threshold: 1,
+        deadline_seconds: 10,
+        ..Default::default()
+    });
+    s.min_ready_seconds = 1;
+    w.client.create(&Instance::new("web.m1", s)).await.unwrap();
+
+    let (token, agent) = w.start_agent();
+    let inst = w
+        .wait_status("Running 1.0", |_, s| {
+            s.phase == InstancePhase::Running && s.available
+        })
+        .await;
+    assert!(inst.status().unwrap().ready_since.is_some());
+
+    // Health keeps being checked while Running: unhealthy after failureThreshold (1)
+    // failures, healthy again after successThreshold (1) passes; the phase stays Running.
+    std::fs::write(state.join("sick"), "").unwrap();
+    w.wait_status("unhealthy while Running", |_, s| {
+        s.phase == InstancePhase::Running && !s.healthy && s.ready_since.is_none()
+    })
+    .await;
+    std::fs::remove_file(state.join("sick")).unwrap();
+    w.wait_status("healthy again", |_, s| {
+        s.phase == InstancePhase::Running && s.healthy && s.ready_since.is_some()
+    })
+    .await;
+    let pid_file = state.join("service.pid");
+    let first = read_pid(&pid_file).expect("the service wrote its pid");
+    assert!(alive(first));
+    let log = w.root().join("logs/default_web.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("service 1.0 in") && text.contains("releases/1.0"),
+        "{text}"
+    );
+
+    // restartAt: activate again, restart the service, record restartedAt.
+    let at = chrono::Utc::now();
+    w.update_spec(|s| s.restart_at = Some(at)).await;
+    w.wait_status("restartedAt", |_, s| {
+        s.restarted_at == Some(at) && s.phase == InstancePhase::Running
+    })
+    .await;
+    assert_eq!(w.activations(), vec!["1.0", "1.0"]);
+    wait_for("old service process gone", || !alive(first)).await;
+    let second = read_pid(&pid_file).unwrap();
+    assert_ne!(first, second);
+    assert!(alive(second));
+
+    // A changed service command restarts the service, without a switch or activate.
+    w.update_spec(|s| {
+        let svc = s.service.as_mut().unwrap();
+        svc.command = svc
+            .command
+            .replace("echo \"service", "echo \"changed service");
+    })
+    .await;
+    wait_for("service restarted with its new command", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("changed service 1.0"))
+    })
+    .await;
+    wait_for("service before the change gone", || !alive(second)).await;
+    let second = read_pid(&pid_file).unwrap();
+    assert!(alive(second));
+    assert_eq!(
+        w.activations(),
+        vec!["1.0", "1.0"],
+        "no activate for a service change"
+    );
+
+    // Drift: what getVersion prints no longer matches; found on agent start and repaired.
+    token.cancel();
+    agent.await.unwrap().unwrap();
+    wait_for("service stopped with the agent", || !alive(second)).await;
+    std::fs::write(state.join("installed"), "0.9\n").unwrap();
+    let (token, agent) = w.start_agent();
+    wait_for("drift repaired by re-activation", || {
+        w.activations().len() == 3
+    })
+    .await;
+    w.wait_status("Running after drift repair", |_, s| {
+        s.phase == InstancePhase::Running && s.failure.is_none() && s.available
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(state.join("installed"))
+            .unwrap()
+            .trim(),
+        "1.0"
+    );
+    let events = w
+        .client
+        .list::<Event>(&Scope::Namespace("default".into()))
+        .await
+        .unwrap();
+    assert!(events.items.iter().any(|e| e.spec().reason == "Drifted"));
+
+    // A health check that never passes fails the switch with HealthDeadline.
+    let g = w
+        .update_spec(|s| {
+            s.staged.push(VersionRef {
+                version: "2.0".into(),
+                sha256: None,
+            });
+            s.current = Some("2.0".into());
+            let hc = s.health_check.as_mut().unwrap();
+            hc.exec = Some(cmd("test -f never-there"));
+            hc.deadline_seconds = 2;
+        })
+        .await;
+    let inst = w
+        .wait_status("HealthDeadline", |_, s| {
+            s.observed_generation == g && s.phase == InstancePhase::Failed
+        })
+        .await;
+    let st = inst.status().unwrap();
+    let f = st.failure.as_ref().unwrap();
+    assert_eq!(
+        (f.operation.as_str(), f.reason.as_str(), f.version.as_str()),
+        ("Health", "HealthDeadline", "2.0")
+    );
+    assert!(!st.available && !st.healthy);
+    let activations_after_failure = w.activations().len();
+
+    // Deleting the instance stops its service and leaves its files.
+    let running = read_pid(&pid_file).unwrap();
+    assert!(alive(running));
+    w.client
+        .delete::<Instance>(Some("default"), "web.m1", None)
+        .await
+        .unwrap();
+    wait_for("service stopped after delete", || !alive(running)).await;
+    assert!(w.app_path().join("releases/2.0").exists());
+    assert_eq!(
+        w.activations().len(),
+        activations_after_failure,
+        "no retry after failure"
+    );
+
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_supervise_verify_restart_and_repair_drift_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    service_scenario(Client::new(store), StoreUrl::Etcd(vec![etcd.endpoint()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_supervise_verify_restart_and_repair_drift_on_the_embedded_store() {
+    let temp = deployctl::testing::embedded_temp();
+    let path = temp.path();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    service_scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}
+
+/// A lost presence lease is replaced and the presence key put again.
+async fn presence_scenario(client: Client, url: StoreUrl) {
+    let w = World {
+        client,
+        url,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let (token, agent) = w.start_agent();
+    let key = keys::machine_lease_key("m1");
+    let mut first = 0;
+    let start = Instant::now();
+    while first == 0 {
+        first = w
+            .client
+            .store()
+            .get(&key)
+            .await
+            .unwrap()
+            .map_or(0, |kv| kv.lease);
+        assert!(start.elapsed() < DEADLINE, "presence key never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.client.store().revoke_lease(first).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let kv = w.client.store().get(&key).await.unwrap();
+        if let Some(kv) = kv.filter(|kv| kv.lease != first) {
+            assert_ne!(kv.lease, 0);
+            let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+            assert!(
+                v.get("hostname").is_some() && v.get("startedAt").is_some(),
+                "{v}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "presence was not re-registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_re_register_presence_after_losing_its_lease_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    presence_scenario(Client::new(store), StoreUrl::Etcd(vec![etcd.endpoint()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_should_re_register_presence_after_losing_its_lease_on_the_embedded_store() {
+    let temp = deployctl::testing::embedded_temp();
+    let path = temp.path();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    presence_scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}
+
+/// etcd's count of Range (read) requests served, from its metrics endpoint.
+async fn etcd_reads(etcd: &EtcdServer) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", etcd.endpoint()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total") && l.contains("grpc_method=\"Range\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_should_make_no_store_reads() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    let w = World {
+        client: Client::new(store),
+        url: StoreUrl::Etcd(vec![etcd.endpoint()]),
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let sha = write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    w.client
+        .create(&Instance::new("web.m1", spec(w.tmp.path(), &sha)))
+        .await
+        .unwrap();
+    let (token, agent) = w.start_agent();
+    w.wait_status("Running 1.0", |_, s| {
+        s.phase == InstancePhase::Running && s.available
+    })
+    .await;
+    // Let the agent settle (its own status echo, the event writes), then watch it idle
+    // across more than one lease keep-alive (every ttl/3 ≈ 1.7 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = etcd_reads(&etcd).await;
+    assert!(
+        before > 0,
+        "etcd reports its Range count (the agent listed its instances)"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = etcd_reads(&etcd).await;
+    assert_eq!(
+        before,
+        after,
+        "an idle agent read the store {} times",
+        after - before
+    );
+    token.cancel();
+    agent.await.unwrap().unwrap();
 }

@@ -184,6 +184,165 @@ async fn rollout_should_stage_switch_and_complete_on_every_machine(url: StoreUrl
     }
 }
 
+/// A machine whose agent stops leaves the desired count once its lease expires; the
+/// rollout completes without it; when the agent comes back it converges to the new
+/// version by itself.
+async fn machine_whose_lease_expired_should_leave_the_desired_count_and_converge_on_return(
+    url: StoreUrl,
+) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let artifacts = work.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    build_artifact(&artifacts, "1.0");
+    build_artifact(&artifacts, "2.0");
+    let shutdown = CancellationToken::new();
+    let ttl = Duration::from_secs(2);
+    let controller = tokio::spawn(controller::run(
+        ControllerConfig {
+            store: url.clone(),
+            identity: "test-controller".into(),
+            lease_ttl: Duration::from_secs(5),
+            workers: 2,
+        },
+        shutdown.clone(),
+    ));
+    let agent = |i: usize, token: CancellationToken| {
+        tokio::spawn(agent::run(
+            AgentConfig {
+                store: url.clone(),
+                name: format!("m{i}"),
+                labels: Default::default(),
+                root: work.path().join(format!("m{i}")),
+                lease_ttl: ttl,
+            },
+            token,
+        ))
+    };
+    let mut agents: Vec<_> = (0..3)
+        .map(|i| {
+            let token = shutdown.child_token();
+            (agent(i, token.clone()), token)
+        })
+        .collect();
+
+    let client = Client::new(url.connect().await.expect("store reachable"));
+    let app = Application::new(
+        "api",
+        ApplicationSpec {
+            artifact: Artifact {
+                url: format!("file://{}/app-{{{{version}}}}.tar.gz", artifacts.display()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    client.create(&app).await.expect("create application");
+    let ro = Rollout::new(
+        "api",
+        RolloutSpec {
+            application: "api".into(),
+            version: "1.0".into(),
+            ..Default::default()
+        },
+    );
+    client.create(&ro).await.expect("create rollout");
+    let status = |version: &'static str, desired: u32| {
+        let client = client.clone();
+        async move || {
+            let r: Rollout = client.get(Some("default"), "api").await.ok()??;
+            let st = r.status?;
+            (st.phase == RolloutPhase::Complete
+                && st.stable_version.as_deref() == Some(version)
+                && st.desired == desired)
+                .then_some(st)
+        }
+    };
+    wait_for(
+        "1.0 on three machines",
+        Duration::from_secs(60),
+        status("1.0", 3),
+    )
+    .await;
+
+    // m2's agent stops: after its lease TTL it is NotReady and leaves the desired count.
+    let (m2, token) = agents.pop().expect("three agents");
+    token.cancel();
+    m2.await.expect("agent task").expect("clean stop");
+    let machine_not_ready = {
+        let client = client.clone();
+        async move || {
+            let m: Machine = client.get(None, "m2").await.ok()??;
+            let ready = m
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.status == ConditionStatus::False).then_some(())
+        }
+    };
+    wait_for("m2 NotReady", Duration::from_secs(30), machine_not_ready).await;
+    client
+        .update::<Rollout>(Some("default"), "api", |r| r.spec.version = "2.0".into())
+        .await
+        .expect("set version");
+    wait_for(
+        "2.0 complete on the two ready machines",
+        Duration::from_secs(60),
+        status("2.0", 2),
+    )
+    .await;
+    let version_on = |i: usize| {
+        std::fs::read_to_string(
+            work.path()
+                .join(format!("m{i}/default/api/current/VERSION")),
+        )
+        .unwrap_or_default()
+    };
+    assert_eq!(
+        version_on(2),
+        "1.0\n",
+        "a machine without its agent is left alone"
+    );
+
+    // The agent comes back: the machine converges to the stable version by itself.
+    agents.push((agent(2, shutdown.child_token()), shutdown.child_token()));
+    wait_for(
+        "2.0 on all three machines",
+        Duration::from_secs(60),
+        status("2.0", 3),
+    )
+    .await;
+    assert_eq!(version_on(2), "2.0\n");
+    assert_eq!(version_on(0), "2.0\n");
+
+    shutdown.cancel();
+    for (t, _) in agents {
+        let r = tokio::time::timeout(Duration::from_secs(15), t)
+            .await
+            .expect("stops on shutdown");
+        r.expect("task does not panic").expect("clean exit");
+    }
+    let r = tokio::time::timeout(Duration::from_secs(15), controller)
+        .await
+        .expect("stops");
+    r.expect("task does not panic").expect("clean exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_machine_whose_lease_expired_should_leave_the_desired_count_and_converge_on_return(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::Embedded(dir.path().join("store.db"));
+    machine_whose_lease_expired_should_leave_the_desired_count_and_converge_on_return(url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_machine_whose_lease_expired_should_leave_the_desired_count_and_converge_on_return() {
+    let etcd = EtcdServer::start();
+    let url = StoreUrl::parse(Some(&etcd.url())).unwrap();
+    machine_whose_lease_expired_should_leave_the_desired_count_and_converge_on_return(url).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_rollout_should_stage_switch_and_complete_on_every_machine() {
     let dir = tempfile::tempdir().unwrap();

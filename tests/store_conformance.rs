@@ -1,6 +1,8 @@
 //! One conformance suite for every `Store` backend: each case runs against a real etcd
 //! (`etcd::<case>`) and against the embedded store (`embedded::<case>`).
 
+mod common;
+
 use deployctl::api::{Object, Rollout, RolloutSpec};
 use deployctl::store::{
     keys, Client, Compare, Error, EventType, ObjectEvent, ObjectWatch, Op, Scope, Store, Txn,
@@ -110,6 +112,7 @@ conformance! {
         list_at_a_compacted_revision_should_say_compacted,
         revoking_a_lease_should_delete_its_keys,
         an_expired_lease_should_delete_its_keys,
+        keep_alive_should_hold_a_lease_past_its_ttl,
         put_with_an_unknown_lease_should_fail_with_lease_not_found,
         spec_and_status_updates_should_never_clobber_each_other,
         client_delete_should_remove_spec_and_status,
@@ -501,11 +504,18 @@ async fn watch_from_a_compacted_revision_should_say_compacted_then_end(store: Ar
     let mut watch = store.watch("/t/", head).await.expect("watch at head");
     let events = next_events(&mut watch, 1).await;
     assert_eq!(keys_and_values(&events)[0].2, "3");
-    // Compacting again at the same revision is no error.
+    // Compacting again at or before the compaction revision is harmless (a periodic
+    // compactor may race another); compacting past the current revision is refused.
     store
         .compact(head)
         .await
         .expect("compacting twice is harmless");
+    store
+        .compact(first)
+        .await
+        .expect("compacting an older revision is harmless");
+    let future = store.compact(head + 100).await;
+    assert!(future.is_err(), "compacting a future revision: {future:?}");
 }
 
 async fn list_at_a_compacted_revision_should_say_compacted(store: Arc<dyn Store>) {
@@ -594,6 +604,39 @@ async fn an_expired_lease_should_delete_its_keys(store: Arc<dyn Store>) {
         store.keep_alive(lease).await,
         Err(Error::LeaseNotFound(l)) if l == lease
     ));
+}
+
+async fn keep_alive_should_hold_a_lease_past_its_ttl(store: Arc<dyn Store>) {
+    let ttl = Duration::from_secs(1);
+    let lease = store.grant_lease(ttl).await.expect("grant");
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Put {
+                key: "/t/held".into(),
+                value: b"v".to_vec(),
+                lease,
+            }],
+        })
+        .await
+        .expect("put with lease");
+    // Refresh well within the TTL for longer than any TTL a backend may round up to
+    // (etcd's minimum is 2 s): the key must stay.
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
+        store.keep_alive(lease).await.expect("keep alive");
+        assert!(
+            store.get("/t/held").await.expect("get").is_some(),
+            "a refreshed lease must not expire"
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // Then stop refreshing: it expires.
+    eventually("the no longer refreshed lease expires", || {
+        let store = store.clone();
+        async move { store.get("/t/held").await.expect("get").is_none() }
+    })
+    .await;
 }
 
 async fn put_with_an_unknown_lease_should_fail_with_lease_not_found(store: Arc<dyn Store>) {
@@ -831,5 +874,202 @@ async fn list_watch_should_emit_restarted_then_merged_applied_and_deleted(store:
             assert_eq!(a.spec.version, "2");
         }
         other => panic!("want Deleted(a), got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// etcd only: what a network store adds
+
+/// A stopped etcd is an `Unavailable` error naming it, within the request timeout, and
+/// the same handle works again once etcd is back.
+#[tokio::test]
+async fn etcd_store_should_report_a_stopped_etcd_and_recover_when_it_returns() {
+    let mut server = EtcdServer::start();
+    let store = server.connect().await;
+    store.put("/t/a", b"1".to_vec()).await.expect("put");
+    server.stop();
+
+    let started = Instant::now();
+    let err = store.get("/t/a").await.expect_err("etcd is stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::Unavailable { .. }), "got {err:?}");
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
+    assert!(err.is_transient());
+
+    server.restart();
+    let deadline = Instant::now() + DEADLINE;
+    let value = loop {
+        match store.get("/t/a").await {
+            Ok(v) => break v.expect("data survives a restart"),
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the same handle must read again after the restart: {e}"),
+        }
+    };
+    assert_eq!(value.value, b"1");
+}
+
+/// `StoreUrl` picks the etcd backend and names the endpoint when nothing answers there.
+#[tokio::test]
+async fn store_url_should_connect_to_etcd_and_fail_fast_when_it_is_gone() {
+    let mut server = EtcdServer::start();
+    let url = deployctl::store::StoreUrl::parse(Some(&server.url())).expect("valid url");
+    let store = url.connect().await.expect("connect");
+    assert_eq!(store.endpoint(), server.url());
+    server.stop();
+    drop(store);
+    let started = Instant::now();
+    let err = match url.connect().await {
+        Ok(_) => panic!("connected to a stopped etcd"),
+        Err(e) => e,
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains(&server.endpoint()), "{err}");
+}
+
+/// A request to an etcd that accepts connections but never answers (frozen with SIGSTOP)
+/// ends with `Unavailable` instead of hanging.
+#[tokio::test]
+async fn etcd_store_should_time_out_instead_of_hanging_on_a_frozen_etcd() {
+    let server = EtcdServer::start();
+    let store = server.connect().await;
+    store.put("/t/a", b"1".to_vec()).await.expect("put");
+    server.freeze();
+    let started = Instant::now();
+    let res = store.get("/t/a").await;
+    let took = started.elapsed();
+    server.thaw();
+    assert!(matches!(res, Err(Error::Unavailable { .. })), "got {res:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // And it answers again once thawed.
+    assert!(store.get("/t/a").await.expect("get after thaw").is_some());
+}
+
+/// Past etcd's `--max-txn-ops` a transaction fails whole, with a message saying which flag
+/// to raise (the harness raises it; a default etcd allows 128).
+#[tokio::test]
+async fn etcd_store_should_name_the_flag_when_a_transaction_has_too_many_ops() {
+    let server = EtcdServer::start_with_flags(&["--max-txn-ops=128"]);
+    let store = server.connect().await;
+    let res = store
+        .txn(Txn {
+            compares: vec![],
+            ops: (0..129).map(|i| put(&format!("/t/{i:03}"), "v")).collect(),
+        })
+        .await;
+    match res {
+        Err(Error::Other(m)) => assert!(m.contains("--max-txn-ops"), "{m}"),
+        other => panic!("want Err(Other) naming --max-txn-ops, got {other:?}"),
+    }
+    let (kvs, _) = store.list("/t/", None).await.expect("list");
+    assert!(
+        kvs.is_empty(),
+        "nothing of a refused transaction is written"
+    );
+}
+
+/// Cut off (a partition, via a proxy) while history is compacted, a watch resumes into
+/// `Compacted` and ends: the caller must relist.
+#[tokio::test]
+async fn etcd_watch_should_say_compacted_when_it_resumes_past_compacted_history() {
+    let server = EtcdServer::start();
+    let direct = server.connect().await;
+    let proxy = common::proxy::Proxy::start(server.endpoint().parse().expect("ip:port")).await;
+    let proxied = deployctl::store::etcd::EtcdStore::connect(&[proxy.endpoint()])
+        .await
+        .expect("connect through the proxy");
+
+    let r1 = direct
+        .put("/t/a", b"1".to_vec())
+        .await
+        .expect("put")
+        .revision;
+    let mut watch = proxied.watch("/t/", r1).await.expect("watch");
+    next_events(&mut watch, 1).await;
+
+    proxy.cut();
+    direct.put("/t/a", b"2".to_vec()).await.expect("put");
+    let head = direct
+        .put("/t/a", b"3".to_vec())
+        .await
+        .expect("put")
+        .revision;
+    direct.compact(head).await.expect("compact");
+    proxy.restore();
+
+    match tokio::time::timeout(DEADLINE, watch.next()).await {
+        Ok(Some(Err(Error::Compacted {
+            requested,
+            compacted,
+        }))) => {
+            assert_eq!(
+                requested,
+                r1 + 1,
+                "resumed after the last delivered revision"
+            );
+            assert_eq!(compacted, head);
+        }
+        other => panic!("want Err(Compacted) after resuming, got {other:?}"),
+    }
+    match tokio::time::timeout(DEADLINE, watch.next()).await {
+        Ok(None) => {}
+        other => panic!("the stream must end after Compacted, got {other:?}"),
+    }
+}
+
+/// `Client::list_watch` turns that `Compacted` into a relist: `Restarted` with the state
+/// after the partition, never an error.
+#[tokio::test]
+async fn list_watch_should_relist_when_history_it_missed_was_compacted() {
+    let server = EtcdServer::start();
+    let direct: Arc<dyn Store> = Arc::new(server.connect().await);
+    let proxy = common::proxy::Proxy::start(server.endpoint().parse().expect("ip:port")).await;
+    let proxied: Arc<dyn Store> = Arc::new(
+        deployctl::store::etcd::EtcdStore::connect(&[proxy.endpoint()])
+            .await
+            .expect("connect through the proxy"),
+    );
+    let writer = Client::new(direct.clone());
+    writer.create(&rollout("a", "1")).await.expect("create a");
+
+    let mut watch = Client::new(proxied).list_watch::<Rollout>(Scope::All);
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Restarted(items) => assert_eq!(items.len(), 1),
+        other => panic!("want Restarted first, got {other:?}"),
+    }
+
+    proxy.cut();
+    writer.create(&rollout("b", "1")).await.expect("create b");
+    writer
+        .delete::<Rollout>(Some("default"), "a", None)
+        .await
+        .expect("delete a");
+    let head = direct
+        .put("/unrelated", b"x".to_vec())
+        .await
+        .expect("put")
+        .revision;
+    direct.compact(head).await.expect("compact");
+    proxy.restore();
+
+    match next_object_event(&mut watch).await {
+        ObjectEvent::Restarted(items) => {
+            let names: Vec<&str> = items.iter().map(|r| r.metadata.name.as_str()).collect();
+            assert_eq!(
+                names,
+                vec!["b"],
+                "the relist shows the state after the partition"
+            );
+        }
+        other => panic!("want Restarted after the compaction, got {other:?}"),
     }
 }

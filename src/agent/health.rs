@@ -78,10 +78,12 @@ pub async fn probe(check: &HealthCheck, env: &HookEnv, cwd: &Path) -> Result<(),
 /// (within `deadlineSeconds`), then until it has stayed healthy for `min_ready`
 /// (`failureThreshold` failures in a row lose readiness). Returns when readiness began.
 /// Without a check, the instance is healthy at once and only `min_ready` is waited.
+/// `on_ready` hears each change of readiness (`Some(since)` or `None`), for the status.
 pub async fn verify<F, Fut>(
     check: Option<&HealthCheck>,
     min_ready: Duration,
     mut probe: F,
+    mut on_ready: impl FnMut(Option<DateTime<Utc>>),
 ) -> Result<DateTime<Utc>, HealthError>
 where
     F: FnMut() -> Fut,
@@ -89,6 +91,7 @@ where
 {
     let Some(check) = check else {
         let since = Utc::now();
+        on_ready(Some(since));
         tokio::time::sleep(min_ready).await;
         return Ok(since);
     };
@@ -112,7 +115,9 @@ where
                 successes += 1;
                 failures = 0;
                 if ready.is_none() && successes >= needed {
-                    ready = Some((now, Utc::now()));
+                    let since = Utc::now();
+                    ready = Some((now, since));
+                    on_ready(Some(since));
                 }
             }
             Err(e) => {
@@ -120,8 +125,8 @@ where
                 last = e;
                 failures += 1;
                 successes = 0;
-                if failures >= check.failure_threshold.max(1) {
-                    ready = None;
+                if failures >= check.failure_threshold.max(1) && ready.take().is_some() {
+                    on_ready(None);
                 }
             }
         }
@@ -143,6 +148,89 @@ where
             None => period,
         };
         tokio::time::sleep(next.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// The health check kept running while an instance is Running: `failureThreshold`
+/// failures in a row make it unhealthy, `successThreshold` passes in a row healthy again.
+#[derive(Debug)]
+pub struct Monitor {
+    check: HealthCheck,
+    healthy: bool,
+    successes: u32,
+    failures: u32,
+    /// When the next probe is due; kept across a cancelled wait, so that re-polling
+    /// after an interruption neither probes early nor loses the period.
+    next_at: Instant,
+}
+
+impl Monitor {
+    /// Starts watching an instance that is `healthy` now; the first probe is one period on.
+    pub fn new(check: HealthCheck, healthy: bool) -> Monitor {
+        let next_at = Instant::now() + Self::period_of(&check);
+        Monitor {
+            check,
+            healthy,
+            successes: 0,
+            failures: 0,
+            next_at,
+        }
+    }
+
+    fn period_of(check: &HealthCheck) -> Duration {
+        Duration::from_secs(u64::from(check.period_seconds.max(1)))
+    }
+
+    pub fn check(&self) -> &HealthCheck {
+        &self.check
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Counts one probe result; returns the new health when it changed.
+    pub fn record(&mut self, ok: bool) -> Option<bool> {
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+            if !self.healthy && self.successes >= self.check.success_threshold.max(1) {
+                self.healthy = true;
+                return Some(true);
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.healthy && self.failures >= self.check.failure_threshold.max(1) {
+                self.healthy = false;
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Probes every period until the health changes, and returns the new health.
+    /// Cancel-safe: dropping it mid-probe only repeats that probe.
+    pub async fn next_change<F, Fut>(&mut self, mut probe: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let timeout = Duration::from_secs(u64::from(self.check.timeout_seconds.max(1)));
+        loop {
+            tokio::time::sleep_until(self.next_at).await;
+            let result = match tokio::time::timeout(timeout, probe()).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("check timed out after {}s", timeout.as_secs())),
+            };
+            self.next_at = Instant::now() + Self::period_of(&self.check);
+            if let Err(e) = &result {
+                tracing::info!(error = %e, "health check failed");
+            }
+            if let Some(h) = self.record(result.is_ok()) {
+                return h;
+            }
+        }
     }
 }
 
@@ -184,10 +272,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_monitor_should_turn_unhealthy_after_failure_threshold_and_back_after_success_threshold(
+    ) {
+        // period 1s; failure threshold 3, success threshold 2.
+        let (mut p, calls) = scripted(&[
+            true, false, false, true, false, false, false, true, false, true, true,
+        ]);
+        let start = Instant::now();
+        let mut m = Monitor::new(check(2, 3, 60), true);
+        // Probes at t=1..7: ok, x, x, ok (resets), x, x, x -> unhealthy at t=7.
+        assert!(!m.next_change(&mut p).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
+        assert_eq!(*calls.lock().unwrap(), 7);
+        // t=8 ok, t=9 x (resets), t=10, t=11 ok -> healthy at t=11.
+        assert!(m.next_change(&mut p).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(11));
+        assert!(m.healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_monitor_should_keep_its_period_across_a_cancelled_wait() {
+        let (mut p, calls) = scripted(&[false]);
+        let start = Instant::now();
+        let mut m = Monitor::new(check(1, 2, 60), true);
+        // Cancelled half-way through the first period: no probe yet.
+        let r = tokio::time::timeout(Duration::from_millis(500), m.next_change(&mut p)).await;
+        assert!(r.is_err());
+        assert_eq!(*calls.lock().unwrap(), 0);
+        // Resumed: probes at t=1 and t=2 (not t=1.5), unhealthy at t=2.
+        assert!(!m.next_change(&mut p).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(*calls.lock().unwrap(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn verify_should_need_success_threshold_passes_in_a_row() {
         let (p, calls) = scripted(&[false, true, false, true, true, true]);
         let start = Instant::now();
-        verify(Some(&check(3, 3, 60)), Duration::ZERO, p)
+        verify(Some(&check(3, 3, 60)), Duration::ZERO, p, |_| {})
             .await
             .unwrap();
         assert_eq!(*calls.lock().unwrap(), 6);
@@ -198,7 +320,7 @@ mod tests {
     async fn verify_should_fail_with_health_deadline_when_never_healthy() {
         let (p, _) = scripted(&[false]);
         let start = Instant::now();
-        let err = verify(Some(&check(1, 3, 10)), Duration::ZERO, p)
+        let err = verify(Some(&check(1, 3, 10)), Duration::ZERO, p, |_| {})
             .await
             .unwrap_err();
         assert_eq!(err.reason(), "HealthDeadline");
@@ -212,14 +334,18 @@ mod tests {
         // healthy again from t=3, so min-ready (5s) ends at t=8.
         let (p, _) = scripted(&[true, false, false, true]);
         let start = Instant::now();
-        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p)
-            .await
-            .unwrap();
+        let mut changes = Vec::new();
+        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p, |r| {
+            changes.push((start.elapsed().as_secs(), r.is_some()))
+        })
+        .await
+        .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(8));
+        assert_eq!(changes, vec![(0, true), (2, false), (3, true)]);
         // A single failure below the threshold does not reset the window.
         let (p, _) = scripted(&[true, false, true]);
         let start = Instant::now();
-        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p)
+        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p, |_| {})
             .await
             .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(5));
@@ -228,12 +354,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_check_only_min_ready_should_be_waited() {
         let start = Instant::now();
-        verify(None, Duration::from_secs(3), || async {
-            Err("never called".to_string())
-        })
+        let mut told = None;
+        verify(
+            None,
+            Duration::from_secs(3),
+            || async { Err("never called".to_string()) },
+            |r| told = r,
+        )
         .await
         .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert!(told.is_some(), "healthy at once");
     }
 
     fn env(dir: &Path) -> HookEnv {

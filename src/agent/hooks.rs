@@ -3,7 +3,7 @@
 
 use crate::api::Command;
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -153,6 +153,20 @@ fn push_line(tail: &mut VecDeque<String>, label: &str, bytes: &[u8]) {
     tail.push_back(line);
 }
 
+/// A close-on-exec pipe (read end, write end): hooks of other instances spawned meanwhile
+/// must not inherit the write end, or this hook's output would never reach end-of-file.
+/// (`std::io::pipe` does the same but needs Rust 1.87; the crate's MSRV is 1.85.)
+fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `pipe2` writes two new descriptors into `fds` when it returns 0.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// Runs one command with stdout and stderr interleaved into one pipe. Returns the last
 /// [`TAIL_LINES`] lines of output.
 pub async fn run_command(
@@ -167,7 +181,7 @@ pub async fn run_command(
         shell: env.shell.clone(),
         message,
     };
-    let (reader, writer) = std::io::pipe().map_err(|e| spawn_err(e.to_string()))?;
+    let (reader, writer) = cloexec_pipe().map_err(|e| spawn_err(e.to_string()))?;
     let mut child = {
         let mut c = env.command(&cmd.command, cwd);
         let w2 = writer.try_clone().map_err(|e| spawn_err(e.to_string()))?;
@@ -177,7 +191,7 @@ pub async fn run_command(
         c.spawn().map_err(|e| spawn_err(e.to_string()))?
     };
     let mut guard = GroupGuard(child.id().map(|p| p as i32));
-    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)
         .map_err(|e| spawn_err(e.to_string()))?;
     let mut lines = tokio::io::BufReader::new(rx).split(b'\n');
     let mut tail = VecDeque::new();
@@ -388,8 +402,7 @@ mod tests {
             "activate",
         )
         .await
-        .err()
-        .expect("exit 3 fails");
+        .expect_err("exit 3 fails");
         assert_eq!(err.reason(), "HookFailed");
         assert!(err.to_string().contains("exit status: 3"), "{err}");
         let tail = err.tail();
@@ -423,8 +436,7 @@ mod tests {
             "activate",
         )
         .await
-        .err()
-        .expect("the hook outlives its timeout");
+        .expect_err("the hook outlives its timeout");
         assert_eq!(err.reason(), "HookTimeout");
         assert_eq!(err.tail(), ["started"]);
         let pid: i32 = std::fs::read_to_string(&pidfile)

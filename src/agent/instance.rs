@@ -4,6 +4,17 @@
 //! Level-triggered and restart-safe: [`next_action`] is a plain function of the spec, the
 //! disk and what this process remembers; the async shell ([`run`]) carries out one action,
 //! re-reads the disk and asks again until nothing is left to do.
+//!
+//! A switch is restart-safe: `<path>/.switching` (version and generation) is written
+//! before `beforeActivate` and removed only once the switch is done (`activate` ran, the
+//! health check held for `minReadySeconds`, `afterActivate` ran). An agent that finds the
+//! marker runs the switch again from `beforeActivate`, so switch hooks must be idempotent.
+//! A finished switch leaves no marker and is never re-run.
+//!
+//! Between steps, while `current` is verified, the health check keeps running every
+//! `periodSeconds` ([`health::Monitor`]): `healthy` turns false after `failureThreshold`
+//! failures and true after `successThreshold` passes (the phase stays Running). A service
+//! whose spec changed (or that was added) without a switch is restarted from `current`.
 
 use super::artifact::{self, ArtifactError, Retry};
 use super::health;
@@ -12,13 +23,14 @@ use super::release::Layout;
 use super::service::{ServiceSpec, Supervisor};
 use super::unpack::{self, UnpackError};
 use crate::api::{
-    validation::check_version, Instance, InstanceFailure, InstancePhase, InstanceSpec,
+    validation::check_version, HealthCheck, Instance, InstanceFailure, InstancePhase, InstanceSpec,
     InstanceStatus, Object, ObjectReference, VersionRef,
 };
 use crate::store::{Client, Error as StoreError, EventRecorder};
 use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +71,9 @@ pub struct Memory {
     pub version_checked: Option<String>,
     /// The version (and generation) already re-converged once after drift.
     pub drift_fixed: Option<(String, i64)>,
+    /// Releases being cleaned in the background right now: neither switched to nor
+    /// staged again until their cleaning is over.
+    pub cleaning: BTreeSet<String>,
 }
 
 impl Memory {
@@ -102,6 +117,8 @@ pub struct Observed<'a> {
     pub restarted_at: Option<DateTime<Utc>>,
     /// Releases beyond retention, from the disk.
     pub to_clean: &'a [String],
+    /// A switch marker is on disk: a switch began and did not finish.
+    pub switching: bool,
     pub memory: &'a Memory,
 }
 
@@ -110,12 +127,18 @@ pub fn next_action(o: &Observed) -> Action {
     let g = o.generation;
     let m = o.memory;
     for v in &o.spec.staged {
-        if !o.staged.contains(&v.version) && !m.failed(OpKind::Stage, &v.version, g) {
+        if !o.staged.contains(&v.version)
+            && !m.failed(OpKind::Stage, &v.version, g)
+            && !m.cleaning.contains(&v.version)
+        {
             return Action::Stage(v.clone());
         }
     }
     if let Some(want) = o.spec.current.as_deref() {
-        let blocked = m.failed(OpKind::Switch, want, g);
+        // A version that failed to stage keeps that (more telling) failure: no NotStaged.
+        let blocked = m.failed(OpKind::Switch, want, g)
+            || m.failed(OpKind::Stage, want, g)
+            || m.cleaning.contains(want);
         if o.current != Some(want) {
             if !blocked {
                 return if o.staged.iter().any(|s| s == want) {
@@ -125,6 +148,10 @@ pub fn next_action(o: &Observed) -> Action {
                 };
             }
         } else if !blocked {
+            // `current` already points at it, but the switch was interrupted: again.
+            if o.switching {
+                return Action::Switch(want.to_string());
+            }
             if m.verified.as_deref() != Some(want) {
                 return Action::Verify(want.to_string());
             }
@@ -141,7 +168,7 @@ pub fn next_action(o: &Observed) -> Action {
     let clean: Vec<String> = o
         .to_clean
         .iter()
-        .filter(|v| !m.failed(OpKind::Clean, v, g))
+        .filter(|v| !m.failed(OpKind::Clean, v, g) && !m.cleaning.contains(*v))
         .cloned()
         .collect();
     if !clean.is_empty() {
@@ -195,6 +222,48 @@ struct Task {
     /// The status last written successfully (None: not yet, or the write failed).
     written: Option<InstanceStatus>,
     service: Option<Supervisor>,
+    /// What of the spec the running service was started from: a change restarts it.
+    service_shape: Option<ServiceShape>,
+    /// The health check kept running while Running, with the version it watches.
+    monitor: Option<(String, health::Monitor)>,
+    /// Shared with the background clean jobs.
+    cleaning: Arc<Mutex<CleanState>>,
+    /// Woken when a clean job ends, so that what waited for it (or retention) goes on.
+    clean_done: Arc<tokio::sync::Notify>,
+    clean_jobs: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The parts of an Instance spec that shape its service (not the version: a switch
+/// restarts the service itself).
+#[derive(Clone, Debug, PartialEq)]
+struct ServiceShape {
+    service: crate::api::Service,
+    env: BTreeMap<String, String>,
+    shell: Option<Vec<String>>,
+}
+
+/// What a running health monitor probes with: the check, the environment, `current`.
+type ProbeContext = (HealthCheck, HookEnv, PathBuf);
+
+/// The next change of health from the monitor; never, when there is none.
+async fn monitor_next(
+    monitor: &mut Option<(String, health::Monitor)>,
+    probe: &Option<ProbeContext>,
+) -> bool {
+    match (monitor, probe) {
+        (Some((_, m)), Some((check, env, cwd))) => {
+            m.next_change(|| health::probe(check, env, cwd)).await
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// What the background clean jobs of one instance are doing.
+#[derive(Default)]
+struct CleanState {
+    running: BTreeSet<String>,
+    /// Versions whose cleaning failed, with the generation it was asked under.
+    failed: Vec<(String, i64)>,
 }
 
 /// Runs one instance until it is deleted (the channel yields `None` or closes) or
@@ -216,10 +285,16 @@ pub async fn run(
         }
         starting = false;
         let retry_write = task.written.as_ref() != Some(&task.status);
+        task.sync_monitor();
+        let probe = task.probe_context();
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            healthy = monitor_next(&mut task.monitor, &probe) => {
+                task.health_changed(healthy).await;
+            }
             // A status write failed (store unreachable): try again later.
             _ = tokio::time::sleep(Duration::from_secs(5)), if retry_write => {}
+            _ = task.clean_done.notified() => {}
             changed = specs.changed() => {
                 if changed.is_err() {
                     break;
@@ -239,6 +314,9 @@ pub async fn run(
             }
         }
     }
+    for job in task.clean_jobs.drain(..) {
+        job.abort();
+    }
     if let Some(s) = task.service.take() {
         s.stop().await;
     }
@@ -246,9 +324,13 @@ pub async fn run(
 
 impl Task {
     fn new(ctx: Arc<Context>, obj: Instance) -> Task {
-        let status = obj.status().cloned().unwrap_or_default();
+        let mut status = obj.status().cloned().unwrap_or_default();
         let generation = obj.meta().generation.unwrap_or(0);
         let mut memory = Memory::default();
+        if status.observed_generation != generation {
+            // Written for an older spec (the agent was down when it changed).
+            status.failure = None;
+        }
         // A failure reported for this very generation by an earlier run is not retried.
         if let Some(f) = &status.failure {
             if status.observed_generation == generation {
@@ -267,6 +349,11 @@ impl Task {
             memory,
             status,
             service: None,
+            service_shape: None,
+            monitor: None,
+            cleaning: Default::default(),
+            clean_done: Default::default(),
+            clean_jobs: Vec::new(),
         }
     }
 
@@ -284,7 +371,8 @@ impl Task {
     }
     fn layout(&self) -> Layout {
         let path = match &self.spec().path {
-            Some(p) => PathBuf::from(p),
+            // A relative path is taken under the agent's root, never its working dir.
+            Some(p) => self.ctx.root.join(p),
             None => self
                 .ctx
                 .root
@@ -303,19 +391,10 @@ impl Task {
         let sv = &mut self.obj.meta_mut().status_version;
         *sv = (*sv).max(ours);
         if generation_changed {
-            // A failure for a version no longer wanted is history.
-            let wanted = |v: &str| {
-                self.obj.spec().current.as_deref() == Some(v)
-                    || self.obj.spec().staged.iter().any(|s| s.version == v)
-            };
-            if self
-                .status
-                .failure
-                .as_ref()
-                .is_some_and(|f| !wanted(&f.version))
-            {
-                self.status.failure = None;
-            }
+            // A failure answers the spec it happened under; a new generation retries
+            // (or no longer wants) that operation, and the controller reads a failure
+            // next to a fresh observedGeneration as a failure of the new spec.
+            self.status.failure = None;
         }
     }
 
@@ -354,24 +433,128 @@ impl Task {
         })
     }
 
+    fn service_shape(&self) -> Option<ServiceShape> {
+        Some(ServiceShape {
+            service: self.spec().service.clone()?,
+            env: self.spec().env.clone(),
+            shell: self.spec().shell.clone(),
+        })
+    }
+
     /// (Re)starts the service for `version`, or starts it if it is not running.
     async fn restart_service(&mut self, version: &str) {
         let Some(spec) = self.service_spec(version) else {
             if let Some(s) = self.service.take() {
                 s.stop().await;
             }
+            self.service_shape = None;
             return;
         };
+        self.service_shape = self.service_shape();
         match &self.service {
             Some(s) => s.restart(spec).await,
             None => self.service = Some(Supervisor::start(spec)),
         }
     }
 
+    /// The service's spec changed (or it was added) with no switch to carry it out:
+    /// restart it from `current`. Not while a switch is unfinished (that one restarts it).
+    async fn apply_service_changes(&mut self) {
+        let layout = self.layout();
+        let Some(current) = layout.current_version() else {
+            return;
+        };
+        if layout.switching().is_some() || self.spec().service.is_none() {
+            return;
+        }
+        let wanted = self.service_shape();
+        if self.service.is_some() && self.service_shape == wanted {
+            return;
+        }
+        let what = if self.service.is_some() {
+            "service spec changed: restarting it"
+        } else {
+            "service added: starting it"
+        };
+        tracing::info!(instance = %self.obj.meta().key(), version = %current, "{what}");
+        self.restart_service(&current).await;
+        self.event("Normal", "ServiceRestarted", what).await;
+    }
+
+    /// Keeps the health monitor in step: running while `current` is verified and the
+    /// spec has a check, restarted when the version or the check changes.
+    fn sync_monitor(&mut self) {
+        let layout = self.layout();
+        let current = layout.current_version();
+        let watched = match (&self.spec().health_check, current) {
+            (Some(check), Some(v))
+                if self.memory.verified.as_deref() == Some(v.as_str())
+                    && layout.switching().is_none() =>
+            {
+                Some((check.clone(), v))
+            }
+            _ => None,
+        };
+        match watched {
+            None => self.monitor = None,
+            Some((check, v)) => {
+                let same = self
+                    .monitor
+                    .as_ref()
+                    .is_some_and(|(mv, m)| *mv == v && *m.check() == check);
+                if !same {
+                    self.monitor = Some((v, health::Monitor::new(check, self.status.healthy)));
+                }
+            }
+        }
+    }
+
+    fn probe_context(&self) -> Option<ProbeContext> {
+        let (version, m) = self.monitor.as_ref()?;
+        Some((
+            m.check().clone(),
+            self.env(version, None),
+            self.layout().current_link(),
+        ))
+    }
+
+    /// The monitor saw the health change while Running: report it (phase stays Running;
+    /// the controller counts an unhealthy instance as unavailable).
+    async fn health_changed(&mut self, healthy: bool) {
+        self.status.healthy = healthy;
+        self.status.ready_since = healthy.then(Utc::now);
+        let version = self.status.current_version.clone().unwrap_or_default();
+        if healthy {
+            tracing::info!(instance = %self.obj.meta().key(), %version, "healthy again");
+            self.event("Normal", "Healthy", &format!("{version} is healthy again"))
+                .await;
+        } else {
+            let n = self
+                .monitor
+                .as_ref()
+                .map_or(1, |(_, m)| m.check().failure_threshold.max(1));
+            let msg = format!("{version} failed its health check {n} time(s) in a row");
+            tracing::warn!(instance = %self.obj.meta().key(), "{msg}");
+            self.event("Warning", "Unhealthy", &msg).await;
+        }
+        self.report(None).await;
+    }
+
     /// Steps until idle, reporting after each.
     async fn converge(&mut self, starting: bool) {
         let layout = self.layout();
+        if self.spec().service.is_none() {
+            if let Some(s) = self.service.take() {
+                tracing::info!(instance = %self.obj.meta().key(), "service removed from spec: stopping it");
+                s.stop().await;
+            }
+            self.service_shape = None;
+        }
         if starting {
+            if let Some(sw) = layout.switching() {
+                tracing::warn!(path = %layout.path.display(), version = %sw.version,
+                    generation = sw.generation, "a switch was interrupted; it runs again");
+            }
             match layout.remove_unfinished() {
                 Ok(removed) if !removed.is_empty() => {
                     tracing::info!(path = %layout.path.display(), ?removed, "removed unfinished releases")
@@ -390,6 +573,7 @@ impl Task {
         // Each action changes the disk or the memory; the cap guards against a bug
         // turning into a hot loop.
         for _ in 0..64 {
+            self.sync_cleaning();
             let staged = layout.staged_versions();
             let current = layout.current_version();
             let mut keep: Vec<String> = self
@@ -399,7 +583,12 @@ impl Task {
                 .map(|v| v.version.clone())
                 .collect();
             keep.extend(self.spec().current.clone());
-            let to_clean = layout.releases_to_clean(&keep, self.spec().keep_releases.max(1));
+            // 0 means unset (Applications default to 3 and refuse 0): delete less, not more.
+            let keep_releases = match self.spec().keep_releases {
+                0 => 3,
+                n => n,
+            };
+            let to_clean = layout.releases_to_clean(&keep, keep_releases);
             let action = next_action(&Observed {
                 spec: self.spec(),
                 generation: self.generation(),
@@ -407,6 +596,7 @@ impl Task {
                 current: current.as_deref(),
                 restarted_at: self.status.restarted_at,
                 to_clean: &to_clean,
+                switching: layout.switching().is_some(),
                 memory: &self.memory,
             });
             tracing::debug!(instance = %self.obj.meta().key(), ?action, "next action");
@@ -431,10 +621,11 @@ impl Task {
                 Action::Verify(v) => self.do_verify(&v).await,
                 Action::CheckVersion(v) => self.do_check_version(&v).await,
                 Action::Restart(at) => self.do_restart(at).await,
-                Action::Clean(list) => self.do_clean(&list).await,
+                Action::Clean(list) => self.start_clean(list),
             }
             self.report(None).await;
         }
+        self.apply_service_changes().await;
         self.report(None).await;
     }
 
@@ -452,20 +643,23 @@ impl Task {
             message: e.message.clone(),
             time: Utc::now(),
         });
-        if kind != OpKind::Stage && kind != OpKind::Clean {
+        // A refused switch changed nothing on disk: what runs keeps its health.
+        if matches!(kind, OpKind::Switch | OpKind::Restart) && e.reason != "NotStaged" {
             self.status.healthy = false;
             self.status.available = false;
             self.status.ready_since = None;
         }
-        self.report(Some(InstancePhase::Failed)).await;
+        // The event goes first: a reader that saw the Failed status can find its event.
         self.event("Warning", event_reason, &e.message).await;
+        self.report(Some(InstancePhase::Failed)).await;
     }
 
     async fn do_stage(&mut self, v: &VersionRef) {
         self.report(Some(InstancePhase::Staging)).await;
         match self.stage(v).await {
             Ok(tail) => {
-                self.status.last_hook_output = tail;
+                let install = self.spec().hooks.install.clone();
+                self.record_output(&install, tail);
                 if self
                     .status
                     .failure
@@ -515,6 +709,8 @@ impl Task {
         .await
         .map_err(|e| OpError::new("Stage", "UnpackFailed", format!("unpack task failed: {e}")))?
         .map_err(OpError::unpack)?;
+        // An artifact must not mark itself staged before `install` ran.
+        let _ = std::fs::remove_file(dir.join(super::release::STAGED_MARKER));
         let current = layout.current_version();
         let env = self.env(version, current.as_deref());
         let tail = hooks::run_hooks(&env, &self.spec().hooks.install, &dir, "install")
@@ -561,10 +757,19 @@ impl Task {
         let env = self.env(want, previous);
         let dir = layout.release(want);
         let hooks = self.spec().hooks.clone();
+        layout
+            .mark_switching(want, self.generation())
+            .map_err(|e| {
+                OpError::new(
+                    "Switch",
+                    "SwitchFailed",
+                    format!("cannot write {}: {e}", layout.switching_marker().display()),
+                )
+            })?;
         let tail = hooks::run_hooks(&env, &hooks.before_activate, &dir, "beforeActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.before_activate, tail);
         layout.switch_current(want).map_err(|e| {
             OpError::new(
                 "Switch",
@@ -578,26 +783,44 @@ impl Task {
         let tail = hooks::run_hooks(&env, &hooks.activate, &dir, "activate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.activate, tail);
         self.restart_service(want).await;
         self.report(Some(InstancePhase::Verifying)).await;
-        let since = self.check_health(&env, self.min_ready()).await?;
+        let since = self.check_health(&env, self.min_ready(), true).await?;
         let tail = hooks::run_hooks(&env, &hooks.after_activate, &dir, "afterActivate")
             .await
             .map_err(|e| OpError::hook("Switch", e))?;
-        self.status.last_hook_output = tail;
+        self.record_output(&hooks.after_activate, tail);
+        layout.clear_switching().map_err(|e| {
+            OpError::new(
+                "Switch",
+                "SwitchFailed",
+                format!("cannot remove {}: {e}", layout.switching_marker().display()),
+            )
+        })?;
         self.set_ready(since);
         Ok(())
+    }
+
+    /// Keeps a hook list's output for the status, unless the list was empty (then the
+    /// previous hook's output is more useful).
+    fn record_output(&mut self, cmds: &[crate::api::Command], tail: Vec<String>) {
+        if !cmds.is_empty() {
+            self.status.last_hook_output = tail;
+        }
     }
 
     fn min_ready(&self) -> Duration {
         Duration::from_secs(u64::from(self.spec().min_ready_seconds))
     }
 
+    /// Runs the health check after a switch; while it runs, each change of readiness
+    /// is reported (phase Verifying, `healthy`, `readySince`).
     async fn check_health(
-        &self,
+        &mut self,
         env: &HookEnv,
         min_ready: Duration,
+        report_progress: bool,
     ) -> Result<DateTime<Utc>, OpError> {
         if self.ctx.executor.is_some() {
             // Simulated work: `activate` already stood for the health check.
@@ -606,11 +829,29 @@ impl Task {
         let check = self.spec().health_check.clone();
         let cwd = self.layout().current_link();
         let probe_check = check.clone().unwrap_or_default();
-        health::verify(check.as_ref(), min_ready, || {
-            health::probe(&probe_check, env, &cwd)
-        })
-        .await
-        .map_err(|e| OpError::new("Health", e.reason(), e.to_string()))
+        let (tx, mut rx) = watch::channel(None);
+        let verify = health::verify(
+            check.as_ref(),
+            min_ready,
+            || health::probe(&probe_check, env, &cwd),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        );
+        tokio::pin!(verify);
+        loop {
+            tokio::select! {
+                res = &mut verify => {
+                    return res.map_err(|e| OpError::new("Health", e.reason(), e.to_string()));
+                }
+                Ok(()) = rx.changed(), if report_progress => {
+                    let ready = *rx.borrow_and_update();
+                    self.status.healthy = ready.is_some();
+                    self.status.ready_since = ready;
+                    self.report(Some(InstancePhase::Verifying)).await;
+                }
+            }
+        }
     }
 
     fn set_ready(&mut self, since: DateTime<Utc>) {
@@ -634,7 +875,7 @@ impl Task {
             self.report(Some(InstancePhase::Verifying)).await;
         }
         let env = self.env(want, None);
-        match self.check_health(&env, min_ready).await {
+        match self.check_health(&env, min_ready, !was_available).await {
             Ok(since) => {
                 let keep_since = self.status.ready_since.filter(|_| was_available);
                 self.set_ready(keep_since.unwrap_or(since));
@@ -687,13 +928,9 @@ impl Task {
             return self.fail(OpKind::Switch, want, e, "Drifted").await;
         }
         self.memory.drift_fixed = Some((want.to_string(), g));
-        self.status.failure = Some(InstanceFailure {
-            version: want.to_string(),
-            operation: "Switch".into(),
-            reason: "Drifted".into(),
-            message: msg.clone(),
-            time: Utc::now(),
-        });
+        // Not a `failure` (the controller would count one against the rollout): the
+        // message goes with getVersion's output, and a repair that fails records its own.
+        self.status.last_hook_output = vec![msg.clone()];
         self.status.healthy = false;
         self.status.available = false;
         self.report(Some(InstancePhase::Drifted)).await;
@@ -717,9 +954,9 @@ impl Task {
             let tail = hooks::run_hooks(&env, &activate, &dir, "activate")
                 .await
                 .map_err(|e| OpError::hook("Switch", e))?;
-            self.status.last_hook_output = tail;
+            self.record_output(&activate, tail);
             self.restart_service(&current).await;
-            self.check_health(&env, self.min_ready()).await
+            self.check_health(&env, self.min_ready(), true).await
         }
         .await;
         match result {
@@ -736,28 +973,76 @@ impl Task {
         }
     }
 
-    async fn do_clean(&mut self, list: &[String]) {
-        let layout = self.layout();
-        for v in list {
-            let env = self.env(v, None);
-            let dir = layout.release(v);
-            if let Err(e) = hooks::run_hooks(&env, &self.spec().hooks.clean, &dir, "clean").await {
-                tracing::warn!(instance = %self.obj.meta().key(), version = %v, error = %e, "clean hook failed; keeping the release");
-                self.memory.fail(OpKind::Clean, v, self.generation());
-                continue;
-            }
-            let d = dir.clone();
-            let res = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&d)).await;
-            match res {
-                Ok(Ok(())) => {
-                    tracing::info!(instance = %self.obj.meta().key(), version = %v, "release cleaned")
-                }
-                other => {
-                    tracing::warn!(dir = %dir.display(), result = ?other, "cannot delete release");
-                    self.memory.fail(OpKind::Clean, v, self.generation());
-                }
-            }
+    /// Copies the clean jobs' state into the memory the decision reads.
+    fn sync_cleaning(&mut self) {
+        self.clean_jobs.retain(|j| !j.is_finished());
+        let mut st = self
+            .cleaning
+            .lock()
+            .expect("clean state lock: no panics inside");
+        self.memory.cleaning = st.running.clone();
+        for (v, g) in st.failed.drain(..) {
+            self.memory.fail(OpKind::Clean, &v, g);
         }
+    }
+
+    /// Cleans releases in the background (clean hooks in each, then delete), so that a
+    /// slow clean hook never holds up a switch.
+    fn start_clean(&mut self, list: Vec<String>) {
+        let generation = self.generation();
+        let key = self.obj.meta().key();
+        let hooks = self.spec().hooks.clean.clone();
+        let layout = self.layout();
+        let jobs: Vec<(String, HookEnv, PathBuf)> = list
+            .iter()
+            .map(|v| (v.clone(), self.env(v, None), layout.release(v)))
+            .collect();
+        {
+            let mut st = self
+                .cleaning
+                .lock()
+                .expect("clean state lock: no panics inside");
+            st.running.extend(list.iter().cloned());
+        }
+        self.memory.cleaning.extend(list);
+        let state = self.cleaning.clone();
+        let done = self.clean_done.clone();
+        self.clean_jobs.push(tokio::spawn(async move {
+            for (v, env, dir) in jobs {
+                let ok = match hooks::run_hooks(&env, &hooks, &dir, "clean").await {
+                    Err(e) => {
+                        tracing::warn!(instance = %key, version = %v, error = %e, "clean hook failed; keeping the release");
+                        false
+                    }
+                    Ok(_) => {
+                        // Renamed away first, so that an interrupted delete never leaves a
+                        // half-deleted release that still looks staged.
+                        let d = dir.clone();
+                        let doomed = dir.with_file_name(format!(".{v}.tmp-del-{:08x}", rand::random::<u32>()));
+                        let delete = move || {
+                            std::fs::rename(&d, &doomed)?;
+                            std::fs::remove_dir_all(&doomed)
+                        };
+                        match tokio::task::spawn_blocking(delete).await {
+                            Ok(Ok(())) => {
+                                tracing::info!(instance = %key, version = %v, "release cleaned");
+                                true
+                            }
+                            other => {
+                                tracing::warn!(dir = %dir.display(), result = ?other, "cannot delete release");
+                                false
+                            }
+                        }
+                    }
+                };
+                let mut st = state.lock().expect("clean state lock: no panics inside");
+                st.running.remove(&v);
+                if !ok {
+                    st.failed.push((v, generation));
+                }
+            }
+            done.notify_one();
+        }));
     }
 
     /// The phase when nothing is in progress.
@@ -925,6 +1210,7 @@ mod tests {
         }
     }
 
+    #[derive(Default)]
     struct Case {
         staged_spec: Vec<&'static str>,
         current_spec: Option<&'static str>,
@@ -934,21 +1220,7 @@ mod tests {
         get_version: bool,
         restart: Option<(i64, Option<i64>)>,
         to_clean: Vec<&'static str>,
-    }
-
-    impl Default for Case {
-        fn default() -> Self {
-            Case {
-                staged_spec: vec![],
-                current_spec: None,
-                disk_staged: vec![],
-                disk_current: None,
-                memory: Memory::default(),
-                get_version: false,
-                restart: None,
-                to_clean: vec![],
-            }
-        }
+        switching: bool,
     }
 
     fn check(c: Case, want: Action) {
@@ -972,6 +1244,7 @@ mod tests {
             current: c.disk_current,
             restarted_at: c.restart.and_then(|(_, r)| r.map(ts)),
             to_clean: &to_clean,
+            switching: c.switching,
             memory: &c.memory,
         });
         assert_eq!(got, want);
@@ -1011,6 +1284,21 @@ mod tests {
                 ..Default::default()
             },
             Action::RefuseSwitch("2".into()),
+        );
+    }
+
+    #[test]
+    fn next_action_should_not_refuse_a_switch_whose_version_failed_to_stage() {
+        check(
+            Case {
+                staged_spec: vec!["1", "2"],
+                current_spec: Some("2"),
+                disk_staged: vec!["1"],
+                disk_current: Some("1"),
+                memory: mem(&[(OpKind::Stage, "2", 7)], Some("1")),
+                ..Default::default()
+            },
+            Action::Idle,
         );
     }
 
@@ -1083,6 +1371,42 @@ mod tests {
     }
 
     #[test]
+    fn next_action_should_run_an_interrupted_switch_again_unless_it_failed_this_generation() {
+        let base = || Case {
+            staged_spec: vec!["1", "2"],
+            current_spec: Some("2"),
+            disk_staged: vec!["1", "2"],
+            disk_current: Some("2"),
+            switching: true,
+            ..Default::default()
+        };
+        check(base(), Action::Switch("2".into()));
+        // Even after this process verified it (the marker outranks the memory).
+        check(
+            Case {
+                memory: mem(&[], Some("2")),
+                ..base()
+            },
+            Action::Switch("2".into()),
+        );
+        check(
+            Case {
+                memory: mem(&[(OpKind::Switch, "2", 7)], None),
+                ..base()
+            },
+            Action::Idle,
+        );
+        // No marker: a finished switch is only verified.
+        check(
+            Case {
+                switching: false,
+                ..base()
+            },
+            Action::Verify("2".into()),
+        );
+    }
+
+    #[test]
     fn next_action_should_restart_once_per_new_restart_at_then_clean() {
         let base = || Case {
             staged_spec: vec!["1"],
@@ -1112,6 +1436,43 @@ mod tests {
             Case {
                 memory: mem(&[(OpKind::Clean, "0", 7)], Some("1")),
                 ..base()
+            },
+            Action::Idle,
+        );
+        let mut cleaning = mem(&[], Some("1"));
+        cleaning.cleaning.insert("0".into());
+        check(
+            Case {
+                memory: cleaning,
+                ..base()
+            },
+            Action::Idle,
+        );
+    }
+
+    #[test]
+    fn next_action_should_wait_for_a_release_being_cleaned_before_using_it() {
+        let mut m = mem(&[], Some("1"));
+        m.cleaning.insert("0".into());
+        // Wanted current again while being deleted: no switch (and no refusal) yet.
+        check(
+            Case {
+                staged_spec: vec!["0"],
+                current_spec: Some("0"),
+                disk_staged: vec!["0", "1"],
+                disk_current: Some("1"),
+                memory: m.clone(),
+                ..Default::default()
+            },
+            Action::Idle,
+        );
+        // Wanted staged while being deleted (and already gone from disk): staged after.
+        check(
+            Case {
+                staged_spec: vec!["0"],
+                disk_staged: vec![],
+                memory: m,
+                ..Default::default()
             },
             Action::Idle,
         );

@@ -7,6 +7,17 @@ use std::path::{Path, PathBuf};
 /// Written inside a release once `install` succeeded; a release without it is not staged.
 pub const STAGED_MARKER: &str = ".deployctl-staged";
 
+/// Written before a switch starts and removed once it is done: its presence at start
+/// means the switch was interrupted and is to be run again.
+pub const SWITCHING_MARKER: &str = ".switching";
+
+/// The contents of the switching marker: what was being switched to, under which spec.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Switching {
+    pub version: String,
+    pub generation: i64,
+}
+
 /// Where one Instance lives on disk.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -108,6 +119,49 @@ impl Layout {
         Ok(())
     }
 
+    /// `<path>/.switching`.
+    pub fn switching_marker(&self) -> PathBuf {
+        self.path.join(SWITCHING_MARKER)
+    }
+
+    /// Records that a switch to `version` begins (written to a temp file, then renamed).
+    pub fn mark_switching(&self, version: &str, generation: i64) -> io::Result<()> {
+        let body = serde_json::to_vec(&Switching {
+            version: version.to_string(),
+            generation,
+        })
+        .expect("a struct of a string and an integer serializes");
+        fs::create_dir_all(&self.path)?;
+        let tmp = self.path.join(format!(
+            "{SWITCHING_MARKER}.tmp-{:08x}",
+            rand::random::<u32>()
+        ));
+        fs::write(&tmp, body)?;
+        if let Err(e) = fs::rename(&tmp, self.switching_marker()) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The unfinished switch, if any. A marker that cannot be parsed still means one,
+    /// of an unknown version (the empty string).
+    pub fn switching(&self) -> Option<Switching> {
+        let body = fs::read(self.switching_marker()).ok()?;
+        Some(serde_json::from_slice(&body).unwrap_or(Switching {
+            version: String::new(),
+            generation: 0,
+        }))
+    }
+
+    /// The switch is done.
+    pub fn clear_switching(&self) -> io::Result<()> {
+        match fs::remove_file(self.switching_marker()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Releases to delete: not in `keep`, not current, beyond the `keep_releases` newest
     /// (by mtime; kept and current count toward the limit). Oldest first.
     pub fn releases_to_clean(&self, keep: &[String], keep_releases: u32) -> Vec<String> {
@@ -187,6 +241,27 @@ mod tests {
         removed.sort();
         assert_eq!(removed, vec![".3.0.tmp-0000abcd", "2.0"]);
         assert!(l.is_staged("1.0"));
+    }
+
+    #[test]
+    fn the_switching_marker_should_round_trip_and_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path().join("app"));
+        assert_eq!(l.switching(), None);
+        l.mark_switching("2.0", 7).unwrap();
+        assert_eq!(
+            l.switching(),
+            Some(Switching {
+                version: "2.0".into(),
+                generation: 7
+            })
+        );
+        l.clear_switching().unwrap();
+        assert_eq!(l.switching(), None);
+        l.clear_switching().unwrap();
+        // A garbled marker still says a switch was interrupted.
+        fs::write(l.switching_marker(), b"{").unwrap();
+        assert!(l.switching().is_some());
     }
 
     #[test]

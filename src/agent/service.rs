@@ -141,9 +141,8 @@ async fn supervise(mut spec: ServiceSpec, mut rx: mpsc::Receiver<Msg>) {
                 tracing::error!(service = %spec.name, error = %e, "cannot start service");
             }
         }
-        if started.elapsed() >= BACKOFF_RESET_AFTER {
-            backoff = BACKOFF_START;
-        }
+        backoff = backoff_after_exit(backoff, started.elapsed());
+        tracing::info!(service = %spec.name, ?backoff, "restarting service after backoff");
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             msg = rx.recv() => match msg {
@@ -161,6 +160,16 @@ async fn supervise(mut spec: ServiceSpec, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The delay before restarting a service that ran for `uptime` and then exited, given
+/// the delay used last time (already doubled): back to the start after a long run.
+fn backoff_after_exit(current: Duration, uptime: Duration) -> Duration {
+    if uptime >= BACKOFF_RESET_AFTER {
+        BACKOFF_START
+    } else {
+        current.min(BACKOFF_MAX)
     }
 }
 
@@ -222,6 +231,22 @@ mod tests {
                 .starts_with('Z'),
             Err(_) => false,
         }
+    }
+
+    #[test]
+    fn backoff_should_double_to_30s_and_reset_after_a_minute_up() {
+        let mut delays = Vec::new();
+        let mut b = BACKOFF_START;
+        for _ in 0..7 {
+            b = backoff_after_exit(b, Duration::from_secs(1));
+            delays.push(b.as_secs());
+            b = (b * 2).min(BACKOFF_MAX);
+        }
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(
+            backoff_after_exit(BACKOFF_MAX, Duration::from_secs(60)),
+            BACKOFF_START
+        );
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ object! {
 }
 
 /// What the user wants for an Application.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplicationSpec {
     /// Which Machines run this Application. An empty selector selects every Machine.
@@ -53,6 +53,24 @@ pub struct ApplicationSpec {
 
 fn default_keep_releases() -> u32 {
     3
+}
+
+/// The same defaults serde applies to a missing field (derive(Default) would say 0).
+impl Default for ApplicationSpec {
+    fn default() -> Self {
+        ApplicationSpec {
+            selector: Default::default(),
+            artifact: Default::default(),
+            path: None,
+            shell: None,
+            env: Default::default(),
+            hooks: Default::default(),
+            get_version: None,
+            health_check: None,
+            service: None,
+            keep_releases: default_keep_releases(),
+        }
+    }
 }
 
 /// Where an artifact comes from. `{{version}}` in any URL is replaced by the version.
@@ -113,7 +131,7 @@ pub struct Hooks {
 }
 
 /// Exactly one of `tcp`, `http` or `exec`, with its timing.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheck {
     /// Healthy when a TCP connection opens.
@@ -146,6 +164,21 @@ pub struct HealthCheck {
 fn default_period() -> u32 {
     2
 }
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            tcp: None,
+            http: None,
+            exec: None,
+            period_seconds: default_period(),
+            timeout_seconds: default_period(),
+            success_threshold: default_one(),
+            failure_threshold: default_three(),
+            deadline_seconds: default_deadline(),
+        }
+    }
+}
 fn default_one() -> u32 {
     1
 }
@@ -176,7 +209,7 @@ pub struct HttpCheck {
 }
 
 /// A long-running process kept alive from `current`.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     /// Shell text run in `<path>/current`; restarted when it exits and on every switch.
@@ -188,6 +221,15 @@ pub struct Service {
 
 fn default_stop_timeout() -> u32 {
     10
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Service {
+            command: String::new(),
+            stop_timeout_seconds: default_stop_timeout(),
+        }
+    }
 }
 
 /// What the controller observes about an Application.

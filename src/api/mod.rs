@@ -12,6 +12,7 @@ mod meta;
 mod rollout;
 pub mod schema;
 pub mod selector;
+mod sync;
 pub mod validation;
 
 pub use application::*;
@@ -21,6 +22,7 @@ pub use instance::*;
 pub use machine::*;
 pub use meta::*;
 pub use rollout::*;
+pub use sync::*;
 
 use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Serialize};
@@ -74,6 +76,21 @@ macro_rules! object {
         plural: $plural:literal, singular: $singular:literal, short: [$($short:literal),*],
         namespaced: $ns:literal
     ) => {
+        $crate::api::object! {
+            $(#[$doc])*
+            $name, kind: stringify!($name), spec: $spec, status: $status,
+            plural: $plural, singular: $singular, short: [$($short),*],
+            namespaced: $ns
+        }
+    };
+    // `kind:` when the `kind` word is not the struct's name (`Sync` would shadow the
+    // `Sync` trait, so its struct is `GitSync`).
+    (
+        $(#[$doc:meta])*
+        $name:ident, kind: $kind:expr, spec: $spec:ty, status: $status:ty,
+        plural: $plural:literal, singular: $singular:literal, short: [$($short:literal),*],
+        namespaced: $ns:literal
+    ) => {
         $(#[$doc])*
         #[derive(
             ::serde::Serialize, ::serde::Deserialize, ::schemars::JsonSchema,
@@ -83,7 +100,7 @@ macro_rules! object {
         pub struct $name {
             /// Always `deployctl.dev/v1`.
             pub api_version: String,
-            #[doc = concat!("Always `", stringify!($name), "`.")]
+            #[doc = concat!("Always `", $kind, "`.")]
             pub kind: String,
             pub metadata: $crate::api::ObjectMeta,
             #[serde(default)]
@@ -96,7 +113,7 @@ macro_rules! object {
         impl $crate::api::Object for $name {
             type Spec = $spec;
             type Status = $status;
-            const KIND: &'static str = stringify!($name);
+            const KIND: &'static str = $kind;
             const PLURAL: &'static str = $plural;
             const SINGULAR: &'static str = $singular;
             const SHORT_NAMES: &'static [&'static str] = &[$($short),*];
@@ -105,7 +122,7 @@ macro_rules! object {
             fn new(name: &str, spec: $spec) -> Self {
                 Self {
                     api_version: $crate::api::API_VERSION.to_string(),
-                    kind: stringify!($name).to_string(),
+                    kind: $kind.to_string(),
                     metadata: $crate::api::ObjectMeta {
                         name: name.to_string(),
                         namespace: if $ns { Some($crate::api::DEFAULT_NAMESPACE.to_string()) } else { None },
@@ -134,15 +151,17 @@ pub enum KindName {
     Rollout,
     Instance,
     Event,
+    Sync,
 }
 
 impl KindName {
-    pub const ALL: [KindName; 5] = [
+    pub const ALL: [KindName; 6] = [
         KindName::Machine,
         KindName::Application,
         KindName::Rollout,
         KindName::Instance,
         KindName::Event,
+        KindName::Sync,
     ];
 
     /// Kinds a user may `apply` (the others are written by deployctl itself).
@@ -160,6 +179,7 @@ impl KindName {
             KindName::Rollout => Rollout::KIND,
             KindName::Instance => Instance::KIND,
             KindName::Event => Event::KIND,
+            KindName::Sync => GitSync::KIND,
         }
     }
 
@@ -170,6 +190,7 @@ impl KindName {
             KindName::Rollout => Rollout::PLURAL,
             KindName::Instance => Instance::PLURAL,
             KindName::Event => Event::PLURAL,
+            KindName::Sync => GitSync::PLURAL,
         }
     }
 
@@ -180,6 +201,7 @@ impl KindName {
             KindName::Rollout => Rollout::SINGULAR,
             KindName::Instance => Instance::SINGULAR,
             KindName::Event => Event::SINGULAR,
+            KindName::Sync => GitSync::SINGULAR,
         }
     }
 
@@ -190,11 +212,12 @@ impl KindName {
             KindName::Rollout => Rollout::SHORT_NAMES,
             KindName::Instance => Instance::SHORT_NAMES,
             KindName::Event => Event::SHORT_NAMES,
+            KindName::Sync => GitSync::SHORT_NAMES,
         }
     }
 
     pub fn namespaced(self) -> bool {
-        self != KindName::Machine
+        !matches!(self, KindName::Machine | KindName::Sync)
     }
 
     /// Resolves `ro`, `rollout`, `rollouts`, `Rollout` or `rollout.deployctl.dev`.

@@ -25,7 +25,7 @@ pub const ANNOTATION_RETRY: &str = "deployctl.dev/retry";
 pub const ANNOTATION_UNDO: &str = "deployctl.dev/undo-generation";
 
 /// What the user wants for a Rollout.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutSpec {
     /// The name of the Application (in the same namespace) this Rollout drives.
@@ -57,6 +57,22 @@ pub struct RolloutSpec {
 
 fn default_history_limit() -> u32 {
     10
+}
+
+/// The same defaults serde applies to a missing field (derive(Default) would say 0).
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            application: String::new(),
+            version: String::new(),
+            sha256: None,
+            strategy: Strategy::default(),
+            paused: false,
+            failure_policy: FailurePolicy::default(),
+            revision_history_limit: default_history_limit(),
+            restart_at: None,
+        }
+    }
 }
 
 /// Slots, gates and steps.

@@ -28,7 +28,7 @@ pub fn schema_for(kind: KindName) -> Option<Value> {
         KindName::Application => Some(generate::<Application>()),
         KindName::Rollout => Some(generate::<Rollout>()),
         KindName::Machine => Some(generate::<Machine>()),
-        KindName::Instance | KindName::Event => None,
+        KindName::Instance | KindName::Event | KindName::Sync => None,
     }
 }
 

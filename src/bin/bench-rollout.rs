@@ -411,9 +411,8 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     let (etcd, url) = match &args.store {
         Some(u) => (None, u.clone()),
         None => {
-            let etcd = tokio::task::spawn_blocking(|| EtcdServer::start_with_args(ETCD_ARGS))
-                .await
-                .context("etcd start task failed")?;
+            // On this (the main) thread: etcd dies with the thread that started it.
+            let etcd = EtcdServer::start_with_flags(ETCD_ARGS);
             let url = etcd.url();
             (Some(etcd), url)
         }

@@ -74,7 +74,7 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
             Manifest::Rollout(o) => within(g, apply_object(&client, o, args.dry_run)).await,
         }
         .map_err(|e| anyhow::anyhow!("{}: applying {}: {e:#}", l.origin, reference(kind, &name)))?;
-        println!("{} {outcome}{suffix}", reference(kind, &name));
+        outln!("{} {outcome}{suffix}", reference(kind, &name));
     }
     Ok(0)
 }

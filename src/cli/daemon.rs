@@ -25,7 +25,52 @@ Examples:
   deployctl agent --name web-1 --labels role=web,zone=a --root /srv/deploy
 
   # Against etcd
-  deployctl --store etcd://10.0.0.1:2379 agent --name db-1 --labels role=db --root /srv/deploy";
+  deployctl --store etcd://10.0.0.1:2379 agent --name db-1 --labels role=db --root /srv/deploy
+
+  # Against etcd with TLS and the machine's own etcd user (password only from the environment)
+  export DEPLOYCTL_ETCD_PASSWORD=...
+  deployctl --store etcds://10.0.0.1:2379 --etcd-ca /etc/deployctl/etcd-ca.pem \\
+    --etcd-user agent-web-1 agent --name web-1 --root /srv/deploy
+
+etcd permissions (RBAC):
+  An agent's etcd user needs only its own machine's keys. For machine web-1 (etcdctl as root):
+    etcdctl role add agent-web-1
+    etcdctl role grant-permission --prefix agent-web-1 read /deployctl/instances/web-1/
+    etcdctl role grant-permission --prefix agent-web-1 readwrite /deployctl/status/instances/web-1/
+    etcdctl role grant-permission agent-web-1 readwrite /deployctl/machines/web-1
+    etcdctl role grant-permission agent-web-1 readwrite /deployctl/status/machines/web-1
+    etcdctl role grant-permission agent-web-1 readwrite /deployctl/leases/machines/web-1
+    etcdctl role grant-permission --prefix agent-web-1 write /deployctl/events/
+    etcdctl user add agent-web-1
+    etcdctl user grant-role agent-web-1 agent-web-1
+  It writes its Machine (registration, labels; creating it clears a stale status), its
+  presence key (bound to a lease), the status of its Instances, and Events; it reads only
+  its own Instances.";
+
+/// The permissions [`AGENT_EXAMPLES`] documents for machine `machine`, as
+/// `(prefix?, permission, key)`: what an agent's etcd role needs, and all it needs.
+pub fn agent_etcd_permissions(machine: &str) -> Vec<(bool, &'static str, String)> {
+    vec![
+        (true, "read", format!("/deployctl/instances/{machine}/")),
+        (
+            true,
+            "readwrite",
+            format!("/deployctl/status/instances/{machine}/"),
+        ),
+        (false, "readwrite", format!("/deployctl/machines/{machine}")),
+        (
+            false,
+            "readwrite",
+            format!("/deployctl/status/machines/{machine}"),
+        ),
+        (
+            false,
+            "readwrite",
+            format!("/deployctl/leases/machines/{machine}"),
+        ),
+        (true, "write", "/deployctl/events/".to_string()),
+    ]
+}
 
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
@@ -92,8 +137,9 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    let signal = shutdown_signal();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("signal received; shutting down");
         t.cancel();
     });
@@ -176,6 +222,22 @@ mod tests {
         assert!(
             Cli::try_parse_from(["deployctl", "agent", "--name", "w"]).is_err(),
             "--root is required"
+        );
+    }
+
+    #[test]
+    fn agent_help_should_list_exactly_the_etcd_permissions_the_tests_grant() {
+        for (prefix, perm, key) in agent_etcd_permissions("web-1") {
+            let line = if prefix {
+                format!("etcdctl role grant-permission --prefix agent-web-1 {perm} {key}\n")
+            } else {
+                format!("etcdctl role grant-permission agent-web-1 {perm} {key}\n")
+            };
+            assert!(AGENT_EXAMPLES.contains(&line), "help lacks {line:?}");
+        }
+        assert_eq!(
+            AGENT_EXAMPLES.matches("grant-permission").count(),
+            agent_etcd_permissions("web-1").len()
         );
     }
 

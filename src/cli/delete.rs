@@ -67,7 +67,7 @@ pub async fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<i32> {
     for t in targets {
         let deleted = for_kind!(t.kind, K => delete_one::<K>(g, &client, &t).await?);
         if deleted {
-            println!("{} deleted", reference(t.kind, &t.name));
+            outln!("{} deleted", reference(t.kind, &t.name));
         } else if !args.ignore_not_found {
             not_found.push(CliError::NotFound {
                 plural: t.kind.plural(),

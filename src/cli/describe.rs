@@ -3,7 +3,8 @@
 use super::output::{self, age, human_duration};
 use super::{connect, for_kind, ns_for, parse_kind, within, CliError, GlobalArgs};
 use crate::api::{
-    Application, Condition, Event, Instance, KindName, Machine, Object, ObjectMeta, Rollout,
+    Application, Condition, Event, GitSync, Instance, KindName, Machine, Object, ObjectMeta,
+    Rollout,
 };
 use crate::store::{Client, Scope};
 use chrono::{DateTime, Utc};
@@ -32,31 +33,39 @@ pub struct DescribeArgs {
     pub name: String,
 }
 
-/// A page under construction: `Label:  value` lines, with nesting by indentation.
+/// One line of a page: an aligned `Label: value` field, or text as it is.
+enum Line {
+    Field {
+        indent: usize,
+        label: String,
+        value: String,
+    },
+    Text(String),
+}
+
+/// A page under construction: `Label:  value` lines, nested by indentation. Values of
+/// consecutive fields at one indentation line up, as kubectl's tabwriter makes them.
 #[derive(Default)]
 pub struct Page {
-    text: String,
+    lines: Vec<Line>,
 }
 
 impl Page {
-    /// `Name:         api` with values aligned at column 14 of their level, as kubectl does.
     pub fn field(&mut self, indent: usize, label: &str, value: impl std::fmt::Display) {
-        let pad = " ".repeat(indent * 2);
-        let label = format!("{label}:");
-        let value = value.to_string();
-        if value.is_empty() {
-            let _ = writeln!(self.text, "{pad}{label}");
-        } else {
-            let _ = writeln!(
-                self.text,
-                "{pad}{label:<w$}{value}",
-                w = 14usize.saturating_sub(indent * 2).max(label.len() + 1)
-            );
-        }
+        self.lines.push(Line::Field {
+            indent,
+            label: if label.is_empty() {
+                String::new()
+            } else {
+                format!("{label}:")
+            },
+            value: value.to_string(),
+        });
     }
 
     pub fn line(&mut self, indent: usize, text: impl std::fmt::Display) {
-        let _ = writeln!(self.text, "{}{text}", " ".repeat(indent * 2));
+        self.lines
+            .push(Line::Text(format!("{}{text}", " ".repeat(indent * 2))));
     }
 
     /// A table indented under a heading.
@@ -79,13 +88,67 @@ impl Page {
             if i == 0 {
                 self.field(0, label, text);
             } else {
-                self.line(7, text);
+                // Continuation lines align under the first value.
+                self.field(0, "", text);
             }
         }
     }
 
     pub fn finish(self) -> String {
-        self.text
+        let n = self.lines.len();
+        // Each field's value column: the widest label of its group, the fields at one
+        // indentation not separated by text or by a shallower field.
+        let mut widths = vec![0usize; n];
+        for i in 0..n {
+            let Line::Field { indent, .. } = &self.lines[i] else {
+                continue;
+            };
+            if widths[i] != 0 {
+                continue;
+            }
+            let mut members = Vec::new();
+            for (k, line) in self.lines.iter().enumerate().skip(i) {
+                match line {
+                    Line::Field { indent: d, .. } if d == indent => members.push(k),
+                    Line::Field { indent: d, .. } if d > indent => {}
+                    _ => break,
+                }
+            }
+            let widest = members
+                .iter()
+                .filter_map(|&k| match &self.lines[k] {
+                    Line::Field { label, .. } => Some(label.len()),
+                    Line::Text(_) => None,
+                })
+                .max()
+                .unwrap_or(0);
+            // kubectl's top level lines values up at column 14 at least.
+            let w = (widest + 1).max(14usize.saturating_sub(indent * 2));
+            for k in members {
+                widths[k] = w;
+            }
+        }
+        let mut out = String::new();
+        for (line, w) in self.lines.iter().zip(widths) {
+            match line {
+                Line::Text(t) => {
+                    let _ = writeln!(out, "{t}");
+                }
+                Line::Field {
+                    indent,
+                    label,
+                    value,
+                } => {
+                    let pad = " ".repeat(indent * 2);
+                    if value.is_empty() {
+                        let _ = writeln!(out, "{pad}{label}");
+                    } else {
+                        let _ = writeln!(out, "{pad}{label:<w$}{value}");
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -187,7 +250,7 @@ pub async fn run(g: &GlobalArgs, args: DescribeArgs) -> anyhow::Result<i32> {
         };
         obj.describe(&client, g, evs, Utc::now()).await?
     });
-    print!("{page}");
+    out!("{page}");
     Ok(0)
 }
 
@@ -609,6 +672,45 @@ impl Describe for Instance {
     }
 }
 
+impl Describe for GitSync {
+    async fn describe(
+        &self,
+        _c: &Client,
+        _g: &GlobalArgs,
+        evs: Vec<Event>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<String> {
+        let mut p = Page::default();
+        meta_fields(&mut p, &self.metadata);
+        let s = &self.spec;
+        p.field(0, "Repo", &s.repo);
+        p.field(0, "Ref", opt(s.ref_.as_ref()));
+        p.field(0, "Path", &s.path);
+        p.field(0, "Prune", s.prune);
+        p.field(
+            0,
+            "Interval",
+            if s.interval_seconds == 0 {
+                "<once>".to_string()
+            } else {
+                format!("{}s", s.interval_seconds)
+            },
+        );
+        let st = self.status.clone().unwrap_or_default();
+        p.field(0, "Status", "");
+        p.field(1, "Last Commit", opt(st.last_commit.as_ref()));
+        p.field(1, "Last Sync", time(st.last_sync_time));
+        p.field(1, "Objects", st.objects);
+        p.field(1, "Last Error", opt(st.last_error.as_ref()));
+        p.field(1, "Last Error Commit", opt(st.last_error_commit.as_ref()));
+        if st.last_error_time.is_some() {
+            p.field(1, "Last Error Time", time(st.last_error_time));
+        }
+        events(&mut p, &evs, now);
+        Ok(p.finish())
+    }
+}
+
 impl Describe for Event {
     async fn describe(
         &self,
@@ -719,11 +821,12 @@ mod tests {
         ro.status = Some(st);
         let page = describe_rollout(&ro, &[event("e1", "Rollout", "api", 5, now)], now);
         for want in [
-            "Name:         api\n",
-            "Namespace:    default\n",
-            "Labels:       team=core\n",
-            "Version:      1.2\n",
-            "  Phase:      Progressing\n",
+            "Name:           api\n",
+            "Namespace:      default\n",
+            "Labels:         team=core\n",
+            "Version:        1.2\n",
+            "  Phase:               Progressing\n",
+            "  Observed Generation: 0\n",
             "5 desired | 0 staged | 2 updated",
             "Conditions:\n  Type     Status   Reason      Age   Message\n",
             "  Staged   True     AllStaged   0s    5 of 5 staged\n",

@@ -155,19 +155,19 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
         Some(OutputFormat::Yaml) => {
             if single {
                 if let Some(o) = items.first() {
-                    println!("{}", output::to_yaml(o)?);
+                    outln!("{}", output::to_yaml(o)?);
                 }
             } else {
-                println!("{}", output::to_yaml(&output::list_value(items)?)?);
+                outln!("{}", output::to_yaml(&output::list_value(items)?)?);
             }
         }
         Some(OutputFormat::Json) => {
             if single {
                 if let Some(o) = items.first() {
-                    println!("{}", serde_json::to_string_pretty(o)?);
+                    outln!("{}", serde_json::to_string_pretty(o)?);
                 }
             } else {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&output::list_value(items)?)?
                 );
@@ -175,7 +175,7 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
         }
         Some(OutputFormat::Name) => {
             for o in items {
-                println!("{}", super::reference(K::KIND_NAME, o.name()));
+                outln!("{}", super::reference(K::KIND_NAME, o.name()));
             }
         }
         None | Some(OutputFormat::Wide) => {
@@ -185,7 +185,7 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
             let rows = output::table_rows(items, view.wide(), view.all_namespaces, Utc::now());
             let headers = output::table_headers::<K>(view.wide(), view.all_namespaces);
             let headers = (!view.no_headers).then_some(headers.as_slice());
-            println!("{}", output::render(headers, &rows));
+            outln!("{}", output::render(headers, &rows));
         }
     }
     Ok(())
@@ -194,9 +194,9 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
 /// Prints one changed object during `-w`: a table row without header, or the object.
 fn print_change<K: Columns>(obj: &K, view: &View, widths_from: &[String]) -> anyhow::Result<()> {
     match view.format {
-        Some(OutputFormat::Yaml) => println!("---\n{}", output::to_yaml(obj)?),
-        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(obj)?),
-        Some(OutputFormat::Name) => println!("{}", super::reference(K::KIND_NAME, obj.name())),
+        Some(OutputFormat::Yaml) => outln!("---\n{}", output::to_yaml(obj)?),
+        Some(OutputFormat::Json) => outln!("{}", serde_json::to_string_pretty(obj)?),
+        Some(OutputFormat::Name) => outln!("{}", super::reference(K::KIND_NAME, obj.name())),
         None | Some(OutputFormat::Wide) => {
             let row = output::table_rows(
                 std::slice::from_ref(obj),
@@ -213,7 +213,7 @@ fn print_change<K: Columns>(obj: &K, view: &View, widths_from: &[String]) -> any
                     _ => cell.clone(),
                 })
                 .collect();
-            println!("{}", output::render(None, &[padded]));
+            outln!("{}", output::render(None, &[padded]));
         }
     }
     Ok(())
@@ -228,6 +228,8 @@ fn version_of<K: Object>(o: &K) -> (String, i64) {
 }
 
 async fn watch<K: Columns>(client: &Client, scope: Scope, view: &View) -> anyhow::Result<i32> {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let mut stream = client.list_watch::<K>(scope.clone());
     // The last state printed of every object shown, to print only real changes after
     // a relist and to print the rows of objects deleted meanwhile.
@@ -238,7 +240,7 @@ async fn watch<K: Columns>(client: &Client, scope: Scope, view: &View) -> anyhow
     loop {
         let next = tokio::select! {
             n = stream.next() => n,
-            _ = shutdown_signal() => return Ok(0),
+            _ = &mut shutdown => return Ok(0),
         };
         let Some(event) = next else { return Ok(0) };
         let event = match event {
@@ -285,6 +287,9 @@ async fn watch<K: Columns>(client: &Client, scope: Scope, view: &View) -> anyhow
                 if view.wants(&o) {
                     print_change(&o, view, &widths)?;
                     seen.insert(o.meta().key(), o);
+                } else if seen.remove(&o.meta().key()).is_some() {
+                    // Its labels left the selection: for this watch it is gone.
+                    print_change(&o, view, &widths)?;
                 }
             }
             ObjectEvent::Deleted(o) => {
@@ -316,18 +321,24 @@ fn column_widths<K: Columns>(items: &[K], view: &View) -> Vec<String> {
         .collect()
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when first polled, so a signal that comes while the caller is busy is not lost: call
+/// it once, before the work, and keep the future.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-            Err(_) => futures::future::pending::<()>().await,
+            // No signal driver (cannot happen on unix with tokio's `signal` feature):
+            // never resolve rather than exit at once.
+            _ => futures::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

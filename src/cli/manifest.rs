@@ -292,6 +292,9 @@ fn parse_yaml(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
             Ok(v) => v,
             Err(e) => {
                 let (line, message) = yaml_error(&e, start_line);
+                // An error at the end of input points past the document: name its last line.
+                let last_line = start_line + chunk.lines().count().max(1) - 1;
+                let line = line.map(|l| l.min(last_line));
                 errors.push(ManifestError {
                     origin: Origin {
                         line: line.or(Some(doc_line)),
@@ -551,7 +554,7 @@ pub fn validate_document(
             let errs = validate_machine(&o);
             (Manifest::Machine(o), errs)
         }),
-        KindName::Instance | KindName::Event => {
+        KindName::Instance | KindName::Event | KindName::Sync => {
             unreachable!("only user kinds get here (checked above)")
         }
     }
@@ -576,6 +579,16 @@ fn field_line(text: &str, path: &str) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     let (mut from, mut min_indent, mut found) = (0usize, 0usize, None);
     for seg in &segments {
+        // Flow style (`spec: {version: 1}`): the key is on the line already found.
+        if let Some(l) = found {
+            let line: &str = lines[l - 1];
+            let rest = line.split_once(':').map(|(_, r)| r).unwrap_or("");
+            if rest.contains('{')
+                && (rest.contains(&format!("{{{seg}:")) || rest.contains(&format!(" {seg}:")))
+            {
+                continue;
+            }
+        }
         let mut hit = None;
         for (i, line) in lines.iter().enumerate().skip(from) {
             let body = line.trim_start_matches([' ', '-']);
@@ -638,7 +651,11 @@ pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec
         }
     }
     if loaded.is_empty() && errors.is_empty() {
-        errors.push(source_error(&args.join(", "), "no objects found".into()));
+        let names: Vec<&str> = args
+            .iter()
+            .map(|a| if a == "-" { "<stdin>" } else { a.as_str() })
+            .collect();
+        errors.push(source_error(&names.join(", "), "no objects found".into()));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -823,5 +840,8 @@ spec:
         assert_eq!(field_line(text, "spec.version"), Some(8));
         assert_eq!(field_line(text, "metadata.name"), Some(2));
         assert_eq!(field_line(text, "spec.nothing"), None);
+        let flow = "metadata: {name: m}\nspec: {unschedulable: maybe, x: 1}\n";
+        assert_eq!(field_line(flow, "spec.unschedulable"), Some(2));
+        assert_eq!(field_line(flow, "metadata.name"), Some(1));
     }
 }

@@ -4,27 +4,58 @@
 //!
 //! - this file: the clap definitions, logging, connecting, exit codes and dispatch.
 //! - [`manifest`]: reading files, directories and stdin into validated objects.
-//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`]: one file per command.
+//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`], [`diff`], [`sync`]: one
+//!   file per command.
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
+
+/// `println!` for command output: `deployctl get events | head` must end quietly, as
+/// Unix tools do, not panic with "failed printing to stdout: Broken pipe". (Restoring the
+/// default SIGPIPE instead would also kill the process on a socket whose peer went away:
+/// vectored socket writes do not pass MSG_NOSIGNAL.)
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
 
 pub mod apply;
 pub mod daemon;
 pub mod delete;
+pub mod demo;
 pub mod describe;
+pub mod diff;
 pub mod get;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod sync;
+pub mod up;
 
 use crate::api::KindName;
-use crate::store::{Client, StoreUrl};
+use crate::store::{Client, Error as StoreError, EtcdOptions, StoreUrl};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Where `--help` lists the etcd TLS and user flags.
+const ETCD_HEADING: &str = "etcd connection (TLS, user)";
+
+/// The environment variable that holds the etcd user's password.
+pub const ETCD_PASSWORD_ENV: &str = "DEPLOYCTL_ETCD_PASSWORD";
+
 /// How long connecting to a store may take before the command gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Dispatches on a [`KindName`] known only at run time to code generic over the kind:
 /// `for_kind!(kind, K => get_kind::<K>(..).await)`.
@@ -51,6 +82,10 @@ macro_rules! for_kind {
                 type $K = $crate::api::Event;
                 $body
             }
+            $crate::api::KindName::Sync => {
+                type $K = $crate::api::GitSync;
+                $body
+            }
         }
     };
 }
@@ -66,7 +101,11 @@ Examples:
   deployctl set version api 1.4.2 --sha256 $(sha256sum api.tar.gz | cut -d' ' -f1)
 
   # Against etcd instead of the embedded store
-  deployctl --store etcd://10.0.0.1:2379 get rollouts -A";
+  deployctl --store etcd://10.0.0.1:2379 get rollouts -A
+
+  # etcd over TLS, as a user (the password only from the environment)
+  DEPLOYCTL_ETCD_PASSWORD=... deployctl --store etcds://10.0.0.1:2379 \\
+    --etcd-ca ca.pem --etcd-user ci get rollouts -A";
 
 /// Continuous deployment for fleets of plain servers, driven the way Kubernetes drives Pods.
 #[derive(Parser, Debug)]
@@ -81,10 +120,24 @@ pub struct Cli {
 /// Flags every subcommand takes.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// The store: `etcd://host:port[,host:port...]`, a file path for the embedded store,
-    /// or nothing for the embedded store at its default path.
+    /// The store: `etcd://host:port[,host:port...]`, `etcds://...` for etcd over TLS, a
+    /// file path for the embedded store, or nothing for the embedded store at
+    /// `$XDG_STATE_HOME/deployctl/store.db` (`~/.local/state/deployctl/store.db`).
     #[arg(long, global = true, env = "DEPLOYCTL_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificate; turns on TLS.
+    #[arg(long, global = true, env = "DEPLOYCTL_ETCD_CA", value_name = "FILE", help_heading = ETCD_HEADING)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key.
+    #[arg(long, global = true, env = "DEPLOYCTL_ETCD_CERT", value_name = "FILE", help_heading = ETCD_HEADING)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, global = true, env = "DEPLOYCTL_ETCD_KEY", value_name = "FILE", help_heading = ETCD_HEADING)]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user; the password is read from DEPLOYCTL_ETCD_PASSWORD only (a flag would
+    /// show in ps).
+    #[arg(long, global = true, env = "DEPLOYCTL_ETCD_USER", value_name = "USER", help_heading = ETCD_HEADING)]
+    pub etcd_user: Option<String>,
     /// The namespace of namespaced objects.
     #[arg(
         short = 'n',
@@ -119,12 +172,27 @@ pub enum Command {
     /// Change one field of an object: the one-liners CI calls.
     #[command(subcommand, after_help = rollout::SET_EXAMPLES)]
     Set(rollout::SetCommand),
+    /// Show what apply would change, as a unified diff (exit 1 when there are changes).
+    #[command(after_help = diff::EXAMPLES)]
+    Diff(diff::DiffArgs),
+    /// Keep the store equal to the manifests of a Git repository.
+    #[command(after_help = sync::EXAMPLES)]
+    Sync(sync::SyncArgs),
     /// Run the control loop (several may run; one leads).
     #[command(after_help = daemon::CONTROLLER_EXAMPLES)]
     Controller(daemon::ControllerArgs),
     /// Run the node agent on one machine.
     #[command(after_help = daemon::AGENT_EXAMPLES)]
     Agent(daemon::AgentArgs),
+    /// Run a controller and local agents on this machine (and, with --demo, a rollout).
+    #[command(after_help = up::EXAMPLES)]
+    Up(up::UpArgs),
+    /// The demo service of `up --demo`: serves its VERSION over HTTP.
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  deployctl demo-server --port 18081\n  deployctl demo-server --probe --port 18081"
+    )]
+    DemoServer(demo::DemoServerArgs),
     /// Print a shell completion script.
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion {
@@ -165,8 +233,21 @@ pub enum CliError {
     Exit(i32),
     #[error("Error from server (NotFound): {plural} \"{name}\" not found")]
     NotFound { plural: &'static str, name: String },
-    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events (or mc, app, ro, inst, ev)")]
+    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs (or mc, app, ro, inst, ev)")]
     UnknownKind(String),
+}
+
+/// Writes command output. A reader that went away (`| head`) ends the process quietly
+/// with status 0; any other write error ends it with status 1 and says so.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Sets up tracing to stderr: warn by default, more with `-v`, RUST_LOG wins.
@@ -182,6 +263,8 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -212,15 +295,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Delete(args) => delete::run(&g, args).await,
         Command::Rollout(cmd) => rollout::run(&g, cmd).await,
         Command::Set(cmd) => rollout::run_set(&g, cmd).await,
+        Command::Diff(args) => diff::run(&g, args).await,
+        Command::Sync(args) => sync::run(&g, args).await,
         Command::Controller(args) => daemon::run_controller(&g, args).await,
         Command::Agent(args) => daemon::run_agent(&g, args).await,
+        Command::Up(args) => up::run(&g, args).await,
+        Command::DemoServer(args) => demo::run_server(args).await,
         Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "deployctl",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "deployctl", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             Ok(0)
         }
         Command::Schemas { out } => {
@@ -230,23 +314,55 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 let path = out.join(name);
                 std::fs::write(&path, crate::api::schema::to_text(&schema))
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-                println!("{}", path.display());
+                outln!("{}", path.display());
             }
             Ok(0)
         }
     }
 }
 
-/// The store URL from `--store` / `DEPLOYCTL_STORE`.
+/// The store URL from `--store` / `DEPLOYCTL_STORE`, with the `--etcd-*` options and
+/// the password from [`ETCD_PASSWORD_ENV`].
 pub fn store_url(g: &GlobalArgs) -> anyhow::Result<StoreUrl> {
-    StoreUrl::parse(g.store.as_deref()).map_err(anyhow::Error::msg)
+    StoreUrl::parse(g.store.as_deref())
+        .and_then(|u| u.with_etcd_options(etcd_options(g)))
+        .map_err(anyhow::Error::msg)
+}
+
+/// The `--etcd-*` flags (or their environment) and the password from the environment.
+pub fn etcd_options(g: &GlobalArgs) -> EtcdOptions {
+    EtcdOptions {
+        tls: false,
+        ca: g.etcd_ca.clone(),
+        cert: g.etcd_cert.clone(),
+        key: g.etcd_key.clone(),
+        user: g.etcd_user.clone(),
+        password: std::env::var(ETCD_PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty()),
+    }
 }
 
 /// Connects to the store, failing within [`CONNECT_TIMEOUT`] with the endpoint named.
 pub async fn connect(g: &GlobalArgs) -> anyhow::Result<Client> {
-    let url = store_url(g)?;
+    connect_url(&store_url(g)?).await
+}
+
+/// Connects to `url`, failing within [`CONNECT_TIMEOUT`] with one message that names the
+/// endpoint or file once.
+pub async fn connect_url(url: &StoreUrl) -> anyhow::Result<Client> {
     match tokio::time::timeout(CONNECT_TIMEOUT, url.connect()).await {
         Ok(Ok(store)) => Ok(Client::new(store)),
+        // These already name the endpoint or the file.
+        Ok(Err(
+            e @ (StoreError::Unavailable { .. }
+            | StoreError::Tls { .. }
+            | StoreError::Auth { .. }
+            | StoreError::Config(_)),
+        )) => Err(e.into()),
+        // The embedded store's own messages name its file already.
+        Ok(Err(StoreError::Other(m))) if m.contains(&url.to_string()) => Err(anyhow::anyhow!(m)),
+        Ok(Err(StoreError::Other(m))) => Err(anyhow::anyhow!("cannot use store {url}: {m}")),
         Ok(Err(e)) => Err(anyhow::anyhow!("cannot use store {url}: {e}")),
         Err(_) => Err(anyhow::anyhow!(
             "cannot reach store at {url}: no answer within {}s",

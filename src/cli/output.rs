@@ -2,8 +2,8 @@
 
 use crate::api::selector::{LabelOperator, LabelSelector};
 use crate::api::{
-    find_condition, Application, ConditionStatus, Event, Instance, KindName, Machine, Object,
-    Rollout,
+    find_condition, Application, ConditionStatus, Event, GitSync, Instance, KindName, Machine,
+    Object, Rollout,
 };
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::NOTHING, CellAlignment, ContentArrangement, Table};
@@ -321,6 +321,45 @@ impl Columns for Event {
             t.map(|t| t.to_rfc3339()).unwrap_or_default(),
             self.metadata.name
         )
+    }
+}
+
+/// The first 7 characters of a commit, as `git log --oneline` prints it.
+pub fn short_commit(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
+}
+
+impl Columns for GitSync {
+    const KIND_NAME: KindName = KindName::Sync;
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["NAME", "REPO", "COMMIT", "OBJECTS", "SYNCED", "ERROR"];
+        if wide {
+            h.extend(["REF", "PATH", "PRUNE"]);
+        }
+        h
+    }
+    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+        let st = self.status.clone().unwrap_or_default();
+        let mut r = vec![
+            self.metadata.name.clone(),
+            self.spec.repo.clone(),
+            or_none(st.last_commit.as_deref().map(short_commit)),
+            st.objects.to_string(),
+            match st.last_sync_time {
+                Some(t) => format!("{} ago", age(Some(t), now)),
+                None => "<never>".into(),
+            },
+            match (&st.last_error, &st.last_error_commit) {
+                (Some(e), _) => e.lines().next().unwrap_or_default().to_string(),
+                (None, _) => "<none>".into(),
+            },
+        ];
+        if wide {
+            r.push(or_none(self.spec.ref_.as_deref()));
+            r.push(self.spec.path.clone());
+            r.push(self.spec.prune.to_string());
+        }
+        r
     }
 }
 

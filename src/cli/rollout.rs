@@ -124,6 +124,25 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
             (name, "resumed".to_string())
         }
         RolloutCommand::Promote { name, full } => {
+            // A promote on a finished rollout would be acted on as a no-op: say so
+            // instead of claiming "promoted".
+            let current = within(g, client.get::<Rollout>(Some(ns), &name))
+                .await?
+                .ok_or_else(|| CliError::NotFound {
+                    plural: Rollout::PLURAL,
+                    name: name.clone(),
+                })?;
+            if let Some(st) = current.status.as_ref().filter(|st| {
+                st.phase == RolloutPhase::Complete
+                    && Some(st.observed_generation) == current.metadata.generation
+            }) {
+                outln!(
+                    "{} is already complete at {}: nothing to promote",
+                    super::reference(crate::api::KindName::Rollout, &name),
+                    st.stable_version.as_deref().unwrap_or("its version")
+                );
+                return Ok(0);
+            }
             let value = if full {
                 format!("full:{}", token())
             } else {
@@ -171,7 +190,7 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
             }
         }
     };
-    println!(
+    outln!(
         "{} {done}",
         super::reference(crate::api::KindName::Rollout, &name)
     );
@@ -258,7 +277,7 @@ pub async fn run_set(g: &GlobalArgs, cmd: SetCommand) -> anyhow::Result<i32> {
         r.spec.version = args.version.clone();
     })
     .await?;
-    println!(
+    outln!(
         "{} version set to {}",
         super::reference(crate::api::KindName::Rollout, &args.rollout),
         args.version
@@ -279,7 +298,7 @@ async fn history(g: &GlobalArgs, client: &Client, ns: &str, name: &str) -> anyho
         return Ok(0);
     }
     let rows = super::describe::history_rows(&history, Utc::now());
-    println!(
+    outln!(
         "{}",
         render(
             Some(&["REVISION", "VERSION", "STARTED", "COMPLETED", "RESULT"]),
@@ -338,6 +357,8 @@ pub fn progress_line(r: &Rollout) -> String {
 async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> anyhow::Result<i32> {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let mut stream = client.list_watch::<Rollout>(Scope::Namespace(ns.to_string()));
     let mut last_line = String::new();
     let mut listed = false;
@@ -348,7 +369,7 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
                 eprintln!("error: timed out after {} waiting for rollout {name:?}", humantime::format_duration(timeout));
                 return Ok(2);
             }
-            _ = shutdown_signal() => return Ok(1),
+            _ = &mut shutdown => return Ok(1),
         };
         let Some(event) = event else {
             anyhow::bail!("the watch on rollout {name:?} ended");
@@ -382,12 +403,12 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
         listed = true;
         let line = progress_line(&ro);
         if line != last_line {
-            println!("{line}");
+            outln!("{line}");
             last_line = line;
         }
         match verdict(&ro) {
             Verdict::Done => {
-                println!(
+                outln!(
                     "rollout {name:?} successfully rolled out to {}",
                     ro.spec.version
                 );

@@ -333,16 +333,22 @@ impl Context {
         if let Some((reason, message)) = problem {
             let mut st = ro.status.clone().unwrap_or_default();
             st.observed_generation = ro.metadata.generation.unwrap_or(0);
-            st.phase = crate::api::RolloutPhase::Degraded;
             st.message = message.clone();
-            crate::api::set_condition(
-                &mut st.conditions,
-                "Degraded",
-                crate::api::ConditionStatus::True,
-                reason,
-                &message,
-                now,
-            );
+            // A missing Application may only be missing from the cache (applied by the
+            // same `apply -f DIR` a moment ago); its arrival requeues this Rollout. Wait
+            // (Pending) rather than fail, so `rollout status` does not give up on it.
+            let (phase, condition) = if reason == "ApplicationNotFound" {
+                (crate::api::RolloutPhase::Pending, "Progressing")
+            } else {
+                (crate::api::RolloutPhase::Degraded, "Degraded")
+            };
+            st.phase = phase;
+            let status = if phase == crate::api::RolloutPhase::Pending {
+                crate::api::ConditionStatus::False
+            } else {
+                crate::api::ConditionStatus::True
+            };
+            crate::api::set_condition(&mut st.conditions, condition, status, reason, &message, now);
             if ro.status.as_ref() != Some(&st) {
                 let mut new = Rollout::clone(&ro);
                 new.status = Some(st);

@@ -34,6 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Consecutive failures of one key logged at debug level before they are warnings.
+const QUIET_FAILURES: u32 = 2;
+
 /// What to do with a key after its reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Action {
@@ -146,7 +149,14 @@ where
                         }
                         Ok(Err(e)) => {
                             let action = error_policy(&key, &e);
-                            tracing::warn!(key = ?key, error = %e, ?action, "reconcile failed");
+                            // One failure (typically a compare-and-swap conflict with a
+                            // cache that has not caught up) is routine; a key that keeps
+                            // failing is worth a warning.
+                            if queue.failures(&key) >= QUIET_FAILURES {
+                                tracing::warn!(key = ?key, error = %e, ?action, "reconcile failed");
+                            } else {
+                                tracing::debug!(key = ?key, error = %e, ?action, "reconcile failed; retrying");
+                            }
                             action
                         }
                         Err(_) => {

@@ -475,12 +475,18 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         };
         if may_switch {
             for &i in &desired_idx {
-                if unavailable >= max_unavailable || allowed == 0 {
+                if allowed == 0 {
                     break;
                 }
                 let v = View {
                     inst: &instances[i],
                 };
+                // A machine already unavailable (e.g. the one that failed) holds its slot
+                // already: switching it costs none. Without this a rollback whose failed
+                // machine fills every slot could never switch that machine back.
+                if unavailable >= max_unavailable && !v.unavailable() {
+                    continue;
+                }
                 let wanted = v.inst.spec.current.as_deref() == Some(to);
                 let eligible = if st.aborted {
                     // Back only the machines the target touched.

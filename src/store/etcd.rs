@@ -29,9 +29,21 @@ const MAX_DECODE: usize = 256 * 1024 * 1024;
 /// A connection to an etcd cluster. Cheap to share behind an `Arc`.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: ec::Client,
+    inner: Arc<Inner>,
     /// `etcd://h1:2379,h2:2379`, for error messages.
     endpoint: String,
+}
+
+struct Inner {
+    /// Swapped for a fresh one by [`EtcdStore::relogin`].
+    client: std::sync::RwLock<ec::Client>,
+    /// What `connect_with` was given, to log in again: etcd keeps auth tokens in memory
+    /// only, so a restarted etcd refuses the old token for ever.
+    urls: Vec<String>,
+    options: ec::ConnectOptions,
+    logs_in: bool,
+    /// One re-login at a time.
+    relogin: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -47,54 +59,131 @@ impl EtcdStore {
     /// cheap request that etcd answers. Fails within a few seconds with
     /// `Error::Unavailable` when it does not.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
-        let endpoint = format!(
-            "etcd://{}",
-            endpoints
-                .iter()
-                .map(|e| e
-                    .trim_start_matches("http://")
-                    .trim_start_matches("https://"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        EtcdStore::connect_with(endpoints, &EtcdOptions::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), with TLS and/or a user. An unreadable file is
+    /// `Error::Config` naming it; a failed handshake `Error::Tls`; a refused user or
+    /// password `Error::Auth`; each names the endpoint.
+    pub async fn connect_with(endpoints: &[String], opts: &EtcdOptions) -> Result<EtcdStore> {
+        let tls = opts.uses_tls();
+        let scheme = if tls { "etcds" } else { "etcd" };
+        let bare: Vec<&str> = endpoints
+            .iter()
+            .map(|e| {
+                e.trim_start_matches("http://")
+                    .trim_start_matches("https://")
+            })
+            .collect();
+        let endpoint = format!("{scheme}://{}", bare.join(","));
         if endpoints.is_empty() {
             return Err(Error::Unavailable {
                 endpoint,
                 message: "no etcd endpoint given".into(),
             });
         }
-        let options = ec::ConnectOptions::new()
+        opts.check().map_err(Error::Config)?;
+        let mut options = ec::ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
-        let unavailable = |message: String| Error::Unavailable {
-            endpoint: endpoint.clone(),
-            message,
-        };
-        let client = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            ec::Client::connect(endpoints, Some(options)),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
-            Err(_) => return Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
-        };
+        // etcd-client picks TLS from the scheme: give every endpoint the one we mean.
+        let urls: Vec<String> = bare
+            .iter()
+            .map(|e| format!("{}://{e}", if tls { "https" } else { "http" }))
+            .collect();
+        if tls {
+            options = options.with_tls(tls_options(opts)?);
+        }
+        if let (Some(user), Some(password)) = (&opts.user, &opts.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let failed = |e: ec::Error| connect_error(&endpoint, opts, e);
+        // With a user, connecting authenticates: that is the first request.
+        let kept = options.clone();
+        let client =
+            match tokio::time::timeout(CONNECT_TIMEOUT, ec::Client::connect(&urls, Some(options)))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(failed(e)),
+                Err(_) => {
+                    return Err(Error::Unavailable {
+                        endpoint,
+                        message: format!("no answer within {CONNECT_TIMEOUT:?}"),
+                    })
+                }
+            };
         let store = EtcdStore {
-            client,
+            inner: Arc::new(Inner {
+                client: std::sync::RwLock::new(client),
+                urls,
+                options: kept,
+                logs_in: opts.user.is_some(),
+                relogin: tokio::sync::Mutex::new(()),
+            }),
             endpoint: endpoint.clone(),
         };
-        // The channel connects lazily: only a request proves that etcd is there.
-        let mut maintenance = store.client.maintenance_client();
-        match tokio::time::timeout(CONNECT_TIMEOUT, maintenance.status()).await {
+        // The channel connects lazily: only a request proves that etcd is there. A range
+        // read (not `status`) so that a user without read access is told so now.
+        let mut kv = store.kv();
+        let probe = kv.get(
+            super::keys::ROOT,
+            Some(ec::GetOptions::new().with_count_only()),
+        );
+        match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
-            Err(_) => Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            // Permission denied on the root only means a narrow role (an agent's): the
+            // connection and the login work, which is what this probe is for.
+            Ok(Err(ec::Error::GRpcStatus(s))) if s.message().contains("permission denied") => {
+                Ok(store)
+            }
+            Ok(Err(e)) => Err(failed(e)),
+            Err(_) => Err(Error::Unavailable {
+                endpoint,
+                message: format!("no answer within {CONNECT_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    /// The current client (a cheap handle on the shared channel).
+    fn client(&self) -> ec::Client {
+        self.inner
+            .client
+            .read()
+            .expect("the client lock is never poisoned: nothing panics while holding it")
+            .clone()
+    }
+
+    /// Logs in again after etcd refused our auth token (it forgets tokens when it
+    /// restarts): connects anew with the same user and swaps the client. True when the
+    /// next request may succeed.
+    async fn relogin(&self) -> bool {
+        if !self.inner.logs_in {
+            return false;
+        }
+        let _one = self.inner.relogin.lock().await;
+        let connect = ec::Client::connect(&self.inner.urls, Some(self.inner.options.clone()));
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(client)) => {
+                *self
+                    .inner
+                    .client
+                    .write()
+                    .expect("the client lock is never poisoned: nothing panics while holding it") =
+                    client;
+                tracing::info!(endpoint = %self.endpoint, "logged in to etcd again");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot log in to etcd again");
+                false
+            }
+            Err(_) => false,
         }
     }
 
     fn kv(&self) -> ec::KvClient {
-        self.client
+        self.client()
             .kv_client()
             .max_decoding_message_size(MAX_DECODE)
     }
@@ -107,6 +196,13 @@ impl EtcdStore {
     ) -> Result<T> {
         match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if is_invalid_token(&e) && self.relogin().await => Err(Error::Unavailable {
+                endpoint: self.endpoint.clone(),
+                message: format!(
+                    "{what}: etcd no longer knew our auth token (restarted?); logged in \
+                         again, retry"
+                ),
+            }),
             Ok(Err(e)) => Err(map_error(&self.endpoint, what, e)),
             Err(_) => Err(Error::Unavailable {
                 endpoint: self.endpoint.clone(),
@@ -118,7 +214,7 @@ impl EtcdStore {
     /// The compaction revision, learned the only way etcd tells it: a watch from revision 1
     /// is cancelled with it. Used to give `Compacted` errors of a range a true number.
     async fn compacted_revision(&self) -> Option<i64> {
-        let mut watch = self.client.watch_client();
+        let mut watch = self.client().watch_client();
         let opts = ec::WatchOptions::new().with_start_revision(1);
         let fut = async move {
             let (_watcher, mut stream) = watch.watch("\0", Some(opts)).await.ok()?;
@@ -126,6 +222,161 @@ impl EtcdStore {
             (resp.compact_revision() > 0).then_some(resp.compact_revision())
         };
         tokio::time::timeout(CONNECT_TIMEOUT, fut).await.ok()?
+    }
+}
+
+/// etcd's answer to a token it does not know (any more).
+fn is_invalid_token(e: &ec::Error) -> bool {
+    matches!(e, ec::Error::GRpcStatus(s) if s.message().contains("invalid auth token"))
+}
+
+/// Reads the TLS files into etcd-client's options; `Error::Config` names an unreadable one.
+fn tls_options(opts: &EtcdOptions) -> Result<ec::TlsOptions> {
+    fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::Config(format!("cannot read etcd {what} {}: {e}", path.display()))
+        })?;
+        if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(Error::Config(format!(
+                "etcd {what} {} is not a PEM file (no -----BEGIN line)",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+    let mut tls = ec::TlsOptions::new();
+    if let Some(ca) = &opts.ca {
+        tls = tls.ca_certificate(ec::Certificate::from_pem(read_pem(
+            "CA certificate (--etcd-ca)",
+            ca,
+        )?));
+    }
+    if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
+        let cert = read_pem("client certificate (--etcd-cert)", cert)?;
+        let key = read_pem("client key (--etcd-key)", key)?;
+        tls = tls.identity(ec::Identity::from_pem(cert, key));
+    }
+    Ok(tls)
+}
+
+/// Every message in an error's source chain: tonic's transport errors say only
+/// "transport error" at the top.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut parts = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(s) = next {
+        parts.push(s.to_string());
+        next = s.source();
+    }
+    parts
+}
+
+/// Joins messages, dropping empty ones, tonic's bare "transport error" and any message
+/// that another one already contains.
+fn join_messages(parts: Vec<String>) -> String {
+    let parts: Vec<String> = parts
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty() && p != "transport error")
+        .collect();
+    let mut kept: Vec<&String> = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let covered = parts
+            .iter()
+            .enumerate()
+            .any(|(j, q)| j != i && q.contains(p.as_str()) && (q != p || j < i));
+        if !covered {
+            kept.push(p);
+        }
+    }
+    if kept.is_empty() {
+        return "transport error".into();
+    }
+    kept.iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Classifies an error of connecting: TLS, authentication, or plain unavailability.
+fn connect_error(endpoint: &str, opts: &EtcdOptions, e: ec::Error) -> Error {
+    let text = match &e {
+        // The status's own message, then what caused it (rustls says why here).
+        ec::Error::GRpcStatus(status) => {
+            let mut parts = vec![status.message().to_string()];
+            if let Some(source) = std::error::Error::source(status) {
+                parts.extend(error_chain(source));
+            }
+            join_messages(parts)
+        }
+        other => join_messages(error_chain(other)),
+    };
+    let lower = text.to_lowercase();
+    if let ec::Error::GRpcStatus(status) = &e {
+        let msg = status.message().trim_start_matches("etcdserver: ");
+        if msg.contains("authentication failed") || msg.contains("invalid auth token") {
+            let user = opts.user.as_deref().unwrap_or("(none)");
+            return Error::Auth {
+                endpoint: endpoint.to_string(),
+                message: format!(
+                    "authentication failed for user {user}: wrong user or password \
+                     (DEPLOYCTL_ETCD_PASSWORD)"
+                ),
+            };
+        }
+        if msg.contains("authentication is not enabled") {
+            return Error::Auth {
+                endpoint: endpoint.to_string(),
+                message: "etcd has authentication disabled; drop --etcd-user".into(),
+            };
+        }
+        if msg.contains("user name is empty") || msg.contains("user name not found") {
+            return Error::Auth {
+                endpoint: endpoint.to_string(),
+                message: "etcd requires a user: give --etcd-user and DEPLOYCTL_ETCD_PASSWORD"
+                    .into(),
+            };
+        }
+    }
+    let tls_words = [
+        "certificate",
+        "tls",
+        "handshake",
+        "unknownissuer",
+        "corrupt message",
+        "invalidcontenttype",
+    ];
+    if tls_words.iter().any(|w| lower.contains(w)) {
+        let hint = if opts.uses_tls() {
+            "check that --etcd-ca is the CA that signed etcd's certificate and, if etcd \
+             checks clients, --etcd-cert/--etcd-key"
+        } else {
+            "etcd may serve TLS: use etcds:// with --etcd-ca"
+        };
+        return Error::Tls {
+            endpoint: endpoint.to_string(),
+            message: format!("{text} ({hint})"),
+        };
+    }
+    match map_error(endpoint, "connect", e) {
+        // A plain client talking to a TLS port sees the connection dropped.
+        Error::Unavailable { endpoint, message } if !opts.uses_tls() => Error::Unavailable {
+            endpoint,
+            message: format!("{message} (if etcd serves TLS, use etcds:// with --etcd-ca)"),
+        },
+        Error::Unavailable { endpoint, message } if opts.cert.is_none() => Error::Unavailable {
+            endpoint,
+            message: format!(
+                "{message} (etcd closed the TLS connection: if it checks client \
+                 certificates, give --etcd-cert and --etcd-key; or it does not serve TLS \
+                 on that port)"
+            ),
+        },
+        Error::Unavailable { endpoint, message } => Error::Unavailable {
+            endpoint,
+            message: format!("{message} (or etcd does not serve TLS on that port)"),
+        },
+        other => other,
     }
 }
 
@@ -147,6 +398,24 @@ fn map_error(endpoint: &str, what: &str, e: ec::Error) -> Error {
             }
             if msg.contains("requested lease not found") {
                 return Error::LeaseNotFound(0);
+            }
+            if msg.contains("permission denied") {
+                return Error::Auth {
+                    endpoint: endpoint.to_string(),
+                    message: format!(
+                        "{what}: permission denied (the etcd user's role lacks access to \
+                         that key; see `deployctl agent --help` for the keys an agent needs)"
+                    ),
+                };
+            }
+            if msg.contains("invalid auth token")
+                || msg.contains("user name is empty")
+                || msg.contains("authentication failed")
+            {
+                return Error::Auth {
+                    endpoint: endpoint.to_string(),
+                    message: format!("{what}: {}", msg.trim_start_matches("etcdserver: ")),
+                };
             }
             // gRPC status codes (tonic is not re-exported, its `Code` converts to i32).
             const CANCELLED: i32 = 1;
@@ -314,8 +583,7 @@ impl Store for EtcdStore {
             }
             Err(Error::Other(m)) if m.contains("too many operations in txn") => {
                 return Err(Error::Other(format!(
-                    "{m} (etcd allows {} by default; raise its --max-txn-ops)",
-                    128
+                    "{m} (etcd allows 128 by default: start it with a larger --max-txn-ops)"
                 )))
             }
             other => other?,
@@ -328,7 +596,7 @@ impl Store for EtcdStore {
 
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
         let mut watch = Watch {
-            client: self.client.clone(),
+            store: self.clone(),
             endpoint: self.endpoint.clone(),
             prefix: prefix.to_string(),
             next_revision: from_revision.max(1),
@@ -348,7 +616,7 @@ impl Store for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         // etcd counts in whole seconds; round up so a lease never lives shorter than asked.
         let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
-        let mut lease = self.client.lease_client();
+        let mut lease = self.client().lease_client();
         let resp = self.call("grant lease", lease.grant(secs, None)).await?;
         if !resp.error().is_empty() {
             return Err(Error::Other(format!(
@@ -361,7 +629,7 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.client.lease_client();
+        let mut client = self.client().lease_client();
         // etcd-client's `keep_alive` opens the stream, sends one refresh and reads its
         // answer (TTL 0 there means expired): exactly one round trip.
         match self
@@ -378,7 +646,7 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.client.lease_client();
+        let mut client = self.client().lease_client();
         match self
             .call(&format!("revoke lease {lease}"), client.revoke(lease))
             .await
@@ -402,7 +670,9 @@ impl Store for EtcdStore {
             .await
         {
             Ok(_) => Ok(()),
-            // Already compacted at or past `revision`: nothing left to forget.
+            // Already compacted at or past `revision`: nothing left to forget. (etcd says
+            // ErrCompacted; the Store contract makes compaction idempotent, as a periodic
+            // compactor may race another.)
             Err(Error::Compacted { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -411,7 +681,8 @@ impl Store for EtcdStore {
 
 /// The state of one resuming watch.
 struct Watch {
-    client: ec::Client,
+    /// The store, for its current client: a re-login swaps it.
+    store: EtcdStore,
     endpoint: String,
     prefix: String,
     /// The first revision not yet delivered: where a re-opened watch starts.
@@ -428,7 +699,8 @@ impl Watch {
     /// Opens an etcd watch from `next_revision`.
     async fn open(&mut self) -> Result<()> {
         let mut client = self
-            .client
+            .store
+            .client()
             .watch_client()
             .max_decoding_message_size(MAX_DECODE);
         let opts = ec::WatchOptions::new()
@@ -445,8 +717,16 @@ impl Watch {
             .map_err(|_| Error::Unavailable {
                 endpoint: self.endpoint.clone(),
                 message: format!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
-            })?
-            .map_err(|e| map_error(&self.endpoint, &what, e))?;
+            })?;
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                if is_invalid_token(&e) {
+                    self.store.relogin().await;
+                }
+                return Err(map_error(&self.endpoint, &what, e));
+            }
+        };
         self.open = Some(opened);
         Ok(())
     }
@@ -460,8 +740,17 @@ impl Watch {
             let Some((_, stream)) = self.open.as_mut() else {
                 tokio::time::sleep(self.backoff).await;
                 self.backoff = (self.backoff * 2).min(WATCH_BACKOFF_MAX);
-                if let Err(e) = self.open().await {
-                    tracing::debug!(prefix = %self.prefix, error = %e, "re-opening watch failed");
+                match self.open().await {
+                    // Still failing at the longest pause: worth a person's attention.
+                    Err(e) if self.backoff == WATCH_BACKOFF_MAX => {
+                        tracing::warn!(prefix = %self.prefix, error = %e, "cannot re-open watch; retrying")
+                    }
+                    Err(e) => {
+                        tracing::debug!(prefix = %self.prefix, error = %e, "re-opening watch failed")
+                    }
+                    Ok(()) => {
+                        tracing::debug!(prefix = %self.prefix, from = self.next_revision, "watch re-opened")
+                    }
                 }
                 continue;
             };
@@ -487,10 +776,20 @@ impl Watch {
                 }));
             }
             if resp.canceled() {
-                // Cancelled for another reason (e.g. the member lost its leader): resume.
-                tracing::debug!(prefix = %self.prefix, reason = resp.cancel_reason(),
-                    "watch cancelled by etcd; re-opening");
+                let reason = resp.cancel_reason().to_string();
                 self.open = None;
+                if reason.contains("permission denied") {
+                    // Retrying cannot help: say so once and end.
+                    self.done = true;
+                    return Some(Err(Error::Other(format!(
+                        "watch {} at {}: {}",
+                        self.prefix,
+                        self.endpoint,
+                        reason.trim_start_matches("etcdserver: ")
+                    ))));
+                }
+                // Cancelled for another reason (e.g. the member lost its leader): resume.
+                tracing::warn!(prefix = %self.prefix, %reason, "watch cancelled by etcd; re-opening");
                 continue;
             }
             if resp.events().is_empty() {
@@ -515,7 +814,7 @@ impl Watch {
             }
             // etcd never splits one revision across responses (without `fragment`), so
             // resuming after the last delivered revision loses nothing and repeats nothing.
-            if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).last() {
+            if let Some(last) = resp.events().iter().rev().find_map(|e| e.kv()) {
                 self.next_revision = self.next_revision.max(last.mod_revision() + 1);
             }
             self.backoff = WATCH_BACKOFF_MIN;
@@ -547,7 +846,7 @@ mod tests {
         };
         let endpoint = format!("127.0.0.1:{port}");
         let started = std::time::Instant::now();
-        let err = EtcdStore::connect(&[endpoint.clone()])
+        let err = EtcdStore::connect(std::slice::from_ref(&endpoint))
             .await
             .expect_err("nothing listens there");
         assert!(
@@ -560,5 +859,87 @@ mod tests {
             other => panic!("want Unavailable, got {other:?}"),
         }
         assert!(err.to_string().contains(&endpoint), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connect_should_time_out_on_a_server_that_never_answers() {
+        // Accepts TCP (the kernel's backlog does) but never speaks HTTP/2.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback bind works");
+        let endpoint = silent
+            .local_addr()
+            .expect("bound socket has an address")
+            .to_string();
+        let started = std::time::Instant::now();
+        let err = EtcdStore::connect(std::slice::from_ref(&endpoint))
+            .await
+            .expect_err("nothing answers there");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(8), "took {took:?}");
+        assert!(
+            took >= CONNECT_TIMEOUT / 2,
+            "failed suspiciously fast: {err}"
+        );
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains(&endpoint), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_user_should_stay_logged_in_across_an_etcd_restart() {
+        let mut etcd = crate::testing::EtcdServer::start();
+        let mut admin = ec::Client::connect([etcd.endpoint()], None)
+            .await
+            .expect("the test etcd answers");
+        admin
+            .user_add("root", "pw", None)
+            .await
+            .expect("user added");
+        admin
+            .user_grant_role("root", "root")
+            .await
+            .expect("role granted");
+        admin.auth_enable().await.expect("auth enabled");
+        let opts = EtcdOptions {
+            user: Some("root".into()),
+            password: Some("pw".into()),
+            ..EtcdOptions::default()
+        };
+        let store = EtcdStore::connect_with(&[etcd.endpoint()], &opts)
+            .await
+            .expect("root logs in");
+        store.put("/t/k", b"v".to_vec()).await.expect("put");
+        let mut watch = store.watch("/t/", 1).await.expect("watch");
+        assert!(watch.next().await.is_some(), "the watch sees the put");
+
+        // etcd forgets every token when it restarts.
+        etcd.restart();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let last = loop {
+            match store.get("/t/k").await {
+                Ok(Some(kv)) => break kv,
+                Ok(None) => panic!("the key is gone after a restart"),
+                Err(e) => {
+                    assert!(
+                        e.is_transient() && std::time::Instant::now() < deadline,
+                        "still failing: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert_eq!(last.value, b"v");
+        // The watch logs in again too and sees a new write.
+        store
+            .put("/t/k", b"w".to_vec())
+            .await
+            .expect("put after restart");
+        let events = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .expect("the watch delivers within the deadline")
+            .expect("the watch goes on")
+            .expect("no error");
+        assert_eq!(
+            events.last().map(|e| e.kv.value.clone()),
+            Some(b"w".to_vec())
+        );
     }
 }

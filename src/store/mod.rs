@@ -18,6 +18,7 @@ pub use leased::{EventRecorder, PresenceEvent, EVENT_TTL};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,17 @@ pub enum Error {
     NotLeader,
     #[error("cannot reach store at {endpoint}: {message}")]
     Unavailable { endpoint: String, message: String },
+    /// The TLS handshake failed: wrong or missing CA, client certificate refused, or one
+    /// side speaks TLS and the other does not. Not transient: the configuration is wrong.
+    #[error("TLS handshake with store at {endpoint} failed: {message}")]
+    Tls { endpoint: String, message: String },
+    /// etcd refused the user, the password or the request (RBAC).
+    #[error("store at {endpoint} refused access: {message}")]
+    Auth { endpoint: String, message: String },
+    /// Connection settings that cannot work (an unreadable certificate file, a user
+    /// without a password); the message names the file or flag.
+    #[error("{0}")]
+    Config(String),
     #[error("corrupt value at {key}: {message}")]
     Corrupt { key: String, message: String },
     #[error("store error: {0}")]
@@ -220,11 +232,105 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// How to reach a secured etcd: TLS files and a user. The default is plain etcd.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// Speak TLS even when no file below asks for it (`etcds://`).
+    pub tls: bool,
+    /// PEM file of the CA that signed etcd's server certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate and key, for etcd's `--client-cert-auth`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd user (`--etcd-user`); its password comes only from the environment.
+    pub user: Option<String>,
+    /// From `DEPLOYCTL_ETCD_PASSWORD` only: a flag would show in `ps`. Never printed.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl EtcdOptions {
+    /// True when no option is set: plain `etcd://`.
+    pub fn is_empty(&self) -> bool {
+        *self == EtcdOptions::default()
+    }
+
+    /// True when the connection must use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls || self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The flags that were given, for "only for etcd" messages.
+    fn given_flags(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (set, flag) in [
+            (self.ca.is_some(), "--etcd-ca"),
+            (self.cert.is_some(), "--etcd-cert"),
+            (self.key.is_some(), "--etcd-key"),
+            (self.user.is_some(), "--etcd-user"),
+        ] {
+            if set {
+                out.push(flag);
+            }
+        }
+        out
+    }
+
+    /// Checks that the options can work together, before any file is read.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        match (&self.cert, &self.key) {
+            (Some(_), None) => {
+                return Err("--etcd-cert needs --etcd-key (DEPLOYCTL_ETCD_KEY) too".into())
+            }
+            (None, Some(_)) => {
+                return Err("--etcd-key needs --etcd-cert (DEPLOYCTL_ETCD_CERT) too".into())
+            }
+            _ => {}
+        }
+        if self.uses_tls() && self.ca.is_none() {
+            return Err(
+                "TLS to etcd needs --etcd-ca FILE (DEPLOYCTL_ETCD_CA): the CA that \
+                 signed etcd's server certificate"
+                    .into(),
+            );
+        }
+        if let Some(user) = &self.user {
+            if user.is_empty() {
+                return Err("--etcd-user is empty".into());
+            }
+            if self.password.as_deref().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "--etcd-user {user} needs its password in DEPLOYCTL_ETCD_PASSWORD \
+                     (there is no flag: it would show in ps)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which store to use, from `--store` or `DEPLOYCTL_STORE`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreUrl {
-    /// `etcd://h1:2379,h2:2379`
+    /// `etcd://h1:2379,h2:2379`: plain etcd, no TLS, no user.
     Etcd(Vec<String>),
+    /// `etcds://h1:2379,...`, or `etcd://` with `--etcd-*` options: TLS and/or a user.
+    EtcdSecure {
+        endpoints: Vec<String>,
+        options: EtcdOptions,
+    },
     /// `sqlite:///path/to/store.db`, or a plain path, or nothing (the default path).
     Embedded(std::path::PathBuf),
 }
@@ -235,7 +341,11 @@ impl StoreUrl {
         let Some(url) = url.filter(|u| !u.is_empty()) else {
             return Ok(StoreUrl::Embedded(embedded::default_path()));
         };
-        if let Some(rest) = url.strip_prefix("etcd://") {
+        let (tls, rest) = match (url.strip_prefix("etcds://"), url.strip_prefix("etcd://")) {
+            (Some(rest), _) => (true, Some(rest)),
+            (None, rest) => (false, rest),
+        };
+        if let Some(rest) = rest {
             let endpoints: Vec<String> = rest
                 .split(',')
                 .map(str::trim)
@@ -255,6 +365,15 @@ impl StoreUrl {
                     ));
                 }
             }
+            if tls {
+                return Ok(StoreUrl::EtcdSecure {
+                    endpoints,
+                    options: EtcdOptions {
+                        tls: true,
+                        ..EtcdOptions::default()
+                    },
+                });
+            }
             return Ok(StoreUrl::Etcd(endpoints));
         }
         if let Some(path) = url.strip_prefix("sqlite://") {
@@ -262,16 +381,60 @@ impl StoreUrl {
         }
         if url.contains("://") {
             return Err(format!(
-                "invalid store URL {url:?}: use etcd://host:port[,host:port...] or a file path"
+                "invalid store URL {url:?}: use etcd://host:port[,host:port...], \
+                 etcds://host:port[,...] (TLS) or a file path"
             ));
         }
         Ok(StoreUrl::Embedded(url.into()))
+    }
+
+    /// Adds TLS and user options (from flags or the environment) to an etcd URL. Empty
+    /// options change nothing; options on the embedded store are an error, since they
+    /// would silently do nothing.
+    pub fn with_etcd_options(self, extra: EtcdOptions) -> std::result::Result<StoreUrl, String> {
+        if extra.is_empty() {
+            return Ok(self);
+        }
+        let url = match self {
+            StoreUrl::Etcd(endpoints) => StoreUrl::EtcdSecure {
+                endpoints,
+                options: extra,
+            },
+            StoreUrl::EtcdSecure { endpoints, options } => StoreUrl::EtcdSecure {
+                endpoints,
+                options: EtcdOptions {
+                    tls: options.tls || extra.tls,
+                    ..extra
+                },
+            },
+            StoreUrl::Embedded(path) => {
+                let flags = extra.given_flags();
+                if flags.is_empty() {
+                    // Only a password in the environment: nothing to use it for, harmless.
+                    return Ok(StoreUrl::Embedded(path));
+                }
+                let verb = if flags.len() == 1 { "applies" } else { "apply" };
+                return Err(format!(
+                    "{} only {verb} to an etcd store, but the store is the embedded one at \
+                     {} (use --store etcd://host:port or etcds://host:port)",
+                    flags.join(", "),
+                    path.display()
+                ));
+            }
+        };
+        if let StoreUrl::EtcdSecure { options, .. } = &url {
+            options.check()?;
+        }
+        Ok(url)
     }
 
     /// Connects, failing within a few seconds when the store cannot be reached.
     pub async fn connect(&self) -> Result<Arc<dyn Store>> {
         match self {
             StoreUrl::Etcd(endpoints) => Ok(Arc::new(etcd::EtcdStore::connect(endpoints).await?)),
+            StoreUrl::EtcdSecure { endpoints, options } => Ok(Arc::new(
+                etcd::EtcdStore::connect_with(endpoints, options).await?,
+            )),
             StoreUrl::Embedded(path) => Ok(Arc::new(embedded::EmbeddedStore::open(path)?)),
         }
     }
@@ -281,6 +444,10 @@ impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Etcd(e) => write!(f, "etcd://{}", e.join(",")),
+            StoreUrl::EtcdSecure { endpoints, options } => {
+                let scheme = if options.uses_tls() { "etcds" } else { "etcd" };
+                write!(f, "{scheme}://{}", endpoints.join(","))
+            }
             StoreUrl::Embedded(p) => write!(f, "{}", p.display()),
         }
     }
@@ -307,5 +474,64 @@ mod tests {
             StoreUrl::parse(None).unwrap(),
             StoreUrl::Embedded(_)
         ));
+        assert!(matches!(
+            StoreUrl::parse(Some("etcds://a:2379")).unwrap(),
+            StoreUrl::EtcdSecure { options, .. } if options.tls
+        ));
+    }
+
+    #[test]
+    fn etcd_options_should_apply_only_to_etcd_and_say_what_is_missing() {
+        let ca = EtcdOptions {
+            ca: Some("/ca.pem".into()),
+            ..EtcdOptions::default()
+        };
+        let url = StoreUrl::parse(Some("etcd://a:2379"))
+            .unwrap()
+            .with_etcd_options(ca.clone())
+            .unwrap();
+        assert_eq!(url.to_string(), "etcds://a:2379");
+        let err = StoreUrl::parse(Some("/tmp/x.db"))
+            .unwrap()
+            .with_etcd_options(ca)
+            .unwrap_err();
+        assert!(
+            err.contains("--etcd-ca only applies to an etcd store"),
+            "{err}"
+        );
+        // etcds:// without a CA.
+        let err = StoreUrl::parse(Some("etcds://a:2379"))
+            .unwrap()
+            .with_etcd_options(EtcdOptions {
+                user: Some("agent".into()),
+                password: Some("pw".into()),
+                ..EtcdOptions::default()
+            })
+            .unwrap_err();
+        assert!(err.contains("--etcd-ca"), "{err}");
+        let err = StoreUrl::parse(Some("etcd://a:2379"))
+            .unwrap()
+            .with_etcd_options(EtcdOptions {
+                user: Some("agent".into()),
+                ..EtcdOptions::default()
+            })
+            .unwrap_err();
+        assert!(err.contains("DEPLOYCTL_ETCD_PASSWORD"), "{err}");
+        let err = EtcdOptions {
+            ca: Some("/ca".into()),
+            cert: Some("/c".into()),
+            ..EtcdOptions::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(err.contains("--etcd-key"), "{err}");
+        let shown = format!(
+            "{:?}",
+            EtcdOptions {
+                password: Some("hunter2".into()),
+                ..EtcdOptions::default()
+            }
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

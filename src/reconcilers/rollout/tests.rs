@@ -558,6 +558,37 @@ fn failure_policy_rollback_should_switch_updated_machines_back_under_slots() {
 }
 
 #[test]
+fn rollback_should_switch_the_failed_machine_back_even_when_it_fills_every_slot() {
+    // One slot, and the failed machine holds it: it must still be switched back (it costs
+    // no new slot), or the rollback waits forever (found by tests/e2e/rollouts.rs).
+    let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
+    fleet.rollout.spec.failure_policy = FailurePolicy {
+        max_failures: 0,
+        action: FailureAction::Rollback,
+    };
+    complete_v1(&mut fleet);
+    fleet.fail_switch.insert("m02".into(), "2.0".into());
+    fleet.max_seen_unavailable = 0;
+    fleet.set_version("2.0");
+    fleet.run(100);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Degraded, "{}", st.message);
+    assert_eq!(
+        find_condition(&st.conditions, "Degraded").unwrap().reason,
+        "RolledBack"
+    );
+    assert_eq!(
+        fleet.on("1.0"),
+        3,
+        "every machine back on the stable version"
+    );
+    assert!(
+        fleet.max_seen_unavailable <= 1,
+        "rollback used the same slot"
+    );
+}
+
+#[test]
 fn checksum_mismatch_should_switch_nothing_and_degrade_naming_the_failure() {
     let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
     complete_v1(&mut fleet);
