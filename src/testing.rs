@@ -99,6 +99,11 @@ impl EtcdServer {
         panic!("etcd did not start after {START_ATTEMPTS} attempts: {last_error}");
     }
 
+    /// The etcd process id while it runs (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `127.0.0.1:PORT`, as `EtcdStore::connect` takes it.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)

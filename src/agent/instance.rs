@@ -44,6 +44,9 @@ pub struct Context {
     pub retry: Retry,
     /// Events about instances (`agent/<machine>`), bound to an expiring lease.
     pub events: EventRecorder,
+    /// Replaces fetch/unpack/hooks/health with simulated work (benchmarks); `None`: the
+    /// real executor.
+    pub executor: Option<Arc<dyn super::executor::Executor>>,
 }
 
 /// Kinds of work whose failure is remembered so that it is not retried for the same
@@ -675,6 +678,9 @@ impl Task {
 
     /// Fetch, verify, unpack, install, mark. Returns the install hooks' output tail.
     async fn stage(&self, v: &VersionRef) -> Result<Vec<String>, OpError> {
+        if let Some(exec) = self.ctx.executor.clone() {
+            return self.stage_with(&*exec, v).await;
+        }
         let version = &v.version;
         check_version(version).map_err(|e| OpError::new("Stage", "InvalidVersion", e))?;
         let layout = self.layout();
@@ -744,6 +750,9 @@ impl Task {
 
     /// beforeActivate, swap `current`, activate, service, health, afterActivate.
     async fn switch(&mut self, want: &str, previous: Option<&str>) -> Result<(), OpError> {
+        if let Some(exec) = self.ctx.executor.clone() {
+            return self.switch_with(&*exec, want).await;
+        }
         let layout = self.layout();
         let env = self.env(want, previous);
         let dir = layout.release(want);
@@ -813,6 +822,10 @@ impl Task {
         min_ready: Duration,
         report_progress: bool,
     ) -> Result<DateTime<Utc>, OpError> {
+        if self.ctx.executor.is_some() {
+            // Simulated work: `activate` already stood for the health check.
+            return Ok(Utc::now());
+        }
         let check = self.spec().health_check.clone();
         let cwd = self.layout().current_link();
         let probe_check = check.clone().unwrap_or_default();
@@ -1118,6 +1131,65 @@ impl Task {
             name: self.obj.name().to_string(),
         };
         self.ctx.events.record(object, type_, reason, message).await;
+    }
+}
+
+/// The simulated counterparts of `stage` and `switch`: the same disk steps and reports,
+/// with the executor's work in place of fetch, hooks and health checks.
+impl Task {
+    async fn stage_with(
+        &self,
+        exec: &dyn super::executor::Executor,
+        v: &VersionRef,
+    ) -> Result<Vec<String>, OpError> {
+        let version = &v.version;
+        check_version(version).map_err(|e| OpError::new("Stage", "InvalidVersion", e))?;
+        let layout = self.layout();
+        let dir = layout.release(version);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            OpError::new(
+                "Stage",
+                "UnpackFailed",
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+        let instance = self.obj.meta().key();
+        exec.stage(&instance, version, &dir)
+            .await
+            .map_err(|e| OpError::new("Stage", "StageFailed", e))?;
+        layout.mark_staged(version).map_err(|e| {
+            OpError::new(
+                "Stage",
+                "StageFailed",
+                format!("cannot mark {} staged: {e}", dir.display()),
+            )
+        })?;
+        Ok(vec![])
+    }
+
+    async fn switch_with(
+        &mut self,
+        exec: &dyn super::executor::Executor,
+        want: &str,
+    ) -> Result<(), OpError> {
+        let layout = self.layout();
+        layout.switch_current(want).map_err(|e| {
+            OpError::new(
+                "Switch",
+                "SwitchFailed",
+                format!(
+                    "cannot point {} at {want}: {e}",
+                    layout.current_link().display()
+                ),
+            )
+        })?;
+        self.report(Some(InstancePhase::Verifying)).await;
+        let instance = self.obj.meta().key();
+        exec.activate(&instance, want)
+            .await
+            .map_err(|e| OpError::new("Switch", "ActivateFailed", e))?;
+        self.set_ready(Utc::now());
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`instance`] the per-instance state machine; this file wires them to the store.
 
 pub mod artifact;
+pub mod executor;
 pub mod health;
 pub mod hooks;
 pub mod instance;
@@ -56,7 +57,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .connect()
         .await
         .with_context(|| format!("cannot connect to store {}", config.store))?;
-    let client = Client::new(store);
+    run_with(Client::new(store), config, None, shutdown).await
+}
+
+/// Runs the agent on an existing store client, with `executor` in place of the real
+/// fetch/unpack/hooks/health (`None`: the real ones). `config.store` is not connected
+/// to; it only names the store in messages. Benchmarks run many agents this way on a few
+/// shared clients.
+pub async fn run_with(
+    client: Client,
+    config: AgentConfig,
+    executor: Option<Arc<dyn executor::Executor>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::api::validation::check_name(&config.name)
+        .map_err(|e| anyhow::anyhow!("invalid machine name: {e}"))?;
     let hostname = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_string());
@@ -85,10 +100,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         root: config.root.clone(),
         retry: artifact::Retry::default(),
         events: EventRecorder::new(client.clone(), format!("agent/{}", config.name)),
+        executor,
     });
     let tasks_shutdown = shutdown.child_token();
     let mut tasks: HashMap<String, Running> = HashMap::new();
-    let mut watch = client.list_watch::<Instance>(Scope::Machine(config.name.clone()));
+    // Specs only: this agent is the only writer of its Instances' status, so watching
+    // the status keys would echo every report back to it.
+    let mut watch = client.list_watch_specs::<Instance>(Scope::Machine(config.name.clone()));
     let mut error_backoff = Duration::from_millis(500);
     loop {
         let event = tokio::select! {
@@ -98,7 +116,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         match event {
             None => {
                 tracing::error!("instance watch ended; starting a new one");
-                watch = client.list_watch::<Instance>(Scope::Machine(config.name.clone()));
+                watch = client.list_watch_specs::<Instance>(Scope::Machine(config.name.clone()));
             }
             Some(Err(e)) => {
                 // The stream relists by itself on the next poll; do not spin.

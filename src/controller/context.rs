@@ -94,6 +94,42 @@ pub struct Context {
     pub events: EventRecorder,
     pub written_instances: Written<Instance>,
     pub written_rollouts: Written<Rollout>,
+    /// When each Rollout's last reconcile ended and how long it took: a Rollout over
+    /// 10,000 Instances costs tens of milliseconds per reconcile, and every agent report
+    /// queues it again, so back-to-back reconciles rest as long as the last one took.
+    pub rollout_pacing: Pacing,
+}
+
+/// Keeps a hot key's decisions to at most half of a worker's time: a reconcile that
+/// starts right after the previous one (of the same key) ended first waits as long as
+/// that one spent deciding (store round trips not counted), so that the changes arriving
+/// meanwhile are decided in one pass. A key that was idle longer than that runs at once.
+#[derive(Default)]
+pub struct Pacing {
+    /// Per key: when its last reconcile ended, and how long that one spent deciding.
+    last: Mutex<HashMap<(String, String), (std::time::Instant, std::time::Duration)>>,
+}
+
+impl Pacing {
+    /// How long a reconcile of `key` starting now should wait.
+    fn wait(&self, key: &(String, String)) -> std::time::Duration {
+        let last = self
+            .last
+            .lock()
+            .expect("pacing lock is never poisoned: no panics inside");
+        match last.get(key) {
+            Some((ended, took)) => took.saturating_sub(ended.elapsed()),
+            None => std::time::Duration::ZERO,
+        }
+    }
+
+    /// A reconcile of `key` ended now, having spent `cost` deciding.
+    fn record(&self, key: (String, String), cost: std::time::Duration) {
+        self.last
+            .lock()
+            .expect("pacing lock is never poisoned: no panics inside")
+            .insert(key, (std::time::Instant::now(), cost));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +241,17 @@ impl Context {
             Key::Application { namespace, name } => {
                 self.reconcile_application(&namespace, &name).await
             }
-            Key::Rollout { namespace, name } => self.reconcile_rollout(&namespace, &name).await,
+            Key::Rollout { namespace, name } => {
+                let key = (namespace, name);
+                let wait = self.rollout_pacing.wait(&key);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                let mut cost = std::time::Duration::ZERO;
+                let result = self.reconcile_rollout(&key.0, &key.1, &mut cost).await;
+                self.rollout_pacing.record(key, cost);
+                result
+            }
         }
     }
 
@@ -255,7 +301,14 @@ impl Context {
         Ok(Action::await_change())
     }
 
-    async fn reconcile_rollout(&self, namespace: &str, name: &str) -> Result<Action, Error> {
+    /// `cost` receives the time spent deciding (for [`Pacing`]).
+    async fn reconcile_rollout(
+        &self,
+        namespace: &str,
+        name: &str,
+        cost: &mut std::time::Duration,
+    ) -> Result<Action, Error> {
+        let started = std::time::Instant::now();
         let Some(cached) = self.rollouts.get(Some(namespace), name) else {
             return Ok(Action::await_change());
         };
@@ -332,6 +385,7 @@ impl Context {
             desired_machines: &desired,
             now,
         });
+        *cost = started.elapsed();
 
         // Instances first (batched), then the Rollout status that describes them.
         let by_name: HashMap<&str, &Arc<Instance>> =

@@ -118,6 +118,7 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
         events: EventRecorder::new(client.clone(), "controller"),
         written_instances: Default::default(),
         written_rollouts: Default::default(),
+        rollout_pacing: Default::default(),
     });
     let _ = ctx_cell.set(ctx.clone());
 

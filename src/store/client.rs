@@ -313,7 +313,17 @@ impl Client {
     /// resumed by the store's watch. The stream ends only when dropped.
     pub fn list_watch<K: Object>(&self, scope: Scope) -> ObjectWatch<K> {
         let client = self.clone();
-        let stream = async_stream(client, scope);
+        let stream = async_stream(client, scope, true);
+        Box::pin(stream)
+    }
+
+    /// Like [`Client::list_watch`], but after the list it watches spec keys only: for the
+    /// sole writer of these objects' status (an agent and its own Instances), which would
+    /// otherwise hear each of its status writes echoed back (at 10,000 agents, one watch
+    /// event per agent write, for nothing). Objects carry their status as last listed.
+    pub fn list_watch_specs<K: Object>(&self, scope: Scope) -> ObjectWatch<K> {
+        let client = self.clone();
+        let stream = async_stream(client, scope, false);
         Box::pin(stream)
     }
 }
@@ -322,6 +332,7 @@ impl Client {
 fn async_stream<K: Object>(
     client: Client,
     scope: Scope,
+    watch_status: bool,
 ) -> impl futures::Stream<Item = Result<ObjectEvent<K>>> + Send {
     struct State<K> {
         client: Client,
@@ -342,7 +353,7 @@ fn async_stream<K: Object>(
         pending: Default::default(),
     };
 
-    futures::stream::unfold(state, |mut st| async move {
+    futures::stream::unfold(state, move |mut st| async move {
         loop {
             if let Some(ev) = st.pending.pop_front() {
                 return Some((Ok(ev), st));
@@ -357,8 +368,11 @@ fn async_stream<K: Object>(
                 let from = listed.revision + 1;
                 let watches = async {
                     let a = st.client.store.watch(&spec_prefix, from).await?;
+                    if !watch_status {
+                        return Ok::<_, Error>(a);
+                    }
                     let b = st.client.store.watch(&status_prefix, from).await?;
-                    Ok::<_, Error>(futures::stream::select(a, b).boxed())
+                    Ok(futures::stream::select(a, b).boxed())
                 };
                 match watches.await {
                     Ok(w) => st.watch = Some(w),
