@@ -115,6 +115,20 @@ impl Default for Strategy {
     }
 }
 
+impl Strategy {
+    /// Slots: how many of `desired` machines may be switching or unavailable at once
+    /// (a percent rounds down; never fewer than 1).
+    pub fn slots(&self, desired: u32) -> u32 {
+        self.max_unavailable.resolve(desired, false).max(1)
+    }
+
+    /// The gate: how many of `desired` machines must have staged the version before any
+    /// switches (a percent rounds up; never more than `desired`).
+    pub fn min_staged_machines(&self, desired: u32) -> u32 {
+        self.min_staged.resolve(desired, true).min(desired)
+    }
+}
+
 fn default_max_unavailable() -> IntOrPercent {
     IntOrPercent::Int(1)
 }

@@ -129,12 +129,12 @@ fn describe_step(s: &Step) -> String {
     }
 }
 
-/// Slots and the gate resolved against the desired count, as the rollout reconciler
-/// resolves them (`maxUnavailable` rounds down to at least 1, `minStaged` rounds up).
+/// Slots and the gate resolved against the desired count, with the very functions the
+/// rollout reconciler uses.
 fn resolved(r: &Rollout, st: &RolloutStatus) -> (u32, u32) {
     let n = st.desired;
-    let slots = r.spec.strategy.max_unavailable.resolve(n, false).max(1);
-    let min_staged = r.spec.strategy.min_staged.resolve(n, true).min(n);
+    let slots = r.spec.strategy.slots(n);
+    let min_staged = r.spec.strategy.min_staged_machines(n);
     (slots, min_staged)
 }
 

@@ -217,8 +217,8 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         .collect();
     let n = desired_idx.len() as u32;
     let strategy = &spec.strategy;
-    let max_unavailable = strategy.max_unavailable.resolve(n, false).max(1);
-    let min_staged = strategy.min_staged.resolve(n, true).min(n);
+    let max_unavailable = strategy.slots(n);
+    let min_staged = strategy.min_staged_machines(n);
 
     // Observe.
     let count = |f: &dyn Fn(&View) -> bool, insts: &Vec<Instance>| {
