@@ -596,12 +596,23 @@ async fn service_scenario(client: Client, url: StoreUrl) {
             .trim(),
         "1.0"
     );
-    let events = w
-        .client
-        .list::<Event>(&Scope::Namespace("default".into()))
-        .await
-        .unwrap();
-    assert!(events.items.iter().any(|e| e.spec().reason == "Drifted"));
+    // Reports are written in the background: wait for the event rather than race it.
+    let start = Instant::now();
+    loop {
+        let events = w
+            .client
+            .list::<Event>(&Scope::Namespace("default".into()))
+            .await
+            .unwrap();
+        if events.items.iter().any(|e| e.spec().reason == "Drifted") {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for the Drifted event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A health check that never passes fails the switch with HealthDeadline.
     let g = w

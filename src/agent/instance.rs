@@ -20,13 +20,14 @@ use super::artifact::{self, ArtifactError, Retry};
 use super::health;
 use super::hooks::{self, DeployVars, HookEnv, HookError};
 use super::release::Layout;
+use super::report::{PendingEvent, Reporter};
 use super::service::{ServiceSpec, Supervisor};
 use super::unpack::{self, UnpackError};
 use crate::api::{
     validation::check_version, HealthCheck, Instance, InstanceFailure, InstancePhase, InstanceSpec,
-    InstanceStatus, Object, ObjectReference, VersionRef,
+    InstanceStatus, Object, VersionRef,
 };
-use crate::store::{Client, Error as StoreError, EventRecorder};
+use crate::store::{Client, EventRecorder};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -42,8 +43,9 @@ pub struct Context {
     /// The agent's deploy root: default paths and `logs/` live under it.
     pub root: PathBuf,
     pub retry: Retry,
-    /// Events about instances (`agent/<machine>`), bound to an expiring lease.
-    pub events: EventRecorder,
+    /// Events about instances (`agent/<machine>`), bound to an expiring lease; written
+    /// with the status reports ([`super::report`]).
+    pub events: Arc<EventRecorder>,
     /// Replaces fetch/unpack/hooks/health with simulated work (benchmarks); `None`: the
     /// real executor.
     pub executor: Option<Arc<dyn super::executor::Executor>>,
@@ -214,13 +216,17 @@ impl OpError {
 /// The state of one instance task.
 struct Task {
     ctx: Arc<Context>,
-    /// The latest object from the watch; its `status_version` is the CAS base for writes.
+    /// The latest object from the watch.
     obj: Instance,
     memory: Memory,
     /// The status this task wants reported.
     status: InstanceStatus,
-    /// The status last written successfully (None: not yet, or the write failed).
-    written: Option<InstanceStatus>,
+    /// The status last handed to the reporter (or read from the store at start).
+    sent: Option<InstanceStatus>,
+    /// Writes the reports and events, coalesced (it owns the status CAS base).
+    reporter: Reporter,
+    /// Events recorded since the last report, sent with the next one.
+    events: Vec<PendingEvent>,
     service: Option<Supervisor>,
     /// What of the spec the running service was started from: a change restarts it.
     service_shape: Option<ServiceShape>,
@@ -284,7 +290,6 @@ pub async fn run(
             _ = task.converge(starting) => {}
         }
         starting = false;
-        let retry_write = task.written.as_ref() != Some(&task.status);
         task.sync_monitor();
         let probe = task.probe_context();
         tokio::select! {
@@ -292,8 +297,6 @@ pub async fn run(
             healthy = monitor_next(&mut task.monitor, &probe) => {
                 task.health_changed(healthy).await;
             }
-            // A status write failed (store unreachable): try again later.
-            _ = tokio::time::sleep(Duration::from_secs(5)), if retry_write => {}
             _ = task.clean_done.notified() => {}
             changed = specs.changed() => {
                 if changed.is_err() {
@@ -320,6 +323,8 @@ pub async fn run(
     if let Some(s) = task.service.take() {
         s.stop().await;
     }
+    // What the last steps reported reaches the store unless it is unreachable.
+    task.reporter.flush(Duration::from_secs(2)).await;
 }
 
 impl Task {
@@ -342,9 +347,12 @@ impl Task {
                 memory.fail(kind, &f.version, generation);
             }
         }
+        let reporter = Reporter::start(ctx.client.clone(), ctx.events.clone(), &obj);
         Task {
             ctx,
-            written: obj.status().cloned(),
+            sent: obj.status().cloned(),
+            reporter,
+            events: Vec::new(),
             obj,
             memory,
             status,
@@ -384,12 +392,8 @@ impl Task {
 
     /// A newer object from the watch.
     fn observe(&mut self, obj: Instance) {
-        let ours = self.obj.meta().status_version;
         let generation_changed = obj.meta().generation != self.obj.meta().generation;
         self.obj = obj;
-        // Our own last write may be newer than what the watch has delivered so far.
-        let sv = &mut self.obj.meta_mut().status_version;
-        *sv = (*sv).max(ours);
         if generation_changed {
             // A failure answers the spec it happened under; a new generation retries
             // (or no longer wants) that operation, and the controller reads a failure
@@ -478,7 +482,7 @@ impl Task {
         };
         tracing::info!(instance = %self.obj.meta().key(), version = %current, "{what}");
         self.restart_service(&current).await;
-        self.event("Normal", "ServiceRestarted", what).await;
+        self.event("Normal", "ServiceRestarted", what);
     }
 
     /// Keeps the health monitor in step: running while `current` is verified and the
@@ -526,8 +530,7 @@ impl Task {
         let version = self.status.current_version.clone().unwrap_or_default();
         if healthy {
             tracing::info!(instance = %self.obj.meta().key(), %version, "healthy again");
-            self.event("Normal", "Healthy", &format!("{version} is healthy again"))
-                .await;
+            self.event("Normal", "Healthy", &format!("{version} is healthy again"));
         } else {
             let n = self
                 .monitor
@@ -535,9 +538,9 @@ impl Task {
                 .map_or(1, |(_, m)| m.check().failure_threshold.max(1));
             let msg = format!("{version} failed its health check {n} time(s) in a row");
             tracing::warn!(instance = %self.obj.meta().key(), "{msg}");
-            self.event("Warning", "Unhealthy", &msg).await;
+            self.event("Warning", "Unhealthy", &msg);
         }
-        self.report(None).await;
+        self.report(None);
     }
 
     /// Steps until idle, reporting after each.
@@ -623,10 +626,10 @@ impl Task {
                 Action::Restart(at) => self.do_restart(at).await,
                 Action::Clean(list) => self.start_clean(list),
             }
-            self.report(None).await;
+            self.report(None);
         }
         self.apply_service_changes().await;
-        self.report(None).await;
+        self.report(None);
     }
 
     /// Records a failure in memory and status, with an event.
@@ -650,12 +653,12 @@ impl Task {
             self.status.ready_since = None;
         }
         // The event goes first: a reader that saw the Failed status can find its event.
-        self.event("Warning", event_reason, &e.message).await;
-        self.report(Some(InstancePhase::Failed)).await;
+        self.event("Warning", event_reason, &e.message);
+        self.report(Some(InstancePhase::Failed));
     }
 
     async fn do_stage(&mut self, v: &VersionRef) {
-        self.report(Some(InstancePhase::Staging)).await;
+        self.report(Some(InstancePhase::Staging));
         match self.stage(v).await {
             Ok(tail) => {
                 let install = self.spec().hooks.install.clone();
@@ -669,8 +672,7 @@ impl Task {
                     self.status.failure = None;
                 }
                 tracing::info!(instance = %self.obj.meta().key(), version = %v.version, "staged");
-                self.event("Normal", "Staged", &format!("staged version {}", v.version))
-                    .await;
+                self.event("Normal", "Staged", &format!("staged version {}", v.version));
             }
             Err(e) => self.fail(OpKind::Stage, &v.version, e, "StageFailed").await,
         }
@@ -732,7 +734,7 @@ impl Task {
         self.status.healthy = false;
         self.status.available = false;
         self.status.ready_since = None;
-        self.report(Some(InstancePhase::Switching)).await;
+        self.report(Some(InstancePhase::Switching));
         match self.switch(want, previous.as_deref()).await {
             Ok(()) => {
                 self.memory.verified = Some(want.to_string());
@@ -742,7 +744,7 @@ impl Task {
                     None => format!("switched to {want}"),
                 };
                 tracing::info!(instance = %self.obj.meta().key(), "{msg}");
-                self.event("Normal", "Switched", &msg).await;
+                self.event("Normal", "Switched", &msg);
             }
             Err(e) => self.fail(OpKind::Switch, want, e, "SwitchFailed").await,
         }
@@ -785,7 +787,7 @@ impl Task {
             .map_err(|e| OpError::hook("Switch", e))?;
         self.record_output(&hooks.activate, tail);
         self.restart_service(want).await;
-        self.report(Some(InstancePhase::Verifying)).await;
+        self.report(Some(InstancePhase::Verifying));
         let since = self.check_health(&env, self.min_ready(), true).await?;
         let tail = hooks::run_hooks(&env, &hooks.after_activate, &dir, "afterActivate")
             .await
@@ -848,7 +850,7 @@ impl Task {
                     let ready = *rx.borrow_and_update();
                     self.status.healthy = ready.is_some();
                     self.status.ready_since = ready;
-                    self.report(Some(InstancePhase::Verifying)).await;
+                    self.report(Some(InstancePhase::Verifying));
                 }
             }
         }
@@ -872,7 +874,7 @@ impl Task {
             self.min_ready()
         };
         if !was_available {
-            self.report(Some(InstancePhase::Verifying)).await;
+            self.report(Some(InstancePhase::Verifying));
         }
         let env = self.env(want, None);
         match self.check_health(&env, min_ready, !was_available).await {
@@ -933,9 +935,9 @@ impl Task {
         self.status.last_hook_output = vec![msg.clone()];
         self.status.healthy = false;
         self.status.available = false;
-        self.report(Some(InstancePhase::Drifted)).await;
         tracing::warn!(instance = %self.obj.meta().key(), "{msg}; re-converging");
-        self.event("Warning", "Drifted", &msg).await;
+        self.event("Warning", "Drifted", &msg);
+        self.report(Some(InstancePhase::Drifted));
         // Re-run the switch to the same version: hooks, service, health.
         self.do_switch(want).await;
     }
@@ -946,7 +948,7 @@ impl Task {
         };
         self.status.healthy = false;
         self.status.available = false;
-        self.report(Some(InstancePhase::Verifying)).await;
+        self.report(Some(InstancePhase::Verifying));
         let env = self.env(&current, None);
         let dir = self.layout().release(&current);
         let activate = self.spec().hooks.activate.clone();
@@ -963,8 +965,7 @@ impl Task {
             Ok(since) => {
                 self.set_ready(since);
                 self.status.restarted_at = Some(at);
-                self.event("Normal", "Restarted", &format!("restarted {current}"))
-                    .await;
+                self.event("Normal", "Restarted", &format!("restarted {current}"));
             }
             Err(e) => {
                 self.fail(OpKind::Restart, &current, e, "SwitchFailed")
@@ -1062,8 +1063,8 @@ impl Task {
         }
     }
 
-    /// Fills in the disk facts and writes the status if it changed.
-    async fn report(&mut self, phase: Option<InstancePhase>) {
+    /// Fills in the disk facts and reports the status if it changed.
+    fn report(&mut self, phase: Option<InstancePhase>) {
         let layout = self.layout();
         let current = layout.current_version();
         self.status.phase = phase.unwrap_or_else(|| self.idle_phase(current.as_deref()));
@@ -1075,62 +1076,25 @@ impl Task {
         if self.memory.verified.is_some() && self.memory.verified != self.status.current_version {
             self.memory.verified = None;
         }
-        let unchanged = self.written.as_ref().is_some_and(|w| {
+        let unchanged = self.sent.as_ref().is_some_and(|w| {
             let mut a = w.clone();
             a.updated_at = self.status.updated_at;
             a == self.status
         });
+        let events = std::mem::take(&mut self.events);
         if unchanged {
+            self.reporter.send(None, events);
             return;
         }
         self.status.updated_at = Some(Utc::now());
-        self.write_status().await;
+        self.sent = Some(self.status.clone());
+        self.reporter.send(Some(self.status.clone()), events);
     }
 
-    /// `replace_status` with CAS; on conflict, re-read our own status revision and retry.
-    async fn write_status(&mut self) {
-        let client = self.ctx.client.clone();
-        let mut obj = self.obj.clone();
-        *obj.status_mut() = Some(self.status.clone());
-        for _ in 0..5 {
-            match client.replace_status(&obj).await {
-                Ok(done) => {
-                    self.obj.meta_mut().status_version = done.meta().status_version;
-                    self.written = Some(self.status.clone());
-                    return;
-                }
-                Err(StoreError::Conflict(_)) => {
-                    match client.get::<Instance>(obj.namespace(), obj.name()).await {
-                        Ok(Some(fresh)) => {
-                            obj.meta_mut().status_version = fresh.meta().status_version
-                        }
-                        Ok(None) => {
-                            tracing::info!(instance = %obj.meta().key(), "instance gone; status not written");
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(instance = %obj.meta().key(), error = %e, "cannot re-read instance");
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(instance = %obj.meta().key(), error = %e, "cannot write status; will retry");
-                    return;
-                }
-            }
-        }
-        tracing::warn!(instance = %obj.meta().key(), "status write kept conflicting; will retry");
-    }
-
-    /// Records an Event about this instance; best effort (failures are logged).
-    async fn event(&self, type_: &str, reason: &str, message: &str) {
-        let object = ObjectReference {
-            kind: Instance::KIND.to_string(),
-            namespace: self.obj.namespace().map(str::to_string),
-            name: self.obj.name().to_string(),
-        };
-        self.ctx.events.record(object, type_, reason, message).await;
+    /// Records an Event about this instance; the next report writes it, in the same
+    /// transaction as the status it goes with.
+    fn event(&mut self, type_: &str, reason: &str, message: &str) {
+        self.events.push(PendingEvent::new(type_, reason, message));
     }
 }
 
@@ -1183,7 +1147,7 @@ impl Task {
                 ),
             )
         })?;
-        self.report(Some(InstancePhase::Verifying)).await;
+        self.report(Some(InstancePhase::Verifying));
         let instance = self.obj.meta().key();
         exec.activate(&instance, want)
             .await

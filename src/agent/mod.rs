@@ -11,6 +11,7 @@ pub mod health;
 pub mod hooks;
 pub mod instance;
 pub mod release;
+pub mod report;
 pub mod service;
 pub mod unpack;
 
@@ -99,7 +100,10 @@ pub async fn run_with(
         machine: config.name.clone(),
         root: config.root.clone(),
         retry: artifact::Retry::default(),
-        events: EventRecorder::new(client.clone(), format!("agent/{}", config.name)),
+        events: Arc::new(EventRecorder::new(
+            client.clone(),
+            format!("agent/{}", config.name),
+        )),
         executor,
     });
     let tasks_shutdown = shutdown.child_token();

@@ -146,6 +146,31 @@ impl EventRecorder {
         reason: &str,
         message: &str,
     ) -> Result<()> {
+        let op = self
+            .op(object, type_, reason, message, chrono::Utc::now())
+            .await?;
+        let res = self
+            .client
+            .store()
+            .txn(Txn {
+                compares: vec![],
+                ops: vec![op],
+            })
+            .await;
+        self.check(res).map(|_| ())
+    }
+
+    /// The put that records one event (bound to the shared lease, granted if needed), for
+    /// a caller that writes it in its own transaction; pass that transaction's result
+    /// through [`EventRecorder::check`].
+    pub async fn op(
+        &self,
+        object: ObjectReference,
+        type_: &str,
+        reason: &str,
+        message: &str,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Op> {
         let lease = self.lease().await?;
         let namespace = object
             .namespace
@@ -161,32 +186,27 @@ impl EventRecorder {
                 reason: reason.to_string(),
                 message: message.to_string(),
                 source: self.source.clone(),
-                time: Some(chrono::Utc::now()),
+                time: Some(time),
             },
         );
         ev.metadata.namespace = Some(namespace.clone());
         ev.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
         ev.metadata.generation = Some(1);
-        ev.metadata.creation_timestamp = Some(chrono::Utc::now());
+        ev.metadata.creation_timestamp = Some(time);
         let key = keys::spec_key(Event::PLURAL, Some(&namespace), &name);
         let value = super::client::encode_spec_value(&ev)?;
-        let res = self
-            .client
-            .store()
-            .txn(Txn {
-                compares: vec![],
-                ops: vec![Op::Put { key, value, lease }],
-            })
-            .await;
-        match res {
-            Err(Error::LeaseNotFound(_)) => {
-                *self
-                    .lease
-                    .lock()
-                    .expect("lease lock is never poisoned: no panics inside") = None;
-                Err(Error::LeaseNotFound(lease))
-            }
-            other => other.map(|_| ()),
+        Ok(Op::Put { key, value, lease })
+    }
+
+    /// Passes a transaction's result through; when the event lease has expired, forgets
+    /// it so that the next event is granted a new one.
+    pub fn check<T>(&self, res: Result<T>) -> Result<T> {
+        if let Err(Error::LeaseNotFound(_)) = &res {
+            *self
+                .lease
+                .lock()
+                .expect("lease lock is never poisoned: no panics inside") = None;
         }
+        res
     }
 }
