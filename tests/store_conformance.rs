@@ -637,6 +637,11 @@ async fn keep_alive_should_hold_a_lease_past_its_ttl(store: Arc<dyn Store>) {
         async move { store.get("/t/held").await.expect("get").is_none() }
     })
     .await;
+    // A refresh after expiry says so (on etcd, through the stream the refreshes kept open).
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(Error::LeaseNotFound(l)) if l == lease
+    ));
 }
 
 async fn put_with_an_unknown_lease_should_fail_with_lease_not_found(store: Arc<dyn Store>) {
@@ -912,6 +917,44 @@ async fn etcd_store_should_report_a_stopped_etcd_and_recover_when_it_returns() {
         }
     };
     assert_eq!(value.value, b"1");
+}
+
+/// Refreshes reuse one keep-alive stream per lease; when etcd restarts that stream is
+/// dead, and the next refresh must open a new one rather than fail for ever.
+#[tokio::test]
+async fn etcd_keep_alive_should_survive_an_etcd_restart() {
+    let mut server = EtcdServer::start();
+    let store = server.connect().await;
+    let lease = store
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .expect("grant");
+    store.keep_alive(lease).await.expect("first refresh");
+    store
+        .keep_alive(lease)
+        .await
+        .expect("refresh on the open stream");
+    server.stop();
+    server.restart();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match store.keep_alive(lease).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("refresh after the restart: {e}"),
+        }
+    }
+    store
+        .keep_alive(lease)
+        .await
+        .expect("and again on the new stream");
+    store.revoke_lease(lease).await.expect("revoke");
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(Error::LeaseNotFound(l)) if l == lease
+    ));
 }
 
 /// `StoreUrl` picks the etcd backend and names the endpoint when nothing answers there.
