@@ -153,6 +153,66 @@ fn reference<K: Object>(obj: &K) -> ObjectReference {
     }
 }
 
+/// What a decision sees of the Machines: each with its agent's presence.
+pub fn machine_views(machines: &[Arc<Machine>], presence: &BTreeSet<String>) -> Vec<MachineView> {
+    machines
+        .iter()
+        .map(|m| MachineView {
+            name: m.name().to_string(),
+            labels: m.metadata.labels.clone(),
+            ready: presence.contains(m.name()),
+            unschedulable: m.spec.unschedulable,
+        })
+        .collect()
+}
+
+/// Everything one Rollout reconcile decides between reading the caches and writing: the
+/// Instance writes (only those whose spec or labels change, plus creates and deletes) and
+/// the Rollout plan (status, events, requeue). Pure: no store, no locks.
+pub fn decide_rollout(
+    ro: &Rollout,
+    app: &Application,
+    machines: &[Arc<Machine>],
+    presence: &BTreeSet<String>,
+    existing: &[Arc<Instance>],
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Vec<Write<Instance>>, rollout::RolloutPlan) {
+    let views = machine_views(machines, presence);
+    let stable = rollout::stable_ref(ro.status.as_ref().unwrap_or(&Default::default()));
+    let membership = application::plan_instances(
+        app,
+        &views,
+        existing,
+        stable.as_ref(),
+        ro.spec.strategy.min_ready_seconds,
+    );
+    let desired: HashSet<String> = views
+        .iter()
+        .filter(|m| m.schedulable_and_ready() && app.spec.selector.matches(&m.labels))
+        .map(|m| m.name.clone())
+        .collect();
+    let mut decision = rollout::plan(rollout::RolloutInput {
+        rollout: ro,
+        instances: membership.keep,
+        desired_machines: &desired,
+        now,
+    });
+    let by_name: HashMap<&str, &Arc<Instance>> = existing.iter().map(|i| (i.name(), i)).collect();
+    let mut writes = Vec::new();
+    for inst in std::mem::take(&mut decision.instances) {
+        match by_name.get(inst.name()) {
+            Some(cur) if cur.spec == inst.spec && cur.metadata.labels == inst.metadata.labels => {}
+            Some(cur) => writes.push(Write::Replace {
+                current: Arc::clone(cur),
+                desired: inst,
+            }),
+            None => writes.push(Write::Create(inst)),
+        }
+    }
+    writes.extend(membership.delete.into_iter().map(Write::Delete));
+    (writes, decision)
+}
+
 impl Context {
     /// Enqueues every Rollout and Application: machines and presence affect them all.
     pub fn enqueue_all(&self) {
@@ -209,16 +269,7 @@ impl Context {
             .presence
             .read()
             .expect("presence lock is never poisoned");
-        self.machines
-            .list()
-            .iter()
-            .map(|m| MachineView {
-                name: m.name().to_string(),
-                labels: m.metadata.labels.clone(),
-                ready: presence.contains(m.name()),
-                unschedulable: m.spec.unschedulable,
-            })
-            .collect()
+        machine_views(&self.machines.list(), &presence)
     }
 
     /// The Rollout that drives an Application: the oldest, if several name it.
@@ -359,50 +410,23 @@ impl Context {
         }
         let app = app.expect("checked above: a missing application returned early");
 
-        let views = self.machine_views();
+        let machines = self.machines.list();
         let existing: Vec<Arc<Instance>> = self
             .instances
             .filter(|i| i.spec.application == app_name && i.namespace() == Some(namespace))
             .into_iter()
             .map(|i| self.written_instances.fresher(i))
             .collect();
-        let stable = rollout::stable_ref(ro.status.as_ref().unwrap_or(&Default::default()));
-        let membership = application::plan_instances(
-            &app,
-            &views,
-            &existing,
-            stable.as_ref(),
-            ro.spec.strategy.min_ready_seconds,
-        );
-        let desired: HashSet<String> = views
-            .iter()
-            .filter(|m| m.schedulable_and_ready() && app.spec.selector.matches(&m.labels))
-            .map(|m| m.name.clone())
-            .collect();
-        let decision = rollout::plan(rollout::RolloutInput {
-            rollout: &ro,
-            instances: membership.keep,
-            desired_machines: &desired,
-            now,
-        });
+        let (writes, decision) = {
+            let presence = self
+                .presence
+                .read()
+                .expect("presence lock is never poisoned");
+            decide_rollout(&ro, &app, &machines, &presence, &existing, now)
+        };
         *cost = started.elapsed();
 
         // Instances first (batched), then the Rollout status that describes them.
-        let by_name: HashMap<&str, &Arc<Instance>> =
-            existing.iter().map(|i| (i.name(), i)).collect();
-        let mut writes = Vec::new();
-        for inst in decision.instances {
-            match by_name.get(inst.name()) {
-                Some(cur)
-                    if cur.spec == inst.spec && cur.metadata.labels == inst.metadata.labels => {}
-                Some(cur) => writes.push(Write::Replace {
-                    current: Arc::clone(cur),
-                    desired: inst,
-                }),
-                None => writes.push(Write::Create(inst)),
-            }
-        }
-        writes.extend(membership.delete.into_iter().map(Write::Delete));
         if !writes.is_empty() {
             let count = writes.len();
             let written = self.client.write_batch(writes).await?;
