@@ -16,6 +16,8 @@ use deployctl::api::{
 };
 use deployctl::controller::context::decide_rollout;
 use deployctl::store::Write;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -69,7 +71,8 @@ fn version(v: &str) -> VersionRef {
 }
 
 /// N machines and Instances of `web`, every one staged v2; the first 40% run v2, the
-/// next 10% are switching to it, the others run v1.
+/// next 10% are switching to it, the others run v1. Both lists are shuffled, as the
+/// informer (a hash map) lists them.
 fn build(n: usize) -> anyhow::Result<State> {
     let app: Application = serde_yaml::from_str(APPLICATION)?;
     let mut rollout: Rollout =
@@ -134,6 +137,10 @@ fn build(n: usize) -> anyhow::Result<State> {
         });
         instances.push(Arc::new(inst));
     }
+    // The informer's caches are hash maps: the controller lists them in no useful order.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    machines.shuffle(&mut rng);
+    instances.shuffle(&mut rng);
     let mut state = State {
         rollout,
         app,
@@ -207,6 +214,71 @@ fn measure(s: &State) -> Sample {
     }
 }
 
+/// Where one steady reconcile's time goes, step by step (the steps of `decide_rollout`),
+/// median of `runs` each.
+fn breakdown(s: &State, runs: usize) {
+    use deployctl::reconcilers::{application, rollout, MachineView};
+    let mut steps: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..runs {
+        let now = chrono::Utc::now();
+        let t = Instant::now();
+        let views: Vec<MachineView> = s
+            .machines
+            .iter()
+            .filter(|m| s.app.spec.selector.matches(&m.metadata.labels))
+            .map(|m| MachineView {
+                machine: Arc::clone(m),
+                ready: s.presence.contains(m.name()),
+            })
+            .collect();
+        steps[0].push(t.elapsed());
+        let t = Instant::now();
+        let stable = rollout::stable_ref(s.rollout.status.as_ref().unwrap_or(&Default::default()));
+        let membership = application::plan_instances(
+            &s.app,
+            &views,
+            &s.instances,
+            stable.as_ref(),
+            s.rollout.spec.strategy.min_ready_seconds,
+        );
+        steps[1].push(t.elapsed());
+        let t = Instant::now();
+        let desired: std::collections::HashSet<&str> = views
+            .iter()
+            .filter(|m| m.schedulable_and_ready())
+            .map(|m| m.name())
+            .collect();
+        let plan = rollout::plan(rollout::RolloutInput {
+            rollout: &s.rollout,
+            instances: membership.keep,
+            desired_machines: &desired,
+            now,
+        });
+        steps[2].push(t.elapsed());
+        let t = Instant::now();
+        let unchanged = plan
+            .instances
+            .iter()
+            .zip(&membership.read)
+            .filter(|(i, r)| r.as_ref().is_some_and(|r| Arc::ptr_eq(i, r)))
+            .count();
+        std::hint::black_box(unchanged);
+        steps[3].push(t.elapsed());
+        drop(std::hint::black_box((plan, membership.delete, views)));
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    println!(
+        "{{\"case\":\"breakdown\",\"views_ms\":{:.2},\"plan_instances_ms\":{:.2},\"rollout_plan_ms\":{:.2},\"diff_ms\":{:.2}}}",
+        median(&mut steps[0]),
+        median(&mut steps[1]),
+        median(&mut steps[2]),
+        median(&mut steps[3]),
+    );
+}
+
 fn report(case: &str, n: usize, mut samples: Vec<Sample>) {
     samples.sort_by_key(|s| s.time);
     let median = &samples[samples.len() / 2];
@@ -252,7 +324,16 @@ fn main() -> anyhow::Result<()> {
             presence: state.presence.clone(),
             instances: state.instances.clone(),
         };
-        for inst in s.instances.iter_mut().skip(n * 4 / 10).take(n / 100) {
+        let switching = |i: &Instance| {
+            i.status.as_ref().is_some_and(|st| !st.available)
+                && i.spec.current.as_deref() == Some("2.0.0")
+        };
+        for inst in s
+            .instances
+            .iter_mut()
+            .filter(|i| switching(i))
+            .take(n / 100)
+        {
             let mut i = Instance::clone(inst);
             if let Some(st) = i.status.as_mut() {
                 st.current_version = Some("2.0.0".into());
@@ -281,5 +362,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
     report("steady", n, steady);
+    breakdown(&state, runs);
     Ok(())
 }
