@@ -399,8 +399,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let user_paused = spec.paused;
     let frozen = user_paused || failure_paused;
 
-    // Versions every Instance keeps staged: where it points, the stable, and the target
-    // once asked for.
     // The digest an Instance carries for `v`: the target's and the stable's from the
     // Rollout, any other as the Instance had it.
     fn sha_for<'a>(
@@ -421,8 +419,9 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     }
     let target_sha = (target.as_str(), spec.sha256.as_deref());
     let stable_with_sha = (stable.as_deref(), stable_sha.as_deref());
-    // Compares first and copies the Instance (copy on write) only when `staged` changes:
-    // at 10,000 machines almost every call finds it already right.
+    // Versions every Instance keeps staged: where it points, the stable, and the target
+    // once asked for. Compares first and copies the Instance (copy on write) only when
+    // `staged` changes: at 10,000 machines almost every call finds it already right.
     let restage = |inst: &mut Arc<Instance>, with_target: bool| {
         let mut versions: [&str; 3] = [""; 3];
         let mut len = 0;
