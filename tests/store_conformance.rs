@@ -6,7 +6,7 @@ mod common;
 use deployctl::api::{Object, Rollout, RolloutSpec};
 use deployctl::store::{
     keys, Client, Compare, Error, EventType, ObjectEvent, ObjectWatch, Op, Scope, Store, Txn,
-    WatchEvent, WatchStream,
+    WatchEvent, WatchStream, Write,
 };
 use deployctl::testing::EtcdServer;
 use futures::StreamExt;
@@ -117,6 +117,7 @@ conformance! {
         spec_and_status_updates_should_never_clobber_each_other,
         client_delete_should_remove_spec_and_status,
         list_watch_should_emit_restarted_then_merged_applied_and_deleted,
+        write_batch_should_land_hundreds_of_writes_and_report_a_conflict,
     ],
     fixture: [
         watch_should_resume_after_a_disconnect_without_loss_or_repeats,
@@ -1115,4 +1116,152 @@ async fn list_watch_should_relist_when_history_it_missed_was_compacted() {
         }
         other => panic!("want Restarted after the compaction, got {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Batches
+
+/// Every Rollout in the store, by name, as (version, resourceVersion).
+async fn versions(client: &Client) -> std::collections::BTreeMap<String, (String, i64)> {
+    client
+        .list::<Rollout>(&Scope::All)
+        .await
+        .expect("list rollouts")
+        .items
+        .into_iter()
+        .map(|r| {
+            let rv = r.metadata.revision();
+            (r.metadata.name.clone(), (r.spec.version.clone(), rv))
+        })
+        .collect()
+}
+
+/// 500 writes are several transactions (at most 120 ops each), sent concurrently: every
+/// one must land, and a stale compare-and-swap anywhere must fail its transaction whole
+/// and be reported.
+async fn write_batch_should_land_hundreds_of_writes_and_report_a_conflict(store: Arc<dyn Store>) {
+    const N: usize = 500;
+    let client = Client::new(store);
+    let names: Vec<String> = (0..N).map(|i| format!("r{i:03}")).collect();
+
+    let created = client
+        .write_batch(
+            names
+                .iter()
+                .map(|n| Write::Create(rollout(n, "1")))
+                .collect(),
+        )
+        .await
+        .expect("500 creates");
+    assert_eq!(created.len(), N, "every created object is returned");
+    let stored = versions(&client).await;
+    assert_eq!(stored.len(), N, "every create landed");
+    for obj in &created {
+        assert_eq!(
+            stored[obj.name()].1,
+            obj.metadata.revision(),
+            "{} is returned with the revision it was written at",
+            obj.name()
+        );
+    }
+
+    let read: Vec<Arc<Rollout>> = client
+        .list::<Rollout>(&Scope::All)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let replace_all = |version: &str| -> Vec<Write<Rollout>> {
+        read.iter()
+            .map(|current| {
+                let mut desired = Rollout::clone(current);
+                desired.spec.version = version.to_string();
+                Write::Replace {
+                    current: Arc::clone(current),
+                    desired,
+                }
+            })
+            .collect()
+    };
+    let replaced = client
+        .write_batch(replace_all("2"))
+        .await
+        .expect("500 replaces");
+    assert_eq!(replaced.len(), N);
+    let stored = versions(&client).await;
+    assert!(
+        stored.values().all(|(v, _)| v == "2"),
+        "every replace landed"
+    );
+
+    // The same replaces again, from the copies read before: every compare is stale.
+    let err = client
+        .write_batch(replace_all("3"))
+        .await
+        .expect_err("stale replaces must conflict");
+    assert!(matches!(err, Error::Conflict(_)), "got {err}");
+    assert_eq!(
+        versions(&client).await,
+        stored,
+        "a failed batch writes nothing"
+    );
+
+    // One stale write among fresh ones: its transaction fails whole, the batch reports it.
+    let fresh: Vec<Arc<Rollout>> = client
+        .list::<Rollout>(&Scope::All)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let stale = N / 2;
+    let writes: Vec<Write<Rollout>> = fresh
+        .iter()
+        .enumerate()
+        .map(|(i, cur)| {
+            let current = if i == stale {
+                Arc::clone(&read[i])
+            } else {
+                Arc::clone(cur)
+            };
+            let mut desired = Rollout::clone(cur);
+            desired.spec.version = "4".to_string();
+            Write::Replace { current, desired }
+        })
+        .collect();
+    let err = client
+        .write_batch(writes)
+        .await
+        .expect_err("one stale replace must conflict");
+    assert!(matches!(err, Error::Conflict(_)), "got {err}");
+    let after = versions(&client).await;
+    assert_eq!(after[&names[stale]].0, "2", "the stale write did not land");
+    assert_eq!(
+        after[&names[stale - 1]].0,
+        "2",
+        "its neighbour in the same transaction did not land either"
+    );
+    assert_eq!(
+        after[&names[stale + 1]].0,
+        "2",
+        "its neighbour in the same transaction did not land either"
+    );
+
+    // Deletes, as a batch too.
+    let current: Vec<Arc<Rollout>> = client
+        .list::<Rollout>(&Scope::All)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    client
+        .write_batch(current.into_iter().map(Write::Delete).collect())
+        .await
+        .expect("500 deletes");
+    assert!(versions(&client).await.is_empty(), "every delete landed");
 }

@@ -24,7 +24,9 @@ pub enum Key {
 /// reconcile right after a write does not decide from the older cached copy (and lose a
 /// compare-and-swap against itself).
 pub struct Written<K> {
-    map: Mutex<HashMap<(Option<String>, String), K>>,
+    /// By namespace (`""` for cluster-scoped kinds), then name: looked up with borrowed
+    /// strings, so the 10,000 lookups of one Rollout reconcile allocate nothing.
+    map: Mutex<HashMap<String, HashMap<String, K>>>,
 }
 
 impl<K: Object> Default for Written<K> {
@@ -36,32 +38,52 @@ impl<K: Object> Default for Written<K> {
 }
 
 impl<K: Object> Written<K> {
-    fn key(obj: &K) -> (Option<String>, String) {
-        (obj.namespace().map(str::to_string), obj.name().to_string())
-    }
-
-    pub fn record(&self, obj: K) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, K>>> {
         self.map
             .lock()
             .expect("written lock is never poisoned: no panics inside")
-            .insert(Self::key(&obj), obj);
+    }
+
+    pub fn record(&self, obj: K) {
+        self.lock()
+            .entry(obj.namespace().unwrap_or("").to_string())
+            .or_default()
+            .insert(obj.name().to_string(), obj);
     }
 
     /// The newer of the cached object and what we wrote: spec and metadata by
     /// resourceVersion, status by its own revision.
     pub fn fresher(&self, cached: Arc<K>) -> Arc<K> {
-        let mut map = self
-            .map
-            .lock()
-            .expect("written lock is never poisoned: no panics inside");
-        let key = Self::key(&cached);
-        let Some(ours) = map.get(&key) else {
+        Self::fresher_in(&mut self.lock(), cached)
+    }
+
+    /// [`Written::fresher`] of each, under one lock.
+    pub fn fresher_all(&self, cached: Vec<Arc<K>>) -> Vec<Arc<K>> {
+        let mut map = self.lock();
+        if map.is_empty() {
+            return cached;
+        }
+        cached
+            .into_iter()
+            .map(|c| Self::fresher_in(&mut map, c))
+            .collect()
+    }
+
+    fn fresher_in(map: &mut HashMap<String, HashMap<String, K>>, cached: Arc<K>) -> Arc<K> {
+        let ns = cached.namespace().unwrap_or("");
+        let Some(names) = map.get_mut(ns) else {
+            return cached;
+        };
+        let Some(ours) = names.get(cached.name()) else {
             return cached;
         };
         let spec_newer = ours.meta().revision() > cached.meta().revision();
         let status_newer = ours.meta().status_version > cached.meta().status_version;
         if !spec_newer && !status_newer {
-            map.remove(&key);
+            names.remove(cached.name());
+            if names.is_empty() {
+                map.remove(ns);
+            }
             return cached;
         }
         let mut merged = if spec_newer {
@@ -153,6 +175,89 @@ fn reference<K: Object>(obj: &K) -> ObjectReference {
     }
 }
 
+/// What a decision sees of the Machines: each with its agent's presence.
+pub fn machine_views(machines: &[Arc<Machine>], presence: &BTreeSet<String>) -> Vec<MachineView> {
+    machines
+        .iter()
+        .map(|m| MachineView {
+            machine: Arc::clone(m),
+            ready: presence.contains(m.name()),
+        })
+        .collect()
+}
+
+/// Everything one Rollout reconcile decides between reading the caches and writing: the
+/// Instance writes (only those whose spec or labels change, plus creates and deletes) and
+/// the Rollout plan (status, events, requeue). Pure: no store, no locks.
+pub fn decide_rollout(
+    ro: &Rollout,
+    app: &Application,
+    machines: &[Arc<Machine>],
+    presence: &BTreeSet<String>,
+    existing: &[Arc<Instance>],
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Vec<Write<Instance>>, rollout::RolloutPlan) {
+    // Only the selected machines matter to the plans below (the others get no Instance,
+    // and are not desired): select once, look up presence only for those.
+    let views: Vec<MachineView> = machines
+        .iter()
+        .filter(|m| app.spec.selector.matches(&m.metadata.labels))
+        .map(|m| MachineView {
+            machine: Arc::clone(m),
+            ready: presence.contains(m.name()),
+        })
+        .collect();
+    let stable = rollout::stable_ref(ro.status.as_ref().unwrap_or(&Default::default()));
+    let membership = application::plan_instances(
+        app,
+        &views,
+        existing,
+        stable.as_ref(),
+        ro.spec.strategy.min_ready_seconds,
+    );
+    let desired: HashSet<&str> = views
+        .iter()
+        .filter(|m| m.schedulable_and_ready())
+        .map(|m| m.name())
+        .collect();
+    let mut decision = rollout::plan(rollout::RolloutInput {
+        rollout: ro,
+        instances: membership.keep,
+        desired_machines: &desired,
+        now,
+    });
+    // A new Instance's name could (in theory) be taken by an existing one on another
+    // machine: that one is what its write compares against.
+    let by_name: Option<HashMap<&str, &Arc<Instance>>> = membership
+        .read
+        .iter()
+        .any(Option::is_none)
+        .then(|| existing.iter().map(|i| (i.name(), i)).collect());
+    let mut writes = Vec::new();
+    let decided = std::mem::take(&mut decision.instances);
+    for (inst, read) in decided.into_iter().zip(membership.read) {
+        let cur = match read {
+            // Untouched by the plans: the very object read.
+            Some(cur) if Arc::ptr_eq(&cur, &inst) => continue,
+            Some(cur) => Some(cur),
+            None => by_name
+                .as_ref()
+                .and_then(|m| m.get(inst.name()))
+                .map(|c| Arc::clone(c)),
+        };
+        match cur {
+            Some(cur) if cur.spec == inst.spec && cur.metadata.labels == inst.metadata.labels => {}
+            Some(cur) => writes.push(Write::Replace {
+                current: cur,
+                desired: Arc::unwrap_or_clone(inst),
+            }),
+            None => writes.push(Write::Create(Arc::unwrap_or_clone(inst))),
+        }
+    }
+    writes.extend(membership.delete.into_iter().map(Write::Delete));
+    (writes, decision)
+}
+
 impl Context {
     /// Enqueues every Rollout and Application: machines and presence affect them all.
     pub fn enqueue_all(&self) {
@@ -209,16 +314,7 @@ impl Context {
             .presence
             .read()
             .expect("presence lock is never poisoned");
-        self.machines
-            .list()
-            .iter()
-            .map(|m| MachineView {
-                name: m.name().to_string(),
-                labels: m.metadata.labels.clone(),
-                ready: presence.contains(m.name()),
-                unschedulable: m.spec.unschedulable,
-            })
-            .collect()
+        machine_views(&self.machines.list(), &presence)
     }
 
     /// The Rollout that drives an Application: the oldest, if several name it.
@@ -359,50 +455,22 @@ impl Context {
         }
         let app = app.expect("checked above: a missing application returned early");
 
-        let views = self.machine_views();
-        let existing: Vec<Arc<Instance>> = self
-            .instances
-            .filter(|i| i.spec.application == app_name && i.namespace() == Some(namespace))
-            .into_iter()
-            .map(|i| self.written_instances.fresher(i))
-            .collect();
-        let stable = rollout::stable_ref(ro.status.as_ref().unwrap_or(&Default::default()));
-        let membership = application::plan_instances(
-            &app,
-            &views,
-            &existing,
-            stable.as_ref(),
-            ro.spec.strategy.min_ready_seconds,
-        );
-        let desired: HashSet<String> = views
-            .iter()
-            .filter(|m| m.schedulable_and_ready() && app.spec.selector.matches(&m.labels))
-            .map(|m| m.name.clone())
-            .collect();
-        let decision = rollout::plan(rollout::RolloutInput {
-            rollout: &ro,
-            instances: membership.keep,
-            desired_machines: &desired,
-            now,
-        });
+        let machines = self.machines.list();
+        let existing: Vec<Arc<Instance>> =
+            self.written_instances
+                .fresher_all(self.instances.filter(|i| {
+                    i.spec.application == app_name && i.namespace() == Some(namespace)
+                }));
+        let (writes, decision) = {
+            let presence = self
+                .presence
+                .read()
+                .expect("presence lock is never poisoned");
+            decide_rollout(&ro, &app, &machines, &presence, &existing, now)
+        };
         *cost = started.elapsed();
 
         // Instances first (batched), then the Rollout status that describes them.
-        let by_name: HashMap<&str, &Arc<Instance>> =
-            existing.iter().map(|i| (i.name(), i)).collect();
-        let mut writes = Vec::new();
-        for inst in decision.instances {
-            match by_name.get(inst.name()) {
-                Some(cur)
-                    if cur.spec == inst.spec && cur.metadata.labels == inst.metadata.labels => {}
-                Some(cur) => writes.push(Write::Replace {
-                    current: Arc::clone(cur),
-                    desired: inst,
-                }),
-                None => writes.push(Write::Create(inst)),
-            }
-        }
-        writes.extend(membership.delete.into_iter().map(Write::Delete));
         if !writes.is_empty() {
             let count = writes.len();
             let written = self.client.write_batch(writes).await?;

@@ -11,13 +11,17 @@ use std::sync::Arc;
 pub struct InstancePlan {
     /// Every Instance that should exist, existing ones (with their status and metadata, spec
     /// refreshed from the Application) and new ones (no resourceVersion yet).
-    pub keep: Vec<Instance>,
+    pub keep: Vec<Arc<Instance>>,
+    /// For each of `keep`, the Instance as read from `existing` (`None` for a new one): what
+    /// a write compares against, found without a lookup by name.
+    pub read: Vec<Option<Arc<Instance>>>,
     /// Instances whose machine is gone or no longer selected.
     pub delete: Vec<Arc<Instance>>,
 }
 
 /// Copies what an agent needs from the Application into an Instance spec, leaving the
 /// versions (`staged`, `current`, `restartAt`, `attempt`) as they are.
+/// [`matches_snapshot`] must compare exactly the fields written here.
 pub fn snapshot(app: &Application, machine: &str, into: &mut InstanceSpec) {
     let s = &app.spec;
     into.machine = machine.to_string();
@@ -33,11 +37,29 @@ pub fn snapshot(app: &Application, machine: &str, into: &mut InstanceSpec) {
     into.keep_releases = s.keep_releases;
 }
 
+/// True when [`snapshot`] would leave `spec` unchanged: compared in place, so that an
+/// Instance already in step with its Application is not copied.
+pub fn matches_snapshot(app: &Application, machine: &str, spec: &InstanceSpec) -> bool {
+    let s = &app.spec;
+    spec.machine == machine
+        && spec.application == app.metadata.name
+        && spec.artifact == s.artifact
+        && spec.path == s.path
+        && spec.shell == s.shell
+        && spec.env == s.env
+        && spec.hooks == s.hooks
+        && spec.get_version == s.get_version
+        && spec.health_check == s.health_check
+        && spec.service == s.service
+        && spec.keep_releases == s.keep_releases
+}
+
 /// Decides which Instances `app` should have on `machines`.
 ///
 /// `existing` are the Instances of this Application. `stable` is the version a new machine
 /// gets at once (the Rollout's stable version), if any. `min_ready_seconds` comes from
-/// the Rollout.
+/// the Rollout. An existing Instance whose spec needs no change is kept as the same `Arc`
+/// (callers may skip it by `Arc::ptr_eq`); one that changes is copied on write.
 pub fn plan_instances(
     app: &Application,
     machines: &[MachineView],
@@ -50,23 +72,29 @@ pub fn plan_instances(
         .map(|i| (i.spec.machine.as_str(), i))
         .collect();
     let namespace = app.namespace().unwrap_or(crate::api::DEFAULT_NAMESPACE);
-    let mut plan = InstancePlan::default();
+    let mut keep: Vec<(Arc<Instance>, Option<Arc<Instance>>)> = Vec::with_capacity(existing.len());
+    let mut delete = Vec::new();
     let mut selected = std::collections::HashSet::new();
     for m in machines {
-        if !app.spec.selector.matches(&m.labels) {
+        if !app.spec.selector.matches(m.labels()) {
             continue;
         }
-        selected.insert(m.name.as_str());
-        match by_machine.get(m.name.as_str()) {
-            Some(inst) => {
-                let mut inst = Instance::clone(inst);
-                snapshot(app, &m.name, &mut inst.spec);
-                inst.spec.min_ready_seconds = min_ready_seconds;
-                plan.keep.push(inst);
+        selected.insert(m.name());
+        match by_machine.get(m.name()) {
+            Some(read) => {
+                let mut inst = Arc::clone(read);
+                if !matches_snapshot(app, m.name(), &inst.spec)
+                    || inst.spec.min_ready_seconds != min_ready_seconds
+                {
+                    let inst = Arc::make_mut(&mut inst);
+                    snapshot(app, m.name(), &mut inst.spec);
+                    inst.spec.min_ready_seconds = min_ready_seconds;
+                }
+                keep.push((inst, Some(Arc::clone(read))));
             }
             None if m.schedulable_and_ready() => {
                 let mut inst = Instance::new(
-                    &Instance::name_for(&app.metadata.name, &m.name),
+                    &Instance::name_for(&app.metadata.name, m.name()),
                     InstanceSpec::default(),
                 );
                 inst.metadata.namespace = Some(namespace.to_string());
@@ -75,28 +103,29 @@ pub fn plan_instances(
                         "deployctl.dev/application".to_string(),
                         app.metadata.name.clone(),
                     ),
-                    ("deployctl.dev/machine".to_string(), m.name.clone()),
+                    ("deployctl.dev/machine".to_string(), m.name().to_string()),
                 ]
                 .into();
-                snapshot(app, &m.name, &mut inst.spec);
+                snapshot(app, m.name(), &mut inst.spec);
                 inst.spec.min_ready_seconds = min_ready_seconds;
                 if let Some(v) = stable {
                     inst.spec.staged = vec![v.clone()];
                     inst.spec.current = Some(v.version.clone());
                 }
-                plan.keep.push(inst);
+                keep.push((Arc::new(inst), None));
             }
             None => {}
         }
     }
     for inst in existing {
         if !selected.contains(inst.spec.machine.as_str()) {
-            plan.delete.push(inst.clone());
+            delete.push(inst.clone());
         }
     }
-    plan.keep
-        .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    plan
+    // Names are unique within a namespace: the unstable sort orders exactly as a stable one.
+    keep.sort_unstable_by(|a, b| a.0.metadata.name.cmp(&b.0.metadata.name));
+    let (keep, read) = keep.into_iter().unzip();
+    InstancePlan { keep, read, delete }
 }
 
 /// The status an Application should have, or `None` when it already has it.
@@ -107,7 +136,7 @@ pub fn plan_status(
 ) -> Option<ApplicationStatus> {
     let selected: Vec<&MachineView> = machines
         .iter()
-        .filter(|m| app.spec.selector.matches(&m.labels))
+        .filter(|m| app.spec.selector.matches(m.labels()))
         .collect();
     let status = ApplicationStatus {
         observed_generation: app.metadata.generation.unwrap_or(0),
@@ -124,11 +153,11 @@ mod tests {
     use crate::api::{ApplicationSpec, Artifact};
 
     pub(crate) fn machine(name: &str, role: &str, ready: bool) -> MachineView {
+        let mut m = crate::api::Machine::new(name, Default::default());
+        m.metadata.labels = [("role".to_string(), role.to_string())].into();
         MachineView {
-            name: name.into(),
-            labels: [("role".to_string(), role.to_string())].into(),
+            machine: Arc::new(m),
             ready,
-            unschedulable: false,
         }
     }
 
@@ -186,7 +215,7 @@ mod tests {
             None,
             0,
         );
-        let existing: Vec<Arc<Instance>> = first.keep.into_iter().map(Arc::new).collect();
+        let existing: Vec<Arc<Instance>> = first.keep;
         let plan = plan_instances(
             &app(),
             &[machine("m1", "web", false), machine("m2", "db", true)],
@@ -201,6 +230,42 @@ mod tests {
         );
         assert_eq!(plan.delete.len(), 1);
         assert_eq!(plan.delete[0].spec.machine, "m2");
+    }
+
+    #[test]
+    fn an_instance_in_step_with_its_application_should_be_kept_uncopied() {
+        let machines = [machine("m1", "web", true)];
+        let existing = plan_instances(&app(), &machines, &[], None, 5).keep;
+        let again = plan_instances(&app(), &machines, &existing, None, 5);
+        assert!(Arc::ptr_eq(&existing[0], &again.keep[0]));
+
+        let mut changed = app();
+        changed.spec.env.insert("MODE".into(), "fast".into());
+        let plan = plan_instances(&changed, &machines, &existing, None, 5);
+        assert!(!Arc::ptr_eq(&existing[0], &plan.keep[0]));
+        assert_eq!(
+            plan.keep[0].spec.env.get("MODE").map(String::as_str),
+            Some("fast")
+        );
+        assert!(
+            existing[0].spec.env.is_empty(),
+            "the cached copy stays as read"
+        );
+
+        let plan = plan_instances(&app(), &machines, &existing, None, 7);
+        assert_eq!(plan.keep[0].spec.min_ready_seconds, 7);
+    }
+
+    #[test]
+    fn snapshot_and_its_comparison_should_agree() {
+        let mut spec = InstanceSpec::default();
+        assert!(!matches_snapshot(&app(), "m1", &spec));
+        snapshot(&app(), "m1", &mut spec);
+        assert!(matches_snapshot(&app(), "m1", &spec));
+        assert!(!matches_snapshot(&app(), "m2", &spec));
+        let mut other = app();
+        other.spec.keep_releases = 5;
+        assert!(!matches_snapshot(&other, "m1", &spec));
     }
 
     #[test]

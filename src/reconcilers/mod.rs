@@ -9,23 +9,37 @@ pub mod application;
 pub mod machine;
 pub mod rollout;
 
+use crate::api::{Machine, Object};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What a decision needs to know about one Machine.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MachineView {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
+    /// The Machine as cached: shared, not copied (a Rollout reconcile builds 10,000 of
+    /// these each time).
+    pub machine: Arc<Machine>,
     /// Its agent's lease is alive.
     pub ready: bool,
-    /// Cordoned: keeps what it runs, gets nothing new, leaves the desired count.
-    pub unschedulable: bool,
 }
 
 impl MachineView {
+    pub fn name(&self) -> &str {
+        self.machine.name()
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.machine.metadata.labels
+    }
+
+    /// Cordoned: keeps what it runs, gets nothing new, leaves the desired count.
+    pub fn unschedulable(&self) -> bool {
+        self.machine.spec.unschedulable
+    }
+
     /// Counts towards a rollout's desired machines.
     pub fn schedulable_and_ready(&self) -> bool {
-        self.ready && !self.unschedulable
+        self.ready && !self.unschedulable()
     }
 }
 

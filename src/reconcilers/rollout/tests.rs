@@ -77,16 +77,17 @@ impl Fleet {
 
     /// One controller decision; spec changes bump the Instance generation like the store.
     fn decide(&mut self) -> RolloutPlan {
+        let desired: HashSet<&str> = self.desired.iter().map(String::as_str).collect();
         let plan = plan(RolloutInput {
             rollout: &self.rollout,
-            instances: self.instances.clone(),
-            desired_machines: &self.desired,
+            instances: self.instances.iter().cloned().map(Arc::new).collect(),
+            desired_machines: &desired,
             now: self.now,
         });
         for (old, new) in self.instances.iter_mut().zip(plan.instances.iter()) {
             if old.spec != new.spec {
                 let gen = old.metadata.generation.unwrap_or(0) + 1;
-                *old = new.clone();
+                *old = Instance::clone(new);
                 old.metadata.generation = Some(gen);
             }
         }
@@ -759,4 +760,46 @@ fn a_status_with_no_change_should_be_stable_across_decisions() {
     fleet.decide();
     assert_eq!(fleet.status(), &before, "no writes when nothing changed");
     let _ = InstanceStatus::default();
+}
+
+#[test]
+fn a_decision_with_nothing_to_change_should_hand_back_every_instance_uncopied() {
+    let mut fleet = Fleet::new(4, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(100);
+    assert_eq!(fleet.on("2.0"), 4);
+    let given: Vec<Arc<Instance>> = fleet.instances.iter().cloned().map(Arc::new).collect();
+    let machines = fleet.desired.clone();
+    let desired: HashSet<&str> = machines.iter().map(String::as_str).collect();
+    let decided = plan(RolloutInput {
+        rollout: &fleet.rollout,
+        instances: given.clone(),
+        desired_machines: &desired,
+        now: fleet.now,
+    });
+    for (before, after) in given.iter().zip(&decided.instances) {
+        assert!(
+            Arc::ptr_eq(before, after),
+            "{} was copied although its spec did not change",
+            before.name()
+        );
+    }
+
+    // A new version changes every spec: each comes back as its own copy.
+    fleet.set_version("3.0");
+    let restaged = plan(RolloutInput {
+        rollout: &fleet.rollout,
+        instances: given.clone(),
+        desired_machines: &desired,
+        now: fleet.now,
+    });
+    for (before, after) in given.iter().zip(&restaged.instances) {
+        assert!(
+            !Arc::ptr_eq(before, after),
+            "{} was not restaged",
+            before.name()
+        );
+        assert!(after.spec.staged.iter().any(|v| v.version == "3.0"));
+    }
 }
