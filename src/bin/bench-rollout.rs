@@ -579,6 +579,11 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     let cpu_before = controller.cpu_seconds()?;
     let agent_reads_before = counters.reads.load(Ordering::SeqCst);
     let t0 = Instant::now();
+    // For lining up with the controller's log (`--controller-log`, `RUST_LOG=debug`).
+    eprintln!(
+        "[{machines}] writing version 2.0 at {}",
+        chrono::Utc::now().format("%H:%M:%S%.6f")
+    );
     let updated = client
         .update::<Rollout>(Some(NAMESPACE), &app_name, |r| {
             r.spec.version = "2.0".into()

@@ -473,8 +473,10 @@ impl Context {
         // Instances first (batched), then the Rollout status that describes them.
         if !writes.is_empty() {
             let count = writes.len();
+            let writing = std::time::Instant::now();
             let written = self.client.write_batch(writes).await?;
-            tracing::debug!(rollout = name, count, "wrote instances");
+            tracing::debug!(rollout = name, count, decide = ?*cost, write = ?writing.elapsed(),
+                "wrote instances");
             for inst in written {
                 self.written_instances.record(inst);
             }
