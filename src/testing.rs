@@ -163,8 +163,25 @@ impl EtcdServer {
 
     /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers, like a hung
     /// server or a partition. [`thaw`](Self::thaw) resumes it; drop kills it either way.
+    /// Returns once the process is stopped: the signal is delivered asynchronously, and a
+    /// request sent meanwhile could still be answered.
     pub fn freeze(&self) {
         self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let stopped = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                // The state is the first field after the parenthesised command name.
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with(['T', 't']))
+            });
+            if stopped {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("etcd (pid {pid}) did not stop within 5 s of SIGSTOP");
     }
 
     /// Resumes a frozen etcd (SIGCONT).
