@@ -786,3 +786,135 @@ async fn an_idle_agent_should_make_no_store_reads() {
     token.cancel();
     agent.await.unwrap().unwrap();
 }
+
+/// Status writes to `key` from revision `from` on: (phase, revision) of each.
+async fn status_writes(client: &Client, key: &str, from: i64) -> Vec<(InstancePhase, i64)> {
+    use futures::StreamExt;
+    let now = client
+        .store()
+        .get(key)
+        .await
+        .unwrap()
+        .map_or(0, |kv| kv.mod_revision);
+    let mut out = Vec::new();
+    if now < from {
+        return out;
+    }
+    let mut watch = client.store().watch(key, from).await.unwrap();
+    while out.last().is_none_or(|(_, rev)| *rev < now) {
+        let batch = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("the watch replays history")
+            .expect("the watch stays open")
+            .expect("no watch error");
+        for ev in batch {
+            let st: InstanceStatus = serde_json::from_slice(&ev.kv.value).unwrap();
+            out.push((st.phase, ev.kv.mod_revision));
+        }
+    }
+    out
+}
+
+/// The reporter writes a progress phase only when it lasts, writes the outcome with the
+/// events that go with it in one transaction, and survives a stale status revision.
+async fn reporter_scenario(client: Client) {
+    use deployctl::agent::report::{PendingEvent, Reporter, PROGRESS_DELAY};
+    use deployctl::store::EventRecorder;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut inst = Instance::new("web.m1", spec(tmp.path(), "00"));
+    inst.metadata.namespace = Some("default".into());
+    let inst = client.create(&inst).await.unwrap();
+    let key = keys::status_key("instances", Some("default"), "web.m1");
+    let events = Arc::new(EventRecorder::new(client.clone(), "agent/m1"));
+    let status = |phase: InstancePhase| InstanceStatus {
+        phase,
+        observed_generation: 1,
+        ..Default::default()
+    };
+    let from = inst.meta().revision() + 1;
+
+    // A fast step: Staging is replaced by its outcome before it is due, so only the
+    // outcome is written, with its event, in one revision.
+    let reporter = Reporter::start(client.clone(), events.clone(), &inst);
+    reporter.send(Some(status(InstancePhase::Staging)), vec![]);
+    reporter.send(
+        Some(status(InstancePhase::Running)),
+        vec![PendingEvent::new("Normal", "Staged", "staged version 1.0")],
+    );
+    let mut got = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while got.is_empty() {
+        assert!(Instant::now() < deadline, "the outcome was never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        got = status_writes(&client, &key, from).await;
+    }
+    assert_eq!(got.len(), 1, "only the outcome: {got:?}");
+    assert_eq!(got[0].0, InstancePhase::Running);
+    let listed = client
+        .list::<Event>(&Scope::Namespace("default".into()))
+        .await
+        .unwrap();
+    let staged: Vec<_> = listed
+        .items
+        .iter()
+        .filter(|e| e.spec().reason == "Staged")
+        .collect();
+    assert_eq!(staged.len(), 1);
+    assert_eq!(
+        staged[0].meta().revision(),
+        got[0].1,
+        "the event is written in the status transaction"
+    );
+
+    // A step that lasts: its progress phase is written once it is due, not before.
+    let sent = Instant::now();
+    reporter.send(Some(status(InstancePhase::Switching)), vec![]);
+    let mut writes = got.clone();
+    while writes.len() < 2 {
+        assert!(
+            sent.elapsed() < DEADLINE,
+            "the lasting progress was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        writes = status_writes(&client, &key, from).await;
+    }
+    assert!(
+        sent.elapsed() >= PROGRESS_DELAY,
+        "written after {:?}, before it was due",
+        sent.elapsed()
+    );
+    assert_eq!(writes[1].0, InstancePhase::Switching);
+
+    // Someone else moved the status on (the reporter's revision is stale): the next
+    // report re-reads the revision and is written anyway, never lost.
+    let mut other = client
+        .get::<Instance>(Some("default"), "web.m1")
+        .await
+        .unwrap()
+        .unwrap();
+    other.status = Some(status(InstancePhase::Pending));
+    client.replace_status(&other).await.unwrap();
+    reporter.send(Some(status(InstancePhase::Failed)), vec![]);
+    reporter.flush(DEADLINE).await;
+    let last = client
+        .get::<Instance>(Some("default"), "web.m1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.status().unwrap().phase, InstancePhase::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reporter_should_coalesce_progress_and_write_events_with_the_status_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    reporter_scenario(Client::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reporter_should_coalesce_progress_and_write_events_with_the_status_on_the_embedded_store()
+{
+    let temp = deployctl::testing::embedded_temp();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    reporter_scenario(Client::new(store)).await;
+}

@@ -21,8 +21,9 @@ use tokio::time::Instant;
 pub const PROGRESS_DELAY: Duration = Duration::from_secs(1);
 /// Events kept while the store is unreachable; older ones are dropped (and counted).
 const MAX_PENDING_EVENTS: usize = 32;
-/// Retries after a failed write, doubling up to the cap.
+/// Retries after a failed write: a random wait up to a bound that doubles up to the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_CAP: Duration = Duration::from_secs(5);
 /// Conflicts resolved by re-reading before the write counts as failed.
 const CONFLICT_RETRIES: usize = 5;
@@ -184,9 +185,12 @@ impl Writer {
             match self.write(&mut pending).await {
                 Ok(()) => backoff = RETRY_FIRST,
                 Err(e) => {
-                    tracing::warn!(instance = %self.describe(), error = %e, retry_in = ?backoff,
+                    // Full jitter: a fleet whose writes an overloaded etcd refused at once
+                    // ("too many requests") must not come back at once.
+                    let wait = backoff.mul_f64(rand::random::<f64>()).max(RETRY_MIN);
+                    tracing::warn!(instance = %self.describe(), error = %e, retry_in = ?wait,
                         "cannot write status; will retry");
-                    let until = Instant::now() + backoff;
+                    let until = Instant::now() + wait;
                     backoff = (backoff * 2).min(RETRY_CAP);
                     // Newer notes replace what failed meanwhile; shutting down gives up.
                     loop {
