@@ -110,6 +110,8 @@ pub struct InstanceStatus {
     /// The `metadata.generation` of the spec this status answers.
     #[serde(default)]
     pub observed_generation: i64,
+    /// What the agent is doing. A progress phase (Staging, Switching, Verifying) is
+    /// reported once it has lasted a second: a faster step shows only its outcome.
     #[serde(default)]
     pub phase: InstancePhase,
     /// Where `current` points on disk.
