@@ -65,6 +65,9 @@ struct Args {
     /// Controller workers (`deployctl controller --workers`).
     #[arg(long, default_value_t = 4)]
     workers: u32,
+    /// The Rollout's `strategy.maxParallelStage` (default: unset, every machine at once).
+    #[arg(long)]
+    max_parallel_stage: Option<u32>,
 }
 
 /// Counts what the agents ask of the store, around the shared clients.
@@ -546,6 +549,7 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     );
     ro.spec.strategy.max_unavailable = IntOrPercent::Percent("10%".into());
     ro.spec.strategy.min_staged = IntOrPercent::Percent("100%".into());
+    ro.spec.strategy.max_parallel_stage = args.max_parallel_stage;
     client
         .create(&ro)
         .await
@@ -691,6 +695,7 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         "etcd_cpu_seconds": etcd_cpu,
         "bench_cpu_seconds": self_cpu,
         "step_ms": args.step_ms,
+        "max_parallel_stage": args.max_parallel_stage,
         "agent_clients": args.clients,
         "agent_restarts": restarts.load(Ordering::SeqCst),
         "final_phase": format!("{:?}", status.phase),
