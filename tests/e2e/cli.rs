@@ -747,7 +747,7 @@ fn the_cli_should_drive_a_real_rollout_through_a_controller_and_agents() {
         write_artifact(&art, "1.1.0");
         let manifests = format!(
             "apiVersion: deployctl.dev/v1\nkind: Application\nmetadata: {{name: api}}\nspec:\n  selector: {{matchLabels: {{role: web}}}}\n  artifact: {{url: 'file://{}/api-{{{{version}}}}.tar.gz'}}\n---\n\
-             apiVersion: deployctl.dev/v1\nkind: Rollout\nmetadata: {{name: api}}\nspec: {{application: api, version: 1.0.0}}\n",
+             apiVersion: deployctl.dev/v1\nkind: Rollout\nmetadata: {{name: api}}\nspec: {{application: api, version: 1.0.0, strategy: {{minReadySeconds: 3}}}}\n",
             art.display()
         );
         let _controller = spawn(&store, &["controller", "--lease-ttl", "3s"]);
@@ -781,6 +781,8 @@ fn the_cli_should_drive_a_real_rollout_through_a_controller_and_agents() {
             out.stdout
         );
         run(&store, &["set", "version", "api", "1.1.0"]).ok();
+        // minReadySeconds keeps the first machine updated-but-verifying for seconds, so
+        // `rollout status` (started just after the version write) sees that state.
         let out = run(&store, &["rollout", "status", "api", "--timeout", "60s"]).ok();
         assert!(
             out.stdout.contains("1 of 2 machines updated"),
