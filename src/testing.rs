@@ -362,6 +362,30 @@ fn healthy(port: u16) -> bool {
 }
 
 /// An embedded store in a temporary dir, removed on drop.
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`: what
+/// the benchmarks charge to etcd, the controller and themselves.
+pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| format!("{path}: no ')' in {text:?}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime is field 14, stime field 15.
+    let field = |i: usize| -> Result<f64, String> {
+        fields
+            .get(i - 3)
+            .ok_or_else(|| format!("{path}: field {i} missing"))?
+            .parse::<f64>()
+            .map_err(|e| format!("{path}: field {i} is not a number: {e}"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((field(14)? + field(15)?) / ticks)
+}
+
 pub struct TempEmbedded {
     /// The handle opened by [`embedded_temp`] (cheap to clone).
     pub store: EmbeddedStore,

@@ -2,7 +2,7 @@
 //! refresh (etcd-client's `keep_alive`, as `EtcdStore` did) against the store's reused
 //! stream per lease. Prints one JSON line per mode; see BENCHMARKS.md.
 
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use clap::Parser;
 use deployctl::store::{etcd::EtcdStore, Store};
 use deployctl::testing::EtcdServer;
@@ -24,25 +24,9 @@ struct Args {
     in_flight: usize,
 }
 
-/// utime + stime of a process, in seconds.
+/// CPU seconds a process has used so far.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("{path}: no ')'"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<f64> {
-        fields
-            .get(i - 3)
-            .ok_or_else(|| anyhow!("{path}: field {i} missing"))?
-            .parse::<f64>()
-            .with_context(|| format!("{path}: field {i} is not a number"))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((field(14)? + field(15)?) / ticks)
+    deployctl::testing::cpu_seconds(pid).map_err(|e| anyhow!(e))
 }
 
 #[tokio::main]

@@ -188,27 +188,9 @@ struct ControllerProcess {
     child: Child,
 }
 
-/// User + system CPU seconds of a process so far, from /proc/<pid>/stat.
+/// CPU seconds a process has used so far.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("{path}: no ')' in {text:?}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime field 15.
-    let parse = |i: usize| -> anyhow::Result<f64> {
-        fields
-            .get(i - 3)
-            .ok_or_else(|| anyhow!("{path}: field {i} missing"))?
-            .parse::<f64>()
-            .with_context(|| format!("{path}: field {i} is not a number"))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((parse(14)? + parse(15)?) / ticks)
+    deployctl::testing::cpu_seconds(pid).map_err(|e| anyhow!(e))
 }
 
 impl ControllerProcess {
