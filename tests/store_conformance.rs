@@ -1122,6 +1122,18 @@ async fn list_watch_should_relist_when_history_it_missed_was_compacted() {
 // Batches
 
 /// Every Rollout in the store, by name, as (version, resourceVersion).
+/// Every Rollout as read now, as `write_batch` takes them.
+async fn rollouts_as_read(client: &Client) -> Vec<Arc<Rollout>> {
+    client
+        .list::<Rollout>(&Scope::All)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect()
+}
+
 async fn versions(client: &Client) -> std::collections::BTreeMap<String, (String, i64)> {
     client
         .list::<Rollout>(&Scope::All)
@@ -1165,14 +1177,7 @@ async fn write_batch_should_land_hundreds_of_writes_and_report_a_conflict(store:
         );
     }
 
-    let read: Vec<Arc<Rollout>> = client
-        .list::<Rollout>(&Scope::All)
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let read: Vec<Arc<Rollout>> = rollouts_as_read(&client).await;
     let replace_all = |version: &str| -> Vec<Write<Rollout>> {
         read.iter()
             .map(|current| {
@@ -1209,14 +1214,7 @@ async fn write_batch_should_land_hundreds_of_writes_and_report_a_conflict(store:
     );
 
     // One stale write among fresh ones: its transaction fails whole, the batch reports it.
-    let fresh: Vec<Arc<Rollout>> = client
-        .list::<Rollout>(&Scope::All)
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let fresh: Vec<Arc<Rollout>> = rollouts_as_read(&client).await;
     let stale = N / 2;
     let writes: Vec<Write<Rollout>> = fresh
         .iter()
@@ -1251,14 +1249,7 @@ async fn write_batch_should_land_hundreds_of_writes_and_report_a_conflict(store:
     );
 
     // Deletes, as a batch too.
-    let current: Vec<Arc<Rollout>> = client
-        .list::<Rollout>(&Scope::All)
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let current: Vec<Arc<Rollout>> = rollouts_as_read(&client).await;
     client
         .write_batch(current.into_iter().map(Write::Delete).collect())
         .await
