@@ -11,6 +11,8 @@ use futures::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
 
+mod mux;
+
 /// How long connecting (TCP + HTTP/2 handshake) may take before we call etcd unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The upper bound on one unary request, including waiting for a connection.
@@ -49,6 +51,8 @@ struct Inner {
     /// stream per refresh costs etcd far more than a message on an open one, and a fleet
     /// refreshes thousands of leases a second.
     keepers: std::sync::Mutex<HashMap<LeaseId, Keeper>>,
+    /// The one watch stream that every watch of this store shares.
+    watches: mux::Mux,
 }
 
 type Keeper = (ec::LeaseKeeper, ec::LeaseKeepAliveStream);
@@ -128,6 +132,7 @@ impl EtcdStore {
                 logs_in: opts.user.is_some(),
                 relogin: tokio::sync::Mutex::new(()),
                 keepers: std::sync::Mutex::new(HashMap::new()),
+                watches: mux::Mux::new(),
             }),
             endpoint: endpoint.clone(),
         };
@@ -721,8 +726,8 @@ struct Watch {
     prefix: String,
     /// The first revision not yet delivered: where a re-opened watch starts.
     next_revision: i64,
-    /// The live etcd watch; the `Watcher` is kept because dropping it ends the stream.
-    open: Option<(ec::Watcher, ec::WatchStream)>,
+    /// The live watch on the store's shared stream; dropping it cancels the watch.
+    open: Option<mux::Sub>,
     /// The pause before the next re-open attempt; reset by every delivered batch.
     backoff: Duration,
     /// Set after `Compacted` was yielded: the stream ends.
@@ -730,38 +735,27 @@ struct Watch {
 }
 
 impl Watch {
-    /// Opens an etcd watch from `next_revision`.
+    /// Opens an etcd watch from `next_revision`, on the store's shared stream.
     async fn open(&mut self) -> Result<()> {
-        let mut client = self
-            .store
-            .client()
-            .watch_client()
-            .max_decoding_message_size(MAX_DECODE);
-        let opts = ec::WatchOptions::new()
-            .with_range(prefix_end(&self.prefix))
-            .with_start_revision(self.next_revision);
         let key = if self.prefix.is_empty() {
             vec![0]
         } else {
             self.prefix.as_bytes().to_vec()
         };
         let what = format!("watch {}", self.prefix);
-        let opened = tokio::time::timeout(REQUEST_TIMEOUT, client.watch(key, Some(opts)))
-            .await
-            .map_err(|_| Error::Unavailable {
-                endpoint: self.endpoint.clone(),
-                message: format!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
-            })?;
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                if is_invalid_token(&e) {
-                    self.store.relogin().await;
-                }
-                return Err(map_error(&self.endpoint, &what, e));
-            }
-        };
-        self.open = Some(opened);
+        let store = self.store.clone();
+        let sub = store
+            .inner
+            .watches
+            .subscribe(
+                &store,
+                &what,
+                key,
+                prefix_end(&self.prefix),
+                self.next_revision,
+            )
+            .await?;
+        self.open = Some(sub);
         Ok(())
     }
 
@@ -771,10 +765,15 @@ impl Watch {
             return None;
         }
         loop {
-            let Some((_, stream)) = self.open.as_mut() else {
+            let Some(sub) = self.open.as_mut() else {
                 tokio::time::sleep(self.backoff).await;
                 self.backoff = (self.backoff * 2).min(WATCH_BACKOFF_MAX);
                 match self.open().await {
+                    // Retrying cannot help: say so once and end.
+                    Err(Error::Other(m)) if m.contains("permission denied") => {
+                        self.done = true;
+                        return Some(Err(Error::Other(m)));
+                    }
                     // Still failing at the longest pause: worth a person's attention.
                     Err(e) if self.backoff == WATCH_BACKOFF_MAX => {
                         tracing::warn!(prefix = %self.prefix, error = %e, "cannot re-open watch; retrying")
@@ -788,15 +787,10 @@ impl Watch {
                 }
                 continue;
             };
-            let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    tracing::debug!(prefix = %self.prefix, "watch stream ended; re-opening");
-                    self.open = None;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(prefix = %self.prefix, error = %e, "watch broke; re-opening");
+            let resp = match sub.next().await {
+                mux::Msg::Resp(resp) => resp,
+                mux::Msg::Broken(why) => {
+                    tracing::debug!(prefix = %self.prefix, %why, "watch broke; re-opening");
                     self.open = None;
                     continue;
                 }
@@ -915,6 +909,103 @@ mod tests {
         );
         assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
         assert!(err.to_string().contains(&endpoint), "{err}");
+    }
+
+    /// A gauge from etcd's /metrics, e.g. `etcd_debugging_mvcc_watch_stream_total`.
+    async fn gauge(etcd: &crate::testing::EtcdServer, name: &str) -> f64 {
+        let body = reqwest::get(format!("http://{}/metrics", etcd.endpoint()))
+            .await
+            .expect("etcd serves /metrics")
+            .text()
+            .await
+            .expect("a metrics body");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in etcd's metrics"))
+    }
+
+    /// Waits until `gauge` reads `want`, for at most 10 s.
+    async fn wait_gauge(etcd: &crate::testing::EtcdServer, name: &str, want: f64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = gauge(etcd, name).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} is {got}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn watches_of_one_store_should_share_one_etcd_stream_and_survive_a_restart() {
+        const STREAMS: &str = "etcd_debugging_mvcc_watch_stream_total";
+        const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+        let mut etcd = crate::testing::EtcdServer::start();
+        let store = EtcdStore::connect(&[etcd.endpoint()])
+            .await
+            .expect("the test etcd answers");
+        let mut watches = Vec::new();
+        for i in 0..40 {
+            watches.push(store.watch(&format!("/m/{i}/"), 1).await.expect("watch"));
+        }
+        // One stream; 40 watches plus the anchor that opened it.
+        assert_eq!(gauge(&etcd, STREAMS).await, 1.0);
+        assert_eq!(gauge(&etcd, WATCHERS).await, 41.0);
+        assert_eq!(store.inner.watches.watches(), 40);
+
+        // Each watch sees its own prefix only, in order.
+        for i in 0..40 {
+            store
+                .put(&format!("/m/{i}/k"), format!("a{i}").into_bytes())
+                .await
+                .expect("put");
+        }
+        for (i, w) in watches.iter_mut().enumerate() {
+            let events = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .expect("an event within the deadline")
+                .expect("the watch goes on")
+                .expect("no error");
+            let keys: Vec<&str> = events.iter().map(|e| e.kv.key.as_str()).collect();
+            assert_eq!(keys, vec![format!("/m/{i}/k")], "watch {i}");
+        }
+
+        // Dropping a watch cancels it on the stream.
+        watches.truncate(10);
+        wait_gauge(&etcd, WATCHERS, 11.0).await;
+        assert_eq!(store.inner.watches.watches(), 10);
+
+        // etcd restarts: every watch resumes on one new stream, losing nothing written
+        // meanwhile and repeating nothing.
+        etcd.restart();
+        for i in 0..10 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while let Err(e) = store
+                .put(&format!("/m/{i}/k"), format!("b{i}").into_bytes())
+                .await
+            {
+                assert!(
+                    e.is_transient() && std::time::Instant::now() < deadline,
+                    "still failing: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for (i, w) in watches.iter_mut().enumerate() {
+            let events = tokio::time::timeout(Duration::from_secs(20), w.next())
+                .await
+                .expect("an event within the deadline")
+                .expect("the watch goes on")
+                .expect("no error");
+            let values: Vec<&[u8]> = events.iter().map(|e| e.kv.value.as_slice()).collect();
+            assert_eq!(values, vec![format!("b{i}").as_bytes()], "watch {i}");
+        }
+        assert_eq!(gauge(&etcd, STREAMS).await, 1.0);
+        assert_eq!(gauge(&etcd, WATCHERS).await, 11.0);
     }
 
     #[tokio::test]
