@@ -8,7 +8,6 @@
 use super::*;
 use etcd_client as ec;
 use futures::StreamExt;
-use std::collections::HashMap;
 use std::future::Future;
 
 mod mux;
@@ -47,15 +46,9 @@ struct Inner {
     logs_in: bool,
     /// One re-login at a time.
     relogin: tokio::sync::Mutex<()>,
-    /// An open keep-alive stream per lease, reused by the next refresh: opening a gRPC
-    /// stream per refresh costs etcd far more than a message on an open one, and a fleet
-    /// refreshes thousands of leases a second.
-    keepers: std::sync::Mutex<HashMap<LeaseId, Keeper>>,
     /// The one watch stream that every watch of this store shares.
     watches: mux::Mux,
 }
-
-type Keeper = (ec::LeaseKeeper, ec::LeaseKeepAliveStream);
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,7 +124,6 @@ impl EtcdStore {
                 options: kept,
                 logs_in: opts.user.is_some(),
                 relogin: tokio::sync::Mutex::new(()),
-                keepers: std::sync::Mutex::new(HashMap::new()),
                 watches: mux::Mux::new(),
             }),
             endpoint: endpoint.clone(),
@@ -165,13 +157,6 @@ impl EtcdStore {
             .read()
             .expect("the client lock is never poisoned: nothing panics while holding it")
             .clone()
-    }
-
-    fn keepers(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Keeper>> {
-        self.inner
-            .keepers
-            .lock()
-            .expect("the keepers lock is never poisoned: nothing panics while holding it")
     }
 
     /// Logs in again after etcd refused our auth token (it forgets tokens when it
@@ -649,42 +634,26 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let reuse = self.keepers().remove(&lease);
+        // A stream per refresh, closed when it has answered: opening one costs etcd more than
+        // a message on an open one, but an open stream is two goroutines that etcd's GC
+        // scans on every cycle, and at 10,000 agents those scans cost more than the opening
+        // (BENCHMARKS.md, "Keep-alive streams"). Opening sends one refresh and reads its
+        // answer; TTL 0 there means expired.
         let mut client = self.client().lease_client();
-        let refresh = async move {
-            // A refresh on the open stream: one message each way. A stream that broke
-            // since (etcd restarted, connection reset) is replaced by a new one.
-            if let Some((mut keeper, mut stream)) = reuse {
-                if keeper.keep_alive().await.is_ok() {
-                    if let Ok(Some(resp)) = stream.message().await {
-                        if resp.ttl() <= 0 {
-                            return Err(ec::Error::LeaseKeepAliveError(
-                                "lease not found".to_string(),
-                            ));
-                        }
-                        return Ok((keeper, stream));
-                    }
-                }
-            }
-            // Opening the stream sends one refresh and reads its answer (TTL 0 there
-            // means expired).
-            client.keep_alive(lease).await
-        };
         match self
-            .call(&format!("keep lease {lease} alive"), refresh)
+            .call(
+                &format!("keep lease {lease} alive"),
+                client.keep_alive(lease),
+            )
             .await
         {
-            Ok(keeper) => {
-                self.keepers().insert(lease, keeper);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(Error::LeaseNotFound(_)) => Err(Error::LeaseNotFound(lease)),
             Err(e) => Err(e),
         }
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        self.keepers().remove(&lease);
         let mut client = self.client().lease_client();
         match self
             .call(&format!("revoke lease {lease}"), client.revoke(lease))
