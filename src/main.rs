@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// mimalloc: glibc's malloc was a quarter of the agents' CPU at 10,000 machines.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = deployctl::cli::Cli::parse();
     deployctl::cli::init_logging(cli.global.verbose);
