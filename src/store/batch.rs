@@ -25,9 +25,11 @@ pub enum Write<K> {
 }
 
 /// How many of a batch's transactions are in flight at once: at 10,000 machines a
-/// rollout's stage orders are 84 transactions; one after another, the last agents hear of
-/// the new version 84 round trips after the first.
-const MAX_TXNS_IN_FLIGHT: usize = 8;
+/// rollout's stage orders are 84 transactions. One after another, the last agents hear of
+/// the new version 84 round trips after the first; 8 at a time, the later ones queue in
+/// etcd behind the staged reports of the agents that got theirs first (etcd applies in
+/// the order it was asked). All 84 at once are in etcd's log before most of those reports.
+const MAX_TXNS_IN_FLIGHT: usize = 128;
 
 /// One transaction of a batch, encoded, with the objects it writes.
 struct Part<K> {
