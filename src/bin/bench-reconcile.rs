@@ -18,7 +18,7 @@ use deployctl::controller::context::decide_rollout;
 use deployctl::store::Write;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -30,23 +30,23 @@ struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
+// SAFETY: forwards every call to mimalloc (the binaries' allocator) unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(layout.size() as u64, Relaxed);
         // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(new_size as u64, Relaxed);
         // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -234,7 +234,7 @@ fn breakdown(s: &State, runs: usize) {
         steps[0].push(t.elapsed());
         let t = Instant::now();
         let stable = rollout::stable_ref(s.rollout.status.as_ref().unwrap_or(&Default::default()));
-        let membership = application::plan_instances(
+        let membership = application::plan_selected(
             &s.app,
             &views,
             &s.instances,
@@ -243,7 +243,7 @@ fn breakdown(s: &State, runs: usize) {
         );
         steps[1].push(t.elapsed());
         let t = Instant::now();
-        let desired: std::collections::HashSet<&str> = views
+        let desired: rollout::MachineSet = views
             .iter()
             .filter(|m| m.schedulable_and_ready())
             .map(|m| m.name())

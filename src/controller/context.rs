@@ -9,7 +9,8 @@ use crate::api::{
 };
 use crate::reconcilers::{application, machine, rollout, MachineView};
 use crate::store::{self, Client, EventRecorder, Write};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// A queued unit of work. Keys, never objects: a reconcile reads the current cache.
@@ -26,19 +27,19 @@ pub enum Key {
 pub struct Written<K> {
     /// By namespace (`""` for cluster-scoped kinds), then name: looked up with borrowed
     /// strings, so the 10,000 lookups of one Rollout reconcile allocate nothing.
-    map: Mutex<HashMap<String, HashMap<String, K>>>,
+    map: Mutex<FxHashMap<String, FxHashMap<String, K>>>,
 }
 
 impl<K: Object> Default for Written<K> {
     fn default() -> Self {
         Written {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(FxHashMap::default()),
         }
     }
 }
 
 impl<K: Object> Written<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, K>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<String, FxHashMap<String, K>>> {
         self.map
             .lock()
             .expect("written lock is never poisoned: no panics inside")
@@ -69,7 +70,7 @@ impl<K: Object> Written<K> {
             .collect()
     }
 
-    fn fresher_in(map: &mut HashMap<String, HashMap<String, K>>, cached: Arc<K>) -> Arc<K> {
+    fn fresher_in(map: &mut FxHashMap<String, FxHashMap<String, K>>, cached: Arc<K>) -> Arc<K> {
         let ns = cached.namespace().unwrap_or("");
         let Some(names) = map.get_mut(ns) else {
             return cached;
@@ -208,14 +209,14 @@ pub fn decide_rollout(
         })
         .collect();
     let stable = rollout::stable_ref(ro.status.as_ref().unwrap_or(&Default::default()));
-    let membership = application::plan_instances(
+    let membership = application::plan_selected(
         app,
         &views,
         existing,
         stable.as_ref(),
         ro.spec.strategy.min_ready_seconds,
     );
-    let desired: HashSet<&str> = views
+    let desired: rollout::MachineSet = views
         .iter()
         .filter(|m| m.schedulable_and_ready())
         .map(|m| m.name())
@@ -228,7 +229,7 @@ pub fn decide_rollout(
     });
     // A new Instance's name could (in theory) be taken by an existing one on another
     // machine: that one is what its write compares against.
-    let by_name: Option<HashMap<&str, &Arc<Instance>>> = membership
+    let by_name: Option<FxHashMap<&str, &Arc<Instance>>> = membership
         .read
         .iter()
         .any(Option::is_none)

@@ -15,7 +15,7 @@ use crate::api::Object;
 use crate::store::keys::ObjectKey;
 use crate::store::{Client, ObjectEvent, Scope};
 use futures::StreamExt;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -46,7 +46,7 @@ pub enum ChangeKind {
 
 /// The state shared by the writer and its readers.
 struct Shared<K> {
-    objects: RwLock<HashMap<ObjectKey, Arc<K>>>,
+    objects: RwLock<FxHashMap<ObjectKey, Arc<K>>>,
     /// Becomes true once the first list has been applied.
     synced: watch::Receiver<bool>,
 }
@@ -116,7 +116,7 @@ impl<K: Object> Reader<K> {
         result.map_err(|_| Error::Stopped { kind: K::KIND })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ObjectKey, Arc<K>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, FxHashMap<ObjectKey, Arc<K>>> {
         // The writer never panics while holding the lock (it only inserts and removes).
         self.shared
             .objects
@@ -143,7 +143,7 @@ impl<K: Object> Writer<K> {
         let (synced, synced_rx) = watch::channel(false);
         Writer {
             shared: Arc::new(Shared {
-                objects: RwLock::new(HashMap::new()),
+                objects: RwLock::new(FxHashMap::default()),
                 synced: synced_rx,
             }),
             synced,
@@ -173,7 +173,7 @@ impl<K: Object> Writer<K> {
                 on_change(&obj, ChangeKind::Deleted);
             }
             ObjectEvent::Restarted(objs) => {
-                let fresh: HashMap<ObjectKey, Arc<K>> = objs
+                let fresh: FxHashMap<ObjectKey, Arc<K>> = objs
                     .into_iter()
                     .map(|o| (object_key(&o), Arc::new(o)))
                     .collect();
@@ -199,7 +199,7 @@ impl<K: Object> Writer<K> {
         }
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ObjectKey, Arc<K>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, FxHashMap<ObjectKey, Arc<K>>> {
         // See `Reader::read`: the lock cannot be poisoned by a half-done update.
         self.shared
             .objects

@@ -3,7 +3,7 @@
 
 use super::MachineView;
 use crate::api::{Application, ApplicationStatus, Instance, InstanceSpec, Object, VersionRef};
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
 /// The Instances an Application should have.
@@ -67,18 +67,32 @@ pub fn plan_instances(
     stable: Option<&VersionRef>,
     min_ready_seconds: u32,
 ) -> InstancePlan {
-    let by_machine: HashMap<&str, &Arc<Instance>> = existing
+    let selected: Vec<MachineView> = machines
         .iter()
-        .map(|i| (i.spec.machine.as_str(), i))
+        .filter(|m| app.spec.selector.matches(m.labels()))
+        .cloned()
         .collect();
+    plan_selected(app, &selected, existing, stable, min_ready_seconds)
+}
+
+/// [`plan_instances`] for `machines` that the Application's selector is known to select
+/// (the Rollout decision has selected them already).
+pub fn plan_selected(
+    app: &Application,
+    machines: &[MachineView],
+    existing: &[Arc<Instance>],
+    stable: Option<&VersionRef>,
+    min_ready_seconds: u32,
+) -> InstancePlan {
+    let mut by_machine: FxHashMap<&str, &Arc<Instance>> =
+        FxHashMap::with_capacity_and_hasher(existing.len(), Default::default());
+    by_machine.extend(existing.iter().map(|i| (i.spec.machine.as_str(), i)));
     let namespace = app.namespace().unwrap_or(crate::api::DEFAULT_NAMESPACE);
     let mut keep: Vec<(Arc<Instance>, Option<Arc<Instance>>)> = Vec::with_capacity(existing.len());
     let mut delete = Vec::new();
-    let mut selected = std::collections::HashSet::new();
+    let mut selected: FxHashSet<&str> =
+        FxHashSet::with_capacity_and_hasher(machines.len(), Default::default());
     for m in machines {
-        if !app.spec.selector.matches(m.labels()) {
-            continue;
-        }
         selected.insert(m.name());
         match by_machine.get(m.name()) {
             Some(read) => {

@@ -6,7 +6,7 @@ use crate::api::{
     FailurePolicy, InstanceFailure, InstancePhase, InstanceSpec, InstanceStatus, IntOrPercent,
     Object, PauseStep, RolloutSpec, Step, Strategy,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// A fleet of simulated agents plus the Rollout, driven one decision at a time.
 struct Fleet {
@@ -77,7 +77,7 @@ impl Fleet {
 
     /// One controller decision; spec changes bump the Instance generation like the store.
     fn decide(&mut self) -> RolloutPlan {
-        let desired: HashSet<&str> = self.desired.iter().map(String::as_str).collect();
+        let desired: MachineSet = self.desired.iter().map(String::as_str).collect();
         let plan = plan(RolloutInput {
             rollout: &self.rollout,
             instances: self.instances.iter().cloned().map(Arc::new).collect(),
@@ -771,7 +771,7 @@ fn a_decision_with_nothing_to_change_should_hand_back_every_instance_uncopied() 
     assert_eq!(fleet.on("2.0"), 4);
     let given: Vec<Arc<Instance>> = fleet.instances.iter().cloned().map(Arc::new).collect();
     let machines = fleet.desired.clone();
-    let desired: HashSet<&str> = machines.iter().map(String::as_str).collect();
+    let desired: MachineSet = machines.iter().map(String::as_str).collect();
     let decided = plan(RolloutInput {
         rollout: &fleet.rollout,
         instances: given.clone(),
