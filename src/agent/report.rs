@@ -24,7 +24,11 @@ const MAX_PENDING_EVENTS: usize = 32;
 /// Retries after a failed write: a random wait up to a bound that doubles up to the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MIN: Duration = Duration::from_millis(10);
-const RETRY_CAP: Duration = Duration::from_secs(5);
+/// etcd 3.4 refuses writes while it is 5,000 entries behind, which 10,000 staged reports
+/// do for 2-4 s; with a 5 s cap the last agents were still waiting after etcd had caught
+/// up and sat idle. 1.5 s: rollouts at 10,000 machines took 9.1-11.1 s instead of
+/// 10.2-15.4 s, with no more etcd CPU (BENCHMARKS.md, session 3).
+const RETRY_CAP: Duration = Duration::from_millis(1500);
 /// Conflicts resolved by re-reading before the write counts as failed.
 const CONFLICT_RETRIES: usize = 5;
 
