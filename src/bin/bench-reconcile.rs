@@ -234,7 +234,7 @@ fn breakdown(s: &State, runs: usize) {
         steps[0].push(t.elapsed());
         let t = Instant::now();
         let stable = rollout::stable_ref(s.rollout.status.as_ref().unwrap_or(&Default::default()));
-        let membership = application::plan_selected(
+        let membership = application::plan_instances(
             &s.app,
             &views,
             &s.instances,

@@ -209,7 +209,7 @@ pub fn decide_rollout(
         })
         .collect();
     let stable = rollout::stable_ref(ro.status.as_ref().unwrap_or(&Default::default()));
-    let membership = application::plan_selected(
+    let membership = application::plan_instances(
         app,
         &views,
         existing,

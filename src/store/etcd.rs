@@ -909,6 +909,15 @@ mod tests {
         }
     }
 
+    /// The next batch of a watch, within 20 s.
+    async fn next_batch(w: &mut WatchStream) -> Vec<WatchEvent> {
+        tokio::time::timeout(Duration::from_secs(20), w.next())
+            .await
+            .expect("an event within the deadline")
+            .expect("the watch goes on")
+            .expect("no error")
+    }
+
     #[tokio::test]
     async fn watches_of_one_store_should_share_one_etcd_stream_and_survive_a_restart() {
         const STREAMS: &str = "etcd_debugging_mvcc_watch_stream_total";
@@ -934,11 +943,7 @@ mod tests {
                 .expect("put");
         }
         for (i, w) in watches.iter_mut().enumerate() {
-            let events = tokio::time::timeout(Duration::from_secs(10), w.next())
-                .await
-                .expect("an event within the deadline")
-                .expect("the watch goes on")
-                .expect("no error");
+            let events = next_batch(w).await;
             let keys: Vec<&str> = events.iter().map(|e| e.kv.key.as_str()).collect();
             assert_eq!(keys, vec![format!("/m/{i}/k")], "watch {i}");
         }
@@ -965,11 +970,7 @@ mod tests {
             }
         }
         for (i, w) in watches.iter_mut().enumerate() {
-            let events = tokio::time::timeout(Duration::from_secs(20), w.next())
-                .await
-                .expect("an event within the deadline")
-                .expect("the watch goes on")
-                .expect("no error");
+            let events = next_batch(w).await;
             let values: Vec<&[u8]> = events.iter().map(|e| e.kv.value.as_slice()).collect();
             assert_eq!(values, vec![format!("b{i}").as_bytes()], "watch {i}");
         }
