@@ -97,6 +97,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR")]
     pub root: PathBuf,
     /// Presence lease TTL: the machine turns NotReady this long after the agent dies.
+    ///
+    /// The agent refreshes its lease every third of this, so a fleet sends etcd
+    /// 3 x machines / TTL refreshes a second, and each costs etcd 3.4 a copy of its
+    /// uncommitted writes: at 10,000 machines, use 60s or more (BENCHMARKS.md).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
 }
