@@ -637,7 +637,7 @@ impl Store for EtcdStore {
         // A stream per refresh, closed when it has answered: opening one costs etcd more than
         // a message on an open one, but an open stream is two goroutines that etcd's GC
         // scans on every cycle, and at 10,000 agents those scans cost more than the opening
-        // (BENCHMARKS.md, "Keep-alive streams"). Opening sends one refresh and reads its
+        // (BENCHMARKS.md, session 3, change 2). Opening sends one refresh and reads its
         // answer; TTL 0 there means expired.
         let mut client = self.client().lease_client();
         match self
