@@ -425,6 +425,14 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     // Versions every Instance keeps staged: where it points, the stable, and the target
     // once asked for. Compares first and copies the Instance (copy on write) only when
     // `staged` changes: at 10,000 machines almost every call finds it already right.
+    //
+    // An older version already in `staged` (the previous stable, once a rollout is
+    // Complete) stays there while the agent reports it staged and its retention would
+    // keep the release anyway (`staged` no longer than `keepReleases`). Dropping it
+    // would change nothing on disk but would cost a spec write and a status report per
+    // machine, as many writes as the rollout itself. The next rewrite of `staged` (the
+    // next version's stage order) drops it in the same write; with `keepReleases`
+    // shorter than `staged` it is dropped at once, so that the agent deletes it.
     let restage = |inst: &mut Arc<Instance>, with_target: bool| {
         let mut versions: [&str; 3] = [""; 3];
         let mut len = 0;
@@ -443,12 +451,26 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         }
         let versions = &versions[..len];
         let old = &inst.spec.staged;
-        let same = old.len() == versions.len()
-            && old.iter().zip(versions).all(|(r, v)| {
-                r.version == *v
-                    && r.sha256.as_deref() == sha_for(v, old, target_sha, stable_with_sha)
+        // 0 means unset: the agent keeps 3 (as `keepReleases` defaults to).
+        let keep_releases = match inst.spec.keep_releases {
+            0 => 3,
+            n => n as usize,
+        };
+        let reported = inst
+            .status
+            .as_ref()
+            .map_or(&[][..], |s| &s.staged_versions[..]);
+        let covered = old.len() <= keep_releases.max(versions.len())
+            && old
+                .iter()
+                .all(|r| versions.contains(&r.version.as_str()) || reported.contains(&r.version))
+            && versions.iter().all(|v| {
+                old.iter().any(|r| {
+                    r.version == *v
+                        && r.sha256.as_deref() == sha_for(v, old, target_sha, stable_with_sha)
+                })
             });
-        if same {
+        if covered {
             return;
         }
         let staged: Vec<VersionRef> = versions

@@ -803,3 +803,76 @@ fn a_decision_with_nothing_to_change_should_hand_back_every_instance_uncopied() 
         assert!(after.spec.staged.iter().any(|v| v.version == "3.0"));
     }
 }
+
+fn staged_of(inst: &Instance) -> Vec<&str> {
+    inst.spec
+        .staged
+        .iter()
+        .map(|v| v.version.as_str())
+        .collect()
+}
+
+#[test]
+fn completing_should_leave_the_old_version_staged_while_retention_keeps_it_anyway() {
+    let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(100);
+    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
+    assert_eq!(fleet.status().stable_version.as_deref(), Some("2.0"));
+    let generations: Vec<_> = fleet
+        .instances
+        .iter()
+        .map(|i| i.metadata.generation)
+        .collect();
+    for inst in &fleet.instances {
+        // keepReleases defaults to 3: the agent keeps 1.0 on disk either way, so the
+        // spec is not rewritten (a write and a report per machine) just to drop it.
+        assert_eq!(staged_of(inst), ["1.0", "2.0"], "{}", inst.name());
+    }
+    fleet.decide();
+    let after: Vec<_> = fleet
+        .instances
+        .iter()
+        .map(|i| i.metadata.generation)
+        .collect();
+    assert_eq!(after, generations, "a Complete rollout writes no Instance");
+
+    // The next version's stage order drops it in the same write.
+    fleet.set_version("3.0");
+    fleet.decide();
+    for inst in &fleet.instances {
+        assert_eq!(staged_of(inst), ["2.0", "3.0"], "{}", inst.name());
+    }
+}
+
+#[test]
+fn completing_should_drop_the_old_version_at_once_when_retention_would_delete_it() {
+    let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
+    for inst in &mut fleet.instances {
+        inst.spec.keep_releases = 1;
+    }
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(100);
+    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
+    for inst in &fleet.instances {
+        assert_eq!(staged_of(inst), ["2.0"], "{}", inst.name());
+    }
+}
+
+#[test]
+fn a_version_that_never_staged_should_leave_staged_when_the_rollout_goes_back() {
+    let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    fleet.fail_stage.insert("2.0".into());
+    fleet.set_version("2.0");
+    fleet.run(50);
+    assert_eq!(fleet.status().phase, RolloutPhase::Degraded);
+    fleet.set_version("1.0");
+    fleet.run(50);
+    for inst in &fleet.instances {
+        // 2.0 is not on any disk: keeping it listed would have agents retry it.
+        assert_eq!(staged_of(inst), ["1.0"], "{}", inst.name());
+    }
+}
