@@ -8,6 +8,7 @@ use deployctl::api::{
 };
 use deployctl::store::{keys, Client, Scope, Store, StoreUrl};
 use deployctl::testing::EtcdServer;
+use futures::StreamExt as _;
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -304,13 +305,77 @@ async fn scenario(client: Client, url: StoreUrl) {
             )];
         })
         .await;
-    w.wait_status("observed", |_, s| {
-        s.observed_generation == g && s.staged_versions == ["2.0"]
+    w.wait_status("1.0 cleaned", |_, s| {
+        s.observed_generation == g
+            && s.staged_versions == ["2.0"]
+            && !w.app_path().join("releases/1.0").exists()
     })
     .await;
-    assert!(!w.app_path().join("releases/1.0").exists());
     let cleaned = std::fs::read_to_string(w.tmp.path().join("activations.cleaned")).unwrap();
     assert_eq!(cleaned, "1.0\n");
+
+    // A new version beyond keepReleases: the old release is cleaned first, and the one
+    // status write of that generation says both (4.0 staged, 2.0 gone).
+    for v in ["4.0", "5.0"] {
+        write_artifact(&w.tmp.path().join("artifacts"), v);
+    }
+    let g = w
+        .update_spec(|s| {
+            s.keep_releases = 2;
+            s.hooks.clean.clear();
+            s.staged = ["2.0", "4.0"]
+                .map(|v| VersionRef {
+                    version: v.into(),
+                    sha256: None,
+                })
+                .into();
+            s.current = Some("4.0".into());
+        })
+        .await;
+    w.wait_status("Running 4.0", |_, s| {
+        s.observed_generation == g && s.phase == InstancePhase::Running
+    })
+    .await;
+    let status_key = keys::status_key("instances", Some("default"), "web.m1");
+    let from = w
+        .client
+        .store()
+        .get(&status_key)
+        .await
+        .unwrap()
+        .unwrap()
+        .mod_revision
+        + 1;
+    let mut writes = w.client.store().watch(&status_key, from).await.unwrap();
+    let g = w
+        .update_spec(|s| {
+            s.staged = ["4.0", "5.0"]
+                .map(|v| VersionRef {
+                    version: v.into(),
+                    sha256: None,
+                })
+                .into();
+        })
+        .await;
+    let first = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let batch = writes.next().await.expect("watch open").expect("watch ok");
+            for ev in batch {
+                let st: serde_json::Value = serde_json::from_slice(&ev.kv.value).unwrap();
+                if st["observedGeneration"] == g {
+                    return st["stagedVersions"].clone();
+                }
+            }
+        }
+    })
+    .await
+    .expect("a status for the new generation");
+    assert_eq!(
+        first,
+        serde_json::json!(["4.0", "5.0"]),
+        "one write, both changes"
+    );
+    assert!(!w.app_path().join("releases/2.0").exists());
 
     // Events were recorded about the instance.
     let events = w

@@ -128,6 +128,18 @@ pub struct Observed<'a> {
 pub fn next_action(o: &Observed) -> Action {
     let g = o.generation;
     let m = o.memory;
+    // Cleaning first (it runs in the background): the releases it drops leave the
+    // reported `stagedVersions` at once, so the report of the staging that follows carries
+    // both changes in one write.
+    let clean: Vec<String> = o
+        .to_clean
+        .iter()
+        .filter(|v| !m.failed(OpKind::Clean, v, g) && !m.cleaning.contains(*v))
+        .cloned()
+        .collect();
+    if !clean.is_empty() {
+        return Action::Clean(clean);
+    }
     for v in &o.spec.staged {
         if !o.staged.contains(&v.version)
             && !m.failed(OpKind::Stage, &v.version, g)
@@ -166,15 +178,6 @@ pub fn next_action(o: &Observed) -> Action {
                 }
             }
         }
-    }
-    let clean: Vec<String> = o
-        .to_clean
-        .iter()
-        .filter(|v| !m.failed(OpKind::Clean, v, g) && !m.cleaning.contains(*v))
-        .cloned()
-        .collect();
-    if !clean.is_empty() {
-        return Action::Clean(clean);
     }
     Action::Idle
 }
@@ -1069,7 +1072,12 @@ impl Task {
         let current = layout.current_version();
         self.status.phase = phase.unwrap_or_else(|| self.idle_phase(current.as_deref()));
         self.status.observed_generation = self.generation();
+        // A release being cleaned is staged no more: the agent would not switch to it.
         self.status.staged_versions = layout.staged_versions();
+        let cleaning = &self.memory.cleaning;
+        self.status
+            .staged_versions
+            .retain(|v| !cleaning.contains(v));
         if self.status.current_version != current {
             self.status.current_version = current;
         }
@@ -1086,9 +1094,26 @@ impl Task {
             self.reporter.send(None, events);
             return;
         }
+        // Releases leaving `stagedVersions` and nothing else: nobody waits on that, so it
+        // may wait for the report that usually follows (the staged one after a clean).
+        let only_dropped_releases = self.sent.as_ref().is_some_and(|w| {
+            let mut a = w.clone();
+            a.updated_at = self.status.updated_at;
+            a.staged_versions.clone_from(&self.status.staged_versions);
+            a == self.status
+                && self
+                    .status
+                    .staged_versions
+                    .iter()
+                    .all(|v| w.staged_versions.contains(v))
+        });
         self.status.updated_at = Some(Utc::now());
         self.sent = Some(self.status.clone());
-        self.reporter.send(Some(self.status.clone()), events);
+        if only_dropped_releases {
+            self.reporter.send_unhurried(self.status.clone(), events);
+        } else {
+            self.reporter.send(Some(self.status.clone()), events);
+        }
     }
 
     /// Records an Event about this instance; the next report writes it, in the same
@@ -1371,7 +1396,7 @@ mod tests {
     }
 
     #[test]
-    fn next_action_should_restart_once_per_new_restart_at_then_clean() {
+    fn next_action_should_start_the_clean_then_restart_once_per_new_restart_at() {
         let base = || Case {
             staged_spec: vec!["1"],
             current_spec: Some("1"),
@@ -1381,9 +1406,20 @@ mod tests {
             to_clean: vec!["0"],
             ..Default::default()
         };
+        // The clean runs in the background: starting it first delays nothing.
         check(
             Case {
                 restart: Some((100, Some(50))),
+                ..base()
+            },
+            Action::Clean(vec!["0".into()]),
+        );
+        let mut cleaning = mem(&[], Some("1"));
+        cleaning.cleaning.insert("0".into());
+        check(
+            Case {
+                restart: Some((100, Some(50))),
+                memory: cleaning,
                 ..base()
             },
             Action::Restart(DateTime::from_timestamp(100, 0).unwrap()),
@@ -1411,6 +1447,24 @@ mod tests {
                 ..base()
             },
             Action::Idle,
+        );
+    }
+
+    #[test]
+    fn next_action_should_start_cleaning_before_staging() {
+        // 3.0 asked for, 1.0 beyond keepReleases: the clean starts first, so that the
+        // staged report also says 1.0 is gone.
+        check(
+            Case {
+                staged_spec: vec!["2.0", "3.0"],
+                current_spec: Some("2.0"),
+                disk_staged: vec!["1.0", "2.0"],
+                disk_current: Some("2.0"),
+                memory: mem(&[], Some("2.0")),
+                to_clean: vec!["1.0"],
+                ..Default::default()
+            },
+            Action::Clean(vec!["1.0".into()]),
         );
     }
 

@@ -163,7 +163,10 @@ impl Layout {
     }
 
     /// Releases to delete: not in `keep`, not current, beyond the `keep_releases` newest
-    /// (by mtime; kept and current count toward the limit). Oldest first.
+    /// (by mtime). Every version in `keep` and the current one count toward the limit,
+    /// staged or not yet: a release the spec asks for makes room for itself first, so that
+    /// the old one is gone (and reported gone) by the time the new one is staged. Oldest
+    /// first.
     pub fn releases_to_clean(&self, keep: &[String], keep_releases: u32) -> Vec<String> {
         let current = self.current_version();
         let mut all: Vec<(std::time::SystemTime, String)> = self
@@ -178,8 +181,11 @@ impl Layout {
             .collect();
         all.sort_by(|a, b| b.cmp(a)); // newest first
         let protected = |v: &str| keep.iter().any(|k| k == v) || current.as_deref() == Some(v);
-        let mut budget = keep_releases as usize;
-        budget = budget.saturating_sub(all.iter().filter(|(_, v)| protected(v)).count());
+        let mut wanted: Vec<&str> = keep.iter().map(String::as_str).collect();
+        wanted.extend(current.as_deref());
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut budget = (keep_releases as usize).saturating_sub(wanted.len());
         let mut out = Vec::new();
         for (_, v) in all {
             if protected(&v) {
@@ -279,5 +285,10 @@ mod tests {
         l.switch_current("1").unwrap();
         // keep 3: "1" (current) and "5" (wanted) are protected, one more: "4".
         assert_eq!(l.releases_to_clean(&["5".into()], 3), vec!["2", "3"]);
+        // A wanted version not staged yet counts too: room is made for it first.
+        assert_eq!(
+            l.releases_to_clean(&["5".into(), "6".into()], 3),
+            vec!["2", "3", "4"]
+        );
     }
 }

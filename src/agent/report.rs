@@ -64,6 +64,8 @@ impl PendingEvent {
 struct Note {
     status: Option<InstanceStatus>,
     events: Vec<PendingEvent>,
+    /// The status may wait [`PROGRESS_DELAY`] for a later one to go with it.
+    hold: bool,
 }
 
 /// The sending half, held by the instance task. Dropping it flushes what is pending
@@ -94,11 +96,26 @@ impl Reporter {
     /// Reports `events` and `status` (the latest status wins); they are written in one
     /// transaction, the events possibly with later ones.
     pub fn send(&self, status: Option<InstanceStatus>, events: Vec<PendingEvent>) {
+        self.send_note(status, events, false);
+    }
+
+    /// As [`Reporter::send`], for a status that nothing waits on (releases being
+    /// cleaned): written with the next status if that comes within [`PROGRESS_DELAY`],
+    /// on its own after that.
+    pub fn send_unhurried(&self, status: InstanceStatus, events: Vec<PendingEvent>) {
+        self.send_note(Some(status), events, true);
+    }
+
+    fn send_note(&self, status: Option<InstanceStatus>, events: Vec<PendingEvent>, hold: bool) {
         if status.is_none() && events.is_empty() {
             return;
         }
         // Fails only once the writer has ended, which it does only after the sender is gone.
-        let _ = self.tx.send(Note { status, events });
+        let _ = self.tx.send(Note {
+            status,
+            events,
+            hold,
+        });
     }
 
     /// Writes what is pending and waits for it, at most `limit`.
@@ -129,6 +146,8 @@ struct Writer {
 #[derive(Default)]
 struct Pending {
     status: Option<InstanceStatus>,
+    /// The latest status came as one that may wait.
+    hold: bool,
     events: Vec<PendingEvent>,
     /// When the oldest unwritten note arrived.
     since: Option<Instant>,
@@ -147,15 +166,18 @@ impl Pending {
         }
         if let Some(s) = note.status {
             self.status = Some(s);
+            self.hold = note.hold;
         }
     }
     fn is_empty(&self) -> bool {
         self.status.is_none() && self.events.is_empty()
     }
-    /// Waits for more before writing: the latest status is a progress one.
+    /// Waits for more before writing: the latest status is a progress one, or one sent
+    /// unhurried.
     fn holding(&self) -> Option<Instant> {
         let st = self.status.as_ref()?;
-        is_progress(st.phase).then(|| self.since.unwrap_or_else(Instant::now) + PROGRESS_DELAY)
+        (self.hold || is_progress(st.phase))
+            .then(|| self.since.unwrap_or_else(Instant::now) + PROGRESS_DELAY)
     }
 }
 
