@@ -72,6 +72,14 @@ struct Args {
     /// The Rollout's `strategy.maxParallelStage` (default: unset, every machine at once).
     #[arg(long)]
     max_parallel_stage: Option<u32>,
+    /// Then roll 3.0 out as soon as 2.0 is Complete, as a busy pipeline would, and time
+    /// that too (`next_rollout_seconds`).
+    #[arg(long)]
+    back_to_back: bool,
+    /// A flag for the private etcd, repeatable: `--etcd-flag=--backend-batch-interval=10ms`.
+    /// The floor is measured on the same etcd.
+    #[arg(long = "etcd-flag", allow_hyphen_values = true)]
+    etcd_flags: Vec<String>,
 }
 
 /// Counts what the agents ask of the store, around the shared clients.
@@ -401,7 +409,12 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         Some(u) => (None, u.clone()),
         None => {
             // On this (the main) thread: etcd dies with the thread that started it.
-            let etcd = EtcdServer::start_with_flags(ETCD_ARGS);
+            let flags: Vec<&str> = ETCD_ARGS
+                .iter()
+                .copied()
+                .chain(args.etcd_flags.iter().map(String::as_str))
+                .collect();
+            let etcd = EtcdServer::start_with_flags(&flags);
             let url = etcd.url();
             (Some(etcd), url)
         }
@@ -636,7 +649,24 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     first_stage.sort_by(f64::total_cmp);
     stage_done.sort_by(f64::total_cmp);
 
-    // 6. Idle: agents must not poll the store.
+    // 6. Optionally, 2.0 -> 3.0 at once: what the end of one rollout leaves to the next.
+    let next_rollout = if args.back_to_back {
+        let t1 = Instant::now();
+        client
+            .update::<Rollout>(Some(NAMESPACE), &app_name, |r| {
+                r.spec.version = "3.0".into()
+            })
+            .await
+            .context("cannot set the rollout's version")?;
+        wait_complete(&client, &app_name, "3.0", machines, timeout).await?;
+        let next = t1.elapsed().as_secs_f64();
+        eprintln!("[{machines}] v3 complete in {next:.3} s");
+        Some(round(next, 3))
+    } else {
+        None
+    };
+
+    // 7. Idle: agents must not poll the store.
     let idle_before = counters.reads.load(Ordering::SeqCst);
     let idle_writes_before = counters.writes.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
@@ -674,6 +704,7 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         "agent_writes_per_machine": round(agent_writes as f64 / m, 2),
         "agent_reads_per_machine": round(agent_reads as f64 / m, 2),
         "stage_all_ms": round(stage_done.last().copied().unwrap_or(f64::NAN), 1),
+        "next_rollout_seconds": next_rollout,
         "idle_seconds": args.idle_secs,
         "idle_agent_reads": idle_reads,
         "idle_agent_writes": idle_writes,
@@ -683,6 +714,7 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         "step_ms": args.step_ms,
         "max_parallel_stage": args.max_parallel_stage,
         "agent_clients": args.clients,
+        "etcd_flags": args.etcd_flags,
         "agent_restarts": restarts.load(Ordering::SeqCst),
         "final_phase": format!("{:?}", status.phase),
     }))
