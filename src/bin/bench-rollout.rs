@@ -72,8 +72,8 @@ struct Args {
     /// The Rollout's `strategy.maxParallelStage` (default: unset, every machine at once).
     #[arg(long)]
     max_parallel_stage: Option<u32>,
-    /// Then roll 3.0 out as soon as 2.0 is Complete, as a busy pipeline would, and time
-    /// that too (`next_rollout_seconds`).
+    /// Then roll 3.0 out as soon as 2.0 is Complete, as a busy pipeline would, and measure
+    /// that too (`next_rollout`: its time and writes).
     #[arg(long)]
     back_to_back: bool,
     /// A flag for the private etcd, repeatable: `--etcd-flag=--backend-batch-interval=10ms`.
@@ -92,6 +92,21 @@ struct Counters {
     write_revisions: Mutex<Vec<i64>>,
     failed_txns: AtomicU64,
     watches: AtomicU64,
+}
+
+impl Counters {
+    /// Writes in the revisions `(after, up_to]`: all of them (each revision is one write,
+    /// by the controller or an agent) and the agents'.
+    fn writes_between(&self, after: i64, up_to: i64) -> (u64, u64) {
+        let agent = self
+            .write_revisions
+            .lock()
+            .expect("revision log lock: no panics inside")
+            .iter()
+            .filter(|&&r| r > after && r <= up_to)
+            .count() as u64;
+        ((up_to - after).max(0) as u64, agent)
+    }
 }
 
 struct CountingStore {
@@ -608,17 +623,8 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = p.wait();
     }
-    // Every revision after the version write up to the one that said Complete is a write
-    // by the controller or an agent.
-    let agent_writes = counters
-        .write_revisions
-        .lock()
-        .expect("revision log lock: no panics inside")
-        .iter()
-        .filter(|&&r| r > rev_version && r <= rev_complete)
-        .count() as u64;
+    let (total_writes, agent_writes) = counters.writes_between(rev_version, rev_complete);
     let agent_reads = counters.reads.load(Ordering::SeqCst) - agent_reads_before;
-    let total_writes = (rev_complete - rev_version).max(0) as u64;
     let controller_writes = total_writes.saturating_sub(agent_writes);
     eprintln!("[{machines}] v2 complete in {:.3} s", rollout.as_secs_f64());
 
@@ -652,16 +658,21 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     // 6. Optionally, 2.0 -> 3.0 at once: what the end of one rollout leaves to the next.
     let next_rollout = if args.back_to_back {
         let t1 = Instant::now();
-        client
+        let updated = client
             .update::<Rollout>(Some(NAMESPACE), &app_name, |r| {
                 r.spec.version = "3.0".into()
             })
             .await
             .context("cannot set the rollout's version")?;
-        wait_complete(&client, &app_name, "3.0", machines, timeout).await?;
+        let (_, rev_complete) = wait_complete(&client, &app_name, "3.0", machines, timeout).await?;
         let next = t1.elapsed().as_secs_f64();
         eprintln!("[{machines}] v3 complete in {next:.3} s");
-        Some(round(next, 3))
+        let (total, agent) = counters.writes_between(updated.meta().revision(), rev_complete);
+        Some(serde_json::json!({
+            "rollout_seconds": round(next, 3),
+            "writes_per_machine": round(total as f64 / machines as f64, 2),
+            "agent_writes_per_machine": round(agent as f64 / machines as f64, 2),
+        }))
     } else {
         None
     };
@@ -704,7 +715,7 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         "agent_writes_per_machine": round(agent_writes as f64 / m, 2),
         "agent_reads_per_machine": round(agent_reads as f64 / m, 2),
         "stage_all_ms": round(stage_done.last().copied().unwrap_or(f64::NAN), 1),
-        "next_rollout_seconds": next_rollout,
+        "next_rollout": next_rollout,
         "idle_seconds": args.idle_secs,
         "idle_agent_reads": idle_reads,
         "idle_agent_writes": idle_writes,
