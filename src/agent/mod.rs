@@ -17,7 +17,7 @@ pub mod unpack;
 
 use crate::api::{Instance, Machine, MachineSpec, Object};
 use crate::store::{
-    renew_wait, Client, Error as StoreError, EventRecorder, LeaseId, ObjectEvent, Scope, StoreUrl,
+    Client, Error as StoreError, EventRecorder, LeaseId, ObjectEvent, Scope, StoreUrl,
 };
 use anyhow::Context as _;
 use chrono::Utc;
@@ -266,9 +266,8 @@ async fn grant_presence(
     Ok(lease)
 }
 
-/// Keeps the presence lease alive every ttl/3, and a failed refresh again soon after
-/// ([`renew_wait`]); when the lease has expired (e.g. the store was unreachable too
-/// long), grants a new one and puts the presence key again.
+/// Keeps the presence lease alive every ttl/3; when it has expired (e.g. the store was
+/// unreachable too long), grants a new one and puts the presence key again.
 async fn keep_presence(
     client: Client,
     config: AgentConfig,
@@ -278,12 +277,10 @@ async fn keep_presence(
 ) {
     let every = (config.lease_ttl / 3).max(Duration::from_millis(100));
     let mut lost = false;
-    // Refreshes (or re-registrations) in a row that failed.
-    let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(renew_wait(every, failures)) => {}
+            _ = tokio::time::sleep(every) => {}
         }
         if lost {
             match grant_presence(&client, &config, &value).await {
@@ -291,35 +288,25 @@ async fn keep_presence(
                     tracing::info!(lease = l, "presence re-registered with a new lease");
                     lease = l;
                     lost = false;
-                    failures = 0;
                 }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, "cannot re-register presence");
-                }
+                Err(e) => tracing::warn!(error = %e, "cannot re-register presence"),
             }
             continue;
         }
         match client.store().keep_alive(lease).await {
-            Ok(()) => failures = 0,
+            Ok(()) => {}
             Err(StoreError::LeaseNotFound(_)) => {
                 tracing::warn!(lease, "presence lease expired; registering again");
+                lost = true;
                 match grant_presence(&client, &config, &value).await {
                     Ok(l) => {
                         lease = l;
-                        failures = 0;
+                        lost = false;
                     }
-                    Err(e) => {
-                        lost = true;
-                        failures += 1;
-                        tracing::warn!(error = %e, "cannot re-register presence");
-                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot re-register presence"),
                 }
             }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(lease, error = %e, failures, "lease keep-alive failed; trying again soon");
-            }
+            Err(e) => tracing::warn!(lease, error = %e, "lease keep-alive failed"),
         }
     }
 }

@@ -226,10 +226,9 @@ impl Drop for Leadership {
     }
 }
 
-/// Keeps the lease alive every `ttl / 3` until `stop`, and a failed refresh again soon
-/// after ([`store::renew_wait`]); cancels `lost` (and returns) when the store says the
-/// lease is gone, when no keep-alive has succeeded for a whole `ttl`, or when the leader
-/// key is no longer the one we created.
+/// Keeps the lease alive every `ttl / 3` until `stop`; cancels `lost` (and returns) when
+/// the store says the lease is gone, when no keep-alive has succeeded for a whole `ttl`,
+/// or when the leader key is no longer the one we created.
 async fn keep_alive(
     client: Client,
     lease: LeaseId,
@@ -244,9 +243,8 @@ async fn keep_alive(
         lost.cancel();
     };
     let period = ttl / 3;
-    let mut next = Instant::now() + period;
-    // Keep-alives in a row that failed.
-    let mut failures = 0u32;
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = last_ok + ttl;
         tokio::select! {
@@ -254,7 +252,7 @@ async fn keep_alive(
             _ = tokio::time::sleep_until(deadline) => {
                 return lose("no successful keep-alive for a whole ttl");
             }
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tick.tick() => {}
         }
         let sent = Instant::now();
         let renewed = tokio::select! {
@@ -262,16 +260,10 @@ async fn keep_alive(
             r = tokio::time::timeout_at(deadline, client.store().keep_alive(lease)) => r,
         };
         match renewed {
-            Ok(Ok(())) => {
-                last_ok = sent;
-                failures = 0;
-                next = sent + period;
-            }
+            Ok(Ok(())) => last_ok = sent,
             Ok(Err(store::Error::LeaseNotFound(_))) => return lose("the lease expired"),
             Ok(Err(e)) => {
-                failures += 1;
-                next = Instant::now() + store::renew_wait(period, failures);
-                tracing::warn!(lease, error = %e, failures, "leader keep-alive failed; trying again soon");
+                tracing::warn!(lease, error = %e, "leader keep-alive failed");
                 continue;
             }
             // The deadline passed: the select above declares the loss.

@@ -12,30 +12,6 @@ pub const EVENT_TTL: Duration = Duration::from_secs(3600);
 /// A new event lease is granted this often, so events live between TTL and TTL + this.
 const EVENT_LEASE_REUSE: Duration = Duration::from_secs(600);
 
-/// The first wait before trying a failed lease refresh again.
-const RENEW_RETRY_FIRST: Duration = Duration::from_millis(500);
-
-/// How long to wait before the next refresh of a lease refreshed every `period` (a third
-/// of its TTL), after `failures` refreshes in a row failed (0: the last one succeeded).
-///
-/// A failed refresh is tried again soon, not a whole period later: etcd 3.4 refuses every
-/// refresh while it is more than a second behind in applying writes, which at 10,000
-/// machines lasted for minutes of a busy day, and three refreshes a period apart all
-/// landing in such a stretch lost the lease (an agent's machine went NotReady, the
-/// controller its leadership). The waits double from 0.5 s up to half a period, each
-/// drawn at random from its upper half so that a fleet refused at once does not come back
-/// at once.
-pub fn renew_wait(period: Duration, failures: u32) -> Duration {
-    if failures == 0 {
-        return period;
-    }
-    let bound = RENEW_RETRY_FIRST
-        .saturating_mul(1 << (failures - 1).min(16))
-        .min(period / 2)
-        .max(Duration::from_millis(50));
-    bound.mul_f64(0.5 + rand::random::<f64>() / 2.0)
-}
-
 /// A change in which machines have a live agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PresenceEvent {
@@ -232,38 +208,5 @@ impl EventRecorder {
                 .expect("lease lock is never poisoned: no panics inside") = None;
         }
         res
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renew_wait_should_retry_a_failed_refresh_soon_and_back_off_within_the_ttl() {
-        let period = Duration::from_secs(20); // a 60 s lease
-        assert_eq!(renew_wait(period, 0), period, "after a success: a period");
-        for failures in 1..=12u32 {
-            let bound = Duration::from_millis(500 * 2u64.pow(failures - 1)).min(period / 2);
-            for _ in 0..200 {
-                let w = renew_wait(period, failures);
-                assert!(
-                    w >= bound / 2 && w <= bound,
-                    "failure {failures}: {w:?} outside {:?}..={bound:?}",
-                    bound / 2
-                );
-            }
-        }
-        // Before, a lease survived two failed refreshes a period apart; now six retries
-        // after the first failure still fit within the TTL.
-        let ttl = period * 3;
-        let retries: Duration = (1..=6).map(|f| renew_wait(period, f)).sum();
-        assert!(period + retries < ttl, "{retries:?} of retries");
-        // A short test lease (ttl 300 ms) still waits a little between tries.
-        let w = renew_wait(Duration::from_millis(100), 3);
-        assert!(
-            w >= Duration::from_millis(25) && w <= Duration::from_millis(50),
-            "{w:?}"
-        );
     }
 }

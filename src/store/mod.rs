@@ -14,7 +14,7 @@ mod leased;
 pub use batch::Write;
 pub use client::LeaderRecord;
 pub use client::{encode_status, Client, ListResult, ObjectEvent, ObjectWatch, Scope};
-pub use leased::{renew_wait, EventRecorder, PresenceEvent, EVENT_TTL};
+pub use leased::{EventRecorder, PresenceEvent, EVENT_TTL};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
