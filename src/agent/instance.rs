@@ -589,12 +589,7 @@ impl Task {
                 .map(|v| v.version.clone())
                 .collect();
             keep.extend(self.spec().current.clone());
-            // 0 means unset (Applications default to 3 and refuse 0): delete less, not more.
-            let keep_releases = match self.spec().keep_releases {
-                0 => 3,
-                n => n,
-            };
-            let to_clean = layout.releases_to_clean(&keep, keep_releases);
+            let to_clean = layout.releases_to_clean(&keep, self.spec().releases_to_keep());
             let action = next_action(&Observed {
                 spec: self.spec(),
                 generation: self.generation(),

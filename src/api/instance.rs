@@ -64,6 +64,17 @@ pub struct InstanceSpec {
     pub attempt: u32,
 }
 
+impl InstanceSpec {
+    /// The releases the agent keeps: `keepReleases`, where 0 (unset: Applications default
+    /// to 3 and refuse 0) means 3, so that a missing value deletes less, not more.
+    pub fn releases_to_keep(&self) -> u32 {
+        match self.keep_releases {
+            0 => 3,
+            n => n,
+        }
+    }
+}
+
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }

@@ -451,11 +451,7 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         }
         let versions = &versions[..len];
         let old = &inst.spec.staged;
-        // 0 means unset: the agent keeps 3 (as `keepReleases` defaults to).
-        let keep_releases = match inst.spec.keep_releases {
-            0 => 3,
-            n => n as usize,
-        };
+        let keep_releases = inst.spec.releases_to_keep() as usize;
         let reported = inst
             .status
             .as_ref()
