@@ -100,7 +100,9 @@ pub struct AgentArgs {
     ///
     /// The agent refreshes its lease every third of this, so a fleet sends etcd
     /// 3 x machines / TTL refreshes a second, and each costs etcd 3.4 a copy of its
-    /// uncommitted writes: at 10,000 machines, use 60s or more (BENCHMARKS.md).
+    /// uncommitted writes: at 10,000 machines, use 60s or more (BENCHMARKS.md). etcd 3.4
+    /// also refuses refreshes while it is over a second behind in applying writes; a
+    /// busy etcd can expire short leases of live agents.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
 }
