@@ -321,7 +321,18 @@ impl EmbeddedStore {
             )));
         }
         let mut writer = connect(path)?;
-        init_schema(path, &mut writer)?;
+        // Several processes opening a new file at once (`deployctl up`) all switch it to
+        // WAL and create the schema; SQLite answers some of them "locked" at once, without
+        // waiting (it would deadlock otherwise), so those try again.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match init_schema(path, &mut writer) {
+                Err(Error::Unavailable { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10 + rand::random::<u64>() % 20));
+                }
+                other => break other?,
+            }
+        }
         let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn WriteJob>>();
         let poller_jobs = jobs.clone();
         let poller = connect(path)?;
@@ -1990,6 +2001,30 @@ mod tests {
             "a kept-alive lease keeps its keys"
         );
         Ok(())
+    }
+
+    #[test]
+    fn many_connections_opening_a_new_store_file_at_once_should_all_succeed() {
+        // `deployctl up` starts the controller and agents at once on one new file; each
+        // switches it to WAL and creates the schema.
+        for round in 0..20 {
+            let dir = tempfile::tempdir().expect("the temp dir is writable");
+            let path = dir.path().join("store.db");
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let opens: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        EmbeddedStore::open(&path).map(drop)
+                    })
+                })
+                .collect();
+            for o in opens {
+                let r = o.join().expect("open does not panic");
+                assert!(r.is_ok(), "round {round}: {:?}", r.err());
+            }
+        }
     }
 
     #[tokio::test]
