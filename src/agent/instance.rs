@@ -1079,11 +1079,24 @@ impl Task {
         if self.memory.verified.is_some() && self.memory.verified != self.status.current_version {
             self.memory.verified = None;
         }
-        let unchanged = self.sent.as_ref().is_some_and(|w| {
-            let mut a = w.clone();
-            a.updated_at = self.status.updated_at;
-            a == self.status
-        });
+        // What changed since the last report, apart from its time: nothing, only releases
+        // leaving `stagedVersions`, or more.
+        let (unchanged, only_dropped_releases) = match &self.sent {
+            Some(w) => {
+                let mut a = w.clone();
+                a.updated_at = self.status.updated_at;
+                a.staged_versions.clone_from(&self.status.staged_versions);
+                let rest_same = a == self.status;
+                let staged_same = w.staged_versions == self.status.staged_versions;
+                let staged_dropped = self
+                    .status
+                    .staged_versions
+                    .iter()
+                    .all(|v| w.staged_versions.contains(v));
+                (rest_same && staged_same, rest_same && staged_dropped)
+            }
+            None => (false, false),
+        };
         let events = std::mem::take(&mut self.events);
         if unchanged {
             self.reporter.send(None, events);
@@ -1091,17 +1104,6 @@ impl Task {
         }
         // Releases leaving `stagedVersions` and nothing else: nobody waits on that, so it
         // may wait for the report that usually follows (the staged one after a clean).
-        let only_dropped_releases = self.sent.as_ref().is_some_and(|w| {
-            let mut a = w.clone();
-            a.updated_at = self.status.updated_at;
-            a.staged_versions.clone_from(&self.status.staged_versions);
-            a == self.status
-                && self
-                    .status
-                    .staged_versions
-                    .iter()
-                    .all(|v| w.staged_versions.contains(v))
-        });
         self.status.updated_at = Some(Utc::now());
         self.sent = Some(self.status.clone());
         if only_dropped_releases {

@@ -180,11 +180,11 @@ impl Layout {
             })
             .collect();
         all.sort_by(|a, b| b.cmp(a)); // newest first
-        let protected = |v: &str| keep.iter().any(|k| k == v) || current.as_deref() == Some(v);
         let mut wanted: Vec<&str> = keep.iter().map(String::as_str).collect();
         wanted.extend(current.as_deref());
         wanted.sort_unstable();
         wanted.dedup();
+        let protected = |v: &str| wanted.contains(&v);
         let mut budget = (keep_releases as usize).saturating_sub(wanted.len());
         let mut out = Vec::new();
         for (_, v) in all {
