@@ -19,7 +19,7 @@
 use super::artifact::{self, ArtifactError, Retry};
 use super::health;
 use super::hooks::{self, DeployVars, HookEnv, HookError};
-use super::release::Layout;
+use super::release::{Disk, Layout};
 use super::report::{PendingEvent, Reporter};
 use super::service::{ServiceSpec, Supervisor};
 use super::unpack::{self, UnpackError};
@@ -578,10 +578,12 @@ impl Task {
         }
         // Each action changes the disk or the memory; the cap guards against a bug
         // turning into a hot loop.
+        let mut idle = None;
         for _ in 0..64 {
             self.sync_cleaning();
-            let staged = layout.staged_versions();
-            let current = layout.current_version();
+            let disk = layout.read();
+            let staged = disk.staged_versions();
+            let current = disk.current.clone();
             let mut keep: Vec<String> = self
                 .spec()
                 .staged
@@ -589,7 +591,7 @@ impl Task {
                 .map(|v| v.version.clone())
                 .collect();
             keep.extend(self.spec().current.clone());
-            let to_clean = layout.releases_to_clean(&keep, self.spec().releases_to_keep());
+            let to_clean = layout.releases_to_clean(&disk, &keep, self.spec().releases_to_keep());
             let action = next_action(&Observed {
                 spec: self.spec(),
                 generation: self.generation(),
@@ -597,13 +599,16 @@ impl Task {
                 current: current.as_deref(),
                 restarted_at: self.status.restarted_at,
                 to_clean: &to_clean,
-                switching: layout.switching().is_some(),
+                switching: disk.switching.is_some(),
                 memory: &self.memory,
             });
             tracing::debug!(instance = %self.obj.meta().key(), ?action, "next action");
             match action {
-                Action::Idle => break,
-                Action::Stage(v) => self.do_stage(&v).await,
+                Action::Idle => {
+                    idle = Some(disk);
+                    break;
+                }
+                Action::Stage(v) => self.do_stage(&v, &disk).await,
                 Action::RefuseSwitch(v) => {
                     let msg =
                         format!(
@@ -618,7 +623,7 @@ impl Task {
                     )
                     .await;
                 }
-                Action::Switch(v) => self.do_switch(&v).await,
+                Action::Switch(v) => self.do_switch(&v, &disk).await,
                 Action::Verify(v) => self.do_verify(&v).await,
                 Action::CheckVersion(v) => self.do_check_version(&v).await,
                 Action::Restart(at) => self.do_restart(at).await,
@@ -627,7 +632,11 @@ impl Task {
             self.report(None);
         }
         self.apply_service_changes().await;
-        self.report(None);
+        // Idle: nothing changed the releases or `current` since they were read.
+        match idle {
+            Some(disk) => self.report_on(None, &disk),
+            None => self.report(None),
+        }
     }
 
     /// Records a failure in memory and status, with an event.
@@ -655,8 +664,9 @@ impl Task {
         self.report(Some(InstancePhase::Failed));
     }
 
-    async fn do_stage(&mut self, v: &VersionRef) {
-        self.report(Some(InstancePhase::Staging));
+    /// Stages `v`; `disk` is what the step was decided on.
+    async fn do_stage(&mut self, v: &VersionRef, disk: &Disk) {
+        self.report_on(Some(InstancePhase::Staging), disk);
         match self.stage(v).await {
             Ok(tail) => {
                 let install = self.spec().hooks.install.clone();
@@ -726,13 +736,13 @@ impl Task {
         Ok(tail)
     }
 
-    async fn do_switch(&mut self, want: &str) {
-        let layout = self.layout();
-        let previous = layout.current_version();
+    /// Switches to `want`; `disk` is what the step was decided on.
+    async fn do_switch(&mut self, want: &str, disk: &Disk) {
+        let previous = disk.current.clone();
         self.status.healthy = false;
         self.status.available = false;
         self.status.ready_since = None;
-        self.report(Some(InstancePhase::Switching));
+        self.report_on(Some(InstancePhase::Switching), disk);
         match self.switch(want, previous.as_deref()).await {
             Ok(()) => {
                 self.memory.verified = Some(want.to_string());
@@ -935,9 +945,10 @@ impl Task {
         self.status.available = false;
         tracing::warn!(instance = %self.obj.meta().key(), "{msg}; re-converging");
         self.event("Warning", "Drifted", &msg);
-        self.report(Some(InstancePhase::Drifted));
+        let disk = self.layout().read();
+        self.report_on(Some(InstancePhase::Drifted), &disk);
         // Re-run the switch to the same version: hooks, service, health.
-        self.do_switch(want).await;
+        self.do_switch(want, &disk).await;
     }
 
     async fn do_restart(&mut self, at: DateTime<Utc>) {
@@ -1061,14 +1072,20 @@ impl Task {
         }
     }
 
-    /// Fills in the disk facts and reports the status if it changed.
+    /// Reads the disk, fills in its facts and reports the status if it changed.
     fn report(&mut self, phase: Option<InstancePhase>) {
-        let layout = self.layout();
-        let current = layout.current_version();
+        let disk = self.layout().read();
+        self.report_on(phase, &disk);
+    }
+
+    /// Reports the status if it changed, with the disk facts of `disk` (read since the
+    /// last change to the disk).
+    fn report_on(&mut self, phase: Option<InstancePhase>, disk: &Disk) {
+        let current = disk.current.clone();
         self.status.phase = phase.unwrap_or_else(|| self.idle_phase(current.as_deref()));
         self.status.observed_generation = self.generation();
         // A release being cleaned is staged no more: the agent would not switch to it.
-        self.status.staged_versions = layout.staged_versions();
+        self.status.staged_versions = disk.staged_versions();
         let cleaning = &self.memory.cleaning;
         self.status
             .staged_versions

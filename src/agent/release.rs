@@ -53,17 +53,6 @@ impl Layout {
         fs::write(self.release(version).join(STAGED_MARKER), b"")
     }
 
-    /// Staged versions, sorted by name.
-    pub fn staged_versions(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .release_dirs()
-            .into_iter()
-            .filter(|v| self.is_staged(v))
-            .collect();
-        out.sort();
-        out
-    }
-
     /// Every directory under `releases/` that is not a temp dir (staged or not).
     fn release_dirs(&self) -> Vec<String> {
         let Ok(rd) = fs::read_dir(self.releases()) else {
@@ -162,43 +151,99 @@ impl Layout {
         }
     }
 
+    /// Reads what one step of the agent decides on and reports: the release
+    /// directories, which of them are staged, `current` and the switching marker. One
+    /// directory listing and one marker check per release.
+    pub fn read(&self) -> Disk {
+        let mut releases: Vec<Release> = self
+            .release_dirs()
+            .into_iter()
+            .map(|name| Release {
+                staged: self.is_staged(&name),
+                name,
+            })
+            .collect();
+        releases.sort_by(|a, b| a.name.cmp(&b.name));
+        Disk {
+            releases,
+            current: self.current_version(),
+            switching: self.switching(),
+        }
+    }
+
     /// Releases to delete: not in `keep`, not current, beyond the `keep_releases` newest
     /// (by mtime). Every version in `keep` and the current one count toward the limit,
     /// staged or not yet: a release the spec asks for makes room for itself first, so that
     /// the old one is gone (and reported gone) by the time the new one is staged. Oldest
-    /// first.
-    pub fn releases_to_clean(&self, keep: &[String], keep_releases: u32) -> Vec<String> {
-        let current = self.current_version();
-        let mut all: Vec<(std::time::SystemTime, String)> = self
-            .release_dirs()
+    /// first. Release times are read only when there is something to choose between.
+    pub fn releases_to_clean(
+        &self,
+        disk: &Disk,
+        keep: &[String],
+        keep_releases: u32,
+    ) -> Vec<String> {
+        let mut wanted: Vec<&str> = keep.iter().map(String::as_str).collect();
+        wanted.extend(disk.current.as_deref());
+        wanted.sort_unstable();
+        wanted.dedup();
+        let budget = (keep_releases as usize).saturating_sub(wanted.len());
+        let candidates: Vec<&str> = disk
+            .releases
+            .iter()
+            .map(|r| r.name.as_str())
+            .filter(|v| !wanted.contains(v))
+            .collect();
+        if candidates.len() <= budget {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(std::time::SystemTime, &str)> = candidates
             .into_iter()
             .map(|v| {
-                let t = fs::metadata(self.release(&v))
+                let t = fs::metadata(self.release(v))
                     .and_then(|m| m.modified())
                     .unwrap_or(std::time::UNIX_EPOCH);
                 (t, v)
             })
             .collect();
-        all.sort_by(|a, b| b.cmp(a)); // newest first
-        let mut wanted: Vec<&str> = keep.iter().map(String::as_str).collect();
-        wanted.extend(current.as_deref());
-        wanted.sort_unstable();
-        wanted.dedup();
-        let protected = |v: &str| wanted.contains(&v);
-        let mut budget = (keep_releases as usize).saturating_sub(wanted.len());
-        let mut out = Vec::new();
-        for (_, v) in all {
-            if protected(&v) {
-                continue;
-            }
-            if budget > 0 {
-                budget -= 1;
-                continue;
-            }
-            out.push(v);
-        }
+        by_age.sort_by(|a, b| b.cmp(a)); // newest first
+        let mut out: Vec<String> = by_age
+            .into_iter()
+            .skip(budget)
+            .map(|(_, v)| v.to_string())
+            .collect();
         out.reverse();
         out
+    }
+}
+
+/// One release directory as [`Layout::read`] saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub name: String,
+    /// Carries the staged marker.
+    pub staged: bool,
+}
+
+/// The disk state of one Instance at one moment ([`Layout::read`]): what a step decides
+/// on and the status reports. Read again after anything that changes the disk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Disk {
+    /// Release directories (staged or not; temp dirs left out), sorted by name.
+    pub releases: Vec<Release>,
+    /// The version `current` points at.
+    pub current: Option<String>,
+    /// An unfinished switch.
+    pub switching: Option<Switching>,
+}
+
+impl Disk {
+    /// Staged versions, sorted by name.
+    pub fn staged_versions(&self) -> Vec<String> {
+        self.releases
+            .iter()
+            .filter(|r| r.staged)
+            .map(|r| r.name.clone())
+            .collect()
     }
 }
 
@@ -242,7 +287,7 @@ mod tests {
         staged(&l, "1.0");
         fs::create_dir_all(l.release("2.0")).unwrap();
         fs::create_dir_all(l.releases().join(".3.0.tmp-0000abcd")).unwrap();
-        assert_eq!(l.staged_versions(), vec!["1.0"]);
+        assert_eq!(l.read().staged_versions(), vec!["1.0"]);
         let mut removed = l.remove_unfinished().unwrap();
         removed.sort();
         assert_eq!(removed, vec![".3.0.tmp-0000abcd", "2.0"]);
@@ -284,11 +329,19 @@ mod tests {
         }
         l.switch_current("1").unwrap();
         // keep 3: "1" (current) and "5" (wanted) are protected, one more: "4".
-        assert_eq!(l.releases_to_clean(&["5".into()], 3), vec!["2", "3"]);
+        let disk = l.read();
+        assert_eq!(disk.current.as_deref(), Some("1"));
+        assert_eq!(disk.staged_versions(), vec!["1", "2", "3", "4", "5"]);
+        assert_eq!(l.releases_to_clean(&disk, &["5".into()], 3), vec!["2", "3"]);
         // A wanted version not staged yet counts too: room is made for it first.
         assert_eq!(
-            l.releases_to_clean(&["5".into(), "6".into()], 3),
+            l.releases_to_clean(&disk, &["5".into(), "6".into()], 3),
             vec!["2", "3", "4"]
+        );
+        // Room for all: nothing to clean.
+        assert_eq!(
+            l.releases_to_clean(&disk, &["5".into()], 5),
+            Vec::<String>::new()
         );
     }
 }
