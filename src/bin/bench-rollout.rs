@@ -443,8 +443,22 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         .with_context(|| format!("cannot connect to {url}"))?;
     let tag = format!("n{machines}-{}", std::process::id());
 
-    // 1. The floor, before anything else runs.
+    // 1. The floor, before anything else runs, and the CPU it takes (etcd's and the
+    // client's, in this process).
+    let etcd_pid = etcd.as_ref().and_then(EtcdServer::pid);
+    let floor_cpu_before = (
+        etcd_pid.map(cpu_seconds).transpose()?,
+        cpu_seconds(std::process::id())?,
+    );
     let floor = floor(&raw, machines).await?;
+    let floor_cpu = match floor_cpu_before {
+        (Some(etcd_before), bench_before) => Some(
+            cpu_seconds(etcd_pid.expect("etcd's CPU was read"))? - etcd_before
+                + cpu_seconds(std::process::id())?
+                - bench_before,
+        ),
+        (None, _) => None,
+    };
     eprintln!(
         "[{machines}] floor: {:.3} s for {} puts",
         floor.as_secs_f64(),
@@ -577,7 +591,6 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     );
 
     // 5. v1 -> v2, measured.
-    let etcd_pid = etcd.as_ref().and_then(EtcdServer::pid);
     let etcd_cpu_before = etcd_pid.map(cpu_seconds).transpose()?;
     let self_cpu_before = cpu_seconds(std::process::id())?;
     let perf = match &args.perf {
@@ -701,6 +714,12 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
 
     let m = machines as f64;
     let ratio = rollout.as_secs_f64() / floor.as_secs_f64();
+    // The CPU both took, and the least ratio the rollout's CPU allows on this machine's
+    // cores (all of them busy all the time): when that is above a target, no scheduling
+    // reaches the target; only less work per machine does.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let rollout_cpu = etcd_cpu.map(|e| e + self_cpu + (cpu_after - cpu_before));
+    let ratio_cpu_bound = rollout_cpu.map(|c| c / cores / floor.as_secs_f64());
     Ok(serde_json::json!({
         "machines": machines,
         "rollout_seconds": round(rollout.as_secs_f64(), 3),
@@ -722,6 +741,10 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         "controller_cpu_seconds_total": round(cpu_total, 2),
         "etcd_cpu_seconds": etcd_cpu,
         "bench_cpu_seconds": self_cpu,
+        "rollout_cpu_seconds": rollout_cpu.map(|c| round(c, 2)),
+        "floor_cpu_seconds": floor_cpu.map(|c| round(c, 2)),
+        "cores": cores,
+        "ratio_cpu_bound": ratio_cpu_bound.map(|r| round(r, 2)),
         "step_ms": args.step_ms,
         "max_parallel_stage": args.max_parallel_stage,
         "agent_clients": args.clients,
