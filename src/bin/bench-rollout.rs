@@ -446,19 +446,13 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
     // 1. The floor, before anything else runs, and the CPU it takes (etcd's and the
     // client's, in this process).
     let etcd_pid = etcd.as_ref().and_then(EtcdServer::pid);
-    let floor_cpu_before = (
-        etcd_pid.map(cpu_seconds).transpose()?,
-        cpu_seconds(std::process::id())?,
-    );
+    let etcd_cpu_now = || etcd_pid.map(cpu_seconds).transpose();
+    let (etcd_before, bench_before) = (etcd_cpu_now()?, cpu_seconds(std::process::id())?);
     let floor = floor(&raw, machines).await?;
-    let floor_cpu = match floor_cpu_before {
-        (Some(etcd_before), bench_before) => Some(
-            cpu_seconds(etcd_pid.expect("etcd's CPU was read"))? - etcd_before
-                + cpu_seconds(std::process::id())?
-                - bench_before,
-        ),
-        (None, _) => None,
-    };
+    let bench_after = cpu_seconds(std::process::id())?;
+    let floor_cpu = etcd_before
+        .zip(etcd_cpu_now()?)
+        .map(|(before, after)| after - before + bench_after - bench_before);
     eprintln!(
         "[{machines}] floor: {:.3} s for {} puts",
         floor.as_secs_f64(),
