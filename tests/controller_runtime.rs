@@ -341,6 +341,9 @@ impl Store for Interposer {
     async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId> {
         self.store.grant_lease(ttl).await
     }
+    async fn grant_lease_id(&self, id: LeaseId, ttl: Duration) -> StoreResult<bool> {
+        self.store.grant_lease_id(id, ttl).await
+    }
     async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
         self.store.keep_alive(lease).await
     }

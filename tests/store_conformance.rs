@@ -114,6 +114,8 @@ conformance! {
         an_expired_lease_should_delete_its_keys,
         keep_alive_should_hold_a_lease_past_its_ttl,
         put_with_an_unknown_lease_should_fail_with_lease_not_found,
+        granting_a_chosen_lease_id_should_grant_once_and_hold_keys,
+        events_of_many_writers_should_share_the_windows_lease,
         spec_and_status_updates_should_never_clobber_each_other,
         client_delete_should_remove_spec_and_status,
         list_watch_should_emit_restarted_then_merged_applied_and_deleted,
@@ -666,6 +668,95 @@ async fn put_with_an_unknown_lease_should_fail_with_lease_not_found(store: Arc<d
         "got {res:?}"
     );
     assert_eq!(store.get("/t/k").await.expect("get"), None);
+}
+
+async fn granting_a_chosen_lease_id_should_grant_once_and_hold_keys(store: Arc<dyn Store>) {
+    let id = 0x1234_5678_9abc;
+    let ttl = Duration::from_secs(60);
+    assert!(
+        store.grant_lease_id(id, ttl).await.expect("grant"),
+        "a new id is granted"
+    );
+    assert!(
+        !store.grant_lease_id(id, ttl).await.expect("grant again"),
+        "a live id is not granted twice"
+    );
+    let res = store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Put {
+                key: "/t/leased".into(),
+                value: b"v".to_vec(),
+                lease: id,
+            }],
+        })
+        .await
+        .expect("put with the chosen lease");
+    assert!(res.succeeded);
+    assert_eq!(
+        store
+            .get("/t/leased")
+            .await
+            .expect("get")
+            .expect("put")
+            .lease,
+        id
+    );
+    store.revoke_lease(id).await.expect("revoke");
+    assert_eq!(store.get("/t/leased").await.expect("get"), None);
+    assert!(
+        store
+            .grant_lease_id(id, ttl)
+            .await
+            .expect("grant after revoke"),
+        "a revoked id can be granted again"
+    );
+}
+
+async fn events_of_many_writers_should_share_the_windows_lease(store: Arc<dyn Store>) {
+    use deployctl::store::{event_lease_id, EventRecorder};
+    let client = Client::new(store.clone());
+    let object = deployctl::api::ObjectReference {
+        kind: "Instance".into(),
+        namespace: Some("default".into()),
+        name: "web.m1".into(),
+    };
+    // No controller has granted this window's lease: the first writer grants it.
+    let first = EventRecorder::new(client.clone(), "agent/m1");
+    let second = EventRecorder::new(client.clone(), "agent/m2");
+    first
+        .record(object.clone(), "Normal", "Staged", "one")
+        .await;
+    second
+        .record(object.clone(), "Normal", "Staged", "two")
+        .await;
+    let (kvs, _) = store
+        .list("/deployctl/events/", None)
+        .await
+        .expect("list events");
+    assert_eq!(kvs.len(), 2, "both events are written: {kvs:?}");
+    assert_eq!(kvs[0].lease, kvs[1].lease, "the writers share one lease");
+    let window = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 600
+    };
+    let now = window(std::time::SystemTime::now());
+    assert!(
+        [event_lease_id(now), event_lease_id(now - 1)].contains(&kvs[0].lease),
+        "the lease is the window's"
+    );
+    // The controller grants the next window's lease ahead: nobody grants it again.
+    first
+        .grant_windows()
+        .await
+        .expect("grant the windows' leases");
+    let next = window(std::time::SystemTime::now()) + 1;
+    assert!(
+        !store
+            .grant_lease_id(event_lease_id(next), Duration::from_secs(60))
+            .await
+            .expect("grant"),
+        "the next window's lease exists already"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -248,6 +248,7 @@ impl Writer {
                 "events dropped while the store was unreachable");
             pending.dropped_events = 0;
         }
+        let mut lease_retried = false;
         for _ in 0..CONFLICT_RETRIES {
             let mut txn = Txn::default();
             if let Some(st) = &pending.status {
@@ -261,8 +262,18 @@ impl Writer {
                     .await?;
                 txn.ops.push(op);
             }
-            let res = self.client.store().txn(txn).await;
-            match self.events.check(res)? {
+            let res = match self.events.check(self.client.store().txn(txn).await) {
+                // The window's event lease was missing (no controller granted it yet):
+                // the next `op` grants it; write again at once.
+                Err(StoreError::LeaseNotFound(_))
+                    if !lease_retried && !pending.events.is_empty() =>
+                {
+                    lease_retried = true;
+                    continue;
+                }
+                res => res?,
+            };
+            match res {
                 res if res.succeeded => {
                     if pending.status.is_some() {
                         self.base.metadata.status_version = res.revision;

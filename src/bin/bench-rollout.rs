@@ -157,6 +157,9 @@ impl Store for CountingStore {
     async fn grant_lease(&self, ttl: Duration) -> deployctl::store::Result<LeaseId> {
         self.inner.grant_lease(ttl).await
     }
+    async fn grant_lease_id(&self, id: LeaseId, ttl: Duration) -> deployctl::store::Result<bool> {
+        self.inner.grant_lease_id(id, ttl).await
+    }
     async fn keep_alive(&self, lease: LeaseId) -> deployctl::store::Result<()> {
         self.inner.keep_alive(lease).await
     }

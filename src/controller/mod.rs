@@ -184,6 +184,28 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
         });
     }
 
+    // The event leases of this window and the next, granted ahead: the whole fleet's
+    // events share one lease per window, and no agent grants one in a rollout's burst.
+    {
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = match ctx.events.grant_windows().await {
+                    Ok(()) => EventRecorder::grant_period(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot grant the event leases ahead; retrying");
+                        Duration::from_secs(10)
+                    }
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        });
+    }
+
     // Workers start only once every cache has synced (sample-controller's rule).
     let synced = async {
         let _ = ctx.machines.wait_synced().await;

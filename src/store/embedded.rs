@@ -1220,6 +1220,26 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn grant_lease_id(&self, id: LeaseId, ttl: Duration) -> Result<bool> {
+        if id <= 0 {
+            return Err(Error::Other(format!("lease id {id}: must be positive")));
+        }
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        self.write(move |tx| {
+            // An expired lease that the sweeper has not reached yet is gone, as in etcd:
+            // its keys go first, then it is granted anew.
+            let now = now_ms();
+            sweep_expired_leases(tx, now)?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO leases (id, ttl_ms, expires_at_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, ttl_ms, now.saturating_add(ttl_ms)])?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
         self.write(move |conn| {
             let now = now_ms();

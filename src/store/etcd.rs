@@ -230,6 +230,12 @@ impl EtcdStore {
     }
 }
 
+/// A lease TTL in etcd's whole seconds, rounded up so that a lease never lives shorter
+/// than asked.
+fn lease_secs(ttl: Duration) -> i64 {
+    ttl.as_millis().div_ceil(1000).max(1) as i64
+}
+
 /// etcd's answer to a token it does not know (any more).
 fn is_invalid_token(e: &ec::Error) -> bool {
     matches!(e, ec::Error::GRpcStatus(s) if s.message().contains("invalid auth token"))
@@ -619,8 +625,7 @@ impl Store for EtcdStore {
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
-        // etcd counts in whole seconds; round up so a lease never lives shorter than asked.
-        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let secs = lease_secs(ttl);
         let mut lease = self.client().lease_client();
         let resp = self.call("grant lease", lease.grant(secs, None)).await?;
         if !resp.error().is_empty() {
@@ -631,6 +636,25 @@ impl Store for EtcdStore {
             )));
         }
         Ok(resp.id())
+    }
+
+    async fn grant_lease_id(&self, id: LeaseId, ttl: Duration) -> Result<bool> {
+        let secs = lease_secs(ttl);
+        let mut lease = self.client().lease_client();
+        let opts = ec::LeaseGrantOptions::new().with_id(id);
+        match self
+            .call(&format!("grant lease {id}"), lease.grant(secs, Some(opts)))
+            .await
+        {
+            Ok(resp) if resp.error().is_empty() => Ok(true),
+            Ok(resp) => Err(Error::Other(format!(
+                "grant lease {id} at {}: {}",
+                self.endpoint,
+                resp.error()
+            ))),
+            Err(e) if e.to_string().contains("lease already exists") => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {

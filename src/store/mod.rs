@@ -14,7 +14,7 @@ mod leased;
 pub use batch::Write;
 pub use client::LeaderRecord;
 pub use client::{encode_status, Client, ListResult, ObjectEvent, ObjectWatch, Scope};
-pub use leased::{EventRecorder, PresenceEvent, EVENT_TTL};
+pub use leased::{event_lease_id, EventRecorder, PresenceEvent, EVENT_TTL};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -208,6 +208,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A new lease that expires `ttl` after its last keep-alive.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
+
+    /// Grants the lease `id` (positive) for `ttl` unless it is alive already: `true` if
+    /// this call granted it, `false` if it existed (its TTL is left as it was). For leases
+    /// that many writers share without telling each other its id.
+    async fn grant_lease_id(&self, id: LeaseId, ttl: Duration) -> Result<bool>;
 
     /// Refreshes a lease; `Err(LeaseNotFound)` once it has expired.
     async fn keep_alive(&self, lease: LeaseId) -> Result<()>;
