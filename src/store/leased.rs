@@ -155,10 +155,7 @@ impl EventRecorder {
             .lock()
             .expect("lease lock is never poisoned: no panics inside");
         if missing == Some(id) {
-            self.client
-                .store()
-                .grant_lease_id(id, event_lease_ttl(window, now))
-                .await?;
+            self.grant_window(window, now).await?;
             *self
                 .missing
                 .lock()
@@ -173,12 +170,18 @@ impl EventRecorder {
         let now = std::time::SystemTime::now();
         let window = event_window(now);
         for w in [window, window + 1] {
-            self.client
-                .store()
-                .grant_lease_id(event_lease_id(w), event_lease_ttl(w, now))
-                .await?;
+            self.grant_window(w, now).await?;
         }
         Ok(())
+    }
+
+    /// Grants `window`'s lease unless it exists.
+    async fn grant_window(&self, window: u64, now: std::time::SystemTime) -> Result<()> {
+        self.client
+            .store()
+            .grant_lease_id(event_lease_id(window), event_lease_ttl(window, now))
+            .await
+            .map(drop)
     }
 
     /// How often [`EventRecorder::grant_windows`] runs.
