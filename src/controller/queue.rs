@@ -26,6 +26,10 @@ use tokio::time::Instant;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest delay of [`WorkQueue::add_rate_limited`].
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Longest delay [`WorkQueue::add_after`] keeps: a longer one runs the key after this
+/// long instead. Reconciles are level-triggered, so an early run only decides again; an
+/// unbounded one (a pause of `300000years` read from the store) would overflow the clock.
+pub const MAX_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A queue of keys to reconcile. Cheap to clone: clones share one queue.
 pub struct WorkQueue<K> {
@@ -144,13 +148,16 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
         }
     }
 
-    /// Queues `key` to run after `delay`. If it is already queued to run sooner, this
-    /// does nothing; if queued to run later, it now runs after `delay`.
+    /// Queues `key` to run after `delay` (at most [`MAX_DELAY`]). If it is already queued
+    /// to run sooner, this does nothing; if queued to run later, it now runs after `delay`.
     pub fn add_after(&self, key: K, delay: Duration) {
         if delay.is_zero() {
             return self.add(key);
         }
-        let at = Instant::now() + delay;
+        let now = Instant::now();
+        let at = now
+            .checked_add(delay.min(MAX_DELAY))
+            .unwrap_or(now + MAX_DELAY);
         let mut st = self.lock();
         if st.shutting_down || st.dirty.contains(&key) {
             return;
@@ -410,6 +417,20 @@ mod tests {
         // The later requests were merged into the earliest one.
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(try_next(&q).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn add_after_should_cap_a_huge_delay_instead_of_overflowing_the_clock() {
+        let q = WorkQueue::new();
+        q.add_after("a", Duration::MAX);
+        q.add_after("b", Duration::from_secs(u64::MAX / 2));
+        assert_eq!(q.len(), 2);
+        tokio::time::advance(MAX_DELAY - Duration::from_millis(1)).await;
+        assert_eq!(try_next(&q).await, None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let mut ran = vec![try_next(&q).await, try_next(&q).await];
+        ran.sort();
+        assert_eq!(ran, vec![Some("a"), Some("b")]);
     }
 
     #[tokio::test(start_paused = true)]

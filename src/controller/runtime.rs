@@ -122,7 +122,10 @@ where
     /// keys and returns once every reconcile in flight has finished.
     ///
     /// A panicking reconcile is logged and treated like an error with
-    /// [`Action::backoff`], so that its key is not stuck in flight forever.
+    /// [`Action::backoff`], so that its key is not stuck in flight forever. A panic
+    /// anywhere else in a worker (the error policy, the queue) is logged, its key is
+    /// released with a backoff, and a worker that dies anyway is replaced: the
+    /// controller never runs with fewer workers than it was given.
     pub async fn run<R, Fut, E, P>(self, reconcile: R, error_policy: P, shutdown: CancellationToken)
     where
         R: Fn(K) -> Fut + Send + Sync + 'static,
@@ -130,50 +133,14 @@ where
         E: Display + Send + 'static,
         P: Fn(&K, &E) -> Action + Send + Sync + 'static,
     {
-        let reconcile = Arc::new(reconcile);
-        let error_policy = Arc::new(error_policy);
+        let worker = Worker {
+            queue: self.queue.clone(),
+            reconcile: Arc::new(reconcile),
+            error_policy: Arc::new(error_policy),
+        };
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..self.workers {
-            let queue = self.queue.clone();
-            let reconcile = reconcile.clone();
-            let error_policy = error_policy.clone();
-            workers.spawn(async move {
-                while let Some(key) = queue.next().await {
-                    // Unwind safety: a reconcile keeps no state across runs that a panic
-                    // could leave half-changed; the key is retried from fresh state.
-                    let result = AssertUnwindSafe(reconcile(key.clone())).catch_unwind().await;
-                    let action = match result {
-                        Ok(Ok(action)) => {
-                            queue.forget(&key);
-                            action
-                        }
-                        Ok(Err(e)) => {
-                            let action = error_policy(&key, &e);
-                            // One failure (typically a compare-and-swap conflict with a
-                            // cache that has not caught up) is routine; a key that keeps
-                            // failing is worth a warning.
-                            if queue.failures(&key) >= QUIET_FAILURES {
-                                tracing::warn!(key = ?key, error = %e, ?action, "reconcile failed");
-                            } else {
-                                tracing::debug!(key = ?key, error = %e, ?action, "reconcile failed; retrying");
-                            }
-                            action
-                        }
-                        Err(_) => {
-                            tracing::error!(key = ?key, "reconcile panicked; retrying with backoff");
-                            Action::backoff()
-                        }
-                    };
-                    queue.done(&key);
-                    match action.next {
-                        Next::AwaitChange => {}
-                        Next::After(d) => queue.add_after(key, d),
-                        Next::Backoff => {
-                            queue.add_rate_limited(key);
-                        }
-                    }
-                }
-            });
+            workers.spawn(worker.clone().run());
         }
         let queue = self.queue.clone();
         let stop = async move {
@@ -186,9 +153,94 @@ where
                 _ = &mut stop, if !self.queue.is_shutting_down() => {}
                 joined = workers.join_next() => match joined {
                     Some(Ok(())) => {}
-                    Some(Err(e)) => tracing::error!(error = %e, "reconcile worker failed"),
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "reconcile worker died");
+                        if !self.queue.is_shutting_down() {
+                            workers.spawn(worker.clone().run());
+                        }
+                    }
                     None => return,
                 },
+            }
+        }
+    }
+}
+
+/// One worker's loop: take a key, reconcile it, hand it back to the queue.
+struct Worker<K, R, P> {
+    queue: WorkQueue<K>,
+    reconcile: Arc<R>,
+    error_policy: Arc<P>,
+}
+
+impl<K, R, P> Clone for Worker<K, R, P> {
+    fn clone(&self) -> Self {
+        Worker {
+            queue: self.queue.clone(),
+            reconcile: self.reconcile.clone(),
+            error_policy: self.error_policy.clone(),
+        }
+    }
+}
+
+impl<K, R, Fut, E, P> Worker<K, R, P>
+where
+    K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
+    R: Fn(K) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    E: Display + Send + 'static,
+    P: Fn(&K, &E) -> Action + Send + Sync + 'static,
+{
+    async fn run(self) {
+        while let Some(key) = self.queue.next().await {
+            // Unwind safety: a reconcile keeps no state across runs that a panic could
+            // leave half-changed; the key is retried from fresh state.
+            let result = AssertUnwindSafe((self.reconcile)(key.clone()))
+                .catch_unwind()
+                .await;
+            // The error policy is the caller's code too: a panic in it (or in the queue)
+            // must not leave the key in flight forever.
+            let finished = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.finish(key.clone(), result)
+            }));
+            if finished.is_err() {
+                tracing::error!(key = ?key, "handling a reconcile's result panicked; retrying with backoff");
+                self.queue.done(&key);
+                self.queue.add_rate_limited(key);
+            }
+        }
+    }
+
+    /// Turns a reconcile's result into the key's next run, and releases the key.
+    fn finish(&self, key: K, result: std::thread::Result<Result<Action, E>>) {
+        let action = match result {
+            Ok(Ok(action)) => {
+                self.queue.forget(&key);
+                action
+            }
+            Ok(Err(e)) => {
+                let action = (self.error_policy)(&key, &e);
+                // One failure (typically a compare-and-swap conflict with a cache that
+                // has not caught up) is routine; a key that keeps failing is worth a
+                // warning.
+                if self.queue.failures(&key) >= QUIET_FAILURES {
+                    tracing::warn!(key = ?key, error = %e, ?action, "reconcile failed");
+                } else {
+                    tracing::debug!(key = ?key, error = %e, ?action, "reconcile failed; retrying");
+                }
+                action
+            }
+            Err(_) => {
+                tracing::error!(key = ?key, "reconcile panicked; retrying with backoff");
+                Action::backoff()
+            }
+        };
+        self.queue.done(&key);
+        match action.next {
+            Next::AwaitChange => {}
+            Next::After(d) => self.queue.add_after(key, d),
+            Next::Backoff => {
+                self.queue.add_rate_limited(key);
             }
         }
     }
@@ -367,6 +419,51 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(queue.in_flight(), 0);
+        shutdown.cancel();
+        run.await.expect("controller does not panic");
+    }
+
+    /// A panic outside the reconcile (here in the error policy) and a requeue far past
+    /// what the clock can hold once killed a worker each: with every worker gone, the
+    /// controller stopped reconciling anything.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_error_policy_or_a_huge_requeue_should_never_cost_a_worker() {
+        let queue = WorkQueue::with_backoff(Duration::from_secs(1), Duration::from_secs(1));
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let shutdown = CancellationToken::new();
+        let run = {
+            let runs = runs.clone();
+            // One worker: if it died, nothing after the first key would ever run.
+            tokio::spawn(Controller::new(queue.clone(), 1).run(
+                move |key: &'static str| {
+                    runs.lock().expect("test lock not poisoned").push(key);
+                    async move {
+                        match key {
+                            "policy-panics" => Err("fails"),
+                            "forever" => Ok(Action::requeue(Duration::MAX)),
+                            _ => Ok(Action::await_change()),
+                        }
+                    }
+                },
+                |key: &&'static str, _e: &&str| -> Action {
+                    panic!("error policy panics for {key} (on purpose, in a test)")
+                },
+                shutdown.clone(),
+            ))
+        };
+        queue.add("policy-panics");
+        queue.add("forever");
+        queue.add("after");
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let seen = runs.lock().expect("test lock not poisoned").clone();
+        // The panicking key ran, was released with a backoff and ran again; the others ran.
+        assert_eq!(
+            seen,
+            ["policy-panics", "forever", "after", "policy-panics"],
+            "{seen:?}"
+        );
+        assert_eq!(queue.in_flight(), 0);
+        assert_eq!(queue.len(), 2, "both 'forever' and 'policy-panics' are queued again");
         shutdown.cancel();
         run.await.expect("controller does not panic");
     }
