@@ -349,7 +349,12 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
             .position(|p| p.reason == PAUSE_STEP)
         {
             None => {
-                let until = duration.map(|d| now + ChronoDuration::from_std(d).unwrap_or_default());
+                // Checked: a duration past the calendar's end (one that validation
+                // refuses, but the store may hold) waits for a promote; it never skips
+                // the pause or panics.
+                let until = duration
+                    .and_then(|d| ChronoDuration::from_std(d).ok())
+                    .and_then(|d| now.checked_add_signed(d));
                 st.pause_conditions.push(PauseCondition {
                     reason: PAUSE_STEP.into(),
                     start_time: now,
@@ -366,8 +371,8 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
                         ),
                     },
                 ));
-                if let Some(d) = duration {
-                    wake(d);
+                if let Some(until) = until {
+                    wake((until - now).to_std().unwrap_or_default());
                 }
                 step_paused = true;
             }

@@ -402,6 +402,42 @@ fn canary_steps_should_switch_the_weight_then_pause_until_promoted() {
     assert_eq!(fleet.status().phase, RolloutPhase::Complete);
 }
 
+/// Durations that validation refuses can still be in the store (written by an older
+/// deployctl, or straight to etcd): one past the calendar's end panicked every reconcile,
+/// one past chrono's range was read as zero and skipped the pause.
+#[test]
+fn a_pause_too_long_for_the_calendar_should_wait_for_a_promote_not_panic_or_skip() {
+    for duration in ["300000years", "10000000000000000s", "18446744073709551615s"] {
+        let mut s = strategy(IntOrPercent::Int(5));
+        s.steps = vec![
+            Step {
+                machines: Some(1),
+                ..Default::default()
+            },
+            Step {
+                pause: Some(PauseStep {
+                    duration: Some(duration.into()),
+                }),
+                ..Default::default()
+            },
+        ];
+        let mut fleet = Fleet::new(4, s);
+        complete_v1(&mut fleet);
+        fleet.set_version("2.0");
+        fleet.run(50);
+        assert_eq!(fleet.on("2.0"), 1, "{duration}: the canary only");
+        assert_eq!(fleet.status().phase, RolloutPhase::Paused, "{duration}");
+        assert_eq!(fleet.status().current_step_index, Some(1), "{duration}");
+        fleet.now += ChronoDuration::days(365 * 1000);
+        fleet.run(50);
+        assert_eq!(fleet.on("2.0"), 1, "{duration}: still paused");
+        fleet.annotate(ANNOTATION_PROMOTE, "t1");
+        fleet.run(50);
+        assert_eq!(fleet.on("2.0"), 4, "{duration}");
+        assert_eq!(fleet.status().phase, RolloutPhase::Complete, "{duration}");
+    }
+}
+
 #[test]
 fn promote_full_should_skip_every_remaining_step() {
     let mut s = strategy(IntOrPercent::Int(10));
