@@ -87,7 +87,13 @@ impl LabelSelector {
                 });
             }
         }
-        Ok(sel)
+        // Values follow the label rules too, and `in ()` needs one.
+        let mut errors = Vec::new();
+        super::validation::check_selector("selector", &sel, &mut errors);
+        match errors.into_iter().next() {
+            Some(e) => Err(format!("invalid label selector: {}", e.message)),
+            None => Ok(sel),
+        }
     }
 }
 
@@ -140,13 +146,11 @@ fn split_set_term(term: &str) -> Option<(&str, (LabelOperator, Vec<String>))> {
     Some((key.trim(), (op, values)))
 }
 
+/// A key by the label rules (`validation::check_label_key`).
 fn checked_key(key: &str) -> Option<String> {
-    let ok = !key.is_empty()
-        && key.len() <= 253
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-    ok.then(|| key.to_string())
+    super::validation::check_label_key(key)
+        .ok()
+        .map(|_| key.to_string())
 }
 
 #[cfg(test)]
@@ -191,5 +195,29 @@ mod tests {
     fn selectors_should_reject_garbage() {
         assert!(LabelSelector::parse("a b c").is_err());
         assert!(LabelSelector::parse("=x").is_err());
+        // Keys and values follow the label rules, as in manifests.
+        for bad in [
+            "role=a b",
+            "role=-web",
+            "role in ()",
+            "Foo_Bar/x=1",
+            "a/b/c=1",
+            "role=\u{1b}[31m",
+            &format!("role={}", "v".repeat(64)),
+            &format!("{}=v", "k".repeat(64)),
+        ] {
+            assert!(
+                LabelSelector::parse(bad).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        for good in [
+            "deployctl.dev/sync=x",
+            "zone in (a,b)",
+            "role=",
+            "a.b_c-d=E.f_g-1",
+        ] {
+            assert!(LabelSelector::parse(good).is_ok(), "{good:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! one-of fields, durations. Each problem names its field path.
 
 use super::*;
+use std::collections::BTreeMap;
 
 /// One problem with one field, e.g. `spec.strategy.maxUnavailable: must be at most 100%`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +61,178 @@ pub fn check_version(version: &str) -> Result<(), String> {
     }
 }
 
+/// The longest pause step: a year (`1y`, 365.25 days, as the duration parser counts
+/// it). A longer one is a typo, and a pause past the calendar's end once panicked the
+/// reconciler.
+pub const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(31_557_600);
+/// The longest timeout, deadline or period in seconds (a day): every `*Seconds` field.
+pub const MAX_SECONDS: u32 = 24 * 60 * 60;
+/// The most of anything counted per object (thresholds, kept releases and revisions).
+pub const MAX_COUNT: u32 = 1000;
+
+/// A label or annotation key, by Kubernetes' rules: an optional DNS-1123 subdomain
+/// prefix (at most 253 characters) and `/`, then a name of 1 to 63 characters from
+/// `[A-Za-z0-9._-]`, starting and ending alphanumeric.
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let why = if let Some(p) = prefix.filter(|p| !is_dns_subdomain(p)) {
+        format!("prefix {p:?} must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)")
+    } else if name.is_empty() {
+        "the name part must not be empty".to_string()
+    } else if !is_label_name(name) {
+        "the name part must be at most 63 characters from [A-Za-z0-9._-], starting and ending with a letter or digit".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(format!("invalid key {:?}: {why}", quoted(key)))
+}
+
+/// A label value, by Kubernetes' rules: empty, or at most 63 characters from
+/// `[A-Za-z0-9._-]`, starting and ending alphanumeric.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_name(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid value {:?}: must be empty or at most 63 characters from [A-Za-z0-9._-], starting and ending with a letter or digit",
+            quoted(value)
+        ))
+    }
+}
+
+/// A value quoted in an error, cut to 80 characters so that a huge one stays readable.
+pub(crate) fn quoted(value: &str) -> String {
+    match value.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &value[..i]),
+        None => value.to_string(),
+    }
+}
+
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
+fn check_labels(path: &str, labels: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {
+    for (k, v) in labels {
+        if let Err(e) = check_label_key(k) {
+            out.push(err(path, e));
+        } else if let Err(e) = check_label_value(v) {
+            out.push(err(format!("{path}.{k}"), e));
+        }
+    }
+}
+
+/// A label selector's keys and values follow the label rules; `In` and `NotIn` need
+/// values, `Exists` and `DoesNotExist` take none.
+pub fn check_selector(path: &str, sel: &selector::LabelSelector, out: &mut Vec<FieldError>) {
+    check_labels(&format!("{path}.matchLabels"), &sel.match_labels, out);
+    for (i, e) in sel.match_expressions.iter().enumerate() {
+        let p = format!("{path}.matchExpressions[{i}]");
+        if let Err(m) = check_label_key(&e.key) {
+            out.push(err(format!("{p}.key"), m));
+        }
+        use selector::LabelOperator::*;
+        match e.operator {
+            In | NotIn if e.values.is_empty() => out.push(err(
+                format!("{p}.values"),
+                format!("must not be empty for operator {:?}", e.operator),
+            )),
+            Exists | DoesNotExist if !e.values.is_empty() => out.push(err(
+                format!("{p}.values"),
+                format!("must be empty for operator {:?}", e.operator),
+            )),
+            _ => {}
+        }
+        for (j, v) in e.values.iter().enumerate() {
+            if let Err(m) = check_label_value(v) {
+                out.push(err(format!("{p}.values[{j}]"), m));
+            }
+        }
+    }
+}
+
+/// A number of seconds from 1 to [`MAX_SECONDS`] (`min` 0 allows zero).
+fn check_seconds(path: &str, v: u32, min: u32, out: &mut Vec<FieldError>) {
+    if v < min || v > MAX_SECONDS {
+        out.push(err(
+            path,
+            format!("{v} is out of range: must be {min} to {MAX_SECONDS} (a day)"),
+        ));
+    }
+}
+
+/// A count from `min` to [`MAX_COUNT`].
+fn check_count(path: &str, v: u32, min: u32, out: &mut Vec<FieldError>) {
+    if v < min || v > MAX_COUNT {
+        out.push(err(
+            path,
+            format!("{v} is out of range: must be {min} to {MAX_COUNT}"),
+        ));
+    }
+}
+
+/// No string anywhere in the object holds a NUL byte: it cannot reach a process (an
+/// environment value, a command) or a path, and failed only when a hook started.
+fn check_no_nul<T: serde::Serialize>(obj: &T, out: &mut Vec<FieldError>) {
+    fn walk(v: &serde_json::Value, path: &mut String, out: &mut Vec<FieldError>) {
+        use serde_json::Value;
+        let len = path.len();
+        match v {
+            Value::String(s) if s.contains('\0') => {
+                out.push(err(path.clone(), "must not contain a NUL byte"));
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    if k.contains('\0') {
+                        out.push(err(path.clone(), "a key must not contain a NUL byte"));
+                        continue;
+                    }
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(k);
+                    walk(item, path, out);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Ok(v) = serde_json::to_value(obj) {
+        walk(&v, &mut String::new(), out);
+    }
+}
+
 fn check_sha256(path: &str, sha: &Option<String>, out: &mut Vec<FieldError>) {
     if let Some(s) = sha {
         if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -99,12 +272,12 @@ fn check_commands(path: &str, cmds: &[Command], out: &mut Vec<FieldError>) {
         if c.command.trim().is_empty() {
             out.push(err(format!("{path}[{i}].command"), "must not be empty"));
         }
-        if c.timeout_seconds == 0 {
-            out.push(err(
-                format!("{path}[{i}].timeoutSeconds"),
-                "must be at least 1",
-            ));
-        }
+        check_seconds(
+            &format!("{path}[{i}].timeoutSeconds"),
+            c.timeout_seconds,
+            1,
+            out,
+        );
     }
 }
 
@@ -124,17 +297,10 @@ fn check_meta(meta: &ObjectMeta, namespaced: bool, out: &mut Vec<FieldError>) {
         )),
         _ => {}
     }
-    for key in meta.labels.keys().chain(meta.annotations.keys()) {
-        let ok = !key.is_empty()
-            && key.len() <= 253
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-        if !ok {
-            out.push(err(
-                "metadata.labels",
-                format!("invalid key {key:?}: letters, digits, '-', '_', '.', '/' only"),
-            ));
+    check_labels("metadata.labels", &meta.labels, out);
+    for key in meta.annotations.keys() {
+        if let Err(e) = check_label_key(key) {
+            out.push(err("metadata.annotations", e));
         }
     }
 }
@@ -142,7 +308,9 @@ fn check_meta(meta: &ObjectMeta, namespaced: bool, out: &mut Vec<FieldError>) {
 pub fn validate_application(app: &Application) -> Vec<FieldError> {
     let mut out = Vec::new();
     check_meta(&app.metadata, true, &mut out);
+    check_no_nul(app, &mut out);
     let s = &app.spec;
+    check_selector("spec.selector", &s.selector, &mut out);
     check_url_template("spec.artifact.url", &s.artifact.url, &mut out);
     if let Some(u) = &s.artifact.sha256_url {
         check_url_template("spec.artifact.sha256Url", u, &mut out);
@@ -215,32 +383,36 @@ pub fn validate_application(app: &Application) -> Vec<FieldError> {
         for (field, v) in [
             ("periodSeconds", hc.period_seconds),
             ("timeoutSeconds", hc.timeout_seconds),
-            ("successThreshold", hc.success_threshold),
-            ("failureThreshold", hc.failure_threshold),
             ("deadlineSeconds", hc.deadline_seconds),
         ] {
-            if v == 0 {
-                out.push(err(
-                    format!("spec.healthCheck.{field}"),
-                    "must be at least 1",
-                ));
-            }
+            check_seconds(&format!("spec.healthCheck.{field}"), v, 1, &mut out);
+        }
+        for (field, v) in [
+            ("successThreshold", hc.success_threshold),
+            ("failureThreshold", hc.failure_threshold),
+        ] {
+            check_count(&format!("spec.healthCheck.{field}"), v, 1, &mut out);
         }
     }
     if let Some(svc) = &s.service {
         if svc.command.trim().is_empty() {
             out.push(err("spec.service.command", "must not be empty"));
         }
+        check_seconds(
+            "spec.service.stopTimeoutSeconds",
+            svc.stop_timeout_seconds,
+            0,
+            &mut out,
+        );
     }
-    if s.keep_releases == 0 {
-        out.push(err("spec.keepReleases", "must be at least 1"));
-    }
+    check_count("spec.keepReleases", s.keep_releases, 1, &mut out);
     out
 }
 
 pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
     let mut out = Vec::new();
     check_meta(&ro.metadata, true, &mut out);
+    check_no_nul(ro, &mut out);
     let s = &ro.spec;
     if let Err(e) = check_name(&s.application) {
         out.push(err("spec.application", e));
@@ -265,12 +437,24 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
     if st.max_parallel_stage == Some(0) {
         out.push(err("spec.strategy.maxParallelStage", "must be at least 1"));
     }
-    if st.progress_deadline_seconds == 0 {
-        out.push(err(
-            "spec.strategy.progressDeadlineSeconds",
-            "must be at least 1",
-        ));
-    }
+    check_seconds(
+        "spec.strategy.progressDeadlineSeconds",
+        st.progress_deadline_seconds,
+        1,
+        &mut out,
+    );
+    check_seconds(
+        "spec.strategy.minReadySeconds",
+        st.min_ready_seconds,
+        0,
+        &mut out,
+    );
+    check_count(
+        "spec.revisionHistoryLimit",
+        s.revision_history_limit,
+        0,
+        &mut out,
+    );
     for (i, step) in st.steps.iter().enumerate() {
         let path = format!("spec.strategy.steps[{i}]");
         let n = step.set_weight.is_some() as u8
@@ -288,8 +472,16 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
             }
         }
         if let Some(PauseStep { duration: Some(d) }) = &step.pause {
-            if let Err(e) = parse_duration(d) {
-                out.push(err(format!("{path}.pause.duration"), e));
+            match parse_duration(d) {
+                Err(e) => out.push(err(format!("{path}.pause.duration"), e)),
+                Ok(v) if v > MAX_PAUSE => out.push(err(
+                    format!("{path}.pause.duration"),
+                    format!(
+                        "{:?} is too long: a pause may last at most 1 year (1y)",
+                        quoted(d)
+                    ),
+                )),
+                Ok(_) => {}
             }
         }
     }
@@ -299,6 +491,7 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
 pub fn validate_machine(m: &Machine) -> Vec<FieldError> {
     let mut out = Vec::new();
     check_meta(&m.metadata, false, &mut out);
+    check_no_nul(m, &mut out);
     out
 }
 
@@ -347,6 +540,190 @@ mod tests {
         assert_eq!(
             paths,
             vec!["spec.strategy.maxUnavailable", "spec.strategy.steps[0]"]
+        );
+    }
+
+    fn check_key(key: &str, ok: bool) {
+        assert_eq!(check_label_key(key).is_ok(), ok, "key {key:?}");
+    }
+
+    #[test]
+    fn label_keys_and_values_should_follow_kubernetes_rules() {
+        for (key, ok) in [
+            ("app", true),
+            ("deployctl.dev/sync", true),
+            ("a.b-c/X_y.z-9", true),
+            ("A", true),
+            (&*"k".repeat(63), true),
+            (&*format!("{}/k", "p".repeat(253)), false), // a label of the prefix is too long
+            (&*"k".repeat(64), false),
+            ("", false),
+            ("/x", false),
+            ("x/", false),
+            ("UPPER.dev/x", false),
+            ("a/b/c", false),
+            ("-x", false),
+            ("x-", false),
+            ("has space", false),
+            ("esc\u{1b}[31m", false),
+            ("new\nline", false),
+        ] {
+            check_key(key, ok);
+        }
+        for (value, ok) in [
+            ("", true),
+            ("web", true),
+            ("1.0_rc-1", true),
+            (&*"v".repeat(63), true),
+            (&*"v".repeat(64), false),
+            ("-web", false),
+            ("a b", false),
+            ("a/b", false),
+            ("\u{1b}[2J", false),
+        ] {
+            assert_eq!(check_label_value(value).is_ok(), ok, "value {value:?}");
+        }
+    }
+
+    fn app(f: impl FnOnce(&mut ApplicationSpec)) -> Vec<String> {
+        let mut a = Application::new("api", ApplicationSpec::default());
+        a.metadata.namespace = Some("default".into());
+        a.spec.artifact.url = "https://x/{{version}}".into();
+        f(&mut a.spec);
+        validate_application(&a)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    fn rollout(f: impl FnOnce(&mut Rollout)) -> Vec<String> {
+        let mut ro = Rollout::new("api", RolloutSpec::default());
+        ro.metadata.namespace = Some("default".into());
+        ro.spec.application = "api".into();
+        ro.spec.version = "1.0".into();
+        f(&mut ro);
+        validate_rollout(&ro)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    fn expect(got: Vec<String>, want: &[&str]) {
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.contains(w), "{g:?} should contain {w:?}");
+        }
+    }
+
+    #[test]
+    fn values_out_of_range_should_be_refused_naming_the_field() {
+        expect(app(|_| {}), &[]);
+        expect(
+            app(|s| {
+                s.env.insert("TOKEN".into(), "a\0b".into());
+            }),
+            &["spec.env.TOKEN: must not contain a NUL byte"],
+        );
+        expect(
+            app(|s| {
+                s.hooks.install = vec![Command {
+                    command: "echo\0".into(),
+                    timeout_seconds: 86_401,
+                }];
+            }),
+            &[
+                "spec.hooks.install[0].command: must not contain a NUL byte",
+                "spec.hooks.install[0].timeoutSeconds: 86401 is out of range: must be 1 to 86400",
+            ],
+        );
+        expect(
+            app(|s| {
+                s.health_check = Some(HealthCheck {
+                    exec: Some(Command {
+                        command: "true".into(),
+                        timeout_seconds: 5,
+                    }),
+                    deadline_seconds: u32::MAX,
+                    failure_threshold: 0,
+                    ..Default::default()
+                });
+            }),
+            &[
+                "spec.healthCheck.deadlineSeconds: 4294967295 is out of range",
+                "spec.healthCheck.failureThreshold: 0 is out of range: must be 1 to 1000",
+            ],
+        );
+        expect(
+            app(|s| {
+                s.selector.match_expressions = vec![
+                    selector::LabelExpression {
+                        key: "gpu".into(),
+                        operator: selector::LabelOperator::Exists,
+                        values: vec!["yes".into()],
+                    },
+                    selector::LabelExpression {
+                        key: "zone".into(),
+                        operator: selector::LabelOperator::In,
+                        values: vec![],
+                    },
+                ];
+                s.selector
+                    .match_labels
+                    .insert("role".into(), "web\n".into());
+            }),
+            &[
+                "spec.selector.matchLabels.role: invalid value",
+                "spec.selector.matchExpressions[0].values: must be empty for operator Exists",
+                "spec.selector.matchExpressions[1].values: must not be empty for operator In",
+            ],
+        );
+        expect(
+            rollout(|ro| {
+                ro.metadata
+                    .labels
+                    .insert("team".into(), "a\u{1b}[31m".into());
+                ro.metadata.annotations.insert("bad key".into(), "x".into());
+                ro.metadata.labels.insert("x".repeat(64), "y".into());
+            }),
+            &[
+                "metadata.labels.team: invalid value",
+                "metadata.labels: invalid key",
+                "metadata.annotations: invalid key \"bad key\"",
+            ],
+        );
+        for (duration, ok) in [
+            ("365d", true),
+            ("1y", true),
+            ("366d", false),
+            ("300000years", false),
+            ("10000000000000000s", false),
+            ("18446744073709551615s", false),
+        ] {
+            let got = rollout(|ro| {
+                ro.spec.strategy.steps = vec![Step {
+                    pause: Some(PauseStep {
+                        duration: Some(duration.into()),
+                    }),
+                    ..Default::default()
+                }];
+            });
+            assert_eq!(got.is_empty(), ok, "{duration}: {got:?}");
+            if !ok {
+                assert!(
+                    got[0].starts_with("spec.strategy.steps[0].pause.duration: "),
+                    "{got:?}"
+                );
+            }
+        }
+        expect(
+            rollout(|ro| {
+                ro.spec.strategy.progress_deadline_seconds = 86_401;
+                ro.spec.strategy.min_ready_seconds = 100_000;
+            }),
+            &[
+                "spec.strategy.progressDeadlineSeconds: 86401 is out of range: must be 1 to 86400",
+                "spec.strategy.minReadySeconds: 100000 is out of range: must be 0 to 86400",
+            ],
         );
     }
 }

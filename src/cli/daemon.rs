@@ -3,7 +3,7 @@
 
 use super::{get::shutdown_signal, store_url, GlobalArgs};
 use crate::agent::AgentConfig;
-use crate::api::validation::check_name;
+use crate::api::validation::{check_label_key, check_label_value, check_name};
 use crate::controller::ControllerConfig;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -111,29 +111,16 @@ fn parse_machine_name(s: &str) -> Result<String, String> {
     check_name(s).map(|_| s.to_string())
 }
 
-/// `k=v,k2=v2` into a map; keys as label keys, values non-empty-safe.
+/// `k=v,k2=v2` into a map, each key and value by the label rules manifests follow
+/// (`validation::check_label_key`, `check_label_value`).
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let (k, v) = term
             .split_once('=')
             .ok_or_else(|| format!("invalid label {term:?}: use key=value"))?;
-        let ok = !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-        if !ok {
-            return Err(format!(
-                "invalid label key {k:?}: letters, digits, '-', '_', '.', '/' only"
-            ));
-        }
-        if !v
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(format!(
-                "invalid label value {v:?}: letters, digits, '-', '_', '.' only"
-            ));
-        }
+        check_label_key(k).map_err(|e| format!("label {e}"))?;
+        check_label_value(v).map_err(|e| format!("label {k:?}: {e}"))?;
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)

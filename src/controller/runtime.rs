@@ -200,9 +200,8 @@ where
                 .await;
             // The error policy is the caller's code too: a panic in it (or in the queue)
             // must not leave the key in flight forever.
-            let finished = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.finish(key.clone(), result)
-            }));
+            let finished =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.finish(key.clone(), result)));
             if finished.is_err() {
                 tracing::error!(key = ?key, "handling a reconcile's result panicked; retrying with backoff");
                 self.queue.done(&key);
@@ -463,7 +462,11 @@ mod tests {
             "{seen:?}"
         );
         assert_eq!(queue.in_flight(), 0);
-        assert_eq!(queue.len(), 2, "both 'forever' and 'policy-panics' are queued again");
+        assert_eq!(
+            queue.len(),
+            2,
+            "both 'forever' and 'policy-panics' are queued again"
+        );
         shutdown.cancel();
         run.await.expect("controller does not panic");
     }
