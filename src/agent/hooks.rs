@@ -7,10 +7,16 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
 /// Lines of hook output kept for the Instance status.
 pub const TAIL_LINES: usize = 20;
+/// The longest line of hook output kept, in bytes: the rest of a longer line is counted
+/// and dropped, so that a hook printing without newlines cannot grow the agent's memory
+/// or the Instance status.
+pub const MAX_LINE_BYTES: usize = 2048;
+/// The most `getVersion` may print on stdout; a version is a short word.
+pub const MAX_VERSION_OUTPUT: usize = 64 * 1024;
 
 /// Why a hook failed.
 #[derive(Debug, thiserror::Error)]
@@ -142,15 +148,67 @@ pub fn kill_group(pgid: i32, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
 }
 
-fn push_line(tail: &mut VecDeque<String>, label: &str, bytes: &[u8]) {
-    let line = String::from_utf8_lossy(bytes)
-        .trim_end_matches('\r')
-        .to_string();
+fn push_line(tail: &mut VecDeque<String>, label: &str, line: String) {
     tracing::info!(hook = label, "{line}");
     if tail.len() == TAIL_LINES {
         tail.pop_front();
     }
     tail.push_back(line);
+}
+
+/// Splits output into lines of at most [`MAX_LINE_BYTES`]; a longer line keeps its
+/// start and says how much was cut. Memory stays bounded whatever the hook prints.
+/// `next_line` is cancel-safe: a partial line stays here until its newline comes.
+pub struct BoundedLines<R> {
+    reader: R,
+    line: Vec<u8>,
+    cut: usize,
+}
+
+impl<R: AsyncBufRead + Unpin> BoundedLines<R> {
+    pub fn new(reader: R) -> Self {
+        BoundedLines {
+            reader,
+            line: Vec::new(),
+            cut: 0,
+        }
+    }
+
+    /// The next line (without its newline, `\r` trimmed), or `None` at end of input.
+    pub async fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            let avail = self.reader.fill_buf().await?;
+            if avail.is_empty() {
+                if self.line.is_empty() && self.cut == 0 {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take()));
+            }
+            let (len, newline) = match avail.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (avail.len(), false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&avail[..len.min(room)]);
+            self.cut += len.saturating_sub(room);
+            self.reader.consume(len + usize::from(newline));
+            if newline {
+                return Ok(Some(self.take()));
+            }
+        }
+    }
+
+    fn take(&mut self) -> String {
+        let mut line = String::from_utf8_lossy(&self.line)
+            .trim_end_matches('\r')
+            .to_string();
+        if self.cut > 0 {
+            line.push_str(&format!("... [{} more bytes]", self.cut));
+        }
+        self.line.clear();
+        self.cut = 0;
+        line
+    }
 }
 
 /// A close-on-exec pipe (read end, write end): hooks of other instances spawned meanwhile
@@ -193,7 +251,7 @@ pub async fn run_command(
     let mut guard = GroupGuard(child.id().map(|p| p as i32));
     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)
         .map_err(|e| spawn_err(e.to_string()))?;
-    let mut lines = tokio::io::BufReader::new(rx).split(b'\n');
+    let mut lines = BoundedLines::new(tokio::io::BufReader::new(rx));
     let mut tail = VecDeque::new();
     let seconds = cmd.timeout_seconds;
     let deadline = tokio::time::sleep(Duration::from_secs(u64::from(seconds)));
@@ -201,8 +259,8 @@ pub async fn run_command(
     let mut eof = false;
     let status = loop {
         tokio::select! {
-            line = lines.next_segment(), if !eof => match line {
-                Ok(Some(l)) => push_line(&mut tail, label, &l),
+            line = lines.next_line(), if !eof => match line {
+                Ok(Some(l)) => push_line(&mut tail, label, l),
                 _ => eof = true,
             },
             st = child.wait() => break st,
@@ -239,14 +297,14 @@ pub async fn run_command(
 
 /// Reads what is left in the pipe, giving up after a second (a background process may
 /// hold the write end open forever).
-async fn drain<R: tokio::io::AsyncBufRead + Unpin>(
-    lines: &mut tokio::io::Split<R>,
+async fn drain<R: AsyncBufRead + Unpin>(
+    lines: &mut BoundedLines<R>,
     tail: &mut VecDeque<String>,
     label: &str,
 ) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(Some(l)) = lines.next_segment().await {
-            push_line(tail, label, &l);
+        while let Ok(Some(l)) = lines.next_line().await {
+            push_line(tail, label, l);
         }
     })
     .await;
@@ -267,64 +325,87 @@ pub async fn run_hooks(
     Ok(tail)
 }
 
-/// Runs a command and returns its stdout (stderr is logged), for `getVersion`.
+/// Runs a command and returns its stdout (stderr is logged, its last lines kept for a
+/// failure), for `getVersion`. Stdout past [`MAX_VERSION_OUTPUT`] fails the command;
+/// memory stays bounded whatever it prints.
 pub async fn capture_stdout(
     env: &HookEnv,
     cmd: &Command,
     cwd: &Path,
     label: &str,
 ) -> Result<String, HookError> {
-    let mut c = env.command(&cmd.command, cwd);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = c.spawn().map_err(|e| HookError::Spawn {
+    let spawn_err = |message: String| HookError::Spawn {
         label: label.to_string(),
         command: cmd.command.clone(),
         shell: env.shell.clone(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let mut c = env.command(&cmd.command, cwd);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|e| spawn_err(e.to_string()))?;
     let mut guard = GroupGuard(child.id().map(|p| p as i32));
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(spawn_err("no pipes for stdout and stderr".into()));
+    };
     let secs = cmd.timeout_seconds;
-    match tokio::time::timeout(
-        Duration::from_secs(u64::from(secs)),
-        child.wait_with_output(),
-    )
-    .await
-    {
-        Err(_) => {
-            guard.kill();
-            Err(HookError::Timeout {
-                label: label.to_string(),
-                command: cmd.command.clone(),
-                seconds: secs,
-                tail: vec![],
-            })
-        }
-        Ok(Err(e)) => Err(HookError::Spawn {
-            label: label.to_string(),
-            command: cmd.command.clone(),
-            shell: env.shell.clone(),
-            message: e.to_string(),
-        }),
-        Ok(Ok(out)) => {
-            guard.0 = None;
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            for line in stderr.lines() {
-                tracing::info!(hook = label, "{line}");
+    let run = async {
+        // Read one byte past the limit to tell "at the limit" from "over it"; then keep
+        // reading (and dropping) so that the command never blocks on a full pipe.
+        let read_stdout = async {
+            let mut out = Vec::new();
+            let mut stdout = stdout;
+            (&mut stdout)
+                .take(MAX_VERSION_OUTPUT as u64 + 1)
+                .read_to_end(&mut out)
+                .await?;
+            tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await?;
+            Ok::<_, std::io::Error>(out)
+        };
+        let read_stderr = async {
+            let mut lines = BoundedLines::new(tokio::io::BufReader::new(stderr));
+            let mut tail = VecDeque::new();
+            while let Ok(Some(l)) = lines.next_line().await {
+                push_line(&mut tail, label, l);
             }
-            if !out.status.success() {
-                return Err(HookError::Failed {
+            tail
+        };
+        let (out, tail) = tokio::join!(read_stdout, read_stderr);
+        let status = child.wait().await;
+        (out, tail, status)
+    };
+    let (out, tail, status) =
+        match tokio::time::timeout(Duration::from_secs(u64::from(secs)), run).await {
+            Ok(done) => done,
+            Err(_) => {
+                guard.kill();
+                return Err(HookError::Timeout {
                     label: label.to_string(),
                     command: cmd.command.clone(),
-                    status: out.status.to_string(),
-                    tail: {
-                        let lines: Vec<String> = stderr.lines().map(String::from).collect();
-                        lines[lines.len().saturating_sub(TAIL_LINES)..].to_vec()
-                    },
+                    seconds: secs,
+                    tail: vec![],
                 });
             }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        }
+        };
+    guard.0 = None;
+    let status = status.map_err(|e| spawn_err(e.to_string()))?;
+    let out = out.map_err(|e| spawn_err(e.to_string()))?;
+    if !status.success() {
+        return Err(HookError::Failed {
+            label: label.to_string(),
+            command: cmd.command.clone(),
+            status: status.to_string(),
+            tail: tail.into(),
+        });
     }
+    if out.len() > MAX_VERSION_OUTPUT {
+        return Err(HookError::Failed {
+            label: label.to_string(),
+            command: cmd.command.clone(),
+            status: format!("printed more than {MAX_VERSION_OUTPUT} bytes on stdout"),
+            tail: tail.into(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// A release dir path for `DEPLOY_RELEASE_DIR`, as a convenience for callers.
@@ -483,5 +564,58 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(out.trim(), "1.0");
+    }
+
+    /// Hook output is input from the machine: a hook that prints megabytes without a
+    /// newline must not grow the agent's memory or the Instance status.
+    #[tokio::test]
+    async fn a_hook_printing_huge_lines_should_keep_each_line_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path(), &[]);
+        let tail = run_command(
+            &env,
+            &cmd("head -c 5000000 /dev/zero | tr '\\0' x; echo; echo after; printf tail-without-newline", 30),
+            dir.path(),
+            "install",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            tail.len(),
+            3,
+            "{:?}",
+            tail.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(
+            tail[0].starts_with(&"x".repeat(MAX_LINE_BYTES)),
+            "kept the start"
+        );
+        assert!(
+            tail[0].ends_with(&format!("... [{} more bytes]", 5_000_000 - MAX_LINE_BYTES)),
+            "{}",
+            &tail[0][MAX_LINE_BYTES..]
+        );
+        assert_eq!(tail[1], "after");
+        assert_eq!(tail[2], "tail-without-newline");
+    }
+
+    #[tokio::test]
+    async fn get_version_printing_too_much_should_fail_with_the_limit_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path(), &[]);
+        let err = capture_stdout(
+            &env,
+            &cmd("head -c 10000000 /dev/zero; echo oops >&2", 30),
+            dir.path(),
+            "getVersion",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("printed more than {MAX_VERSION_OUTPUT} bytes")),
+            "{err}"
+        );
+        assert_eq!(err.tail(), ["oops"]);
     }
 }
