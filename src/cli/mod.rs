@@ -270,18 +270,19 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
-/// Runs one command; returns the process exit status (errors are printed here).
+/// Runs one command; returns the process exit status (errors are printed here, escaped:
+/// an error may quote a value from the store).
 pub async fn run(cli: Cli) -> i32 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<CliError>() {
             Some(CliError::Exit(code)) => *code,
             Some(not_found @ CliError::NotFound { .. }) => {
-                eprintln!("{not_found}");
+                eprintln!("{}", output::escape_lines(&not_found.to_string()));
                 1
             }
             _ => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", output::escape_lines(&format!("{e:#}")));
                 1
             }
         },

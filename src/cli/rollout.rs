@@ -1,7 +1,7 @@
 //! `deployctl rollout ...` and `deployctl set version`: requests to a Rollout, each one
 //! compare-and-swap update, plus `status` (follow until done) and `history`.
 
-use super::output::render;
+use super::output::{escape, escape_lines, render};
 use super::{connect, get::shutdown_signal, within, CliError, GlobalArgs};
 use crate::api::validation::check_version;
 use crate::api::{
@@ -139,7 +139,7 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
                 outln!(
                     "{} is already complete at {}: nothing to promote",
                     super::reference(crate::api::KindName::Rollout, &name),
-                    st.stable_version.as_deref().unwrap_or("its version")
+                    escape(st.stable_version.as_deref().unwrap_or("its version"))
                 );
                 return Ok(0);
             }
@@ -191,8 +191,9 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
         }
     };
     outln!(
-        "{} {done}",
-        super::reference(crate::api::KindName::Rollout, &name)
+        "{} {}",
+        super::reference(crate::api::KindName::Rollout, &name),
+        escape(&done)
     );
     Ok(0)
 }
@@ -340,16 +341,22 @@ pub fn verdict(r: &Rollout) -> Verdict {
     }
 }
 
-/// One line of `rollout status`.
+/// One line of `rollout status`, its values [`escape`]d: one line whatever they hold.
 pub fn progress_line(r: &Rollout) -> String {
     let st = r.status.clone().unwrap_or_default();
     let mut line = format!(
         "rollout {:?} to {}: {}, {} of {} machines updated, {} staged, {} available",
-        r.metadata.name, r.spec.version, st.phase, st.updated, st.desired, st.staged, st.available
+        r.metadata.name,
+        escape(&r.spec.version),
+        st.phase,
+        st.updated,
+        st.desired,
+        st.staged,
+        st.available
     );
     if !st.message.is_empty() {
         line.push_str(": ");
-        line.push_str(&st.message);
+        line.push_str(&escape(&st.message));
     }
     line
 }
@@ -410,12 +417,15 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
             Verdict::Done => {
                 outln!(
                     "rollout {name:?} successfully rolled out to {}",
-                    ro.spec.version
+                    escape(&ro.spec.version)
                 );
                 return Ok(0);
             }
             Verdict::Failed(why) => {
-                eprintln!("error: rollout {name:?} is degraded: {why}");
+                eprintln!(
+                    "error: rollout {name:?} is degraded: {}",
+                    escape_lines(&why)
+                );
                 return Ok(1);
             }
             Verdict::Waiting => {}
@@ -479,6 +489,17 @@ mod tests {
             verdict(&rollout("2", 2, st(RolloutPhase::Degraded, 2, "2"))),
             Verdict::Failed(_)
         ));
+    }
+
+    #[test]
+    fn a_progress_line_should_stay_one_line_with_control_characters_escaped() {
+        let mut status = st(RolloutPhase::Degraded, 2, "2").expect("a status");
+        status.message = "hook failed\n\x1b[2Jfake: Complete\x07".into();
+        let line = progress_line(&rollout("2\u{202e}", 2, Some(status)));
+        assert_eq!(
+            line,
+            r#"rollout "api" to 2\u{202e}: Degraded, 0 of 0 machines updated, 0 staged, 0 available: hook failed\n\e[2Jfake: Complete\a"#
+        );
     }
 
     fn rev(n: u32, v: &str) -> Revision {

@@ -10,7 +10,7 @@
 use super::apply::{merge, Outcome};
 use super::diff::{self, yaml};
 use super::manifest::{self, LoadError, Manifest};
-use super::output::short_commit;
+use super::output::{escape, escape_lines, short_commit};
 use super::{connect, reference, GlobalArgs};
 use crate::api::validation::check_name;
 use crate::api::{
@@ -591,7 +591,7 @@ impl Syncer {
         match self.apply_commit(&good).await {
             Ok(r) => {
                 for l in &r.lines {
-                    outln!("{l} (kept from {})", short_commit(&good));
+                    outln!("{} (kept from {})", escape(l), escape(short_commit(&good)));
                 }
             }
             Err(err) => {
@@ -954,13 +954,13 @@ impl Syncer {
 
 fn print_report(s: &Syncer, r: &Report, always: bool) {
     for l in &r.lines {
-        outln!("{l}");
+        outln!("{}", escape(l));
     }
     if always || !r.lines.is_empty() {
         outln!(
             "sync {}: commit {} applied ({} objects: {} changed, {} drifted, {} pruned)",
-            s.name,
-            short_commit(&r.commit),
+            escape(&s.name),
+            escape(short_commit(&r.commit)),
             r.objects,
             r.changed,
             r.drifted,
@@ -974,7 +974,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
     let syncer = match Syncer::new(g, client, &args).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_lines(&e.to_string()));
             return Ok(if args.dry_run { diff::EXIT_ERROR } else { 1 });
         }
     };
@@ -983,7 +983,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
             Ok(r) => {
                 out!("{}", r.diff);
                 for l in &r.lines {
-                    eprintln!("{l}");
+                    eprintln!("{}", escape(l));
                 }
                 if r.diff.is_empty() {
                     0
@@ -992,7 +992,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
                 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", escape_lines(&e.to_string()));
                 diff::EXIT_ERROR
             }
         });
@@ -1004,7 +1004,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
                 0
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", escape_lines(&e.to_string()));
                 1
             }
         });
@@ -1024,7 +1024,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
             Err(e) => {
                 let text = e.to_string();
                 if last_error.as_deref() != Some(text.as_str()) {
-                    eprintln!("error: {text}");
+                    eprintln!("error: {}", escape_lines(&text));
                     last_error = Some(text);
                 }
                 last_commit = None;

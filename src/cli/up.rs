@@ -3,7 +3,7 @@
 
 use super::demo;
 use super::get::shutdown_signal;
-use super::{store_url, GlobalArgs};
+use super::{output, store_url, GlobalArgs};
 use crate::agent::{self, AgentConfig};
 use crate::controller::{self, ControllerConfig};
 use crate::store::StoreUrl;
@@ -306,7 +306,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         }
     };
     for f in &failures {
-        eprintln!("error: while stopping: {f}");
+        eprintln!("error: while stopping: {}", output::escape_lines(f));
     }
     match outcome {
         Ok(()) if failures.is_empty() => {
@@ -315,7 +315,8 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         }
         Ok(()) => Ok(1),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A failure may quote the demo rollout's status from the store.
+            eprintln!("error: {}", output::escape_lines(&format!("{e:#}")));
             Ok(1)
         }
     }
