@@ -392,6 +392,28 @@ pub async fn within<T>(
     }
 }
 
+/// A clap value parser for a duration flag (`30s`, `5m`, `1h30m`) that must lie within
+/// `min..=max`: one for every duration flag, so that `0s` or `1000000years` is refused
+/// before anything runs, and clap's error names the flag and the range.
+pub fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let range = format!(
+            "{}..={}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        );
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m, 1h within {range}"))?;
+        if d < min || d > max {
+            return Err(format!("out of range: must be within {range}"));
+        }
+        Ok(d)
+    }
+}
+
 /// Resolves a kind word (`ro`, `rollouts`, `Rollout`).
 pub fn parse_kind(word: &str) -> anyhow::Result<KindName> {
     KindName::parse(word).ok_or_else(|| CliError::UnknownKind(word.to_string()).into())
@@ -433,6 +455,61 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "no Examples: in {missing:?}");
+    }
+
+    #[test]
+    fn duration_in_should_accept_the_range_inclusive_and_refuse_the_rest() {
+        let parse = duration_in(Duration::from_secs(2), Duration::from_secs(600));
+        for (text, want) in [
+            ("2s", Ok(2)),
+            ("10m", Ok(600)),
+            ("1m 30s", Ok(90)),
+            ("2000ms", Ok(2)),
+            ("1s", Err("out of range: must be within 2s..=10m")),
+            ("1999ms", Err("out of range: must be within 2s..=10m")),
+            ("0s", Err("out of range: must be within 2s..=10m")),
+            ("601s", Err("out of range: must be within 2s..=10m")),
+            ("1000000years", Err("out of range: must be within 2s..=10m")),
+            (
+                "18446744073709551615s",
+                Err("out of range: must be within 2s..=10m"),
+            ),
+            ("99999999999999999999999s", Err("not a duration")),
+            ("", Err("not a duration")),
+            ("-5s", Err("not a duration")),
+            ("ten", Err("not a duration")),
+        ] {
+            match (parse(text), want) {
+                (Ok(d), Ok(secs)) => assert_eq!(d, Duration::from_secs(secs), "{text:?}"),
+                (Err(e), Err(prefix)) => assert!(e.starts_with(prefix), "{text:?}: {e}"),
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_duration_flag_should_refuse_zero_and_absurd_values_naming_flag_and_range() {
+        for (args, flag) in [
+            (
+                &["agent", "--name", "w", "--root", "/s", "--lease-ttl"][..],
+                "--lease-ttl",
+            ),
+            (&["controller", "--lease-ttl"][..], "--lease-ttl"),
+            (&["sync", "--repo", "r", "--interval"][..], "--interval"),
+            (&["rollout", "status", "api", "--timeout"][..], "--timeout"),
+            (&["up", "--demo-timeout"][..], "--demo-timeout"),
+        ] {
+            for bad in ["0s", "1000000years"] {
+                let argv = std::iter::once("deployctl")
+                    .chain(args.iter().copied())
+                    .chain([bad]);
+                let err = Cli::try_parse_from(argv).expect_err(bad).to_string();
+                assert!(
+                    err.contains(flag) && err.contains("must be within"),
+                    "{args:?} {bad}: {err}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! compare-and-swap update, plus `status` (follow until done) and `history`.
 
 use super::output::{escape, escape_lines, render};
-use super::{connect, get::shutdown_signal, within, CliError, GlobalArgs};
+use super::{connect, duration_in, get::shutdown_signal, within, CliError, GlobalArgs};
 use crate::api::validation::check_version;
 use crate::api::{
     Object, Rollout, RolloutPhase, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY,
@@ -37,6 +37,11 @@ Examples:
   deployctl set version api 1.4.2
   deployctl set version api 1.4.2 --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
+/// The shortest `rollout status --timeout`.
+const STATUS_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// The longest `rollout status --timeout`: a week covers canary pauses of days.
+const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 86_400);
+
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
     /// Follow a rollout: one line per change until Complete (0), Degraded (1) or timeout (2).
@@ -45,8 +50,8 @@ pub enum RolloutCommand {
     )]
     Status {
         name: String,
-        /// Give up after this long (exit 2).
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        /// Give up after this long (exit 2), within 1s..=7d (a canary may pause for days).
+        #[arg(long, default_value = "10m", value_parser = duration_in(STATUS_TIMEOUT_MIN, STATUS_TIMEOUT_MAX))]
         timeout: Duration,
     },
     /// The revisions this rollout went through.
@@ -83,7 +88,7 @@ pub enum RolloutCommand {
     Undo {
         name: String,
         /// The revision (see `rollout history`); default: the newest with another version.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         to_revision: Option<u32>,
     },
 }

@@ -11,7 +11,7 @@ use super::apply::{merge, Outcome};
 use super::diff::{self, yaml};
 use super::manifest::{self, LoadError, Manifest};
 use super::output::{escape, escape_lines, short_commit};
-use super::{connect, reference, GlobalArgs};
+use super::{connect, duration_in, reference, GlobalArgs};
 use crate::api::validation::check_name;
 use crate::api::{
     Application, GitSync, GitSyncSpec, KindName, Machine, Object, ObjectReference, Rollout,
@@ -39,6 +39,10 @@ Examples:
 const RETRIES: usize = 16;
 /// How long one git command (a fetch over a slow network) may take.
 const GIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The shortest `--interval`: a fetch a second is already a busy Git server's load.
+const INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// The longest `--interval`: past a day, a sync no longer restores drift in useful time.
+const INTERVAL_MAX: Duration = Duration::from_secs(86_400);
 
 #[derive(Args, Debug, Clone)]
 pub struct SyncArgs {
@@ -51,8 +55,8 @@ pub struct SyncArgs {
     /// The directory of the repository holding the manifests.
     #[arg(long, default_value = ".", value_name = "DIR")]
     pub path: String,
-    /// How often to fetch and sync again.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// How often to fetch and sync again, within 1s..=1d.
+    #[arg(long, default_value = "30s", value_parser = duration_in(INTERVAL_MIN, INTERVAL_MAX), value_name = "DURATION")]
     pub interval: Duration,
     /// Delete objects this sync created that have left the repository.
     #[arg(long)]

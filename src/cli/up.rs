@@ -3,7 +3,7 @@
 
 use super::demo;
 use super::get::shutdown_signal;
-use super::{output, store_url, GlobalArgs};
+use super::{duration_in, output, store_url, GlobalArgs};
 use crate::agent::{self, AgentConfig};
 use crate::controller::{self, ControllerConfig};
 use crate::store::StoreUrl;
@@ -28,6 +28,10 @@ Examples:
 
 /// How long the controller and the agents get to stop after the signal.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest `--demo-timeout`: less cannot build and roll out even one version.
+const DEMO_TIMEOUT_MIN: Duration = Duration::from_secs(10);
+/// The longest `--demo-timeout`: a demo that has not finished in an hour is stuck.
+const DEMO_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 /// The zones machines are spread over, round-robin.
 const ZONES: [&str; 3] = ["a", "b", "c"];
 
@@ -46,10 +50,11 @@ pub struct UpArgs {
     #[arg(long)]
     pub demo: bool,
     /// The demo's machine-N serves on this port + N.
-    #[arg(long, default_value_t = 18080, value_name = "PORT")]
+    #[arg(long, default_value_t = 18080, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub demo_port: u16,
-    /// Give up on the demo (exit non-zero) when it has not finished within this long.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    /// Give up on the demo (exit non-zero) when it has not finished within this long,
+    /// within 10s..=1h.
+    #[arg(long, default_value = "2m", value_parser = duration_in(DEMO_TIMEOUT_MIN, DEMO_TIMEOUT_MAX))]
     pub demo_timeout: Duration,
 }
 
