@@ -125,8 +125,14 @@ pub struct GlobalArgs {
     /// The store: `etcd://host:port[,host:port...]`, `etcds://...` for etcd over TLS, a
     /// file path for the embedded store, or nothing for the embedded store at
     /// `$XDG_STATE_HOME/deployctl/store.db` (`~/.local/state/deployctl/store.db`).
+    ///
+    /// A file whose directory does not exist is refused (a typo would otherwise start an
+    /// empty store), unless --create is given; the default path is always created.
     #[arg(long, global = true, env = "DEPLOYCTL_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// Create the directory of the embedded store file that --store names, if missing.
+    #[arg(long, global = true)]
+    pub create: bool,
     /// CA certificate (PEM) that signed etcd's server certificate; turns on TLS.
     #[arg(long, global = true, env = "DEPLOYCTL_ETCD_CA", value_name = "FILE", help_heading = ETCD_HEADING)]
     pub etcd_ca: Option<PathBuf>,
@@ -325,11 +331,51 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// The store URL from `--store` / `DEPLOYCTL_STORE`, with the `--etcd-*` options and
-/// the password from [`ETCD_PASSWORD_ENV`].
+/// the password from [`ETCD_PASSWORD_ENV`]. An embedded store file named explicitly must
+/// be in a directory that exists, unless `--create` is given (see [`StoreDirError`]).
 pub fn store_url(g: &GlobalArgs) -> anyhow::Result<StoreUrl> {
-    StoreUrl::parse(g.store.as_deref())
+    let url = StoreUrl::parse(g.store.as_deref())
         .and_then(|u| u.with_etcd_options(etcd_options(g)))
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::msg)?;
+    let explicit = g.store.as_deref().is_some_and(|s| !s.is_empty());
+    if let StoreUrl::Embedded(path) = &url {
+        if explicit && !g.create {
+            check_store_dir(path)?;
+        }
+    }
+    Ok(url)
+}
+
+/// Why an explicitly named embedded store cannot be opened without `--create`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreDirError {
+    #[error("directory {} of store file {} does not exist; pass --create to create it", .dir.display(), .file.display())]
+    Missing { dir: PathBuf, file: PathBuf },
+    #[error("cannot use store file {}: {source}", .file.display())]
+    Unreadable {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Refuses a store file whose directory does not exist: before anything is created, so
+/// that a mistyped `--store` path starts no empty store.
+fn check_store_dir(file: &std::path::Path) -> Result<(), StoreDirError> {
+    // `x.db` is in the working directory, which exists.
+    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    match dir.try_exists() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(StoreDirError::Missing {
+            dir: dir.to_path_buf(),
+            file: file.to_path_buf(),
+        }),
+        Err(source) => Err(StoreDirError::Unreadable {
+            file: file.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// The `--etcd-*` flags (or their environment) and the password from the environment.
@@ -509,6 +555,38 @@ mod tests {
                     "{args:?} {bad}: {err}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_named_store_file_in_a_missing_directory_should_be_refused_unless_create_is_given() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let missing = dir.path().join("no/such/dir");
+        let in_missing = missing.join("x.db").display().to_string();
+        let in_existing = dir.path().join("x.db").display().to_string();
+        let url = |args: &[&str]| {
+            let argv = ["deployctl"].iter().chain(args).chain(&["get", "ro"]);
+            store_url(&Cli::try_parse_from(argv).expect("valid flags").global)
+        };
+        let err = url(&["--store", &in_missing]).expect_err("a missing directory");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "directory {} of store file {in_missing} does not exist; pass --create to create it",
+                missing.display()
+            )
+        );
+        assert!(!missing.exists(), "refusing created the directory");
+        let sqlite = format!("sqlite://{in_missing}");
+        assert!(url(&["--store", &sqlite]).is_err(), "sqlite:// too");
+        for ok in [
+            &["--store", &in_missing, "--create"][..],
+            &["--create", "--store", &sqlite][..],
+            &["--store", &in_existing][..],
+            &["--store", "x.db"][..],
+            &["--store", "etcd://127.0.0.1:2379"][..],
+        ] {
+            assert!(url(ok).is_ok(), "{ok:?}: {:?}", url(ok));
         }
     }
 

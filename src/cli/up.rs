@@ -167,6 +167,8 @@ fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
+    // A store named with --store is checked before the state dir is created.
+    let named_store = g.store.as_ref().map(|_| store_url(g)).transpose()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
@@ -176,8 +178,8 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
     // Held until this process exits: one `up` per state dir, or machines would run twice.
     let _lock = lock_state_dir(&state_dir)?;
-    let store = match (&g.store, &args.state_dir) {
-        (Some(_), _) => store_url(g)?,
+    let store = match (named_store, &args.state_dir) {
+        (Some(named), _) => named,
         // Through `with_etcd_options` so that stray --etcd-* flags are refused, not ignored.
         (None, Some(_)) => StoreUrl::Embedded(state_dir.join("store.db"))
             .with_etcd_options(super::etcd_options(g))
