@@ -1,7 +1,7 @@
 //! `deployctl rollout ...` and `deployctl set version`: requests to a Rollout, each one
 //! compare-and-swap update, plus `status` (follow until done) and `history`.
 
-use super::output::{escape, escape_lines, render};
+use super::output::{escape, render};
 use super::{connect, duration_in, get::shutdown_signal, within, CliError, GlobalArgs};
 use crate::api::validation::check_version;
 use crate::api::{
@@ -427,10 +427,7 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
                 return Ok(0);
             }
             Verdict::Failed(why) => {
-                eprintln!(
-                    "error: rollout {name:?} is degraded: {}",
-                    escape_lines(&why)
-                );
+                eprintln!("error: rollout {name:?} is degraded: {}", escape(&why));
                 return Ok(1);
             }
             Verdict::Waiting => {}
