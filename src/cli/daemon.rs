@@ -1,7 +1,7 @@
 //! `deployctl controller` and `deployctl agent`: flags into configs, then hand over
 //! with a cancellation token that SIGINT/SIGTERM cancel.
 
-use super::{get::shutdown_signal, store_url, GlobalArgs};
+use super::{duration_in, get::shutdown_signal, store_url, GlobalArgs};
 use crate::agent::AgentConfig;
 use crate::api::validation::{check_label_key, check_label_value, check_name};
 use crate::controller::ControllerConfig;
@@ -72,16 +72,31 @@ pub fn agent_etcd_permissions(machine: &str) -> Vec<(bool, &'static str, String)
     ]
 }
 
+/// The shortest lease TTL either daemon takes: etcd grants no lease shorter than its
+/// minimum TTL (1.5 election timeouts, 2s with etcd's defaults) and counts TTLs in whole
+/// seconds, so a shorter flag would fail only after the daemon had registered.
+pub const LEASE_TTL_MIN: Duration = Duration::from_secs(2);
+
+/// The longest lease TTL either daemon takes: a dead controller leaves the fleet without a
+/// leader, and a dead agent leaves its machine Ready, for that long.
+pub const LEASE_TTL_MAX: Duration = Duration::from_secs(600);
+
+/// The most reconciles a controller runs at once; more only contend for the store.
+pub const WORKERS_MAX: u32 = 256;
+
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
     /// Names this controller in the leader key and in events (default: hostname-pid).
     #[arg(long)]
     pub identity: Option<String>,
     /// Leader lease TTL: a standby takes over within this long after the leader dies.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    ///
+    /// Within 2s..=10m: etcd grants no lease shorter than 2s (its default minimum TTL),
+    /// and for a longer one a dead leader leaves the fleet without a controller.
+    #[arg(long, default_value = "15s", value_parser = duration_in(LEASE_TTL_MIN, LEASE_TTL_MAX))]
     pub lease_ttl: Duration,
-    /// Reconciles run at once (different keys).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Reconciles run at once (different keys), 1..=256.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=WORKERS_MAX as i64))]
     pub workers: u32,
 }
 
@@ -103,7 +118,11 @@ pub struct AgentArgs {
     /// uncommitted writes: at 10,000 machines, use 60s or more (BENCHMARKS.md). etcd 3.4
     /// also refuses refreshes while it is over a second behind in applying writes; a
     /// busy etcd can expire short leases of live agents.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ///
+    /// Within 2s..=10m, checked before the Machine is registered: etcd grants no lease
+    /// shorter than 2s (its default minimum TTL), and for a longer one a dead machine
+    /// stays Ready and keeps being given work.
+    #[arg(long, default_value = "10s", value_parser = duration_in(LEASE_TTL_MIN, LEASE_TTL_MAX))]
     pub lease_ttl: Duration,
 }
 
@@ -243,5 +262,7 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(15));
         assert_eq!(c.workers, 4);
         assert!(Cli::try_parse_from(["deployctl", "controller", "--workers", "0"]).is_err());
+        assert!(Cli::try_parse_from(["deployctl", "controller", "--workers", "257"]).is_err());
+        assert!(Cli::try_parse_from(["deployctl", "controller", "--workers", "256"]).is_ok());
     }
 }

@@ -45,6 +45,8 @@ enum Line {
 
 /// A page under construction: `Label:  value` lines, nested by indentation. Values of
 /// consecutive fields at one indentation line up, as kubectl's tabwriter makes them.
+/// Every label, value and line goes through [`output::escape`] on its way in, so a value
+/// from the store can neither break the page nor reach the terminal raw.
 #[derive(Default)]
 pub struct Page {
     lines: Vec<Line>,
@@ -57,15 +59,19 @@ impl Page {
             label: if label.is_empty() {
                 String::new()
             } else {
-                format!("{label}:")
+                format!("{}:", output::escape(label))
             },
-            value: value.to_string(),
+            value: output::escape(&value.to_string()).into_owned(),
         });
     }
 
     pub fn line(&mut self, indent: usize, text: impl std::fmt::Display) {
-        self.lines
-            .push(Line::Text(format!("{}{text}", " ".repeat(indent * 2))));
+        let text = text.to_string();
+        self.lines.push(Line::Text(format!(
+            "{}{}",
+            " ".repeat(indent * 2),
+            output::escape(&text)
+        )));
     }
 
     /// A table indented under a heading.
@@ -663,7 +669,8 @@ impl Describe for Instance {
         }
         if !st.last_hook_output.is_empty() {
             p.field(0, "Last Hook Output", "");
-            for l in &st.last_hook_output {
+            // The tail's line breaks stay line breaks; each line is escaped.
+            for l in st.last_hook_output.iter().flat_map(|l| l.split('\n')) {
                 p.line(1, l);
             }
         }
@@ -782,6 +789,75 @@ mod tests {
                 .map(String::as_str)
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn pages_should_escape_control_characters_in_values_from_the_store() {
+        let now = Utc::now();
+        let hostile = "\x1b[2J\x1b]0;owned\x07\r\n\u{9b}1m\u{202e}\x7f";
+        let mut ro = Rollout::new(
+            "api",
+            RolloutSpec {
+                application: "api".into(),
+                version: format!("1.2{hostile}"),
+                ..Default::default()
+            },
+        );
+        ro.metadata
+            .labels
+            .insert("team".into(), format!("core{hostile}"));
+        ro.metadata
+            .annotations
+            .insert(format!("note{hostile}"), format!("text{hostile}"));
+        let mut st = RolloutStatus {
+            message: format!("stuck{hostile}"),
+            ..Default::default()
+        };
+        set_condition(
+            &mut st.conditions,
+            "Staged",
+            ConditionStatus::False,
+            "NotYet",
+            &format!("cond{hostile}"),
+            now,
+        );
+        st.history.push(Revision {
+            revision: 1,
+            version: format!("1.1{hostile}"),
+            sha256: None,
+            started_at: now,
+            completed_at: None,
+            result: String::new(),
+        });
+        ro.status = Some(st);
+        let mut ev = event("e1", "Rollout", "api", 5, now);
+        ev.spec.message = format!("event{hostile}");
+        let page = describe_rollout(&ro, &[ev], now);
+        for raw in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}', '\x7f'] {
+            assert!(!page.contains(raw), "{raw:?} reached the page:\n{page}");
+        }
+        let shown = r"\e[2J\e]0;owned\a\r\n\u{9b}1m\u{202e}\u{7f}";
+        for want in [
+            format!("Labels:         team=core{shown}\n"),
+            format!("Annotations:    note{shown}=text{shown}\n"),
+            format!("Version:        1.2{shown}\n"),
+            format!("Message:             stuck{shown}\n"),
+            format!("cond{shown}\n"),
+            format!("1.1{shown}"),
+            format!("event{shown}\n"),
+        ] {
+            assert!(page.contains(&want), "{want:?} not in\n{page}");
+        }
+    }
+
+    #[test]
+    fn a_page_should_keep_line_breaks_between_lines_and_escape_within_them() {
+        let mut p = Page::default();
+        p.field(0, "Last Hook Output", "");
+        for l in "ok\n\x1b[31mred\x07".split('\n') {
+            p.line(1, l);
+        }
+        assert_eq!(p.finish(), "Last Hook Output:\n  ok\n  \\e[31mred\\a\n");
     }
 
     #[test]

@@ -159,7 +159,7 @@ async fn list<K: Columns>(
             name,
         };
         if i < last {
-            eprintln!("{e}");
+            eprintln!("{}", output::escape(&e.to_string()));
         } else {
             return Err(e.into());
         }
@@ -193,7 +193,10 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
         }
         Some(OutputFormat::Name) => {
             for o in items {
-                outln!("{}", super::reference(K::KIND_NAME, o.name()));
+                outln!(
+                    "{}",
+                    output::escape(&super::reference(K::KIND_NAME, o.name()))
+                );
             }
         }
         None | Some(OutputFormat::Wide) => {
@@ -214,7 +217,10 @@ fn print_change<K: Columns>(obj: &K, view: &View, widths_from: &[String]) -> any
     match view.format {
         Some(OutputFormat::Yaml) => outln!("---\n{}", output::to_yaml(obj)?),
         Some(OutputFormat::Json) => outln!("{}", serde_json::to_string_pretty(obj)?),
-        Some(OutputFormat::Name) => outln!("{}", super::reference(K::KIND_NAME, obj.name())),
+        Some(OutputFormat::Name) => outln!(
+            "{}",
+            output::escape(&super::reference(K::KIND_NAME, obj.name()))
+        ),
         None | Some(OutputFormat::Wide) => {
             let row = output::table_rows(
                 std::slice::from_ref(obj),

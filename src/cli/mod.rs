@@ -125,8 +125,14 @@ pub struct GlobalArgs {
     /// The store: `etcd://host:port[,host:port...]`, `etcds://...` for etcd over TLS, a
     /// file path for the embedded store, or nothing for the embedded store at
     /// `$XDG_STATE_HOME/deployctl/store.db` (`~/.local/state/deployctl/store.db`).
+    ///
+    /// A file whose directory does not exist is refused (a typo would otherwise start an
+    /// empty store), unless --create is given; the default path is always created.
     #[arg(long, global = true, env = "DEPLOYCTL_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// Create the directory of the embedded store file that --store names, if missing.
+    #[arg(long, global = true)]
+    pub create: bool,
     /// CA certificate (PEM) that signed etcd's server certificate; turns on TLS.
     #[arg(long, global = true, env = "DEPLOYCTL_ETCD_CA", value_name = "FILE", help_heading = ETCD_HEADING)]
     pub etcd_ca: Option<PathBuf>,
@@ -270,18 +276,19 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
-/// Runs one command; returns the process exit status (errors are printed here).
+/// Runs one command; returns the process exit status (errors are printed here, escaped:
+/// an error may quote a value from the store).
 pub async fn run(cli: Cli) -> i32 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<CliError>() {
             Some(CliError::Exit(code)) => *code,
             Some(not_found @ CliError::NotFound { .. }) => {
-                eprintln!("{not_found}");
+                eprintln!("{}", output::escape_lines(&not_found.to_string()));
                 1
             }
             _ => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", output::escape_lines(&format!("{e:#}")));
                 1
             }
         },
@@ -324,11 +331,51 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// The store URL from `--store` / `DEPLOYCTL_STORE`, with the `--etcd-*` options and
-/// the password from [`ETCD_PASSWORD_ENV`].
+/// the password from [`ETCD_PASSWORD_ENV`]. An embedded store file named explicitly must
+/// be in a directory that exists, unless `--create` is given (see [`StoreDirError`]).
 pub fn store_url(g: &GlobalArgs) -> anyhow::Result<StoreUrl> {
-    StoreUrl::parse(g.store.as_deref())
+    let url = StoreUrl::parse(g.store.as_deref())
         .and_then(|u| u.with_etcd_options(etcd_options(g)))
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::msg)?;
+    let explicit = g.store.as_deref().is_some_and(|s| !s.is_empty());
+    if let StoreUrl::Embedded(path) = &url {
+        if explicit && !g.create {
+            check_store_dir(path)?;
+        }
+    }
+    Ok(url)
+}
+
+/// Why an explicitly named embedded store cannot be opened without `--create`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreDirError {
+    #[error("directory {} of store file {} does not exist; pass --create to create it", .dir.display(), .file.display())]
+    Missing { dir: PathBuf, file: PathBuf },
+    #[error("cannot use store file {}: {source}", .file.display())]
+    Unreadable {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Refuses a store file whose directory does not exist: before anything is created, so
+/// that a mistyped `--store` path starts no empty store.
+fn check_store_dir(file: &std::path::Path) -> Result<(), StoreDirError> {
+    // `x.db` is in the working directory, which exists.
+    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    match dir.try_exists() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(StoreDirError::Missing {
+            dir: dir.to_path_buf(),
+            file: file.to_path_buf(),
+        }),
+        Err(source) => Err(StoreDirError::Unreadable {
+            file: file.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// The `--etcd-*` flags (or their environment) and the password from the environment.
@@ -391,6 +438,28 @@ pub async fn within<T>(
     }
 }
 
+/// A clap value parser for a duration flag (`30s`, `5m`, `1h30m`) that must lie within
+/// `min..=max`: one for every duration flag, so that `0s` or `1000000years` is refused
+/// before anything runs, and clap's error names the flag and the range.
+pub fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let range = format!(
+            "{}..={}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        );
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m, 1h within {range}"))?;
+        if d < min || d > max {
+            return Err(format!("out of range: must be within {range}"));
+        }
+        Ok(d)
+    }
+}
+
 /// Resolves a kind word (`ro`, `rollouts`, `Rollout`).
 pub fn parse_kind(word: &str) -> anyhow::Result<KindName> {
     KindName::parse(word).ok_or_else(|| CliError::UnknownKind(word.to_string()).into())
@@ -432,6 +501,93 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "no Examples: in {missing:?}");
+    }
+
+    #[test]
+    fn duration_in_should_accept_the_range_inclusive_and_refuse_the_rest() {
+        let parse = duration_in(Duration::from_secs(2), Duration::from_secs(600));
+        for (text, want) in [
+            ("2s", Ok(2)),
+            ("10m", Ok(600)),
+            ("1m 30s", Ok(90)),
+            ("2000ms", Ok(2)),
+            ("1s", Err("out of range: must be within 2s..=10m")),
+            ("1999ms", Err("out of range: must be within 2s..=10m")),
+            ("0s", Err("out of range: must be within 2s..=10m")),
+            ("601s", Err("out of range: must be within 2s..=10m")),
+            ("1000000years", Err("out of range: must be within 2s..=10m")),
+            (
+                "18446744073709551615s",
+                Err("out of range: must be within 2s..=10m"),
+            ),
+            ("99999999999999999999999s", Err("not a duration")),
+            ("", Err("not a duration")),
+            ("-5s", Err("not a duration")),
+            ("ten", Err("not a duration")),
+        ] {
+            match (parse(text), want) {
+                (Ok(d), Ok(secs)) => assert_eq!(d, Duration::from_secs(secs), "{text:?}"),
+                (Err(e), Err(prefix)) => assert!(e.starts_with(prefix), "{text:?}: {e}"),
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_duration_flag_should_refuse_zero_and_absurd_values_naming_flag_and_range() {
+        for (args, flag) in [
+            (
+                &["agent", "--name", "w", "--root", "/s", "--lease-ttl"][..],
+                "--lease-ttl",
+            ),
+            (&["controller", "--lease-ttl"][..], "--lease-ttl"),
+            (&["sync", "--repo", "r", "--interval"][..], "--interval"),
+            (&["rollout", "status", "api", "--timeout"][..], "--timeout"),
+            (&["up", "--demo-timeout"][..], "--demo-timeout"),
+        ] {
+            for bad in ["0s", "1000000years"] {
+                let argv = std::iter::once("deployctl")
+                    .chain(args.iter().copied())
+                    .chain([bad]);
+                let err = Cli::try_parse_from(argv).expect_err(bad).to_string();
+                assert!(
+                    err.contains(flag) && err.contains("must be within"),
+                    "{args:?} {bad}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_named_store_file_in_a_missing_directory_should_be_refused_unless_create_is_given() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let missing = dir.path().join("no/such/dir");
+        let in_missing = missing.join("x.db").display().to_string();
+        let in_existing = dir.path().join("x.db").display().to_string();
+        let url = |args: &[&str]| {
+            let argv = ["deployctl"].iter().chain(args).chain(&["get", "ro"]);
+            store_url(&Cli::try_parse_from(argv).expect("valid flags").global)
+        };
+        let err = url(&["--store", &in_missing]).expect_err("a missing directory");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "directory {} of store file {in_missing} does not exist; pass --create to create it",
+                missing.display()
+            )
+        );
+        assert!(!missing.exists(), "refusing created the directory");
+        let sqlite = format!("sqlite://{in_missing}");
+        assert!(url(&["--store", &sqlite]).is_err(), "sqlite:// too");
+        for ok in [
+            &["--store", &in_missing, "--create"][..],
+            &["--create", "--store", &sqlite][..],
+            &["--store", &in_existing][..],
+            &["--store", "x.db"][..],
+            &["--store", "etcd://127.0.0.1:2379"][..],
+        ] {
+            assert!(url(ok).is_ok(), "{ok:?}: {:?}", url(ok));
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Output for people and programs: kubectl-looking tables, ages, `-o yaml|json|name`.
+//! Output for people and programs: kubectl-looking tables, ages, `-o yaml|json|name`,
+//! and the escaping of control characters that every human-readable output goes through.
 
 use crate::api::selector::{LabelOperator, LabelSelector};
 use crate::api::{
@@ -8,7 +9,62 @@ use crate::api::{
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::NOTHING, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Whether `c` must not reach a terminal raw: it could move the cursor, rewrite or hide
+/// what was printed (ESC, CSI and the other C0/C1 controls, DEL), break a table cell or a
+/// line (CR, LF, tab, the Unicode line and paragraph separators), ring the bell, or
+/// reorder what is shown (the bidi embeddings, overrides, isolates and marks).
+fn needs_escape(c: char) -> bool {
+    c.is_control() // C0, DEL and C1 (U+0080..U+009F)
+        || matches!(
+            c,
+            '\u{061c}' // Arabic letter mark
+                | '\u{200e}'..='\u{200f}' // left-to-right and right-to-left marks
+                | '\u{2028}'..='\u{2029}' // line and paragraph separators
+                | '\u{202a}'..='\u{202e}' // bidi embeddings and overrides
+                | '\u{2066}'..='\u{2069}' // bidi isolates
+        )
+}
+
+/// `text` safe for a terminal: every control character (see [`needs_escape`]) shown as an
+/// escape, `\e` for ESC, `\n`, `\r`, `\t`, `\a` for BEL and `\u{202e}` for the rest, so
+/// a value from the store can neither paint, move the cursor, break a row nor reorder
+/// what is shown. Everything else, backslashes included, is kept: the text stays
+/// readable, and escaping twice changes nothing, so renderers may layer freely. The
+/// exact bytes are what `-o json|yaml` is for.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\x1b' => out.push_str("\\e"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\x07' => out.push_str("\\a"),
+            c if needs_escape(c) => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Multi-line text (an error, a hook's output) for a terminal: its line breaks kept as
+/// line breaks, everything else escaped as [`escape`] does.
+pub fn escape_lines(text: &str) -> String {
+    text.split('\n')
+        .map(|l| escape(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// What `get` shows of a kind as a table row.
 pub trait Columns: Object {
@@ -21,7 +77,8 @@ pub trait Columns: Object {
     }
 }
 
-/// A table without borders, left-aligned, three spaces between columns, as kubectl prints.
+/// A table without borders, left-aligned, three spaces between columns, as kubectl prints;
+/// every cell [`escape`]d, so that no value breaks a row or reaches the terminal raw.
 pub fn render(headers: Option<&[&str]>, rows: &[Vec<String>]) -> String {
     let mut table = Table::new();
     table
@@ -31,7 +88,11 @@ pub fn render(headers: Option<&[&str]>, rows: &[Vec<String>]) -> String {
         table.set_header(h.iter().map(|s| s.to_string()));
     }
     for r in rows {
-        table.add_row(r.clone());
+        table.add_row(
+            r.iter()
+                .map(|cell| escape(cell).into_owned())
+                .collect::<Vec<_>>(),
+        );
     }
     let n = headers
         .map(|h| h.len())
@@ -363,7 +424,8 @@ impl Columns for GitSync {
     }
 }
 
-/// The rows of a table, with a NAMESPACE column first when listing every namespace.
+/// The rows of a table, with a NAMESPACE column first when listing every namespace;
+/// every cell [`escape`]d already, so that widths measured on them hold on screen.
 pub fn table_rows<K: Columns>(
     items: &[K],
     wide: bool,
@@ -377,7 +439,7 @@ pub fn table_rows<K: Columns>(
             if all_namespaces && K::NAMESPACED {
                 r.insert(0, o.namespace().unwrap_or_default().to_string());
             }
-            r
+            r.into_iter().map(|c| escape(&c).into_owned()).collect()
         })
         .collect()
 }
@@ -408,6 +470,63 @@ pub fn list_value<K: Serialize>(items: &[K]) -> anyhow::Result<serde_json::Value
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_should_show_every_control_character_and_keep_the_rest() {
+        fn check(input: &str, want: &str) {
+            assert_eq!(escape(input), want, "escaping {input:?}");
+            assert_eq!(escape(want), want, "escaping is idempotent: {want:?}");
+        }
+        check("web-1", "web-1");
+        check("", "");
+        check("ünïcödé ✔ 日本", "ünïcödé ✔ 日本");
+        check(r"C:\path\e", r"C:\path\e");
+        check("\x1b[31mred\x1b[0m", r"\e[31mred\e[0m");
+        check("\x1b]0;title\x07", r"\e]0;title\a");
+        check("a\nb", r"a\nb");
+        check("a\r\nb", r"a\r\nb");
+        check("a\tb", r"a\tb");
+        check("\x07", r"\a");
+        check("\0", r"\u{0}");
+        check("\x08\x7f", r"\u{8}\u{7f}");
+        check("\u{9b}31m", r"\u{9b}31m"); // the C1 CSI
+        check("\u{80}\u{85}\u{9f}", r"\u{80}\u{85}\u{9f}");
+        check("abc\u{202e}fed", r"abc\u{202e}fed");
+        check(
+            "\u{202a}\u{202b}\u{202c}\u{202d}",
+            r"\u{202a}\u{202b}\u{202c}\u{202d}",
+        );
+        check(
+            "\u{2066}\u{2067}\u{2068}\u{2069}",
+            r"\u{2066}\u{2067}\u{2068}\u{2069}",
+        );
+        check("\u{200e}\u{200f}\u{61c}", r"\u{200e}\u{200f}\u{61c}");
+        check("a\u{2028}b\u{2029}", r"a\u{2028}b\u{2029}");
+    }
+
+    #[test]
+    fn escape_lines_should_keep_line_breaks_and_escape_within_each_line() {
+        assert_eq!(
+            escape_lines("first \x1b[2J\nsecond\x07\r\n"),
+            "first \\e[2J\nsecond\\a\\r\n"
+        );
+        assert_eq!(escape_lines("plain\ntext"), "plain\ntext");
+    }
+
+    #[test]
+    fn tables_should_escape_cells_so_no_value_breaks_a_row() {
+        let text = render(
+            Some(&["NAME", "MESSAGE"]),
+            &[vec!["m1".into(), "a\nb\x1b[2Jc".into()]],
+        );
+        assert_eq!(text, "NAME   MESSAGE\nm1     a\\nb\\e[2Jc");
+        let mut m = Machine::new("m1", Default::default());
+        m.metadata
+            .labels
+            .insert("role".into(), "web\x1b[31m\x07".into());
+        let rows = table_rows(std::slice::from_ref(&m), true, false, Utc::now());
+        assert_eq!(rows[0][5], r"role=web\e[31m\a");
+    }
 
     #[test]
     fn ages_should_read_like_kubectl() {

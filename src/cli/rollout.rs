@@ -1,8 +1,8 @@
 //! `deployctl rollout ...` and `deployctl set version`: requests to a Rollout, each one
 //! compare-and-swap update, plus `status` (follow until done) and `history`.
 
-use super::output::render;
-use super::{connect, get::shutdown_signal, within, CliError, GlobalArgs};
+use super::output::{escape, render};
+use super::{connect, duration_in, get::shutdown_signal, within, CliError, GlobalArgs};
 use crate::api::validation::check_version;
 use crate::api::{
     Object, Rollout, RolloutPhase, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY,
@@ -37,6 +37,11 @@ Examples:
   deployctl set version api 1.4.2
   deployctl set version api 1.4.2 --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
+/// The shortest `rollout status --timeout`.
+const STATUS_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// The longest `rollout status --timeout`: a week covers canary pauses of days.
+const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 86_400);
+
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
     /// Follow a rollout: one line per change until Complete (0), Degraded (1) or timeout (2).
@@ -45,8 +50,8 @@ pub enum RolloutCommand {
     )]
     Status {
         name: String,
-        /// Give up after this long (exit 2).
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        /// Give up after this long (exit 2), within 1s..=7d (a canary may pause for days).
+        #[arg(long, default_value = "10m", value_parser = duration_in(STATUS_TIMEOUT_MIN, STATUS_TIMEOUT_MAX))]
         timeout: Duration,
     },
     /// The revisions this rollout went through.
@@ -83,7 +88,7 @@ pub enum RolloutCommand {
     Undo {
         name: String,
         /// The revision (see `rollout history`); default: the newest with another version.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         to_revision: Option<u32>,
     },
 }
@@ -139,7 +144,7 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
                 outln!(
                     "{} is already complete at {}: nothing to promote",
                     super::reference(crate::api::KindName::Rollout, &name),
-                    st.stable_version.as_deref().unwrap_or("its version")
+                    escape(st.stable_version.as_deref().unwrap_or("its version"))
                 );
                 return Ok(0);
             }
@@ -191,8 +196,9 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
         }
     };
     outln!(
-        "{} {done}",
-        super::reference(crate::api::KindName::Rollout, &name)
+        "{} {}",
+        super::reference(crate::api::KindName::Rollout, &name),
+        escape(&done)
     );
     Ok(0)
 }
@@ -340,16 +346,22 @@ pub fn verdict(r: &Rollout) -> Verdict {
     }
 }
 
-/// One line of `rollout status`.
+/// One line of `rollout status`, its values [`escape`]d: one line whatever they hold.
 pub fn progress_line(r: &Rollout) -> String {
     let st = r.status.clone().unwrap_or_default();
     let mut line = format!(
         "rollout {:?} to {}: {}, {} of {} machines updated, {} staged, {} available",
-        r.metadata.name, r.spec.version, st.phase, st.updated, st.desired, st.staged, st.available
+        r.metadata.name,
+        escape(&r.spec.version),
+        st.phase,
+        st.updated,
+        st.desired,
+        st.staged,
+        st.available
     );
     if !st.message.is_empty() {
         line.push_str(": ");
-        line.push_str(&st.message);
+        line.push_str(&escape(&st.message));
     }
     line
 }
@@ -410,12 +422,12 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
             Verdict::Done => {
                 outln!(
                     "rollout {name:?} successfully rolled out to {}",
-                    ro.spec.version
+                    escape(&ro.spec.version)
                 );
                 return Ok(0);
             }
             Verdict::Failed(why) => {
-                eprintln!("error: rollout {name:?} is degraded: {why}");
+                eprintln!("error: rollout {name:?} is degraded: {}", escape(&why));
                 return Ok(1);
             }
             Verdict::Waiting => {}
@@ -479,6 +491,17 @@ mod tests {
             verdict(&rollout("2", 2, st(RolloutPhase::Degraded, 2, "2"))),
             Verdict::Failed(_)
         ));
+    }
+
+    #[test]
+    fn a_progress_line_should_stay_one_line_with_control_characters_escaped() {
+        let mut status = st(RolloutPhase::Degraded, 2, "2").expect("a status");
+        status.message = "hook failed\n\x1b[2Jfake: Complete\x07".into();
+        let line = progress_line(&rollout("2\u{202e}", 2, Some(status)));
+        assert_eq!(
+            line,
+            r#"rollout "api" to 2\u{202e}: Degraded, 0 of 0 machines updated, 0 staged, 0 available: hook failed\n\e[2Jfake: Complete\a"#
+        );
     }
 
     fn rev(n: u32, v: &str) -> Revision {

@@ -10,8 +10,8 @@
 use super::apply::{merge, Outcome};
 use super::diff::{self, yaml};
 use super::manifest::{self, LoadError, Manifest};
-use super::output::short_commit;
-use super::{connect, reference, GlobalArgs};
+use super::output::{escape, escape_lines, short_commit};
+use super::{connect, duration_in, reference, GlobalArgs};
 use crate::api::validation::check_name;
 use crate::api::{
     Application, GitSync, GitSyncSpec, KindName, Machine, Object, ObjectReference, Rollout,
@@ -39,6 +39,10 @@ Examples:
 const RETRIES: usize = 16;
 /// How long one git command (a fetch over a slow network) may take.
 const GIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The shortest `--interval`: a fetch a second is already a busy Git server's load.
+const INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// The longest `--interval`: past a day, a sync no longer restores drift in useful time.
+const INTERVAL_MAX: Duration = Duration::from_secs(86_400);
 
 #[derive(Args, Debug, Clone)]
 pub struct SyncArgs {
@@ -51,8 +55,8 @@ pub struct SyncArgs {
     /// The directory of the repository holding the manifests.
     #[arg(long, default_value = ".", value_name = "DIR")]
     pub path: String,
-    /// How often to fetch and sync again.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// How often to fetch and sync again, within 1s..=1d.
+    #[arg(long, default_value = "30s", value_parser = duration_in(INTERVAL_MIN, INTERVAL_MAX), value_name = "DURATION")]
     pub interval: Duration,
     /// Delete objects this sync created that have left the repository.
     #[arg(long)]
@@ -591,7 +595,7 @@ impl Syncer {
         match self.apply_commit(&good).await {
             Ok(r) => {
                 for l in &r.lines {
-                    outln!("{l} (kept from {})", short_commit(&good));
+                    outln!("{} (kept from {})", escape(l), escape(short_commit(&good)));
                 }
             }
             Err(err) => {
@@ -954,13 +958,13 @@ impl Syncer {
 
 fn print_report(s: &Syncer, r: &Report, always: bool) {
     for l in &r.lines {
-        outln!("{l}");
+        outln!("{}", escape(l));
     }
     if always || !r.lines.is_empty() {
         outln!(
             "sync {}: commit {} applied ({} objects: {} changed, {} drifted, {} pruned)",
-            s.name,
-            short_commit(&r.commit),
+            escape(&s.name),
+            escape(short_commit(&r.commit)),
             r.objects,
             r.changed,
             r.drifted,
@@ -974,7 +978,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
     let syncer = match Syncer::new(g, client, &args).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_lines(&e.to_string()));
             return Ok(if args.dry_run { diff::EXIT_ERROR } else { 1 });
         }
     };
@@ -983,7 +987,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
             Ok(r) => {
                 out!("{}", r.diff);
                 for l in &r.lines {
-                    eprintln!("{l}");
+                    eprintln!("{}", escape(l));
                 }
                 if r.diff.is_empty() {
                     0
@@ -992,7 +996,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
                 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", escape_lines(&e.to_string()));
                 diff::EXIT_ERROR
             }
         });
@@ -1004,7 +1008,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
                 0
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", escape_lines(&e.to_string()));
                 1
             }
         });
@@ -1024,7 +1028,7 @@ pub async fn run(g: &GlobalArgs, args: SyncArgs) -> anyhow::Result<i32> {
             Err(e) => {
                 let text = e.to_string();
                 if last_error.as_deref() != Some(text.as_str()) {
-                    eprintln!("error: {text}");
+                    eprintln!("error: {}", escape_lines(&text));
                     last_error = Some(text);
                 }
                 last_commit = None;

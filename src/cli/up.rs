@@ -3,7 +3,7 @@
 
 use super::demo;
 use super::get::shutdown_signal;
-use super::{store_url, GlobalArgs};
+use super::{duration_in, output, store_url, GlobalArgs};
 use crate::agent::{self, AgentConfig};
 use crate::controller::{self, ControllerConfig};
 use crate::store::StoreUrl;
@@ -28,6 +28,10 @@ Examples:
 
 /// How long the controller and the agents get to stop after the signal.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest `--demo-timeout`: less cannot build and roll out even one version.
+const DEMO_TIMEOUT_MIN: Duration = Duration::from_secs(10);
+/// The longest `--demo-timeout`: a demo that has not finished in an hour is stuck.
+const DEMO_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 /// The zones machines are spread over, round-robin.
 const ZONES: [&str; 3] = ["a", "b", "c"];
 
@@ -46,10 +50,11 @@ pub struct UpArgs {
     #[arg(long)]
     pub demo: bool,
     /// The demo's machine-N serves on this port + N.
-    #[arg(long, default_value_t = 18080, value_name = "PORT")]
+    #[arg(long, default_value_t = 18080, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub demo_port: u16,
-    /// Give up on the demo (exit non-zero) when it has not finished within this long.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    /// Give up on the demo (exit non-zero) when it has not finished within this long,
+    /// within 10s..=1h.
+    #[arg(long, default_value = "2m", value_parser = duration_in(DEMO_TIMEOUT_MIN, DEMO_TIMEOUT_MAX))]
     pub demo_timeout: Duration,
 }
 
@@ -162,6 +167,8 @@ fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
+    // A store named with --store is checked before the state dir is created.
+    let named_store = g.store.as_ref().map(|_| store_url(g)).transpose()?;
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
@@ -171,8 +178,8 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot resolve state dir {}", state_dir.display()))?;
     // Held until this process exits: one `up` per state dir, or machines would run twice.
     let _lock = lock_state_dir(&state_dir)?;
-    let store = match (&g.store, &args.state_dir) {
-        (Some(_), _) => store_url(g)?,
+    let store = match (named_store, &args.state_dir) {
+        (Some(named), _) => named,
         // Through `with_etcd_options` so that stray --etcd-* flags are refused, not ignored.
         (None, Some(_)) => StoreUrl::Embedded(state_dir.join("store.db"))
             .with_etcd_options(super::etcd_options(g))
@@ -306,7 +313,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         }
     };
     for f in &failures {
-        eprintln!("error: while stopping: {f}");
+        eprintln!("error: while stopping: {}", output::escape_lines(f));
     }
     match outcome {
         Ok(()) if failures.is_empty() => {
@@ -315,7 +322,8 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         }
         Ok(()) => Ok(1),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A failure may quote the demo rollout's status from the store.
+            eprintln!("error: {}", output::escape_lines(&format!("{e:#}")));
             Ok(1)
         }
     }

@@ -5,6 +5,7 @@
 //! [`watch`] only feeds it from the store and decides how to print.
 
 use super::get::shutdown_signal;
+use super::output::escape;
 use crate::api::selector::LabelSelector;
 use crate::api::{
     Instance, InstancePhase, Object, Rollout, RolloutPhase, RolloutStatus, Step, DEFAULT_NAMESPACE,
@@ -215,8 +216,14 @@ impl Table {
         }
     }
 
+    /// Adds a row; each cell is [`escape`]d here, before it is measured or painted.
     fn row(&mut self, cells: Vec<(String, Paint)>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|(text, paint)| (escape(&text).into_owned(), paint))
+                .collect(),
+        );
     }
 
     fn render(&self, style: Style, out: &mut String) {
@@ -308,22 +315,25 @@ fn first_line(s: &str) -> String {
 pub fn render_rollout(r: &Rollout, instances: &[Instance], style: Style) -> String {
     let st = r.status.clone().unwrap_or_default();
     let mut out = String::new();
-    let mut field = |label: &str, value: String| {
+    // Values are escaped before they are painted: the paint is the only escape
+    // sequence a field may carry.
+    let mut painted = |label: &str, value: &str, paint: Paint| {
+        let value = style.paint(&escape(value), paint);
         out.push_str(&format!("{:<15}{}\n", format!("{label}:"), value));
     };
-    field("Name", style.paint(&r.metadata.name, Paint::Bold));
-    field(
+    painted("Name", &r.metadata.name, Paint::Bold);
+    painted(
         "Namespace",
-        r.namespace().unwrap_or(DEFAULT_NAMESPACE).to_string(),
+        r.namespace().unwrap_or(DEFAULT_NAMESPACE),
+        Paint::None,
     );
-    field("Application", r.spec.application.clone());
-    field(
+    painted("Application", &r.spec.application, Paint::None);
+    painted(
         "Status",
-        style.paint(
-            &format!("{} {}", phase_symbol(st.phase), st.phase),
-            phase_paint(st.phase),
-        ),
+        &format!("{} {}", phase_symbol(st.phase), st.phase),
+        phase_paint(st.phase),
     );
+    let mut field = |label: &str, value: String| painted(label, &value, Paint::None);
     if !st.message.is_empty() {
         field("Message", first_line(&st.message));
     }
@@ -931,6 +941,87 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Text with every kind of control character a hostile status could carry.
+    const HOSTILE: &str = "\x1b[2J\x1b]0;owned\x07\r\u{9b}1m\u{202e}\x7f";
+
+    /// What remains of `text` once the view's own paint codes are removed.
+    fn without_paint(text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("\x1b[") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 2..];
+            let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            if after[digits..].starts_with('m') {
+                rest = &after[digits + 1..];
+            } else {
+                // Not a paint code: keep it, so that the test sees it.
+                out.push_str("\x1b[");
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn view_should_escape_control_characters_in_values_from_the_store() {
+        let mut st = status(
+            RolloutPhase::Degraded,
+            &format!("bad{HOSTILE}"),
+            [2, 1, 1, 0, 1, 1],
+        );
+        st.history = history(&[("1.0", "Complete"), (&format!("2.0{HOSTILE}"), "")]);
+        st.abort_reason = Some(format!("why{HOSTILE}"));
+        st.aborted = true;
+        let mut r = rollout(&format!("2.0{HOSTILE}"), Some(st));
+        r.metadata.name = format!("api{HOSTILE}");
+        r.spec.application = format!("api{HOSTILE}");
+        let mut insts = vec![
+            inst("web-1", InstancePhase::Running, Some("1.0"), &["1.0"]),
+            inst(
+                &format!("web-2{HOSTILE}"),
+                InstancePhase::Running,
+                Some("9\x1b"),
+                &[],
+            ),
+        ];
+        for i in &mut insts {
+            i.spec.application = r.spec.application.clone();
+        }
+        fail(
+            &mut insts[0],
+            "stage",
+            "HookFailed",
+            &format!("exit 3{HOSTILE}\nsecond"),
+        );
+        for style in [Style::PLAIN, Style::COLOR] {
+            for frame in [
+                render_rollout(&r, &insts, style),
+                render_rollouts(std::slice::from_ref(&r), true, style),
+            ] {
+                let bare = without_paint(&frame);
+                for raw in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}', '\x7f'] {
+                    assert!(!bare.contains(raw), "{raw:?} reached the frame:\n{frame}");
+                }
+                assert!(
+                    bare.contains(r"\e[2J\e]0;owned\a\r\u{9b}1m\u{202e}\u{7f}"),
+                    "{bare}"
+                );
+            }
+        }
+        let detail = render_rollout(&r, &insts, Style::PLAIN);
+        for want in [
+            "Name:          api\\e[2J",
+            "Message:       bad\\e[2J",
+            "rolled back (why\\e[2J",
+            "□ web-2\\e[2J",
+            "failed: HookFailed: exit 3\\e[2J",
+        ] {
+            assert!(detail.contains(want), "{want:?} not in\n{detail}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The command line end to end: the built binary against the embedded store and a real
 //! etcd.
 
-use crate::common::{run, run_with_stdin, spawn, tempdir, write, Backend, DEADLINE};
+use crate::common::{rt, run, run_with_stdin, spawn, tempdir, write, Backend, DEADLINE};
 use deployctl::api::{
     Application, Machine, Object, Revision, Rollout, RolloutPhase, ANNOTATION_PROMOTE,
     ANNOTATION_UNDO,
@@ -875,5 +875,217 @@ fn promoting_a_complete_rollout_should_say_there_is_nothing_to_promote() {
         !after.metadata.annotations.contains_key(ANNOTATION_PROMOTE),
         "no promote request was written: {:?}",
         after.metadata.annotations
+    );
+}
+
+/// A value with an ANSI screen clear, a title-setting OSC ended by BEL, a newline and a
+/// bidi override: what a hostile writer of the store could put in a label or message.
+const HOSTILE: &str = "x\x1b[2J\x1b]0;owned\x07\ny\u{202e}z";
+/// How every human-readable output shows [`HOSTILE`].
+const HOSTILE_SHOWN: &str = r"x\e[2J\e]0;owned\a\ny\u{202e}z";
+
+/// Panics when `text` holds a control character raw, or lacks the escaped hostile value.
+fn assert_escaped(what: &str, text: &str) {
+    for raw in ['\x1b', '\x07', '\u{202e}'] {
+        assert!(
+            !text.contains(raw),
+            "{what}: {raw:?} reached the terminal raw:\n{text:?}"
+        );
+    }
+    assert!(
+        text.contains(HOSTILE_SHOWN),
+        "{what}: {HOSTILE_SHOWN} not in\n{text}"
+    );
+}
+
+#[test]
+fn values_with_control_characters_from_the_store_should_be_shown_escaped_never_raw() {
+    use deployctl::api::{Event, EventSpec, MachineStatus, ObjectReference};
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let dir = tempdir();
+        run(
+            &store,
+            &["apply", "-f", &write(dir.path(), "api.yaml", &manifests())],
+        )
+        .ok();
+        // Written through the typed client, as a compromised agent or an old version
+        // could write them: apply refuses such labels.
+        rt().block_on(async {
+            let client = b.client().await;
+            let mut m = Machine::new("m1", Default::default());
+            m.metadata.labels.insert("role".into(), HOSTILE.into());
+            m.metadata.annotations.insert("note".into(), HOSTILE.into());
+            let mut m = client.create(&m).await.expect("the machine is created");
+            m.status = Some(MachineStatus {
+                hostname: Some(HOSTILE.into()),
+                ..Default::default()
+            });
+            client
+                .replace_status(&m)
+                .await
+                .expect("its status is written");
+            let event = Event::new(
+                "m1.hostile",
+                EventSpec {
+                    involved_object: ObjectReference {
+                        kind: "Machine".into(),
+                        namespace: None,
+                        name: "m1".into(),
+                    },
+                    type_: "Warning".into(),
+                    reason: "Hostile".into(),
+                    message: HOSTILE.into(),
+                    source: "agent/m1".into(),
+                    time: Some(chrono::Utc::now()),
+                },
+            );
+            client.create(&event).await.expect("the event is created");
+            let mut ro: Rollout = client
+                .get(Some("default"), "api")
+                .await
+                .expect("the store answers")
+                .expect("the rollout was applied");
+            ro.status = Some(deployctl::api::RolloutStatus {
+                observed_generation: ro.metadata.generation.unwrap_or(0),
+                phase: RolloutPhase::Degraded,
+                message: HOSTILE.into(),
+                ..Default::default()
+            });
+            client
+                .replace_status(&ro)
+                .await
+                .expect("its status is written");
+        });
+        for args in [
+            &["get", "machines", "-o", "wide"][..],
+            &["describe", "machine", "m1"][..],
+            &["get", "events"][..],
+            &["describe", "event", "m1.hostile"][..],
+            &["get", "rollouts", "-o", "wide"][..],
+            &["describe", "rollout", "api"][..],
+        ] {
+            let out = run(&store, args).ok();
+            assert_escaped(&format!("{backend}: {args:?}"), &out.stdout);
+        }
+        // An error that quotes a value from the store is escaped too.
+        let out = run(&store, &["rollout", "status", "api", "--timeout", "20s"]).code(1);
+        assert_escaped(&format!("{backend}: rollout status"), &out.stdout);
+        assert_escaped(&format!("{backend}: rollout status error"), &out.stderr);
+        // Machine-readable output stays exact.
+        let m: Machine = get_yaml(&store, "machine", "m1");
+        assert_eq!(m.metadata.labels["role"], HOSTILE, "{backend}: -o yaml");
+        let json = run(&store, &["get", "machine", "m1", "-o", "json"])
+            .ok()
+            .stdout;
+        let m: Machine = serde_json::from_str(&json).expect("get -o json is a Machine");
+        assert_eq!(
+            m.metadata.annotations["note"], HOSTILE,
+            "{backend}: -o json"
+        );
+    }
+}
+
+#[test]
+fn agent_with_a_lease_ttl_out_of_range_should_exit_before_registering_its_machine() {
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let dir = tempdir();
+        let root = dir.path().join("root");
+        let root = root.display().to_string();
+        for ttl in ["0s", "1s", "1000000years"] {
+            let out = run(
+                &store,
+                &["agent", "--name", "m1", "--root", &root, "--lease-ttl", ttl],
+            )
+            .code(2);
+            assert!(
+                out.stderr.contains("--lease-ttl") && out.stderr.contains("2s..=10m"),
+                "{backend}: {ttl}: {}",
+                out.stderr
+            );
+        }
+        let machines = run(&store, &["get", "machines", "-o", "name"]).ok();
+        assert_eq!(machines.stdout, "", "{backend}: a machine was registered");
+        assert!(
+            !std::path::Path::new(&root).exists(),
+            "{backend}: the agent created its root"
+        );
+    }
+}
+
+#[test]
+fn sync_with_an_interval_out_of_range_should_exit_before_writing_anything() {
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let dir = tempdir();
+        let cache = dir.path().join("cache").display().to_string();
+        let repo = dir.path().join("repo").display().to_string();
+        for interval in ["0s", "999ms", "1000000years"] {
+            let out = run(
+                &store,
+                &[
+                    "sync",
+                    "--repo",
+                    &repo,
+                    "--cache-dir",
+                    &cache,
+                    "--name",
+                    "fleet",
+                    "--interval",
+                    interval,
+                ],
+            )
+            .code(2);
+            assert!(
+                out.stderr.contains("--interval") && out.stderr.contains("1s..=1day"),
+                "{backend}: {interval}: {}",
+                out.stderr
+            );
+        }
+        let syncs = run(&store, &["get", "syncs", "-o", "name"]).ok();
+        assert_eq!(syncs.stdout, "", "{backend}: a Sync was written");
+        assert!(
+            !std::path::Path::new(&cache).exists(),
+            "{backend}: the cache was created"
+        );
+    }
+}
+
+#[test]
+fn a_store_path_in_a_missing_directory_should_be_refused_unless_create_is_given() {
+    let dir = tempdir();
+    let missing = dir.path().join("nonexistent/dir");
+    let file = missing.join("x.db").display().to_string();
+    let out = run(&file, &["--store", &file, "get", "rollouts"]).code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "directory {} of store file {file} does not exist; pass --create to create it",
+            missing.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!missing.exists(), "the refused run created the directory");
+    assert!(
+        !dir.path().join("nonexistent").exists(),
+        "the refused run created a parent"
+    );
+    // The same through the environment.
+    let out = run(&file, &["get", "rollouts"]).code(1);
+    assert!(out.stderr.contains("pass --create"), "{}", out.stderr);
+    assert!(!missing.exists(), "the refused run created the directory");
+    // With --create, the directory and the store are created and used.
+    let out = run(&file, &["--store", &file, "--create", "get", "rollouts"]).ok();
+    assert!(out.stderr.contains("No resources found"), "{}", out.stderr);
+    assert!(std::path::Path::new(&file).is_file(), "no store file");
+    // From now on the directory exists: no flag needed.
+    run(&file, &["--store", &file, "get", "rollouts"]).ok();
+    // A missing file in an existing directory is still created without --create.
+    let fresh = dir.path().join("fresh.db").display().to_string();
+    run(&fresh, &["get", "rollouts"]).ok();
+    assert!(
+        std::path::Path::new(&fresh).is_file(),
+        "no fresh store file"
     );
 }

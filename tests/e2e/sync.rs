@@ -559,7 +559,7 @@ fn a_running_sync_should_follow_new_commits_past_a_bad_one_until_terminated() {
                 "--cache-dir",
                 &cache,
                 "--interval",
-                "100ms",
+                "1s", // the shortest interval sync takes
                 "--name",
                 "fleet",
             ],
