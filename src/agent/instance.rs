@@ -709,10 +709,11 @@ impl Task {
             .map_err(OpError::artifact)?;
         let file_name = unpack::plain_file_name(art.file_name.as_deref(), &url);
         let format = art.format;
+        let opts = unpack::UnpackOptions::for_artifact(art);
         let releases = layout.releases();
         let ver = version.clone();
         let dir = tokio::task::spawn_blocking(move || {
-            let res = unpack::unpack(fetched.path(), format, &file_name, &releases, &ver);
+            let res = unpack::unpack(fetched.path(), format, &file_name, &releases, &ver, &opts);
             drop(fetched);
             res
         })
