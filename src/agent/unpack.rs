@@ -69,6 +69,14 @@ impl UnpackOptions {
         }
     }
 
+    /// The most a download may be: the byte limit and an eighth, for what an archive adds
+    /// to its content (tar headers and padding, zip records, incompressible gzip).
+    pub fn max_download_bytes(&self) -> u64 {
+        self.max_unpacked_bytes
+            .saturating_add(self.max_unpacked_bytes / 8)
+            .saturating_add(1 << 20)
+    }
+
     /// The permission bits kept from an archive's mode.
     fn mode(&self, mode: u32) -> u32 {
         if self.preserve_setid {

@@ -93,7 +93,8 @@ pub struct Artifact {
     pub file_name: Option<String>,
     /// The most bytes unpacking may write (default 8 GiB: far above a real release, low
     /// enough that an archive bomb stops before it fills the disk). An archive that
-    /// goes past it is refused, naming the entry.
+    /// goes past it is refused, naming the entry; a download stops past it and an
+    /// eighth (what an archive adds to its content) and 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unpacked_bytes: Option<u64>,
     /// The most entries (files, directories, links) an archive may have (default
