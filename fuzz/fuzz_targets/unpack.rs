@@ -42,8 +42,15 @@ fn check(format: ArtifactFormat, bytes: &[u8]) {
         "1.0",
         &OPTS,
     );
-    assert_eq!(names(root), ["artifact", "outside", "releases"], "{format:?}");
-    assert!(names(&root.join("outside")).is_empty(), "{format:?}: canary touched");
+    assert_eq!(
+        names(root),
+        ["artifact", "outside", "releases"],
+        "{format:?}"
+    );
+    assert!(
+        names(&root.join("outside")).is_empty(),
+        "{format:?}: canary touched"
+    );
     match res {
         Ok(dir) => {
             assert_eq!(names(&root.join("releases")), ["1.0"], "{format:?}");
@@ -59,7 +66,12 @@ fn check(format: ArtifactFormat, bytes: &[u8]) {
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .expect("a dir of the scratch layout")
-        .map(|e| e.expect("a readable entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("a readable entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     v.sort();
     v
