@@ -29,6 +29,10 @@ pub enum ArtifactError {
     BadChecksum { url: String, message: String },
     #[error("unsupported artifact url {url:?}: use file://, http:// or https://")]
     UnsupportedUrl { url: String },
+    /// Stops a server that sends more than the release may unpack to.
+    #[error("artifact {url} is larger than {limit} bytes, the most spec.artifact.maxUnpackedBytes lets the agent download")]
+    TooLarge { url: String, limit: u64 },
+    /// Writing the download failed locally (a full disk): retrying will not help.
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -43,6 +47,15 @@ impl ArtifactError {
             ArtifactError::ChecksumMismatch { .. } => "ChecksumMismatch",
             ArtifactError::NotFound { .. } => "ArtifactNotFound",
             ArtifactError::BadChecksum { .. } => "BadChecksum",
+            ArtifactError::TooLarge { .. } => "ArtifactTooLarge",
+            ArtifactError::Io { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                ) =>
+            {
+                "NoSpaceLeft"
+            }
             _ => "FetchFailed",
         }
     }
@@ -119,7 +132,10 @@ pub async fn fetch_sha256(url: &str, retry: Retry) -> Result<String> {
         stream_into(url, &mut |chunk| {
             out.extend_from_slice(chunk);
             if out.len() > 64 * 1024 {
-                return Err(std::io::Error::other("checksum file larger than 64 KiB"));
+                return Err(ArtifactError::BadChecksum {
+                    url: url.to_string(),
+                    message: "larger than 64 KiB".into(),
+                });
             }
             Ok(())
         })
@@ -138,12 +154,14 @@ pub async fn fetch_sha256(url: &str, retry: Retry) -> Result<String> {
     Ok(word.to_ascii_lowercase())
 }
 
-/// Downloads `url` into a new temp file in `tmp_dir`, hashing while writing. With
-/// `expected`, a different digest is an error and the temp file is removed.
+/// Downloads `url` into a new temp file in `tmp_dir`, hashing while writing, and stops
+/// past `max_bytes`. With `expected`, a different digest is an error and the temp file is
+/// removed.
 pub async fn fetch(
     url: &str,
     expected: Option<&str>,
     tmp_dir: &Path,
+    max_bytes: u64,
     retry: Retry,
 ) -> Result<Fetched> {
     std::fs::create_dir_all(tmp_dir).map_err(|source| ArtifactError::Io {
@@ -159,9 +177,21 @@ pub async fn fetch(
                 source,
             })?;
         let mut hasher = Sha256::new();
+        let path = file.path().to_path_buf();
+        let mut size = 0u64;
         stream_into(url, &mut |chunk| {
+            size += chunk.len() as u64;
+            if size > max_bytes {
+                return Err(ArtifactError::TooLarge {
+                    url: url.to_string(),
+                    limit: max_bytes,
+                });
+            }
             hasher.update(chunk);
-            file.write_all(chunk)
+            file.write_all(chunk).map_err(|source| ArtifactError::Io {
+                path: path.clone(),
+                source,
+            })
         })
         .await?;
         file.flush().map_err(|source| ArtifactError::Io {
@@ -186,11 +216,9 @@ pub async fn fetch(
     Ok(fetched)
 }
 
-/// Streams the body at `url` chunk by chunk into `sink`.
-async fn stream_into(
-    url: &str,
-    sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
-) -> Result<()> {
+/// Streams the body at `url` chunk by chunk into `sink`, which may stop it with its own
+/// error.
+async fn stream_into(url: &str, sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send)) -> Result<()> {
     let io_err = |source: std::io::Error| ArtifactError::Fetch {
         url: url.to_string(),
         message: source.to_string(),
@@ -211,7 +239,7 @@ async fn stream_into(
             if n == 0 {
                 return Ok(());
             }
-            sink(&buf[..n]).map_err(io_err)?;
+            sink(&buf[..n])?;
         }
     }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -252,7 +280,7 @@ async fn stream_into(
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(fetch_err)?;
-        sink(&chunk).map_err(io_err)?;
+        sink(&chunk)?;
     }
     Ok(())
 }
@@ -317,6 +345,7 @@ mod tests {
             &url,
             Some(&sha(b"hello artifact")),
             &dir.path().join(".tmp"),
+            u64::MAX,
             quick(),
         )
         .await
@@ -332,10 +361,16 @@ mod tests {
         std::fs::write(&src, b"real bytes").unwrap();
         let url = format!("file://{}", src.display());
         let wrong = "0".repeat(64);
-        let err = fetch(&url, Some(&wrong), &dir.path().join(".tmp"), quick())
-            .await
-            .err()
-            .expect("digest differs");
+        let err = fetch(
+            &url,
+            Some(&wrong),
+            &dir.path().join(".tmp"),
+            u64::MAX,
+            quick(),
+        )
+        .await
+        .err()
+        .expect("digest differs");
         assert_eq!(err.reason(), "ChecksumMismatch");
         let msg = err.to_string();
         assert!(msg.contains(&url) && msg.contains(&wrong) && msg.contains(&sha(b"real bytes")));
@@ -351,6 +386,7 @@ mod tests {
             &format!("{base}/x"),
             Some(&sha(b"payload")),
             dir.path(),
+            u64::MAX,
             quick(),
         )
         .await
@@ -363,7 +399,7 @@ mod tests {
     async fn http_404_should_not_be_retried() {
         let (base, count) = serve(vec![(404, b"no".to_vec())]);
         let dir = tempfile::tempdir().unwrap();
-        let err = fetch(&format!("{base}/x"), None, dir.path(), quick())
+        let err = fetch(&format!("{base}/x"), None, dir.path(), u64::MAX, quick())
             .await
             .err()
             .unwrap();
@@ -375,7 +411,7 @@ mod tests {
     async fn persistent_5xx_should_give_up_after_the_allowed_tries() {
         let (base, count) = serve(vec![(500, b"down".to_vec())]);
         let dir = tempfile::tempdir().unwrap();
-        let err = fetch(&format!("{base}/x"), None, dir.path(), quick())
+        let err = fetch(&format!("{base}/x"), None, dir.path(), u64::MAX, quick())
             .await
             .err()
             .unwrap();
@@ -400,9 +436,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_download_past_the_size_limit_should_stop_without_retrying_and_leave_no_file() {
+        let (base, count) = serve(vec![(200, vec![b'x'; 1000])]);
+        let dir = tempfile::tempdir().unwrap();
+        let err = fetch(&format!("{base}/x"), None, dir.path(), 100, quick())
+            .await
+            .err()
+            .expect("1000 bytes are past a limit of 100");
+        assert_eq!(err.reason(), "ArtifactTooLarge", "{err}");
+        assert!(err.to_string().contains("larger than 100 bytes"), "{err}");
+        assert_eq!(count.load(Ordering::SeqCst), 1, "not retried");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no file left"
+        );
+    }
+
+    #[tokio::test]
     async fn unknown_schemes_should_be_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = fetch("ftp://x/y", None, dir.path(), quick())
+        let err = fetch("ftp://x/y", None, dir.path(), u64::MAX, quick())
             .await
             .err()
             .unwrap();

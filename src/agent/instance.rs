@@ -704,15 +704,22 @@ impl Task {
             ),
             None => v.sha256.clone(),
         };
-        let fetched = artifact::fetch(&url, expected.as_deref(), &layout.tmp(), self.ctx.retry)
-            .await
-            .map_err(OpError::artifact)?;
+        let opts = unpack::UnpackOptions::for_artifact(art);
+        let fetched = artifact::fetch(
+            &url,
+            expected.as_deref(),
+            &layout.tmp(),
+            opts.max_download_bytes(),
+            self.ctx.retry,
+        )
+        .await
+        .map_err(OpError::artifact)?;
         let file_name = unpack::plain_file_name(art.file_name.as_deref(), &url);
         let format = art.format;
         let releases = layout.releases();
         let ver = version.clone();
         let dir = tokio::task::spawn_blocking(move || {
-            let res = unpack::unpack(fetched.path(), format, &file_name, &releases, &ver);
+            let res = unpack::unpack(fetched.path(), format, &file_name, &releases, &ver, &opts);
             drop(fetched);
             res
         })

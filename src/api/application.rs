@@ -91,6 +91,21 @@ pub struct Artifact {
     /// (default: the last segment of the URL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_name: Option<String>,
+    /// The most bytes unpacking may write (default 8 GiB: far above a real release, low
+    /// enough that an archive bomb stops before it fills the disk). An archive that
+    /// goes past it is refused, naming the entry; a download stops past it and an
+    /// eighth (what an archive adds to its content) and 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unpacked_bytes: Option<u64>,
+    /// The most entries (files, directories, links) an archive may have (default
+    /// 200000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+    /// Keep setuid, setgid and sticky bits from the archive's modes. Off by default:
+    /// the agent unpacks as root, and whoever serves the artifact could otherwise
+    /// plant a setuid-root program on every machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_setid: bool,
 }
 
 /// The packing of an artifact.

@@ -255,6 +255,74 @@ fn check_percent(path: &str, v: &IntOrPercent, out: &mut Vec<FieldError>) {
     }
 }
 
+/// Most that `spec.artifact.maxUnpackedBytes` may say (1 TiB): past it the limit no longer
+/// protects a machine's disk.
+pub const MAX_UNPACKED_BYTES_LIMIT: u64 = 1 << 40;
+/// Most that `spec.artifact.maxEntries` may say: each entry costs memory in the agent's
+/// symlink check.
+pub const MAX_ENTRIES_LIMIT: u64 = 10_000_000;
+
+/// The unpack limits of `spec.artifact`: at least 1, at most the constants above.
+fn check_artifact_limits(a: &crate::api::Artifact, out: &mut Vec<FieldError>) {
+    let fields = [
+        (
+            "spec.artifact.maxUnpackedBytes",
+            a.max_unpacked_bytes,
+            MAX_UNPACKED_BYTES_LIMIT,
+        ),
+        ("spec.artifact.maxEntries", a.max_entries, MAX_ENTRIES_LIMIT),
+    ];
+    for (path, value, max) in fields {
+        match value {
+            Some(v) if v == 0 || v > max => {
+                out.push(err(path, format!("must be between 1 and {max}, not {v}")))
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod artifact_limit_tests {
+    use super::*;
+    use crate::api::{Application, ApplicationSpec, Artifact, Object};
+
+    fn app(max_unpacked_bytes: Option<u64>, max_entries: Option<u64>) -> Application {
+        Application::new(
+            "web",
+            ApplicationSpec {
+                artifact: Artifact {
+                    url: "file:///a/{{version}}.tar.gz".into(),
+                    max_unpacked_bytes,
+                    max_entries,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn artifact_limits_should_be_refused_out_of_range_naming_the_field() {
+        let fields = |a: &Application| -> Vec<String> {
+            validate_application(a)
+                .into_iter()
+                .map(|e| e.path)
+                .collect()
+        };
+        assert!(fields(&app(None, None)).is_empty());
+        assert!(fields(&app(Some(1), Some(MAX_ENTRIES_LIMIT))).is_empty());
+        assert_eq!(
+            fields(&app(Some(0), Some(MAX_ENTRIES_LIMIT + 1))),
+            ["spec.artifact.maxUnpackedBytes", "spec.artifact.maxEntries"]
+        );
+        assert_eq!(
+            fields(&app(Some(MAX_UNPACKED_BYTES_LIMIT + 1), Some(0))),
+            ["spec.artifact.maxUnpackedBytes", "spec.artifact.maxEntries"]
+        );
+    }
+}
+
 fn check_url_template(path: &str, url: &str, out: &mut Vec<FieldError>) {
     let scheme_ok = ["file://", "http://", "https://"]
         .iter()
@@ -320,6 +388,7 @@ pub fn validate_application(app: &Application) -> Vec<FieldError> {
             out.push(err("spec.artifact.fileName", "must be a plain file name"));
         }
     }
+    check_artifact_limits(&s.artifact, &mut out);
     if let Some(p) = &s.path {
         if !p.starts_with('/') {
             out.push(err("spec.path", "must be an absolute path"));

@@ -961,3 +961,130 @@ fn a_standby_controller_should_take_over_when_the_leader_is_killed() {
         }
     }
 }
+
+/// Writes `app-<version>.tar.gz` whose `esc` reaches `work/canary` through a chain of
+/// symlinks each harmless on its own (`d/…/d/up` leads back to the release root, `esc`
+/// goes through it and up six levels), then writes `esc/pwned` through it.
+fn build_hostile_artifact(dir: &Path, version: &str) {
+    let deep = vec!["d"; 30].join("/");
+    let links = [
+        (format!("{deep}/up"), vec![".."; 30].join("/")),
+        // releases/.v.tmp → releases → api → default → m0 → roots → work
+        (
+            "esc".to_string(),
+            format!("{deep}/up/../../../../../../canary"),
+        ),
+    ];
+    let file = std::fs::File::create(dir.join(format!("app-{version}.tar.gz")))
+        .expect("artifact dir is writable");
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::fast(),
+    ));
+    for (path, target) in &links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        tar.append_link(&mut h, path, target)
+            .expect("appending to a tar in a writable dir");
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "esc/pwned", &b"root\n"[..])
+        .expect("appending to a tar in a writable dir");
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("finishing the artifact in a writable dir");
+}
+
+/// Test 11, on both stores: the hostile artifact goes through the real agent, whose
+/// failure report travels through the store to the Rollout.
+#[test]
+fn a_hostile_artifact_should_fail_naming_the_entry_write_nothing_outside_and_leave_the_agent_able_to_deploy(
+) {
+    for (label, backend) in Backend::all() {
+        let hooks = json!({ "activate": [hook(COUNT_ACTIVATIONS)] });
+        let (f, _machines) = Fleet::at_v1(
+            label,
+            backend,
+            1,
+            hooks,
+            json!({}),
+            default_strategy(),
+            pause_policy(),
+        );
+        let canary = f.work.path().join("canary");
+        std::fs::create_dir(&canary).expect("work dir is writable");
+        build_hostile_artifact(&f.artifacts(), "v2");
+        build_artifact(&f.artifacts(), "v3");
+
+        f.run(&["set", "version", "api", "v2"]).ok();
+        let r = f.wait("rollout Degraded on the hostile v2", || {
+            let r = f.get_rollout();
+            (r.status.as_ref()?.phase == RolloutPhase::Degraded).then_some(r)
+        });
+        let st = r.status.expect("the waited-for phase is in the status");
+        let said: Vec<&str> = st
+            .failed_machines
+            .iter()
+            .map(|m| m.message.as_str())
+            .collect();
+        assert!(
+            said.iter()
+                .any(|m| m.contains("refusing entry \"esc/pwned\"")),
+            "[{label}] the Rollout names the entry: {said:?}"
+        );
+        let failure = f
+            .instances()
+            .into_iter()
+            .find(|i| i.spec.machine == "m0")
+            .and_then(|i| i.status?.failure)
+            .expect("m0's Instance reports its failure");
+        assert_eq!(
+            (
+                failure.version.as_str(),
+                failure.operation.as_str(),
+                failure.reason.as_str()
+            ),
+            ("v2", "Stage", "UnsafeArchive"),
+            "[{label}] {failure:?}"
+        );
+        assert!(
+            failure.message.contains("esc/pwned"),
+            "[{label}] {failure:?}"
+        );
+        let outside: Vec<_> = std::fs::read_dir(&canary)
+            .expect("the canary dir is still there")
+            .collect();
+        assert!(outside.is_empty(), "[{label}] written outside: {outside:?}");
+        let releases = f.root("m0").join("default/api/releases");
+        let left: Vec<String> = std::fs::read_dir(&releases)
+            .expect("m0 has a releases dir")
+            .map(|e| {
+                e.expect("a readable entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(left, ["v1"], "[{label}] nothing of v2 is left in releases/");
+        assert_eq!(f.current("m0").as_deref(), Some("releases/v1"), "[{label}]");
+
+        f.run(&["set", "version", "api", "v3"]).ok();
+        f.wait_complete("v3", 1);
+        assert_eq!(f.current("m0").as_deref(), Some("releases/v3"), "[{label}]");
+        let version = std::fs::read_to_string(f.root("m0").join("default/api/current/VERSION"))
+            .expect("current/VERSION exists");
+        assert_eq!(version, "v3\n", "[{label}] m0 serves the good v3");
+        assert!(
+            std::fs::read_dir(&canary)
+                .expect("the canary dir")
+                .next()
+                .is_none(),
+            "[{label}] still nothing outside"
+        );
+    }
+}
