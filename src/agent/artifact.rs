@@ -78,6 +78,9 @@ pub struct Retry {
     pub tries: u32,
     /// Delay before the second try; doubles after each further failure.
     pub first_delay: Duration,
+    /// How long a server may send nothing (before its answer, or in the middle of the
+    /// body) before the try fails: a server that stalls must not stall the stage.
+    pub read_timeout: Duration,
 }
 
 impl Default for Retry {
@@ -85,6 +88,7 @@ impl Default for Retry {
         Retry {
             tries: 4,
             first_delay: Duration::from_millis(500),
+            read_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -129,7 +133,7 @@ where
 pub async fn fetch_sha256(url: &str, retry: Retry) -> Result<String> {
     let bytes = with_retry(retry, || async {
         let mut out = Vec::new();
-        stream_into(url, &mut |chunk| {
+        stream_into(url, retry.read_timeout, &mut |chunk| {
             out.extend_from_slice(chunk);
             if out.len() > 64 * 1024 {
                 return Err(ArtifactError::BadChecksum {
@@ -179,7 +183,7 @@ pub async fn fetch(
         let mut hasher = Sha256::new();
         let path = file.path().to_path_buf();
         let mut size = 0u64;
-        stream_into(url, &mut |chunk| {
+        stream_into(url, retry.read_timeout, &mut |chunk| {
             size += chunk.len() as u64;
             if size > max_bytes {
                 return Err(ArtifactError::TooLarge {
@@ -218,7 +222,11 @@ pub async fn fetch(
 
 /// Streams the body at `url` chunk by chunk into `sink`, which may stop it with its own
 /// error.
-async fn stream_into(url: &str, sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send)) -> Result<()> {
+async fn stream_into(
+    url: &str,
+    read_timeout: Duration,
+    sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
+) -> Result<()> {
     let io_err = |source: std::io::Error| ArtifactError::Fetch {
         url: url.to_string(),
         message: source.to_string(),
@@ -253,6 +261,7 @@ async fn stream_into(url: &str, sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Sen
     };
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .read_timeout(read_timeout)
         .build()
         .map_err(fetch_err)?;
     let resp = client.get(url).send().await.map_err(fetch_err)?;
@@ -329,6 +338,7 @@ mod tests {
         Retry {
             tries: 4,
             first_delay: Duration::from_millis(10),
+            read_timeout: Duration::from_secs(10),
         }
     }
 
@@ -461,5 +471,48 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("ftp://x/y"));
+    }
+
+    /// A server that stops sending in the middle of the body once stalled the stage for
+    /// as long as the connection lived.
+    #[tokio::test]
+    async fn a_server_that_stalls_mid_body_should_fail_the_try_after_the_read_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("loopback bind works");
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\nonly the start");
+                held.push(stream); // never closed, never finished
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let retry = Retry {
+            tries: 2,
+            first_delay: Duration::from_millis(10),
+            read_timeout: Duration::from_millis(300),
+        };
+        let url = format!("http://{addr}/a.tar.gz");
+        let tmp = dir.path().join(".tmp");
+        let fetch = fetch(&url, None, &tmp, u64::MAX, retry);
+        // The guard only keeps a broken build from hanging the suite.
+        let err = tokio::time::timeout(Duration::from_secs(30), fetch)
+            .await
+            .expect("the read timeout ends each try")
+            .err()
+            .expect("a stalled download fails");
+        assert!(matches!(err, ArtifactError::Fetch { .. }), "{err}");
+        assert_eq!(
+            served.load(Ordering::SeqCst),
+            2,
+            "tried again, then gave up"
+        );
+        let left = std::fs::read_dir(dir.path().join(".tmp")).unwrap().count();
+        assert_eq!(left, 0, "no partial file is left");
     }
 }
