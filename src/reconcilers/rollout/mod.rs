@@ -7,12 +7,14 @@
 use super::EventNote;
 use crate::api::{
     find_condition, parse_duration, set_condition, ConditionStatus, FailureAction, Instance,
-    MachineFailure, PauseCondition, Revision, Rollout, RolloutPhase, RolloutStatus, VersionRef,
+    MachineFailure, PauseCondition, Rollout, RolloutPhase, RolloutSpec, RolloutStatus, VersionRef,
     ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
 };
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod revision;
 
 /// Pause reasons the controller sets (a user's pause is `spec.paused`).
 pub const PAUSE_STEP: &str = "CanaryPauseStep";
@@ -110,59 +112,77 @@ impl View<'_> {
     }
 }
 
-/// The whole Rollout decision.
+/// What the phases of one decision share: the inputs, what earlier phases found, and the
+/// status, events and wake-up time being built. Each phase is a method in the file named
+/// for it.
+struct Decision<'a> {
+    rollout: &'a Rollout,
+    spec: &'a RolloutSpec,
+    /// `spec.version`: the version this decision rolls out.
+    target: &'a str,
+    instances: Vec<Arc<Instance>>,
+    desired_machines: &'a MachineSet<'a>,
+    now: DateTime<Utc>,
+    /// The status being built, from the one read.
+    st: RolloutStatus,
+    events: Vec<EventNote>,
+    /// The earliest wake-up any phase asked for (see [`Decision::wake`]).
+    requeue: Option<Duration>,
+}
+
+impl<'a> Decision<'a> {
+    fn new(input: RolloutInput<'a>) -> Self {
+        let RolloutInput {
+            rollout,
+            instances,
+            desired_machines,
+            now,
+        } = input;
+        Decision {
+            rollout,
+            spec: &rollout.spec,
+            target: &rollout.spec.version,
+            instances,
+            desired_machines,
+            now,
+            st: rollout.status.clone().unwrap_or_default(),
+            events: Vec::new(),
+            requeue: None,
+        }
+    }
+
+    /// The Rollout's generation (1 before the store gives it one).
+    fn generation(&self) -> i64 {
+        self.rollout.metadata.generation.unwrap_or(1)
+    }
+
+    /// Wake up again within `d` (the earliest such request wins).
+    #[allow(dead_code)]
+    fn wake(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+}
+
+/// The whole Rollout decision, as its phases over one [`Decision`].
 pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
-    let RolloutInput {
+    let mut d = Decision::new(input);
+    d.new_revision();
+    let Decision {
         rollout,
         mut instances,
         desired_machines,
         now,
-    } = input;
+        mut st,
+        mut events,
+        mut requeue,
+        ..
+    } = d;
     let spec = &rollout.spec;
     let generation = rollout.metadata.generation.unwrap_or(1);
     let target = spec.version.clone();
-    let mut st = rollout.status.clone().unwrap_or_default();
-    let mut events = Vec::new();
-    let mut requeue: Option<Duration> = None;
     let mut wake = |d: Duration| {
         requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
     };
-
-    // A new version: a new revision, steps from the start, failures forgotten.
-    if st.target_version.as_deref() != Some(target.as_str()) {
-        if let Some(last) = st.history.last_mut() {
-            if last.result.is_empty() {
-                last.result = "Superseded".into();
-                last.completed_at = Some(now);
-            }
-        }
-        let next = st.history.last().map_or(1, |r| r.revision + 1);
-        st.history.push(Revision {
-            revision: next,
-            version: target.clone(),
-            sha256: spec.sha256.clone(),
-            started_at: now,
-            completed_at: None,
-            result: String::new(),
-        });
-        let limit = spec.revision_history_limit.max(1) as usize;
-        if st.history.len() > limit {
-            let extra = st.history.len() - limit;
-            st.history.drain(..extra);
-        }
-        st.target_version = Some(target.clone());
-        st.current_step_index = (!spec.strategy.steps.is_empty()).then_some(0);
-        st.pause_conditions.clear();
-        st.aborted = false;
-        st.abort_reason = None;
-        st.failed_machines.clear();
-        st.last_progress_time = Some(now);
-        events.push(EventNote::normal(
-            "RolloutStarted",
-            format!("rolling out version {target} (revision {next})"),
-        ));
-    }
-    st.observed_generation = generation;
 
     // Requests from `rollout promote|abort|retry` (annotation tokens, acted on once).
     let annotations = &rollout.metadata.annotations;
