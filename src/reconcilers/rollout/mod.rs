@@ -8,12 +8,15 @@ use super::EventNote;
 use crate::api::{
     find_condition, parse_duration, set_condition, ConditionStatus, FailureAction, Instance,
     MachineFailure, PauseCondition, Rollout, RolloutPhase, RolloutSpec, RolloutStatus, VersionRef,
-    ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
 };
+// The decision tests (`tests.rs`) take these with `use super::*`.
+#[cfg(test)]
+use crate::api::{ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod requests;
 mod revision;
 
 /// Pause reasons the controller sets (a user's pause is `spec.paused`).
@@ -128,6 +131,13 @@ struct Decision<'a> {
     events: Vec<EventNote>,
     /// The earliest wake-up any phase asked for (see [`Decision::wake`]).
     requeue: Option<Duration>,
+    /// The stable version as read: what an abort or a rollback goes back to.
+    stable: Option<&'a str>,
+    /// A promote not yet handled (its token), read by the requests phase and acted on by
+    /// the steps phase, after the failure policy.
+    promote: Option<String>,
+    /// `rollout undo` made this generation: go straight to every machine.
+    undo: bool,
 }
 
 impl<'a> Decision<'a> {
@@ -148,6 +158,12 @@ impl<'a> Decision<'a> {
             st: rollout.status.clone().unwrap_or_default(),
             events: Vec::new(),
             requeue: None,
+            stable: rollout
+                .status
+                .as_ref()
+                .and_then(|s| s.stable_version.as_deref()),
+            promote: None,
+            undo: false,
         }
     }
 
@@ -167,6 +183,7 @@ impl<'a> Decision<'a> {
 pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let mut d = Decision::new(input);
     d.new_revision();
+    d.requests();
     let Decision {
         rollout,
         mut instances,
@@ -175,69 +192,15 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         mut st,
         mut events,
         mut requeue,
+        promote,
+        undo,
         ..
     } = d;
     let spec = &rollout.spec;
-    let generation = rollout.metadata.generation.unwrap_or(1);
     let target = spec.version.clone();
     let mut wake = |d: Duration| {
         requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
     };
-
-    // Requests from `rollout promote|abort|retry` (annotation tokens, acted on once).
-    let annotations = &rollout.metadata.annotations;
-    let request = |key: &str, handled: &Option<String>| {
-        annotations
-            .get(key)
-            .filter(|tok| Some(*tok) != handled.as_ref())
-            .cloned()
-    };
-    let promote = request(ANNOTATION_PROMOTE, &st.handled_promote);
-    let abort = request(ANNOTATION_ABORT, &st.handled_abort);
-    let retry = request(ANNOTATION_RETRY, &st.handled_retry);
-    if let Some(tok) = &abort {
-        st.handled_abort = Some(tok.clone());
-        if !st.aborted && st.stable_version.as_deref() != Some(target.as_str()) {
-            st.aborted = true;
-            st.abort_reason = Some(REASON_ABORTED.into());
-            events.push(EventNote::warning(
-                "RolloutAborted",
-                format!(
-                    "aborted by request: switching back to {}",
-                    st.stable_version.as_deref().unwrap_or("nothing")
-                ),
-            ));
-        }
-    }
-    let mut retrying = false;
-    if let Some(tok) = &retry {
-        st.handled_retry = Some(tok.clone());
-        st.aborted = false;
-        st.abort_reason = None;
-        st.pause_conditions.retain(|p| p.reason != PAUSE_FAILURE);
-        st.failed_machines.clear();
-        st.last_progress_time = Some(now);
-        retrying = true;
-        events.push(EventNote::normal(
-            "RolloutRetried",
-            format!("retrying version {target}"),
-        ));
-    }
-    if retrying {
-        for inst in instances.iter_mut() {
-            if desired_machines.contains(inst.spec.machine.as_str())
-                && (View { inst }).failed(&target)
-            {
-                let inst = Arc::make_mut(inst);
-                inst.spec.attempt += 1;
-                // The new attempt makes the stored failure stale (the generation moves on
-                // when this spec is written); forget it in this decision too.
-                if let Some(s) = inst.status.as_mut() {
-                    s.failure = None;
-                }
-            }
-        }
-    }
 
     let stable = st.stable_version.clone();
     let stable_sha = st.stable_sha256.clone();
@@ -312,10 +275,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
 
     // Canary steps: where are we, how many machines may run the target.
     let steps = &strategy.steps;
-    let undo = annotations
-        .get(ANNOTATION_UNDO)
-        .and_then(|g| g.parse::<i64>().ok())
-        == Some(generation);
     let mut step = st.current_step_index.unwrap_or(0) as usize;
     let mut step_paused = false;
     let mut cap = n;
