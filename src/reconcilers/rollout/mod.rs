@@ -16,6 +16,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod observe;
 mod requests;
 mod revision;
 
@@ -124,7 +125,6 @@ struct Decision<'a> {
     /// `spec.version`: the version this decision rolls out.
     target: &'a str,
     instances: Vec<Arc<Instance>>,
-    desired_machines: &'a MachineSet<'a>,
     now: DateTime<Utc>,
     /// The status being built, from the one read.
     st: RolloutStatus,
@@ -138,6 +138,15 @@ struct Decision<'a> {
     promote: Option<String>,
     /// `rollout undo` made this generation: go straight to every machine.
     undo: bool,
+    /// Indices (into `instances`) of the Instances on desired machines, in order.
+    desired: Vec<usize>,
+    /// How many desired machines may be unavailable at once (`maxUnavailable`).
+    slots: u32,
+    /// How many desired machines must have staged the target before any switch.
+    min_staged: u32,
+    /// Machines asked to stage the target that have neither staged nor failed it: they
+    /// hold `maxParallelStage` budget.
+    stage_in_flight: u32,
 }
 
 impl<'a> Decision<'a> {
@@ -148,12 +157,14 @@ impl<'a> Decision<'a> {
             desired_machines,
             now,
         } = input;
+        let desired = (0..instances.len())
+            .filter(|&i| desired_machines.contains(instances[i].spec.machine.as_str()))
+            .collect();
         Decision {
             rollout,
             spec: &rollout.spec,
             target: &rollout.spec.version,
             instances,
-            desired_machines,
             now,
             st: rollout.status.clone().unwrap_or_default(),
             events: Vec::new(),
@@ -164,6 +175,10 @@ impl<'a> Decision<'a> {
                 .and_then(|s| s.stable_version.as_deref()),
             promote: None,
             undo: false,
+            desired,
+            slots: 0,
+            min_staged: 0,
+            stage_in_flight: 0,
         }
     }
 
@@ -184,16 +199,20 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let mut d = Decision::new(input);
     d.new_revision();
     d.requests();
+    d.observe();
     let Decision {
         rollout,
         mut instances,
-        desired_machines,
         now,
         mut st,
         mut events,
         mut requeue,
         promote,
         undo,
+        desired,
+        slots,
+        min_staged,
+        stage_in_flight,
         ..
     } = d;
     let spec = &rollout.spec;
@@ -204,39 +223,18 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
 
     let stable = st.stable_version.clone();
     let stable_sha = st.stable_sha256.clone();
-    let desired_idx: Vec<usize> = (0..instances.len())
-        .filter(|&i| desired_machines.contains(instances[i].spec.machine.as_str()))
-        .collect();
-    let n = desired_idx.len() as u32;
+    let desired_idx = desired;
+    let n = st.desired;
     let strategy = &spec.strategy;
-    let max_unavailable = strategy.slots(n);
-    let min_staged = strategy.min_staged_machines(n);
-
-    // Observe.
+    let max_unavailable = slots;
+    let (staged, updated, available, failed) = (st.staged, st.updated, st.available, st.failed);
+    let unavailable_before = st.unavailable;
     let count = |f: &dyn Fn(&View) -> bool, insts: &Vec<Arc<Instance>>| {
         desired_idx
             .iter()
             .filter(|&&i| f(&View { inst: &insts[i] }))
             .count() as u32
     };
-    // One pass over the fleet for every count taken before any spec changes (staging
-    // below rewrites only `staged`, which `unavailable` does not read): at 10,000
-    // Instances each pass is a walk through memory.
-    let (mut staged, mut updated, mut available, mut failed) = (0u32, 0u32, 0u32, 0u32);
-    let (mut stage_in_flight, mut unavailable_before) = (0u32, 0u32);
-    for &i in &desired_idx {
-        let v = View {
-            inst: &instances[i],
-        };
-        let has_staged = v.has_staged(&target);
-        let has_failed = v.failed(&target);
-        staged += u32::from(has_staged);
-        updated += u32::from(v.current() == Some(target.as_str()));
-        available += u32::from(v.available_on(&target));
-        failed += u32::from(has_failed);
-        stage_in_flight += u32::from(v.asked_to_stage(&target) && !has_staged && !has_failed);
-        unavailable_before += u32::from(v.unavailable());
-    }
 
     // Failure policy.
     let over_failures = failed > spec.failure_policy.max_failures;
@@ -640,13 +638,7 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     failures.truncate(MAX_FAILED_MACHINES);
     st.failed_machines = failures;
 
-    // Counts.
-    st.desired = n;
-    st.staged = staged;
-    st.updated = updated;
-    st.available = available;
     st.unavailable = unavailable;
-    st.failed = failed;
 
     // Completion, history, stable version.
     let was_complete = before.is_some_and(|b| b.phase == RolloutPhase::Complete)

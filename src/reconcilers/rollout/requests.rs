@@ -70,10 +70,9 @@ impl Decision<'_> {
             "RolloutRetried",
             format!("retrying version {}", self.target),
         ));
-        for inst in self.instances.iter_mut() {
-            if self.desired_machines.contains(inst.spec.machine.as_str())
-                && (View { inst }).failed(self.target)
-            {
+        for &i in &self.desired {
+            let inst = &mut self.instances[i];
+            if (View { inst }).failed(self.target) {
                 let inst = Arc::make_mut(inst);
                 inst.spec.attempt += 1;
                 // The new attempt makes the stored failure stale (the generation moves on
