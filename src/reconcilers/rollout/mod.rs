@@ -6,16 +6,19 @@
 
 use super::EventNote;
 use crate::api::{
-    find_condition, parse_duration, set_condition, ConditionStatus, FailureAction, Instance,
-    MachineFailure, PauseCondition, Rollout, RolloutPhase, RolloutSpec, RolloutStatus, VersionRef,
+    find_condition, parse_duration, set_condition, ConditionStatus, Instance, PauseCondition,
+    Rollout, RolloutPhase, RolloutSpec, RolloutStatus, VersionRef,
 };
 // The decision tests (`tests.rs`) take these with `use super::*`.
 #[cfg(test)]
-use crate::api::{ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO};
+use crate::api::{
+    FailureAction, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
+};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod failure_policy;
 mod observe;
 mod requests;
 mod revision;
@@ -147,6 +150,8 @@ struct Decision<'a> {
     /// Machines asked to stage the target that have neither staged nor failed it: they
     /// hold `maxParallelStage` budget.
     stage_in_flight: u32,
+    /// The failure policy paused the rollout (a retry or a new version lifts it).
+    failure_paused: bool,
 }
 
 impl<'a> Decision<'a> {
@@ -179,6 +184,7 @@ impl<'a> Decision<'a> {
             slots: 0,
             min_staged: 0,
             stage_in_flight: 0,
+            failure_paused: false,
         }
     }
 
@@ -200,6 +206,7 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     d.new_revision();
     d.requests();
     d.observe();
+    d.failure_policy();
     let Decision {
         rollout,
         mut instances,
@@ -213,6 +220,7 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         slots,
         min_staged,
         stage_in_flight,
+        failure_paused,
         ..
     } = d;
     let spec = &rollout.spec;
@@ -235,41 +243,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
             .filter(|&&i| f(&View { inst: &insts[i] }))
             .count() as u32
     };
-
-    // Failure policy.
-    let over_failures = failed > spec.failure_policy.max_failures;
-    if over_failures && !st.aborted {
-        let can_roll_back = stable.as_deref().is_some_and(|s| s != target);
-        if spec.failure_policy.action == FailureAction::Rollback && can_roll_back {
-            st.aborted = true;
-            st.abort_reason = Some(REASON_ROLLED_BACK.into());
-            events.push(EventNote::warning(
-                "RollingBack",
-                format!(
-                    "{failed} machine(s) failed version {target} (maxFailures {}): switching back to {}",
-                    spec.failure_policy.max_failures,
-                    stable.as_deref().unwrap_or_default()
-                ),
-            ));
-        } else if !st
-            .pause_conditions
-            .iter()
-            .any(|p| p.reason == PAUSE_FAILURE)
-        {
-            st.pause_conditions.push(PauseCondition {
-                reason: PAUSE_FAILURE.into(),
-                start_time: now,
-                until: None,
-            });
-            events.push(EventNote::warning(
-                "FailureLimitExceeded",
-                format!(
-                    "{failed} machine(s) failed version {target} (maxFailures {}): paused; `deployctl rollout retry` or a new version continues",
-                    spec.failure_policy.max_failures
-                ),
-            ));
-        }
-    }
 
     // Canary steps: where are we, how many machines may run the target.
     let steps = &strategy.steps;
@@ -377,10 +350,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         st.current_step_index = Some(step.min(steps.len()) as u32);
     }
 
-    let failure_paused = st
-        .pause_conditions
-        .iter()
-        .any(|p| p.reason == PAUSE_FAILURE);
     let user_paused = spec.paused;
     let frozen = user_paused || failure_paused;
 
@@ -618,25 +587,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     if waiting_on_machines && !deadline_exceeded {
         wake(deadline - since_progress);
     }
-
-    // Failed machines: newest first, bounded.
-    let mut failures: Vec<MachineFailure> = desired_idx
-        .iter()
-        .filter_map(|&i| {
-            let inst = &instances[i];
-            let f = inst.status.as_ref()?.failure.as_ref()?;
-            ((View { inst }).failed(&target)).then(|| MachineFailure {
-                machine: inst.spec.machine.clone(),
-                version: f.version.clone(),
-                operation: f.operation.clone(),
-                message: format!("{}: {}", f.reason, f.message),
-                time: f.time,
-            })
-        })
-        .collect();
-    failures.sort_by(|a, b| b.time.cmp(&a.time).then(a.machine.cmp(&b.machine)));
-    failures.truncate(MAX_FAILED_MACHINES);
-    st.failed_machines = failures;
 
     st.unavailable = unavailable;
 
