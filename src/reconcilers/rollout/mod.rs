@@ -6,15 +6,17 @@
 
 use super::EventNote;
 use crate::api::{
-    find_condition, parse_duration, set_condition, ConditionStatus, Instance, PauseCondition,
-    Rollout, RolloutPhase, RolloutSpec, RolloutStatus, VersionRef,
+    find_condition, set_condition, ConditionStatus, Instance, Rollout, RolloutPhase, RolloutSpec,
+    RolloutStatus, VersionRef,
 };
 // The decision tests (`tests.rs`) take these with `use super::*`.
 #[cfg(test)]
 use crate::api::{
     FailureAction, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
 };
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+#[cfg(test)]
+use chrono::Duration as ChronoDuration;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ mod failure_policy;
 mod observe;
 mod requests;
 mod revision;
+mod steps;
 
 /// Pause reasons the controller sets (a user's pause is `spec.paused`).
 pub const PAUSE_STEP: &str = "CanaryPauseStep";
@@ -152,6 +155,12 @@ struct Decision<'a> {
     stage_in_flight: u32,
     /// The failure policy paused the rollout (a retry or a new version lifts it).
     failure_paused: bool,
+    /// The canary step in force (`steps.len()` once past every step).
+    step: usize,
+    /// Held at a pause step (timed or until a promote).
+    step_paused: bool,
+    /// How many desired machines may run the target at this step.
+    cap: u32,
 }
 
 impl<'a> Decision<'a> {
@@ -185,6 +194,9 @@ impl<'a> Decision<'a> {
             min_staged: 0,
             stage_in_flight: 0,
             failure_paused: false,
+            step: 0,
+            step_paused: false,
+            cap: 0,
         }
     }
 
@@ -193,8 +205,19 @@ impl<'a> Decision<'a> {
         self.rollout.metadata.generation.unwrap_or(1)
     }
 
+    /// How many desired machines `f` holds for.
+    fn count(&self, f: impl Fn(&View) -> bool) -> u32 {
+        self.desired
+            .iter()
+            .filter(|&&i| {
+                f(&View {
+                    inst: &self.instances[i],
+                })
+            })
+            .count() as u32
+    }
+
     /// Wake up again within `d` (the earliest such request wins).
-    #[allow(dead_code)]
     fn wake(&mut self, d: Duration) {
         self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
     }
@@ -207,6 +230,7 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     d.requests();
     d.observe();
     d.failure_policy();
+    d.steps();
     let Decision {
         rollout,
         mut instances,
@@ -214,21 +238,18 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         mut st,
         mut events,
         mut requeue,
-        promote,
-        undo,
         desired,
         slots,
         min_staged,
         stage_in_flight,
         failure_paused,
+        step,
+        step_paused,
+        cap,
         ..
     } = d;
     let spec = &rollout.spec;
     let target = spec.version.clone();
-    let mut wake = |d: Duration| {
-        requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
-    };
-
     let stable = st.stable_version.clone();
     let stable_sha = st.stable_sha256.clone();
     let desired_idx = desired;
@@ -244,111 +265,10 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
             .count() as u32
     };
 
-    // Canary steps: where are we, how many machines may run the target.
     let steps = &strategy.steps;
-    let mut step = st.current_step_index.unwrap_or(0) as usize;
-    let mut step_paused = false;
-    let mut cap = n;
-    if let Some(tok) = &promote {
-        st.handled_promote = Some(tok.clone());
-        st.pause_conditions.retain(|p| p.reason != PAUSE_STEP);
-        let from = step;
-        if tok.starts_with("full:") {
-            step = steps.len();
-        } else if step < steps.len() {
-            step += 1;
-        }
-        st.last_progress_time = Some(now);
-        let message = if step >= steps.len() {
-            "promoted: no steps left, switching every machine".to_string()
-        } else {
-            format!("promoted past step {}/{}", from + 1, steps.len())
-        };
-        events.push(EventNote::normal("RolloutPromoted", message));
-    }
-    // Straight to every machine: after `undo`, when going back, and on the very first
-    // rollout (no stable version: nothing runs that a canary would protect).
-    if undo || st.aborted || stable.is_none() {
-        step = steps.len();
-    }
-    while step < steps.len() {
-        let s = &steps[step];
-        let want = match (s.set_weight, s.machines) {
-            (Some(w), _) => Some((u64::from(n) * u64::from(w)).div_ceil(100) as u32),
-            (_, Some(m)) => Some(m.min(n)),
-            _ => None,
-        };
-        if let Some(want) = want {
-            if available >= want {
-                step += 1;
-                st.last_progress_time = Some(now);
-                continue;
-            }
-            cap = want;
-            break;
-        }
-        // A pause step.
-        let duration = s
-            .pause
-            .as_ref()
-            .and_then(|p| p.duration.as_deref())
-            .and_then(|d| parse_duration(d).ok());
-        match st
-            .pause_conditions
-            .iter()
-            .position(|p| p.reason == PAUSE_STEP)
-        {
-            None => {
-                // Checked: a duration past the calendar's end (one that validation
-                // refuses, but the store may hold) waits for a promote; it never skips
-                // the pause or panics.
-                let until = duration
-                    .and_then(|d| ChronoDuration::from_std(d).ok())
-                    .and_then(|d| now.checked_add_signed(d));
-                st.pause_conditions.push(PauseCondition {
-                    reason: PAUSE_STEP.into(),
-                    start_time: now,
-                    until,
-                });
-                events.push(EventNote::normal(
-                    "RolloutPaused",
-                    match &s.pause.as_ref().and_then(|p| p.duration.clone()) {
-                        Some(d) => format!("paused at step {}/{} for {d}", step + 1, steps.len()),
-                        None => format!(
-                            "paused at step {}/{}: `deployctl rollout promote` continues",
-                            step + 1,
-                            steps.len()
-                        ),
-                    },
-                ));
-                if let Some(until) = until {
-                    wake((until - now).to_std().unwrap_or_default());
-                }
-                step_paused = true;
-            }
-            Some(i) => match st.pause_conditions[i].until {
-                Some(until) if until <= now => {
-                    st.pause_conditions.remove(i);
-                    step += 1;
-                    st.last_progress_time = Some(now);
-                    continue;
-                }
-                Some(until) => {
-                    wake((until - now).to_std().unwrap_or_default());
-                    step_paused = true;
-                }
-                None => step_paused = true,
-            },
-        }
-        cap = count(
-            &|v| v.inst.spec.current.as_deref() == Some(target.as_str()),
-            &instances,
-        );
-        break;
-    }
-    if !steps.is_empty() {
-        st.current_step_index = Some(step.min(steps.len()) as u32);
-    }
+    let mut wake = |d: Duration| {
+        requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
+    };
 
     let user_paused = spec.paused;
     let frozen = user_paused || failure_paused;
