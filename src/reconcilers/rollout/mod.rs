@@ -24,6 +24,7 @@ mod failure_policy;
 mod observe;
 mod requests;
 mod revision;
+mod stage;
 mod steps;
 
 /// Pause reasons the controller sets (a user's pause is `spec.paused`).
@@ -217,6 +218,11 @@ impl<'a> Decision<'a> {
             .count() as u32
     }
 
+    /// A user's pause or the failure policy's: nothing new is staged or switched.
+    fn frozen(&self) -> bool {
+        self.spec.paused || self.failure_paused
+    }
+
     /// Wake up again within `d` (the earliest such request wins).
     fn wake(&mut self, d: Duration) {
         self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
@@ -231,6 +237,8 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     d.observe();
     d.failure_policy();
     d.steps();
+    d.stage();
+    let staging = d.staging();
     let Decision {
         rollout,
         mut instances,
@@ -241,7 +249,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         desired,
         slots,
         min_staged,
-        stage_in_flight,
         failure_paused,
         step,
         step_paused,
@@ -251,7 +258,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let spec = &rollout.spec;
     let target = spec.version.clone();
     let stable = st.stable_version.clone();
-    let stable_sha = st.stable_sha256.clone();
     let desired_idx = desired;
     let n = st.desired;
     let strategy = &spec.strategy;
@@ -273,114 +279,7 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let user_paused = spec.paused;
     let frozen = user_paused || failure_paused;
 
-    // The digest an Instance carries for `v`: the target's and the stable's from the
-    // Rollout, any other as the Instance had it.
-    fn sha_for<'a>(
-        v: &str,
-        old: &'a [VersionRef],
-        target: (&str, Option<&'a str>),
-        stable: (Option<&str>, Option<&'a str>),
-    ) -> Option<&'a str> {
-        if v == target.0 {
-            target.1
-        } else if Some(v) == stable.0 {
-            stable.1
-        } else {
-            old.iter()
-                .find(|r| r.version == v)
-                .and_then(|r| r.sha256.as_deref())
-        }
-    }
-    let target_sha = (target.as_str(), spec.sha256.as_deref());
-    let stable_with_sha = (stable.as_deref(), stable_sha.as_deref());
-    // Versions every Instance keeps staged: where it points, the stable, and the target
-    // once asked for. Compares first and copies the Instance (copy on write) only when
-    // `staged` changes: at 10,000 machines almost every call finds it already right.
-    //
-    // An older version already in `staged` (the previous stable, once a rollout is
-    // Complete) stays there while the agent reports it staged and its retention would
-    // keep the release anyway (`staged` no longer than `keepReleases`). Dropping it
-    // would change nothing on disk but would cost a spec write and a status report per
-    // machine, as many writes as the rollout itself. The next rewrite of `staged` (the
-    // next version's stage order) drops it in the same write; with `keepReleases`
-    // shorter than `staged` it is dropped at once, so that the agent deletes it.
-    let restage = |inst: &mut Arc<Instance>, with_target: bool| {
-        let mut versions: [&str; 3] = [""; 3];
-        let mut len = 0;
-        for v in [
-            inst.spec.current.as_deref(),
-            stable.as_deref(),
-            with_target.then_some(target.as_str()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if !versions[..len].contains(&v) {
-                versions[len] = v;
-                len += 1;
-            }
-        }
-        let versions = &versions[..len];
-        let old = &inst.spec.staged;
-        let keep_releases = inst.spec.releases_to_keep() as usize;
-        let reported = inst
-            .status
-            .as_ref()
-            .map_or(&[][..], |s| &s.staged_versions[..]);
-        let covered = old.len() <= keep_releases.max(versions.len())
-            && old
-                .iter()
-                .all(|r| versions.contains(&r.version.as_str()) || reported.contains(&r.version))
-            && versions.iter().all(|v| {
-                old.iter().any(|r| {
-                    r.version == *v
-                        && r.sha256.as_deref() == sha_for(v, old, target_sha, stable_with_sha)
-                })
-            });
-        if covered {
-            return;
-        }
-        let staged: Vec<VersionRef> = versions
-            .iter()
-            .map(|v| VersionRef {
-                version: v.to_string(),
-                sha256: sha_for(v, old, target_sha, stable_with_sha).map(str::to_string),
-            })
-            .collect();
-        Arc::make_mut(inst).spec.staged = staged;
-    };
-
-    // Stage: ask up to maxParallelStage machines at a time.
-    if !frozen && !st.aborted {
-        let in_flight = stage_in_flight;
-        let mut budget = strategy
-            .max_parallel_stage
-            .map_or(u32::MAX, |m| m.saturating_sub(in_flight));
-        for &i in &desired_idx {
-            let asked = (View {
-                inst: &instances[i],
-            })
-            .asked_to_stage(&target);
-            if asked {
-                restage(&mut instances[i], true);
-                continue;
-            }
-            if budget == 0 {
-                restage(&mut instances[i], false);
-                continue;
-            }
-            budget -= 1;
-            restage(&mut instances[i], true);
-        }
-    } else {
-        for &i in &desired_idx {
-            let asked = (View {
-                inst: &instances[i],
-            })
-            .asked_to_stage(&target);
-            restage(&mut instances[i], asked && !st.aborted);
-        }
-    }
+    let restage = |inst: &mut Arc<Instance>, with_target: bool| staging.restage(inst, with_target);
 
     // The gate.
     let gate_open = staged >= min_staged;
