@@ -26,6 +26,7 @@ mod requests;
 mod revision;
 mod stage;
 mod steps;
+mod switch;
 
 /// Pause reasons the controller sets (a user's pause is `spec.paused`).
 pub const PAUSE_STEP: &str = "CanaryPauseStep";
@@ -223,6 +224,22 @@ impl<'a> Decision<'a> {
         self.spec.paused || self.failure_paused
     }
 
+    /// Enough machines staged the target for switching to start (`minStaged`).
+    fn gate_open(&self) -> bool {
+        self.st.staged >= self.min_staged
+    }
+
+    /// Every desired machine (at least one) runs the target, available.
+    fn all_on_target(&self) -> bool {
+        !self.desired.is_empty()
+            && self.desired.iter().all(|&i| {
+                (View {
+                    inst: &self.instances[i],
+                })
+                .available_on(self.target)
+            })
+    }
+
     /// Wake up again within `d` (the earliest such request wins).
     fn wake(&mut self, d: Duration) {
         self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
@@ -238,10 +255,10 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     d.failure_policy();
     d.steps();
     d.stage();
-    let staging = d.staging();
+    d.switch();
     let Decision {
         rollout,
-        mut instances,
+        instances,
         now,
         mut st,
         mut events,
@@ -252,7 +269,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
         failure_paused,
         step,
         step_paused,
-        cap,
         ..
     } = d;
     let spec = &rollout.spec;
@@ -263,7 +279,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let strategy = &spec.strategy;
     let max_unavailable = slots;
     let (staged, updated, available, failed) = (st.staged, st.updated, st.available, st.failed);
-    let unavailable_before = st.unavailable;
     let count = |f: &dyn Fn(&View) -> bool, insts: &Vec<Arc<Instance>>| {
         desired_idx
             .iter()
@@ -279,71 +294,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let user_paused = spec.paused;
     let frozen = user_paused || failure_paused;
 
-    let restage = |inst: &mut Arc<Instance>, with_target: bool| staging.restage(inst, with_target);
-
-    // The gate.
-    let gate_open = staged >= min_staged;
-
-    // Switch, in slots.
-    let mut unavailable = unavailable_before;
-    let switch_to = if st.aborted {
-        stable.clone()
-    } else {
-        Some(target.clone())
-    };
-    if let Some(to) = switch_to.as_deref() {
-        let may_switch = if st.aborted {
-            !user_paused
-        } else {
-            gate_open && !frozen && !step_paused
-        };
-        let mut allowed = if st.aborted {
-            u32::MAX
-        } else {
-            cap.saturating_sub(count(
-                &|v| v.inst.spec.current.as_deref() == Some(to),
-                &instances,
-            ))
-        };
-        if may_switch {
-            for &i in &desired_idx {
-                if allowed == 0 {
-                    break;
-                }
-                let v = View {
-                    inst: &instances[i],
-                };
-                // A machine already unavailable (e.g. the one that failed) holds its slot
-                // already: switching it costs none. Without this a rollback whose failed
-                // machine fills every slot could never switch that machine back.
-                if unavailable >= max_unavailable && !v.unavailable() {
-                    continue;
-                }
-                let wanted = v.inst.spec.current.as_deref() == Some(to);
-                let eligible = if st.aborted {
-                    // Back only the machines the target touched.
-                    !wanted
-                        && (v.inst.spec.current.as_deref() == Some(target.as_str())
-                            || v.current() == Some(target.as_str()))
-                } else {
-                    !wanted && v.has_staged(to) && !v.failed(to)
-                };
-                if !eligible {
-                    continue;
-                }
-                let was_unavailable = v.unavailable();
-                let inst = &mut instances[i];
-                Arc::make_mut(inst).spec.current = Some(to.to_string());
-                restage(inst, !st.aborted);
-                allowed = allowed.saturating_sub(1);
-                if !was_unavailable {
-                    unavailable += 1;
-                }
-            }
-        }
-    }
-
-    // Restart: once the fleet runs the target, re-activate every machine under slots.
     let all_on_target = n > 0
         && desired_idx.iter().all(|&i| {
             (View {
@@ -351,19 +301,8 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
             })
             .available_on(&target)
         });
-    if let (Some(at), false, false) = (spec.restart_at, st.aborted, frozen) {
-        if all_on_target {
-            for &i in &desired_idx {
-                if unavailable >= max_unavailable {
-                    break;
-                }
-                if instances[i].spec.restart_at.is_none_or(|r| r < at) {
-                    Arc::make_mut(&mut instances[i]).spec.restart_at = Some(at);
-                    unavailable += 1;
-                }
-            }
-        }
-    }
+    let gate_open = staged >= min_staged;
+    let unavailable = st.unavailable;
 
     // Where the Rollout stands.
     let steps_done = st
@@ -406,8 +345,6 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     if waiting_on_machines && !deadline_exceeded {
         wake(deadline - since_progress);
     }
-
-    st.unavailable = unavailable;
 
     // Completion, history, stable version.
     let was_complete = before.is_some_and(|b| b.phase == RolloutPhase::Complete)
