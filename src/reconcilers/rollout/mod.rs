@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod complete;
 mod failure_policy;
 mod observe;
 mod requests;
@@ -163,6 +164,12 @@ struct Decision<'a> {
     step_paused: bool,
     /// How many desired machines may run the target at this step.
     cap: u32,
+    /// Every desired machine runs the target, past every step and restart, not going back.
+    complete: bool,
+    /// Gone back, and every desired machine runs the stable version again.
+    rolled_back: bool,
+    /// Waiting on machines with no progress for `progressDeadlineSeconds`.
+    deadline_exceeded: bool,
 }
 
 impl<'a> Decision<'a> {
@@ -199,6 +206,9 @@ impl<'a> Decision<'a> {
             step: 0,
             step_paused: false,
             cap: 0,
+            complete: false,
+            rolled_back: false,
+            deadline_exceeded: false,
         }
     }
 
@@ -256,19 +266,23 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     d.steps();
     d.stage();
     d.switch();
+    d.complete();
     let Decision {
         rollout,
         instances,
         now,
         mut st,
         mut events,
-        mut requeue,
+        requeue,
         desired,
         slots,
         min_staged,
         failure_paused,
         step,
         step_paused,
+        complete: d_complete,
+        rolled_back: d_rolled_back,
+        deadline_exceeded: d_deadline_exceeded,
         ..
     } = d;
     let spec = &rollout.spec;
@@ -287,102 +301,15 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     };
 
     let steps = &strategy.steps;
-    let mut wake = |d: Duration| {
-        requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
-    };
 
     let user_paused = spec.paused;
-    let frozen = user_paused || failure_paused;
 
-    let all_on_target = n > 0
-        && desired_idx.iter().all(|&i| {
-            (View {
-                inst: &instances[i],
-            })
-            .available_on(&target)
-        });
     let gate_open = staged >= min_staged;
     let unavailable = st.unavailable;
-
-    // Where the Rollout stands.
-    let steps_done = st
-        .current_step_index
-        .is_none_or(|i| i as usize >= steps.len());
-    let restart_pending = spec.restart_at.is_some_and(|at| {
-        desired_idx.iter().any(|&i| {
-            let inst = &instances[i];
-            inst.spec.restart_at.is_none_or(|r| r < at)
-                || inst
-                    .status
-                    .as_ref()
-                    .is_none_or(|s| s.restarted_at != Some(at))
-        })
-    });
-    let complete = !st.aborted && steps_done && (n == 0 || all_on_target) && !restart_pending;
-    let rolled_back = st.aborted
-        && stable.as_deref().is_some_and(|s| {
-            desired_idx.iter().all(|&i| {
-                (View {
-                    inst: &instances[i],
-                })
-                .available_on(s)
-            })
-        });
-
-    // Progress and its deadline.
-    let before = rollout.status.as_ref();
-    let progressed =
-        before.is_none_or(|b| staged > b.staged || updated > b.updated || available > b.available);
-    if progressed {
-        st.last_progress_time = Some(now);
-    }
+    let complete = d_complete;
+    let rolled_back = d_rolled_back;
+    let deadline_exceeded = d_deadline_exceeded;
     let deadline = Duration::from_secs(u64::from(strategy.progress_deadline_seconds));
-    let since_progress = st
-        .last_progress_time
-        .map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default());
-    let waiting_on_machines = !complete && !frozen && !step_paused && !st.aborted;
-    let deadline_exceeded = waiting_on_machines && since_progress >= deadline;
-    if waiting_on_machines && !deadline_exceeded {
-        wake(deadline - since_progress);
-    }
-
-    // Completion, history, stable version.
-    let was_complete = before.is_some_and(|b| b.phase == RolloutPhase::Complete)
-        && before.and_then(|b| b.target_version.as_deref()) == Some(target.as_str());
-    if complete {
-        st.stable_version = Some(target.clone());
-        st.stable_sha256 = spec.sha256.clone();
-        if let Some(last) = st.history.last_mut() {
-            if last.result.is_empty() {
-                last.result = "Complete".into();
-                last.completed_at = Some(now);
-            }
-        }
-        if !was_complete {
-            events.push(EventNote::normal(
-                "RolloutCompleted",
-                format!("every machine ({n}) runs version {target}"),
-            ));
-        }
-    }
-    if rolled_back {
-        if let Some(last) = st.history.last_mut() {
-            if last.result.is_empty() {
-                last.result = match st.abort_reason.as_deref() {
-                    Some(REASON_ABORTED) => "Aborted".into(),
-                    _ => "RolledBack".into(),
-                };
-                last.completed_at = Some(now);
-                events.push(EventNote::warning(
-                    "RolledBack",
-                    format!(
-                        "every machine is back on {}",
-                        stable.as_deref().unwrap_or_default()
-                    ),
-                ));
-            }
-        }
-    }
 
     // Phase, message and conditions.
     let first_failure = st
