@@ -5,22 +5,22 @@
 //! Instance specs it wants and the Rollout status. It never reads a store.
 
 use super::EventNote;
-use crate::api::{
-    find_condition, set_condition, ConditionStatus, Instance, Rollout, RolloutPhase, RolloutSpec,
-    RolloutStatus, VersionRef,
-};
-// The decision tests (`tests.rs`) take these with `use super::*`.
-#[cfg(test)]
-use crate::api::{
-    FailureAction, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
-};
-#[cfg(test)]
-use chrono::Duration as ChronoDuration;
+use crate::api::{Instance, Rollout, RolloutSpec, RolloutStatus, VersionRef};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
+// What the decision tests (`tests.rs`) take with `use super::*` beyond the above.
+#[cfg(test)]
+use {
+    crate::api::{
+        find_condition, ConditionStatus, FailureAction, RolloutPhase, ANNOTATION_ABORT,
+        ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
+    },
+    chrono::Duration as ChronoDuration,
+};
 
 mod complete;
+mod conditions;
 mod failure_policy;
 mod observe;
 mod requests;
@@ -62,11 +62,11 @@ pub struct RolloutPlan {
     pub events: Vec<EventNote>,
 }
 
-/// The stable version with its digest, as Instances carry it.
 /// A set of machine names. FxHash: the controller builds and probes one of 10,000 names
 /// per decision, and SipHash was a seventh of that decision (`bench-reconcile`).
 pub type MachineSet<'a> = rustc_hash::FxHashSet<&'a str>;
 
+/// The stable version with its digest, as Instances carry it.
 pub fn stable_ref(status: &RolloutStatus) -> Option<VersionRef> {
     status.stable_version.as_ref().map(|v| VersionRef {
         version: v.clone(),
@@ -256,7 +256,8 @@ impl<'a> Decision<'a> {
     }
 }
 
-/// The whole Rollout decision, as its phases over one [`Decision`].
+/// The whole Rollout decision, as its phases over one [`Decision`]. Each phase reads
+/// what the phases before it decided; the order is the decision.
 pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let mut d = Decision::new(input);
     d.new_revision();
@@ -267,243 +268,12 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     d.stage();
     d.switch();
     d.complete();
-    let Decision {
-        rollout,
-        instances,
-        now,
-        mut st,
-        mut events,
-        requeue,
-        desired,
-        slots,
-        min_staged,
-        failure_paused,
-        step,
-        step_paused,
-        complete: d_complete,
-        rolled_back: d_rolled_back,
-        deadline_exceeded: d_deadline_exceeded,
-        ..
-    } = d;
-    let spec = &rollout.spec;
-    let target = spec.version.clone();
-    let stable = st.stable_version.clone();
-    let desired_idx = desired;
-    let n = st.desired;
-    let strategy = &spec.strategy;
-    let max_unavailable = slots;
-    let (staged, updated, available, failed) = (st.staged, st.updated, st.available, st.failed);
-    let count = |f: &dyn Fn(&View) -> bool, insts: &Vec<Arc<Instance>>| {
-        desired_idx
-            .iter()
-            .filter(|&&i| f(&View { inst: &insts[i] }))
-            .count() as u32
-    };
-
-    let steps = &strategy.steps;
-
-    let user_paused = spec.paused;
-
-    let gate_open = staged >= min_staged;
-    let unavailable = st.unavailable;
-    let complete = d_complete;
-    let rolled_back = d_rolled_back;
-    let deadline_exceeded = d_deadline_exceeded;
-    let deadline = Duration::from_secs(u64::from(strategy.progress_deadline_seconds));
-
-    // Phase, message and conditions.
-    let first_failure = st
-        .failed_machines
-        .first()
-        .map(|f| format!("{}: {}", f.machine, f.message))
-        .unwrap_or_default();
-    let (phase, message) = if st.aborted && !rolled_back {
-        (
-            RolloutPhase::RollingBack,
-            format!(
-                "rolling back to {}: {updated} machine(s) still on {target}",
-                stable.as_deref().unwrap_or_default()
-            ),
-        )
-    } else if st.aborted {
-        (
-            RolloutPhase::Degraded,
-            format!(
-                "version {target} was rolled back; every machine runs {}{}",
-                stable.as_deref().unwrap_or_default(),
-                if first_failure.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({first_failure})")
-                }
-            ),
-        )
-    } else if failure_paused {
-        (
-            RolloutPhase::Degraded,
-            format!("{failed} machine(s) failed version {target}: {first_failure}"),
-        )
-    } else if complete {
-        (
-            RolloutPhase::Complete,
-            format!("{n} machine(s) run version {target}"),
-        )
-    } else if user_paused {
-        (
-            RolloutPhase::Paused,
-            "paused by user: `deployctl rollout resume` continues".to_string(),
-        )
-    } else if step_paused {
-        let until = st
-            .pause_conditions
-            .iter()
-            .find(|p| p.reason == PAUSE_STEP)
-            .and_then(|p| p.until);
-        (
-            RolloutPhase::Paused,
-            match until {
-                Some(u) => format!(
-                    "paused at step {}/{} until {}",
-                    step + 1,
-                    steps.len(),
-                    u.format("%H:%M:%S")
-                ),
-                None => format!(
-                    "paused at step {}/{}: `deployctl rollout promote` continues",
-                    step + 1,
-                    steps.len()
-                ),
-            },
-        )
-    } else if deadline_exceeded {
-        (
-            RolloutPhase::Degraded,
-            format!(
-                "no progress for {}s (progressDeadlineSeconds)",
-                deadline.as_secs()
-            ),
-        )
-    } else if !gate_open {
-        (
-            RolloutPhase::Progressing,
-            format!("waiting for staged {staged}/{min_staged} (minStaged) before any switch"),
-        )
-    } else if unavailable >= max_unavailable {
-        (
-            RolloutPhase::Progressing,
-            format!("switching: slots {unavailable}/{max_unavailable} busy, {available}/{n} available on {target}"),
-        )
-    } else {
-        (
-            RolloutPhase::Progressing,
-            format!("switching: {available}/{n} available on {target}"),
-        )
-    };
-    if phase != st.phase && phase == RolloutPhase::Degraded && deadline_exceeded {
-        events.push(EventNote::warning(
-            "ProgressDeadlineExceeded",
-            message.clone(),
-        ));
-    }
-    st.phase = phase;
-    st.message = message.clone();
-
-    let c = &mut st.conditions;
-    use ConditionStatus::{False, True};
-    let staged_msg = format!("{staged}/{n} machine(s) staged {target}; {min_staged} needed");
-    set_condition(
-        c,
-        "Staged",
-        if gate_open { True } else { False },
-        if gate_open {
-            "MinStagedReached"
-        } else {
-            "WaitingForStage"
-        },
-        &staged_msg,
-        now,
-    );
-    let (prog, prog_reason) = if deadline_exceeded {
-        (False, "ProgressDeadlineExceeded")
-    } else if st.aborted {
-        (
-            False,
-            st.abort_reason.as_deref().unwrap_or(REASON_ROLLED_BACK),
-        )
-    } else if complete {
-        (True, "NewVersionAvailable")
-    } else {
-        (True, "RolloutProgressing")
-    };
-    set_condition(c, "Progressing", prog, prog_reason, &message, now);
-    let min_available = n.saturating_sub(max_unavailable);
-    let serving = count(&|v| !v.unavailable() && v.current().is_some(), &instances);
-    set_condition(
-        c,
-        "Available",
-        if serving >= min_available {
-            True
-        } else {
-            False
-        },
-        if serving >= min_available {
-            "MinimumAvailable"
-        } else {
-            "BelowMinimumAvailable"
-        },
-        &format!("{serving}/{n} machine(s) serving; at least {min_available} wanted"),
-        now,
-    );
-    let (paused, pause_reason) = if user_paused {
-        (True, "UserPaused")
-    } else if failure_paused {
-        (True, PAUSE_FAILURE)
-    } else if step_paused {
-        (True, PAUSE_STEP)
-    } else {
-        (False, "NotPaused")
-    };
-    set_condition(
-        c,
-        "Paused",
-        paused,
-        pause_reason,
-        if paused == True { &message } else { "" },
-        now,
-    );
-    let (degraded, degraded_reason, degraded_msg) = if st.aborted {
-        (
-            True,
-            st.abort_reason.as_deref().unwrap_or(REASON_ROLLED_BACK),
-            message.clone(),
-        )
-    } else if failure_paused {
-        (True, "FailureLimitExceeded", message.clone())
-    } else if deadline_exceeded {
-        (True, "ProgressDeadlineExceeded", message.clone())
-    } else {
-        (False, "NotDegraded", String::new())
-    };
-    set_condition(c, "Degraded", degraded, degraded_reason, &degraded_msg, now);
-    set_condition(
-        c,
-        "Complete",
-        if complete { True } else { False },
-        if complete {
-            "RolloutCompleted"
-        } else {
-            "RolloutNotComplete"
-        },
-        if complete { &message } else { "" },
-        now,
-    );
-    debug_assert!(find_condition(&st.conditions, "Complete").is_some());
-
+    d.conditions();
     RolloutPlan {
-        instances,
-        status: st,
-        requeue_after: requeue,
-        events,
+        instances: d.instances,
+        status: d.st,
+        requeue_after: d.requeue,
+        events: d.events,
     }
 }
 
