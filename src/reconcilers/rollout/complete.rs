@@ -6,8 +6,9 @@ use crate::api::RolloutPhase;
 use std::time::Duration;
 
 impl Decision<'_> {
-    /// Owns `stableVersion`, `stableSha256`, the current revision's `result`, and
-    /// `lastProgressTime`; decides `complete`, `rolled_back` and `deadline_exceeded`.
+    /// Owns `stableVersion`, `stableSha256` and the current revision's `result`, and moves
+    /// `lastProgressTime` on progress; decides `complete`, `rolled_back` and
+    /// `deadline_exceeded`.
     pub(super) fn complete(&mut self) {
         self.complete = !self.st.aborted
             && self.steps_done()

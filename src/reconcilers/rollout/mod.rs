@@ -3,6 +3,12 @@
 //!
 //! [`plan`] is the whole decision: from the Rollout and its Instances (as cached) to the
 //! Instance specs it wants and the Rollout status. It never reads a store.
+//!
+//! It reads as its phases, in order, each a method of `Decision` in the file named for
+//! it: `revision` (a new version opens a revision), `requests` (promote, abort, retry,
+//! undo), `observe` (the counts), `failure_policy`, `steps` (canary steps), `stage`,
+//! `switch` (in slots, and restarts), `complete` (and the progress deadline), `conditions`
+//! (phase, message, conditions). ARCHITECTURE.md lists the status fields each one owns.
 
 use super::EventNote;
 use crate::api::{Instance, Rollout, RolloutSpec, RolloutStatus, VersionRef};
@@ -256,7 +262,7 @@ impl<'a> Decision<'a> {
     }
 }
 
-/// The whole Rollout decision, as its phases over one [`Decision`]. Each phase reads
+/// The whole Rollout decision, as its phases over one `Decision`. Each phase reads
 /// what the phases before it decided; the order is the decision.
 pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     let mut d = Decision::new(input);
