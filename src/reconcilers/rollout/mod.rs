@@ -1,0 +1,287 @@
+//! Rollout: stage → gate → switch (in slots, through canary steps) → verify → complete,
+//! with the failure policy, abort, retry, undo and restart.
+//!
+//! [`plan`] is the whole decision: from the Rollout and its Instances (as cached) to the
+//! Instance specs it wants and the Rollout status. It never reads a store.
+//!
+//! It reads as its phases, in order, each a method of `Decision` in the file named for
+//! it: `revision` (a new version opens a revision), `requests` (promote, abort, retry,
+//! undo), `observe` (the counts), `failure_policy`, `steps` (canary steps), `stage`,
+//! `switch` (in slots, and restarts), `complete` (and the progress deadline), `conditions`
+//! (phase, message, conditions). ARCHITECTURE.md lists the status fields each one owns.
+
+use super::EventNote;
+use crate::api::{Instance, Rollout, RolloutSpec, RolloutStatus, VersionRef};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+// What the decision tests (`tests.rs`) take with `use super::*` beyond the above.
+#[cfg(test)]
+use {
+    crate::api::{
+        find_condition, ConditionStatus, FailureAction, RolloutPhase, ANNOTATION_ABORT,
+        ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
+    },
+    chrono::Duration as ChronoDuration,
+};
+
+mod complete;
+mod conditions;
+mod failure_policy;
+mod observe;
+mod requests;
+mod revision;
+mod stage;
+mod steps;
+mod switch;
+
+/// Pause reasons the controller sets (a user's pause is `spec.paused`).
+pub const PAUSE_STEP: &str = "CanaryPauseStep";
+pub const PAUSE_FAILURE: &str = "FailurePolicy";
+/// Why a Rollout went back to its stable version.
+pub const REASON_ABORTED: &str = "RolloutAborted";
+pub const REASON_ROLLED_BACK: &str = "RolledBack";
+/// At most this many failed machines are listed in the status.
+pub const MAX_FAILED_MACHINES: usize = 10;
+
+/// What the Rollout decision sees.
+pub struct RolloutInput<'a> {
+    pub rollout: &'a Rollout,
+    /// The Application's Instances as the Application plan wants them (existing ones with
+    /// their status; new ones without). The plan copies on write (`Arc::make_mut`) only
+    /// those whose spec it changes; the others come back as the same `Arc`.
+    pub instances: Vec<Arc<Instance>>,
+    /// Machines that count: selected, ready and schedulable.
+    pub desired_machines: &'a MachineSet<'a>,
+    pub now: DateTime<Utc>,
+}
+
+/// What the Rollout decision wants.
+#[derive(Debug)]
+pub struct RolloutPlan {
+    /// Every Instance with the spec it should have (write those that differ); one whose
+    /// spec the plan left alone is the `Arc` it was given.
+    pub instances: Vec<Arc<Instance>>,
+    pub status: RolloutStatus,
+    /// Wake up again by then (timed pause, progress deadline) even without a change.
+    pub requeue_after: Option<Duration>,
+    pub events: Vec<EventNote>,
+}
+
+/// A set of machine names. FxHash: the controller builds and probes one of 10,000 names
+/// per decision, and SipHash was a seventh of that decision (`bench-reconcile`).
+pub type MachineSet<'a> = rustc_hash::FxHashSet<&'a str>;
+
+/// The stable version with its digest, as Instances carry it.
+pub fn stable_ref(status: &RolloutStatus) -> Option<VersionRef> {
+    status.stable_version.as_ref().map(|v| VersionRef {
+        version: v.clone(),
+        sha256: status.stable_sha256.clone(),
+    })
+}
+
+/// How one Instance stands with respect to a version.
+struct View<'a> {
+    inst: &'a Instance,
+}
+
+impl View<'_> {
+    /// The status answers the current spec.
+    fn fresh(&self) -> bool {
+        let st = self.inst.status.as_ref();
+        st.is_some_and(|s| Some(s.observed_generation) == self.inst.metadata.generation)
+    }
+    fn current(&self) -> Option<&str> {
+        self.inst.status.as_ref()?.current_version.as_deref()
+    }
+    fn has_staged(&self, v: &str) -> bool {
+        self.inst
+            .status
+            .as_ref()
+            .is_some_and(|s| s.staged_versions.iter().any(|x| x == v))
+    }
+    fn asked_to_stage(&self, v: &str) -> bool {
+        self.inst.spec.staged.iter().any(|x| x.version == v)
+    }
+    /// Runs `v`, switch done (hooks ran, health held for minReadySeconds).
+    fn available_on(&self, v: &str) -> bool {
+        self.current() == Some(v) && self.inst.status.as_ref().is_some_and(|s| s.available)
+    }
+    /// Failed an operation on `v`, and that failure answers the current spec.
+    fn failed(&self, v: &str) -> bool {
+        self.fresh()
+            && self
+                .inst
+                .status
+                .as_ref()
+                .and_then(|s| s.failure.as_ref())
+                .is_some_and(|f| f.version == v)
+    }
+    /// Not serving normally: switching, verifying, unhealthy or failed. Uses a slot.
+    fn unavailable(&self) -> bool {
+        let Some(want) = self.inst.spec.current.as_deref() else {
+            return false;
+        };
+        let st = self.inst.status.as_ref();
+        let failed = st.and_then(|s| s.failure.as_ref()).is_some() && self.fresh();
+        let settled = self.current() == Some(want) && st.is_some_and(|s| s.available && s.healthy);
+        let restarting = self.inst.spec.restart_at.is_some()
+            && st.is_some_and(|s| s.restarted_at != self.inst.spec.restart_at);
+        failed || !settled || restarting
+    }
+}
+
+/// What the phases of one decision share: the inputs, what earlier phases found, and the
+/// status, events and wake-up time being built. Each phase is a method in the file named
+/// for it.
+struct Decision<'a> {
+    rollout: &'a Rollout,
+    spec: &'a RolloutSpec,
+    /// `spec.version`: the version this decision rolls out.
+    target: &'a str,
+    instances: Vec<Arc<Instance>>,
+    now: DateTime<Utc>,
+    /// The status being built, from the one read.
+    st: RolloutStatus,
+    events: Vec<EventNote>,
+    /// The earliest wake-up any phase asked for (see [`Decision::wake`]).
+    requeue: Option<Duration>,
+    /// The stable version as read: what an abort or a rollback goes back to.
+    stable: Option<&'a str>,
+    /// A promote not yet handled (its token), read by the requests phase and acted on by
+    /// the steps phase, after the failure policy.
+    promote: Option<String>,
+    /// `rollout undo` made this generation: go straight to every machine.
+    undo: bool,
+    /// Indices (into `instances`) of the Instances on desired machines, in order.
+    desired: Vec<usize>,
+    /// How many desired machines may be unavailable at once (`maxUnavailable`).
+    slots: u32,
+    /// How many desired machines must have staged the target before any switch.
+    min_staged: u32,
+    /// Machines asked to stage the target that have neither staged nor failed it: they
+    /// hold `maxParallelStage` budget.
+    stage_in_flight: u32,
+    /// The failure policy paused the rollout (a retry or a new version lifts it).
+    failure_paused: bool,
+    /// The canary step in force (`steps.len()` once past every step).
+    step: usize,
+    /// Held at a pause step (timed or until a promote).
+    step_paused: bool,
+    /// How many desired machines may run the target at this step.
+    cap: u32,
+    /// Every desired machine runs the target, past every step and restart, not going back.
+    complete: bool,
+    /// Gone back, and every desired machine runs the stable version again.
+    rolled_back: bool,
+    /// Waiting on machines with no progress for `progressDeadlineSeconds`.
+    deadline_exceeded: bool,
+}
+
+impl<'a> Decision<'a> {
+    fn new(input: RolloutInput<'a>) -> Self {
+        let RolloutInput {
+            rollout,
+            instances,
+            desired_machines,
+            now,
+        } = input;
+        let desired = (0..instances.len())
+            .filter(|&i| desired_machines.contains(instances[i].spec.machine.as_str()))
+            .collect();
+        Decision {
+            rollout,
+            spec: &rollout.spec,
+            target: &rollout.spec.version,
+            instances,
+            now,
+            st: rollout.status.clone().unwrap_or_default(),
+            events: Vec::new(),
+            requeue: None,
+            stable: rollout
+                .status
+                .as_ref()
+                .and_then(|s| s.stable_version.as_deref()),
+            promote: None,
+            undo: false,
+            desired,
+            slots: 0,
+            min_staged: 0,
+            stage_in_flight: 0,
+            failure_paused: false,
+            step: 0,
+            step_paused: false,
+            cap: 0,
+            complete: false,
+            rolled_back: false,
+            deadline_exceeded: false,
+        }
+    }
+
+    /// The Rollout's generation (1 before the store gives it one).
+    fn generation(&self) -> i64 {
+        self.rollout.metadata.generation.unwrap_or(1)
+    }
+
+    /// How many desired machines `f` holds for.
+    fn count(&self, f: impl Fn(&View) -> bool) -> u32 {
+        self.desired
+            .iter()
+            .filter(|&&i| {
+                f(&View {
+                    inst: &self.instances[i],
+                })
+            })
+            .count() as u32
+    }
+
+    /// A user's pause or the failure policy's: nothing new is staged or switched.
+    fn frozen(&self) -> bool {
+        self.spec.paused || self.failure_paused
+    }
+
+    /// Enough machines staged the target for switching to start (`minStaged`).
+    fn gate_open(&self) -> bool {
+        self.st.staged >= self.min_staged
+    }
+
+    /// Every desired machine (at least one) runs the target, available.
+    fn all_on_target(&self) -> bool {
+        !self.desired.is_empty()
+            && self.desired.iter().all(|&i| {
+                (View {
+                    inst: &self.instances[i],
+                })
+                .available_on(self.target)
+            })
+    }
+
+    /// Wake up again within `d` (the earliest such request wins).
+    fn wake(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+}
+
+/// The whole Rollout decision, as its phases over one `Decision`. Each phase reads
+/// what the phases before it decided; the order is the decision.
+pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
+    let mut d = Decision::new(input);
+    d.new_revision();
+    d.requests();
+    d.observe();
+    d.failure_policy();
+    d.steps();
+    d.stage();
+    d.switch();
+    d.complete();
+    d.conditions();
+    RolloutPlan {
+        instances: d.instances,
+        status: d.st,
+        requeue_after: d.requeue,
+        events: d.events,
+    }
+}
+
+#[cfg(test)]
+mod tests;
