@@ -24,6 +24,15 @@ use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The largest transaction either store takes: etcd's default `--max-request-bytes`
+/// (1.5 MiB), counted as [`request_bytes`] does. The embedded store keeps the same limit
+/// so that what works on one store works on the other.
+pub const MAX_REQUEST_BYTES: usize = 3 << 19;
+
+/// The largest encoded object `apply` sends: the request limit less room for the
+/// object's keys, the transaction's compares and etcd's framing.
+pub const MAX_OBJECT_BYTES: usize = MAX_REQUEST_BYTES - (16 << 10);
+
 /// What can go wrong talking to a store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
