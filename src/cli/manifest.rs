@@ -28,6 +28,9 @@ pub mod limits {
     /// Documents in one file, the items of `kind: List` documents included. Larger
     /// inventories belong in several files of a directory.
     pub const MAX_DOCUMENTS_PER_FILE: usize = 1_000;
+    /// Documents of every file of one command together: validating and applying each
+    /// takes about 0.1 ms, so this keeps a load near a second.
+    pub const MAX_DOCUMENTS: usize = 10_000;
     /// Nested collections in one document. The deepest object is under 10 levels; parsers
     /// slow down sharply (quadratically in libyaml) with deep flow nesting.
     pub const MAX_DEPTH: usize = 64;
@@ -794,10 +797,22 @@ pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec
     let sources = read_sources(args)?;
     let mut errors: Vec<LoadError> = Vec::new();
     let mut loaded: Vec<Loaded> = Vec::new();
-    for source in &sources {
+    let mut count = 0;
+    'sources: for source in &sources {
         let (docs, parse_errors) = parse_documents(source);
         errors.extend(parse_errors.into_iter().map(LoadError::Manifest));
         for doc in docs {
+            count += 1;
+            if count > MAX_DOCUMENTS {
+                errors.push(LoadError::Manifest(ManifestError {
+                    message: format!(
+                        "more than the limit of {MAX_DOCUMENTS} documents in one command \
+                         (apply them in several)"
+                    ),
+                    ..too_many_documents(doc.origin)
+                }));
+                break 'sources;
+            }
             match validate_document(&doc, default_namespace) {
                 Ok(manifest) => loaded.push(Loaded {
                     origin: doc.origin.clone(),
@@ -1114,6 +1129,23 @@ spec:
         assert_eq!(docs.len(), 1000);
         assert!(errs[0].to_string().contains("item 1001"), "{}", errs[0]);
         assert!(errs[0].to_string().contains(limit), "{}", errs[0]);
+    }
+
+    #[test]
+    fn documents_past_the_limit_of_one_command_should_be_refused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file: String = (0..1000).map(|_| "---\n{}\n").collect();
+        for i in 0..11 {
+            std::fs::write(dir.path().join(format!("f{i:02}.yaml")), &file).expect("writable");
+        }
+        let errors = load(&[dir.path().display().to_string()], "default").expect_err("refused");
+        assert_eq!(errors.len(), MAX_DOCUMENTS + 1);
+        let last = errors.last().expect("not empty").to_string();
+        assert!(last.contains("f10.yaml: document 2 (line 2)"), "{last}");
+        assert!(
+            last.contains("more than the limit of 10000 documents in one command"),
+            "{last}"
+        );
     }
 
     #[test]
