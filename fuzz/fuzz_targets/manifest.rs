@@ -43,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
         }
         for line in lines {
             // Origin, kind, name, path and message: each quoted part is clipped.
-            assert!(line.len() < 8 * limits::MAX_QUOTED_CHARS, "{} bytes", line.len());
+            assert!(
+                line.len() < 8 * limits::MAX_QUOTED_CHARS,
+                "{} bytes",
+                line.len()
+            );
         }
     }
 });
