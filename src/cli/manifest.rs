@@ -31,6 +31,10 @@ pub mod limits {
     /// Documents of every file of one command together: validating and applying each
     /// takes about 0.1 ms, so this keeps a load near a second.
     pub const MAX_DOCUMENTS: usize = 10_000;
+    /// Values (scalars and collections) in one YAML file: building each costs time and
+    /// memory however short its text (`- 1` is four bytes). A thousand objects of a
+    /// hundred fields each have 100,000.
+    pub const MAX_NODES_PER_FILE: usize = 250_000;
     /// Nested collections in one document. The deepest object is under 10 levels; parsers
     /// slow down sharply (quadratically in libyaml) with deep flow nesting.
     pub const MAX_DEPTH: usize = 64;
@@ -432,6 +436,7 @@ fn parse_yaml(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
     let mut found = 0;
+    let mut nodes_left = MAX_NODES_PER_FILE;
     for (index, (start_line, chunk)) in split_yaml(&source.text).into_iter().enumerate() {
         let first_content = chunk
             .lines()
@@ -454,7 +459,7 @@ fn parse_yaml(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
             errors.push(too_many_documents(origin));
             break;
         }
-        match yaml::parse(&chunk) {
+        match yaml::parse(&chunk, &mut nodes_left) {
             Ok(Some(value)) => docs.push(Document {
                 origin,
                 value,
@@ -1078,6 +1083,44 @@ spec:
         for src in [yaml(&past), json(&past)] {
             check_source(src, &[limit]);
         }
+    }
+
+    #[test]
+    fn a_flow_collection_past_the_lookahead_limit_should_be_refused() {
+        // The scanner would keep every token of it until its end: 4 MB were 500 MB.
+        let huge = format!("[{}1]\n", "1,".repeat(2_000_000));
+        check_source(
+            yaml(&huge),
+            &["document 1 (line 1): a flow collection ([…] or {…}) of more than 131072 values"],
+        );
+        // Block style of the same size, and flow style within the limit, load.
+        let block = "- 1\n".repeat(200_000);
+        let within = format!("a: [{}1]\n", "1,".repeat(100_000));
+        for text in [block, within] {
+            let (docs, errs) = parse_documents(&yaml(&text));
+            assert!(errs.is_empty(), "{errs:?}");
+            assert_eq!(docs.len(), 1);
+        }
+    }
+
+    #[test]
+    fn values_past_the_limit_of_one_file_should_be_refused() {
+        let limit = "more than the limit of 250000 values in one file";
+        check_source(yaml(&"- 1\n".repeat(300_000)), &[limit]);
+        // Counted across the documents of the file.
+        let docs: String = (0..3)
+            .map(|_| format!("---\n{}", "- 1\n".repeat(100_000)))
+            .collect();
+        let (parsed, errs) = parse_documents(&yaml(&docs));
+        assert_eq!(parsed.len(), 2);
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("document 4 (line 250001): [49997]"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].to_string().contains(limit), "{}", errs[0]);
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! nesting limit stops the parser before it has read a deeper level, and an alias costs
 //! its expanded size before it is copied, so an anchor bomb is refused, not expanded.
 
-use super::limits::{MAX_ALIAS_EXPANSION, MAX_DEPTH};
+use super::limits::{MAX_ALIAS_EXPANSION, MAX_DEPTH, MAX_NODES_PER_FILE};
 use super::ParseError;
 use serde_json::{Map, Number, Value};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use yaml_rust2::parser::{Event, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
@@ -17,24 +19,61 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 const NODE_COST: u64 = 16;
 
 /// Parses `text`, which holds at most one YAML document. `Ok(None)` when it holds none.
-pub(super) fn parse(text: &str) -> Result<Option<Value>, ParseError> {
-    let mut parser = Parser::new_from_str(text);
-    let mut builder = Builder::default();
+/// Each node takes one from `nodes_left` (what is left of [`MAX_NODES_PER_FILE`]).
+pub(super) fn parse(text: &str, nodes_left: &mut usize) -> Result<Option<Value>, ParseError> {
+    let reach = Rc::new(Reach::default());
+    let mut parser = Parser::new(Windowed {
+        chars: text.chars(),
+        reach: reach.clone(),
+        after_blank: true,
+    });
+    let mut builder = Builder {
+        nodes_left: *nodes_left,
+        ..Builder::default()
+    };
+    let result = build(&mut parser, &mut builder, &reach);
+    *nodes_left = builder.nodes_left;
+    result
+}
+
+fn build(
+    parser: &mut Parser<Windowed<'_>>,
+    builder: &mut Builder,
+    reach: &Reach,
+) -> Result<Option<Value>, ParseError> {
     loop {
-        let (event, mark) = parser.next_token().map_err(|e| ParseError {
+        let next = parser.next_token();
+        if reach.cut.get() {
+            // The input was ended early: whatever the scanner made of it is not the text.
+            return Err(ParseError {
+                line: next
+                    .as_ref()
+                    .map_or_else(|e| e.marker().line(), |(_, m)| m.line())
+                    .max(1),
+                column: 1,
+                path: builder.path(),
+                message: format!(
+                    "a flow collection ([…] or {{…}}) of more than {MAX_LOOKAHEAD_TOKENS} \
+                     values: write it in block style"
+                ),
+            });
+        }
+        let (event, mark) = next.map_err(|e| ParseError {
             line: e.marker().line().max(1),
             column: e.marker().col() + 1,
             // The scanner reads ahead of the builder: its path would be a guess.
             path: None,
-            // The scanner reads a little ahead, and stops at 255 open flow collections
-            // before the builder has seen the 65th.
-            message: match e.info() {
-                "recursion limit exceeded" => depth_message(),
-                info => format!("malformed YAML: {info}"),
+            message: if e.info() == "recursion limit exceeded" {
+                // The scanner stops at 255 open flow collections, reading a little ahead
+                // of the builder, which would have stopped at the 65th.
+                depth_message()
+            } else {
+                format!("malformed YAML: {}", e.info())
             },
         })?;
+        reach.built.set(reach.read.get());
         match event {
-            Event::StreamEnd => return Ok(builder.root),
+            Event::StreamEnd => return Ok(builder.root.take()),
             Event::DocumentStart if builder.documents == 1 => {
                 return Err(builder.error(
                     mark,
@@ -44,6 +83,56 @@ pub(super) fn parse(text: &str) -> Result<Option<Value>, ParseError> {
             Event::DocumentStart => builder.documents += 1,
             event => builder.event(event, mark)?,
         }
+    }
+}
+
+/// How many tokens the scanner may read past the last event. In a flow collection it
+/// keeps every token until the collection ends (it might turn out to be a mapping key),
+/// about 100 bytes a token: the window bounds that memory (4 MB of `[1,1,…]` took 500 MB),
+/// and is far above the flow style people write (a `get -o json` of a thousand objects
+/// has fewer).
+const MAX_LOOKAHEAD_TOKENS: usize = 1 << 17;
+
+/// How far the scanner and the builder are, in tokens (counted as [`Windowed`] says).
+#[derive(Default)]
+struct Reach {
+    /// Tokens handed to the scanner.
+    read: Cell<usize>,
+    /// `read` when the last event was built.
+    built: Cell<usize>,
+    /// Set when the window ended the input early.
+    cut: Cell<bool>,
+}
+
+/// The document's characters, ending early once the scanner is more than
+/// [`MAX_LOOKAHEAD_TOKENS`] ahead of the builder. A token is counted where one may
+/// start: at a flow indicator, or at the first character after a blank; a long scalar
+/// is one token however long.
+struct Windowed<'a> {
+    chars: std::str::Chars<'a>,
+    reach: Rc<Reach>,
+    /// The last character was a blank (or none was read yet).
+    after_blank: bool,
+}
+
+impl Iterator for Windowed<'_> {
+    type Item = char;
+    fn next(&mut self) -> Option<char> {
+        if self.reach.cut.get() {
+            return None;
+        }
+        let c = self.chars.next()?;
+        let blank = c.is_whitespace();
+        if matches!(c, '[' | ']' | '{' | '}' | ',' | ':') || (self.after_blank && !blank) {
+            let read = self.reach.read.get() + 1;
+            self.reach.read.set(read);
+            if read > self.reach.built.get() + MAX_LOOKAHEAD_TOKENS {
+                self.reach.cut.set(true);
+                return None;
+            }
+        }
+        self.after_blank = blank;
+        Some(c)
     }
 }
 
@@ -79,10 +168,24 @@ struct Builder {
     size: u64,
     /// What aliases have added to `size`.
     expanded: u64,
+    /// Nodes this file may still have.
+    nodes_left: usize,
 }
 
 impl Builder {
     fn event(&mut self, event: Event, mark: Marker) -> Result<(), ParseError> {
+        if matches!(
+            event,
+            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..)
+        ) {
+            if self.nodes_left == 0 {
+                return Err(self.error(
+                    mark,
+                    format!("more than the limit of {MAX_NODES_PER_FILE} values in one file"),
+                ));
+            }
+            self.nodes_left -= 1;
+        }
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 self.check_tag(tag.as_ref(), true, mark)?;
