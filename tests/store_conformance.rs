@@ -120,6 +120,7 @@ conformance! {
         client_delete_should_remove_spec_and_status,
         list_watch_should_emit_restarted_then_merged_applied_and_deleted,
         write_batch_should_land_hundreds_of_writes_and_report_a_conflict,
+        a_write_past_the_request_limit_should_be_refused_naming_it_and_change_nothing,
     ],
     fixture: [
         watch_should_resume_after_a_disconnect_without_loss_or_repeats,
@@ -213,6 +214,62 @@ fn rollout(name: &str, version: &str) -> Rollout {
 
 // ---------------------------------------------------------------------------------------
 // Keys, lists and transactions
+
+/// One limit for both stores: the largest write either takes is what etcd takes by
+/// default, and a larger one is refused by name before anything is written.
+async fn a_write_past_the_request_limit_should_be_refused_naming_it_and_change_nothing(
+    store: Arc<dyn Store>,
+) {
+    use deployctl::store::{request_bytes, MAX_REQUEST_BYTES};
+    let with_value = |len: usize| Txn {
+        compares: vec![],
+        ops: vec![Op::Put {
+            key: "/t/big".into(),
+            value: vec![b'x'; len],
+            lease: 0,
+        }],
+    };
+    let overhead = request_bytes(&with_value(0));
+    // Exactly at the limit: written (etcd's own check agrees).
+    let at_limit = with_value(MAX_REQUEST_BYTES - overhead);
+    assert_eq!(request_bytes(&at_limit), MAX_REQUEST_BYTES);
+    let res = store.txn(at_limit).await.expect("a write at the limit");
+    assert!(res.succeeded);
+    let kv = store.get("/t/big").await.expect("get").expect("written");
+    assert_eq!(kv.value.len(), MAX_REQUEST_BYTES - overhead);
+
+    // One byte past it, or a 50 MB value: refused, naming the limit; the key keeps its value.
+    for len in [MAX_REQUEST_BYTES - overhead + 1, 50 << 20] {
+        let err = store
+            .txn(with_value(len))
+            .await
+            .expect_err("past the limit");
+        assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("the write of /t/big")
+                && text.contains("larger than the store's limit of 1572864 bytes"),
+            "{text}"
+        );
+        let kv = store
+            .get("/t/big")
+            .await
+            .expect("get")
+            .expect("still there");
+        assert_eq!(kv.mod_revision, res.revision, "nothing was written");
+    }
+
+    // Through the typed client: an object with a 2 MB annotation is not created.
+    let client = Client::new(store.clone());
+    let mut ro = rollout("huge", "1.0.0");
+    ro.metadata
+        .annotations
+        .insert("note".into(), "a".repeat(2 << 20));
+    let err = client.create(&ro).await.expect_err("too large");
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    let listed = client.list::<Rollout>(&Scope::All).await.expect("list");
+    assert!(listed.items.is_empty(), "nothing was written");
+}
 
 async fn create_should_fail_when_the_key_already_exists(store: Arc<dyn Store>) {
     let create = |value: &str| Txn {

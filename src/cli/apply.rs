@@ -57,9 +57,7 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
     let loaded = match manifest::load(&args.files, &g.namespace) {
         Ok(l) => l,
         Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
+            manifest::print_errors(&errors);
             return Err(CliError::Exit(1).into());
         }
     };

@@ -144,8 +144,6 @@ fn targets_from_files(files: &[String], default_namespace: &str) -> anyhow::Resu
 }
 
 fn report(errors: Vec<LoadError>) -> anyhow::Error {
-    for e in &errors {
-        eprintln!("error: {e}");
-    }
+    manifest::print_errors(&errors);
     CliError::Exit(1).into()
 }

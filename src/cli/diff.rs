@@ -36,9 +36,7 @@ pub async fn run(g: &GlobalArgs, args: DiffArgs) -> anyhow::Result<i32> {
     let loaded = match manifest::load(&args.files, &g.namespace) {
         Ok(l) => l,
         Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
+            manifest::print_errors(&errors);
             return Ok(EXIT_ERROR);
         }
     };

@@ -6,10 +6,89 @@ use crate::api::validation::{
     validate_application, validate_machine, validate_rollout, FieldError,
 };
 use crate::api::{Application, KindName, Machine, Object, Rollout, API_VERSION};
+use limits::*;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+mod json;
+mod yaml;
+
+/// What the loader refuses past, at once and naming the limit. Each is far above what a
+/// real manifest needs and low enough that loading stays under a second or two and a few
+/// hundred MB, whatever the input.
+pub mod limits {
+    /// One file (or stdin). The largest manifests in use are a few hundred KB; an object
+    /// cannot exceed the store's 1.5 MiB anyway.
+    pub const MAX_FILE_BYTES: u64 = 4 << 20;
+    /// Every file of one command together (a directory tree, several `-f`).
+    pub const MAX_TOTAL_BYTES: u64 = 16 << 20;
+    /// Documents in one file, the items of `kind: List` documents included. Larger
+    /// inventories belong in several files of a directory.
+    pub const MAX_DOCUMENTS_PER_FILE: usize = 1_000;
+    /// Documents of every file of one command together: validating and applying each
+    /// takes about 0.1 ms, so this keeps a load near a second.
+    pub const MAX_DOCUMENTS: usize = 10_000;
+    /// Values (scalars and collections) in one YAML file: building each costs time and
+    /// memory however short its text (`- 1` is four bytes). A thousand objects of a
+    /// hundred fields each have 100,000.
+    pub const MAX_NODES_PER_FILE: usize = 250_000;
+    /// Nested collections in one document. The deepest object is under 10 levels; parsers
+    /// slow down sharply (quadratically in libyaml) with deep flow nesting.
+    pub const MAX_DEPTH: usize = 64;
+    /// Bytes that aliases may add to one document when expanded: a shared `env` block
+    /// is a few KB, while an anchor bomb expands to gigabytes.
+    pub const MAX_ALIAS_EXPANSION: u64 = 1 << 20;
+    /// Errors printed by one command; the rest are counted ("and K more error(s)").
+    pub const MAX_PRINTED_ERRORS: usize = 20;
+    /// Characters of one quoted name, field path or message in an error line.
+    pub const MAX_QUOTED_CHARS: usize = 400;
+}
+
+/// A document that could not be read, at a line and column of its own text.
+#[derive(Debug)]
+struct ParseError {
+    /// 1-based, within the text parsed.
+    line: usize,
+    column: usize,
+    /// The field being read, when known.
+    path: Option<String>,
+    message: String,
+}
+
+/// `text` cut to `max` characters, saying how much was left out: error lines quote input,
+/// and input can be megabytes.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((at, _)) => format!("{}… ({} more bytes)", &text[..at], text.len() - at).into(),
+    }
+}
+
+/// At most [`MAX_PRINTED_ERRORS`] error lines, then "and K more error(s)".
+pub fn bounded_lines<E: fmt::Display>(errors: &[E]) -> Vec<String> {
+    let mut lines: Vec<String> = errors
+        .iter()
+        .take(MAX_PRINTED_ERRORS)
+        .map(|e| e.to_string())
+        .collect();
+    if errors.len() > MAX_PRINTED_ERRORS {
+        lines.push(format!(
+            "and {} more error(s)",
+            errors.len() - MAX_PRINTED_ERRORS
+        ));
+    }
+    lines
+}
+
+/// Prints load errors to stderr, bounded as [`bounded_lines`] says.
+pub fn print_errors(errors: &[LoadError]) {
+    for line in bounded_lines(errors) {
+        eprintln!("error: {line}");
+    }
+}
 
 /// Where a document came from: `rollout.yaml: document 2 (line 14)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,16 +131,18 @@ pub struct ManifestError {
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.origin)?;
-        match (&self.kind, &self.name) {
+        let kind = self.kind.as_deref().map(|k| clip(k, MAX_QUOTED_CHARS));
+        let name = self.name.as_deref().map(|n| clip(n, MAX_QUOTED_CHARS));
+        match (kind, name) {
             (Some(k), Some(n)) => write!(f, ", {k} {n:?}")?,
             (Some(k), None) => write!(f, ", {k}")?,
             (None, Some(n)) => write!(f, ", {n:?}")?,
             (None, None) => {}
         }
         if let Some(p) = &self.path {
-            write!(f, ": {p}")?;
+            write!(f, ": {}", clip(p, MAX_QUOTED_CHARS))?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", clip(&self.message, MAX_QUOTED_CHARS))
     }
 }
 
@@ -150,50 +231,124 @@ pub struct Loaded {
 }
 
 /// Reads every `-f` argument: `-` is stdin, a directory is read recursively
-/// (`*.yaml`, `*.yml`, `*.json`, sorted by path).
+/// (`*.yaml`, `*.yml`, `*.json`, sorted by path). Only regular files are read (a FIFO
+/// would block), each within [`MAX_FILE_BYTES`] and all within [`MAX_TOTAL_BYTES`].
 pub fn read_sources(args: &[String]) -> Result<Vec<Source>, Vec<LoadError>> {
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
+    let mut reader = Reader::default();
     for arg in args {
         if arg == "-" {
-            let mut text = String::new();
-            match std::io::stdin().read_to_string(&mut text) {
-                Ok(_) => sources.push(Source {
-                    name: "<stdin>".into(),
-                    text,
-                    json: false,
-                }),
-                Err(e) => errors.push(source_error("<stdin>", format!("cannot read: {e}"))),
-            }
+            reader.read("<stdin>", std::io::stdin().lock(), false);
             continue;
         }
         let path = Path::new(arg);
         match std::fs::metadata(path) {
-            Err(e) => errors.push(source_error(arg, format!("cannot read: {e}"))),
+            Err(e) => reader.fail(arg, format!("cannot read: {e}")),
             Ok(m) if m.is_dir() => {
                 let mut files = Vec::new();
                 if let Err(e) = walk(path, &mut files) {
-                    errors.push(source_error(arg, e));
+                    reader.fail(arg, e);
                     continue;
                 }
                 files.sort();
                 if files.is_empty() {
-                    errors.push(source_error(
+                    reader.fail(
                         arg,
                         "no *.yaml, *.yml or *.json files in this directory".into(),
-                    ));
+                    );
                 }
                 for f in files {
-                    read_file(&f, &mut sources, &mut errors);
+                    reader.read_file(&f);
                 }
             }
-            Ok(_) => read_file(path, &mut sources, &mut errors),
+            Ok(_) => reader.read_file(path),
         }
     }
-    if errors.is_empty() {
-        Ok(sources)
+    if reader.errors.is_empty() {
+        Ok(reader.sources)
     } else {
-        Err(errors)
+        Err(reader.errors)
+    }
+}
+
+/// The sources read so far, and what they added up to.
+#[derive(Default)]
+struct Reader {
+    sources: Vec<Source>,
+    errors: Vec<LoadError>,
+    total: u64,
+}
+
+impl Reader {
+    fn fail(&mut self, name: &str, message: String) {
+        self.errors.push(source_error(name, message));
+    }
+
+    /// Opens without blocking (a FIFO's open waits for a writer) and reads only a
+    /// regular file: whatever the directory listing said, the open file is what counts.
+    fn read_file(&mut self, path: &Path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path);
+        let file = match file.and_then(|f| f.metadata().map(|m| (f, m))) {
+            Ok((f, m)) if m.is_file() => f,
+            Ok((_, m)) => {
+                let what = file_type_name(&m.file_type());
+                return self.fail(&name, format!("not a regular file ({what}): refused"));
+            }
+            Err(e) => return self.fail(&name, format!("cannot read: {e}")),
+        };
+        let json = path.extension().and_then(|e| e.to_str()) == Some("json");
+        self.read(&name, file, json);
+    }
+
+    /// Reads at most one byte past what the limits leave, so an endless or huge input
+    /// costs no more than the limit.
+    fn read(&mut self, name: &str, input: impl Read, json: bool) {
+        let left = MAX_TOTAL_BYTES.saturating_sub(self.total);
+        let cap = MAX_FILE_BYTES.min(left);
+        let mut bytes = Vec::new();
+        if let Err(e) = input.take(cap + 1).read_to_end(&mut bytes) {
+            return self.fail(name, format!("cannot read: {e}"));
+        }
+        if bytes.len() as u64 > cap {
+            let message = if cap == MAX_FILE_BYTES {
+                format!("larger than the limit of {MAX_FILE_BYTES} bytes for one file")
+            } else {
+                format!("the files together are larger than the limit of {MAX_TOTAL_BYTES} bytes")
+            };
+            return self.fail(name, message);
+        }
+        self.total += bytes.len() as u64;
+        match String::from_utf8(bytes) {
+            Ok(text) => self.sources.push(Source {
+                name: name.to_string(),
+                text,
+                json,
+            }),
+            Err(e) => self.fail(
+                name,
+                format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+            ),
+        }
+    }
+}
+
+/// What a file that is not a regular file is, for its error.
+fn file_type_name(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
     }
 }
 
@@ -218,28 +373,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml" | "json")
         ) {
+            // Not only regular files: a FIFO named `*.yaml` is refused by name when read.
             out.push(path);
         }
     }
     Ok(())
 }
 
-fn read_file(path: &Path, sources: &mut Vec<Source>, errors: &mut Vec<LoadError>) {
-    let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => sources.push(Source {
-            json: path.extension().and_then(|e| e.to_str()) == Some("json"),
-            name,
-            text,
-        }),
-        Err(e) => errors.push(source_error(&name, format!("cannot read: {e}"))),
-    }
-}
-
 /// Splits a source into documents; a document that does not parse is an error that
-/// names its line. `kind: List` documents are expanded into their items.
+/// names its line. `kind: List` documents are expanded into their items. Past
+/// [`MAX_DOCUMENTS_PER_FILE`] (items included) the rest of the source is refused.
 pub fn parse_documents(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
-    let (docs, errors) = if source.json {
+    let (docs, mut errors) = if source.json {
         parse_json(source)
     } else {
         parse_yaml(source)
@@ -248,8 +393,12 @@ pub fn parse_documents(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
     for d in docs {
         let is_list = d.value.get("kind").and_then(Value::as_str) == Some("List")
             && d.value.get("items").is_some_and(Value::is_array);
-        if is_list {
-            let items = d.value["items"].as_array().cloned().unwrap_or_default();
+        if !is_list {
+            out.push(d);
+        } else if let Value::Object(mut map) = d.value {
+            let Some(Value::Array(items)) = map.remove("items") else {
+                unreachable!("checked above: items is an array")
+            };
             for (i, item) in items.into_iter().enumerate() {
                 out.push(Document {
                     origin: Origin {
@@ -260,16 +409,34 @@ pub fn parse_documents(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
                     text: None,
                 });
             }
-        } else {
-            out.push(d);
+        }
+        if out.len() > MAX_DOCUMENTS_PER_FILE {
+            let last = out.pop().expect("more than the limit, so not empty");
+            errors.push(too_many_documents(last.origin));
+            break;
         }
     }
     (out, errors)
 }
 
+fn too_many_documents(origin: Origin) -> ManifestError {
+    ManifestError {
+        origin,
+        kind: None,
+        name: None,
+        path: None,
+        message: format!(
+            "more than the limit of {MAX_DOCUMENTS_PER_FILE} documents in one file \
+             (split them into several files)"
+        ),
+    }
+}
+
 fn parse_yaml(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
+    let mut found = 0;
+    let mut nodes_left = MAX_NODES_PER_FILE;
     for (index, (start_line, chunk)) in split_yaml(&source.text).into_iter().enumerate() {
         let first_content = chunk
             .lines()
@@ -287,60 +454,36 @@ fn parse_yaml(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
             item: None,
             line: Some(doc_line),
         };
-        let parsed: Result<serde_yaml::Value, _> = serde_yaml::from_str(&chunk);
-        let yaml = match parsed {
-            Ok(v) => v,
-            Err(e) => {
-                let (line, message) = yaml_error(&e, start_line);
-                // An error at the end of input points past the document: name its last line.
-                let last_line = start_line + chunk.lines().count().max(1) - 1;
-                let line = line.map(|l| l.min(last_line));
-                errors.push(ManifestError {
-                    origin: Origin {
-                        line: line.or(Some(doc_line)),
-                        ..origin
-                    },
-                    kind: None,
-                    name: None,
-                    path: None,
-                    message: format!("malformed YAML: {message}"),
-                });
-                continue;
-            }
-        };
-        match serde_json::to_value(&yaml) {
-            Ok(value) => docs.push(Document {
+        found += 1;
+        if found > MAX_DOCUMENTS_PER_FILE {
+            errors.push(too_many_documents(origin));
+            break;
+        }
+        match yaml::parse(&chunk, &mut nodes_left) {
+            Ok(Some(value)) => docs.push(Document {
                 origin,
                 value,
                 text: Some((start_line, chunk)),
             }),
-            Err(e) => errors.push(ManifestError {
-                origin,
-                kind: None,
-                name: None,
-                path: None,
-                message: format!("cannot be represented as JSON: {e}"),
-            }),
+            Ok(None) => {} // only comments and markers
+            Err(e) => {
+                // An error at the end of input points past the document: name its last line.
+                let last_line = start_line + chunk.lines().count().max(1) - 1;
+                let line = (start_line + e.line - 1).min(last_line);
+                errors.push(ManifestError {
+                    origin: Origin {
+                        line: Some(line),
+                        ..origin
+                    },
+                    kind: None,
+                    name: None,
+                    path: e.path,
+                    message: format!("{} (column {})", e.message, e.column),
+                });
+            }
         }
     }
     (docs, errors)
-}
-
-/// The absolute line of a YAML error, and its message without serde_yaml's relative
-/// "at line N column M".
-fn yaml_error(e: &serde_yaml::Error, start_line: usize) -> (Option<usize>, String) {
-    let text = e.to_string();
-    let message = match text.find(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    };
-    match e.location() {
-        Some(loc) => (
-            Some(start_line + loc.line() - 1),
-            format!("{message} (column {})", loc.column()),
-        ),
-        None => (None, message),
-    }
 }
 
 /// Splits YAML text on `---` lines; returns each document's first line (1-based) and text.
@@ -372,7 +515,7 @@ fn split_yaml(text: &str) -> Vec<(usize, String)> {
 fn parse_json(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
-    let mut stream = serde_json::Deserializer::from_str(&source.text).into_iter::<Value>();
+    let mut stream = serde_json::Deserializer::from_str(&source.text).into_iter::<json::Checked>();
     let mut index = 0;
     loop {
         let offset = stream.byte_offset();
@@ -389,8 +532,12 @@ fn parse_json(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
             item: None,
             line: Some(line),
         };
+        if index > MAX_DOCUMENTS_PER_FILE {
+            errors.push(too_many_documents(origin));
+            break;
+        }
         match item {
-            Ok(value) => docs.push(Document {
+            Ok(json::Checked(value)) => docs.push(Document {
                 origin,
                 value,
                 text: None,
@@ -401,6 +548,8 @@ fn parse_json(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
                     Some(i) => message[..i].to_string(),
                     None => message,
                 };
+                // A duplicate key or the nesting limit is well-formed JSON refused.
+                let prefix = if e.is_data() { "" } else { "malformed JSON: " };
                 errors.push(ManifestError {
                     origin: Origin {
                         line: Some(e.line()),
@@ -409,9 +558,9 @@ fn parse_json(source: &Source) -> (Vec<Document>, Vec<ManifestError>) {
                     kind: None,
                     name: None,
                     path: None,
-                    message: format!("malformed JSON: {message} (column {})", e.column()),
+                    message: format!("{prefix}{message} (column {})", e.column()),
                 });
-                break; // the stream cannot resume after a syntax error
+                break; // the stream cannot resume after an error
             }
         }
     }
@@ -523,7 +672,8 @@ pub fn validate_document(
         errors
             .into_iter()
             .map(|fe| {
-                let mut e = err(kind_text, name, Some(&fe.path), fe.message);
+                let path = (!fe.path.is_empty()).then_some(fe.path.as_str());
+                let mut e = err(kind_text, name, path, fe.message);
                 if let Some(line) = doc
                     .text
                     .as_ref()
@@ -538,8 +688,16 @@ pub fn validate_document(
     if !schema_errors.is_empty() {
         return Err(to_errors(schema_errors));
     }
-    fn typed<K: Object>(value: Value) -> Result<K, String> {
-        serde_json::from_value(value).map_err(|e| e.to_string())
+    // Every field the schema passes but the type refuses (a u32 past its range) is
+    // named by its path, like a schema error.
+    fn typed<K: Object>(value: Value) -> Result<K, FieldError> {
+        serde_path_to_error::deserialize(value).map_err(|e| FieldError {
+            path: match e.path().to_string() {
+                p if p == "." => String::new(),
+                p => p,
+            },
+            message: e.inner().to_string(),
+        })
     }
     let (manifest, semantic) = match kind {
         KindName::Application => typed::<Application>(value).map(|o| {
@@ -558,12 +716,34 @@ pub fn validate_document(
             unreachable!("only user kinds get here (checked above)")
         }
     }
-    .map_err(|message| vec![err(kind_text, name, None, message)])?;
+    .map_err(|fe| to_errors(vec![fe]))?;
+    if let Some(e) = object_size_error(&manifest) {
+        return Err(vec![err(kind_text, name, None, e)]);
+    }
     if semantic.is_empty() {
         Ok(manifest)
     } else {
         Err(to_errors(semantic))
     }
+}
+
+/// Refuses an object the store would refuse: its encoding past
+/// [`store::MAX_OBJECT_BYTES`](crate::store::MAX_OBJECT_BYTES), the same for both stores.
+fn object_size_error(manifest: &Manifest) -> Option<String> {
+    let size = match manifest {
+        Manifest::Machine(o) => serde_json::to_vec(o),
+        Manifest::Application(o) => serde_json::to_vec(o),
+        Manifest::Rollout(o) => serde_json::to_vec(o),
+    }
+    .map(|v| v.len())
+    .unwrap_or(usize::MAX);
+    (size > crate::store::MAX_OBJECT_BYTES).then(|| {
+        format!(
+            "the object is {size} bytes encoded, larger than the store's limit of {} bytes \
+             (1.5 MiB) for one object",
+            crate::store::MAX_OBJECT_BYTES
+        )
+    })
 }
 
 /// Finds the line (1-based, within `text`) of a dotted field path in block-style YAML,
@@ -622,10 +802,22 @@ pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec
     let sources = read_sources(args)?;
     let mut errors: Vec<LoadError> = Vec::new();
     let mut loaded: Vec<Loaded> = Vec::new();
-    for source in &sources {
+    let mut count = 0;
+    'sources: for source in &sources {
         let (docs, parse_errors) = parse_documents(source);
         errors.extend(parse_errors.into_iter().map(LoadError::Manifest));
         for doc in docs {
+            count += 1;
+            if count > MAX_DOCUMENTS {
+                errors.push(LoadError::Manifest(ManifestError {
+                    message: format!(
+                        "more than the limit of {MAX_DOCUMENTS} documents in one command \
+                         (apply them in several)"
+                    ),
+                    ..too_many_documents(doc.origin)
+                }));
+                break 'sources;
+            }
             match validate_document(&doc, default_namespace) {
                 Ok(manifest) => loaded.push(Loaded {
                     origin: doc.origin.clone(),
@@ -636,18 +828,19 @@ pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec
         }
     }
     // The same object twice would be applied twice, the second silently winning.
+    let mut seen: HashMap<(KindName, String), usize> = HashMap::new();
     for (i, a) in loaded.iter().enumerate() {
-        if let Some(b) = loaded[..i].iter().find(|b| {
-            b.manifest.kind() == a.manifest.kind()
-                && b.manifest.meta().key() == a.manifest.meta().key()
-        }) {
+        let key = (a.manifest.kind(), a.manifest.meta().key());
+        if let Some(&first) = seen.get(&key) {
             errors.push(LoadError::Manifest(ManifestError {
                 origin: a.origin.clone(),
                 kind: Some(a.manifest.kind().kind().to_string()),
                 name: Some(a.manifest.meta().name.clone()),
                 path: None,
-                message: format!("declared twice (also in {})", b.origin),
+                message: format!("declared twice (also in {})", loaded[first].origin),
             }));
+        } else {
+            seen.insert(key, i);
         }
     }
     if loaded.is_empty() && errors.is_empty() {
@@ -727,7 +920,7 @@ spec:
         // Malformed YAML: the line comes from serde_yaml, made absolute.
         check(
             &format!("{APP}---\nkind: Rollout\nmetadata: {{name: [}}\n"),
-            &["rollout.yaml: document 2 (line 10): malformed YAML: did not find expected node content (column 19)"],
+            &["rollout.yaml: document 2 (line 10): malformed YAML: while parsing a node, did not find expected node content (column 19)"],
         );
         // Unknown apiVersion and kind.
         check(
@@ -843,5 +1036,326 @@ spec:
         let flow = "metadata: {name: m}\nspec: {unschedulable: maybe, x: 1}\n";
         assert_eq!(field_line(flow, "spec.unschedulable"), Some(2));
         assert_eq!(field_line(flow, "metadata.name"), Some(1));
+    }
+
+    fn json(text: &str) -> Source {
+        Source {
+            name: "all.json".into(),
+            text: text.into(),
+            json: true,
+        }
+    }
+
+    /// Like [`check`] for a source of either kind.
+    fn check_source(src: Source, want: &[&str]) {
+        let (docs, mut errs) = parse_documents(&src);
+        for d in docs {
+            if let Err(es) = validate_document(&d, "default") {
+                errs.extend(es);
+            }
+        }
+        let got: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(got.len(), want.len(), "got {got:#?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.contains(w), "{g:?} should contain {w:?}");
+        }
+    }
+
+    const ROLLOUT: &str = "apiVersion: deployctl.dev/v1\nkind: Rollout\nmetadata: {name: api}\n";
+
+    #[test]
+    fn nesting_past_the_depth_limit_should_be_refused_naming_the_limit() {
+        let limit = "nested deeper than the limit of 64 levels";
+        let deep = 200_000;
+        check_source(yaml(&"[".repeat(deep)), &[limit]);
+        check_source(yaml(&"{a: ".repeat(deep)), &[limit]);
+        check_source(yaml(&format!("{}x\n", "- ".repeat(deep))), &[limit]);
+        let block: String = (0..100).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        check_source(yaml(&block), &[limit]);
+        check_source(json(&"[".repeat(deep)), &[limit]);
+        check_source(json(&"{\"a\":".repeat(deep)), &[limit]);
+        // 64 levels are within the limit: the error is about the document, not its depth.
+        let at_limit = format!("{}1{}", "[".repeat(64), "]".repeat(64));
+        for src in [yaml(&at_limit), json(&at_limit)] {
+            check_source(src, &["must be a mapping"]);
+        }
+        let past = format!("{}1{}", "[".repeat(65), "]".repeat(65));
+        for src in [yaml(&past), json(&past)] {
+            check_source(src, &[limit]);
+        }
+    }
+
+    #[test]
+    fn a_flow_collection_past_the_lookahead_limit_should_be_refused() {
+        // The scanner would keep every token of it until its end: 4 MB were 500 MB.
+        let huge = format!("[{}1]\n", "1,".repeat(2_000_000));
+        check_source(
+            yaml(&huge),
+            &["document 1 (line 1): a flow collection ([…] or {…}) of more than 131072 values"],
+        );
+        // Block style of the same size, and flow style within the limit, load.
+        let block = "- 1\n".repeat(200_000);
+        let within = format!("a: [{}1]\n", "1,".repeat(100_000));
+        for text in [block, within] {
+            let (docs, errs) = parse_documents(&yaml(&text));
+            assert!(errs.is_empty(), "{errs:?}");
+            assert_eq!(docs.len(), 1);
+        }
+    }
+
+    #[test]
+    fn values_past_the_limit_of_one_file_should_be_refused() {
+        let limit = "more than the limit of 250000 values in one file";
+        check_source(yaml(&"- 1\n".repeat(300_000)), &[limit]);
+        // Counted across the documents of the file.
+        let docs: String = (0..3)
+            .map(|_| format!("---\n{}", "- 1\n".repeat(100_000)))
+            .collect();
+        let (parsed, errs) = parse_documents(&yaml(&docs));
+        assert_eq!(parsed.len(), 2);
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("document 4 (line 250001): [49997]"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].to_string().contains(limit), "{}", errs[0]);
+    }
+
+    #[test]
+    fn aliases_should_be_refused_once_they_expand_past_the_limit() {
+        let limit = "aliases expand the document past the limit of 1048576 bytes";
+        // A 1 MB string referenced 200 times: refused at the first alias past the limit.
+        let big = "x".repeat(1 << 20);
+        let refs: String = (0..200).map(|_| "  - *big\n").collect();
+        check_source(yaml(&format!("a: &big {big}\nb:\n{refs}")), &[limit]);
+        // Nested laughs: each level ten times the last.
+        let mut laughs =
+            String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            laughs.push_str(&format!(
+                "l{i}: &l{i} [*l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}]\n"
+            ));
+        }
+        check_source(yaml(&laughs), &[limit]);
+        // A shared block within the limit is expanded as written.
+        let (docs, errs) = parse_documents(&yaml(
+            "a: &env {A: \"1\", B: two}\nb: *env\nc: [*env, *env]\n",
+        ));
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(docs[0].value["b"], docs[0].value["a"]);
+        assert_eq!(docs[0].value["c"][1]["B"], "two");
+    }
+
+    #[test]
+    fn documents_past_the_limit_should_be_refused_naming_the_limit() {
+        let limit = "more than the limit of 1000 documents in one file";
+        let many: String = (0..1001).map(|i| format!("---\na: {i}\n")).collect();
+        let (docs, errs) = parse_documents(&yaml(&many));
+        assert_eq!(docs.len(), 1000);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].to_string().contains("document 1002 (line 2002)"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].to_string().contains(limit), "{}", errs[0]);
+        let many: String = (0..1001).map(|i| format!("{{\"a\": {i}}}\n")).collect();
+        let (_, errs) = parse_documents(&json(&many));
+        assert!(errs[0].to_string().contains(limit), "{}", errs[0]);
+        // The items of a List count.
+        let items: Vec<String> = (0..1001).map(|i| format!("{{\"a\": {i}}}")).collect();
+        let list = format!("{{\"kind\": \"List\", \"items\": [{}]}}", items.join(","));
+        let (docs, errs) = parse_documents(&json(&list));
+        assert_eq!(docs.len(), 1000);
+        assert!(errs[0].to_string().contains("item 1001"), "{}", errs[0]);
+        assert!(errs[0].to_string().contains(limit), "{}", errs[0]);
+    }
+
+    #[test]
+    fn documents_past_the_limit_of_one_command_should_be_refused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file: String = (0..1000).map(|_| "---\n{}\n").collect();
+        for i in 0..11 {
+            std::fs::write(dir.path().join(format!("f{i:02}.yaml")), &file).expect("writable");
+        }
+        let errors = load(&[dir.path().display().to_string()], "default").expect_err("refused");
+        assert_eq!(errors.len(), MAX_DOCUMENTS + 1);
+        let last = errors.last().expect("not empty").to_string();
+        assert!(last.contains("f10.yaml: document 2 (line 2)"), "{last}");
+        assert!(
+            last.contains("more than the limit of 10000 documents in one command"),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn reads_should_stop_at_the_file_and_total_limits() {
+        // An endless input costs the limit and one byte, then is refused.
+        let mut reader = Reader::default();
+        reader.read("<stdin>", std::io::repeat(b'a'), false);
+        assert!(reader.sources.is_empty());
+        let text = reader.errors[0].to_string();
+        assert_eq!(
+            text,
+            "<stdin>: larger than the limit of 4194304 bytes for one file"
+        );
+        // Files within the limit each, but not together.
+        let mut reader = Reader::default();
+        let file = vec![b'#'; MAX_FILE_BYTES as usize];
+        for i in 0..5 {
+            reader.read(&format!("f{i}.yaml"), &file[..], false);
+        }
+        assert_eq!(reader.sources.len(), 4);
+        assert_eq!(
+            reader.errors[0].to_string(),
+            "f4.yaml: the files together are larger than the limit of 16777216 bytes"
+        );
+    }
+
+    #[test]
+    fn files_that_are_not_regular_should_be_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let fifo = dir.path().join("fifo.yaml");
+        let c_path = std::ffi::CString::new(fifo.to_str().expect("a UTF-8 temp path"))
+            .expect("no NUL in a temp path");
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        std::fs::write(dir.path().join("app.yaml"), APP).expect("writable temp dir");
+        let name = fifo.display().to_string();
+        for arg in [dir.path().display().to_string(), name.clone()] {
+            let errors = read_sources(&[arg]).expect_err("a FIFO is refused");
+            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            assert_eq!(
+                lines,
+                vec![format!("{name}: not a regular file (a FIFO): refused")]
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_should_be_refused_naming_the_key_and_line() {
+        check_source(
+            json("{\"apiVersion\": \"deployctl.dev/v1\",\n \"kind\": \"Rollout\",\n \"kind\": \"Application\"}"),
+            &["all.json: document 1 (line 3): duplicate key \"kind\""],
+        );
+        check_source(
+            json("{\"metadata\": {\"name\": \"a\",\n\"labels\": {\"x\": \"1\", \"x\": \"2\"}}}"),
+            &["(line 2): duplicate key \"x\""],
+        );
+        check_source(
+            yaml(&format!(
+                "{ROLLOUT}spec:\n  version: \"1\"\n  version: \"2\"\n"
+            )),
+            &["document 1 (line 6): spec: duplicate key \"version\""],
+        );
+    }
+
+    #[test]
+    fn yaml_tags_should_be_refused_naming_the_field() {
+        check_source(
+            yaml(&format!(
+                "{ROLLOUT}spec:\n  application: api\n  version: !!binary aGVsbG8=\n"
+            )),
+            &["(line 6): spec.version: YAML tag !!binary is not accepted"],
+        );
+        check_source(
+            yaml(&format!(
+                "{ROLLOUT}spec: !thing {{application: api, version: \"1\"}}\n"
+            )),
+            &["spec: YAML tag !thing is not accepted"],
+        );
+        check_source(
+            yaml(&format!(
+                "{ROLLOUT}spec:\n  application: api\n  version: \"1\"\n  steps: !!seq []\n"
+            )),
+            &["spec.steps: YAML tag !!seq is not accepted"],
+        );
+        // `!!str` says what quotes say: the version stays `1.10`, not the number 1.1.
+        let (docs, errs) = parse_documents(&yaml(&format!(
+            "{ROLLOUT}spec: {{application: api, version: !!str 1.10}}\n"
+        )));
+        assert!(errs.is_empty(), "{errs:?}");
+        let Ok(Manifest::Rollout(ro)) = validate_document(&docs[0], "default") else {
+            panic!("a valid rollout")
+        };
+        assert_eq!(ro.spec.version, "1.10");
+    }
+
+    #[test]
+    fn typed_errors_should_name_the_field_and_its_line() {
+        check(
+            &format!("{ROLLOUT}spec:\n  application: api\n  version: \"1\"\n  strategy:\n    progressDeadlineSeconds: 4294967296\n"),
+            &["document 1 (line 8), Rollout \"api\": spec.strategy.progressDeadlineSeconds: invalid value: integer `4294967296`, expected u32"],
+        );
+        check(
+            &format!("{APP}  hooks:\n    activate:\n      - command: x\n        timeoutSeconds: 4294967296\n"),
+            &["(line 11), Application \"api\": spec.hooks.activate[0].timeoutSeconds: invalid value: integer `4294967296`, expected u32"],
+        );
+    }
+
+    #[test]
+    fn an_object_past_the_store_limit_should_be_refused_naming_the_limit() {
+        let big = "a".repeat(2 << 20);
+        let text = format!(
+            "apiVersion: deployctl.dev/v1\nkind: Machine\nmetadata:\n  name: m\n  annotations: {{note: {big}}}\n"
+        );
+        check(
+            &text,
+            &["Machine \"m\": the object is 2097283 bytes encoded, larger than the store's limit of 1556480 bytes (1.5 MiB) for one object"],
+        );
+    }
+
+    #[test]
+    fn error_output_should_be_bounded_in_lines_and_length() {
+        let many: Vec<String> = (0..25).map(|i| format!("e{i}")).collect();
+        let lines = bounded_lines(&many);
+        assert_eq!(lines.len(), MAX_PRINTED_ERRORS + 1);
+        assert_eq!(lines[19], "e19");
+        assert_eq!(lines[20], "and 5 more error(s)");
+        assert_eq!(bounded_lines(&many[..3]), vec!["e0", "e1", "e2"]);
+        // One quoted value of a megabyte prints as a few hundred characters.
+        let name = "n".repeat(1 << 20);
+        let errors = errors(&format!(
+            "apiVersion: deployctl.dev/v1\nkind: Machine\nmetadata:\n  name: {name}\n"
+        ));
+        assert!(!errors.is_empty());
+        for e in &errors {
+            assert!(e.len() < 4 * MAX_QUOTED_CHARS, "{} bytes", e.len());
+            assert!(e.contains("more bytes)"), "{e}");
+        }
+    }
+
+    #[test]
+    fn plain_scalars_should_resolve_as_yaml_1_2_core_says() {
+        let cases: &[(&str, Value)] = &[
+            ("3", Value::from(3)),
+            ("-3", Value::from(-3)),
+            ("+3", Value::from(3)),
+            ("0x1f", Value::from(31)),
+            ("0o17", Value::from(15)),
+            ("18446744073709551615", Value::from(u64::MAX)),
+            ("1.5", Value::from(1.5)),
+            ("1e3", Value::from(1000.0)),
+            (".5", Value::from(0.5)),
+            ("99999999999999999999", Value::from(1e20)),
+            ("true", Value::Bool(true)),
+            ("FALSE", Value::Bool(false)),
+            ("~", Value::Null),
+            ("null", Value::Null),
+            ("1.2.3", Value::from("1.2.3")),
+            ("yes", Value::from("yes")),
+            (".inf", Value::from(".inf")),
+            ("0x", Value::from("0x")),
+            ("1_000", Value::from("1_000")),
+            ("e3", Value::from("e3")),
+        ];
+        for (text, want) in cases {
+            let (docs, errs) = parse_documents(&yaml(&format!("v: {text}\n")));
+            assert!(errs.is_empty(), "{text}: {errs:?}");
+            assert_eq!(&docs[0].value["v"], want, "{text}");
+        }
     }
 }

@@ -428,20 +428,22 @@ fn load_commit(
         }
         Err(errors) => Err(SyncError::BadCommit {
             commit: sha.to_string(),
-            errors: errors
-                .into_iter()
-                .map(|e| match e {
-                    LoadError::Manifest(mut m) => {
-                        m.origin.source = relative(&m.origin.source);
-                        m.to_string()
-                    }
-                    LoadError::Source(mut s) => {
-                        s.source_name = relative(&s.source_name);
-                        s.message = s.message.replace(&prefix, "");
-                        s.to_string()
-                    }
-                })
-                .collect(),
+            errors: manifest::bounded_lines(
+                &errors
+                    .into_iter()
+                    .map(|e| match e {
+                        LoadError::Manifest(mut m) => {
+                            m.origin.source = relative(&m.origin.source);
+                            m.to_string()
+                        }
+                        LoadError::Source(mut s) => {
+                            s.source_name = relative(&s.source_name);
+                            s.message = s.message.replace(&prefix, "");
+                            s.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            ),
         }),
     }
 }

@@ -1152,6 +1152,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        super::check_request_size(&txn)?;
         check_ops(&txn.ops)?;
         self.write(move |conn| apply_txn(conn, &txn)).await
     }

@@ -570,6 +570,7 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        super::check_request_size(&txn)?;
         let what = match txn.ops.first() {
             Some(Op::Put { key, .. }) | Some(Op::Delete { key }) if txn.ops.len() == 1 => {
                 format!("write {key}")

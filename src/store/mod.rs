@@ -24,6 +24,69 @@ use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The largest transaction either store takes: etcd's default `--max-request-bytes`
+/// (1.5 MiB), counted as [`request_bytes`] does. The embedded store keeps the same limit
+/// so that what works on one store works on the other.
+pub const MAX_REQUEST_BYTES: usize = 3 << 19;
+
+/// What `txn` costs against [`MAX_REQUEST_BYTES`]: every key and value it carries, and
+/// a few bytes per part for etcd's framing (protobuf tags, lengths, the lease).
+pub fn request_bytes(txn: &Txn) -> usize {
+    const PART: usize = 16;
+    let compares: usize = txn
+        .compares
+        .iter()
+        .map(|c| {
+            let value = match &c.target {
+                CompareTarget::Value(v) => v.len(),
+                _ => 0,
+            };
+            PART + c.key.len() + value
+        })
+        .sum();
+    let ops: usize = txn
+        .ops
+        .iter()
+        .map(|op| match op {
+            Op::Put { key, value, .. } => PART + key.len() + value.len(),
+            Op::Delete { key } => PART + key.len(),
+        })
+        .sum();
+    PART + compares + ops
+}
+
+/// Refuses a transaction past [`MAX_REQUEST_BYTES`], naming its largest key: both
+/// backends call it first, so the embedded store takes no more than etcd would.
+pub fn check_request_size(txn: &Txn) -> Result<()> {
+    let size = request_bytes(txn);
+    if size <= MAX_REQUEST_BYTES {
+        return Ok(());
+    }
+    let largest = txn.ops.iter().max_by_key(|op| match op {
+        Op::Put { key, value, .. } => key.len() + value.len(),
+        Op::Delete { key } => key.len(),
+    });
+    let what = match largest {
+        Some(Op::Put { key, .. }) if txn.ops.len() == 1 => format!("the write of {key}"),
+        Some(Op::Put { key, .. }) => {
+            format!(
+                "a transaction of {} writes (the largest {key})",
+                txn.ops.len()
+            )
+        }
+        _ => "a transaction".to_string(),
+    };
+    Err(Error::TooLarge {
+        what,
+        size,
+        limit: MAX_REQUEST_BYTES,
+    })
+}
+
+/// The largest encoded object `apply` sends: the request limit less room for the
+/// object's keys, the transaction's compares and etcd's framing.
+pub const MAX_OBJECT_BYTES: usize = MAX_REQUEST_BYTES - (16 << 10);
+
 /// What can go wrong talking to a store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,6 +122,16 @@ pub enum Error {
     Corrupt { key: String, message: String },
     #[error("store error: {0}")]
     Other(String),
+    /// A transaction larger than [`MAX_REQUEST_BYTES`]; refused before it is sent.
+    #[error(
+        "{what} is {size} bytes, larger than the store's limit of {limit} bytes (1.5 MiB, \
+         etcd's default --max-request-bytes)"
+    )]
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
 }
 
 impl Error {

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod etcd_security;
+mod hostile_manifests;
 mod manifests;
 mod rollouts;
 mod sync;
