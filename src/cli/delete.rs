@@ -79,7 +79,7 @@ pub async fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<i32> {
         None => Ok(0),
         Some(last) => {
             for e in not_found {
-                eprintln!("{e}");
+                eprintln!("{}", super::output::escape(&e.to_string()));
             }
             Err(last.into())
         }

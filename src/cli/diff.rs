@@ -57,7 +57,7 @@ pub async fn run(g: &GlobalArgs, args: DiffArgs) -> anyhow::Result<i32> {
         Ok(true) => Ok(1),
         Ok(false) => Ok(0),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", super::output::escape(&format!("{e:#}")));
             Ok(EXIT_ERROR)
         }
     }

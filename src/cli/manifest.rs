@@ -86,7 +86,8 @@ pub fn bounded_lines<E: fmt::Display>(errors: &[E]) -> Vec<String> {
 /// Prints load errors to stderr, bounded as [`bounded_lines`] says.
 pub fn print_errors(errors: &[LoadError]) {
     for line in bounded_lines(errors) {
-        eprintln!("error: {line}");
+        // Errors quote the input, which may come from a repository `sync` follows.
+        eprintln!("error: {}", super::output::escape(&line));
     }
 }
 
