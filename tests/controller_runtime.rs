@@ -602,6 +602,63 @@ async fn leader_should_count_itself_lost_when_the_store_is_unreachable_for_a_ttl
     drop(a);
 }
 
+/// An etcd that restarts renews every lease, the lost leader's too: with its key held by
+/// a lease nobody refreshes, every controller stood by for a whole TTL after etcd
+/// answered again. The TTL is long here, so that only a revoke can free the key soon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_lost_while_etcd_is_down_should_free_the_key_once_etcd_answers() {
+    let ttl = Duration::from_secs(8);
+    let mut server = EtcdServer::start();
+    let ca = Client::new(Arc::new(server.connect().await) as Arc<dyn Store>);
+    let a = lead(&LeaderElector::new(ca.clone(), "a", ttl)).await;
+    let lost = a.lost();
+    server.kill();
+    tokio::time::timeout(ttl + Duration::from_secs(2), lost.cancelled())
+        .await
+        .expect("no keep-alive for a whole ttl means lost");
+    server.restart();
+    let answered = Instant::now();
+    let cb = Client::new(Arc::new(server.connect().await) as Arc<dyn Store>);
+    let holder = cb.leader().await.expect("read the leader key");
+    if let Some(h) = &holder {
+        assert_eq!(h.identity, "a", "only a's lost term can hold the key");
+    }
+    // A standby with another identity: it cannot recognise a's lease as its own.
+    let b = tokio::time::timeout(ttl / 2, stand_by(LeaderElector::new(cb.clone(), "b", ttl)))
+        .await
+        .expect("a's lease is revoked, not left to expire a ttl after etcd restarted")
+        .expect("campaign task does not panic")
+        .expect("campaign works");
+    tracing::info!(took = ?answered.elapsed(), "b leads after etcd answered");
+    drop(a);
+    b.resign().await.expect("resign");
+}
+
+/// The same, seen by the old leader itself: campaigning again, it finds its own lost
+/// term on the key and ends it instead of standing by behind itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_should_end_its_own_lost_term_instead_of_standing_by() {
+    let ttl = Duration::from_secs(30);
+    let server = EtcdServer::start();
+    let client = Client::new(Arc::new(server.connect().await) as Arc<dyn Store>);
+    // A term of "a" whose keep-alive is gone (as after a crash and restart with the same
+    // identity): dropping stops renewing without revoking, so the key stays held by a
+    // live lease of 30 s.
+    let old = lead(&LeaderElector::new(client.clone(), "a", ttl)).await;
+    let old_lease = old.lease();
+    drop(old);
+    let again = tokio::time::timeout(ttl / 3, async {
+        LeaderElector::new(client.clone(), "a", ttl)
+            .campaign(&CancellationToken::new())
+            .await
+    })
+    .await
+    .expect("the old term is ended at once, not waited out")
+    .expect("campaign works");
+    assert_ne!(again.lease(), old_lease);
+    again.resign().await.expect("resign");
+}
+
 async fn leader_should_count_itself_lost_when_its_key_is_deleted_by_hand(store: TestStore) {
     let client = store.client().await;
     let a = lead(&LeaderElector::new(client.clone(), "a", TTL)).await;

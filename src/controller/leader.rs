@@ -92,6 +92,24 @@ impl LeaderElector {
                     return Ok(leadership);
                 }
                 Ok(Attempt::Vanished) => retry = RETRY_BASE,
+                Ok(Attempt::Held(holder)) if holder.identity == self.identity => {
+                    // Our own earlier term, on a lease we lost touch with (the store was
+                    // down for a TTL, then came back with the lease renewed): nobody
+                    // leads behind it, so end it now instead of standing by for a TTL.
+                    tracing::info!(identity = %self.identity, lease = holder.lease,
+                        "the leader key is our own lost term; revoking its lease");
+                    match self.client.store().revoke_lease(holder.lease).await {
+                        Ok(()) | Err(store::Error::LeaseNotFound(_)) => retry = RETRY_BASE,
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?retry, "cannot revoke our lost lease");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Err(Error::Cancelled),
+                                _ = tokio::time::sleep(retry) => {}
+                            }
+                            retry = (retry * 2).min(RETRY_MAX);
+                        }
+                    }
+                }
                 Ok(Attempt::Held(holder)) => {
                     retry = RETRY_BASE;
                     tracing::debug!(leader = %holder.identity, "standing by");
@@ -242,6 +260,13 @@ async fn keep_alive(
         tracing::warn!(lease, reason = why, "lost the leadership");
         lost.cancel();
     };
+    // Lost without the store's word: the lease may live on in the store (an etcd that
+    // restarts renews every lease), holding the leader key for a whole TTL after it
+    // answers again with nobody leading. Revoke it as soon as the store answers.
+    let lose_unheard = |why: &str| {
+        lose(why);
+        tokio::spawn(revoke_when_reachable(client.clone(), lease));
+    };
     let period = ttl / 3;
     let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,7 +275,7 @@ async fn keep_alive(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(deadline) => {
-                return lose("no successful keep-alive for a whole ttl");
+                return lose_unheard("no successful keep-alive for a whole ttl");
             }
             _ = tick.tick() => {}
         }
@@ -284,6 +309,26 @@ async fn keep_alive(
                 return lose("the leader key was deleted or replaced");
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the leader key"),
+        }
+    }
+}
+
+/// Revokes `lease` once the store answers: retried with backoff until it succeeds or the
+/// store says the lease is gone (it expired meanwhile).
+async fn revoke_when_reachable(client: Client, lease: LeaseId) {
+    let mut retry = RETRY_BASE;
+    loop {
+        match client.store().revoke_lease(lease).await {
+            Ok(()) => {
+                tracing::info!(lease, "revoked the lease of the lost leadership");
+                return;
+            }
+            Err(store::Error::LeaseNotFound(_)) => return,
+            Err(e) => {
+                tracing::debug!(lease, error = %e, retry_in = ?retry, "cannot revoke the lost lease yet");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }
