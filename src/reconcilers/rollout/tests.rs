@@ -700,13 +700,15 @@ fn undo_should_go_straight_back_skipping_canary_steps() {
     fleet.annotate(ANNOTATION_UNDO, &gen);
     fleet.run(50);
     assert_eq!(fleet.on("1.0"), 4, "no pause at step 1");
+    // 1.0 appears once, under its newest number (as Argo Rollouts renumbers the
+    // ReplicaSet a rollback reuses): never two revisions of one version.
     let h: Vec<_> = fleet
         .status()
         .history
         .iter()
-        .map(|r| r.version.as_str())
+        .map(|r| (r.revision, r.version.as_str(), r.result.as_str()))
         .collect();
-    assert_eq!(h, ["1.0", "2.0", "1.0"]);
+    assert_eq!(h, [(2, "2.0", "Complete"), (3, "1.0", "Complete")]);
 }
 
 #[test]
@@ -781,11 +783,49 @@ fn history_should_keep_at_most_the_revision_history_limit() {
 }
 
 #[test]
-fn an_empty_fleet_should_complete_at_once() {
+fn a_selector_matching_no_machine_should_not_complete_and_should_say_so() {
     let mut fleet = Fleet::new(0, strategy(IntOrPercent::Int(1)));
     fleet.decide();
-    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
-    assert_eq!(fleet.status().stable_version.as_deref(), Some("1.0"));
+    fleet.decide();
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Degraded, "{}", st.message);
+    assert!(
+        st.message.contains("matches no ready machine"),
+        "{}",
+        st.message
+    );
+    assert_eq!(st.stable_version, None, "nothing ran: nothing is stable");
+    let available = find_condition(&st.conditions, "Available").unwrap();
+    assert_eq!(
+        (available.status, available.reason.as_str()),
+        (ConditionStatus::False, REASON_NO_MACHINES)
+    );
+    assert_eq!(
+        find_condition(&st.conditions, "Complete").unwrap().status,
+        ConditionStatus::False
+    );
+    let warnings: Vec<_> = fleet
+        .events
+        .iter()
+        .filter(|e| e.reason == REASON_NO_MACHINES)
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning, not one per decision");
+    assert_eq!(warnings[0].type_, "Warning", "{:?}", warnings[0]);
+    assert_eq!(
+        fleet.decide().requeue_after,
+        None,
+        "no progress deadline runs while there is nothing to wait on"
+    );
+
+    // A machine turns ready: the rollout goes on and completes there.
+    let mut inst = Instance::new("api.m00", InstanceSpec::default());
+    inst.spec.machine = "m00".into();
+    inst.metadata.generation = Some(1);
+    fleet.instances.push(inst);
+    fleet.desired.insert("m00".into());
+    complete_v1(&mut fleet);
+    let available = find_condition(&fleet.status().conditions, "Available").unwrap();
+    assert_eq!(available.status, ConditionStatus::True);
 }
 
 #[test]
