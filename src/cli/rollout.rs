@@ -5,9 +5,10 @@ use super::output::{escape, render};
 use super::{connect, duration_in, get::shutdown_signal, within, CliError, GlobalArgs};
 use crate::api::validation::check_version;
 use crate::api::{
-    Object, Rollout, RolloutPhase, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY,
-    ANNOTATION_UNDO,
+    find_condition, ConditionStatus, Object, Rollout, RolloutPhase, ANNOTATION_ABORT,
+    ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
 };
+use crate::reconcilers::rollout::REASON_NO_MACHINES;
 use crate::store::{Client, ObjectEvent, Scope};
 use chrono::Utc;
 use clap::{Args, Subcommand};
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  # Follow a rollout until it completes (exit 0), degrades (1) or times out (2)
+  # Follow a rollout until it completes (exit 0), degrades or matches no machine (1),
+  # or times out (2)
   deployctl rollout status api --timeout 15m
 
   # Stop starting new switches, then go on
@@ -44,7 +46,8 @@ const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 86_400);
 
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
-    /// Follow a rollout: one line per change until Complete (0), Degraded (1) or timeout (2).
+    /// Follow a rollout: one line per change until Complete (0), Degraded or no ready
+    /// machine matching (1), or timeout (2).
     #[command(
         after_help = "Examples:\n  deployctl rollout status api\n  deployctl rollout status api --timeout 30m -n prod"
     )]
@@ -333,10 +336,19 @@ pub fn verdict(r: &Rollout) -> Verdict {
     if st.observed_generation != r.metadata.generation.unwrap_or(0) {
         return Verdict::Waiting;
     }
+    let at_version = st.target_version.as_deref() == Some(r.spec.version.as_str());
+    // A user's pause of a complete rollout shows as Paused; every machine runs the version.
+    let complete = find_condition(&st.conditions, "Complete")
+        .is_some_and(|c| c.status == ConditionStatus::True);
+    let no_machines = find_condition(&st.conditions, "Available")
+        .is_some_and(|c| c.status == ConditionStatus::False && c.reason == REASON_NO_MACHINES);
     match st.phase {
-        RolloutPhase::Complete if st.target_version.as_deref() == Some(r.spec.version.as_str()) => {
-            Verdict::Done
-        }
+        RolloutPhase::Complete if at_version => Verdict::Done,
+        RolloutPhase::Paused if at_version && complete => Verdict::Done,
+        _ if no_machines => Verdict::Failed(format!(
+            "the selector of application {:?} matches no ready machine: nothing runs version {}",
+            r.spec.application, r.spec.version
+        )),
         RolloutPhase::Degraded => Verdict::Failed(if st.message.is_empty() {
             "degraded".into()
         } else {
@@ -461,6 +473,52 @@ mod tests {
             target_version: Some(target.into()),
             ..Default::default()
         })
+    }
+
+    fn with_condition(
+        mut st: Option<RolloutStatus>,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+    ) -> Option<RolloutStatus> {
+        let s = st.as_mut().expect("a status to add to");
+        crate::api::set_condition(&mut s.conditions, type_, status, reason, "", Utc::now());
+        st
+    }
+
+    #[test]
+    fn status_should_fail_saying_the_selector_matches_no_ready_machine() {
+        let s = with_condition(
+            st(RolloutPhase::Degraded, 2, "2"),
+            "Available",
+            ConditionStatus::False,
+            REASON_NO_MACHINES,
+        );
+        match verdict(&rollout("2", 2, s)) {
+            Verdict::Failed(why) => assert!(
+                why.contains("selector of application \"api\" matches no ready machine"),
+                "{why}"
+            ),
+            other => panic!("not a failure: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_should_finish_on_a_complete_rollout_the_user_paused() {
+        let paused = with_condition(
+            st(RolloutPhase::Paused, 2, "2"),
+            "Complete",
+            ConditionStatus::True,
+            "RolloutCompleted",
+        );
+        assert_eq!(verdict(&rollout("2", 2, paused)), Verdict::Done);
+        let paused_midway = with_condition(
+            st(RolloutPhase::Paused, 2, "2"),
+            "Complete",
+            ConditionStatus::False,
+            "RolloutNotComplete",
+        );
+        assert_eq!(verdict(&rollout("2", 2, paused_midway)), Verdict::Waiting);
     }
 
     #[test]

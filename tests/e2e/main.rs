@@ -7,5 +7,6 @@ mod etcd_security;
 mod manifests;
 mod rollouts;
 mod sync;
+mod truth_decision;
 mod up;
 mod view;
