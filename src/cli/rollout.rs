@@ -17,8 +17,8 @@ use std::time::Duration;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  # Follow a rollout until it completes (exit 0), degrades or matches no machine (1),
-  # or times out (2)
+  # Follow a rollout until it completes (exit 0), degrades (1: failures, progress
+  # deadline, or no ready machine matching until it) or times out (2)
   deployctl rollout status api --timeout 15m
 
   # Stop starting new switches, then go on
@@ -46,8 +46,8 @@ const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 86_400);
 
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
-    /// Follow a rollout: one line per change until Complete (0), Degraded or no ready
-    /// machine matching (1), or timeout (2).
+    /// Follow a rollout: one line per change until Complete (0), Degraded (1; also when no
+    /// ready machine matched by the progress deadline) or timeout (2).
     #[command(
         after_help = "Examples:\n  deployctl rollout status api\n  deployctl rollout status api --timeout 30m -n prod"
     )]
@@ -340,15 +340,10 @@ pub fn verdict(r: &Rollout) -> Verdict {
     // A user's pause of a complete rollout shows as Paused; every machine runs the version.
     let complete = find_condition(&st.conditions, "Complete")
         .is_some_and(|c| c.status == ConditionStatus::True);
-    let no_machines = find_condition(&st.conditions, "Available")
-        .is_some_and(|c| c.status == ConditionStatus::False && c.reason == REASON_NO_MACHINES);
     match st.phase {
         RolloutPhase::Complete if at_version => Verdict::Done,
         RolloutPhase::Paused if at_version && complete => Verdict::Done,
-        _ if no_machines => Verdict::Failed(format!(
-            "the selector of application {:?} matches no ready machine: nothing runs version {}",
-            r.spec.application, r.spec.version
-        )),
+        RolloutPhase::Degraded if no_machines(r) => Verdict::Failed(no_machines_message(r)),
         RolloutPhase::Degraded => Verdict::Failed(if st.message.is_empty() {
             "degraded".into()
         } else {
@@ -356,6 +351,21 @@ pub fn verdict(r: &Rollout) -> Verdict {
         }),
         _ => Verdict::Waiting,
     }
+}
+
+/// The status says that no ready machine matches the Application's selector.
+fn no_machines(r: &Rollout) -> bool {
+    r.status.as_ref().is_some_and(|st| {
+        find_condition(&st.conditions, "Available")
+            .is_some_and(|c| c.status == ConditionStatus::False && c.reason == REASON_NO_MACHINES)
+    })
+}
+
+fn no_machines_message(r: &Rollout) -> String {
+    format!(
+        "the selector of application {:?} matches no ready machine: nothing runs version {}",
+        r.spec.application, r.spec.version
+    )
 }
 
 /// One line of `rollout status`, its values [`escape`]d: one line whatever they hold.
@@ -386,11 +396,13 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
     let mut stream = client.list_watch::<Rollout>(Scope::Namespace(ns.to_string()));
     let mut last_line = String::new();
     let mut listed = false;
+    // Why it still waits, when the last status said so: no machine to roll out to.
+    let mut why_waiting = String::new();
     loop {
         let event = tokio::select! {
             e = stream.next() => e,
             _ = &mut deadline => {
-                eprintln!("error: timed out after {} waiting for rollout {name:?}", humantime::format_duration(timeout));
+                eprintln!("error: timed out after {} waiting for rollout {name:?}{why_waiting}", humantime::format_duration(timeout));
                 return Ok(2);
             }
             _ = &mut shutdown => return Ok(1),
@@ -425,6 +437,11 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
             }
         };
         listed = true;
+        why_waiting = if no_machines(&ro) {
+            format!(": {}", escape(&no_machines_message(&ro)))
+        } else {
+            String::new()
+        };
         let line = progress_line(&ro);
         if line != last_line {
             outln!("{line}");
@@ -488,6 +505,17 @@ mod tests {
 
     #[test]
     fn status_should_fail_saying_the_selector_matches_no_ready_machine() {
+        let waiting = with_condition(
+            st(RolloutPhase::Progressing, 2, "2"),
+            "Available",
+            ConditionStatus::False,
+            REASON_NO_MACHINES,
+        );
+        assert_eq!(
+            verdict(&rollout("2", 2, waiting)),
+            Verdict::Waiting,
+            "machines may still be registering: wait until the progress deadline"
+        );
         let s = with_condition(
             st(RolloutPhase::Degraded, 2, "2"),
             "Available",

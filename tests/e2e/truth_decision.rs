@@ -3,7 +3,7 @@
 //! back revision keeps why it failed, hook stderr included, for `describe rollout`.
 
 use crate::common::{run, spawn, write, Backend, Output, Spawned};
-use deployctl::api::{Instance, Rollout, RolloutPhase};
+use deployctl::api::{ConditionStatus, Instance, Rollout, RolloutPhase};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ impl Fleet {
         })
     }
 
-    fn rollout(version: &str, failure_policy: Value) -> Value {
+    fn rollout(version: &str, strategy: Value, failure_policy: Value) -> Value {
         json!({
             "apiVersion": "deployctl.dev/v1",
             "kind": "Rollout",
@@ -117,7 +117,7 @@ impl Fleet {
             "spec": {
                 "application": "api",
                 "version": version,
-                "strategy": { "maxUnavailable": 1 },
+                "strategy": strategy,
                 "failurePolicy": failure_policy,
             }
         })
@@ -190,7 +190,12 @@ fn a_selector_matching_no_machine_should_warn_on_apply_and_fail_rollout_status()
         f.start_agent("m0"); // role=web: the selector below asks for role=db
         let applied = f.apply(&[
             f.app("db", json!({}), json!({})),
-            Fleet::rollout("v1", json!({})),
+            // A short deadline: how long machines may take to appear before it degrades.
+            Fleet::rollout(
+                "v1",
+                json!({ "maxUnavailable": 1, "progressDeadlineSeconds": 2 }),
+                json!({}),
+            ),
         ]);
         assert!(
             applied.stderr.contains(
@@ -199,26 +204,25 @@ fn a_selector_matching_no_machine_should_warn_on_apply_and_fail_rollout_status()
             "[{label}] apply warns: {applied:?}"
         );
 
-        let r = f.wait("the rollout to report NoMachines", || {
-            let r = f.get_rollout();
-            let st = r.status.as_ref()?;
-            let no_machines = st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Available" && c.reason == "NoMachines");
-            (no_machines && st.observed_generation == r.metadata.generation?).then_some(r)
-        });
-        let st = r.status.expect("waited for a status");
-        assert_eq!(st.phase, RolloutPhase::Degraded, "[{label}] {}", st.message);
-        assert_eq!(st.stable_version, None, "[{label}] nothing ran");
-
-        let status = f.run(&["rollout", "status", "api", "--timeout", "20s"]);
+        // `rollout status` waits through the deadline, then fails saying why.
+        let status = f.run(&["rollout", "status", "api", "--timeout", "30s"]);
         assert_eq!(status.code, 1, "[{label}] rollout status: {status:?}");
         assert!(
             status
                 .stderr
                 .contains("the selector of application \"api\" matches no ready machine"),
             "[{label}] rollout status says why: {status:?}"
+        );
+        let r = f.get_rollout();
+        let st = r.status.expect("rollout status saw a status");
+        assert_eq!(st.phase, RolloutPhase::Degraded, "[{label}] {}", st.message);
+        assert_eq!(st.stable_version, None, "[{label}] nothing ran");
+        let available = st.conditions.iter().find(|c| c.type_ == "Available");
+        assert_eq!(
+            available.map(|c| (c.status, c.reason.as_str())),
+            Some((ConditionStatus::False, "NoMachines")),
+            "[{label}] {:?}",
+            st.conditions
         );
         let events = f.run(&["get", "events"]).ok();
         assert!(
@@ -246,7 +250,7 @@ fn a_failing_activate_hook_should_leave_its_stderr_in_describe_rollout_after_the
         let rollback = json!({ "maxFailures": 0, "action": "Rollback" });
         f.apply(&[
             f.app("web", json!({ "MARK": marker }), hooks),
-            Fleet::rollout("v1", rollback),
+            Fleet::rollout("v1", json!({ "maxUnavailable": 1 }), rollback),
         ]);
         f.wait("v1 complete on both machines", || {
             let st = f.get_rollout().status?;

@@ -77,13 +77,10 @@ impl Decision<'_> {
             .st
             .last_progress_time
             .map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default());
-        // With no machine there is nothing to wait on: a Machine that turns ready wakes
-        // the decision.
-        let waiting_on_machines = !self.complete
-            && !self.frozen()
-            && !self.step_paused
-            && !self.st.aborted
-            && !self.no_machines();
+        // No machine at all is waited on too: machines may still be registering, and
+        // past the deadline the rollout says that none matches.
+        let waiting_on_machines =
+            !self.complete && !self.frozen() && !self.step_paused && !self.st.aborted;
         self.deadline_exceeded = waiting_on_machines && since_progress >= deadline;
         if waiting_on_machines && !self.deadline_exceeded {
             self.wake(deadline - since_progress);

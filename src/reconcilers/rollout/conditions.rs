@@ -48,13 +48,24 @@ impl Decision<'_> {
         let (n, target) = (st.desired, self.target);
         let stable = self.stable().unwrap_or_default();
         if self.no_machines() {
-            // Degraded, not Complete: a rollout that deploys nothing has not succeeded.
-            return (
-                RolloutPhase::Degraded,
-                format!(
-                    "the Application's selector matches no ready machine: version {target} runs nowhere"
-                ),
-            );
+            // Never Complete: a rollout that deploys nothing has not succeeded. Machines
+            // may still be registering, so it waits, as for any machine, until the
+            // progress deadline.
+            let matches_none = "the Application's selector matches no ready machine";
+            return if self.deadline_exceeded {
+                (
+                    RolloutPhase::Degraded,
+                    format!(
+                        "{matches_none} for {}s (progressDeadlineSeconds): version {target} runs nowhere",
+                        self.progress_deadline_duration().as_secs()
+                    ),
+                )
+            } else {
+                (
+                    RolloutPhase::Progressing,
+                    format!("waiting for machines: {matches_none}"),
+                )
+            };
         }
         if st.aborted && !self.rolled_back {
             return (
@@ -199,7 +210,10 @@ impl Decision<'_> {
         let no_machines = self.no_machines();
         let st = &mut self.st;
         let (status, reason) = if no_machines {
-            (False, REASON_NO_MACHINES)
+            (
+                if self.deadline_exceeded { False } else { True },
+                REASON_NO_MACHINES,
+            )
         } else if self.deadline_exceeded {
             (False, "ProgressDeadlineExceeded")
         } else if st.aborted {
@@ -277,7 +291,7 @@ impl Decision<'_> {
     fn set_degraded(&mut self, message: &str) {
         let st = &mut self.st;
         let no_machines = self.desired.is_empty();
-        let (status, reason, message) = if no_machines {
+        let (status, reason, message) = if no_machines && self.deadline_exceeded {
             (True, REASON_NO_MACHINES, message)
         } else if st.aborted {
             (

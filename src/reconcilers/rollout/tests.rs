@@ -790,11 +790,14 @@ fn history_should_keep_at_most_the_revision_history_limit() {
 
 #[test]
 fn a_selector_matching_no_machine_should_not_complete_and_should_say_so() {
-    let mut fleet = Fleet::new(0, strategy(IntOrPercent::Int(1)));
-    fleet.decide();
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.progress_deadline_seconds = 60;
+    let mut fleet = Fleet::new(0, s);
+    let plan = fleet.decide();
     fleet.decide();
     let st = fleet.status();
-    assert_eq!(st.phase, RolloutPhase::Degraded, "{}", st.message);
+    // Machines may still be registering: it waits, saying why, never Complete.
+    assert_eq!(st.phase, RolloutPhase::Progressing, "{}", st.message);
     assert!(
         st.message.contains("matches no ready machine"),
         "{}",
@@ -818,9 +821,25 @@ fn a_selector_matching_no_machine_should_not_complete_and_should_say_so() {
     assert_eq!(warnings.len(), 1, "one warning, not one per decision");
     assert_eq!(warnings[0].type_, "Warning", "{:?}", warnings[0]);
     assert_eq!(
-        fleet.decide().requeue_after,
-        None,
-        "no progress deadline runs while there is nothing to wait on"
+        plan.requeue_after,
+        Some(Duration::from_secs(60)),
+        "woken at the progress deadline"
+    );
+
+    // Past the deadline: Degraded, naming the cause.
+    fleet.now += ChronoDuration::seconds(61);
+    fleet.decide();
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Degraded, "{}", st.message);
+    assert!(
+        st.message.contains("matches no ready machine"),
+        "{}",
+        st.message
+    );
+    let degraded = find_condition(&st.conditions, "Degraded").unwrap();
+    assert_eq!(
+        (degraded.status, degraded.reason.as_str()),
+        (ConditionStatus::True, REASON_NO_MACHINES)
     );
 
     // A machine turns ready: the rollout goes on and completes there.
