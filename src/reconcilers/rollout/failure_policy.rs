@@ -76,9 +76,11 @@ impl Decision<'_> {
             }
         }
         details.sort_by(|a, b| b.time.cmp(&a.time).then(a.machine.cmp(&b.machine)));
-        let listed_before = (!self.failures_reset)
-            .then(|| self.before_failed())
-            .unwrap_or(0);
+        let listed_before = if self.failures_reset {
+            0
+        } else {
+            self.before_failed()
+        };
         self.st.failed = self
             .st
             .failed
