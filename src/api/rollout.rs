@@ -204,9 +204,11 @@ pub enum RolloutPhase {
     Paused,
     /// Switching updated machines back to the stable version.
     RollingBack,
-    /// Failed past `maxFailures`, past the progress deadline, or aborted.
+    /// Failed past `maxFailures`, past the progress deadline (also when no ready machine
+    /// matches the selector by then: condition `Available` reason `NoMachines`), or aborted.
     Degraded,
-    /// Every desired machine runs the target version healthily.
+    /// Every desired machine (at least one) runs the target version healthily. A user's
+    /// pause of a complete rollout shows as `Paused`, its `Complete` condition still true.
     Complete,
 }
 
@@ -253,7 +255,8 @@ pub struct RolloutStatus {
     /// Machines switching or unhealthy (they use slots).
     #[serde(default)]
     pub unavailable: u32,
-    /// Machines that failed the target version.
+    /// Machines that failed the target version in this revision (still counted while it
+    /// rolls back, until a retry or a new version).
     #[serde(default)]
     pub failed: u32,
     /// The canary step in force (index into `spec.strategy.steps`).
