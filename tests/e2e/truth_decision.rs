@@ -1,6 +1,7 @@
 //! The Rollout decision tells the truth, end to end on both stores: a selector matching no
-//! machine is not success (`apply` warns, `rollout status` fails saying why), and a rolled
-//! back revision keeps why it failed, hook stderr included, for `describe rollout`.
+//! machine is not success (`apply` warns, `rollout status` fails saying why, `delete`
+//! warns that the history goes), and a rolled back revision keeps why it failed, hook
+//! stderr included, for `describe rollout`.
 
 use crate::common::{run, spawn, write, Backend, Output, Spawned};
 use deployctl::api::{ConditionStatus, Instance, Rollout, RolloutPhase};
@@ -229,6 +230,14 @@ fn a_selector_matching_no_machine_should_warn_on_apply_and_fail_rollout_status()
             events.stdout.contains("NoMachines"),
             "[{label}] a warning event: {}",
             events.stdout
+        );
+
+        let deleted = f.run(&["delete", "rollout", "api"]).ok();
+        assert!(
+            deleted.stderr.contains(
+                "warning: the history of rollout.deployctl.dev/api (its revisions, failures and stable version) went with it"
+            ),
+            "[{label}] delete warns: {deleted:?}"
         );
     }
 }
