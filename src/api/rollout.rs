@@ -204,9 +204,11 @@ pub enum RolloutPhase {
     Paused,
     /// Switching updated machines back to the stable version.
     RollingBack,
-    /// Failed past `maxFailures`, past the progress deadline, or aborted.
+    /// Failed past `maxFailures`, past the progress deadline (also when no ready machine
+    /// matches the selector by then: condition `Available` reason `NoMachines`), or aborted.
     Degraded,
-    /// Every desired machine runs the target version healthily.
+    /// Every desired machine (at least one) runs the target version healthily. A user's
+    /// pause of a complete rollout shows as `Paused`, its `Complete` condition still true.
     Complete,
 }
 
@@ -253,7 +255,8 @@ pub struct RolloutStatus {
     /// Machines switching or unhealthy (they use slots).
     #[serde(default)]
     pub unavailable: u32,
-    /// Machines that failed the target version.
+    /// Machines that failed the target version in this revision (still counted while it
+    /// rolls back, until a retry or a new version).
     #[serde(default)]
     pub failed: u32,
     /// The canary step in force (index into `spec.strategy.steps`).
@@ -272,9 +275,15 @@ pub struct RolloutStatus {
     /// Past revisions, newest last, at most `revisionHistoryLimit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Revision>,
-    /// The newest machine failures, at most 10.
+    /// The newest machine failures of the target's revision, at most 10. Kept while the
+    /// rollout goes back (a machine switched back no longer reports its failure).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_machines: Vec<MachineFailure>,
+    /// What failed in the newest revisions that had failures, with each machine's last
+    /// hook output, newest last, at most 3: why a rollout was rolled back stays readable
+    /// after the rollback and after the next version starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failure_history: Vec<RevisionFailures>,
     /// Request tokens (annotations) already acted on: promote, abort, retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_promote: Option<String>,
@@ -315,7 +324,8 @@ pub struct Revision {
     pub started_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
-    /// `Complete`, `RolledBack`, `Aborted`, `Superseded`, or empty while in progress.
+    /// `Complete`, `RolledBack`, `Aborted`, `Superseded`, `Adopted` (the fleet already ran
+    /// it when the Rollout was created), or empty while in progress.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub result: String,
 }
@@ -330,4 +340,34 @@ pub struct MachineFailure {
     pub operation: String,
     pub message: String,
     pub time: DateTime<Utc>,
+}
+
+/// The failures of one revision, kept in the Rollout's status after the revision ends.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevisionFailures {
+    /// The revision's number in `history`.
+    pub revision: u32,
+    pub version: String,
+    /// How many machines failed it (more than `machines` lists past 10).
+    pub failed: u32,
+    /// The newest failures first, at most 10.
+    pub machines: Vec<FailureDetail>,
+}
+
+/// One machine's failure of a revision, with what its hooks printed.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailureDetail {
+    pub machine: String,
+    /// `Stage`, `Switch` or `Health`.
+    pub operation: String,
+    /// e.g. `HookFailed`, `HealthDeadline`, `ServiceCrashLoop`.
+    pub reason: String,
+    pub message: String,
+    pub time: DateTime<Utc>,
+    /// The last lines of hook output (stdout and stderr interleaved) the machine reported
+    /// with the failure: at most 20, each at most 200 characters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
 }

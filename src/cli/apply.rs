@@ -2,9 +2,11 @@
 
 use super::manifest::{self, Manifest};
 use super::{connect, reference, within, CliError, GlobalArgs};
-use crate::api::{Object, ObjectMeta};
-use crate::store::{Client, Error};
+use crate::api::selector::LabelSelector;
+use crate::api::{KindName, Machine, Object, ObjectMeta};
+use crate::store::{Client, Error, Scope};
 use clap::Args;
+use std::collections::BTreeMap;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -63,9 +65,16 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
     };
     let client = connect(g).await?;
     let suffix = if args.dry_run { " (dry run)" } else { "" };
+    let mut selectors: Vec<(String, LabelSelector)> = Vec::new();
+    let mut declared_machines: Vec<BTreeMap<String, String>> = Vec::new();
     for l in loaded {
         let kind = l.manifest.kind();
         let name = l.manifest.meta().name.clone();
+        match &l.manifest {
+            Manifest::Application(a) => selectors.push((name.clone(), a.spec.selector.clone())),
+            Manifest::Machine(m) => declared_machines.push(m.metadata.labels.clone()),
+            Manifest::Rollout(_) => {}
+        }
         let outcome = match l.manifest {
             Manifest::Machine(o) => within(g, apply_object(&client, o, args.dry_run)).await,
             Manifest::Application(o) => within(g, apply_object(&client, o, args.dry_run)).await,
@@ -74,7 +83,42 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("{}: applying {}: {e:#}", l.origin, reference(kind, &name)))?;
         outln!("{} {outcome}{suffix}", reference(kind, &name));
     }
+    if !selectors.is_empty() {
+        warn_unmatched_selectors(g, &client, &selectors, declared_machines).await?;
+    }
     Ok(0)
+}
+
+/// A warning (stderr; the exit status stays 0) for each Application whose selector
+/// matches no Machine, in the store or in these manifests: its Rollout would deploy
+/// nothing. Reads the Machines once.
+async fn warn_unmatched_selectors(
+    g: &GlobalArgs,
+    client: &Client,
+    selectors: &[(String, LabelSelector)],
+    mut machine_labels: Vec<BTreeMap<String, String>>,
+) -> anyhow::Result<()> {
+    let machines = within(g, client.list::<Machine>(&Scope::All)).await?;
+    machine_labels.extend(machines.items.into_iter().map(|m| m.metadata.labels));
+    for name in unmatched(selectors, &machine_labels) {
+        eprintln!(
+            "warning: {}: its selector matches no Machine; a Rollout of it deploys nothing until one matches",
+            reference(KindName::Application, name)
+        );
+    }
+    Ok(())
+}
+
+/// The Applications whose selector matches none of `machine_labels`.
+fn unmatched<'a>(
+    selectors: &'a [(String, LabelSelector)],
+    machine_labels: &[BTreeMap<String, String>],
+) -> Vec<&'a str> {
+    selectors
+        .iter()
+        .filter(|(_, sel)| !machine_labels.iter().any(|l| sel.matches(l)))
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 /// `current` with the manifest's labels, annotations and spec. Request annotations
@@ -151,6 +195,21 @@ pub async fn apply_object<K: Object>(
 mod tests {
     use super::*;
     use crate::api::{Rollout, RolloutSpec, ANNOTATION_PROMOTE};
+
+    #[test]
+    fn unmatched_should_name_only_applications_whose_selector_matches_no_machine() {
+        let sel = |k: &str, v: &str| LabelSelector {
+            match_labels: [(k.to_string(), v.to_string())].into(),
+            ..Default::default()
+        };
+        let selectors = vec![
+            ("web".to_string(), sel("role", "web")),
+            ("db".to_string(), sel("role", "db")),
+        ];
+        let machines = vec![[("role".to_string(), "web".to_string())].into()];
+        assert_eq!(unmatched(&selectors, &machines), ["db"]);
+        assert_eq!(unmatched(&selectors, &[]), ["web", "db"]);
+    }
 
     #[test]
     fn merge_should_keep_request_annotations_the_manifest_does_not_set() {

@@ -68,6 +68,9 @@ pub async fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<i32> {
         let deleted = for_kind!(t.kind, K => delete_one::<K>(g, &client, &t).await?);
         if deleted {
             outln!("{} deleted", reference(t.kind, &t.name));
+            if t.kind == KindName::Rollout {
+                eprintln!("{}", history_warning(&t.name));
+            }
         } else if !args.ignore_not_found {
             not_found.push(CliError::NotFound {
                 plural: t.kind.plural(),
@@ -84,6 +87,15 @@ pub async fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<i32> {
             Err(last.into())
         }
     }
+}
+
+/// What a deleted Rollout takes with it: a new one starts with no revision to undo to.
+fn history_warning(name: &str) -> String {
+    format!(
+        "warning: the history of {} (its revisions, failures and stable version) went with it; \
+         a Rollout applied again adopts the version every machine runs, with no revision to undo to",
+        reference(KindName::Rollout, name)
+    )
 }
 
 async fn delete_one<K: Object>(

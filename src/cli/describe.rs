@@ -389,7 +389,22 @@ pub fn describe_rollout(ro: &Rollout, evs: &[Event], now: DateTime<Utc>) -> Stri
             &history_rows(&status.history, now),
         );
     }
-    if !status.failed_machines.is_empty() {
+    let current_revision = status
+        .history
+        .last()
+        .filter(|r| status.target_version.as_deref() == Some(r.version.as_str()))
+        .map(|r| r.revision);
+    let current_failures = status
+        .failure_history
+        .iter()
+        .rev()
+        .find(|e| Some(e.revision) == current_revision);
+    let last_failed = status
+        .failure_history
+        .iter()
+        .rev()
+        .find(|e| Some(e.revision) != current_revision);
+    if current_failures.is_none() && !status.failed_machines.is_empty() {
         p.field(0, "Failed Machines", "");
         let rows: Vec<Vec<String>> = status
             .failed_machines
@@ -410,8 +425,59 @@ pub fn describe_rollout(ro: &Rollout, evs: &[Event], now: DateTime<Utc>) -> Stri
             &rows,
         );
     }
+    if current_failures.is_some() || last_failed.is_some() {
+        p.field(0, "Failures", "");
+        for (entry, which) in [(current_failures, "current"), (last_failed, "last failed")] {
+            if let Some(e) = entry {
+                revision_failures(&mut p, e, which, now);
+            }
+        }
+    }
     events(&mut p, evs, now);
     p.finish()
+}
+
+/// One revision's failures: who failed, why, and the last lines its hooks printed.
+fn revision_failures(
+    p: &mut Page,
+    e: &crate::api::RevisionFailures,
+    which: &str,
+    now: DateTime<Utc>,
+) {
+    p.line(
+        1,
+        format!(
+            "Revision {} ({which}), version {}: {} machine(s) failed",
+            e.revision, e.version, e.failed
+        ),
+    );
+    let rows: Vec<Vec<String>> = e
+        .machines
+        .iter()
+        .map(|f| {
+            vec![
+                f.machine.clone(),
+                f.operation.clone(),
+                f.reason.clone(),
+                age(Some(f.time), now),
+                f.message.clone(),
+            ]
+        })
+        .collect();
+    p.table(
+        2,
+        &["Machine", "Operation", "Reason", "Age", "Message"],
+        &rows,
+    );
+    for f in e.machines.iter().filter(|f| !f.output.is_empty()) {
+        p.line(
+            2,
+            format!("Output of {} (last {} lines):", f.machine, f.output.len()),
+        );
+        for l in &f.output {
+            p.line(3, l);
+        }
+    }
 }
 
 /// Rows of `rollout history` and of the History section.
@@ -858,6 +924,76 @@ mod tests {
             p.line(1, l);
         }
         assert_eq!(p.finish(), "Last Hook Output:\n  ok\n  \\e[31mred\\a\n");
+    }
+
+    #[test]
+    fn rollout_page_should_show_the_current_and_the_last_failed_revisions_failures_with_output() {
+        let now = Utc::now();
+        let mut ro = Rollout::new(
+            "api",
+            RolloutSpec {
+                application: "api".into(),
+                version: "3.0".into(),
+                ..Default::default()
+            },
+        );
+        let failure = |machine: &str, marker: &str| crate::api::FailureDetail {
+            machine: machine.into(),
+            operation: "Switch".into(),
+            reason: "HookFailed".into(),
+            message: "activate hook failed: exit status: 3".into(),
+            time: now,
+            output: vec!["starting".into(), marker.into()],
+        };
+        let revision = |n: u32, v: &str| Revision {
+            revision: n,
+            version: v.into(),
+            sha256: None,
+            started_at: now,
+            completed_at: None,
+            result: String::new(),
+        };
+        let st = RolloutStatus {
+            target_version: Some("3.0".into()),
+            failed: 1,
+            history: vec![revision(1, "1.0"), revision(2, "2.0"), revision(3, "3.0")],
+            failure_history: vec![
+                crate::api::RevisionFailures {
+                    revision: 1,
+                    version: "1.0".into(),
+                    failed: 1,
+                    machines: vec![failure("m9", "OLDEST")],
+                },
+                crate::api::RevisionFailures {
+                    revision: 2,
+                    version: "2.0".into(),
+                    failed: 2,
+                    machines: vec![failure("m1", "MARKER-rev2")],
+                },
+                crate::api::RevisionFailures {
+                    revision: 3,
+                    version: "3.0".into(),
+                    failed: 1,
+                    machines: vec![failure("m0", "MARKER-rev3")],
+                },
+            ],
+            ..Default::default()
+        };
+        ro.status = Some(st);
+        let page = describe_rollout(&ro, &[], now);
+        for want in [
+            "Failures:\n  Revision 3 (current), version 3.0: 1 machine(s) failed\n",
+            "Revision 2 (last failed), version 2.0: 2 machine(s) failed\n",
+            "    Output of m0 (last 2 lines):\n      starting\n      MARKER-rev3\n",
+            "MARKER-rev2",
+            "HookFailed",
+        ] {
+            assert!(page.contains(want), "{want:?} not in\n{page}");
+        }
+        assert!(
+            !page.contains("OLDEST"),
+            "only the newest other revision:\n{page}"
+        );
     }
 
     #[test]

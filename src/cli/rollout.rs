@@ -5,9 +5,10 @@ use super::output::{escape, render};
 use super::{connect, duration_in, get::shutdown_signal, within, CliError, GlobalArgs};
 use crate::api::validation::check_version;
 use crate::api::{
-    Object, Rollout, RolloutPhase, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY,
-    ANNOTATION_UNDO,
+    find_condition, ConditionStatus, Object, Rollout, RolloutPhase, ANNOTATION_ABORT,
+    ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
 };
+use crate::reconcilers::rollout::REASON_NO_MACHINES;
 use crate::store::{Client, ObjectEvent, Scope};
 use chrono::Utc;
 use clap::{Args, Subcommand};
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  # Follow a rollout until it completes (exit 0), degrades (1) or times out (2)
+  # Follow a rollout until it completes (exit 0), degrades (1: failures, progress
+  # deadline, or no ready machine matching until it) or times out (2)
   deployctl rollout status api --timeout 15m
 
   # Stop starting new switches, then go on
@@ -44,7 +46,8 @@ const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 86_400);
 
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
-    /// Follow a rollout: one line per change until Complete (0), Degraded (1) or timeout (2).
+    /// Follow a rollout: one line per change until Complete (0), Degraded (1; also when no
+    /// ready machine matched by the progress deadline) or timeout (2).
     #[command(
         after_help = "Examples:\n  deployctl rollout status api\n  deployctl rollout status api --timeout 30m -n prod"
     )]
@@ -333,10 +336,14 @@ pub fn verdict(r: &Rollout) -> Verdict {
     if st.observed_generation != r.metadata.generation.unwrap_or(0) {
         return Verdict::Waiting;
     }
+    let at_version = st.target_version.as_deref() == Some(r.spec.version.as_str());
+    // A user's pause of a complete rollout shows as Paused; every machine runs the version.
+    let complete = find_condition(&st.conditions, "Complete")
+        .is_some_and(|c| c.status == ConditionStatus::True);
     match st.phase {
-        RolloutPhase::Complete if st.target_version.as_deref() == Some(r.spec.version.as_str()) => {
-            Verdict::Done
-        }
+        RolloutPhase::Complete if at_version => Verdict::Done,
+        RolloutPhase::Paused if at_version && complete => Verdict::Done,
+        RolloutPhase::Degraded if no_machines(r) => Verdict::Failed(no_machines_message(r)),
         RolloutPhase::Degraded => Verdict::Failed(if st.message.is_empty() {
             "degraded".into()
         } else {
@@ -344,6 +351,21 @@ pub fn verdict(r: &Rollout) -> Verdict {
         }),
         _ => Verdict::Waiting,
     }
+}
+
+/// The status says that no ready machine matches the Application's selector.
+fn no_machines(r: &Rollout) -> bool {
+    r.status.as_ref().is_some_and(|st| {
+        find_condition(&st.conditions, "Available")
+            .is_some_and(|c| c.status == ConditionStatus::False && c.reason == REASON_NO_MACHINES)
+    })
+}
+
+fn no_machines_message(r: &Rollout) -> String {
+    format!(
+        "the selector of application {:?} matches no ready machine: nothing runs version {}",
+        r.spec.application, r.spec.version
+    )
 }
 
 /// One line of `rollout status`, its values [`escape`]d: one line whatever they hold.
@@ -374,11 +396,13 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
     let mut stream = client.list_watch::<Rollout>(Scope::Namespace(ns.to_string()));
     let mut last_line = String::new();
     let mut listed = false;
+    // Why it still waits, when the last status said so: no machine to roll out to.
+    let mut why_waiting = String::new();
     loop {
         let event = tokio::select! {
             e = stream.next() => e,
             _ = &mut deadline => {
-                eprintln!("error: timed out after {} waiting for rollout {name:?}", humantime::format_duration(timeout));
+                eprintln!("error: timed out after {} waiting for rollout {name:?}{why_waiting}", humantime::format_duration(timeout));
                 return Ok(2);
             }
             _ = &mut shutdown => return Ok(1),
@@ -413,6 +437,11 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
             }
         };
         listed = true;
+        why_waiting = if no_machines(&ro) {
+            format!(": {}", escape(&no_machines_message(&ro)))
+        } else {
+            String::new()
+        };
         let line = progress_line(&ro);
         if line != last_line {
             outln!("{line}");
@@ -461,6 +490,63 @@ mod tests {
             target_version: Some(target.into()),
             ..Default::default()
         })
+    }
+
+    fn with_condition(
+        mut st: Option<RolloutStatus>,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+    ) -> Option<RolloutStatus> {
+        let s = st.as_mut().expect("a status to add to");
+        crate::api::set_condition(&mut s.conditions, type_, status, reason, "", Utc::now());
+        st
+    }
+
+    #[test]
+    fn status_should_fail_saying_the_selector_matches_no_ready_machine() {
+        let waiting = with_condition(
+            st(RolloutPhase::Progressing, 2, "2"),
+            "Available",
+            ConditionStatus::False,
+            REASON_NO_MACHINES,
+        );
+        assert_eq!(
+            verdict(&rollout("2", 2, waiting)),
+            Verdict::Waiting,
+            "machines may still be registering: wait until the progress deadline"
+        );
+        let s = with_condition(
+            st(RolloutPhase::Degraded, 2, "2"),
+            "Available",
+            ConditionStatus::False,
+            REASON_NO_MACHINES,
+        );
+        match verdict(&rollout("2", 2, s)) {
+            Verdict::Failed(why) => assert!(
+                why.contains("selector of application \"api\" matches no ready machine"),
+                "{why}"
+            ),
+            other => panic!("not a failure: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_should_finish_on_a_complete_rollout_the_user_paused() {
+        let paused = with_condition(
+            st(RolloutPhase::Paused, 2, "2"),
+            "Complete",
+            ConditionStatus::True,
+            "RolloutCompleted",
+        );
+        assert_eq!(verdict(&rollout("2", 2, paused)), Verdict::Done);
+        let paused_midway = with_condition(
+            st(RolloutPhase::Paused, 2, "2"),
+            "Complete",
+            ConditionStatus::False,
+            "RolloutNotComplete",
+        );
+        assert_eq!(verdict(&rollout("2", 2, paused_midway)), Verdict::Waiting);
     }
 
     #[test]

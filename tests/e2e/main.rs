@@ -8,5 +8,6 @@ mod hostile_manifests;
 mod manifests;
 mod rollouts;
 mod sync;
+mod truth_decision;
 mod up;
 mod view;

@@ -2,7 +2,7 @@
 //! progress in time, and what its revision's history records.
 
 use super::{Decision, EventNote, View, REASON_ABORTED};
-use crate::api::RolloutPhase;
+use crate::api::{find_condition, ConditionStatus::True};
 use std::time::Duration;
 
 impl Decision<'_> {
@@ -10,9 +10,10 @@ impl Decision<'_> {
     /// `lastProgressTime` on progress; decides `complete`, `rolled_back` and
     /// `deadline_exceeded`.
     pub(super) fn complete(&mut self) {
+        // No machine is no success: a rollout that deploys nothing is not Complete.
         self.complete = !self.st.aborted
             && self.steps_done()
-            && (self.st.desired == 0 || self.all_on_target())
+            && self.all_on_target()
             && !self.restart_pending();
         self.rolled_back = self.st.aborted && self.all_back_on_stable();
         self.progress_deadline();
@@ -48,14 +49,15 @@ impl Decision<'_> {
 
     /// Every desired machine runs the stable version, available.
     fn all_back_on_stable(&self) -> bool {
-        self.stable.is_some_and(|s| {
-            self.desired.iter().all(|&i| {
-                (View {
-                    inst: &self.instances[i],
+        !self.no_machines()
+            && self.stable().is_some_and(|s| {
+                self.desired.iter().all(|&i| {
+                    (View {
+                        inst: &self.instances[i],
+                    })
+                    .available_on(s)
                 })
-                .available_on(s)
             })
-        })
     }
 
     /// Progress (more staged, updated or available than the status read) moves
@@ -75,6 +77,8 @@ impl Decision<'_> {
             .st
             .last_progress_time
             .map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default());
+        // No machine at all is waited on too: machines may still be registering, and
+        // past the deadline the rollout says that none matches.
         let waiting_on_machines =
             !self.complete && !self.frozen() && !self.step_paused && !self.st.aborted;
         self.deadline_exceeded = waiting_on_machines && since_progress >= deadline;
@@ -90,9 +94,12 @@ impl Decision<'_> {
 
     /// The target becomes the stable version; its revision ends `Complete`.
     fn record_complete(&mut self) {
+        // The condition, not the phase: a user's pause shows a complete rollout as Paused.
         let before = self.rollout.status.as_ref();
-        let was_complete = before.is_some_and(|b| b.phase == RolloutPhase::Complete)
-            && before.and_then(|b| b.target_version.as_deref()) == Some(self.target);
+        let was_complete = before.is_some_and(|b| {
+            find_condition(&b.conditions, "Complete").is_some_and(|c| c.status == True)
+                && b.target_version.as_deref() == Some(self.target)
+        });
         self.st.stable_version = Some(self.target.to_string());
         self.st.stable_sha256 = self.spec.sha256.clone();
         if let Some(last) = self.st.history.last_mut() {
@@ -129,7 +136,7 @@ impl Decision<'_> {
             "RolledBack",
             format!(
                 "every machine is back on {}",
-                self.stable.unwrap_or_default()
+                self.stable().unwrap_or_default()
             ),
         ));
     }

@@ -1,6 +1,8 @@
 //! Conditions: the phase and message a reader sees, and the conditions a tool waits on.
 
-use super::{Decision, EventNote, PAUSE_FAILURE, PAUSE_STEP, REASON_ROLLED_BACK};
+use super::{
+    Decision, EventNote, PAUSE_FAILURE, PAUSE_STEP, REASON_NO_MACHINES, REASON_ROLLED_BACK,
+};
 use crate::api::{find_condition, set_condition, ConditionStatus, RolloutPhase};
 use ConditionStatus::{False, True};
 
@@ -9,6 +11,10 @@ impl Decision<'_> {
     /// `Paused`, `Degraded`, `Complete`).
     pub(super) fn conditions(&mut self) {
         let (phase, message) = self.phase_and_message();
+        if self.no_machines() && !self.had_no_machines() {
+            self.events
+                .push(EventNote::warning(REASON_NO_MACHINES, message.clone()));
+        }
         if phase != self.st.phase && phase == RolloutPhase::Degraded && self.deadline_exceeded {
             self.events.push(EventNote::warning(
                 "ProgressDeadlineExceeded",
@@ -26,12 +32,41 @@ impl Decision<'_> {
         debug_assert!(find_condition(&self.st.conditions, "Complete").is_some());
     }
 
-    /// The first rule that holds, in this order: going back, gone back, failed, complete,
-    /// paused by the user, paused at a step, out of time, waiting at the gate, switching.
+    /// The status read already said that no machine matches (no new event).
+    fn had_no_machines(&self) -> bool {
+        self.rollout.status.as_ref().is_some_and(|s| {
+            find_condition(&s.conditions, "Available")
+                .is_some_and(|c| c.reason == REASON_NO_MACHINES)
+        })
+    }
+
+    /// The first rule that holds, in this order: no machine, going back, gone back,
+    /// failed, complete (paused by the user, or not), paused by the user, paused at a
+    /// step, out of time, waiting at the gate, switching.
     fn phase_and_message(&self) -> (RolloutPhase, String) {
         let st = &self.st;
         let (n, target) = (st.desired, self.target);
-        let stable = self.stable.unwrap_or_default();
+        let stable = self.stable().unwrap_or_default();
+        if self.no_machines() {
+            // Never Complete: a rollout that deploys nothing has not succeeded. Machines
+            // may still be registering, so it waits, as for any machine, until the
+            // progress deadline.
+            let matches_none = "the Application's selector matches no ready machine";
+            return if self.deadline_exceeded {
+                (
+                    RolloutPhase::Degraded,
+                    format!(
+                        "{matches_none} for {}s (progressDeadlineSeconds): version {target} runs nowhere",
+                        self.progress_deadline_duration().as_secs()
+                    ),
+                )
+            } else {
+                (
+                    RolloutPhase::Progressing,
+                    format!("waiting for machines: {matches_none}"),
+                )
+            };
+        }
         if st.aborted && !self.rolled_back {
             return (
                 RolloutPhase::RollingBack,
@@ -60,6 +95,15 @@ impl Decision<'_> {
                     "{} machine(s) failed version {target}: {}",
                     st.failed,
                     self.first_failure()
+                ),
+            );
+        }
+        if self.complete && self.spec.paused {
+            // Visible: a paused rollout starts nothing new, whatever version comes next.
+            return (
+                RolloutPhase::Paused,
+                format!(
+                    "paused by user; {n} machine(s) run version {target}: `deployctl rollout resume` continues"
                 ),
             );
         }
@@ -163,8 +207,14 @@ impl Decision<'_> {
     }
 
     fn set_progressing(&mut self, message: &str) {
+        let no_machines = self.no_machines();
         let st = &mut self.st;
-        let (status, reason) = if self.deadline_exceeded {
+        let (status, reason) = if no_machines {
+            (
+                if self.deadline_exceeded { False } else { True },
+                REASON_NO_MACHINES,
+            )
+        } else if self.deadline_exceeded {
             (False, "ProgressDeadlineExceeded")
         } else if st.aborted {
             (
@@ -186,9 +236,21 @@ impl Decision<'_> {
         );
     }
 
-    /// Serving: desired machines running some version, available and not held up.
+    /// Serving: desired machines running some version, available and not held up. None
+    /// matching is `False` (`NoMachines`), never "0 of 0 is enough".
     fn set_available(&mut self) {
         let n = self.st.desired;
+        if self.no_machines() {
+            set_condition(
+                &mut self.st.conditions,
+                "Available",
+                False,
+                REASON_NO_MACHINES,
+                "the Application's selector matches no ready machine",
+                self.now,
+            );
+            return;
+        }
         let min_available = n.saturating_sub(self.slots);
         let serving = self.count(|v| !v.unavailable() && v.current().is_some());
         let enough = serving >= min_available;
@@ -228,7 +290,10 @@ impl Decision<'_> {
 
     fn set_degraded(&mut self, message: &str) {
         let st = &mut self.st;
-        let (status, reason, message) = if st.aborted {
+        let no_machines = self.desired.is_empty();
+        let (status, reason, message) = if no_machines && self.deadline_exceeded {
+            (True, REASON_NO_MACHINES, message)
+        } else if st.aborted {
             (
                 True,
                 st.abort_reason.as_deref().unwrap_or(REASON_ROLLED_BACK),

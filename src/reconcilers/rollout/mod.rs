@@ -41,8 +41,19 @@ pub const PAUSE_FAILURE: &str = "FailurePolicy";
 /// Why a Rollout went back to its stable version.
 pub const REASON_ABORTED: &str = "RolloutAborted";
 pub const REASON_ROLLED_BACK: &str = "RolledBack";
-/// At most this many failed machines are listed in the status.
+/// Why a Rollout cannot roll out: its Application's selector matches no ready machine.
+pub const REASON_NO_MACHINES: &str = "NoMachines";
+/// At most this many failed machines are listed in the status (per revision).
 pub const MAX_FAILED_MACHINES: usize = 10;
+/// At most this many revisions keep their failures (`failureHistory`): the current one
+/// and the last ones that failed, each up to 10 machines with their output.
+pub const MAX_FAILED_REVISIONS: usize = 3;
+/// Lines of hook output kept per failed machine: the agent's tail is 20 lines.
+pub const MAX_OUTPUT_LINES: usize = 20;
+/// Characters kept per output line, and [`MAX_MESSAGE_CHARS`] per message: a status is
+/// rewritten on every change, so what a hook prints must not grow it without bound.
+pub const MAX_LINE_CHARS: usize = 200;
+pub const MAX_MESSAGE_CHARS: usize = 1024;
 
 /// What the Rollout decision sees.
 pub struct RolloutInput<'a> {
@@ -146,8 +157,14 @@ struct Decision<'a> {
     events: Vec<EventNote>,
     /// The earliest wake-up any phase asked for (see [`Decision::wake`]).
     requeue: Option<Duration>,
-    /// The stable version as read: what an abort or a rollback goes back to.
-    stable: Option<&'a str>,
+    /// The stable version as read (or adopted from the fleet by the new revision phase):
+    /// what an abort or a rollback goes back to.
+    stable: Option<String>,
+    /// The digest that goes with `stable`.
+    stable_sha: Option<String>,
+    /// This decision forgot the revision's failures (a new version or a retry): the
+    /// failure counts start from what the machines report now.
+    failures_reset: bool,
     /// A promote not yet handled (its token), read by the requests phase and acted on by
     /// the steps phase, after the failure policy.
     promote: Option<String>,
@@ -201,7 +218,12 @@ impl<'a> Decision<'a> {
             stable: rollout
                 .status
                 .as_ref()
-                .and_then(|s| s.stable_version.as_deref()),
+                .and_then(|s| s.stable_version.clone()),
+            stable_sha: rollout
+                .status
+                .as_ref()
+                .and_then(|s| s.stable_sha256.clone()),
+            failures_reset: false,
             promote: None,
             undo: false,
             desired,
@@ -243,6 +265,16 @@ impl<'a> Decision<'a> {
     /// Enough machines staged the target for switching to start (`minStaged`).
     fn gate_open(&self) -> bool {
         self.st.staged >= self.min_staged
+    }
+
+    /// No ready machine matches the selector: nothing to roll out to.
+    fn no_machines(&self) -> bool {
+        self.desired.is_empty()
+    }
+
+    /// The stable version, if any.
+    fn stable(&self) -> Option<&str> {
+        self.stable.as_deref()
     }
 
     /// Every desired machine (at least one) runs the target, available.

@@ -43,14 +43,14 @@ impl Decision<'_> {
     fn abort(&mut self, tok: String) {
         let st = &mut self.st;
         st.handled_abort = Some(tok);
-        if !st.aborted && self.stable != Some(self.target) {
+        if !st.aborted && self.stable.as_deref() != Some(self.target) {
             st.aborted = true;
             st.abort_reason = Some(REASON_ABORTED.into());
             self.events.push(EventNote::warning(
                 "RolloutAborted",
                 format!(
                     "aborted by request: switching back to {}",
-                    self.stable.unwrap_or("nothing")
+                    self.stable.as_deref().unwrap_or("nothing")
                 ),
             ));
         }
@@ -66,6 +66,7 @@ impl Decision<'_> {
         st.pause_conditions.retain(|p| p.reason != PAUSE_FAILURE);
         st.failed_machines.clear();
         st.last_progress_time = Some(self.now);
+        self.failures_reset = true;
         self.events.push(EventNote::normal(
             "RolloutRetried",
             format!("retrying version {}", self.target),

@@ -52,22 +52,19 @@ impl<'a> Decision<'a> {
         Staging {
             target: self.target,
             target_sha: self.spec.sha256.as_deref(),
-            stable: self.stable,
-            stable_sha: self
-                .rollout
-                .status
-                .as_ref()
-                .and_then(|s| s.stable_sha256.as_deref()),
+            stable: self.stable.clone(),
+            stable_sha: self.stable_sha.clone(),
         }
     }
 }
 
-/// The target and the stable version with their digests, as the Rollout gives them.
+/// The target and the stable version with their digests, as the Rollout gives them (the
+/// stable one owned: the decision may adopt it from the fleet).
 pub(super) struct Staging<'a> {
     target: &'a str,
     target_sha: Option<&'a str>,
-    stable: Option<&'a str>,
-    stable_sha: Option<&'a str>,
+    stable: Option<String>,
+    stable_sha: Option<String>,
 }
 
 impl<'a> Staging<'a> {
@@ -87,7 +84,7 @@ impl<'a> Staging<'a> {
         let mut len = 0;
         for v in [
             inst.spec.current.as_deref(),
-            self.stable,
+            self.stable.as_deref(),
             with_target.then_some(self.target),
         ]
         .into_iter()
@@ -128,14 +125,11 @@ impl<'a> Staging<'a> {
 
     /// The digest an Instance carries for `v`: the target's and the stable's from the
     /// Rollout, any other as the Instance had it (`old`).
-    fn sha_for<'o>(&self, v: &str, old: &'o [VersionRef]) -> Option<&'o str>
-    where
-        'a: 'o,
-    {
+    fn sha_for<'o>(&'o self, v: &str, old: &'o [VersionRef]) -> Option<&'o str> {
         if v == self.target {
             self.target_sha
-        } else if Some(v) == self.stable {
-            self.stable_sha
+        } else if Some(v) == self.stable.as_deref() {
+            self.stable_sha.as_deref()
         } else {
             old.iter()
                 .find(|r| r.version == v)

@@ -14,9 +14,12 @@ impl Decision<'_> {
         if let Some(tok) = self.promote.take() {
             self.promote(&tok);
         }
-        // Straight to every machine: after `undo`, when going back, and on the very first
-        // rollout (no stable version: nothing runs that a canary would protect).
-        if self.undo || self.st.aborted || self.stable.is_none() {
+        // Straight to every machine: after `undo`, when going back, when the target is the
+        // stable version (every machine ran it; going back to it is what `undo` does), and
+        // on the very first rollout (no stable version: nothing runs that a canary would
+        // protect).
+        let to_stable = self.stable() == Some(self.target);
+        if self.undo || self.st.aborted || self.stable.is_none() || to_stable {
             self.step = steps.len();
         }
         while let Some(s) = steps.get(self.step) {

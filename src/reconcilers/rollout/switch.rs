@@ -17,12 +17,13 @@ impl Decision<'_> {
     fn switch_in_slots(&mut self) {
         let aborted = self.st.aborted;
         let Some(to) = (if aborted {
-            self.stable
+            self.stable.clone()
         } else {
-            Some(self.target)
+            Some(self.target.to_string())
         }) else {
             return;
         };
+        let to = to.as_str();
         let may_switch = if aborted {
             !self.spec.paused
         } else {

@@ -20,6 +20,8 @@ struct Fleet {
     fail_stage: BTreeSet<String>,
     /// Machines that do not act at all (a stuck install).
     stuck: BTreeSet<String>,
+    /// What a failing switch's hooks print (the agent's output tail).
+    fail_output: Vec<String>,
     /// Most machines seen unavailable at once.
     max_seen_unavailable: u32,
     /// Every (machine, version) switch the agents performed, in order.
@@ -62,6 +64,7 @@ impl Fleet {
             fail_switch: HashMap::new(),
             fail_stage: BTreeSet::new(),
             stuck: BTreeSet::new(),
+            fail_output: vec![],
             max_seen_unavailable: 0,
             switches: vec![],
             events: vec![],
@@ -134,6 +137,7 @@ impl Fleet {
                     st.available = false;
                     st.healthy = false;
                     st.failure = Some(failure(&v, "Switch", "HookFailed"));
+                    st.last_hook_output = self.fail_output.clone();
                     st.phase = InstancePhase::Failed;
                     self.switches.push((m.clone(), v));
                 } else {
@@ -141,6 +145,8 @@ impl Fleet {
                     st.available = false; // verifying: finishes next step
                     st.healthy = false;
                     st.phase = InstancePhase::Verifying;
+                    // As the agent does: the next hooks' output replaces the last tail.
+                    st.last_hook_output = vec![format!("activated {v}")];
                     self.switches.push((m.clone(), v));
                 }
             } else if want.is_some() && !st.available {
@@ -700,13 +706,15 @@ fn undo_should_go_straight_back_skipping_canary_steps() {
     fleet.annotate(ANNOTATION_UNDO, &gen);
     fleet.run(50);
     assert_eq!(fleet.on("1.0"), 4, "no pause at step 1");
+    // 1.0 appears once, under its newest number (as Argo Rollouts renumbers the
+    // ReplicaSet a rollback reuses): never two revisions of one version.
     let h: Vec<_> = fleet
         .status()
         .history
         .iter()
-        .map(|r| r.version.as_str())
+        .map(|r| (r.revision, r.version.as_str(), r.result.as_str()))
         .collect();
-    assert_eq!(h, ["1.0", "2.0", "1.0"]);
+    assert_eq!(h, [(2, "2.0", "Complete"), (3, "1.0", "Complete")]);
 }
 
 #[test]
@@ -781,11 +789,68 @@ fn history_should_keep_at_most_the_revision_history_limit() {
 }
 
 #[test]
-fn an_empty_fleet_should_complete_at_once() {
-    let mut fleet = Fleet::new(0, strategy(IntOrPercent::Int(1)));
+fn a_selector_matching_no_machine_should_not_complete_and_should_say_so() {
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.progress_deadline_seconds = 60;
+    let mut fleet = Fleet::new(0, s);
+    let plan = fleet.decide();
     fleet.decide();
-    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
-    assert_eq!(fleet.status().stable_version.as_deref(), Some("1.0"));
+    let st = fleet.status();
+    // Machines may still be registering: it waits, saying why, never Complete.
+    assert_eq!(st.phase, RolloutPhase::Progressing, "{}", st.message);
+    assert!(
+        st.message.contains("matches no ready machine"),
+        "{}",
+        st.message
+    );
+    assert_eq!(st.stable_version, None, "nothing ran: nothing is stable");
+    let available = find_condition(&st.conditions, "Available").unwrap();
+    assert_eq!(
+        (available.status, available.reason.as_str()),
+        (ConditionStatus::False, REASON_NO_MACHINES)
+    );
+    assert_eq!(
+        find_condition(&st.conditions, "Complete").unwrap().status,
+        ConditionStatus::False
+    );
+    let warnings: Vec<_> = fleet
+        .events
+        .iter()
+        .filter(|e| e.reason == REASON_NO_MACHINES)
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning, not one per decision");
+    assert_eq!(warnings[0].type_, "Warning", "{:?}", warnings[0]);
+    assert_eq!(
+        plan.requeue_after,
+        Some(Duration::from_secs(60)),
+        "woken at the progress deadline"
+    );
+
+    // Past the deadline: Degraded, naming the cause.
+    fleet.now += ChronoDuration::seconds(61);
+    fleet.decide();
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Degraded, "{}", st.message);
+    assert!(
+        st.message.contains("matches no ready machine"),
+        "{}",
+        st.message
+    );
+    let degraded = find_condition(&st.conditions, "Degraded").unwrap();
+    assert_eq!(
+        (degraded.status, degraded.reason.as_str()),
+        (ConditionStatus::True, REASON_NO_MACHINES)
+    );
+
+    // A machine turns ready: the rollout goes on and completes there.
+    let mut inst = Instance::new("api.m00", InstanceSpec::default());
+    inst.spec.machine = "m00".into();
+    inst.metadata.generation = Some(1);
+    fleet.instances.push(inst);
+    fleet.desired.insert("m00".into());
+    complete_v1(&mut fleet);
+    let available = find_condition(&fleet.status().conditions, "Available").unwrap();
+    assert_eq!(available.status, ConditionStatus::True);
 }
 
 #[test]
@@ -911,4 +976,266 @@ fn a_version_that_never_staged_should_leave_staged_when_the_rollout_goes_back() 
         // 2.0 is not on any disk: keeping it listed would have agents retry it.
         assert_eq!(staged_of(inst), ["1.0"], "{}", inst.name());
     }
+}
+
+/// Canary steps that stop at a pause after the first machine and again after the second.
+fn two_pauses() -> Vec<Step> {
+    let pause = || Step {
+        pause: Some(PauseStep { duration: None }),
+        ..Default::default()
+    };
+    vec![
+        Step {
+            machines: Some(1),
+            ..Default::default()
+        },
+        pause(),
+        Step {
+            machines: Some(2),
+            ..Default::default()
+        },
+        pause(),
+    ]
+}
+
+/// The Rollout deleted and applied again: the same spec, no status, a new object.
+fn recreate(fleet: &mut Fleet, version: &str) {
+    let strategy = fleet.rollout.spec.strategy.clone();
+    let policy = fleet.rollout.spec.failure_policy.clone();
+    fleet.rollout = rollout(version, strategy);
+    fleet.rollout.spec.failure_policy = policy;
+}
+
+#[test]
+fn a_new_rollout_should_adopt_the_version_every_machine_runs_as_stable() {
+    let mut s = strategy(IntOrPercent::Int(4));
+    s.steps = two_pauses();
+    let mut fleet = Fleet::new(4, s);
+    complete_v1(&mut fleet);
+    recreate(&mut fleet, "2.0");
+    fleet.run(50);
+    let st = fleet.status();
+    assert_eq!(st.stable_version.as_deref(), Some("1.0"), "{}", st.message);
+    assert_eq!(
+        fleet.on("2.0"),
+        1,
+        "the canary step runs: one machine, then the pause"
+    );
+    assert_eq!(st.phase, RolloutPhase::Paused, "{}", st.message);
+    let h: Vec<_> = st
+        .history
+        .iter()
+        .map(|r| (r.revision, r.version.as_str(), r.result.as_str()))
+        .collect();
+    assert_eq!(h, [(1, "1.0", "Adopted"), (2, "2.0", "")]);
+    assert!(fleet.events.iter().any(|e| e.reason == "RolloutAdopted"));
+
+    // And it has something to go back to.
+    fleet.annotate(ANNOTATION_ABORT, "a1");
+    fleet.run(50);
+    assert_eq!(fleet.on("1.0"), 4);
+    assert_eq!(fleet.status().history.last().unwrap().result, "Aborted");
+}
+
+#[test]
+fn a_new_rollout_over_a_mixed_fleet_should_adopt_nothing() {
+    let mut s = strategy(IntOrPercent::Int(4));
+    s.steps = two_pauses();
+    let mut fleet = Fleet::new(3, s);
+    complete_v1(&mut fleet);
+    fleet.instances[2]
+        .status
+        .as_mut()
+        .expect("reported")
+        .current_version = Some("0.9".into());
+    recreate(&mut fleet, "2.0");
+    fleet.decide();
+    assert_eq!(fleet.status().stable_version, None);
+    assert!(!fleet.events.iter().any(|e| e.reason == "RolloutAdopted"));
+}
+
+#[test]
+fn going_to_the_stable_version_after_a_rollback_should_switch_straight_back_without_steps() {
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.steps = two_pauses();
+    let mut fleet = Fleet::new(4, s);
+    fleet.rollout.spec.failure_policy = FailurePolicy {
+        max_failures: 0,
+        action: FailureAction::Rollback,
+    };
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(50);
+    fleet.annotate(ANNOTATION_PROMOTE, "p1");
+    fleet.fail_switch.insert("m01".into(), "2.0".into());
+    fleet.run(50);
+    assert_eq!(fleet.status().phase, RolloutPhase::Degraded);
+    assert_eq!(fleet.on("1.0"), 4, "rolled back");
+    let pauses_before = fleet
+        .events
+        .iter()
+        .filter(|e| e.reason == "RolloutPaused")
+        .count();
+
+    fleet.set_version("1.0");
+    fleet.run(50);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Complete, "{}", st.message);
+    assert_eq!(st.current_step_index, Some(4), "past every step at once");
+    let pauses_after = fleet
+        .events
+        .iter()
+        .filter(|e| e.reason == "RolloutPaused")
+        .count();
+    assert_eq!(
+        pauses_after, pauses_before,
+        "no canary pause on the way back"
+    );
+    let h: Vec<_> = st
+        .history
+        .iter()
+        .map(|r| (r.version.as_str(), r.result.as_str()))
+        .collect();
+    assert_eq!(h, [("2.0", "RolledBack"), ("1.0", "Complete")]);
+}
+
+#[test]
+fn going_to_the_stable_version_mid_canary_should_switch_every_machine_back_at_once() {
+    let mut s = strategy(IntOrPercent::Int(1));
+    s.steps = two_pauses();
+    let mut fleet = Fleet::new(4, s);
+    complete_v1(&mut fleet);
+    fleet.set_version("2.0");
+    fleet.run(50);
+    assert_eq!(fleet.on("2.0"), 1, "the canary");
+    fleet.set_version("1.0");
+    fleet.run(50);
+    assert_eq!(fleet.on("1.0"), 4);
+    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
+}
+
+#[test]
+fn a_rollback_should_keep_the_failed_revisions_machines_with_their_hook_output() {
+    let mut fleet = Fleet::new(3, strategy(IntOrPercent::Int(1)));
+    fleet.rollout.spec.failure_policy = FailurePolicy {
+        max_failures: 0,
+        action: FailureAction::Rollback,
+    };
+    complete_v1(&mut fleet);
+    fleet.fail_switch.insert("m02".into(), "2.0".into());
+    fleet.fail_output = vec!["installing".into(), "MARKER-42 on stderr".into()];
+    fleet.set_version("2.0");
+    fleet.run(100);
+    let st = fleet.status();
+    assert_eq!(fleet.on("1.0"), 3, "{}", st.message);
+    assert_eq!(st.history.last().unwrap().result, "RolledBack");
+    assert_eq!(
+        st.failed, 1,
+        "the revision that failed still counts its failure"
+    );
+    assert_eq!(
+        st.failed_machines
+            .iter()
+            .map(|f| f.machine.as_str())
+            .collect::<Vec<_>>(),
+        ["m02"]
+    );
+    let entry = st.failure_history.last().expect("the revision's failures");
+    assert_eq!((entry.revision, entry.version.as_str()), (2, "2.0"));
+    assert_eq!(entry.failed, 1);
+    let m02 = &entry.machines[0];
+    assert_eq!(
+        (m02.machine.as_str(), m02.reason.as_str()),
+        ("m02", "HookFailed")
+    );
+    assert_eq!(
+        m02.output,
+        ["installing", "MARKER-42 on stderr"],
+        "the output of the failed hook, not of the rollback's hooks"
+    );
+
+    // The next version starts with no failures; the failed revision's stay readable.
+    fleet.fail_switch.clear();
+    fleet.set_version("3.0");
+    fleet.run(100);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Complete, "{}", st.message);
+    assert_eq!((st.failed, st.failed_machines.len()), (0, 0));
+    let kept: Vec<_> = st
+        .failure_history
+        .iter()
+        .map(|e| (e.revision, e.version.as_str()))
+        .collect();
+    assert_eq!(kept, [(2, "2.0")]);
+}
+
+#[test]
+fn kept_failures_should_be_bounded_in_machines_lines_and_line_length() {
+    let mut s = strategy(IntOrPercent::Int(20));
+    s.min_staged = IntOrPercent::Int(1);
+    let mut fleet = Fleet::new(15, s);
+    fleet.rollout.spec.failure_policy.max_failures = 100;
+    complete_v1(&mut fleet);
+    for i in 0..15 {
+        fleet.fail_switch.insert(format!("m{i:02}"), "2.0".into());
+    }
+    fleet.fail_output = (0..50)
+        .map(|i| format!("{i} {}", "x".repeat(5000)))
+        .collect();
+    fleet.set_version("2.0");
+    fleet.run(50);
+    let st = fleet.status();
+    assert_eq!(st.failed, 15);
+    assert_eq!(st.failed_machines.len(), MAX_FAILED_MACHINES);
+    let entry = st.failure_history.last().expect("recorded");
+    assert_eq!(entry.failed, 15);
+    assert_eq!(entry.machines.len(), MAX_FAILED_MACHINES);
+    for m in &entry.machines {
+        assert_eq!(m.output.len(), MAX_OUTPUT_LINES);
+        assert!(
+            m.output[0].starts_with("30 "),
+            "the last lines: {}",
+            &m.output[0][..8]
+        );
+        assert!(m.output.iter().all(|l| l.chars().count() <= MAX_LINE_CHARS));
+    }
+    for v in ["3.0", "4.0", "5.0", "6.0"] {
+        for i in 0..15 {
+            fleet.fail_switch.insert(format!("m{i:02}"), v.into());
+        }
+        fleet.set_version(v);
+        fleet.run(50);
+    }
+    assert_eq!(fleet.status().failure_history.len(), MAX_FAILED_REVISIONS);
+}
+
+#[test]
+fn a_user_pause_of_a_complete_rollout_should_show_as_paused_and_resume_to_complete() {
+    let mut fleet = Fleet::new(2, strategy(IntOrPercent::Int(1)));
+    complete_v1(&mut fleet);
+    fleet.rollout.spec.paused = true;
+    fleet.bump();
+    fleet.decide();
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Paused, "{}", st.message);
+    assert!(st.message.contains("paused by user"), "{}", st.message);
+    assert_eq!(
+        find_condition(&st.conditions, "Paused").unwrap().reason,
+        "UserPaused"
+    );
+    assert_eq!(
+        find_condition(&st.conditions, "Complete").unwrap().status,
+        ConditionStatus::True,
+        "every machine still runs the version"
+    );
+    fleet.rollout.spec.paused = false;
+    fleet.bump();
+    fleet.decide();
+    assert_eq!(fleet.status().phase, RolloutPhase::Complete);
+    let completed = fleet
+        .events
+        .iter()
+        .filter(|e| e.reason == "RolloutCompleted")
+        .count();
+    assert_eq!(completed, 1, "a pause and a resume complete nothing new");
 }
