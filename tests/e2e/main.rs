@@ -7,5 +7,6 @@ mod etcd_security;
 mod manifests;
 mod rollouts;
 mod sync;
+mod truth_views;
 mod up;
 mod view;
