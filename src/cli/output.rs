@@ -367,8 +367,8 @@ impl Columns for Rollout {
             st.staged.to_string(),
             st.updated.to_string(),
             st.available.to_string(),
-            self.spec.version.clone(),
-            st.phase.to_string(),
+            rollout_version(self),
+            rollout_phase(self),
             age(self.metadata.creation_timestamp, now),
         ];
         if wide {
@@ -381,6 +381,30 @@ impl Columns for Rollout {
             r.push(st.message.clone());
         }
         r
+    }
+}
+
+/// The version a Rollout's status describes (`status.targetVersion`), with the one its
+/// spec asks for when the controller has not seen it yet: `2.0.0 (3.0.0 not yet
+/// observed)`. Without a status, the spec's. The counts and message beside it describe
+/// the status's version, so a row never pairs one version with another's message.
+pub fn rollout_version(r: &Rollout) -> String {
+    let asked = &r.spec.version;
+    match r.status.as_ref().and_then(|s| s.target_version.as_deref()) {
+        Some(t) if t != asked => format!("{t} ({asked} not yet observed)"),
+        Some(t) => t.to_string(),
+        None => asked.clone(),
+    }
+}
+
+/// The phase, and `paused` when a user paused a Rollout whose phase does not say so (a
+/// Complete one: the pause holds the next version).
+fn rollout_phase(r: &Rollout) -> String {
+    let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if r.spec.paused && phase != crate::api::RolloutPhase::Paused {
+        format!("{phase} (paused)")
+    } else {
+        phase.to_string()
     }
 }
 
@@ -771,6 +795,33 @@ mod tests {
         );
         assert_eq!(Instance::headers(false)[8], "NOTE");
         assert_eq!(Machine::headers(true).last(), Some(&"NOTE"));
+    }
+
+    #[test]
+    fn a_rollout_row_should_pair_the_version_with_its_status_and_show_a_user_pause() {
+        let mut r = Rollout::new(
+            "api",
+            crate::api::RolloutSpec {
+                application: "api".into(),
+                version: "1.0".into(),
+                ..Default::default()
+            },
+        );
+        let fleet = Fleet::at(Utc::now());
+        let row = |r: &Rollout| table_rows(std::slice::from_ref(r), true, false, &fleet)[0].clone();
+        assert_eq!(row(&r)[6], "1.0", "no status yet: the spec's version");
+        r.status = Some(crate::api::RolloutStatus {
+            phase: crate::api::RolloutPhase::Progressing,
+            target_version: Some("2.0".into()),
+            message: "switching on 2.0".into(),
+            ..Default::default()
+        });
+        let cells = row(&r);
+        assert_eq!(cells[6], "2.0 (1.0 not yet observed)");
+        assert_eq!(cells[11], "switching on 2.0");
+        r.status.as_mut().expect("set above").phase = crate::api::RolloutPhase::Complete;
+        r.spec.paused = true;
+        assert_eq!(row(&r)[7], "Complete (paused)");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! [`watch`] only feeds it from the store and decides how to print.
 
 use super::get::shutdown_signal;
-use super::output::{escape, Fleet};
+use super::output::{escape, rollout_version, Fleet};
 use crate::api::selector::LabelSelector;
 use crate::api::{
     Instance, InstancePhase, Machine, Object, Rollout, RolloutPhase, RolloutStatus, Step,
@@ -471,18 +471,6 @@ fn wrap_ranges(text: &str, first: usize, rest: usize) -> Vec<std::ops::Range<usi
     lines
 }
 
-/// The version a Rollout's status describes (`status.targetVersion`), and the one its
-/// spec asks for when the controller has not seen it yet: `2.0.0 (3.0.0 not yet
-/// observed)`. Without a status, the spec's.
-pub fn version_text(r: &Rollout) -> String {
-    let asked = &r.spec.version;
-    match r.status.as_ref().and_then(|s| s.target_version.as_deref()) {
-        Some(t) if t != asked => format!("{t} ({asked} not yet observed)"),
-        Some(t) => t.to_string(),
-        None => asked.clone(),
-    }
-}
-
 /// `get rollouts -w`: one line per Rollout. Every column but NAME and STRATEGY comes from
 /// the Rollout's status, one write of the controller, so a frame never pairs one version
 /// with another's message: VERSION is `status.targetVersion`, and a `spec.version` the
@@ -526,7 +514,7 @@ pub fn render_rollouts(
             (st.staged.to_string(), Paint::None),
             (st.updated.to_string(), Paint::None),
             (st.available.to_string(), Paint::None),
-            (version_text(r), Paint::None),
+            (rollout_version(r), Paint::None),
             (first_line(&st.message), Paint::None),
         ];
         if all_namespaces {
