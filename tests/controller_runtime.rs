@@ -350,6 +350,9 @@ impl Store for Interposer {
     async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {
         self.store.revoke_lease(lease).await
     }
+    async fn lease_ttl(&self, lease: LeaseId) -> StoreResult<Option<deployctl::store::LeaseTtl>> {
+        self.store.lease_ttl(lease).await
+    }
     async fn compact(&self, revision: i64) -> StoreResult<()> {
         self.store.compact(revision).await
     }

@@ -116,6 +116,7 @@ conformance! {
         put_with_an_unknown_lease_should_fail_with_lease_not_found,
         granting_a_chosen_lease_id_should_grant_once_and_hold_keys,
         events_of_many_writers_should_share_the_windows_lease,
+        presence_should_give_the_agents_start_and_lease_ttl_until_the_lease_ends,
         spec_and_status_updates_should_never_clobber_each_other,
         client_delete_should_remove_spec_and_status,
         list_watch_should_emit_restarted_then_merged_applied_and_deleted,
@@ -767,6 +768,52 @@ async fn granting_a_chosen_lease_id_should_grant_once_and_hold_keys(store: Arc<d
             .await
             .expect("grant after revoke"),
         "a revoked id can be granted again"
+    );
+}
+
+async fn presence_should_give_the_agents_start_and_lease_ttl_until_the_lease_ends(
+    store: Arc<dyn Store>,
+) {
+    let client = Client::new(store.clone());
+    assert_eq!(
+        client.presence("m1").await.expect("read presence"),
+        None,
+        "no agent registered: no presence"
+    );
+    let ttl = Duration::from_secs(60);
+    let lease = store.grant_lease(ttl).await.expect("grant");
+    let started = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+        .expect("a valid timestamp")
+        .with_timezone(&chrono::Utc);
+    let value = serde_json::to_vec(&serde_json::json!({"hostname": "h", "startedAt": started}))
+        .expect("json serializes");
+    client
+        .register_presence("m1", lease, value)
+        .await
+        .expect("register presence");
+    let p = client
+        .presence("m1")
+        .await
+        .expect("read presence")
+        .expect("a registered agent has a presence");
+    assert_eq!(p.started_at, Some(started));
+    let t = p.ttl.expect("the lease is alive");
+    assert_eq!(t.granted, ttl);
+    assert!(
+        t.remaining <= ttl && t.remaining >= ttl - Duration::from_secs(10),
+        "{t:?}"
+    );
+    assert!(
+        p.since_refresh().expect("a live lease") <= Duration::from_secs(10),
+        "{p:?}"
+    );
+    store.revoke_lease(lease).await.expect("revoke");
+    assert_eq!(store.lease_ttl(lease).await.expect("read ttl"), None);
+    assert_eq!(client.presence("m1").await.expect("read presence"), None);
+    assert_eq!(
+        store.lease_ttl(424_242).await.expect("read ttl"),
+        None,
+        "an unknown lease has no TTL"
     );
 }
 

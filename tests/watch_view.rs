@@ -140,8 +140,7 @@ async fn view_should_follow_a_rollout_and_its_machines(url: StoreUrl) {
         .create(&instance("web-1"))
         .await
         .expect("create instance");
-    one.wait_for("└──□ web-1         ◌ Pending   no status yet")
-        .await;
+    one.wait_for("└──□ web-1   ◌ Pending   no status yet").await;
     let mut failed = inst.clone();
     failed.status = Some(InstanceStatus {
         phase: InstancePhase::Failed,
@@ -158,10 +157,31 @@ async fn view_should_follow_a_rollout_and_its_machines(url: StoreUrl) {
         .replace_status(&failed)
         .await
         .expect("write instance status");
-    one.wait_for(
-        "└──□ web-1         ✖ Failed    Stage 2.0 failed: ChecksumMismatch: sha256 abc != def",
-    )
-    .await;
+    one.wait_for("└──□ web-1   ✖ Failed    Stage 2.0 failed: ChecksumMismatch: sha256 abc != def")
+        .await;
+
+    // Its Machine's agent lease expires: the tree says the machine is not counted, and why.
+    let machine = client
+        .create(&Machine::new("web-1", MachineSpec::default()))
+        .await
+        .expect("create machine");
+    let mut dead = machine.clone();
+    let mut st = MachineStatus::default();
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        ConditionStatus::False,
+        "AgentLeaseExpired",
+        "the agent's lease expired: it stopped or lost the store",
+        chrono::Utc::now(),
+    );
+    dead.status = Some(st);
+    client
+        .replace_status(&dead)
+        .await
+        .expect("write machine status");
+    one.wait_for("└──□ web-1   ✖ NotReady   not counted: NotReady: agent lease expired")
+        .await;
 
     // The controller's status shows as phase, gate and counts.
     let mut progressing = created.clone();

@@ -166,6 +166,12 @@ impl Store for CountingStore {
     async fn revoke_lease(&self, lease: LeaseId) -> deployctl::store::Result<()> {
         self.inner.revoke_lease(lease).await
     }
+    async fn lease_ttl(
+        &self,
+        lease: LeaseId,
+    ) -> deployctl::store::Result<Option<deployctl::store::LeaseTtl>> {
+        self.inner.lease_ttl(lease).await
+    }
     async fn compact(&self, revision: i64) -> deployctl::store::Result<()> {
         self.inner.compact(revision).await
     }

@@ -1,12 +1,12 @@
 //! `deployctl describe`: one object as a page for people, kubectl style.
 
-use super::output::{self, age, human_duration};
+use super::output::{self, age, human_duration, NotCounted};
 use super::{connect, for_kind, ns_for, parse_kind, within, CliError, GlobalArgs};
 use crate::api::{
     Application, Condition, Event, GitSync, Instance, KindName, Machine, Object, ObjectMeta,
-    Rollout,
+    Rollout, DEFAULT_NAMESPACE,
 };
-use crate::store::{Client, Scope};
+use crate::store::{Client, Presence, Scope};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -638,39 +638,125 @@ impl Describe for Application {
 impl Describe for Machine {
     async fn describe(
         &self,
-        _c: &Client,
-        _g: &GlobalArgs,
+        client: &Client,
+        g: &GlobalArgs,
         evs: Vec<Event>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<String> {
-        let mut p = Page::default();
-        meta_fields(&mut p, &self.metadata);
-        p.field(0, "Unschedulable", self.spec.unschedulable);
-        let st = self.status.clone().unwrap_or_default();
-        p.field(0, "State", output::machine_state(self));
-        p.field(0, "Hostname", opt(st.hostname.as_ref()));
-        p.field(0, "Agent Version", opt(st.agent_version.as_ref()));
-        p.field(0, "Last Heartbeat", time(st.last_heartbeat));
-        conditions(&mut p, &st.conditions, now);
-        if st.applications.is_empty() {
-            p.field(0, "Applications", "<none>");
-        } else {
-            p.field(0, "Applications", "");
-            let rows: Vec<Vec<String>> = st
-                .applications
-                .iter()
-                .map(|a| {
-                    vec![
-                        a.name.clone(),
-                        opt(a.current_version.as_ref()),
-                        a.phase.clone(),
-                    ]
-                })
-                .collect();
-            p.table(1, &["Name", "Version", "Phase"], &rows);
-        }
-        events(&mut p, &evs, now);
-        Ok(p.finish())
+        let name = self.name().to_string();
+        let instances = within(g, client.list::<Instance>(&Scope::Machine(name.clone()))).await?;
+        let presence = within(g, client.presence(&name)).await?;
+        Ok(describe_machine(
+            self,
+            &instances.items,
+            presence.as_ref(),
+            &evs,
+            now,
+        ))
+    }
+}
+
+/// The Machine page: whether rollouts count it and why not, its agent's last heartbeat
+/// (from the presence lease: its keep-alives are the heartbeat, so nothing is written per
+/// beat), and the applications on it (from its Instances).
+pub fn describe_machine(
+    m: &Machine,
+    instances: &[Instance],
+    presence: Option<&Presence>,
+    evs: &[Event],
+    now: DateTime<Utc>,
+) -> String {
+    let mut p = Page::default();
+    meta_fields(&mut p, &m.metadata);
+    p.field(0, "Unschedulable", m.spec.unschedulable);
+    let st = m.status.clone().unwrap_or_default();
+    p.field(0, "State", output::machine_state(m));
+    let not_counted = NotCounted::of(m, now);
+    p.field(
+        0,
+        "Rollouts",
+        match &not_counted {
+            Some(n) => format!("not counted: {}", n.text()),
+            None => "counted".into(),
+        },
+    );
+    p.field(0, "Hostname", opt(st.hostname.as_ref()));
+    p.field(0, "Agent Version", opt(st.agent_version.as_ref()));
+    p.field(0, "Registered", time(st.last_heartbeat));
+    p.field(
+        0,
+        "Last Heartbeat",
+        heartbeat(presence, not_counted.as_ref()),
+    );
+    conditions(&mut p, &st.conditions, now);
+    let mut mine: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.spec.machine == m.metadata.name)
+        .collect();
+    mine.sort_by_key(|i| (i.metadata.namespace.clone(), i.spec.application.clone()));
+    if mine.is_empty() {
+        p.field(0, "Applications", "<none>");
+    } else {
+        p.field(0, "Applications", "");
+        let rows: Vec<Vec<String>> = mine
+            .iter()
+            .map(|i| {
+                let ist = i.status.clone().unwrap_or_default();
+                vec![
+                    format!(
+                        "{}/{}",
+                        i.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+                        i.spec.application
+                    ),
+                    opt(ist.current_version.as_ref()),
+                    opt(i.spec.current.as_ref()),
+                    ist.phase.to_string(),
+                    ist.healthy.to_string(),
+                    ist.available.to_string(),
+                    ist.failure
+                        .map(|f| format!("{}: {}", f.reason, f.message))
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        p.table(
+            1,
+            &[
+                "Name",
+                "Current",
+                "Wanted",
+                "Phase",
+                "Healthy",
+                "Available",
+                "Error",
+            ],
+            &rows,
+        );
+    }
+    events(&mut p, evs, now);
+    p.finish()
+}
+
+/// `3s ago (lease 10s, expires in 7s)` from a live presence; without one, why not.
+fn heartbeat(presence: Option<&Presence>, not_counted: Option<&NotCounted>) -> String {
+    let secs =
+        |d: std::time::Duration| human_duration(chrono::Duration::seconds(d.as_secs() as i64));
+    match presence {
+        Some(pr) => match (pr.ttl, pr.since_refresh()) {
+            (Some(ttl), Some(since)) => format!(
+                "{} ago (lease {}, expires in {})",
+                secs(since),
+                secs(ttl.granted),
+                secs(ttl.remaining)
+            ),
+            _ => "none: the agent's lease expired just now".into(),
+        },
+        None => match not_counted.and_then(|n| n.not_ready.as_deref()) {
+            Some(why) => format!("none: {why}"),
+            // Ready by its status, but the lease is gone: the controller has not
+            // noticed yet.
+            None => "none: the agent's lease has expired".into(),
+        },
     }
 }
 
@@ -924,6 +1010,98 @@ mod tests {
             p.line(1, l);
         }
         assert_eq!(p.finish(), "Last Hook Output:\n  ok\n  \\e[31mred\\a\n");
+    }
+
+    fn instance_on(machine: &str, app: &str, version: &str) -> Instance {
+        let mut i = Instance::new(
+            &Instance::name_for(app, machine),
+            crate::api::InstanceSpec {
+                machine: machine.into(),
+                application: app.into(),
+                current: Some(version.into()),
+                ..Default::default()
+            },
+        );
+        i.status = Some(crate::api::InstanceStatus {
+            phase: crate::api::InstancePhase::Running,
+            current_version: Some(version.into()),
+            healthy: true,
+            available: true,
+            ..Default::default()
+        });
+        i
+    }
+
+    #[test]
+    fn machine_page_should_list_its_applications_and_the_heartbeat_from_its_lease() {
+        let now = Utc::now();
+        let mut m = Machine::new("web-1", Default::default());
+        let mut st = crate::api::MachineStatus {
+            last_heartbeat: Some(now - chrono::Duration::hours(2)),
+            ..Default::default()
+        };
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            ConditionStatus::True,
+            "AgentLeaseAlive",
+            "the agent holds its lease",
+            now,
+        );
+        m.status = Some(st);
+        let insts = [
+            instance_on("web-1", "api", "2.0"),
+            instance_on("web-1", "worker", "7"),
+            instance_on("web-2", "api", "2.0"),
+        ];
+        let presence = Presence {
+            started_at: None,
+            ttl: Some(crate::store::LeaseTtl {
+                granted: std::time::Duration::from_secs(10),
+                remaining: std::time::Duration::from_secs(7),
+            }),
+        };
+        let page = describe_machine(&m, &insts, Some(&presence), &[], now);
+        for want in [
+            "State:          Ready\n",
+            "Rollouts:       counted\n",
+            "Last Heartbeat: 3s ago (lease 10s, expires in 7s)\n",
+            "Applications:\n  Name",
+            "  default/api      2.0       2.0      Running",
+            "  default/worker   7         7        Running",
+        ] {
+            assert!(page.contains(want), "{want:?} not in\n{page}");
+        }
+        assert!(
+            !page.contains("web-2"),
+            "another machine's instance: {page}"
+        );
+    }
+
+    #[test]
+    fn machine_page_should_say_why_a_dead_or_cordoned_machine_is_not_counted() {
+        let now = Utc::now();
+        let mut m = Machine::new("web-1", Default::default());
+        m.spec.unschedulable = true;
+        let mut st = crate::api::MachineStatus::default();
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            ConditionStatus::False,
+            "AgentLeaseExpired",
+            "the agent's lease expired: it stopped or lost the store",
+            now - chrono::Duration::seconds(40),
+        );
+        m.status = Some(st);
+        let page = describe_machine(&m, &[], None, &[], now);
+        for want in [
+            "State:          NotReady,SchedulingDisabled\n",
+            "Rollouts:       not counted: NotReady: agent lease expired 40s ago; cordoned\n",
+            "Last Heartbeat: none: agent lease expired 40s ago\n",
+            "Applications: <none>\n",
+        ] {
+            assert!(page.contains(want), "{want:?} not in\n{page}");
+        }
     }
 
     #[test]

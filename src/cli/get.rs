@@ -1,14 +1,14 @@
 //! `deployctl get`: tables, `-o yaml|json|name`, and `-w` to follow changes.
 
-use super::output::{self, Columns};
+use super::output::{self, Columns, Fleet};
 use super::{connect, for_kind, parse_kind, within, CliError, GlobalArgs, OutputFormat};
 use crate::api::selector::LabelSelector;
-use crate::api::{KindName, Object};
+use crate::api::{KindName, Machine, Object};
 use crate::store::{Client, ObjectEvent, Scope};
 use chrono::Utc;
 use clap::Args;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -62,9 +62,20 @@ struct View {
     no_headers: bool,
     selector: LabelSelector,
     names: Vec<String>,
+    /// The Machines, read once when the rows say whether their machine counts (the
+    /// Instances' NOTE); empty otherwise. `-w` does not follow them.
+    machines: BTreeMap<String, Machine>,
 }
 
 impl View {
+    /// What rows are drawn against now.
+    fn fleet(&self) -> Fleet {
+        Fleet {
+            now: Utc::now(),
+            machines: self.machines.clone(),
+        }
+    }
+
     fn wide(&self) -> bool {
         self.format == Some(OutputFormat::Wide)
     }
@@ -81,12 +92,13 @@ pub async fn run(g: &GlobalArgs, args: GetArgs) -> anyhow::Result<i32> {
         Some(s) => LabelSelector::parse(s).map_err(anyhow::Error::msg)?,
         None => LabelSelector::default(),
     };
-    let view = View {
+    let mut view = View {
         format: args.output,
         all_namespaces: args.all_namespaces && kind.namespaced(),
         no_headers: args.no_headers,
         selector,
         names: args.names.clone(),
+        machines: BTreeMap::new(),
     };
     let scope = if args.all_namespaces {
         Scope::All
@@ -104,6 +116,15 @@ pub async fn run(g: &GlobalArgs, args: GetArgs) -> anyhow::Result<i32> {
             no_color: args.no_color,
         };
         return super::view::watch(&client, opts).await;
+    }
+    let table = matches!(view.format, None | Some(OutputFormat::Wide));
+    if kind == KindName::Instance && table {
+        let listed = within(g, client.list::<Machine>(&Scope::All)).await?;
+        view.machines = listed
+            .items
+            .into_iter()
+            .map(|m| (m.name().to_string(), m))
+            .collect();
     }
     for_kind!(kind, K => {
         if args.watch {
@@ -203,7 +224,7 @@ fn print_items<K: Columns>(items: &[K], view: &View, single: bool) -> anyhow::Re
             if items.is_empty() {
                 return Ok(());
             }
-            let rows = output::table_rows(items, view.wide(), view.all_namespaces, Utc::now());
+            let rows = output::table_rows(items, view.wide(), view.all_namespaces, &view.fleet());
             let headers = output::table_headers::<K>(view.wide(), view.all_namespaces);
             let headers = (!view.no_headers).then_some(headers.as_slice());
             outln!("{}", output::render(headers, &rows));
@@ -226,7 +247,7 @@ fn print_change<K: Columns>(obj: &K, view: &View, widths_from: &[String]) -> any
                 std::slice::from_ref(obj),
                 view.wide(),
                 view.all_namespaces,
-                Utc::now(),
+                &view.fleet(),
             );
             // Pad to the header's widths so that rows line up under it where they fit.
             let padded: Vec<String> = row[0]
@@ -328,7 +349,7 @@ async fn watch<K: Columns>(client: &Client, scope: Scope, view: &View) -> anyhow
 /// Cells padded to each column's width in the first table (header included).
 fn column_widths<K: Columns>(items: &[K], view: &View) -> Vec<String> {
     let headers = output::table_headers::<K>(view.wide(), view.all_namespaces);
-    let rows = output::table_rows(items, view.wide(), view.all_namespaces, Utc::now());
+    let rows = output::table_rows(items, view.wide(), view.all_namespaces, &view.fleet());
     headers
         .iter()
         .enumerate()

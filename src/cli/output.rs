@@ -66,11 +66,117 @@ pub fn escape_lines(text: &str) -> String {
         .join("\n")
 }
 
+/// What a row may need beyond its object: the time it is drawn at, and the Machines of
+/// the rows of objects that live on one (an Instance says when its machine is not counted).
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub now: DateTime<Utc>,
+    /// By name. Empty when the command did not read them: rows then say nothing of their
+    /// machine.
+    pub machines: BTreeMap<String, Machine>,
+}
+
+impl Fleet {
+    /// No machines known, drawn at `now`.
+    pub fn at(now: DateTime<Utc>) -> Fleet {
+        Fleet {
+            now,
+            machines: BTreeMap::new(),
+        }
+    }
+
+    /// Why rollouts leave out the machine named `name`, or `None` when they count it or
+    /// it is not known.
+    pub fn not_counted(&self, name: &str) -> Option<NotCounted> {
+        self.machines
+            .get(name)
+            .and_then(|m| NotCounted::of(m, self.now))
+    }
+}
+
+/// Why rollouts leave a machine out of their desired count: its agent is gone (the
+/// Machine is NotReady) or it is cordoned (`spec.unschedulable`), or both. Every view
+/// says it in these words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotCounted {
+    /// Why the Machine is NotReady (`agent lease expired 40s ago`); `None` when Ready.
+    pub not_ready: Option<String>,
+    pub cordoned: bool,
+}
+
+impl NotCounted {
+    /// `None` when the machine is Ready and schedulable.
+    pub fn of(m: &Machine, now: DateTime<Utc>) -> Option<NotCounted> {
+        let ready = m
+            .status
+            .as_ref()
+            .and_then(|s| find_condition(&s.conditions, "Ready"));
+        let not_ready = match ready {
+            Some(c) if c.status == ConditionStatus::True => None,
+            Some(c) => Some(not_ready_reason(c, now)),
+            None => Some("no agent has registered".into()),
+        };
+        let cordoned = m.spec.unschedulable;
+        (not_ready.is_some() || cordoned).then_some(NotCounted {
+            not_ready,
+            cordoned,
+        })
+    }
+
+    /// `NotReady` or `Cordoned`: a word for a status column. NotReady wins, being the one
+    /// that also means nothing there is known to run.
+    pub fn state(&self) -> &'static str {
+        if self.not_ready.is_some() {
+            "NotReady"
+        } else {
+            "Cordoned"
+        }
+    }
+
+    /// The reasons alone: `agent lease expired 40s ago; cordoned`.
+    pub fn reasons(&self) -> String {
+        let mut why: Vec<&str> = self.not_ready.iter().map(String::as_str).collect();
+        if self.cordoned {
+            why.push("cordoned");
+        }
+        why.join("; ")
+    }
+
+    /// The whole sentence: `NotReady: agent lease expired 40s ago; cordoned`.
+    pub fn text(&self) -> String {
+        match &self.not_ready {
+            Some(r) if self.cordoned => format!("NotReady: {r}; cordoned"),
+            Some(r) => format!("NotReady: {r}"),
+            None => "cordoned".into(),
+        }
+    }
+}
+
+/// Why a `Ready=False` condition is false, in a person's words, with how long ago.
+fn not_ready_reason(c: &crate::api::Condition, now: DateTime<Utc>) -> String {
+    // A clock behind the controller's must not print a negative age.
+    let ago = c
+        .last_transition_time
+        .map(|t| {
+            format!(
+                " {} ago",
+                human_duration((now - t).max(chrono::Duration::zero()))
+            )
+        })
+        .unwrap_or_default();
+    match c.reason.as_str() {
+        "AgentLeaseExpired" => format!("agent lease expired{ago}"),
+        "AgentNotRegistered" => "no agent has registered".into(),
+        _ if !c.message.is_empty() => format!("{}{ago}", c.message),
+        _ => format!("{}{ago}", c.reason),
+    }
+}
+
 /// What `get` shows of a kind as a table row.
 pub trait Columns: Object {
     const KIND_NAME: KindName;
     fn headers(wide: bool) -> Vec<&'static str>;
-    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String>;
+    fn row(&self, wide: bool, fleet: &Fleet) -> Vec<String>;
     /// The order rows are listed in (by name unless a kind says otherwise).
     fn sort_key(&self) -> String {
         self.meta().key()
@@ -214,7 +320,8 @@ impl Columns for Application {
         }
         h
     }
-    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    fn row(&self, wide: bool, fleet: &Fleet) -> Vec<String> {
+        let now = fleet.now;
         let st = self.status.clone().unwrap_or_default();
         let mut r = vec![
             self.metadata.name.clone(),
@@ -250,7 +357,8 @@ impl Columns for Rollout {
         }
         h
     }
-    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    fn row(&self, wide: bool, fleet: &Fleet) -> Vec<String> {
+        let now = fleet.now;
         let st = self.status.clone().unwrap_or_default();
         let mut r = vec![
             self.metadata.name.clone(),
@@ -259,8 +367,8 @@ impl Columns for Rollout {
             st.staged.to_string(),
             st.updated.to_string(),
             st.available.to_string(),
-            self.spec.version.clone(),
-            st.phase.to_string(),
+            rollout_version(self),
+            rollout_phase(self),
             age(self.metadata.creation_timestamp, now),
         ];
         if wide {
@@ -273,6 +381,30 @@ impl Columns for Rollout {
             r.push(st.message.clone());
         }
         r
+    }
+}
+
+/// The version a Rollout's status describes (`status.targetVersion`), with the one its
+/// spec asks for when the controller has not seen it yet: `2.0.0 (3.0.0 not yet
+/// observed)`. Without a status, the spec's. The counts and message beside it describe
+/// the status's version, so a row never pairs one version with another's message.
+pub fn rollout_version(r: &Rollout) -> String {
+    let asked = &r.spec.version;
+    match r.status.as_ref().and_then(|s| s.target_version.as_deref()) {
+        Some(t) if t != asked => format!("{t} ({asked} not yet observed)"),
+        Some(t) => t.to_string(),
+        None => asked.clone(),
+    }
+}
+
+/// The phase, and `paused` when a user paused a Rollout whose phase does not say so (a
+/// Complete one: the pause holds the next version).
+fn rollout_phase(r: &Rollout) -> String {
+    let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if r.spec.paused && phase != crate::api::RolloutPhase::Paused {
+        format!("{phase} (paused)")
+    } else {
+        phase.to_string()
     }
 }
 
@@ -292,14 +424,17 @@ pub fn machine_state(m: &Machine) -> String {
 
 impl Columns for Machine {
     const KIND_NAME: KindName = KindName::Machine;
+    /// NOTE last: why rollouts do not count the machine, empty when they do.
     fn headers(wide: bool) -> Vec<&'static str> {
         let mut h = vec!["NAME", "STATUS", "AGENT", "AGE"];
         if wide {
             h.extend(["HOSTNAME", "LABELS"]);
         }
+        h.push("NOTE");
         h
     }
-    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    fn row(&self, wide: bool, fleet: &Fleet) -> Vec<String> {
+        let now = fleet.now;
         let st = self.status.clone().unwrap_or_default();
         let mut r = vec![
             self.metadata.name.clone(),
@@ -311,6 +446,11 @@ impl Columns for Machine {
             r.push(or_none(st.hostname.as_deref()));
             r.push(labels_text(&self.metadata.labels));
         }
+        r.push(
+            NotCounted::of(self, now)
+                .map(|n| n.reasons())
+                .unwrap_or_default(),
+        );
         r
     }
 }
@@ -331,9 +471,12 @@ impl Columns for Instance {
         if wide {
             h.extend(["STAGED", "ERROR"]);
         }
+        // Last: whether its machine counts, which the other columns cannot say.
+        h.push("NOTE");
         h
     }
-    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    fn row(&self, wide: bool, fleet: &Fleet) -> Vec<String> {
+        let now = fleet.now;
         let st = self.status.clone().unwrap_or_default();
         let mut r = vec![
             self.metadata.name.clone(),
@@ -356,6 +499,12 @@ impl Columns for Instance {
                 None => "<none>".into(),
             });
         }
+        r.push(
+            fleet
+                .not_counted(&self.spec.machine)
+                .map(|n| format!("machine {}; not counted", n.text()))
+                .unwrap_or_default(),
+        );
         r
     }
 }
@@ -365,7 +514,8 @@ impl Columns for Event {
     fn headers(_wide: bool) -> Vec<&'static str> {
         vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
     }
-    fn row(&self, _wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    fn row(&self, _wide: bool, fleet: &Fleet) -> Vec<String> {
+        let now = fleet.now;
         let o = &self.spec.involved_object;
         vec![
             age(self.spec.time.or(self.metadata.creation_timestamp), now),
@@ -399,7 +549,8 @@ impl Columns for GitSync {
         }
         h
     }
-    fn row(&self, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    fn row(&self, wide: bool, fleet: &Fleet) -> Vec<String> {
+        let now = fleet.now;
         let st = self.status.clone().unwrap_or_default();
         let mut r = vec![
             self.metadata.name.clone(),
@@ -430,12 +581,12 @@ pub fn table_rows<K: Columns>(
     items: &[K],
     wide: bool,
     all_namespaces: bool,
-    now: DateTime<Utc>,
+    fleet: &Fleet,
 ) -> Vec<Vec<String>> {
     items
         .iter()
         .map(|o| {
-            let mut r = o.row(wide, now);
+            let mut r = o.row(wide, fleet);
             if all_namespaces && K::NAMESPACED {
                 r.insert(0, o.namespace().unwrap_or_default().to_string());
             }
@@ -524,7 +675,12 @@ mod tests {
         m.metadata
             .labels
             .insert("role".into(), "web\x1b[31m\x07".into());
-        let rows = table_rows(std::slice::from_ref(&m), true, false, Utc::now());
+        let rows = table_rows(
+            std::slice::from_ref(&m),
+            true,
+            false,
+            &Fleet::at(Utc::now()),
+        );
         assert_eq!(rows[0][5], r"role=web\e[31m\a");
     }
 
@@ -566,6 +722,106 @@ mod tests {
             text,
             "NAME           PHASE      AGE\napi            Complete   5s\nweb-frontend   Pending    3m"
         );
+    }
+
+    #[test]
+    fn rows_should_say_why_a_machine_is_not_counted() {
+        let now = Utc::now();
+        let ready = |m: &mut Machine, status, reason: &str, secs_ago| {
+            let mut st = crate::api::MachineStatus::default();
+            crate::api::set_condition(
+                &mut st.conditions,
+                "Ready",
+                status,
+                reason,
+                "",
+                now - chrono::Duration::seconds(secs_ago),
+            );
+            m.status = Some(st);
+        };
+        let mut dead = Machine::new("m1", Default::default());
+        ready(&mut dead, ConditionStatus::False, "AgentLeaseExpired", 40);
+        let mut cordoned = Machine::new("m2", Default::default());
+        ready(&mut cordoned, ConditionStatus::True, "AgentLeaseAlive", 600);
+        cordoned.spec.unschedulable = true;
+        let mut fine = Machine::new("m3", Default::default());
+        ready(&mut fine, ConditionStatus::True, "AgentLeaseAlive", 600);
+        let ahead = Machine::new("m4", Default::default());
+        let fleet = Fleet {
+            now,
+            machines: [&dead, &cordoned, &fine, &ahead]
+                .into_iter()
+                .map(|m| (m.metadata.name.clone(), m.clone()))
+                .collect(),
+        };
+        let machines = [dead, cordoned, fine, ahead];
+        let rows = table_rows(&machines, false, false, &fleet);
+        let notes: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r[1].as_str(), r[4].as_str()))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                ("NotReady", "agent lease expired 40s ago"),
+                ("Ready,SchedulingDisabled", "cordoned"),
+                ("Ready", ""),
+                ("NotReady", "no agent has registered"),
+            ]
+        );
+        let on = |m: &str| {
+            let mut i = Instance::new(
+                &Instance::name_for("api", m),
+                crate::api::InstanceSpec {
+                    machine: m.into(),
+                    application: "api".into(),
+                    ..Default::default()
+                },
+            );
+            i.metadata.namespace = Some("default".into());
+            i
+        };
+        let insts = [on("m1"), on("m2"), on("m3"), on("m9")];
+        let rows = table_rows(&insts, false, false, &fleet);
+        let notes: Vec<&str> = rows.iter().map(|r| r[8].as_str()).collect();
+        assert_eq!(
+            notes,
+            [
+                "machine NotReady: agent lease expired 40s ago; not counted",
+                "machine cordoned; not counted",
+                "",
+                "",
+            ]
+        );
+        assert_eq!(Instance::headers(false)[8], "NOTE");
+        assert_eq!(Machine::headers(true).last(), Some(&"NOTE"));
+    }
+
+    #[test]
+    fn a_rollout_row_should_pair_the_version_with_its_status_and_show_a_user_pause() {
+        let mut r = Rollout::new(
+            "api",
+            crate::api::RolloutSpec {
+                application: "api".into(),
+                version: "1.0".into(),
+                ..Default::default()
+            },
+        );
+        let fleet = Fleet::at(Utc::now());
+        let row = |r: &Rollout| table_rows(std::slice::from_ref(r), true, false, &fleet)[0].clone();
+        assert_eq!(row(&r)[6], "1.0", "no status yet: the spec's version");
+        r.status = Some(crate::api::RolloutStatus {
+            phase: crate::api::RolloutPhase::Progressing,
+            target_version: Some("2.0".into()),
+            message: "switching on 2.0".into(),
+            ..Default::default()
+        });
+        let cells = row(&r);
+        assert_eq!(cells[6], "2.0 (1.0 not yet observed)");
+        assert_eq!(cells[11], "switching on 2.0");
+        r.status.as_mut().expect("set above").phase = crate::api::RolloutPhase::Complete;
+        r.spec.paused = true;
+        assert_eq!(row(&r)[7], "Complete (paused)");
     }
 
     #[test]

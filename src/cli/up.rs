@@ -32,13 +32,22 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const DEMO_TIMEOUT_MIN: Duration = Duration::from_secs(10);
 /// The longest `--demo-timeout`: a demo that has not finished in an hour is stuck.
 const DEMO_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// The most machines `up` runs. Its agents share this process's store client, so a
+/// machine costs no connection (an embedded store opened per agent was a writer thread,
+/// a poller thread checking every 10 ms and a pool of read connections each); what is
+/// left is a task, a lease keep-alive every few seconds and a release directory per
+/// machine, on the one host. The old cap, 64, had no reason written down.
+const MAX_MACHINES: i64 = 1000;
 /// The zones machines are spread over, round-robin.
 const ZONES: [&str; 3] = ["a", "b", "c"];
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// How many local machines (agents) to run: machine-1 .. machine-N.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// How many local machines (agents) to run: machine-1 .. machine-N, at most 1000.
+    /// They run as tasks of this process on one shared store connection; past 1000, run
+    /// `deployctl agent` processes (one per machine) instead. With --demo, each machine
+    /// also needs a free port (--demo-port + N).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=MAX_MACHINES))]
     pub machines: u32,
     /// Where each machine's root and the demo artifacts live
     /// (default: $XDG_STATE_HOME/deployctl/up, else ~/.local/state/deployctl/up).
@@ -232,7 +241,9 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         };
         let token = shutdown.clone();
         let what = format!("agent {}", m.name);
-        tasks.spawn(async move { (what, agent::run(config, token).await) });
+        // One store client for every agent: a connection each is what capped `up`.
+        let shared = client.clone();
+        tasks.spawn(async move { (what, agent::run_with(shared, config, None, token).await) });
     }
 
     outln!(
@@ -396,6 +407,12 @@ mod tests {
         assert_eq!((a.machines, a.demo, a.demo_port), (3, false, 18080));
         assert_eq!(a.demo_timeout, Duration::from_secs(120));
         assert!(Cli::try_parse_from(["deployctl", "up", "--machines", "0"]).is_err());
+        let cli = Cli::try_parse_from(["deployctl", "up", "--machines", "1000"]).unwrap();
+        let Command::Up(a) = cli.command else {
+            panic!("up")
+        };
+        assert_eq!(a.machines, 1000, "past the old cap of 64");
+        assert!(Cli::try_parse_from(["deployctl", "up", "--machines", "1001"]).is_err());
         let cli =
             Cli::try_parse_from(["deployctl", "up", "--demo", "--store", "etcd://h:1"]).unwrap();
         assert_eq!(cli.global.store.as_deref(), Some("etcd://h:1"));

@@ -5,10 +5,11 @@
 //! [`watch`] only feeds it from the store and decides how to print.
 
 use super::get::shutdown_signal;
-use super::output::escape;
+use super::output::{escape, rollout_version, Fleet};
 use crate::api::selector::LabelSelector;
 use crate::api::{
-    Instance, InstancePhase, Object, Rollout, RolloutPhase, RolloutStatus, Step, DEFAULT_NAMESPACE,
+    Instance, InstancePhase, Machine, Object, Rollout, RolloutPhase, RolloutStatus, Step,
+    DEFAULT_NAMESPACE,
 };
 use crate::reconcilers::rollout::{PAUSE_FAILURE, PAUSE_STEP};
 use crate::store::{Client, ObjectEvent, Scope};
@@ -151,6 +152,8 @@ pub fn gate(r: &Rollout) -> String {
     let step_pause = st.pause_conditions.iter().find(|p| p.reason == PAUSE_STEP);
     match st.phase {
         RolloutPhase::Pending => "not yet reconciled".into(),
+        // A user's pause of a finished rollout holds the next version: say so.
+        RolloutPhase::Complete if r.spec.paused => "paused by user".into(),
         RolloutPhase::Complete => "-".into(),
         RolloutPhase::RollingBack => format!("rolling back, {busy}"),
         RolloutPhase::Degraded => {
@@ -201,60 +204,284 @@ pub fn gate(r: &Rollout) -> String {
 }
 
 /// A table whose cells may be painted: widths come from the plain text, so colour
-/// never shifts a column.
+/// never shifts a column. Given a width, the last cell of a row wraps within it rather
+/// than run off the screen.
 struct Table {
-    rows: Vec<Vec<(String, Paint)>>,
+    rows: Vec<Row>,
 }
 
+struct Row {
+    cells: Vec<(String, Paint)>,
+    /// A heading row (a revision of the tree): its first cell does not widen the first
+    /// column, and it may run past it; its last cell starts where the column would.
+    span: bool,
+    /// What continuation lines start with when the last cell cannot wrap within its
+    /// column (too little room right of the other cells): a heading keeps the tree's
+    /// line drawn.
+    hang: String,
+    /// False for the header.
+    wraps: bool,
+}
+
+/// The narrowest column a last cell wraps within; with less room it wraps below its row.
+const MIN_WRAP: usize = 20;
+
 impl Table {
+    /// A table under a header row, which never wraps: it names the columns where they
+    /// start.
     fn new(header: &[&str]) -> Table {
-        Table {
-            rows: vec![header
+        let mut t = Table { rows: Vec::new() };
+        t.push(
+            header
                 .iter()
                 .map(|h| (h.to_string(), Paint::None))
-                .collect()],
-        }
+                .collect(),
+            false,
+            String::new(),
+        );
+        t.rows[0].wraps = false;
+        t
     }
 
     /// Adds a row; each cell is [`escape`]d here, before it is measured or painted.
     fn row(&mut self, cells: Vec<(String, Paint)>) {
-        self.rows.push(
-            cells
-                .into_iter()
-                .map(|(text, paint)| (escape(&text).into_owned(), paint))
-                .collect(),
-        );
+        self.push(cells, false, "    ".into());
     }
 
-    fn render(&self, style: Style, out: &mut String) {
-        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+    /// Adds a heading row (see [`Row::span`]); continuation lines start with `hang`.
+    fn span(&mut self, cells: Vec<(String, Paint)>, hang: String) {
+        self.push(cells, true, hang);
+    }
+
+    fn push(&mut self, cells: Vec<(String, Paint)>, span: bool, hang: String) {
+        let cells = cells
+            .into_iter()
+            .map(|(text, paint)| (escape(&text).into_owned(), paint))
+            .collect();
+        self.rows.push(Row {
+            cells,
+            span,
+            hang,
+            wraps: true,
+        });
+    }
+
+    fn render(&self, style: Style, width: Option<usize>, out: &mut String) {
+        let cols = self.rows.iter().map(|r| r.cells.len()).max().unwrap_or(0);
         let widths: Vec<usize> = (0..cols)
             .map(|i| {
                 self.rows
                     .iter()
-                    .filter_map(|r| r.get(i))
+                    .filter(|r| !(r.span && i == 0))
+                    .filter_map(|r| r.cells.get(i))
                     .map(|(t, _)| t.chars().count())
                     .max()
                     .unwrap_or(0)
             })
             .collect();
+        // Where each column starts: the widths before it, three spaces apart.
+        let starts: Vec<usize> = widths
+            .iter()
+            .scan(0, |at, w| {
+                let start = *at;
+                *at += w + 3;
+                Some(start)
+            })
+            .collect();
         for r in &self.rows {
-            let mut line = String::new();
-            for (i, (text, paint)) in r.iter().enumerate() {
-                line.push_str(&style.paint(text, *paint));
-                if i + 1 < r.len() {
-                    let pad = widths[i] - text.chars().count() + 3;
-                    line.push_str(&" ".repeat(pad));
-                }
+            let width = width.filter(|_| r.wraps);
+            let lines = if r.span {
+                span_lines(r, &starts, width)
+            } else {
+                row_lines(r, &widths, &starts, width)
+            };
+            for segments in lines {
+                let line: String = segments
+                    .iter()
+                    .map(|(text, paint)| style.paint(text, *paint))
+                    .collect();
+                out.push_str(line.trim_end());
+                out.push('\n');
             }
-            out.push_str(line.trim_end());
-            out.push('\n');
         }
     }
 }
 
-/// `get rollouts -w`: one line per Rollout.
-pub fn render_rollouts(rollouts: &[Rollout], all_namespaces: bool, style: Style) -> String {
+/// One screen line as painted pieces.
+type Line = Vec<(String, Paint)>;
+
+/// An ordinary row: its cells padded to their columns, the last one wrapped within its
+/// column, or below the row (after `hang`) when the column has less than [`MIN_WRAP`].
+fn row_lines(r: &Row, widths: &[usize], starts: &[usize], width: Option<usize>) -> Vec<Line> {
+    let Some(((last, last_paint), head)) = r.cells.split_last() else {
+        return vec![Vec::new()];
+    };
+    let mut first: Line = Vec::new();
+    for (i, (text, paint)) in head.iter().enumerate() {
+        first.push((text.clone(), *paint));
+        first.push((
+            " ".repeat(widths[i] - text.chars().count() + 3),
+            Paint::None,
+        ));
+    }
+    let start = starts.get(head.len()).copied().unwrap_or(0);
+    let room = width.map(|w| w.saturating_sub(start));
+    match room {
+        Some(room) if last.chars().count() > room && room >= MIN_WRAP => {
+            let mut lines = Vec::new();
+            for (k, piece) in wrap(last, room, room).into_iter().enumerate() {
+                let mut line = if k == 0 {
+                    first.clone()
+                } else {
+                    // The hang keeps a tree's lines drawn; spaces up to the column.
+                    let hang: String = r.hang.chars().take(start).collect();
+                    let pad = start - hang.chars().count();
+                    vec![(format!("{hang}{}", " ".repeat(pad)), Paint::None)]
+                };
+                line.push((piece, *last_paint));
+                lines.push(line);
+            }
+            lines
+        }
+        Some(_) if start + last.chars().count() > width.unwrap_or(usize::MAX) => {
+            let w = width.unwrap_or(usize::MAX);
+            let hang = r.hang.chars().count();
+            let mut lines = vec![first];
+            for piece in wrap(last, w.saturating_sub(hang), w.saturating_sub(hang)) {
+                lines.push(vec![(r.hang.clone(), Paint::None), (piece, *last_paint)]);
+            }
+            lines
+        }
+        _ => {
+            first.push((last.clone(), *last_paint));
+            vec![first]
+        }
+    }
+}
+
+/// A heading row: its first cell, then its last one from the last column's start (or
+/// three spaces on when the first is longer), the whole wrapped at the width with
+/// continuation lines after `hang`. Cells between are empty in every heading.
+fn span_lines(r: &Row, starts: &[usize], width: Option<usize>) -> Vec<Line> {
+    let Some((name, name_paint)) = r.cells.first() else {
+        return vec![Vec::new()];
+    };
+    let last_start = starts
+        .get(r.cells.len().saturating_sub(1))
+        .copied()
+        .unwrap_or(0);
+    let mut pieces: Line = vec![(name.clone(), *name_paint)];
+    if let Some((info, info_paint)) = r.cells.last().filter(|_| r.cells.len() > 1) {
+        if !info.is_empty() {
+            let len = name.chars().count();
+            let gap = if len + 3 <= last_start {
+                last_start - len
+            } else {
+                3
+            };
+            pieces.push((" ".repeat(gap), Paint::None));
+            pieces.push((info.clone(), *info_paint));
+        }
+    }
+    let text: String = pieces.iter().map(|(t, _)| t.as_str()).collect();
+    let w = width.unwrap_or(usize::MAX);
+    if text.chars().count() <= w {
+        return vec![pieces];
+    }
+    let hang = r.hang.chars().count();
+    let ranges = wrap_ranges(&text, w, w.saturating_sub(hang));
+    ranges
+        .into_iter()
+        .enumerate()
+        .map(|(k, range)| {
+            let mut line = if k == 0 {
+                Vec::new()
+            } else {
+                vec![(r.hang.clone(), Paint::None)]
+            };
+            line.extend(slice_pieces(&pieces, range));
+            line
+        })
+        .collect()
+}
+
+/// The painted pieces covering characters `range` of their concatenation.
+fn slice_pieces(pieces: &[(String, Paint)], range: std::ops::Range<usize>) -> Line {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (text, paint) in pieces {
+        let len = text.chars().count();
+        let (from, to) = (range.start.max(at), range.end.min(at + len));
+        if from < to {
+            let part: String = text.chars().skip(from - at).take(to - from).collect();
+            out.push((part, *paint));
+        }
+        at += len;
+    }
+    out
+}
+
+/// `text` wrapped at spaces into lines of at most `first` characters, then `rest`; a word
+/// longer than a line is cut. Spaces at a break are dropped.
+fn wrap(text: &str, first: usize, rest: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    wrap_ranges(text, first, rest)
+        .into_iter()
+        .map(|r| chars[r].iter().collect::<String>().trim_end().to_string())
+        .collect()
+}
+
+/// The character ranges of [`wrap`]'s lines.
+fn wrap_ranges(text: &str, first: usize, rest: usize) -> Vec<std::ops::Range<usize>> {
+    let chars: Vec<char> = text.chars().collect();
+    let n = chars.len();
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut limit = first.max(1);
+    while start < n {
+        if !lines.is_empty() {
+            while start < n && chars[start] == ' ' {
+                start += 1;
+            }
+            if start == n {
+                break;
+            }
+        }
+        if n - start <= limit {
+            lines.push(start..n);
+            break;
+        }
+        let end = start + limit;
+        // `end < n` here, so `chars[end]` exists: a space there breaks the line exactly.
+        match (start + 1..=end).rev().find(|&k| chars[k] == ' ') {
+            Some(k) => {
+                lines.push(start..k);
+                start = k + 1;
+            }
+            None => {
+                lines.push(start..end);
+                start = end;
+            }
+        }
+        limit = rest.max(1);
+    }
+    if lines.is_empty() {
+        lines.push(0..0);
+    }
+    lines
+}
+
+/// `get rollouts -w`: one line per Rollout. Every column but NAME and STRATEGY comes from
+/// the Rollout's status, one write of the controller, so a frame never pairs one version
+/// with another's message: VERSION is `status.targetVersion`, and a `spec.version` the
+/// controller has not seen yet is shown beside it, marked so. `width`: the screen's columns,
+/// within which long messages wrap (`None`: no wrapping).
+pub fn render_rollouts(
+    rollouts: &[Rollout],
+    all_namespaces: bool,
+    width: Option<usize>,
+    style: Style,
+) -> String {
     let mut header = vec![
         "NAME",
         "STATUS",
@@ -287,7 +514,7 @@ pub fn render_rollouts(rollouts: &[Rollout], all_namespaces: bool, style: Style)
             (st.staged.to_string(), Paint::None),
             (st.updated.to_string(), Paint::None),
             (st.available.to_string(), Paint::None),
-            (r.spec.version.clone(), Paint::None),
+            (rollout_version(r), Paint::None),
             (first_line(&st.message), Paint::None),
         ];
         if all_namespaces {
@@ -300,7 +527,7 @@ pub fn render_rollouts(rollouts: &[Rollout], all_namespaces: bool, style: Style)
     if rollouts.is_empty() {
         out.push_str("No rollouts found.\n");
     } else {
-        t.render(style, &mut out);
+        t.render(style, width, &mut out);
     }
     out
 }
@@ -309,17 +536,48 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
 }
 
+/// What the detailed view draws besides its Rollout, read at one moment.
+pub struct Scene<'a> {
+    /// Any Instances; only those of the Rollout's Application (same namespace) are shown.
+    pub instances: &'a [Instance],
+    /// The Machines by name, and the time: a machine rollouts do not count (NotReady or
+    /// cordoned) is marked in the tree, with why and since when.
+    pub fleet: &'a Fleet,
+    /// The screen's columns: long values and messages wrap within them (`None`: a pipe,
+    /// no wrapping).
+    pub width: Option<usize>,
+}
+
+/// The column values of `Label: value` lines start at.
+const FIELD_INDENT: usize = 15;
+
 /// `get rollout NAME -w`: the Rollout in detail, then its machines grouped by the
-/// revision they run. `instances` may hold any Instances; only those of this Rollout's
-/// Application (same namespace) are shown.
-pub fn render_rollout(r: &Rollout, instances: &[Instance], style: Style) -> String {
+/// revision they run.
+pub fn render_rollout(r: &Rollout, scene: &Scene, style: Style) -> String {
     let st = r.status.clone().unwrap_or_default();
     let mut out = String::new();
     // Values are escaped before they are painted: the paint is the only escape
-    // sequence a field may carry.
+    // sequence a field may carry. A long value wraps under itself.
+    let room = scene
+        .width
+        .map(|w| w.saturating_sub(FIELD_INDENT).max(MIN_WRAP));
     let mut painted = |label: &str, value: &str, paint: Paint| {
-        let value = style.paint(&escape(value), paint);
-        out.push_str(&format!("{:<15}{}\n", format!("{label}:"), value));
+        let value = escape(value);
+        let pieces = match room {
+            Some(room) => wrap(&value, room, room),
+            None => vec![value.into_owned()],
+        };
+        for (k, piece) in pieces.iter().enumerate() {
+            let label = if k == 0 {
+                format!("{label}:")
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "{label:<FIELD_INDENT$}{}\n",
+                style.paint(piece, paint)
+            ));
+        }
     };
     painted("Name", &r.metadata.name, Paint::Bold);
     painted(
@@ -361,20 +619,21 @@ pub fn render_rollout(r: &Rollout, instances: &[Instance], style: Style) -> Stri
         "  MinStaged",
         format!("{min_staged} (minStaged {})", r.spec.strategy.min_staged),
     );
-    // The version asked for; until the controller has seen it, the status still
-    // describes the previous one, and the view says so rather than look stuck.
-    let target = r.spec.version.clone();
-    let unobserved = r.status.is_some() && st.target_version.as_deref() != Some(target.as_str());
+    // The target is the version the status describes; a version asked for that the
+    // controller has not seen yet is listed apart, so the rest of the frame (counts,
+    // tree) is never read as describing it.
+    let asked = r.spec.version.clone();
+    let target = st.target_version.clone().unwrap_or_else(|| asked.clone());
     let stable = st.stable_version.clone();
     let mut tags = Vec::new();
     if stable.as_deref() == Some(target.as_str()) {
         tags.push("stable");
     }
     tags.push("target");
-    if unobserved {
-        tags.push("not yet observed");
-    }
     let mut versions = vec![format!("{target} ({})", tags.join(", "))];
+    if asked != target {
+        versions.push(format!("{asked} (not yet observed)"));
+    }
     if let Some(s) = stable.as_ref().filter(|s| **s != target) {
         versions.push(format!("{s} (stable)"));
     }
@@ -392,16 +651,15 @@ pub fn render_rollout(r: &Rollout, instances: &[Instance], style: Style) -> Stri
     count("Unavailable", st.unavailable, Paint::Yellow);
     count("Failed", st.failed, Paint::Red);
     out.push('\n');
-    tree(
-        r,
-        &st,
-        &target,
-        stable.as_deref(),
-        instances,
-        style,
-        &mut out,
-    );
+    tree(r, &st, &target, stable.as_deref(), scene, style, &mut out);
     out
+}
+
+/// One group of the tree: a revision (or a version outside history) and its machines.
+struct Group<'a> {
+    name: String,
+    info: String,
+    members: Vec<&'a Instance>,
 }
 
 /// Revision → machine → instance phase, newest revision first, as `kubectl argo
@@ -411,11 +669,12 @@ fn tree(
     st: &RolloutStatus,
     target: &str,
     stable: Option<&str>,
-    instances: &[Instance],
+    scene: &Scene,
     style: Style,
     out: &mut String,
 ) {
-    let mut mine: Vec<&Instance> = instances
+    let mut mine: Vec<&Instance> = scene
+        .instances
         .iter()
         .filter(|i| {
             i.spec.application == r.spec.application
@@ -424,14 +683,85 @@ fn tree(
         })
         .collect();
     mine.sort_by(|a, b| a.spec.machine.cmp(&b.spec.machine));
+    let groups = groups(st, target, stable, &mine);
 
+    let mut t = Table::new(&["NAME", "STATUS", "INFO"]);
+    t.row(vec![
+        (format!("⟳ {}", r.metadata.name), Paint::Bold),
+        (
+            format!("{} {}", phase_symbol(st.phase), st.phase),
+            phase_paint(st.phase),
+        ),
+        (String::new(), Paint::None),
+    ]);
+    let last_group = groups.len().saturating_sub(1);
+    for (g, group) in groups.iter().enumerate() {
+        let (branch, indent) = if g == last_group {
+            ("└──", "   ")
+        } else {
+            ("├──", "│  ")
+        };
+        let hang = if group.members.is_empty() {
+            format!("{indent}     ")
+        } else {
+            format!("{indent}│    ")
+        };
+        t.span(
+            vec![
+                (format!("{branch}{}", group.name), Paint::None),
+                (String::new(), Paint::None),
+                (group.info.clone(), Paint::Dim),
+            ],
+            hang,
+        );
+        let last_member = group.members.len().saturating_sub(1);
+        for (m, i) in group.members.iter().enumerate() {
+            let (twig, under) = if m == last_member {
+                ("└──", "   ")
+            } else {
+                ("├──", "│  ")
+            };
+            let (status, info) = machine_cells(i, target, scene.fleet);
+            t.push(
+                vec![
+                    (format!("{indent}{twig}□ {}", i.spec.machine), Paint::None),
+                    status,
+                    info,
+                ],
+                false,
+                format!("{indent}{under}    "),
+            );
+        }
+    }
+    if mine.is_empty() {
+        t.row(vec![
+            ("└──(no machines)".into(), Paint::Dim),
+            (String::new(), Paint::None),
+            (String::new(), Paint::None),
+        ]);
+    }
+    t.render(style, scene.width, out);
+}
+
+/// The tree's groups, newest first: every revision in history that is the target, the
+/// stable version, or run by a machine (only the newest revision of a version: after an
+/// undo, revisions 3 and 1 of one version are one group); then versions outside history;
+/// then machines with no version.
+fn groups<'a>(
+    st: &RolloutStatus,
+    target: &str,
+    stable: Option<&str>,
+    mine: &[&'a Instance],
+) -> Vec<Group<'a>> {
     // The version each machine runs now (what `current` points at on disk).
     let running = |i: &Instance| i.status.as_ref().and_then(|s| s.current_version.clone());
-    // Groups, newest first: every revision in history that is the target, the stable
-    // version, or run by a machine; then versions outside history; then no version.
-    let mut groups: Vec<(String, String, Vec<&Instance>)> = Vec::new();
+    let mut groups = Vec::new();
     let mut placed = vec![false; mine.len()];
+    let mut seen = std::collections::BTreeSet::new();
     for rev in st.history.iter().rev() {
+        if !seen.insert(rev.version.as_str()) {
+            continue;
+        }
         let mut members = Vec::new();
         for (k, i) in mine.iter().enumerate() {
             if !placed[k] && running(i).as_deref() == Some(rev.version.as_str()) {
@@ -456,11 +786,11 @@ fn tree(
             }
             info.push_str(&rev.result.to_lowercase());
         }
-        groups.push((
-            format!("# revision:{} {}", rev.revision, rev.version),
+        groups.push(Group {
+            name: format!("# revision:{} {}", rev.revision, rev.version),
             info,
             members,
-        ));
+        });
     }
     let mut others: BTreeMap<Option<String>, Vec<&Instance>> = BTreeMap::new();
     for (k, i) in mine.iter().enumerate() {
@@ -472,58 +802,44 @@ fn tree(
     let none = others.remove(&None);
     for (v, members) in others {
         let v = v.unwrap_or_default();
-        groups.push((format!("# version {v}"), String::new(), members));
+        groups.push(Group {
+            name: format!("# version {v}"),
+            info: String::new(),
+            members,
+        });
     }
     if let Some(members) = none {
-        groups.push(("# no version yet".into(), String::new(), members));
+        groups.push(Group {
+            name: "# no version yet".into(),
+            info: String::new(),
+            members,
+        });
     }
+    groups
+}
 
-    let mut t = Table::new(&["NAME", "STATUS", "INFO"]);
-    t.row(vec![
-        (format!("⟳ {}", r.metadata.name), Paint::Bold),
-        (
-            format!("{} {}", phase_symbol(st.phase), st.phase),
-            phase_paint(st.phase),
-        ),
-        (String::new(), Paint::None),
-    ]);
-    let last_group = groups.len().saturating_sub(1);
-    for (g, (name, info, members)) in groups.iter().enumerate() {
-        let (branch, indent) = if g == last_group {
-            ("└──", "   ")
-        } else {
-            ("├──", "│  ")
-        };
-        t.row(vec![
-            (format!("{branch}{name}"), Paint::None),
-            (String::new(), Paint::None),
-            (info.clone(), Paint::Dim),
-        ]);
-        let last_member = members.len().saturating_sub(1);
-        for (m, i) in members.iter().enumerate() {
-            let twig = if m == last_member {
-                "└──"
-            } else {
-                "├──"
-            };
-            let phase = i.status.as_ref().map(|s| s.phase).unwrap_or_default();
-            let (sym, paint) = instance_symbol(phase);
-            let (info, info_paint) = instance_info(i, target);
-            t.row(vec![
-                (format!("{indent}{twig}□ {}", i.spec.machine), Paint::None),
-                (format!("{sym} {phase}"), paint),
-                (info, info_paint),
-            ]);
-        }
+/// A machine's STATUS and INFO cells. A machine rollouts do not count shows that first,
+/// in place of a phase its agent may no longer be there to change: `✖ NotReady` with
+/// `not counted: NotReady: agent lease expired 40s ago; last reported Running, healthy`,
+/// or `⊘ Cordoned` with what it runs.
+fn machine_cells(i: &Instance, target: &str, fleet: &Fleet) -> ((String, Paint), (String, Paint)) {
+    let phase = i.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let (info, info_paint) = instance_info(i, target);
+    let Some(n) = fleet.not_counted(&i.spec.machine) else {
+        let (sym, paint) = instance_symbol(phase);
+        return ((format!("{sym} {phase}"), paint), (info, info_paint));
+    };
+    let (status, paint, last) = if n.not_ready.is_some() {
+        ("✖ NotReady", Paint::Red, format!("last reported {phase}"))
+    } else {
+        ("⊘ Cordoned", Paint::Yellow, phase.to_string())
+    };
+    let mut text = format!("not counted: {}; {last}", n.text());
+    if !info.is_empty() {
+        text.push_str(", ");
+        text.push_str(&info);
     }
-    if mine.is_empty() {
-        t.row(vec![
-            ("└──(no machines)".into(), Paint::Dim),
-            (String::new(), Paint::None),
-            (String::new(), Paint::None),
-        ]);
-    }
-    t.render(style, out);
+    ((status.into(), paint), (text, paint))
 }
 
 /// What a machine is doing beyond its phase; its last error wins, being what a person
@@ -566,6 +882,9 @@ fn instance_info(i: &Instance, target: &str) -> (String, Paint) {
     }
     (parts.join(", "), Paint::None)
 }
+
+/// How often a terminal's frame is redrawn with nothing changed, so that its ages move.
+const AGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What `watch` shows and how.
 pub struct WatchOptions {
@@ -613,56 +932,95 @@ pub async fn watch_into<W: Write>(
             && opts.selector.matches(&r.metadata.labels)
     };
     let mut rollouts_stream = client.list_watch::<Rollout>(opts.scope.clone());
-    // Instances only matter for the per-machine tree of one named Rollout.
-    let mut instance_stream = match single {
-        Some(_) => client.list_watch::<Instance>(opts.scope.clone()),
-        None => futures::stream::pending().boxed(),
+    // Instances and Machines only matter for the per-machine tree of one named Rollout.
+    let (mut instance_stream, mut machine_stream) = match single {
+        Some(_) => (
+            client.list_watch::<Instance>(opts.scope.clone()),
+            client.list_watch::<Machine>(Scope::All),
+        ),
+        None => (
+            futures::stream::pending().boxed(),
+            futures::stream::pending().boxed(),
+        ),
     };
     let mut rollouts: BTreeMap<String, Rollout> = BTreeMap::new();
     let mut instances: BTreeMap<String, Instance> = BTreeMap::new();
-    // Whether each stream has delivered its first list; nothing is drawn before both.
-    let mut listed = (false, single.is_none());
+    let mut machines: BTreeMap<String, Machine> = BTreeMap::new();
+    // Whether each stream has delivered its first list; nothing is drawn before all have.
+    let mut listed = [false, single.is_none(), single.is_none()];
     let mut last_frame = String::new();
     if screen.terminal {
         // Clear once; later frames overwrite from the top-left corner.
         write!(screen.out, "\x1b[2J")?;
     }
+    // On a terminal the frame is redrawn now and then with nothing changed, so that
+    // "lease expired 40s ago" keeps counting; a pipe gets a block per change only.
+    let mut tick = tokio::time::interval(AGE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             ev = rollouts_stream.next() => match ev {
                 None => return Ok(0),
-                Some(Err(e)) if !listed.0 => return Err(e.into()),
+                Some(Err(e)) if !listed[0] => return Err(e.into()),
                 Some(Err(e)) => tracing::warn!(error = %e, "rollout watch interrupted; resuming"),
                 Some(Ok(ev)) => {
-                    listed.0 = true;
+                    listed[0] = true;
                     apply_event(&mut rollouts, ev);
                 }
             },
             ev = instance_stream.next() => match ev {
                 None => return Ok(0),
-                Some(Err(e)) if !listed.1 => return Err(e.into()),
+                Some(Err(e)) if !listed[1] => return Err(e.into()),
                 Some(Err(e)) => tracing::warn!(error = %e, "instance watch interrupted; resuming"),
                 Some(Ok(ev)) => {
-                    listed.1 = true;
+                    listed[1] = true;
                     apply_event(&mut instances, ev);
                 }
             },
+            ev = machine_stream.next() => match ev {
+                None => return Ok(0),
+                Some(Err(e)) if !listed[2] => return Err(e.into()),
+                Some(Err(e)) => tracing::warn!(error = %e, "machine watch interrupted; resuming"),
+                Some(Ok(ev)) => {
+                    listed[2] = true;
+                    apply_event(&mut machines, ev);
+                }
+            },
+            _ = tick.tick(), if screen.terminal => {}
             _ = &mut shutdown => return Ok(0),
         }
-        if !(listed.0 && listed.1) {
+        if !listed.iter().all(|l| *l) {
             continue;
         }
+        // The screen's size first: the frame wraps its long lines within it.
+        let size = if screen.terminal {
+            crossterm::terminal::size()
+                .ok()
+                .map(|(cols, rows)| (cols as usize, rows as usize))
+        } else {
+            None
+        };
+        let width = size.map(|(cols, _)| cols);
         let shown: Vec<Rollout> = rollouts.values().filter(|r| wants(r)).cloned().collect();
         let frame = match &single {
             Some(name) => match shown.first() {
                 Some(r) => {
                     let all: Vec<Instance> = instances.values().cloned().collect();
-                    render_rollout(r, &all, style)
+                    let fleet = Fleet {
+                        now: chrono::Utc::now(),
+                        machines: machines.clone(),
+                    };
+                    let scene = Scene {
+                        instances: &all,
+                        fleet: &fleet,
+                        width,
+                    };
+                    render_rollout(r, &scene, style)
                 }
                 None => format!("rollout {name:?} not found; waiting for it to appear\n"),
             },
-            None => render_rollouts(&shown, opts.all_namespaces, style),
+            None => render_rollouts(&shown, opts.all_namespaces, width, style),
         };
         if frame == last_frame {
             continue;
@@ -670,11 +1028,7 @@ pub async fn watch_into<W: Write>(
         let text = if screen.terminal {
             // Home, each line cleared to its end, then the rest of the screen cleared.
             // A frame taller or wider than the screen would scroll and break the redraw.
-            let size = crossterm::terminal::size().ok();
-            let body = fit(
-                &frame,
-                size.map(|(cols, rows)| (cols as usize, rows as usize)),
-            );
+            let body = fit(&frame, size);
             format!("\x1b[H{body}\x1b[J")
         } else {
             format!("{frame}\n")
@@ -796,6 +1150,17 @@ mod tests {
                 diff.unified_diff().context_radius(2)
             );
         }
+    }
+
+    /// The detailed view of `r` over `insts`, every machine Ready, drawn for a pipe.
+    fn detail(r: &Rollout, insts: &[Instance], style: Style) -> String {
+        let fleet = Fleet::at(at(200));
+        let scene = Scene {
+            instances: insts,
+            fleet: &fleet,
+            width: None,
+        };
+        render_rollout(r, &scene, style)
     }
 
     fn rollout(version: &str, status: Option<RolloutStatus>) -> Rollout {
@@ -999,8 +1364,8 @@ mod tests {
         );
         for style in [Style::PLAIN, Style::COLOR] {
             for frame in [
-                render_rollout(&r, &insts, style),
-                render_rollouts(std::slice::from_ref(&r), true, style),
+                detail(&r, &insts, style),
+                render_rollouts(std::slice::from_ref(&r), true, None, style),
             ] {
                 let bare = without_paint(&frame);
                 for raw in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}', '\x7f'] {
@@ -1012,7 +1377,7 @@ mod tests {
                 );
             }
         }
-        let detail = render_rollout(&r, &insts, Style::PLAIN);
+        let detail = detail(&r, &insts, Style::PLAIN);
         for want in [
             "Name:          api\\e[2J",
             "Message:       bad\\e[2J",
@@ -1029,7 +1394,7 @@ mod tests {
         let r = rollout("2.0", None);
         let mut insts = vec![inst("web-1", InstancePhase::Pending, None, &[])];
         insts[0].status = None;
-        check("pending", &render_rollout(&r, &insts, Style::PLAIN));
+        check("pending", &detail(&r, &insts, Style::PLAIN));
     }
 
     #[test]
@@ -1058,7 +1423,7 @@ mod tests {
                 i.status.as_mut().expect("fixtures have a status").phase = InstancePhase::Staging;
             }
         }
-        let out = render_rollout(&r, &insts, Style::PLAIN);
+        let out = detail(&r, &insts, Style::PLAIN);
         assert!(out.contains("Gate:        waiting for staged 3/5"), "{out}");
         check("progressing_waiting_for_stage", &out);
     }
@@ -1097,7 +1462,7 @@ mod tests {
         wants(&mut insts[2], "2.0");
         insts[2].status.as_mut().expect("set above").phase = InstancePhase::Switching;
         insts[2].status.as_mut().expect("set above").available = false;
-        let out = render_rollout(&r, &insts, Style::PLAIN);
+        let out = detail(&r, &insts, Style::PLAIN);
         assert!(out.contains("slots 2/2 busy"), "{out}");
         assert!(out.contains("Step:        3/4 (setWeight 60%)"), "{out}");
         check("progressing_slots_busy", &out);
@@ -1125,7 +1490,7 @@ mod tests {
             Some("2.0"),
             &["1.0", "2.0"],
         );
-        let out = render_rollout(&r, &insts, Style::PLAIN);
+        let out = detail(&r, &insts, Style::PLAIN);
         assert!(out.contains("paused at step 2/4 until promoted"), "{out}");
         check("paused_at_step", &out);
     }
@@ -1154,7 +1519,7 @@ mod tests {
             Some("2.0"),
             &["1.0", "2.0"],
         );
-        let out = render_rollout(&r, &insts, Style::PLAIN);
+        let out = detail(&r, &insts, Style::PLAIN);
         assert!(out.contains("Status:        ॥ Paused"), "{out}");
         assert!(out.contains("Gate:        paused by user"), "{out}");
         check("paused_by_user", &out);
@@ -1206,7 +1571,7 @@ mod tests {
             "HealthDeadline",
             "http://127.0.0.1:8080/health: connection refused",
         );
-        let out = render_rollout(&r, &insts, Style::PLAIN);
+        let out = detail(&r, &insts, Style::PLAIN);
         assert!(
             out.contains("Switch 2.0 failed: HookFailed: exit status 3"),
             "the last error shows: {out}"
@@ -1248,10 +1613,179 @@ mod tests {
             "HealthDeadline",
             "unhealthy for 60s",
         );
-        let out = render_rollout(&r, &insts, Style::PLAIN);
+        let out = detail(&r, &insts, Style::PLAIN);
         assert!(out.contains("↺ RollingBack"), "{out}");
         assert!(out.contains("switching to 1.0"), "{out}");
         check("rolling_back", &out);
+    }
+
+    /// `text` as one line: wrapped lines joined, the tree's lines and indents dropped.
+    fn unwrapped(text: &str) -> String {
+        text.lines()
+            .map(|l| l.trim_start_matches(['│', ' ']))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// A Machine named `name`, Ready or not since `secs` before `at(200)`, maybe cordoned.
+    fn machine(name: &str, ready: bool, cordoned: bool, secs: i64) -> Machine {
+        let mut m = Machine::new(name, Default::default());
+        m.spec.unschedulable = cordoned;
+        let mut st = crate::api::MachineStatus::default();
+        let (status, reason) = if ready {
+            (ConditionStatus::True, "AgentLeaseAlive")
+        } else {
+            (ConditionStatus::False, "AgentLeaseExpired")
+        };
+        crate::api::set_condition(
+            &mut st.conditions,
+            "Ready",
+            status,
+            reason,
+            "",
+            at(200 - secs),
+        );
+        m.status = Some(st);
+        m
+    }
+
+    /// A rollout of a 128-character version with long messages, over five machines: one
+    /// failed with a long message, one NotReady, one cordoned.
+    fn long_scene() -> (Rollout, Vec<Instance>, Fleet) {
+        let long = format!("2.0.0-{}", "build.abcdef0123456789-".repeat(6));
+        let long = format!("{long:x<128}")[..128].to_string();
+        assert_eq!(long.chars().count(), 128);
+        let message = format!(
+            "1 machine(s) failed version {long}: web-2: HealthCheckFailed: never passed: \
+             connection refused (3 tries over 6 s); 2 machine(s) not counted: NotReady or cordoned"
+        );
+        let mut st = status(RolloutPhase::Degraded, &message, [3, 3, 1, 0, 1, 1]);
+        st.target_version = Some(long.clone());
+        st.history = history(&[("1.0", "Complete"), (&long, "")]);
+        st.pause_conditions = vec![PauseCondition {
+            reason: PAUSE_FAILURE.into(),
+            start_time: at(150),
+            until: None,
+        }];
+        let r = rollout(&long, Some(st));
+        let mut insts = fleet_on_stable();
+        insts[1] = inst(
+            "web-2",
+            InstancePhase::Running,
+            Some(&long),
+            &["1.0", &long],
+        );
+        fail(
+            &mut insts[1],
+            "Health",
+            "HealthCheckFailed",
+            "never passed: connection refused (3 tries over 6 s); the service on 127.0.0.1:8080 \
+             exited with status 1 after 2 restarts, last output: bind: address already in use",
+        );
+        let fleet = Fleet {
+            now: at(200),
+            machines: [
+                machine("web-1", true, false, 600),
+                machine("web-2", true, false, 600),
+                machine("web-3", false, false, 40),
+                machine("web-4", true, true, 600),
+                machine("web-5", true, false, 600),
+            ]
+            .into_iter()
+            .map(|m| (m.metadata.name.clone(), m))
+            .collect(),
+        };
+        (r, insts, fleet)
+    }
+
+    #[test]
+    fn view_should_wrap_long_versions_and_messages_and_mark_machines_not_counted() {
+        let (r, insts, fleet) = long_scene();
+        for width in [80, 120] {
+            let scene = Scene {
+                instances: &insts,
+                fleet: &fleet,
+                width: Some(width),
+            };
+            let out = render_rollout(&r, &scene, Style::PLAIN);
+            for line in out.lines() {
+                assert!(
+                    line.chars().count() <= width,
+                    "a line wider than {width} columns:\n{line}\nin\n{out}"
+                );
+            }
+            let flat = unwrapped(&out);
+            for want in [
+                "exited with status 1 after 2 restarts, last output: bind: address already in use",
+                "✖ NotReady not counted: NotReady: agent lease expired 40s ago; last reported Running, healthy, available",
+                "⊘ Cordoned not counted: cordoned; Running, healthy, available",
+                "2 machine(s) not counted: NotReady or cordoned",
+            ] {
+                assert!(flat.contains(want), "{want:?} not in\n{out}");
+            }
+            check(&format!("long_{width}_columns"), &out);
+            let list = render_rollouts(std::slice::from_ref(&r), false, Some(width), Style::PLAIN);
+            let flat = unwrapped(&list);
+            assert!(
+                flat.contains("2 machine(s) not counted: NotReady or cordoned"),
+                "the message wraps, whole: {list}"
+            );
+            check(&format!("list_long_{width}_columns"), &list);
+        }
+        // A pipe: nothing wraps, and colour changes nothing but the paint.
+        let scene = Scene {
+            instances: &insts,
+            fleet: &fleet,
+            width: None,
+        };
+        let plain = render_rollout(&r, &scene, Style::PLAIN);
+        assert!(plain
+            .lines()
+            .any(|l| l.contains("already in use") && l.contains("web-2")));
+        let painted = render_rollout(&r, &scene, Style::COLOR);
+        assert_eq!(without_paint(&painted), plain);
+        assert!(painted.contains("\x1b[31m✖ NotReady\x1b[0m"), "{painted:?}");
+    }
+
+    #[test]
+    fn a_frame_should_pair_the_version_with_the_status_that_describes_it() {
+        // After `undo`: the spec asks for 1.0 while the status still describes 2.0.
+        let mut st = status(
+            RolloutPhase::Progressing,
+            "switching: slots 1/1 busy, 0/5 available on 2.0",
+            [5, 5, 1, 0, 1, 0],
+        );
+        st.history = history(&[("1.0", "Complete"), ("2.0", ""), ("1.0", "")]);
+        st.history[2].revision = 3;
+        let mut r = rollout("1.0", Some(st));
+        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN);
+        let row = list.lines().nth(1).expect("a row");
+        assert!(
+            row.contains(
+                "2.0 (1.0 not yet observed)   switching: slots 1/1 busy, 0/5 available on 2.0"
+            ),
+            "{list}"
+        );
+        let out = detail(&r, &fleet_on_stable(), Style::PLAIN);
+        assert!(
+            out.contains("Versions:      2.0 (target), 1.0 (not yet observed)"),
+            "{out}"
+        );
+        // Revisions 3 and 1 of one version are one group, the newest.
+        assert!(out.contains("# revision:3 1.0"), "{out}");
+        assert!(!out.contains("# revision:1 1.0"), "{out}");
+        // Once observed, the version is the status's alone.
+        r.status.as_mut().expect("set above").target_version = Some("1.0".into());
+        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN);
+        assert!(!list.contains("not yet observed"), "{list}");
+        // A user's pause of a complete rollout shows.
+        let st = r.status.as_mut().expect("set above");
+        st.phase = RolloutPhase::Complete;
+        r.spec.paused = true;
+        assert_eq!(gate(&r), "paused by user");
     }
 
     #[test]
@@ -1274,7 +1808,7 @@ mod tests {
                 )
             })
             .collect();
-        let out = render_rollout(&r, &insts, Style::PLAIN);
+        let out = detail(&r, &insts, Style::PLAIN);
         assert!(out.contains("Status:        ✔ Complete"), "{out}");
         assert!(
             !out.contains("revision:1"),
@@ -1304,16 +1838,17 @@ mod tests {
         );
         b.metadata.name = "web".into();
         b.metadata.namespace = Some("shop".into());
+        b.status.as_mut().expect("set above").target_version = Some("7".into());
         check(
             "list",
-            &render_rollouts(&[a.clone(), b.clone()], false, Style::PLAIN),
+            &render_rollouts(&[a.clone(), b.clone()], false, None, Style::PLAIN),
         );
         check(
             "list_all_namespaces",
-            &render_rollouts(&[a, b], true, Style::PLAIN),
+            &render_rollouts(&[a, b], true, None, Style::PLAIN),
         );
         assert_eq!(
-            render_rollouts(&[], false, Style::PLAIN),
+            render_rollouts(&[], false, None, Style::PLAIN),
             "No rollouts found.\n"
         );
     }
@@ -1327,9 +1862,9 @@ mod tests {
         let insts = fleet_on_stable();
         let on = Style::decide(false, None, true);
         assert_eq!(on, Style::COLOR);
-        let painted = render_rollout(&r, &insts, on);
+        let painted = detail(&r, &insts, on);
         assert!(painted.contains("\x1b[31m✖ Degraded\x1b[0m"), "{painted:?}");
-        assert!(render_rollouts(std::slice::from_ref(&r), false, on).contains("\x1b["));
+        assert!(render_rollouts(std::slice::from_ref(&r), false, None, on).contains("\x1b["));
         // Colour never shifts columns: without the codes it is the plain rendering.
         let stripped = painted
             .split("\x1b[")
@@ -1342,7 +1877,7 @@ mod tests {
                 }
             })
             .collect::<String>();
-        assert_eq!(stripped, render_rollout(&r, &insts, Style::PLAIN));
+        assert_eq!(stripped, detail(&r, &insts, Style::PLAIN));
 
         for off in [
             Style::decide(false, Some("1".into()), true),
@@ -1350,7 +1885,7 @@ mod tests {
             Style::decide(false, None, false),
         ] {
             assert_eq!(off, Style::PLAIN);
-            assert!(!render_rollout(&r, &insts, off).contains('\x1b'));
+            assert!(!detail(&r, &insts, off).contains('\x1b'));
         }
         // NO_COLOR set but empty does not count (no-color.org).
         assert_eq!(Style::decide(false, Some("".into()), true), Style::COLOR);
@@ -1361,9 +1896,9 @@ mod tests {
         let mut st = status(RolloutPhase::Complete, "", [5, 5, 5, 5, 0, 0]);
         st.stable_version = Some("2.0".into());
         let r = rollout("3.0", Some(st));
-        let out = render_rollout(&r, &[], Style::PLAIN);
+        let out = detail(&r, &[], Style::PLAIN);
         assert!(
-            out.contains("Versions:      3.0 (target, not yet observed), 2.0 (stable)"),
+            out.contains("Versions:      2.0 (stable, target), 3.0 (not yet observed)"),
             "{out}"
         );
     }

@@ -1277,6 +1277,24 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>> {
+        self.read(move |conn| {
+            let now = now_ms();
+            let row: Option<(i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT ttl_ms, expires_at_ms FROM leases WHERE id = ?1 AND expires_at_ms > ?2",
+                )?
+                .query_row(params![lease, now], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+            Ok(row.map(|(ttl, expires)| LeaseTtl {
+                granted: ms(ttl),
+                remaining: ms(expires - now),
+            }))
+        })
+        .await
+    }
+
     async fn compact(&self, revision: i64) -> Result<()> {
         self.write(move |tx| {
             let current = meta(tx, "revision")?;

@@ -690,6 +690,30 @@ impl Store for EtcdStore {
         }
     }
 
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>> {
+        let mut client = self.client().lease_client();
+        let resp = match self
+            .call(
+                &format!("read the TTL of lease {lease}"),
+                client.time_to_live(lease, None),
+            )
+            .await
+        {
+            Ok(resp) => resp,
+            Err(Error::LeaseNotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // etcd answers TTL -1 for a lease that has expired or never existed.
+        if resp.ttl() < 0 {
+            return Ok(None);
+        }
+        let secs = |s: i64| Duration::from_secs(u64::try_from(s).unwrap_or(0));
+        Ok(Some(LeaseTtl {
+            granted: secs(resp.granted_ttl()),
+            remaining: secs(resp.ttl()),
+        }))
+    }
+
     async fn compact(&self, revision: i64) -> Result<()> {
         let mut kv = self.kv();
         // Physical: return only once the old revisions are really gone, so that a watch

@@ -1,6 +1,6 @@
 //! Keys bound to leases: machine presence (an agent's heartbeat) and expiring Events.
 
-use super::{keys, Client, Error, EventType, LeaseId, Op, Result, Txn};
+use super::{keys, Client, Error, EventType, LeaseId, LeaseTtl, Op, Result, Txn};
 use crate::api::{Event, EventSpec, Object, ObjectReference};
 use futures::{stream::BoxStream, StreamExt};
 use std::collections::BTreeSet;
@@ -53,7 +53,45 @@ pub enum PresenceEvent {
     Down(String),
 }
 
+/// A machine's presence as the store holds it: what its agent wrote when it registered,
+/// and what is left of the lease its keep-alives refresh.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Presence {
+    /// When the agent (re)started, from the presence key's value (`None` when the value
+    /// does not say).
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `None` when the lease expired between reading the key and reading the lease.
+    pub ttl: Option<LeaseTtl>,
+}
+
+impl Presence {
+    /// How long ago the agent last refreshed its lease: a keep-alive resets the remaining
+    /// TTL to the granted one. Whole seconds on etcd, whose TTLs are.
+    pub fn since_refresh(&self) -> Option<std::time::Duration> {
+        self.ttl.map(|t| t.granted.saturating_sub(t.remaining))
+    }
+}
+
 impl Client {
+    /// The presence of `machine`'s agent, or `None` when it has none (its lease expired,
+    /// or no agent registered). Two reads, no write: the agent's keep-alives are the
+    /// heartbeat.
+    pub async fn presence(&self, machine: &str) -> Result<Option<Presence>> {
+        let Some(kv) = self.store().get(&keys::machine_lease_key(machine)).await? else {
+            return Ok(None);
+        };
+        let started_at = serde_json::from_slice::<serde_json::Value>(&kv.value)
+            .ok()
+            .and_then(|v| v.get("startedAt").cloned())
+            .and_then(|v| serde_json::from_value(v).ok());
+        let ttl = if kv.lease == 0 {
+            None
+        } else {
+            self.store().lease_ttl(kv.lease).await?
+        };
+        Ok(Some(Presence { started_at, ttl }))
+    }
+
     /// Puts the machine's presence key, bound to `lease`.
     pub async fn register_presence(
         &self,

@@ -14,7 +14,7 @@ mod leased;
 pub use batch::Write;
 pub use client::LeaderRecord;
 pub use client::{encode_status, Client, ListResult, ObjectEvent, ObjectWatch, Scope};
-pub use leased::{event_lease_id, EventRecorder, PresenceEvent, EVENT_TTL};
+pub use leased::{event_lease_id, EventRecorder, Presence, PresenceEvent, EVENT_TTL};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -142,6 +142,15 @@ impl Error {
 }
 
 pub type LeaseId = i64;
+
+/// What the store says of a live lease: the TTL it was granted and how much is left, so
+/// that a reader can tell when it was last refreshed (`granted - remaining` ago) without
+/// the holder writing anything per refresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTtl {
+    pub granted: Duration,
+    pub remaining: Duration,
+}
 
 /// One key as stored, with etcd's revision bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -292,6 +301,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends a lease now, deleting every key bound to it.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
+
+    /// The granted and remaining TTL of `lease`; `None` once it has expired or never was.
+    /// A read: it neither refreshes nor ends the lease.
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>>;
 
     /// Forgets history before `revision` (watches from earlier revisions get `Compacted`).
     async fn compact(&self, revision: i64) -> Result<()>;

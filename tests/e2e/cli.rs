@@ -385,13 +385,15 @@ fn label_selectors_should_filter_get() {
         let lines: Vec<&str> = out.stdout.lines().collect();
         assert_eq!(lines.len(), 2, "{backend}: {}", out.stdout);
         assert!(
-            lines[0] == "NAME   STATUS     AGENT    AGE   HOSTNAME   LABELS",
+            lines[0].starts_with("NAME   STATUS     AGENT    AGE   HOSTNAME   LABELS ")
+                && lines[0].ends_with("   NOTE"),
             "{backend}: {}",
             lines[0]
         );
         assert!(
             lines[1].starts_with("db-1   NotReady   <none>   ")
-                && lines[1].ends_with("role=db,zone=a"),
+                && lines[1].contains("   role=db,zone=a   ")
+                && lines[1].ends_with("no agent has registered"),
             "{backend}: {}",
             lines[1]
         );

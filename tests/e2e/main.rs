@@ -9,5 +9,6 @@ mod manifests;
 mod rollouts;
 mod sync;
 mod truth_decision;
+mod truth_views;
 mod up;
 mod view;
