@@ -275,16 +275,99 @@ trait Describe: Object {
 impl Describe for Rollout {
     async fn describe(
         &self,
-        _c: &Client,
-        _g: &GlobalArgs,
+        client: &Client,
+        g: &GlobalArgs,
         evs: Vec<Event>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<String> {
-        Ok(describe_rollout(self, &evs, now))
+        let mine =
+            application_instances(client, g, self.namespace(), &self.spec.application).await?;
+        let fleet = fleet_of(client, g, now).await?;
+        Ok(describe_rollout(self, &evs, &mine, &fleet))
     }
 }
 
-pub fn describe_rollout(ro: &Rollout, evs: &[Event], now: DateTime<Utc>) -> String {
+/// The Instances of application `app` in `namespace`, by machine name.
+async fn application_instances(
+    client: &Client,
+    g: &GlobalArgs,
+    namespace: Option<&str>,
+    app: &str,
+) -> anyhow::Result<Vec<Instance>> {
+    let ns = namespace.unwrap_or(DEFAULT_NAMESPACE).to_string();
+    let instances = within(g, client.list::<Instance>(&Scope::Namespace(ns))).await?;
+    let mut mine: Vec<Instance> = instances
+        .items
+        .into_iter()
+        .filter(|i| i.spec.application == app)
+        .collect();
+    mine.sort_by(|a, b| a.spec.machine.cmp(&b.spec.machine));
+    Ok(mine)
+}
+
+/// Every Machine, to say which of them a rollout leaves out and why.
+async fn fleet_of(
+    client: &Client,
+    g: &GlobalArgs,
+    now: DateTime<Utc>,
+) -> anyhow::Result<output::Fleet> {
+    let machines = within(g, client.list::<Machine>(&Scope::All)).await?;
+    Ok(output::Fleet {
+        now,
+        machines: machines
+            .items
+            .into_iter()
+            .map(|m| (m.metadata.name.clone(), m))
+            .collect(),
+    })
+}
+
+/// One row per Instance: what its machine runs and whether rollouts count it.
+fn instances_table(p: &mut Page, mine: &[Instance], fleet: &output::Fleet) {
+    if mine.is_empty() {
+        p.field(0, "Instances", "<none>");
+        return;
+    }
+    p.field(0, "Instances", "");
+    let rows: Vec<Vec<String>> = mine
+        .iter()
+        .map(|i| {
+            let ist = i.status.clone().unwrap_or_default();
+            let counted = match fleet.not_counted(&i.spec.machine) {
+                Some(why) => format!("no: {}", why.text()),
+                None => "yes".to_string(),
+            };
+            vec![
+                i.spec.machine.clone(),
+                opt(ist.current_version.as_ref()),
+                opt(i.spec.current.as_ref()),
+                ist.phase.to_string(),
+                ist.healthy.to_string(),
+                counted,
+                ist.failure
+                    .map(|f| format!("{}: {}", f.reason, f.message))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    p.table(
+        1,
+        &[
+            "Machine", "Current", "Wanted", "Phase", "Healthy", "Counted", "Error",
+        ],
+        &rows,
+    );
+}
+
+/// The Rollout's page; `machines` are its Application's Instances, each marked with
+/// whether the rollout counts it (`fleet` says why not).
+pub fn describe_rollout(
+    ro: &Rollout,
+    evs: &[Event],
+    machines: &[Instance],
+    fleet: &output::Fleet,
+) -> String {
+    let now = fleet.now;
     let mut p = Page::default();
     meta_fields(&mut p, &ro.metadata);
     let s = &ro.spec;
@@ -433,6 +516,7 @@ pub fn describe_rollout(ro: &Rollout, evs: &[Event], now: DateTime<Utc>) -> Stri
             }
         }
     }
+    instances_table(&mut p, machines, fleet);
     events(&mut p, evs, now);
     p.finish()
 }
@@ -596,40 +680,9 @@ impl Describe for Application {
             format!("{} selected, {} ready", st.machines, st.ready_machines),
         );
         p.field(1, "Stable Version", opt(st.stable_version.as_ref()));
-        let ns = self.metadata.namespace.clone().unwrap_or_default();
-        let instances = within(g, client.list::<Instance>(&Scope::Namespace(ns))).await?;
-        let mut mine: Vec<Instance> = instances
-            .items
-            .into_iter()
-            .filter(|i| i.spec.application == self.metadata.name)
-            .collect();
-        mine.sort_by(|a, b| a.spec.machine.cmp(&b.spec.machine));
-        if mine.is_empty() {
-            p.field(0, "Instances", "<none>");
-        } else {
-            p.field(0, "Instances", "");
-            let rows: Vec<Vec<String>> = mine
-                .iter()
-                .map(|i| {
-                    let ist = i.status.clone().unwrap_or_default();
-                    vec![
-                        i.spec.machine.clone(),
-                        opt(ist.current_version.as_ref()),
-                        opt(i.spec.current.as_ref()),
-                        ist.phase.to_string(),
-                        ist.healthy.to_string(),
-                        ist.failure
-                            .map(|f| format!("{}: {}", f.reason, f.message))
-                            .unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            p.table(
-                1,
-                &["Machine", "Current", "Wanted", "Phase", "Healthy", "Error"],
-                &rows,
-            );
-        }
+        let mine = application_instances(client, g, self.namespace(), &self.metadata.name).await?;
+        let fleet = fleet_of(client, g, now).await?;
+        instances_table(&mut p, &mine, &fleet);
         events(&mut p, &evs, now);
         Ok(p.finish())
     }
@@ -984,7 +1037,7 @@ mod tests {
         ro.status = Some(st);
         let mut ev = event("e1", "Rollout", "api", 5, now);
         ev.spec.message = format!("event{hostile}");
-        let page = describe_rollout(&ro, &[ev], now);
+        let page = describe_rollout(&ro, &[ev], &[], &output::Fleet::at(now));
         for raw in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}', '\x7f'] {
             assert!(!page.contains(raw), "{raw:?} reached the page:\n{page}");
         }
@@ -1105,6 +1158,61 @@ mod tests {
     }
 
     #[test]
+    fn rollout_page_should_list_its_machines_and_say_which_are_not_counted() {
+        let now = Utc::now();
+        let ro = Rollout::new(
+            "api",
+            RolloutSpec {
+                application: "api".into(),
+                version: "2.0".into(),
+                ..Default::default()
+            },
+        );
+        let mut fleet = output::Fleet::at(now);
+        for (name, ready) in [("web-1", true), ("web-2", false)] {
+            let mut m = Machine::new(name, Default::default());
+            let mut st = crate::api::MachineStatus::default();
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                if ready {
+                    ConditionStatus::True
+                } else {
+                    ConditionStatus::False
+                },
+                if ready {
+                    "AgentReady"
+                } else {
+                    "AgentLeaseExpired"
+                },
+                "",
+                now - chrono::Duration::seconds(40),
+            );
+            m.status = Some(st);
+            fleet.machines.insert(name.into(), m);
+        }
+        let instances: Vec<Instance> = ["web-1", "web-2"]
+            .iter()
+            .map(|m| {
+                let mut i = Instance::new(&format!("api.{m}"), Default::default());
+                i.spec.machine = m.to_string();
+                i.spec.application = "api".into();
+                i.spec.current = Some("2.0".into());
+                i
+            })
+            .collect();
+        let page = describe_rollout(&ro, &[], &instances, &fleet);
+        let rows: Vec<&str> = page.lines().filter(|l| l.contains("web-")).collect();
+        assert_eq!(rows.len(), 2, "{page}");
+        assert!(rows[0].trim_end().ends_with(" yes"), "{}", rows[0]);
+        assert!(
+            rows[1].contains("no: NotReady: agent lease expired 40s ago"),
+            "{}",
+            rows[1]
+        );
+    }
+
+    #[test]
     fn rollout_page_should_show_the_current_and_the_last_failed_revisions_failures_with_output() {
         let now = Utc::now();
         let mut ro = Rollout::new(
@@ -1158,7 +1266,7 @@ mod tests {
             ..Default::default()
         };
         ro.status = Some(st);
-        let page = describe_rollout(&ro, &[], now);
+        let page = describe_rollout(&ro, &[], &[], &output::Fleet::at(now));
         for want in [
             "Failures:\n  Revision 3 (current), version 3.0: 1 machine(s) failed\n",
             "Revision 2 (last failed), version 2.0: 2 machine(s) failed\n",
@@ -1209,7 +1317,12 @@ mod tests {
             result: "Complete".into(),
         });
         ro.status = Some(st);
-        let page = describe_rollout(&ro, &[event("e1", "Rollout", "api", 5, now)], now);
+        let page = describe_rollout(
+            &ro,
+            &[event("e1", "Rollout", "api", 5, now)],
+            &[],
+            &output::Fleet::at(now),
+        );
         for want in [
             "Name:           api\n",
             "Namespace:      default\n",
