@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod etcd_security;
+mod logs;
 mod manifests;
 mod rollouts;
 mod sync;
