@@ -64,8 +64,8 @@ pub struct LogsArgs {
 pub enum LogsError {
     #[error("machine {machine} did not answer within {}s: its agent is NotReady", ANSWER_DEADLINE.as_secs())]
     NotReady { machine: String },
-    #[error("machine {machine} did not answer within {}s although its agent is Ready (an agent older than this deployctl, or one denied /deployctl/logs/{machine}/)", ANSWER_DEADLINE.as_secs())]
-    NoAnswer { machine: String },
+    #[error("machine {machine} did not answer within {}s although its agent is Ready (an agent older than this deployctl, or one denied {prefix})", ANSWER_DEADLINE.as_secs())]
+    NoAnswer { machine: String, prefix: String },
     #[error("machine {machine}'s agent went away (NotReady); no more lines")]
     WentAway { machine: String },
     #[error("machine {machine} refused the request: {message}")]
@@ -286,7 +286,10 @@ async fn exchange(
         let chunk = tokio::select! {
             _ = &mut deadline, if !answered => {
                 return Err(Exchange::Logs(if client.machine_present(machine).await? {
-                    LogsError::NoAnswer { machine: machine.clone() }
+                    LogsError::NoAnswer {
+                        machine: machine.clone(),
+                        prefix: crate::store::keys::machine_logs_prefix(machine),
+                    }
                 } else {
                     LogsError::NotReady { machine: machine.clone() }
                 }));

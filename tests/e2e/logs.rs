@@ -216,7 +216,7 @@ fn logs_should_show_hook_and_service_output_per_machine_follow_it_and_name_a_sto
             let client = backend.client().await;
             let (left, _) = client
                 .store()
-                .list("/deployctl/logs/m1/", None)
+                .list(&deployctl::store::keys::machine_logs_prefix("m1"), None)
                 .await
                 .expect("store answers");
             assert!(left.is_empty(), "[{label}] keys left: {left:?}");
