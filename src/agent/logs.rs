@@ -593,14 +593,28 @@ struct Answer {
 impl Answer {
     async fn run(mut self, root: &Path, req: LogRequest, stop: CancellationToken) {
         let log = open(root, &req.namespace, &req.app);
-        let source = req.source.as_deref();
         let n = req.tail as usize;
-        if !req.follow {
-            let lines = log.tail(source, n);
+        // Reading the files blocks (briefly): off the async workers.
+        let (lines, rx) = {
+            let (log, source, follow) = (log.clone(), req.source.clone(), req.follow);
+            let read = tokio::task::spawn_blocking(move || {
+                if follow {
+                    let (lines, rx) = log.follow(source.as_deref(), n);
+                    (lines, Some(rx))
+                } else {
+                    (log.tail(source.as_deref(), n), None)
+                }
+            });
+            match read.await {
+                Ok(read) => read,
+                Err(e) => return self.fail(format!("cannot read the logs: {e}")).await,
+            }
+        };
+        let source = req.source.as_deref();
+        let Some(mut rx) = rx else {
             let _ = self.send_all(lines, true).await;
             return;
-        }
-        let (lines, mut rx) = log.follow(source, n);
+        };
         if self.send_all(lines, false).await.is_err() {
             return;
         }
