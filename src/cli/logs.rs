@@ -102,11 +102,13 @@ enum Update {
 
 pub async fn run(g: &GlobalArgs, args: LogsArgs) -> anyhow::Result<i32> {
     let kind = super::parse_kind(&args.kind)?;
+    if !matches!(kind, KindName::Instance | KindName::Rollout) {
+        return Err(LogsError::WrongKind(kind.plural().to_string()).into());
+    }
     let client = connect(g).await?;
     let (targets, prefix) = match kind {
-        KindName::Instance => (vec![instance_target(g, &client, &args).await?], false),
         KindName::Rollout => (rollout_targets(g, &client, &args).await?, true),
-        _ => return Err(LogsError::WrongKind(kind.plural().to_string()).into()),
+        _ => (vec![instance_target(g, &client, &args).await?], false),
     };
     let request = |t: &Target| LogRequest {
         namespace: t.namespace.clone(),
