@@ -822,6 +822,128 @@ mod tests {
         assert_eq!(chunks(vec![]), vec![LogAnswer::default()]);
     }
 
+    /// The next answer chunk, with a hang guard.
+    async fn next_answer(
+        answers: &mut futures::stream::BoxStream<'static, crate::store::Result<Vec<u8>>>,
+    ) -> LogAnswer {
+        let bytes = tokio::time::timeout(Duration::from_secs(20), answers.next())
+            .await
+            .expect("an answer within 20s")
+            .expect("the watch goes on")
+            .expect("the watch has no error");
+        serde_json::from_slice(&bytes).expect("an answer is JSON")
+    }
+
+    async fn answer_refuse_and_follow(label: &str, client: Client) {
+        let root = tempfile::tempdir().unwrap();
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(serve(
+            client.clone(),
+            "m1".into(),
+            root.path().to_path_buf(),
+            shutdown.clone(),
+        ));
+        let lease = client
+            .store()
+            .grant_lease(Duration::from_secs(30))
+            .await
+            .unwrap();
+        let keys_left = |prefix: String| {
+            let client = client.clone();
+            async move { client.store().list(&prefix, None).await.unwrap().0.len() }
+        };
+
+        // A bad request is refused in its answer, which names the field; the request goes.
+        let bad = serde_json::json!({"namespace": "default", "app": "../x", "tail": 1});
+        let rev = client
+            .put_log_request("m1", "bad", serde_json::to_vec(&bad).unwrap(), lease)
+            .await
+            .unwrap();
+        let mut answers = client
+            .watch_log_answers("m1", "bad", rev + 1)
+            .await
+            .unwrap();
+        let refused = next_answer(&mut answers).await;
+        assert!(refused.done, "[{label}]");
+        assert!(
+            refused
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("invalid app"),
+            "[{label}] {refused:?}"
+        );
+        assert_eq!(
+            keys_left(crate::store::keys::log_requests_prefix("m1")).await,
+            0,
+            "[{label}] an answered request is deleted"
+        );
+
+        // A follower: the tail first, then each new line; only the last chunks stay.
+        let log = open(root.path(), "default", "api");
+        log.write("service", "1.0", Stream::Stdout, "before");
+        let req = LogRequest {
+            namespace: "default".into(),
+            app: "api".into(),
+            source: Some("service".into()),
+            tail: 10,
+            follow: true,
+        };
+        let rev = client
+            .put_log_request("m1", "follow", serde_json::to_vec(&req).unwrap(), lease)
+            .await
+            .unwrap();
+        let mut answers = client
+            .watch_log_answers("m1", "follow", rev + 1)
+            .await
+            .unwrap();
+        let first = next_answer(&mut answers).await;
+        assert!(!first.done, "[{label}] a follower is never done");
+        let texts: Vec<&str> = first.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["before"], "[{label}]");
+        let chunks = FOLLOW_KEEP_CHUNKS + 4;
+        for i in 0..chunks {
+            let text = format!("line {i}");
+            log.write("service", "1.0", Stream::Stderr, &text);
+            // Another source's line is not this follower's.
+            log.write("install", "1.0", Stream::Stdout, "not followed");
+            let got = next_answer(&mut answers).await;
+            let texts: Vec<&str> = got.lines.iter().map(|l| l.text.as_str()).collect();
+            assert_eq!(texts, [text.as_str()], "[{label}]");
+        }
+        let answer_keys = keys_left(crate::store::keys::log_answers_prefix("m1", "follow")).await;
+        assert!(
+            answer_keys as u64 <= FOLLOW_KEEP_CHUNKS,
+            "[{label}] {answer_keys} answer chunks kept"
+        );
+
+        // The requester's lease ends: every key of the exchange goes with it.
+        client.store().revoke_lease(lease).await.unwrap();
+        assert_eq!(
+            keys_left(crate::store::keys::machine_logs_prefix("m1")).await,
+            0,
+            "[{label}]"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), agent)
+            .await
+            .expect("serve stops on shutdown")
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_should_answer_refuse_and_trim_a_followers_chunks_on_both_stores() {
+        let embedded = crate::testing::embedded_temp();
+        answer_refuse_and_follow("embedded", Client::new(embedded.store())).await;
+        let etcd = crate::testing::EtcdServer::start();
+        let store = crate::store::StoreUrl::parse(Some(&etcd.url()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        answer_refuse_and_follow("etcd", Client::new(store)).await;
+    }
+
     #[test]
     fn a_request_should_be_refused_with_the_field_named_when_it_is_bad() {
         let parse = |v: serde_json::Value| LogRequest::parse(&serde_json::to_vec(&v).unwrap());
