@@ -46,8 +46,8 @@ etcd permissions (RBAC):
     etcdctl user grant-role agent-web-1 agent-web-1
   It writes its Machine (registration, labels; creating it clears a stale status), its
   presence key (bound to a lease), the status of its Instances, and Events; it reads only
-  its own Instances. Under /deployctl/logs/web-1/ it reads `deployctl logs` requests and
-  writes their answers on the requester's lease (which needs write on the request too).";
+  its own Instances. Under /deployctl/logs/web-1/ it reads `deployctl logs` requests,
+  writes their answers on the requester's lease and deletes the requests it answered.";
 
 /// The permissions [`AGENT_EXAMPLES`] documents for machine `machine`, as
 /// `(prefix?, permission, key)`: what an agent's etcd role needs, and all it needs.
