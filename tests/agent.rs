@@ -603,7 +603,7 @@ async fn service_scenario(client: Client, url: StoreUrl) {
     let pid_file = state.join("service.pid");
     let first = read_pid(&pid_file).expect("the service wrote its pid");
     assert!(alive(first));
-    let log = w.root().join("logs/default_web.log");
+    let log = w.root().join("default/web/logs/service.log");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("service 1.0 in") && text.contains("releases/1.0"),

@@ -1,11 +1,14 @@
 //! Runs hook commands in their own process group, with `DEPLOY_*` values passed only as
-//! environment variables, a timeout that kills the whole group, and an output tail.
+//! environment variables, a timeout that kills the whole group, and an output tail; with
+//! a log, every line also goes to the application's log on disk ([`super::logs`]).
 
+use super::logs::{self, AppLog, Stream};
 use crate::api::Command;
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
@@ -69,6 +72,9 @@ pub struct HookEnv {
     pub shell: Vec<String>,
     /// The Application's `env` plus `DEPLOY_*` (which win on a clash).
     pub vars: BTreeMap<String, String>,
+    /// Where the output of the hooks named in [`logs::SOURCES`] and of the service is
+    /// kept on disk; `None` keeps only the tail in memory.
+    pub log: Option<Arc<AppLog>>,
 }
 
 /// The values a deploy step describes. Each becomes one `DEPLOY_*` variable.
@@ -107,7 +113,33 @@ impl HookEnv {
         ] {
             vars.insert(k.to_string(), v);
         }
-        HookEnv { shell, vars }
+        HookEnv {
+            shell,
+            vars,
+            log: None,
+        }
+    }
+
+    /// The same, with every line of output of the hooks (and the service) in `log`.
+    pub fn with_log(mut self, log: Arc<AppLog>) -> HookEnv {
+        self.log = Some(log);
+        self
+    }
+
+    /// The version the commands run for (`DEPLOY_VERSION`), as log lines name it.
+    pub fn version(&self) -> &str {
+        self.vars.get("DEPLOY_VERSION").map_or("", String::as_str)
+    }
+
+    /// Keeps one line of `label`'s output: in the tail, and in the log when `label` is
+    /// one of [`logs::SOURCES`].
+    fn record(&self, tail: &mut VecDeque<String>, label: &str, stream: Stream, line: String) {
+        if let Some(log) = &self.log {
+            if logs::SOURCES.contains(&label) {
+                log.write(label, self.version(), stream, &line);
+            }
+        }
+        push_line(tail, label, line);
     }
 
     /// A process for `text` in `cwd`, in its own process group (so that a timeout or a
@@ -225,8 +257,14 @@ fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Runs one command with stdout and stderr interleaved into one pipe. Returns the last
-/// [`TAIL_LINES`] lines of output.
+/// The pipes a hook's output is read from.
+type HookOutput = logs::Output<
+    tokio::io::BufReader<tokio::net::unix::pipe::Receiver>,
+    tokio::io::BufReader<tokio::net::unix::pipe::Receiver>,
+>;
+
+/// Runs one command with stdout and stderr read in the order they come, each line also
+/// logged (see [`HookEnv::record`]). Returns the last [`TAIL_LINES`] lines of output.
 pub async fn run_command(
     env: &HookEnv,
     cmd: &Command,
@@ -239,19 +277,22 @@ pub async fn run_command(
         shell: env.shell.clone(),
         message,
     };
-    let (reader, writer) = cloexec_pipe().map_err(|e| spawn_err(e.to_string()))?;
+    let (out_reader, out_writer) = cloexec_pipe().map_err(|e| spawn_err(e.to_string()))?;
+    let (err_reader, err_writer) = cloexec_pipe().map_err(|e| spawn_err(e.to_string()))?;
     let mut child = {
         let mut c = env.command(&cmd.command, cwd);
-        let w2 = writer.try_clone().map_err(|e| spawn_err(e.to_string()))?;
-        c.stdout(w2).stderr(writer);
-        // `c` holds the pipe's write ends; it is dropped at the end of this block so that
-        // the reader sees end-of-file when the hook's processes exit.
+        c.stdout(out_writer).stderr(err_writer);
+        // `c` holds the pipes' write ends; it is dropped at the end of this block so that
+        // the readers see end-of-file when the hook's processes exit.
         c.spawn().map_err(|e| spawn_err(e.to_string()))?
     };
     let mut guard = GroupGuard(child.id().map(|p| p as i32));
-    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)
-        .map_err(|e| spawn_err(e.to_string()))?;
-    let mut lines = BoundedLines::new(tokio::io::BufReader::new(rx));
+    let receiver = |fd| {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+            .map(tokio::io::BufReader::new)
+            .map_err(|e| spawn_err(e.to_string()))
+    };
+    let mut lines: HookOutput = logs::Output::new(receiver(out_reader)?, receiver(err_reader)?);
     let mut tail = VecDeque::new();
     let seconds = cmd.timeout_seconds;
     let deadline = tokio::time::sleep(Duration::from_secs(u64::from(seconds)));
@@ -260,14 +301,14 @@ pub async fn run_command(
     let status = loop {
         tokio::select! {
             line = lines.next_line(), if !eof => match line {
-                Ok(Some(l)) => push_line(&mut tail, label, l),
-                _ => eof = true,
+                Some((stream, l)) => env.record(&mut tail, label, stream, l),
+                None => eof = true,
             },
             st = child.wait() => break st,
             _ = &mut deadline => {
                 guard.kill();
                 let _ = child.wait().await;
-                drain(&mut lines, &mut tail, label).await;
+                drain(env, &mut lines, &mut tail, label).await;
                 return Err(HookError::Timeout {
                     label: label.to_string(),
                     command: cmd.command.clone(),
@@ -281,7 +322,7 @@ pub async fn run_command(
     // but their output is not waited for beyond a short grace period.
     guard.0 = None;
     if !eof {
-        drain(&mut lines, &mut tail, label).await;
+        drain(env, &mut lines, &mut tail, label).await;
     }
     let status = status.map_err(|e| spawn_err(e.to_string()))?;
     if !status.success() {
@@ -297,14 +338,10 @@ pub async fn run_command(
 
 /// Reads what is left in the pipe, giving up after a second (a background process may
 /// hold the write end open forever).
-async fn drain<R: AsyncBufRead + Unpin>(
-    lines: &mut BoundedLines<R>,
-    tail: &mut VecDeque<String>,
-    label: &str,
-) {
+async fn drain(env: &HookEnv, lines: &mut HookOutput, tail: &mut VecDeque<String>, label: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(Some(l)) = lines.next_line().await {
-            push_line(tail, label, l);
+        while let Some((stream, l)) = lines.next_line().await {
+            env.record(tail, label, stream, l);
         }
     })
     .await;
@@ -597,6 +634,40 @@ mod tests {
         );
         assert_eq!(tail[1], "after");
         assert_eq!(tail[2], "tail-without-newline");
+    }
+
+    /// The hook waits until its stdout line is in the log before it writes to stderr, so
+    /// the order it wrote in is the order the log must show.
+    #[tokio::test]
+    async fn a_logged_hook_should_keep_stdout_and_stderr_stamped_and_in_order_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AppLog::new(dir.path().join("logs"), logs::ROTATE_BYTES));
+        let env = env_in(dir.path(), &[]).with_log(log.clone());
+        let script = r#"echo out-1; until grep -q out-1 logs/install.log 2>/dev/null; do sleep 0.01; done
+echo err-2 >&2; until grep -q err-2 logs/install.log; do sleep 0.01; done
+echo out-3; exit 4"#;
+        let err = run_command(&env, &cmd(script, 10), dir.path(), "install")
+            .await
+            .expect_err("exit 4 fails");
+        assert_eq!(err.tail(), ["out-1", "err-2", "out-3"]);
+        let lines = log.tail(Some("install"), 10);
+        let seen: Vec<(Stream, &str, &str)> = lines
+            .iter()
+            .map(|l| (l.stream, l.version.as_str(), l.text.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Stream::Stdout, "1.0", "out-1"),
+                (Stream::Stderr, "1.0", "err-2"),
+                (Stream::Stdout, "1.0", "out-3"),
+            ]
+        );
+        // A health check's output is not a deploy hook's: kept in the tail, not logged.
+        run_command(&env, &cmd("echo probe", 5), dir.path(), "healthCheck")
+            .await
+            .unwrap();
+        assert!(log.tail(None, 10).iter().all(|l| l.text != "probe"));
     }
 
     #[tokio::test]

@@ -421,6 +421,11 @@ impl Task {
                 machine: &self.ctx.machine,
             },
         )
+        .with_log(super::logs::open(
+            &self.ctx.root,
+            &ns,
+            &self.spec().application,
+        ))
     }
 
     fn service_spec(&self, version: &str) -> Option<ServiceSpec> {

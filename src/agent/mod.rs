@@ -3,13 +3,15 @@
 //!
 //! Layout: [`artifact`] fetches and verifies, [`unpack`] stages safely, [`hooks`] runs
 //! commands, [`health`] checks, [`service`] supervises, [`release`] is the disk state,
-//! [`instance`] the per-instance state machine; this file wires them to the store.
+//! [`instance`] the per-instance state machine, [`logs`] keeps hook and service output and
+//! answers `deployctl logs`; this file wires them to the store.
 
 pub mod artifact;
 pub mod executor;
 pub mod health;
 pub mod hooks;
 pub mod instance;
+pub mod logs;
 pub mod release;
 pub mod report;
 pub mod service;
@@ -107,6 +109,12 @@ pub async fn run_with(
         executor,
     });
     let tasks_shutdown = shutdown.child_token();
+    let log_answers = tokio::spawn(logs::serve(
+        client.clone(),
+        config.name.clone(),
+        config.root.clone(),
+        tasks_shutdown.clone(),
+    ));
     let mut tasks: HashMap<String, Running> = HashMap::new();
     // Specs only: this agent is the only writer of its Instances' status, so watching
     // the status keys would echo every report back to it.
@@ -161,6 +169,7 @@ pub async fn run_with(
     for (_, t) in tasks.drain() {
         let _ = t.handle.await;
     }
+    let _ = log_answers.await;
     let _ = presence.await;
     Ok(())
 }

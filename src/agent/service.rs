@@ -4,6 +4,7 @@
 use super::hooks::{kill_group, HookEnv};
 use nix::sys::signal::Signal;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -22,7 +23,8 @@ pub struct ServiceSpec {
     pub command: String,
     /// `<path>/current`: the service always runs from whatever `current` points at.
     pub cwd: PathBuf,
-    /// `<root>/logs/<namespace>_<app>.log`, appended to.
+    /// `<root>/logs/<namespace>_<app>.log`, appended to, when `env` has no log (which
+    /// takes the output stamped, line by line, when it has one).
     pub log: PathBuf,
     /// Time between SIGTERM and SIGKILL of the process group.
     pub stop_timeout: Duration,
@@ -73,6 +75,15 @@ impl Supervisor {
 }
 
 fn spawn(spec: &ServiceSpec) -> std::io::Result<tokio::process::Child> {
+    if let Some(log) = &spec.env.log {
+        let mut c = spec.env.command(&spec.command, &spec.cwd);
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        let mut child = c.spawn()?;
+        super::logs::capture_service(log.clone(), spec.env.version().to_string(), &mut child);
+        return Ok(child);
+    }
     if let Some(dir) = spec.log.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -264,6 +275,41 @@ mod tests {
             log.len() >= 2 && log.iter().all(|l| l == "hello 1.0"),
             "{log:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_logged_service_should_write_its_output_stamped_into_the_application_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(crate::agent::logs::AppLog::new(
+            dir.path().join("app-logs"),
+            crate::agent::logs::ROTATE_BYTES,
+        ));
+        let mut s = spec(
+            dir.path(),
+            "echo up $DEPLOY_VERSION; echo oops >&2; sleep 100",
+        );
+        s.env = s.env.with_log(log.clone());
+        let sup = Supervisor::start(s);
+        wait_for("both lines logged", || {
+            log.tail(Some("service"), 10).len() == 2
+        })
+        .await;
+        sup.stop().await;
+        let mut seen: Vec<(String, String, crate::agent::logs::Stream)> = log
+            .tail(Some("service"), 10)
+            .into_iter()
+            .map(|l| (l.text, l.version, l.stream))
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        use crate::agent::logs::Stream::{Stderr, Stdout};
+        assert_eq!(
+            seen,
+            [
+                ("oops".to_string(), "1.0".to_string(), Stderr),
+                ("up 1.0".to_string(), "1.0".to_string(), Stdout),
+            ]
+        );
+        assert!(!dir.path().join("logs/prod_api.log").exists());
     }
 
     #[tokio::test]

@@ -41,11 +41,13 @@ etcd permissions (RBAC):
     etcdctl role grant-permission agent-web-1 readwrite /deployctl/status/machines/web-1
     etcdctl role grant-permission agent-web-1 readwrite /deployctl/leases/machines/web-1
     etcdctl role grant-permission --prefix agent-web-1 write /deployctl/events/
+    etcdctl role grant-permission --prefix agent-web-1 readwrite /deployctl/logs/web-1/
     etcdctl user add agent-web-1
     etcdctl user grant-role agent-web-1 agent-web-1
   It writes its Machine (registration, labels; creating it clears a stale status), its
   presence key (bound to a lease), the status of its Instances, and Events; it reads only
-  its own Instances.";
+  its own Instances. Under /deployctl/logs/web-1/ it reads `deployctl logs` requests,
+  writes their answers on the requester's lease and deletes the requests it answered.";
 
 /// The permissions [`AGENT_EXAMPLES`] documents for machine `machine`, as
 /// `(prefix?, permission, key)`: what an agent's etcd role needs, and all it needs.
@@ -69,6 +71,7 @@ pub fn agent_etcd_permissions(machine: &str) -> Vec<(bool, &'static str, String)
             format!("/deployctl/leases/machines/{machine}"),
         ),
         (true, "write", "/deployctl/events/".to_string()),
+        (true, "readwrite", format!("/deployctl/logs/{machine}/")),
     ]
 }
 

@@ -4,8 +4,8 @@
 //!
 //! - this file: the clap definitions, logging, connecting, exit codes and dispatch.
 //! - [`manifest`]: reading files, directories and stdin into validated objects.
-//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`], [`diff`], [`sync`]: one
-//!   file per command.
+//! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`], [`diff`], [`sync`],
+//!   [`logs`]: one file per command.
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`view`]: the live rollout view of `get rollouts -w` (pure rendering, snapshot-tested).
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
@@ -37,6 +37,7 @@ pub mod demo;
 pub mod describe;
 pub mod diff;
 pub mod get;
+pub mod logs;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
@@ -180,6 +181,9 @@ pub enum Command {
     /// Change one field of an object: the one-liners CI calls.
     #[command(subcommand, after_help = rollout::SET_EXAMPLES)]
     Set(rollout::SetCommand),
+    /// Print the recent output of an Instance's hooks and service, or a Rollout's machines'.
+    #[command(after_help = logs::EXAMPLES)]
+    Logs(logs::LogsArgs),
     /// Show what apply would change, as a unified diff (exit 1 when there are changes).
     #[command(after_help = diff::EXAMPLES)]
     Diff(diff::DiffArgs),
@@ -305,6 +309,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Rollout(cmd) => rollout::run(&g, cmd).await,
         Command::Set(cmd) => rollout::run_set(&g, cmd).await,
         Command::Diff(args) => diff::run(&g, args).await,
+        Command::Logs(args) => logs::run(&g, args).await,
         Command::Sync(args) => sync::run(&g, args).await,
         Command::Controller(args) => daemon::run_controller(&g, args).await,
         Command::Agent(args) => daemon::run_agent(&g, args).await,

@@ -328,6 +328,176 @@ impl Client {
     }
 }
 
+/// A change to one machine's log requests, as its agent sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRequestEvent {
+    /// A request, existing when the watch (re)listed or written since. Its answer chunks
+    /// go on the same `lease`, so that they end with the request.
+    Put {
+        id: String,
+        value: Vec<u8>,
+        lease: super::LeaseId,
+    },
+    /// The request is gone: its lease ended (the requester stopped) or it was answered.
+    Deleted { id: String },
+}
+
+/// Log requests and answers (`deployctl logs`): the CLI writes a request under the
+/// machine's own prefix, bound to a short lease of its own; the agent answers with chunks
+/// on that lease. No key outlives the requester, and the agent never opens a port.
+impl Client {
+    /// Writes request `id` to `machine`, bound to `lease`. Returns the revision it was
+    /// written at: its answers come after it.
+    pub async fn put_log_request(
+        &self,
+        machine: &str,
+        id: &str,
+        value: Vec<u8>,
+        lease: super::LeaseId,
+    ) -> Result<i64> {
+        let key = keys::log_request_key(machine, id);
+        let txn = Txn {
+            compares: vec![Compare::absent(&key)],
+            ops: vec![Op::Put { key, value, lease }],
+        };
+        let res = self
+            .commit(txn, &format!("log request {id} to machine {machine}"))
+            .await?;
+        Ok(res.revision)
+    }
+
+    /// True while `machine`'s agent holds its presence key (the machine is Ready).
+    pub async fn machine_present(&self, machine: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .get(&keys::machine_lease_key(machine))
+            .await?
+            .is_some())
+    }
+
+    /// Writes answer chunk `seq` of request `id` on `lease` and, in the same transaction,
+    /// deletes chunk `forget` (a follower keeps a few chunks, not all) and, when `last`,
+    /// the request itself (answered: a relist must not answer it again).
+    #[allow(clippy::too_many_arguments)] // each is one part of the key or the write
+    pub async fn put_log_answer(
+        &self,
+        machine: &str,
+        id: &str,
+        seq: u64,
+        value: Vec<u8>,
+        lease: super::LeaseId,
+        forget: Option<u64>,
+        last: bool,
+    ) -> Result<()> {
+        let mut ops = vec![Op::Put {
+            key: keys::log_answer_key(machine, id, seq),
+            value,
+            lease,
+        }];
+        if let Some(old) = forget {
+            ops.push(Op::Delete {
+                key: keys::log_answer_key(machine, id, old),
+            });
+        }
+        if last {
+            ops.push(Op::Delete {
+                key: keys::log_request_key(machine, id),
+            });
+        }
+        self.commit(
+            Txn {
+                compares: vec![],
+                ops,
+            },
+            &format!("log answer {id} of machine {machine}"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The log requests to `machine`: those that exist first, then changes. Relists after
+    /// a compaction or a broken watch (a request seen twice is the reader's to skip).
+    pub fn watch_log_requests(&self, machine: &str) -> BoxStream<'static, Result<LogRequestEvent>> {
+        let store = self.store.clone();
+        let machine = machine.to_string();
+        let prefix = keys::log_requests_prefix(&machine);
+        let event = move |kind: EventType, kv: KeyValue| {
+            let id = keys::parse_log_request_key(&machine, &kv.key)?.to_string();
+            Some(match kind {
+                EventType::Put => LogRequestEvent::Put {
+                    id,
+                    value: kv.value,
+                    lease: kv.lease,
+                },
+                EventType::Delete => LogRequestEvent::Deleted { id },
+            })
+        };
+        futures::stream::unfold(None, move |watch: Option<super::WatchStream>| {
+            let store = store.clone();
+            let prefix = prefix.clone();
+            let event = event.clone();
+            async move {
+                let Some(mut watch) = watch else {
+                    let (kvs, rev) = match store.list(&prefix, None).await {
+                        Ok(x) => x,
+                        Err(e) => return Some((vec![Err(e)], None)),
+                    };
+                    let found = kvs
+                        .into_iter()
+                        .filter_map(|kv| event(EventType::Put, kv).map(Ok))
+                        .collect();
+                    return match store.watch(&prefix, rev + 1).await {
+                        Ok(w) => Some((found, Some(w))),
+                        Err(e) => Some((vec![Err(e)], None)),
+                    };
+                };
+                match watch.next().await {
+                    None | Some(Err(Error::Compacted { .. })) => Some((vec![], None)),
+                    Some(Err(e)) => Some((vec![Err(e)], None)),
+                    Some(Ok(events)) => Some((
+                        events
+                            .into_iter()
+                            .filter_map(|ev| event(ev.kind, ev.kv).map(Ok))
+                            .collect(),
+                        Some(watch),
+                    )),
+                }
+            }
+        })
+        .flat_map(futures::stream::iter)
+        .boxed()
+    }
+
+    /// The answer chunks to request `id`, written from revision `from` on, in the order
+    /// written (deletes are skipped).
+    pub async fn watch_log_answers(
+        &self,
+        machine: &str,
+        id: &str,
+        from: i64,
+    ) -> Result<BoxStream<'static, Result<Vec<u8>>>> {
+        let watch = self
+            .store
+            .watch(&keys::log_answers_prefix(machine, id), from)
+            .await?;
+        Ok(watch
+            .map(|batch| {
+                batch.map(|events| {
+                    events
+                        .into_iter()
+                        .filter(|ev| ev.kind == EventType::Put)
+                        .map(|ev| Ok(ev.kv.value))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .flat_map(|batch| match batch {
+                Ok(values) => futures::stream::iter(values),
+                Err(e) => futures::stream::iter(vec![Err(e)]),
+            })
+            .boxed())
+    }
+}
+
 /// The state machine behind [`Client::list_watch`], as a stream.
 fn async_stream<K: Object>(
     client: Client,

@@ -8,6 +8,8 @@
 //! /deployctl/status/instances/<machine>/<ns>/<app>  instance status (agent: write)
 //! /deployctl/leases/machines/<machine>              bound to the agent's lease
 //! /deployctl/leases/controller                      the leader's key, bound to its lease
+//! /deployctl/logs/<machine>/requests/<id>           a `logs` request, on the CLI's lease
+//! /deployctl/logs/<machine>/answers/<id>/<seq>      its answer chunks, on the same lease
 //! ```
 
 pub const ROOT: &str = "/deployctl/";
@@ -84,6 +86,38 @@ pub fn leader_key() -> String {
     format!("{ROOT}leases/controller")
 }
 
+/// Everything of one machine's log requests and answers: the agent's role may read and
+/// write this prefix, and no other machine's.
+pub fn machine_logs_prefix(machine: &str) -> String {
+    format!("{ROOT}logs/{machine}/")
+}
+
+/// The log requests to one machine: all its agent watches for `deployctl logs`.
+pub fn log_requests_prefix(machine: &str) -> String {
+    format!("{}requests/", machine_logs_prefix(machine))
+}
+
+/// One log request; `id` is a fresh random word of the requester's.
+pub fn log_request_key(machine: &str, id: &str) -> String {
+    format!("{}{id}", log_requests_prefix(machine))
+}
+
+/// The answer chunks to one request.
+pub fn log_answers_prefix(machine: &str, id: &str) -> String {
+    format!("{}answers/{id}/", machine_logs_prefix(machine))
+}
+
+/// One answer chunk; `seq` is zero-padded so that chunks sort in the order written.
+pub fn log_answer_key(machine: &str, id: &str, seq: u64) -> String {
+    format!("{}{seq:012}", log_answers_prefix(machine, id))
+}
+
+/// The request id of a key under [`log_requests_prefix`] of `machine`.
+pub fn parse_log_request_key<'a>(machine: &str, key: &'a str) -> Option<&'a str> {
+    let id = key.strip_prefix(&log_requests_prefix(machine))?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
 /// Parses a spec or status key back to the object it belongs to.
 pub fn parse_key(plural: &str, key: &str) -> Option<ObjectKey> {
     let rest = key
@@ -137,6 +171,31 @@ mod tests {
             status_key("instances", Some("prod"), "api.m1"),
             "/deployctl/status/instances/m1/prod/api"
         );
+    }
+
+    #[test]
+    fn log_keys_should_stay_under_the_machines_own_prefix_and_sort_chunks_in_order() {
+        let prefix = machine_logs_prefix("web-1");
+        assert_eq!(prefix, "/deployctl/logs/web-1/");
+        let request = log_request_key("web-1", "ab12");
+        assert_eq!(request, "/deployctl/logs/web-1/requests/ab12");
+        assert_eq!(parse_log_request_key("web-1", &request), Some("ab12"));
+        assert_eq!(parse_log_request_key("web-2", &request), None);
+        assert_eq!(
+            parse_log_request_key("web-1", "/deployctl/logs/web-1/requests/a/b"),
+            None
+        );
+        assert_eq!(
+            log_answer_key("web-1", "ab12", 7),
+            "/deployctl/logs/web-1/answers/ab12/000000000007"
+        );
+        assert!(log_answer_key("web-1", "ab12", 9) < log_answer_key("web-1", "ab12", 10));
+        for key in [request, log_answer_key("web-1", "ab12", 0)] {
+            assert!(key.starts_with(&prefix), "{key}");
+            assert!(!key.starts_with(&machine_logs_prefix("web-10")), "{key}");
+        }
+        // Another machine whose name extends this one's never shares its prefix.
+        assert!(!log_request_key("web-10", "x").starts_with(&prefix));
     }
 
     #[test]

@@ -13,7 +13,9 @@ mod leased;
 
 pub use batch::Write;
 pub use client::LeaderRecord;
-pub use client::{encode_status, Client, ListResult, ObjectEvent, ObjectWatch, Scope};
+pub use client::{
+    encode_status, Client, ListResult, LogRequestEvent, ObjectEvent, ObjectWatch, Scope,
+};
 pub use leased::{event_lease_id, EventRecorder, Presence, PresenceEvent, EVENT_TTL};
 
 use async_trait::async_trait;

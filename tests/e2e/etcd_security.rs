@@ -413,6 +413,27 @@ async fn an_agent_should_work_with_only_the_etcd_permissions_its_help_lists() {
             .find(|e| e.spec().source == "agent/web-1")
     })
     .await;
+    // `deployctl logs` (as root) is answered: the agent reads the request and writes its
+    // answer on the requester's lease with only the documented permissions.
+    let out = run_env(
+        &[
+            "--store",
+            &etcd.url(),
+            "--etcd-user",
+            "root",
+            "logs",
+            "instance",
+            "api.web-1",
+        ],
+        &[("DEPLOYCTL_ETCD_PASSWORD", "root-pw")],
+    );
+    assert_eq!(
+        out.code,
+        0,
+        "logs: {}\nagent log:\n{}",
+        out.stderr,
+        agent.stderr()
+    );
     let log = agent.stderr();
     assert!(!log.contains("permission denied"), "agent log:\n{log}");
 

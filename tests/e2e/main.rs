@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod etcd_security;
 mod hostile_manifests;
+mod logs;
 mod manifests;
 mod rollouts;
 mod sync;
