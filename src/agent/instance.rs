@@ -781,6 +781,12 @@ impl Task {
             self.status.available = false;
             self.status.ready_since = None;
         }
+        // A crash loop is named as such (as the kubelet's BackOff is), not as a switch.
+        let event_reason = if e.reason == "ServiceCrashLoop" {
+            "ServiceCrashLoop"
+        } else {
+            event_reason
+        };
         // The event goes first: a reader that saw the Failed status can find its event.
         self.event("Warning", event_reason, &e.message);
         self.report(Some(InstancePhase::Failed));

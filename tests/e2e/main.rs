@@ -7,5 +7,6 @@ mod etcd_security;
 mod manifests;
 mod rollouts;
 mod sync;
+mod truth_agent;
 mod up;
 mod view;
