@@ -1049,8 +1049,16 @@ async fn crash_loop_scenario(client: Client, url: StoreUrl) {
             s.phase == InstancePhase::Running && s.available
         })
         .await;
-    let svc = inst.status().unwrap().service.clone().expect("service status");
-    assert!(svc.running && svc.restarts == 0 && svc.last_exit.is_none(), "{svc:?}");
+    let svc = inst
+        .status()
+        .unwrap()
+        .service
+        .clone()
+        .expect("service status");
+    assert!(
+        svc.running && svc.restarts == 0 && svc.last_exit.is_none(),
+        "{svc:?}"
+    );
 
     // Killed while Running: unhealthy at once (no health check failure needed), the
     // exit reported; healthy again once the restarted process has stayed up.
@@ -1065,13 +1073,23 @@ async fn crash_loop_scenario(client: Client, url: StoreUrl) {
             !s.healthy && s.service.as_ref().is_some_and(|v| v.restarts == 1)
         })
         .await;
-    let exit = inst.status().unwrap().service.as_ref().unwrap().last_exit.clone().unwrap();
+    let exit = inst
+        .status()
+        .unwrap()
+        .service
+        .as_ref()
+        .unwrap()
+        .last_exit
+        .clone()
+        .unwrap();
     assert_eq!(
         (exit.signal.as_deref(), exit.message.as_str()),
         (Some("SIGKILL"), "killed by SIGKILL")
     );
     w.wait_status("healthy again after the restart", |_, s| {
-        s.healthy && s.phase == InstancePhase::Running && s.service.as_ref().is_some_and(|v| v.running)
+        s.healthy
+            && s.phase == InstancePhase::Running
+            && s.service.as_ref().is_some_and(|v| v.running)
     })
     .await;
 
@@ -1092,7 +1110,10 @@ async fn crash_loop_scenario(client: Client, url: StoreUrl) {
         .await;
     let st = inst.status().unwrap();
     let f = st.failure.as_ref().unwrap();
-    assert_eq!((f.reason.as_str(), f.version.as_str()), ("ServiceCrashLoop", "2.0"));
+    assert_eq!(
+        (f.reason.as_str(), f.version.as_str()),
+        ("ServiceCrashLoop", "2.0")
+    );
     assert!(
         f.message.contains("restarted 3 time(s)") && f.message.contains("exited with status 1"),
         "{f:?}"

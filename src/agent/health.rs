@@ -27,7 +27,9 @@ pub enum HealthError {
         last: String,
     },
     /// The supervised service kept exiting after the switch.
-    #[error("service keeps exiting: restarted {restarts} time(s) since the switch, last {last_exit}")]
+    #[error(
+        "service keeps exiting: restarted {restarts} time(s) since the switch, last {last_exit}"
+    )]
     ServiceCrashLoop { restarts: u32, last_exit: String },
 }
 
@@ -145,9 +147,9 @@ impl Probes {
     /// What went wrong, at the deadline.
     fn error(&self, deadline: u32, now: Instant) -> HealthError {
         if self.passes == 0 {
-            let secs = self
-                .first_try
-                .map_or(0, |t| now.saturating_duration_since(t).as_secs_f64().round() as u64);
+            let secs = self.first_try.map_or(0, |t| {
+                now.saturating_duration_since(t).as_secs_f64().round() as u64
+            });
             HealthError::NeverPassed {
                 last: self.last.clone(),
                 tries: self.tries,
@@ -566,12 +568,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_service_that_exits_three_times_after_a_switch_should_fail_with_service_crash_loop(
-    ) {
+    async fn a_service_that_exits_three_times_after_a_switch_should_fail_with_service_crash_loop() {
         // Exits at once, restarted after 1 s, 2 s, 4 s (the supervisor's backoff): the
         // third exit, at t=3, fails the switch, although the check always passes.
         let (tx, rx) = watch::channel(up_now());
-        let _svc = service_at(tx, vec![(0, false), (1, true), (1, false), (3, true), (3, false)]);
+        let _svc = service_at(
+            tx,
+            vec![(0, false), (1, true), (1, false), (3, true), (3, false)],
+        );
         let (p, _) = scripted(&[true]);
         let start = Instant::now();
         let mut readiness = Vec::new();
@@ -616,9 +620,15 @@ mod tests {
         let (_tx, rx) = watch::channel(up_now());
         let start = Instant::now();
         let (p, _) = scripted(&[true]);
-        verify(Some(&check(1, 3, 60)), Duration::from_secs(10), Some(rx), p, |_| {})
-            .await
-            .unwrap();
+        verify(
+            Some(&check(1, 3, 60)),
+            Duration::from_secs(10),
+            Some(rx),
+            p,
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(10));
     }
 
@@ -642,9 +652,13 @@ mod tests {
         let (p, _) = scripted(&[true, false, false, true]);
         let start = Instant::now();
         let mut changes = Vec::new();
-        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), None, p, |r| {
-            changes.push((start.elapsed().as_secs(), r.is_some()))
-        })
+        verify(
+            Some(&check(1, 2, 60)),
+            Duration::from_secs(5),
+            None,
+            p,
+            |r| changes.push((start.elapsed().as_secs(), r.is_some())),
+        )
         .await
         .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(8));
@@ -652,9 +666,15 @@ mod tests {
         // A single failure below the threshold does not reset the window.
         let (p, _) = scripted(&[true, false, true]);
         let start = Instant::now();
-        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), None, p, |_| {})
-            .await
-            .unwrap();
+        verify(
+            Some(&check(1, 2, 60)),
+            Duration::from_secs(5),
+            None,
+            p,
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 

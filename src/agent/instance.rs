@@ -576,7 +576,11 @@ impl Task {
         let version = self.status.current_version.clone().unwrap_or_default();
         if healthy {
             tracing::info!(instance = %self.obj.meta().key(), %version, "health check passes again");
-            self.event("Normal", "Healthy", &format!("{version} passes its health check again"));
+            self.event(
+                "Normal",
+                "Healthy",
+                &format!("{version} passes its health check again"),
+            );
         } else {
             let n = self
                 .monitor
@@ -606,9 +610,7 @@ impl Task {
     fn settled(&self) -> bool {
         let layout = self.layout();
         let current = layout.current_version();
-        current.is_some()
-            && self.memory.verified == current
-            && layout.switching().is_none()
+        current.is_some() && self.memory.verified == current && layout.switching().is_none()
     }
 
     /// While the service is down (for the live health), when its restarted process will
@@ -628,7 +630,10 @@ impl Task {
     /// process has stayed up [`MIN_SERVICE_UPTIME`]. Its restarts and last exit are
     /// reported in every phase.
     fn service_changed(&mut self) {
-        let Some(state) = self.service_state.as_mut().map(|s| s.borrow_and_update().clone())
+        let Some(state) = self
+            .service_state
+            .as_mut()
+            .map(|s| s.borrow_and_update().clone())
         else {
             return;
         };

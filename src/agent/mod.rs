@@ -441,7 +441,11 @@ mod tests {
         let mut b = StartupBackoff::new();
         for bound in bounds {
             let w = b.next_wait().as_millis();
-            assert!(w >= bound / 2 && w <= bound, "{w} ms outside [{}, {bound}]", bound / 2);
+            assert!(
+                w >= bound / 2 && w <= bound,
+                "{w} ms outside [{}, {bound}]",
+                bound / 2
+            );
         }
     }
 
@@ -480,8 +484,16 @@ mod tests {
         assert_eq!(got, Some("open"));
         assert_eq!(tries.load(Ordering::SeqCst), 7);
         // Six waits, each at least half its bound: 100+200+400+800+1600+3200 ms.
-        assert!(start.elapsed() >= Duration::from_millis(6300), "{:?}", start.elapsed());
-        assert!(start.elapsed() <= Duration::from_millis(12600), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(6300),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            start.elapsed() <= Duration::from_millis(12600),
+            "{:?}",
+            start.elapsed()
+        );
 
         let tries = AtomicU32::new(0);
         let err = until_done("open", &shutdown, || async {

@@ -658,10 +658,9 @@ impl Describe for Instance {
             let state = match (svc.running, svc.started_at, svc.next_restart_at) {
                 (true, Some(at), _) => format!("Running (up {})", age(Some(at), now)),
                 (true, None, _) => "Running".to_string(),
-                (false, _, Some(next)) if next > now => format!(
-                    "Waiting to restart (in {})",
-                    human_duration(next - now)
-                ),
+                (false, _, Some(next)) if next > now => {
+                    format!("Waiting to restart (in {})", human_duration(next - now))
+                }
                 (false, _, _) => "Not running".to_string(),
             };
             p.field(2, "State", state);

@@ -244,32 +244,37 @@ fn crash_loop_rolls_back(label: &'static str, backend: Backend) {
         build_artifact(&f.artifacts(), v, &[]);
     }
     let machines = f.start_agents(2);
-    let service = r#"if [ "$DEPLOY_VERSION" = v2 ]; then echo starting; exit 1; fi; exec sleep 1000"#;
+    let service =
+        r#"if [ "$DEPLOY_VERSION" = v2 ]; then echo starting; exit 1; fi; exec sleep 1000"#;
     let policy = json!({ "maxFailures": 0, "action": "Rollback" });
     f.apply(&[f.app(service, "true"), Fleet::rollout("v1", policy.clone())]);
     f.wait_complete("v1", 2);
 
     f.run(&["set", "version", "api", "v2"]).ok();
-    f.wait("every machine back on v1, available, and the rollout rolled back", || {
-        let on_disk = machines
-            .iter()
-            .all(|m| f.current(m).as_deref() == Some("releases/v1"));
-        let instances = f.list::<Instance>("instances");
-        let reported = instances.len() == machines.len()
-            && instances.iter().all(|i| {
-                i.status.as_ref().is_some_and(|s| {
-                    s.current_version.as_deref() == Some("v1")
-                        && s.phase == InstancePhase::Running
-                        && s.available
-                        && s.healthy
-                })
-            });
-        let r = f.get_rollout();
-        let rolled_back = r.status.as_ref().is_some_and(|s| {
-            s.aborted && s.stable_version.as_deref() == Some("v1")
-        });
-        (on_disk && reported && rolled_back).then_some(())
-    });
+    f.wait(
+        "every machine back on v1, available, and the rollout rolled back",
+        || {
+            let on_disk = machines
+                .iter()
+                .all(|m| f.current(m).as_deref() == Some("releases/v1"));
+            let instances = f.list::<Instance>("instances");
+            let reported = instances.len() == machines.len()
+                && instances.iter().all(|i| {
+                    i.status.as_ref().is_some_and(|s| {
+                        s.current_version.as_deref() == Some("v1")
+                            && s.phase == InstancePhase::Running
+                            && s.available
+                            && s.healthy
+                    })
+                });
+            let r = f.get_rollout();
+            let rolled_back = r
+                .status
+                .as_ref()
+                .is_some_and(|s| s.aborted && s.stable_version.as_deref() == Some("v1"));
+            (on_disk && reported && rolled_back).then_some(())
+        },
+    );
     let r = f.get_rollout();
     assert_ne!(
         r.status.as_ref().map(|s| s.phase),
@@ -277,7 +282,9 @@ fn crash_loop_rolls_back(label: &'static str, backend: Backend) {
         "[{label}] a rolled-back rollout is not Complete"
     );
     let crash = f.wait("the ServiceCrashLoop event", || {
-        events_with_reason(&f, "ServiceCrashLoop").into_iter().next()
+        events_with_reason(&f, "ServiceCrashLoop")
+            .into_iter()
+            .next()
     });
     assert!(
         crash.spec.message.contains("restarted 3 time(s)")
@@ -286,7 +293,10 @@ fn crash_loop_rolls_back(label: &'static str, backend: Backend) {
         crash.spec.message
     );
     let out = f.run(&["rollout", "status", "api", "--timeout", "20s"]);
-    assert_ne!(out.code, 0, "[{label}] rollout status after a rollback: {out:?}");
+    assert_ne!(
+        out.code, 0,
+        "[{label}] rollout status after a rollback: {out:?}"
+    );
 }
 
 #[test]
@@ -350,15 +360,31 @@ fn a_service_whose_port_is_taken_should_stop_the_rollout_and_describe_its_restar
     assert!(!st.available, "v2 is not available: {st:?}");
     let svc = st.service.expect("the service's status");
     assert!(svc.restarts >= 3, "{svc:?}");
-    assert_ne!(svc.last_exit.as_ref().and_then(|e| e.exit_code), Some(0), "{svc:?}");
+    assert_ne!(
+        svc.last_exit.as_ref().and_then(|e| e.exit_code),
+        Some(0),
+        "{svc:?}"
+    );
     f.wait("the rollout stopped by its failure policy", || {
         let st = f.get_rollout().status?;
         (st.phase == RolloutPhase::Degraded).then_some(())
     });
-    assert_ne!(f.get_rollout().status.map(|s| s.phase), Some(RolloutPhase::Complete));
+    assert_ne!(
+        f.get_rollout().status.map(|s| s.phase),
+        Some(RolloutPhase::Complete)
+    );
     let page = f.run(&["describe", "instance", "api.m0"]).ok().stdout;
-    for want in ["Service:", "Restarts:", "Last Exit:", "exited with status", "ServiceCrashLoop"] {
-        assert!(page.contains(want), "describe instance lacks {want:?}:\n{page}");
+    for want in [
+        "Service:",
+        "Restarts:",
+        "Last Exit:",
+        "exited with status",
+        "ServiceCrashLoop",
+    ] {
+        assert!(
+            page.contains(want),
+            "describe instance lacks {want:?}:\n{page}"
+        );
     }
     let out = f.run(&["rollout", "status", "api", "--timeout", "10s"]);
     assert_ne!(out.code, 0, "rollout status of a stopped rollout: {out:?}");
@@ -411,7 +437,7 @@ fn fifty_agents_started_at_once_on_a_new_embedded_store_should_all_register() {
     let log = |i: usize| {
         std::fs::read_to_string(work.path().join(format!("m{i}.log"))).unwrap_or_default()
     };
-    let mut exited = |agents: &mut Agents| -> Vec<String> {
+    let exited = |agents: &mut Agents| -> Vec<String> {
         agents
             .0
             .iter_mut()
