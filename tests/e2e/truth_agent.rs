@@ -1,6 +1,7 @@
 //! What the agent reports is true, end to end: a new version whose service keeps exiting
 //! fails with `ServiceCrashLoop` (and is rolled back, or stops the rollout) instead of
-//! going Complete; many agents started at once on one new embedded store all register.
+//! going Complete; an agent waits out a locked store file instead of exiting, and many
+//! agents started at once on one new embedded store all register.
 
 use crate::common::{bin, run, spawn, write, Backend, Output, Spawned};
 use deployctl::api::{Event, Instance, InstancePhase, Rollout, RolloutPhase};
@@ -477,4 +478,48 @@ fn fifty_agents_started_at_once_on_a_new_embedded_store_should_all_register() {
     assert_eq!(names.len(), AGENTS_AT_ONCE, "{names:?}");
     let dead = exited(&mut agents);
     assert!(dead.is_empty(), "agents exited:\n{}", dead.join("\n"));
+}
+
+/// An agent whose store file stays locked longer than SQLite's own busy wait (5 s) says
+/// what it waits for, keeps waiting, and registers once the lock is gone.
+#[test]
+fn an_agent_should_wait_out_a_locked_store_file_and_register_once_it_is_free() {
+    let backend = Backend::embedded();
+    let store = backend.url();
+    let work = crate::common::tempdir();
+    run(&store, &["get", "machines"]).ok(); // creates the store file and its schema
+    let lock = rusqlite::Connection::open(&store).expect("the store file opens");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("nothing else holds the store");
+    let root = work.path().join("root").display().to_string();
+    let mut agent = spawn(
+        &store,
+        &[
+            "-v",
+            "agent",
+            "--name",
+            "m0",
+            "--root",
+            &root,
+            "--lease-ttl",
+            "10s",
+        ],
+    );
+    let waiting = agent.wait_for_stderr_line(Duration::from_secs(30), |l| {
+        l.contains("waiting for the store")
+    });
+    assert!(
+        waiting.is_some_and(|l| l.contains("locked")),
+        "the agent says it waits for the locked store"
+    );
+    lock.execute_batch("ROLLBACK")
+        .expect("the lock is ours to drop");
+    let registered =
+        agent.wait_for_stderr_line(Duration::from_secs(30), |l| l.contains("agent registered"));
+    assert!(
+        registered.is_some(),
+        "the agent registered after the lock went"
+    );
+    let out = run(&store, &["get", "machine", "m0", "-o", "json"]).ok();
+    assert!(out.stdout.contains("\"m0\""), "{}", out.stdout);
 }
