@@ -165,7 +165,8 @@ pub struct InstanceFailure {
     pub version: String,
     /// `Stage`, `Switch` or `Health`.
     pub operation: String,
-    /// e.g. `ChecksumMismatch`, `HookFailed`, `HookTimeout`, `HealthDeadline`, `NotStaged`.
+    /// e.g. `ChecksumMismatch`, `HookFailed`, `HookTimeout`, `HealthDeadline`,
+    /// `ServiceCrashLoop` (operation `Health`), `NotStaged`.
     pub reason: String,
     pub message: String,
     pub time: DateTime<Utc>,
