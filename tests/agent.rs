@@ -986,3 +986,181 @@ async fn reporter_should_coalesce_progress_and_write_events_with_the_status_on_t
     let store: Arc<dyn Store> = Arc::new(temp.store.clone());
     reporter_scenario(Client::new(store)).await;
 }
+
+/// Every status written to `key` so far, oldest first.
+async fn status_history(client: &Client, key: &str) -> Vec<InstanceStatus> {
+    let now = client
+        .store()
+        .get(key)
+        .await
+        .unwrap()
+        .map_or(0, |kv| kv.mod_revision);
+    let mut out: Vec<(i64, InstanceStatus)> = Vec::new();
+    let mut watch = client.store().watch(key, 1).await.unwrap();
+    while out.last().is_none_or(|(rev, _)| *rev < now) {
+        let batch = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("the watch replays history")
+            .expect("the watch stays open")
+            .expect("no watch error");
+        for ev in batch {
+            out.push((
+                ev.kv.mod_revision,
+                serde_json::from_slice(&ev.kv.value).unwrap(),
+            ));
+        }
+    }
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+/// A service that exits at once after a switch: restarts and the last exit reported,
+/// never available on that version, the switch failed with ServiceCrashLoop; a service
+/// killed while Running is unhealthy until it has stayed up again.
+async fn crash_loop_scenario(client: Client, url: StoreUrl) {
+    let w = World {
+        client,
+        url,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let state = w.tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    write_artifact(&w.tmp.path().join("artifacts"), "1.0");
+    write_artifact(&w.tmp.path().join("artifacts"), "2.0");
+    let mut s = spec(w.tmp.path(), "unused");
+    s.staged[0].sha256 = None;
+    s.get_version = None;
+    s.env.insert("STATE".into(), state.display().to_string());
+    // 2.0 crashes at once; 1.0 stays up and writes its pid.
+    s.service = Some(deployctl::api::Service {
+        command: r#"if [ "$DEPLOY_VERSION" = 2.0 ]; then echo starting; exit 1; fi; echo $$ > "$STATE/service.pid"; exec sleep 1000"#.into(),
+        stop_timeout_seconds: 2,
+    });
+    s.health_check = Some(deployctl::api::HealthCheck {
+        exec: Some(cmd("true")),
+        period_seconds: 1,
+        timeout_seconds: 2,
+        deadline_seconds: 60,
+        ..Default::default()
+    });
+    w.client.create(&Instance::new("web.m1", s)).await.unwrap();
+    let (token, agent) = w.start_agent();
+    let inst = w
+        .wait_status("Running 1.0", |_, s| {
+            s.phase == InstancePhase::Running && s.available
+        })
+        .await;
+    let svc = inst
+        .status()
+        .unwrap()
+        .service
+        .clone()
+        .expect("service status");
+    assert!(
+        svc.running && svc.restarts == 0 && svc.last_exit.is_none(),
+        "{svc:?}"
+    );
+
+    // Killed while Running: unhealthy at once (no health check failure needed), the
+    // exit reported; healthy again once the restarted process has stayed up.
+    let pid = read_pid(&state.join("service.pid")).expect("1.0 wrote its pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let inst = w
+        .wait_status("unhealthy after the service was killed", |_, s| {
+            !s.healthy && s.service.as_ref().is_some_and(|v| v.restarts == 1)
+        })
+        .await;
+    let exit = inst
+        .status()
+        .unwrap()
+        .service
+        .as_ref()
+        .unwrap()
+        .last_exit
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (exit.signal.as_deref(), exit.message.as_str()),
+        (Some("SIGKILL"), "killed by SIGKILL")
+    );
+    w.wait_status("healthy again after the restart", |_, s| {
+        s.healthy
+            && s.phase == InstancePhase::Running
+            && s.service.as_ref().is_some_and(|v| v.running)
+    })
+    .await;
+
+    // 2.0 crash-loops: the switch fails with ServiceCrashLoop, never available on 2.0.
+    let g = w
+        .update_spec(|s| {
+            s.staged.push(VersionRef {
+                version: "2.0".into(),
+                sha256: None,
+            });
+            s.current = Some("2.0".into());
+        })
+        .await;
+    let inst = w
+        .wait_status("ServiceCrashLoop on 2.0", |_, s| {
+            s.observed_generation == g && s.phase == InstancePhase::Failed
+        })
+        .await;
+    let st = inst.status().unwrap();
+    let f = st.failure.as_ref().unwrap();
+    assert_eq!(
+        (f.reason.as_str(), f.version.as_str()),
+        ("ServiceCrashLoop", "2.0")
+    );
+    assert!(
+        f.message.contains("restarted 3 time(s)") && f.message.contains("exited with status 1"),
+        "{f:?}"
+    );
+    assert!(!st.available && !st.healthy);
+    let svc = st.service.as_ref().unwrap();
+    assert!(svc.restarts >= 3, "{svc:?}");
+    assert_eq!(svc.last_exit.as_ref().unwrap().exit_code, Some(1));
+    let key = keys::status_key("instances", Some("default"), "web.m1");
+    let on_2 = status_history(&w.client, &key).await;
+    let on_2: Vec<_> = on_2
+        .iter()
+        .filter(|s| s.current_version.as_deref() == Some("2.0"))
+        .collect();
+    assert!(!on_2.is_empty());
+    assert!(
+        on_2.iter().all(|s| !s.available),
+        "2.0 was reported available: {on_2:#?}"
+    );
+    let log = std::fs::read_to_string(w.root().join("logs/default_web.log")).unwrap();
+    assert!(log.matches("starting").count() >= 3, "{log}");
+
+    // Back to 1.0 (as a rollback does): available again, the restart count from zero.
+    let g = w.update_spec(|s| s.current = Some("1.0".into())).await;
+    let inst = w
+        .wait_status("Running 1.0 again", |_, s| {
+            s.observed_generation == g && s.phase == InstancePhase::Running && s.available
+        })
+        .await;
+    let svc = inst.status().unwrap().service.clone().unwrap();
+    assert_eq!(svc.restarts, 0, "{svc:?}");
+    token.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_service_should_report_restarts_and_never_be_available_on_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(etcd.connect().await);
+    crash_loop_scenario(Client::new(store), StoreUrl::Etcd(vec![etcd.endpoint()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_service_should_report_restarts_and_never_be_available_on_the_embedded_store(
+) {
+    let temp = deployctl::testing::embedded_temp();
+    let path = temp.path();
+    let store: Arc<dyn Store> = Arc::new(temp.store.clone());
+    crash_loop_scenario(Client::new(store), StoreUrl::Embedded(path)).await;
+}

@@ -1,28 +1,44 @@
 //! Health checks (tcp, http, exec) and the after-switch verification with thresholds,
-//! a deadline and `minReadySeconds`.
+//! a deadline, `minReadySeconds` and the supervised service's uptime.
 
 use super::hooks::{self, HookEnv};
+use super::service::{ServiceState, CRASH_LOOP_EXITS, MIN_SERVICE_UPTIME};
 use crate::api::{Command, HealthCheck};
 use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Why a switched version did not become ready.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("health check did not pass {needed} time(s) in a row within {deadline}s (last failure: {last})")]
+    /// Not one probe passed by the deadline.
+    #[error("never passed: {last} ({tries} {} over {secs} s)", if *tries == 1 { "try" } else { "tries" })]
+    NeverPassed { last: String, tries: u32, secs: u64 },
+    /// Some probes passed, but never `successThreshold` in a row for long enough.
+    #[error("not ready within {deadline} s: {passes} of {tries} tries passed, {needed} in a row needed (last failure: {last})")]
     Deadline {
         needed: u32,
         deadline: u32,
+        passes: u32,
+        tries: u32,
         last: String,
     },
+    /// The supervised service kept exiting after the switch.
+    #[error(
+        "service keeps exiting: restarted {restarts} time(s) since the switch, last {last_exit}"
+    )]
+    ServiceCrashLoop { restarts: u32, last_exit: String },
 }
 
 impl HealthError {
     pub fn reason(&self) -> &'static str {
-        "HealthDeadline"
+        match self {
+            HealthError::NeverPassed { .. } | HealthError::Deadline { .. } => "HealthDeadline",
+            HealthError::ServiceCrashLoop { .. } => "ServiceCrashLoop",
+        }
     }
 }
 
@@ -74,14 +90,148 @@ pub async fn probe(check: &HealthCheck, env: &HookEnv, cwd: &Path) -> Result<(),
     Ok(())
 }
 
+/// The health check's side of a verification: thresholds and what the probes said.
+#[derive(Debug)]
+struct Probes {
+    needed: u32,
+    failure_threshold: u32,
+    successes: u32,
+    failures: u32,
+    tries: u32,
+    passes: u32,
+    first_try: Option<Instant>,
+    last: String,
+    /// Since when the check has held (`successThreshold` passes in a row, not lost since).
+    ready: Option<(Instant, DateTime<Utc>)>,
+}
+
+impl Probes {
+    fn new(check: &HealthCheck) -> Probes {
+        Probes {
+            needed: check.success_threshold.max(1),
+            failure_threshold: check.failure_threshold.max(1),
+            successes: 0,
+            failures: 0,
+            tries: 0,
+            passes: 0,
+            first_try: None,
+            last: String::from("none yet"),
+            ready: None,
+        }
+    }
+
+    fn record(&mut self, result: Result<(), String>, now: Instant) {
+        self.tries += 1;
+        self.first_try.get_or_insert(now);
+        match result {
+            Ok(()) => {
+                self.passes += 1;
+                self.successes += 1;
+                self.failures = 0;
+                if self.ready.is_none() && self.successes >= self.needed {
+                    self.ready = Some((now, Utc::now()));
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "health check failed");
+                self.last = e;
+                self.failures += 1;
+                self.successes = 0;
+                if self.failures >= self.failure_threshold {
+                    self.ready = None;
+                }
+            }
+        }
+    }
+
+    /// What went wrong, at the deadline.
+    fn error(&self, deadline: u32, now: Instant) -> HealthError {
+        if self.passes == 0 {
+            let secs = self.first_try.map_or(0, |t| {
+                now.saturating_duration_since(t).as_secs_f64().round() as u64
+            });
+            HealthError::NeverPassed {
+                last: self.last.clone(),
+                tries: self.tries,
+                secs,
+            }
+        } else {
+            HealthError::Deadline {
+                needed: self.needed,
+                deadline,
+                passes: self.passes,
+                tries: self.tries,
+                last: self.last.clone(),
+            }
+        }
+    }
+}
+
+/// The supervised service's side of a verification: its state, and its restart count
+/// when the verification began.
+struct Service {
+    state: watch::Receiver<ServiceState>,
+    base_restarts: u32,
+}
+
+impl Service {
+    fn restarts(&self) -> u32 {
+        self.state
+            .borrow()
+            .status
+            .restarts
+            .saturating_sub(self.base_restarts)
+    }
+
+    fn crash_loop(&self) -> HealthError {
+        let st = self.state.borrow();
+        HealthError::ServiceCrashLoop {
+            restarts: st.status.restarts.saturating_sub(self.base_restarts),
+            last_exit: st
+                .status
+                .last_exit
+                .as_ref()
+                .map_or_else(|| "exit unknown".to_string(), |e| e.message.clone()),
+        }
+    }
+
+    /// Since when the process has been up, with the wall-clock start.
+    fn up(&self) -> Option<(Instant, DateTime<Utc>)> {
+        let st = self.state.borrow();
+        Some((st.up_since?, st.status.started_at.unwrap_or_else(Utc::now)))
+    }
+
+    /// The next change of the service's state; never, once the supervisor is gone.
+    async fn changed(&mut self) {
+        if self.state.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The later of two starts: readiness needs both the check and the process.
+fn later(
+    a: (Instant, DateTime<Utc>),
+    b: Option<(Instant, DateTime<Utc>)>,
+) -> Option<(Instant, DateTime<Utc>)> {
+    let b = b?;
+    Some(if b.0 > a.0 { b } else { a })
+}
+
 /// After a switch: probes every `periodSeconds` until `successThreshold` passes in a row
 /// (within `deadlineSeconds`), then until it has stayed healthy for `min_ready`
 /// (`failureThreshold` failures in a row lose readiness). Returns when readiness began.
 /// Without a check, the instance is healthy at once and only `min_ready` is waited.
-/// `on_ready` hears each change of readiness (`Some(since)` or `None`), for the status.
+///
+/// With a supervised `service`, readiness also needs the process up, for at least
+/// [`MIN_SERVICE_UPTIME`]: an exit loses readiness at once, and [`CRASH_LOOP_EXITS`]
+/// exits since the verification began fail it with `ServiceCrashLoop` (as does the
+/// deadline, when the service exited at all). `on_ready` hears each change of readiness
+/// (`Some(since)` or `None`), for the status.
 pub async fn verify<F, Fut>(
     check: Option<&HealthCheck>,
     min_ready: Duration,
+    service: Option<watch::Receiver<ServiceState>>,
     mut probe: F,
     mut on_ready: impl FnMut(Option<DateTime<Utc>>),
 ) -> Result<DateTime<Utc>, HealthError>
@@ -89,65 +239,98 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let Some(check) = check else {
-        let since = Utc::now();
-        on_ready(Some(since));
-        tokio::time::sleep(min_ready).await;
-        return Ok(since);
-    };
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(u64::from(check.deadline_seconds));
-    let period = Duration::from_secs(u64::from(check.period_seconds.max(1)));
-    let timeout = Duration::from_secs(u64::from(check.timeout_seconds.max(1)));
-    let needed = check.success_threshold.max(1);
-    let mut successes = 0;
-    let mut failures = 0;
-    let mut ready: Option<(Instant, DateTime<Utc>)> = None;
-    let mut last = String::from("none yet");
+    let mut service = service.map(|mut state| {
+        let base_restarts = state.borrow_and_update().status.restarts;
+        Service {
+            state,
+            base_restarts,
+        }
+    });
+    let window = if service.is_some() {
+        min_ready.max(MIN_SERVICE_UPTIME)
+    } else {
+        min_ready
+    };
+    let deadline = check.map(|c| start + Duration::from_secs(u64::from(c.deadline_seconds)));
+    let period = check.map_or(Duration::MAX, |c| {
+        Duration::from_secs(u64::from(c.period_seconds.max(1)))
+    });
+    let timeout = Duration::from_secs(u64::from(check.map_or(1, |c| c.timeout_seconds.max(1))));
+    let mut probes = check.map(Probes::new);
+    let no_check_ready = (start, Utc::now());
+    let mut next_probe = start;
+    let mut told: Option<DateTime<Utc>> = None;
     loop {
-        let result = match tokio::time::timeout(timeout, probe()).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("check timed out after {}s", timeout.as_secs())),
+        if let (Some(p), Some(_)) = (probes.as_mut(), check) {
+            if Instant::now() >= next_probe {
+                let result = match tokio::time::timeout(timeout, probe()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("check timed out after {}s", timeout.as_secs())),
+                };
+                let now = Instant::now();
+                p.record(result, now);
+                next_probe = now + period;
+            }
+        }
+        if let Some(svc) = &service {
+            if svc.restarts() >= CRASH_LOOP_EXITS {
+                return Err(svc.crash_loop());
+            }
+        }
+        let check_ready = match &probes {
+            Some(p) => p.ready,
+            None => Some(no_check_ready),
         };
+        let ready = match (&service, check_ready) {
+            (_, None) => None,
+            (None, Some(c)) => Some(c),
+            (Some(svc), Some(c)) => later(c, svc.up()),
+        };
+        let since = ready.map(|r| r.1);
+        if since != told {
+            on_ready(since);
+            told = since;
+        }
         let now = Instant::now();
-        match result {
-            Ok(()) => {
-                successes += 1;
-                failures = 0;
-                if ready.is_none() && successes >= needed {
-                    let since = Utc::now();
-                    ready = Some((now, since));
-                    on_ready(Some(since));
-                }
+        if let Some((at, since)) = ready {
+            if now - at >= window {
+                return Ok(since);
             }
-            Err(e) => {
-                tracing::info!(error = %e, "health check failed");
-                last = e;
-                failures += 1;
-                successes = 0;
-                if failures >= check.failure_threshold.max(1) && ready.take().is_some() {
-                    on_ready(None);
-                }
+        }
+        // A deadline comes with a check, and so with its probes.
+        if let (None, Some(d), Some(p), Some(c)) = (ready, deadline, &probes, check) {
+            if now >= d {
+                return Err(match &service {
+                    Some(svc) if svc.restarts() > 0 => svc.crash_loop(),
+                    _ => p.error(c.deadline_seconds, now),
+                });
             }
+        }
+        // Sleep to the next probe, the end of the window, or the deadline, whichever is
+        // first; a change of the service wakes it sooner.
+        let mut wake = next_probe;
+        if check.is_none() {
+            wake = now + Duration::from_secs(3600);
         }
         match ready {
-            Some((at, since)) if now - at >= min_ready => return Ok(since),
-            Some(_) => {}
-            None if now >= deadline => {
-                return Err(HealthError::Deadline {
-                    needed,
-                    deadline: check.deadline_seconds,
-                    last,
-                })
+            Some((at, _)) => wake = wake.min(at + window),
+            None => {
+                if let Some(d) = deadline {
+                    wake = wake.min(d);
+                }
             }
-            None => {}
         }
-        let next = match ready {
-            // Do not sleep past the end of the min-ready window.
-            Some((at, _)) => period.min((at + min_ready).saturating_duration_since(now)),
-            None => period,
-        };
-        tokio::time::sleep(next.max(Duration::from_millis(1))).await;
+        let wake = wake.max(now + Duration::from_millis(1));
+        match service.as_mut() {
+            Some(svc) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = svc.changed() => {}
+                }
+            }
+            None => tokio::time::sleep_until(wake).await,
+        }
     }
 }
 
@@ -309,7 +492,7 @@ mod tests {
     async fn verify_should_need_success_threshold_passes_in_a_row() {
         let (p, calls) = scripted(&[false, true, false, true, true, true]);
         let start = Instant::now();
-        verify(Some(&check(3, 3, 60)), Duration::ZERO, p, |_| {})
+        verify(Some(&check(3, 3, 60)), Duration::ZERO, None, p, |_| {})
             .await
             .unwrap();
         assert_eq!(*calls.lock().unwrap(), 6);
@@ -320,12 +503,146 @@ mod tests {
     async fn verify_should_fail_with_health_deadline_when_never_healthy() {
         let (p, _) = scripted(&[false]);
         let start = Instant::now();
-        let err = verify(Some(&check(1, 3, 10)), Duration::ZERO, p, |_| {})
+        let err = verify(Some(&check(1, 3, 10)), Duration::ZERO, None, p, |_| {})
             .await
             .unwrap_err();
         assert_eq!(err.reason(), "HealthDeadline");
-        assert!(err.to_string().contains("down"), "{err}");
+        assert_eq!(err.to_string(), "never passed: down (11 tries over 10 s)");
         assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn verify_should_count_the_passes_when_the_check_passed_but_not_in_a_row() {
+        let (p, _) = scripted(&[true, false]);
+        let err = verify(Some(&check(2, 3, 4)), Duration::ZERO, None, p, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "HealthDeadline");
+        assert_eq!(
+            err.to_string(),
+            "not ready within 4 s: 1 of 5 tries passed, 2 in a row needed (last failure: down)"
+        );
+    }
+
+    /// A service the test drives: starts and exits at the given (paused) times.
+    fn service_at(
+        tx: watch::Sender<ServiceState>,
+        script: Vec<(u64, bool)>,
+    ) -> tokio::task::JoinHandle<()> {
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for (at, up) in script {
+                tokio::time::sleep_until(start + Duration::from_secs(at)).await;
+                tx.send_modify(|s| {
+                    if up {
+                        s.up_since = Some(Instant::now());
+                        s.status.running = true;
+                        s.status.started_at = Some(Utc::now());
+                    } else {
+                        s.up_since = None;
+                        s.status.running = false;
+                        s.status.restarts += 1;
+                        s.status.last_exit = Some(crate::api::ServiceExit {
+                            exit_code: Some(1),
+                            signal: None,
+                            message: "exited with status 1".into(),
+                            time: Utc::now(),
+                        });
+                    }
+                });
+            }
+            // Keep the sender: a supervisor that is still there.
+            std::future::pending::<()>().await;
+        })
+    }
+
+    fn up_now() -> ServiceState {
+        ServiceState {
+            up_since: Some(Instant::now()),
+            status: crate::api::ServiceStatus {
+                running: true,
+                started_at: Some(Utc::now()),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_exits_three_times_after_a_switch_should_fail_with_service_crash_loop() {
+        // Exits at once, restarted after 1 s, 2 s, 4 s (the supervisor's backoff): the
+        // third exit, at t=3, fails the switch, although the check always passes.
+        let (tx, rx) = watch::channel(up_now());
+        let _svc = service_at(
+            tx,
+            vec![(0, false), (1, true), (1, false), (3, true), (3, false)],
+        );
+        let (p, _) = scripted(&[true]);
+        let start = Instant::now();
+        let mut readiness = Vec::new();
+        let err = verify(Some(&check(1, 3, 60)), Duration::ZERO, Some(rx), p, |r| {
+            readiness.push((start.elapsed().as_secs(), r.is_some()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "ServiceCrashLoop");
+        assert_eq!(
+            err.to_string(),
+            "service keeps exiting: restarted 3 time(s) since the switch, last exited with status 1"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        // Readiness was never held at the end: the last word is "not ready".
+        assert_eq!(readiness.last().map(|r| r.1), Some(false), "{readiness:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_should_stay_up_min_service_uptime_before_the_switch_is_done() {
+        // No check and no minReadySeconds: the window is still MIN_SERVICE_UPTIME of
+        // uptime, counted again from the restart after one exit.
+        let (tx, rx) = watch::channel(up_now());
+        let _svc = service_at(tx, vec![(2, false), (3, true)]);
+        let start = Instant::now();
+        let mut readiness = Vec::new();
+        verify(
+            None,
+            Duration::ZERO,
+            Some(rx),
+            || async { Ok(()) },
+            |r| readiness.push((start.elapsed().as_secs(), r.is_some())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(3) + MIN_SERVICE_UPTIME);
+        assert_eq!(readiness, vec![(0, true), (2, false), (3, true)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_longer_min_ready_should_win_over_the_service_uptime() {
+        let (_tx, rx) = watch::channel(up_now());
+        let start = Instant::now();
+        let (p, _) = scripted(&[true]);
+        verify(
+            Some(&check(1, 3, 60)),
+            Duration::from_secs(10),
+            Some(rx),
+            p,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_down_at_the_deadline_should_fail_as_a_crash_loop_not_a_health_deadline() {
+        // One exit, and a restart only after the deadline: the service is the reason.
+        let (tx, rx) = watch::channel(up_now());
+        let _svc = service_at(tx, vec![(1, false), (30, true)]);
+        let (p, _) = scripted(&[false]);
+        let err = verify(Some(&check(1, 3, 5)), Duration::ZERO, Some(rx), p, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "ServiceCrashLoop");
+        assert!(err.to_string().contains("restarted 1 time(s)"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -335,9 +652,13 @@ mod tests {
         let (p, _) = scripted(&[true, false, false, true]);
         let start = Instant::now();
         let mut changes = Vec::new();
-        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p, |r| {
-            changes.push((start.elapsed().as_secs(), r.is_some()))
-        })
+        verify(
+            Some(&check(1, 2, 60)),
+            Duration::from_secs(5),
+            None,
+            p,
+            |r| changes.push((start.elapsed().as_secs(), r.is_some())),
+        )
         .await
         .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(8));
@@ -345,9 +666,15 @@ mod tests {
         // A single failure below the threshold does not reset the window.
         let (p, _) = scripted(&[true, false, true]);
         let start = Instant::now();
-        verify(Some(&check(1, 2, 60)), Duration::from_secs(5), p, |_| {})
-            .await
-            .unwrap();
+        verify(
+            Some(&check(1, 2, 60)),
+            Duration::from_secs(5),
+            None,
+            p,
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 
@@ -358,6 +685,7 @@ mod tests {
         verify(
             None,
             Duration::from_secs(3),
+            None,
             || async { Err("never called".to_string()) },
             |r| told = r,
         )

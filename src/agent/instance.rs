@@ -21,7 +21,7 @@ use super::health;
 use super::hooks::{self, DeployVars, HookEnv, HookError};
 use super::release::{Disk, Layout};
 use super::report::{PendingEvent, Reporter};
-use super::service::{ServiceSpec, Supervisor};
+use super::service::{ServiceSpec, ServiceState, Supervisor, MIN_SERVICE_UPTIME};
 use super::unpack::{self, UnpackError};
 use crate::api::{
     validation::check_version, HealthCheck, Instance, InstanceFailure, InstancePhase, InstanceSpec,
@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// What every instance task shares.
@@ -231,6 +232,11 @@ struct Task {
     /// Events recorded since the last report, sent with the next one.
     events: Vec<PendingEvent>,
     service: Option<Supervisor>,
+    /// The service's process state, as this task last read it (`None`: no service).
+    service_state: Option<watch::Receiver<ServiceState>>,
+    /// The service's side of `healthy` while Running: false from an exit until the
+    /// process has stayed up [`MIN_SERVICE_UPTIME`] again.
+    service_ok: bool,
     /// What of the spec the running service was started from: a change restarts it.
     service_shape: Option<ServiceShape>,
     /// The health check kept running while Running, with the version it watches.
@@ -267,6 +273,33 @@ async fn monitor_next(
     }
 }
 
+/// The next change of the service's state; never when there is no service (or its
+/// supervisor is gone).
+async fn service_changed(state: &mut Option<watch::Receiver<ServiceState>>) {
+    let gone = match state {
+        Some(rx) => rx.changed().await.is_err(),
+        None => true,
+    };
+    if gone {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The next change of the service's state, or `uptime_due`: when the restarted process
+/// will have stayed up long enough to count as healthy again.
+async fn service_event(
+    state: &mut Option<watch::Receiver<ServiceState>>,
+    uptime_due: Option<Instant>,
+) {
+    match uptime_due {
+        Some(at) => tokio::select! {
+            () = service_changed(state) => {}
+            () = tokio::time::sleep_until(at) => {}
+        },
+        None => service_changed(state).await,
+    }
+}
+
 /// What the background clean jobs of one instance are doing.
 #[derive(Default)]
 struct CleanState {
@@ -295,10 +328,14 @@ pub async fn run(
         starting = false;
         task.sync_monitor();
         let probe = task.probe_context();
+        let uptime_due = task.service_uptime_due();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             healthy = monitor_next(&mut task.monitor, &probe) => {
                 task.health_changed(healthy).await;
+            }
+            () = service_event(&mut task.service_state, uptime_due) => {
+                task.service_changed();
             }
             _ = task.clean_done.notified() => {}
             changed = specs.changed() => {
@@ -323,6 +360,7 @@ pub async fn run(
     for job in task.clean_jobs.drain(..) {
         job.abort();
     }
+    task.service_state = None;
     if let Some(s) = task.service.take() {
         s.stop().await;
     }
@@ -360,6 +398,8 @@ impl Task {
             memory,
             status,
             service: None,
+            service_state: None,
+            service_ok: true,
             service_shape: None,
             monitor: None,
             cleaning: Default::default(),
@@ -456,6 +496,7 @@ impl Task {
     /// (Re)starts the service for `version`, or starts it if it is not running.
     async fn restart_service(&mut self, version: &str) {
         let Some(spec) = self.service_spec(version) else {
+            self.service_state = None;
             if let Some(s) = self.service.take() {
                 s.stop().await;
             }
@@ -465,7 +506,11 @@ impl Task {
         self.service_shape = self.service_shape();
         match &self.service {
             Some(s) => s.restart(spec).await,
-            None => self.service = Some(Supervisor::start(spec)),
+            None => {
+                let s = Supervisor::start(spec);
+                self.service_state = Some(s.state());
+                self.service = Some(s);
+            }
         }
     }
 
@@ -533,12 +578,14 @@ impl Task {
     /// The monitor saw the health change while Running: report it (phase stays Running;
     /// the controller counts an unhealthy instance as unavailable).
     async fn health_changed(&mut self, healthy: bool) {
-        self.status.healthy = healthy;
-        self.status.ready_since = healthy.then(Utc::now);
         let version = self.status.current_version.clone().unwrap_or_default();
         if healthy {
-            tracing::info!(instance = %self.obj.meta().key(), %version, "healthy again");
-            self.event("Normal", "Healthy", &format!("{version} is healthy again"));
+            tracing::info!(instance = %self.obj.meta().key(), %version, "health check passes again");
+            self.event(
+                "Normal",
+                "Healthy",
+                &format!("{version} passes its health check again"),
+            );
         } else {
             let n = self
                 .monitor
@@ -548,6 +595,85 @@ impl Task {
             tracing::warn!(instance = %self.obj.meta().key(), "{msg}");
             self.event("Warning", "Unhealthy", &msg);
         }
+        self.update_health();
+        self.report(None);
+    }
+
+    /// `healthy` while Running: the health check's verdict (none: healthy) and the
+    /// service's; `readySince` starts when both first agree.
+    fn update_health(&mut self) {
+        let check_ok = self.monitor.as_ref().is_none_or(|(_, m)| m.healthy());
+        let healthy = check_ok && self.service_ok;
+        if healthy != self.status.healthy {
+            self.status.healthy = healthy;
+            self.status.ready_since = healthy.then(Utc::now);
+        }
+    }
+
+    /// `current` is verified and no switch is under way: the phase is Running and the
+    /// live health rules apply.
+    fn settled(&self) -> bool {
+        let layout = self.layout();
+        let current = layout.current_version();
+        current.is_some() && self.memory.verified == current && layout.switching().is_none()
+    }
+
+    /// While the service is down (for the live health), when its restarted process will
+    /// have been up [`MIN_SERVICE_UPTIME`].
+    fn service_uptime_due(&self) -> Option<Instant> {
+        // Only while Running: in any other phase nothing waits on it, and a due time
+        // already past would wake the task at once, again and again.
+        if self.service_ok || !self.settled() {
+            return None;
+        }
+        let up = self.service_state.as_ref()?.borrow().up_since?;
+        Some(up + MIN_SERVICE_UPTIME)
+    }
+
+    /// The service started or exited (or has now stayed up long enough): while Running,
+    /// an exit makes the instance unhealthy at once, and it is healthy again once the
+    /// process has stayed up [`MIN_SERVICE_UPTIME`]. Its restarts and last exit are
+    /// reported in every phase.
+    fn service_changed(&mut self) {
+        let Some(state) = self
+            .service_state
+            .as_mut()
+            .map(|s| s.borrow_and_update().clone())
+        else {
+            return;
+        };
+        if self.settled() {
+            let was_ok = self.service_ok;
+            match state.up_since {
+                None => self.service_ok = false,
+                Some(up) if up.elapsed() >= MIN_SERVICE_UPTIME => self.service_ok = true,
+                Some(_) => {}
+            }
+            let version = self.status.current_version.clone().unwrap_or_default();
+            let key = self.obj.meta().key();
+            if was_ok && !self.service_ok {
+                let exit = state
+                    .status
+                    .last_exit
+                    .as_ref()
+                    .map_or("exited", |e| e.message.as_str());
+                let msg = format!(
+                    "{version}: service {exit} (restart {} after backoff); unhealthy until it stays up {} s",
+                    state.status.restarts,
+                    MIN_SERVICE_UPTIME.as_secs()
+                );
+                tracing::warn!(instance = %key, "{msg}");
+                self.event("Warning", "ServiceExited", &msg);
+            } else if !was_ok && self.service_ok {
+                let msg = format!(
+                    "{version}: service up again for {} s",
+                    MIN_SERVICE_UPTIME.as_secs()
+                );
+                tracing::info!(instance = %key, "{msg}");
+                self.event("Normal", "ServiceUp", &msg);
+            }
+            self.update_health();
+        }
         self.report(None);
     }
 
@@ -555,6 +681,7 @@ impl Task {
     async fn converge(&mut self, starting: bool) {
         let layout = self.layout();
         if self.spec().service.is_none() {
+            self.service_state = None;
             if let Some(s) = self.service.take() {
                 tracing::info!(instance = %self.obj.meta().key(), "service removed from spec: stopping it");
                 s.stop().await;
@@ -664,6 +791,12 @@ impl Task {
             self.status.available = false;
             self.status.ready_since = None;
         }
+        // A crash loop is named as such (as the kubelet's BackOff is), not as a switch.
+        let event_reason = if e.reason == "ServiceCrashLoop" {
+            "ServiceCrashLoop"
+        } else {
+            event_reason
+        };
         // The event goes first: a reader that saw the Failed status can find its event.
         self.event("Warning", event_reason, &e.message);
         self.report(Some(InstancePhase::Failed));
@@ -852,9 +985,13 @@ impl Task {
         let cwd = self.layout().current_link();
         let probe_check = check.clone().unwrap_or_default();
         let (tx, mut rx) = watch::channel(None);
+        let service = self.service.as_ref().map(Supervisor::state);
+        // The service's restarts and exits reach the status while it is verified.
+        let mut service_changes = service.clone();
         let verify = health::verify(
             check.as_ref(),
             min_ready,
+            service,
             || health::probe(&probe_check, env, &cwd),
             move |r| {
                 let _ = tx.send(r);
@@ -872,11 +1009,16 @@ impl Task {
                     self.status.ready_since = ready;
                     self.report(Some(InstancePhase::Verifying));
                 }
+                () = service_changed(&mut service_changes), if report_progress => {
+                    self.report(Some(InstancePhase::Verifying));
+                }
             }
         }
     }
 
     fn set_ready(&mut self, since: DateTime<Utc>) {
+        // The verification held the service up for MIN_SERVICE_UPTIME.
+        self.service_ok = true;
         self.status.healthy = true;
         self.status.available = true;
         self.status.ready_since = Some(since);
@@ -1095,6 +1237,10 @@ impl Task {
     fn report_on(&mut self, phase: Option<InstancePhase>, disk: &Disk) {
         let current = disk.current.clone();
         self.status.phase = phase.unwrap_or_else(|| self.idle_phase(current.as_deref()));
+        self.status.service = self
+            .service
+            .as_ref()
+            .map(|s| s.state().borrow().status.clone());
         self.status.observed_generation = self.generation();
         // A release being cleaned is staged no more: the agent would not switch to it.
         self.status.staged_versions = disk.staged_versions();

@@ -51,15 +51,109 @@ struct Running {
     handle: JoinHandle<()>,
 }
 
-/// Runs the agent until `shutdown` is cancelled.
+/// The first wait before trying the store again at start-up.
+const STARTUP_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between start-up tries: an agent started before its store (at boot,
+/// or 200 of them on one embedded store) is registered within 10 s of the store being
+/// able to take it, and an unreachable store costs one try every 10 s.
+const STARTUP_RETRY_CAP: Duration = Duration::from_secs(10);
+
+/// True when a start-up step may succeed if tried again: the store is unreachable, or
+/// its file is locked or busy (SQLite under many processes starting at once), or a write
+/// lost a race. Anything else (TLS, access refused, a bad flag or path, a corrupt file)
+/// needs a person, and the agent exits naming it.
+fn transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StoreError>(),
+            Some(StoreError::Unavailable { .. } | StoreError::Conflict(_))
+        )
+    })
+}
+
+/// The waits between start-up tries: doubling from [`STARTUP_RETRY_FIRST`] to
+/// [`STARTUP_RETRY_CAP`], each a random part of the bound ("full jitter") so that agents
+/// that failed together do not all come back together.
+#[derive(Debug)]
+struct StartupBackoff {
+    bound: Duration,
+}
+
+impl StartupBackoff {
+    fn new() -> StartupBackoff {
+        StartupBackoff {
+            bound: STARTUP_RETRY_FIRST,
+        }
+    }
+
+    /// The next bound (the wait is up to it), then doubled for the next time.
+    fn next_bound(&mut self) -> Duration {
+        let b = self.bound;
+        self.bound = (self.bound * 2).min(STARTUP_RETRY_CAP);
+        b
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let bound = self.next_bound();
+        let ms = bound.as_millis().max(1) as u64;
+        Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
+    }
+}
+
+/// Runs one start-up step until it succeeds, waiting (with backoff and jitter) and
+/// logging what it waits for while the error is [`transient`]; a permanent error is
+/// returned at once. `None`: `shutdown` came first.
+async fn until_done<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> anyhow::Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut backoff = StartupBackoff::new();
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        match step().await {
+            Ok(v) => {
+                if tries > 1 {
+                    tracing::info!(tries, "{what}: done");
+                }
+                return Ok(Some(v));
+            }
+            Err(e) if transient(&e) => {
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, tries,
+                    "waiting for the store to {what}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled. Start-up (opening the store,
+/// registering the Machine, granting the presence lease) waits out a store that is
+/// unreachable or busy, however long; only a permanent error ends it.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     crate::api::validation::check_name(&config.name)
         .map_err(|e| anyhow::anyhow!("invalid machine name: {e}"))?;
-    let store = config
-        .store
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to store {}", config.store))?;
+    let connect = until_done("open", &shutdown, || async {
+        config
+            .store
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to store {}", config.store))
+    })
+    .await?;
+    let Some(store) = connect else {
+        return Ok(());
+    };
     run_with(Client::new(store), config, None, shutdown).await
 }
 
@@ -78,16 +172,28 @@ pub async fn run_with(
     let hostname = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_string());
-    register_machine(&client, &config, &hostname).await?;
+    let registered = until_done("register the machine", &shutdown, || {
+        register_machine(&client, &config, &hostname)
+    })
+    .await?;
+    if registered.is_none() {
+        return Ok(());
+    }
     let started_at = Utc::now();
     let presence_value = serde_json::to_vec(&serde_json::json!({
         "hostname": hostname,
         "startedAt": started_at,
     }))
     .expect("a JSON object of strings serializes");
-    let lease = grant_presence(&client, &config, &presence_value)
-        .await
-        .with_context(|| format!("cannot register presence of machine {}", config.name))?;
+    let lease = until_done("grant the presence lease", &shutdown, || async {
+        grant_presence(&client, &config, &presence_value)
+            .await
+            .with_context(|| format!("cannot register presence of machine {}", config.name))
+    })
+    .await?;
+    let Some(lease) = lease else {
+        return Ok(());
+    };
     let presence = tokio::spawn(keep_presence(
         client.clone(),
         config.clone(),
@@ -317,5 +423,104 @@ async fn keep_presence(
             }
             Err(e) => tracing::warn!(lease, error = %e, "lease keep-alive failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn locked() -> anyhow::Error {
+        anyhow::Error::new(StoreError::Unavailable {
+            endpoint: "/var/lib/deployctl/store.db".into(),
+            message: "store file is locked by another process: database is locked".into(),
+        })
+        .context("cannot connect to store /var/lib/deployctl/store.db")
+    }
+
+    #[test]
+    fn startup_backoff_should_double_from_200ms_to_10s_with_jitter_below_the_bound() {
+        let mut b = StartupBackoff::new();
+        let bounds: Vec<u128> = (0..9).map(|_| b.next_bound().as_millis()).collect();
+        assert_eq!(
+            bounds,
+            vec![200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+        );
+        let mut b = StartupBackoff::new();
+        for bound in bounds {
+            let w = b.next_wait().as_millis();
+            assert!(
+                w >= bound / 2 && w <= bound,
+                "{w} ms outside [{}, {bound}]",
+                bound / 2
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_unreachable_or_locked_store_or_a_lost_race_should_count_as_transient() {
+        assert!(transient(&locked()));
+        assert!(transient(
+            &anyhow::Error::new(StoreError::Conflict("machines/m1".into())).context("x")
+        ));
+        for permanent in [
+            StoreError::Other("cannot open store file /x/store.db: permission denied".into()),
+            StoreError::Auth {
+                endpoint: "e".into(),
+                message: "permission denied".into(),
+            },
+            StoreError::Config("cannot read --cacert ca.pem".into()),
+        ] {
+            assert!(!transient(&anyhow::Error::new(permanent).context("x")));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_up_step_should_be_retried_while_the_store_is_locked_and_not_after_a_permanent_error(
+    ) {
+        let tries = AtomicU32::new(0);
+        let shutdown = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        let got = until_done("open", &shutdown, || async {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0..=5 => Err(locked()),
+                _ => Ok("open"),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, Some("open"));
+        assert_eq!(tries.load(Ordering::SeqCst), 7);
+        // Six waits, each at least half its bound: 100+200+400+800+1600+3200 ms.
+        assert!(
+            start.elapsed() >= Duration::from_millis(6300),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            start.elapsed() <= Duration::from_millis(12600),
+            "{:?}",
+            start.elapsed()
+        );
+
+        let tries = AtomicU32::new(0);
+        let err = until_done("open", &shutdown, || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(anyhow::Error::new(StoreError::Other(
+                "cannot open store file /x/store.db: permission denied".into(),
+            )))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+        assert!(err.to_string().contains("permission denied"), "{err}");
+
+        // Shutdown while waiting: no error, nothing started.
+        shutdown.cancel();
+        let got = until_done("open", &shutdown, || async { Err::<(), _>(locked()) })
+            .await
+            .unwrap();
+        assert_eq!(got, None);
     }
 }

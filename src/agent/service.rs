@@ -1,19 +1,39 @@
 //! Keeps an Instance's service command running from `current`: restarted with backoff
-//! when it exits, restarted on demand (every switch), stopped on shutdown.
+//! when it exits, restarted on demand (every switch), stopped on shutdown; publishes its
+//! process state (up since, restarts, last exit) for health and the status.
 
 use super::hooks::{kill_group, HookEnv};
+use crate::api::{ServiceExit, ServiceStatus};
+use chrono::Utc;
 use nix::sys::signal::Signal;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-/// First delay before restarting a service that exited.
+/// First delay before restarting a service that exited; it doubles on each exit up to
+/// [`BACKOFF_MAX`], as systemd's `RestartSteps` and the kubelet's crash-loop back-off do.
 const BACKOFF_START: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A service up this long has its backoff reset.
-const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// The longest wait between restarts (the kubelet's cap): a broken service costs a start
+/// every five minutes, and a fixed one is back within five minutes.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A service up this long has its backoff reset: twice the cap, as the kubelet does, so
+/// that a process that crashes every few minutes never gets back to the 1 s pace.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+/// How long a service must have stayed up after a switch (at least; `minReadySeconds` when
+/// longer) before the machine counts as available. A process that cannot bind its port or
+/// read its config exits within milliseconds; 3 s outlasts that and the first 1 s restart,
+/// so a crash at start-up is always seen before the switch is called done.
+pub const MIN_SERVICE_UPTIME: Duration = Duration::from_secs(3);
+
+/// Exits after a switch, before the switch is done, that make the version a failure on
+/// this machine (`ServiceCrashLoop`). One exit can be a race at start (a port not yet
+/// released); three in a row, spread over at least 3 s of backoff (1 s + 2 s), are the
+/// version itself. With an instant crash they come about 3 s after the switch, well
+/// inside any health deadline, so the rollout learns of it before it waits for anything.
+pub const CRASH_LOOP_EXITS: u32 = 3;
 
 /// How to run one service.
 #[derive(Clone, Debug)]
@@ -32,6 +52,16 @@ pub struct ServiceSpec {
     pub name: String,
 }
 
+/// The supervised process as last seen, published on every change.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceState {
+    /// Since when the process has been up, on the monotonic clock (uptime rules read it);
+    /// `None` while it is not running.
+    pub up_since: Option<Instant>,
+    /// What the Instance status reports.
+    pub status: ServiceStatus,
+}
+
 enum Msg {
     /// Stop the running process and start `spec` (which may carry a new version's env).
     Restart(Box<ServiceSpec>, oneshot::Sender<()>),
@@ -41,18 +71,21 @@ enum Msg {
 /// Handle on a supervised service. Dropping it stops the service in the background.
 pub struct Supervisor {
     tx: mpsc::Sender<Msg>,
+    state: watch::Receiver<ServiceState>,
 }
 
 impl Supervisor {
     /// Starts the service now and keeps it running.
     pub fn start(spec: ServiceSpec) -> Supervisor {
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(supervise(spec, rx));
-        Supervisor { tx }
+        let (state_tx, state) = watch::channel(ServiceState::default());
+        tokio::spawn(supervise(spec, rx, state_tx));
+        Supervisor { tx, state }
     }
 
     /// Stops the running process (SIGTERM, then SIGKILL after the stop timeout) and starts
-    /// it again with `spec`. Returns once the new process has been started.
+    /// it again with `spec`, its restart count back at 0. Returns once the new process
+    /// has been started (and its state published).
     pub async fn restart(&self, spec: ServiceSpec) {
         let (ack, done) = oneshot::channel();
         if self
@@ -71,6 +104,11 @@ impl Supervisor {
         if self.tx.send(Msg::Stop(ack)).await.is_ok() {
             let _ = done.await;
         }
+    }
+
+    /// The process state, updated on every start and exit.
+    pub fn state(&self) -> watch::Receiver<ServiceState> {
+        self.state.clone()
     }
 }
 
@@ -109,78 +147,163 @@ async fn stop_child(child: &mut tokio::process::Child, timeout: Duration) {
     kill_group(pgid, Signal::SIGKILL);
 }
 
-async fn supervise(mut spec: ServiceSpec, mut rx: mpsc::Receiver<Msg>) {
-    let mut backoff = BACKOFF_START;
-    let mut pending_ack: Option<oneshot::Sender<()>> = None;
-    loop {
-        let started = Instant::now();
-        let child = spawn(&spec);
-        if let Some(ack) = pending_ack.take() {
-            let _ = ack.send(());
-        }
-        match child {
-            Ok(mut child) => {
-                tracing::info!(service = %spec.name, pid = ?child.id(), "service started");
-                tokio::select! {
-                    status = child.wait() => {
-                        tracing::warn!(service = %spec.name, status = ?status, "service exited");
-                        if let Some(pid) = child.id() {
-                            kill_group(pid as i32, Signal::SIGKILL);
-                        }
-                    }
-                    msg = rx.recv() => {
-                        stop_child(&mut child, spec.stop_timeout).await;
-                        match msg {
-                            Some(Msg::Restart(new, ack)) => {
-                                tracing::info!(service = %spec.name, "service restarting");
-                                spec = *new;
-                                pending_ack = Some(ack);
-                                backoff = BACKOFF_START;
-                                continue;
-                            }
-                            Some(Msg::Stop(ack)) => {
-                                tracing::info!(service = %spec.name, "service stopped");
-                                let _ = ack.send(());
-                                return;
-                            }
-                            None => return,
-                        }
-                    }
+/// How a process ended, for the status.
+fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> ServiceExit {
+    use std::os::unix::process::ExitStatusExt as _;
+    let time = Utc::now();
+    match status {
+        Ok(st) => match (st.code(), st.signal()) {
+            (Some(code), _) => ServiceExit {
+                exit_code: Some(code),
+                signal: None,
+                message: format!("exited with status {code}"),
+                time,
+            },
+            (None, Some(sig)) => {
+                let name = Signal::try_from(sig)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("signal {sig}"));
+                ServiceExit {
+                    exit_code: None,
+                    message: format!("killed by {name}"),
+                    signal: Some(name),
+                    time,
                 }
             }
-            Err(e) => {
-                tracing::error!(service = %spec.name, error = %e, "cannot start service");
-            }
-        }
-        backoff = backoff_after_exit(backoff, started.elapsed());
-        tracing::info!(service = %spec.name, ?backoff, "restarting service after backoff");
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            msg = rx.recv() => match msg {
-                Some(Msg::Restart(new, ack)) => {
-                    spec = *new;
-                    pending_ack = Some(ack);
-                    backoff = BACKOFF_START;
-                    continue;
-                }
-                Some(Msg::Stop(ack)) => {
-                    let _ = ack.send(());
-                    return;
-                }
-                None => return,
-            }
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+            (None, None) => ServiceExit {
+                exit_code: None,
+                signal: None,
+                message: format!("ended: {st}"),
+                time,
+            },
+        },
+        Err(e) => ServiceExit {
+            exit_code: None,
+            signal: None,
+            message: format!("cannot wait for it: {e}"),
+            time,
+        },
     }
 }
 
-/// The delay before restarting a service that ran for `uptime` and then exited, given
-/// the delay used last time (already doubled): back to the start after a long run.
-fn backoff_after_exit(current: Duration, uptime: Duration) -> Duration {
-    if uptime >= BACKOFF_RESET_AFTER {
-        BACKOFF_START
-    } else {
-        current.min(BACKOFF_MAX)
+/// What the supervisor does after a message from its handle.
+enum Next {
+    Run(Box<ServiceSpec>, oneshot::Sender<()>),
+    End,
+}
+
+fn on_message(msg: Option<Msg>, name: &str) -> Next {
+    match msg {
+        Some(Msg::Restart(new, ack)) => {
+            tracing::info!(service = %name, "service restarting");
+            Next::Run(new, ack)
+        }
+        Some(Msg::Stop(ack)) => {
+            tracing::info!(service = %name, "service stopped");
+            let _ = ack.send(());
+            Next::End
+        }
+        None => Next::End,
+    }
+}
+
+async fn supervise(
+    mut spec: ServiceSpec,
+    mut rx: mpsc::Receiver<Msg>,
+    state: watch::Sender<ServiceState>,
+) {
+    let mut backoff = Backoff::default();
+    let mut pending_ack: Option<oneshot::Sender<()>> = None;
+    loop {
+        let started = Instant::now();
+        let exit = match spawn(&spec) {
+            Ok(mut child) => {
+                tracing::info!(service = %spec.name, pid = ?child.id(), "service started");
+                state.send_modify(|s| {
+                    s.up_since = Some(started);
+                    s.status.running = true;
+                    s.status.started_at = Some(Utc::now());
+                    s.status.next_restart_at = None;
+                });
+                if let Some(ack) = pending_ack.take() {
+                    let _ = ack.send(());
+                }
+                tokio::select! {
+                    status = child.wait() => {
+                        if let Some(pid) = child.id() {
+                            kill_group(pid as i32, Signal::SIGKILL);
+                        }
+                        exit_of(status)
+                    }
+                    msg = rx.recv() => {
+                        stop_child(&mut child, spec.stop_timeout).await;
+                        match on_message(msg, &spec.name) {
+                            Next::Run(new, ack) => {
+                                spec = *new;
+                                pending_ack = Some(ack);
+                                backoff = Backoff::default();
+                                state.send_replace(ServiceState::default());
+                                continue;
+                            }
+                            Next::End => return,
+                        }
+                    }
+                }
+            }
+            Err(e) => ServiceExit {
+                exit_code: None,
+                signal: None,
+                message: format!("cannot start: {e}"),
+                time: Utc::now(),
+            },
+        };
+        let delay = backoff.after_exit(started.elapsed());
+        tracing::warn!(service = %spec.name, exit = %exit.message, restart_in = ?delay, "service exited");
+        state.send_modify(|s| {
+            s.up_since = None;
+            s.status.running = false;
+            s.status.restarts += 1;
+            s.status.next_restart_at = chrono::Duration::from_std(delay)
+                .ok()
+                .map(|d| exit.time + d);
+            s.status.last_exit = Some(exit);
+        });
+        // A start that failed still answers a restart request: it was carried out.
+        if let Some(ack) = pending_ack.take() {
+            let _ = ack.send(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            msg = rx.recv() => match on_message(msg, &spec.name) {
+                Next::Run(new, ack) => {
+                    spec = *new;
+                    pending_ack = Some(ack);
+                    backoff = Backoff::default();
+                    state.send_replace(ServiceState::default());
+                }
+                Next::End => return,
+            }
+        }
+    }
+}
+
+/// The restart delays of one service: [`BACKOFF_START`] doubling to [`BACKOFF_MAX`], back
+/// to the start once the process has stayed up [`BACKOFF_RESET_AFTER`].
+#[derive(Debug, Default)]
+struct Backoff {
+    /// The delay after the next exit; `None`: [`BACKOFF_START`].
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    /// The delay before restarting a process that ran for `uptime` and then exited.
+    fn after_exit(&mut self, uptime: Duration) -> Duration {
+        if uptime >= BACKOFF_RESET_AFTER {
+            self.next = None;
+        }
+        let delay = self.next.unwrap_or(BACKOFF_START);
+        self.next = Some((delay * 2).min(BACKOFF_MAX));
+        delay
     }
 }
 
@@ -245,19 +368,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_should_double_to_30s_and_reset_after_a_minute_up() {
-        let mut delays = Vec::new();
-        let mut b = BACKOFF_START;
-        for _ in 0..7 {
-            b = backoff_after_exit(b, Duration::from_secs(1));
-            delays.push(b.as_secs());
-            b = (b * 2).min(BACKOFF_MAX);
-        }
-        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);
+    fn backoff_should_double_from_1s_to_5min_and_reset_after_ten_minutes_up() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..12)
+            .map(|_| b.after_exit(Duration::from_secs(2)).as_secs())
+            .collect();
         assert_eq!(
-            backoff_after_exit(BACKOFF_MAX, Duration::from_secs(60)),
-            BACKOFF_START
+            delays,
+            vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
         );
+        // Up nine minutes: still crashing, still slow.
+        assert_eq!(b.after_exit(Duration::from_secs(540)).as_secs(), 300);
+        // Up ten minutes: back to the start, then doubling again.
+        assert_eq!(b.after_exit(BACKOFF_RESET_AFTER).as_secs(), 1);
+        assert_eq!(b.after_exit(Duration::ZERO).as_secs(), 2);
     }
 
     #[tokio::test]

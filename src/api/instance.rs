@@ -150,6 +150,9 @@ pub struct InstanceStatus {
     /// The last 20 lines of the last hook's output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_hook_output: Vec<String>,
+    /// The supervised service's process, when the spec has a `service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceStatus>,
     /// When this status was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
@@ -162,8 +165,46 @@ pub struct InstanceFailure {
     pub version: String,
     /// `Stage`, `Switch` or `Health`.
     pub operation: String,
-    /// e.g. `ChecksumMismatch`, `HookFailed`, `HookTimeout`, `HealthDeadline`, `NotStaged`.
+    /// e.g. `ChecksumMismatch`, `HookFailed`, `HookTimeout`, `HealthDeadline`,
+    /// `ServiceCrashLoop` (operation `Health`), `NotStaged`.
     pub reason: String,
+    pub message: String,
+    pub time: DateTime<Utc>,
+}
+
+/// The supervised service's process as the agent last saw it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceStatus {
+    /// The process is up now; false while the agent waits to restart it.
+    #[serde(default)]
+    pub running: bool,
+    /// When the running process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Times the process exited (or could not start) and was restarted, since the agent
+    /// last started it on purpose (a switch, a restart, a changed service spec).
+    #[serde(default)]
+    pub restarts: u32,
+    /// How the process last ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ServiceExit>,
+    /// When the agent starts it again, while it waits out the backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_at: Option<DateTime<Utc>>,
+}
+
+/// How a service process ended.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceExit {
+    /// The exit status, when it exited by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed it (e.g. `SIGKILL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// What happened, e.g. `exited with status 1` or `cannot start: ...`.
     pub message: String,
     pub time: DateTime<Utc>,
 }

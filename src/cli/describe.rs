@@ -858,6 +858,26 @@ impl Describe for Instance {
         p.field(1, "Available", st.available);
         p.field(1, "Observed Generation", st.observed_generation);
         p.field(1, "Updated", age(st.updated_at, now));
+        if let Some(svc) = &st.service {
+            p.field(1, "Service", "");
+            let state = match (svc.running, svc.started_at, svc.next_restart_at) {
+                (true, Some(at), _) => format!("Running (up {})", age(Some(at), now)),
+                (true, None, _) => "Running".to_string(),
+                (false, _, Some(next)) if next > now => {
+                    format!("Waiting to restart (in {})", human_duration(next - now))
+                }
+                (false, _, _) => "Not running".to_string(),
+            };
+            p.field(2, "State", state);
+            p.field(2, "Restarts", svc.restarts);
+            if let Some(e) = &svc.last_exit {
+                p.field(
+                    2,
+                    "Last Exit",
+                    format!("{} ({} ago)", e.message, age(Some(e.time), now)),
+                );
+            }
+        }
         if let Some(f) = &st.failure {
             p.field(
                 1,

@@ -9,6 +9,7 @@ mod logs;
 mod manifests;
 mod rollouts;
 mod sync;
+mod truth_agent;
 mod truth_decision;
 mod truth_views;
 mod up;

@@ -268,7 +268,8 @@ fn up_demo_on_etcd_should_finish_and_serve_the_second_version() {
 fn up_demo_should_fail_clearly_when_a_machine_port_is_taken() {
     let state = tempfile::tempdir().expect("temp dir");
     let base = free_base_port(3);
-    // Machine-2's port is busy: its service cannot listen, its health check never passes.
+    // Machine-2's port is busy: its service cannot listen and exits at once, again and
+    // again after each restart, so the switch fails as a crash loop.
     let _busy = std::net::TcpListener::bind(("127.0.0.1", base + 2)).expect("port was free");
     let mut cmd = Command::new(BIN);
     cmd.env_remove("DEPLOYCTL_STORE")
@@ -282,7 +283,7 @@ fn up_demo_should_fail_clearly_when_a_machine_port_is_taken() {
         (stderr.contains("error: rollout \"demo\" paused after failures")
             || stderr.contains("error: rollout \"demo\" is degraded"))
             && stderr.contains("machine-2")
-            && stderr.contains("HealthDeadline"),
+            && stderr.contains("ServiceCrashLoop"),
         "stderr:\n{stderr}"
     );
     assert!(!stdout.contains("demo complete"), "{stdout}");
