@@ -1133,7 +1133,7 @@ async fn crash_loop_scenario(client: Client, url: StoreUrl) {
         on_2.iter().all(|s| !s.available),
         "2.0 was reported available: {on_2:#?}"
     );
-    let log = std::fs::read_to_string(w.root().join("logs/default_web.log")).unwrap();
+    let log = std::fs::read_to_string(w.root().join("default/web/logs/service.log")).unwrap();
     assert!(log.matches("starting").count() >= 3, "{log}");
 
     // Back to 1.0 (as a rollback does): available again, the restart count from zero.
