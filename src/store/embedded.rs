@@ -1859,6 +1859,13 @@ mod tests {
                 .collect();
             s.txn(txn(vec![], ops)).await?;
         }
+        // Only what the poller has passed is replayed; wait until it has passed all three.
+        let last = s.current_revision().await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&s.inner.shared.registry).delivered < last {
+            assert!(Instant::now() < deadline, "the poller never reached {last}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let mut w = s.watch("/ch/", 1).await?;
         let mut items = Vec::new();
         while items.iter().map(Vec::len).sum::<usize>() < 1800 {
