@@ -765,6 +765,41 @@ async fn presence_scenario(client: Client, url: StoreUrl) {
         assert!(start.elapsed() < DEADLINE, "presence key never appeared");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Registration order: the presence key first, then the Machine created with its
+    // status in one write, so the controller never sees a registered Machine whose lease
+    // it cannot find (it would call it expired).
+    let (spec, status) = loop {
+        let store = w.client.store();
+        let spec = store
+            .get(&keys::spec_key("machines", None, "m1"))
+            .await
+            .unwrap();
+        let status = store
+            .get(&keys::status_key("machines", None, "m1"))
+            .await
+            .unwrap();
+        if let (Some(spec), Some(status)) = (spec, status) {
+            break (spec, status);
+        }
+        assert!(start.elapsed() < DEADLINE, "the Machine never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let presence = w
+        .client
+        .store()
+        .get(&key)
+        .await
+        .unwrap()
+        .expect("put above");
+    assert!(
+        presence.create_revision < spec.create_revision,
+        "presence at {} must come before the Machine at {}",
+        presence.create_revision,
+        spec.create_revision
+    );
+    assert_eq!(status.create_revision, spec.create_revision, "one write");
+    let machine: Machine = w.client.get(None, "m1").await.unwrap().unwrap();
+    assert!(machine.status.and_then(|s| s.hostname).is_some());
     w.client.store().revoke_lease(first).await.unwrap();
     let start = Instant::now();
     loop {

@@ -172,13 +172,9 @@ pub async fn run_with(
     let hostname = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_string());
-    let registered = until_done("register the machine", &shutdown, || {
-        register_machine(&client, &config, &hostname)
-    })
-    .await?;
-    if registered.is_none() {
-        return Ok(());
-    }
+    // Presence first, then the Machine with who runs it: whoever sees the Machine's
+    // status with this start in it can find the lease, so the controller never calls a
+    // starting agent's lease expired (`reconcilers::machine`, AgentRegistering).
     let started_at = Utc::now();
     let presence_value = serde_json::to_vec(&serde_json::json!({
         "hostname": hostname,
@@ -201,6 +197,14 @@ pub async fn run_with(
         lease,
         shutdown.clone(),
     ));
+    let registered = until_done("register the machine", &shutdown, || {
+        register_machine(&client, &config, &hostname)
+    })
+    .await?;
+    if registered.is_none() {
+        let _ = presence.await;
+        return Ok(());
+    }
     tracing::info!(machine = %config.name, lease, "agent registered");
 
     let ctx = Arc::new(instance::Context {
@@ -312,58 +316,56 @@ fn stop_task(tasks: &mut HashMap<String, Running>, key: &str) {
     }
 }
 
-/// Creates the Machine (or merges our labels into it) and records who runs it.
+/// Creates the Machine (or merges our labels into it) and records who runs it: the
+/// status goes in with a create, so the Machine is never seen without it.
 async fn register_machine(
     client: &Client,
     config: &AgentConfig,
     hostname: &str,
 ) -> anyhow::Result<()> {
     let name = &config.name;
+    let record = |s: &mut crate::api::MachineStatus| {
+        s.hostname = Some(hostname.to_string());
+        s.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
+        s.last_heartbeat = Some(Utc::now());
+    };
     loop {
         let existing = client
             .get::<Machine>(None, name)
             .await
             .with_context(|| format!("cannot read machine {name}"))?;
-        match existing {
-            None => {
-                let mut m = Machine::new(name, MachineSpec::default());
-                m.meta_mut().labels = config.labels.clone();
-                match client.create(&m).await {
-                    Ok(_) => {
-                        tracing::info!(machine = %name, "machine created");
-                        break;
+        let Some(m) = existing else {
+            let mut m = Machine::new(name, MachineSpec::default());
+            m.meta_mut().labels = config.labels.clone();
+            record(m.status.get_or_insert_with(Default::default));
+            match client.create_with_status(&m).await {
+                Ok(_) => {
+                    tracing::info!(machine = %name, "machine created");
+                    return Ok(());
+                }
+                // Created meanwhile (by the user or a racing start): merge labels instead.
+                Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e).context(format!("cannot create machine {name}")),
+            }
+        };
+        let missing = config
+            .labels
+            .iter()
+            .any(|(k, v)| m.meta().labels.get(k) != Some(v));
+        if missing {
+            client
+                .update::<Machine>(None, name, |m| {
+                    for (k, v) in &config.labels {
+                        m.meta_mut().labels.insert(k.clone(), v.clone());
                     }
-                    // Created meanwhile (by the user or a racing start): merge labels instead.
-                    Err(StoreError::AlreadyExists(_)) => continue,
-                    Err(e) => return Err(e).context(format!("cannot create machine {name}")),
-                }
-            }
-            Some(m) => {
-                let missing = config
-                    .labels
-                    .iter()
-                    .any(|(k, v)| m.meta().labels.get(k) != Some(v));
-                if missing {
-                    client
-                        .update::<Machine>(None, name, |m| {
-                            for (k, v) in &config.labels {
-                                m.meta_mut().labels.insert(k.clone(), v.clone());
-                            }
-                        })
-                        .await
-                        .with_context(|| format!("cannot update labels of machine {name}"))?;
-                }
-                break;
-            }
+                })
+                .await
+                .with_context(|| format!("cannot update labels of machine {name}"))?;
         }
+        break;
     }
-    let version = env!("CARGO_PKG_VERSION");
     client
-        .update_status::<Machine>(None, name, |s| {
-            s.hostname = Some(hostname.to_string());
-            s.agent_version = Some(version.to_string());
-            s.last_heartbeat = Some(Utc::now());
-        })
+        .update_status::<Machine>(None, name, record)
         .await
         .with_context(|| format!("cannot write status of machine {name}"))?;
     Ok(())

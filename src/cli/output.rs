@@ -167,6 +167,7 @@ fn not_ready_reason(c: &crate::api::Condition, now: DateTime<Utc>) -> String {
     match c.reason.as_str() {
         "AgentLeaseExpired" => format!("agent lease expired{ago}"),
         "AgentNotRegistered" => "no agent has registered".into(),
+        "AgentRegistering" => format!("agent registering, started{ago}"),
         _ if !c.message.is_empty() => format!("{}{ago}", c.message),
         _ => format!("{}{ago}", c.reason),
     }

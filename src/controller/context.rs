@@ -361,7 +361,8 @@ impl Context {
             .read()
             .expect("presence lock is never poisoned")
             .contains(name);
-        if let Some(status) = machine::plan(&m, alive, chrono::Utc::now()) {
+        let plan = machine::plan(&m, alive, chrono::Utc::now());
+        if let Some(status) = plan.status {
             let was_ready = machine::is_ready(&m);
             let mut new = Machine::clone(&m);
             new.status = Some(status);
@@ -378,7 +379,10 @@ impl Context {
                     .await;
             }
         }
-        Ok(Action::await_change())
+        // A registering agent whose lease never shows up is lost once the grace ends.
+        Ok(plan
+            .recheck_after
+            .map_or_else(Action::await_change, Action::requeue))
     }
 
     async fn reconcile_application(&self, namespace: &str, name: &str) -> Result<Action, Error> {

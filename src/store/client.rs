@@ -155,6 +155,36 @@ impl Client {
         }
     }
 
+    /// Like [`create`](Self::create), and writes `obj.status` in the same transaction, so
+    /// that nobody sees the object without it (an agent registering its Machine).
+    pub async fn create_with_status<K: Object>(&self, obj: &K) -> Result<K> {
+        let mut txn = Txn::default();
+        let mut created = encode_create(obj, &mut txn)?;
+        let status = obj.status().cloned().unwrap_or_default();
+        let status_key = keys::status_key(K::PLURAL, created.namespace(), created.name());
+        // The create clears a status left behind; this put replaces that delete (etcd
+        // refuses a put and a delete of one key in one transaction).
+        txn.ops
+            .retain(|op| !matches!(op, Op::Delete { key } if *key == status_key));
+        txn.ops.push(Op::Put {
+            key: status_key,
+            value: serde_json::to_vec(&status)
+                .map_err(|e| Error::Other(format!("cannot encode status: {e}")))?,
+            lease: 0,
+        });
+        *created.status_mut() = Some(status);
+        let what = describe::<K>(obj);
+        match self.commit(txn, &what).await {
+            Ok(res) => {
+                let mut created = with_revision(created, res.revision);
+                created.meta_mut().status_version = res.revision;
+                Ok(created)
+            }
+            Err(Error::Conflict(_)) => Err(Error::AlreadyExists(what)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Replaces metadata and spec of `current` (as read) with those of `desired`.
     /// Compare-and-swap on `current`'s resourceVersion; generation goes up only when the
     /// spec changed; uid and creationTimestamp are kept; status is untouched.
