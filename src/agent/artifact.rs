@@ -507,6 +507,12 @@ mod tests {
             .err()
             .expect("a stalled download fails");
         assert!(matches!(err, ArtifactError::Fetch { .. }), "{err}");
+        // The server thread counts a connection when it accepts it, which may lag the
+        // client's try on a loaded machine.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while served.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(
             served.load(Ordering::SeqCst),
             2,

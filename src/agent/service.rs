@@ -390,11 +390,15 @@ mod tests {
         let count = dir.path().join("count");
         let sup = Supervisor::start(spec(
             dir.path(),
-            "echo run >> count; echo hello $DEPLOY_VERSION",
+            "echo hello $DEPLOY_VERSION; echo run >> count",
         ));
-        wait_for("a restart", || lines(&count).len() >= 2).await;
+        let log_path = dir.path().join("logs/prod_api.log");
+        wait_for("a restart, logged", || {
+            lines(&count).len() >= 2 && lines(&log_path).len() >= 2
+        })
+        .await;
         sup.stop().await;
-        let log = lines(&dir.path().join("logs/prod_api.log"));
+        let log = lines(&log_path);
         assert!(
             log.len() >= 2 && log.iter().all(|l| l == "hello 1.0"),
             "{log:?}"

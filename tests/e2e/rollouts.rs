@@ -491,11 +491,17 @@ fn max_overlap(lines: &[String]) -> usize {
 /// Test 2, embedded only: slot counting is the controller's logic, not the store's.
 #[test]
 fn six_agents_with_max_unavailable_two_should_never_switch_more_than_two_at_once() {
+    // Each switch waits (up to 10 s) until another is in flight, so that two slots used
+    // at once show as an overlap however the machines are scheduled; its start is logged
+    // before it says it is active, so a peer that sees it ends after that start.
     let hooks = json!({
         "activate": [hook(concat!(
             r#"echo "start $(date +%s%N) $DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/times"; "#,
-            r#"sleep 0.3; "#,
-            r#"echo "end $(date +%s%N) $DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/times""#
+            r#"touch "$LOGS/active-$DEPLOY_MACHINE"; i=0; "#,
+            r#"while [ "$(ls "$LOGS" | grep -c '^active-')" -lt 2 ] && [ $i -lt 100 ]; do "#,
+            r#"sleep 0.1; i=$((i+1)); done; "#,
+            r#"echo "end $(date +%s%N) $DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/times"; "#,
+            r#"rm -f "$LOGS/active-$DEPLOY_MACHINE""#
         ))],
     });
     let (f, machines) = Fleet::at_v1(
@@ -938,20 +944,20 @@ fn a_standby_controller_should_take_over_when_the_leader_is_killed() {
         ]);
         f.wait_complete("v1", 2);
         f.kill_controller(a);
-        let killed = Instant::now();
-        f.run(&["set", "version", "api", "v2"]).ok();
-        f.wait_complete("v2", 2);
-        let took = killed.elapsed();
+        // The takeover is bounded by the lease; the rollout after it by ROLLOUT_DEADLINE.
         let ttl = humantime::parse_duration(LEASE_TTL).expect("a valid duration");
-        assert!(
-            took < ttl + Duration::from_secs(15),
-            "[{label}] the standby took {took:?} (lease TTL {ttl:?})"
-        );
         let b_led = f.controllers[b]
             .as_mut()
             .expect("only ctl-a was killed")
-            .wait_for_stderr_line(Duration::from_secs(5), |l| l.contains("became the leader"));
-        assert!(b_led.is_some(), "[{label}] ctl-b never said it leads");
+            .wait_for_stderr_line(ttl + Duration::from_secs(15), |l| {
+                l.contains("became the leader")
+            });
+        assert!(
+            b_led.is_some(),
+            "[{label}] ctl-b did not take over within the lease TTL {ttl:?} and 15 s"
+        );
+        f.run(&["set", "version", "api", "v2"]).ok();
+        f.wait_complete("v2", 2);
         for m in &machines {
             assert_eq!(
                 f.current(m).as_deref(),

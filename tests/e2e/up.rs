@@ -179,18 +179,30 @@ fn http_get(port: u16) -> String {
     body.to_string()
 }
 
-/// A base port whose next `n` ports are free on loopback now.
+/// A base port whose next `n` ports are free on loopback now, below the kernel's
+/// ephemeral range: outgoing connections (every CLI call to etcd) and other tests' port-0
+/// binds take ports from that range, and one of them could take a demo port between this
+/// check and the demo's bind.
 fn free_base_port(n: u16) -> u16 {
-    for _ in 0..100 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("binding an ephemeral loopback port")
-            .port();
-        if base > u16::MAX - n {
-            continue;
-        }
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.saturating_sub(n + 1).max(2048);
+    let low = high.saturating_sub(10_000).max(1024);
+    // Spread over the range by time and pid: parallel tests start at different places.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 20);
+    for _ in 0..200 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let base = low + ((seed >> 33) % u64::from(high - low)) as u16;
         let all_free =
-            (1..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+            (0..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return base;
         }
