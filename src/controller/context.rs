@@ -407,6 +407,7 @@ impl Context {
     ) -> Result<Action, Error> {
         let started = std::time::Instant::now();
         let Some(cached) = self.rollouts.get(Some(namespace), name) else {
+            crate::observe::metrics().forget_rollout(namespace, name);
             return Ok(Action::await_change());
         };
         let ro = self.written_rollouts.fresher(cached);
@@ -448,10 +449,11 @@ impl Context {
             crate::api::set_condition(&mut st.conditions, condition, status, reason, &message, now);
             if ro.status.as_ref() != Some(&st) {
                 let mut new = Rollout::clone(&ro);
-                new.status = Some(st);
+                new.status = Some(st.clone());
                 let written = self.client.replace_status(&new).await?;
                 self.written_rollouts.record(written);
             }
+            record_rollout_metrics(namespace, name, ro.status.as_ref(), &st);
             return Ok(Action::await_change());
         }
         let app = app.expect("checked above: a missing application returned early");
@@ -484,10 +486,11 @@ impl Context {
         }
         if ro.status.as_ref() != Some(&decision.status) {
             let mut new = Rollout::clone(&ro);
-            new.status = Some(decision.status);
+            new.status = Some(decision.status.clone());
             let written = self.client.replace_status(&new).await?;
             self.written_rollouts.record(written);
         }
+        record_rollout_metrics(namespace, name, ro.status.as_ref(), &decision.status);
         for note in &decision.events {
             self.events
                 .record(
@@ -502,5 +505,58 @@ impl Context {
             Some(d) => Action::requeue(d),
             None => Action::await_change(),
         })
+    }
+}
+
+/// The kind of a key, for `deployctl_reconcile_*{kind}`.
+pub fn key_kind(key: &Key) -> &'static str {
+    match key {
+        Key::Machine(_) => "Machine",
+        Key::Application { .. } => "Application",
+        Key::Rollout { .. } => "Rollout",
+    }
+}
+
+/// Exports a Rollout's status as it now is in the store (`after`): its phase, version
+/// and machine counts, and the duration of each revision that `after` finished and
+/// `before` had not (so a revision is observed once, by the leader that wrote its end).
+fn record_rollout_metrics(
+    namespace: &str,
+    name: &str,
+    before: Option<&crate::api::RolloutStatus>,
+    after: &crate::api::RolloutStatus,
+) {
+    let m = crate::observe::metrics();
+    let version = after
+        .target_version
+        .as_deref()
+        .or(after.stable_version.as_deref())
+        .unwrap_or("");
+    m.set_rollout(
+        namespace,
+        name,
+        &after.phase.to_string(),
+        version,
+        crate::observe::MachineCounts {
+            desired: after.desired,
+            staged: after.staged,
+            updated: after.updated,
+            available: after.available,
+            failed: after.failed,
+        },
+    );
+    for rev in &after.history {
+        let (Some(done), false) = (rev.completed_at, rev.result.is_empty()) else {
+            continue;
+        };
+        let finished_before = before.is_some_and(|b| {
+            b.history.iter().any(|r| {
+                r.revision == rev.revision && r.version == rev.version && r.completed_at.is_some()
+            })
+        });
+        if !finished_before {
+            let took = (done - rev.started_at).to_std().unwrap_or_default();
+            m.rollout_finished(&rev.result, took);
+        }
     }
 }
