@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How `deployctl agent` runs.
 #[derive(Clone, Debug)]
@@ -337,7 +338,8 @@ fn deliver(
         }
     }
     let (specs, rx) = watch::channel(Some(obj));
-    let handle = tokio::spawn(instance::run(ctx.clone(), rx, shutdown.clone()));
+    // In the agent's span: an Instance's log lines name the machine too.
+    let handle = tokio::spawn(instance::run(ctx.clone(), rx, shutdown.clone()).in_current_span());
     tasks.insert(key, Running { specs, handle });
 }
 

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub const CONTROLLER_EXAMPLES: &str = "\
 Examples:
@@ -232,7 +233,11 @@ pub async fn run_controller(g: &GlobalArgs, args: ControllerArgs) -> anyhow::Res
         workers: args.workers as usize,
         http: controller_listen(args.http_addr),
     };
-    crate::controller::run(config, shutdown_token()).await?;
+    // Every log line of the controller carries its identity (a JSON line as span fields).
+    let span = tracing::info_span!("controller", identity = %config.identity);
+    crate::controller::run(config, shutdown_token())
+        .instrument(span)
+        .await?;
     Ok(0)
 }
 
@@ -248,7 +253,11 @@ pub async fn run_agent(g: &GlobalArgs, args: AgentArgs) -> anyhow::Result<i32> {
             optional: false,
         }),
     };
-    crate::agent::run(config, shutdown_token()).await?;
+    // Every log line of the agent carries its machine (a JSON line as span fields).
+    let span = tracing::info_span!("agent", machine = %config.name);
+    crate::agent::run(config, shutdown_token())
+        .instrument(span)
+        .await?;
     Ok(0)
 }
 

@@ -33,6 +33,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Consecutive failures of one key logged at debug level before they are warnings.
 const QUIET_FAILURES: u32 = 2;
@@ -151,7 +152,7 @@ where
         };
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..self.workers {
-            workers.spawn(worker.clone().run());
+            workers.spawn(worker.clone().run().in_current_span());
         }
         let queue = self.queue.clone();
         let stop = async move {
@@ -167,7 +168,7 @@ where
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "reconcile worker died");
                         if !self.queue.is_shutting_down() {
-                            workers.spawn(worker.clone().run());
+                            workers.spawn(worker.clone().run().in_current_span());
                         }
                     }
                     None => return,

@@ -179,7 +179,31 @@ impl Metrics {
             controller_synced: AtomicBool::new(false),
             agent_registered: AtomicBool::new(false),
         };
+        m.initialize();
         m.register()
+    }
+
+    /// Creates the series whose label values are known ahead at zero, so that they are
+    /// on `/metrics` (and `rate()` sees their first increase) before anything happens.
+    fn initialize(&self) {
+        for kind in ["Machine", "Application", "Rollout"] {
+            let kind = KindLabel { kind };
+            self.reconcile_errors.get_or_create(&kind);
+            self.reconcile_duration.get_or_create(&kind);
+        }
+        for result in ["Complete", "RolledBack", "Aborted"] {
+            self.rollout_duration.get_or_create(&ResultLabel {
+                result: result.to_string(),
+            });
+        }
+        for result in ["ok", "failed"] {
+            self.agent_switches.get_or_create(&ResultLabel {
+                result: result.to_string(),
+            });
+        }
+        for hook in ["install", "beforeActivate", "activate", "afterActivate"] {
+            self.agent_hook_duration.get_or_create(&HookLabel { hook });
+        }
     }
 
     /// Registers each metric with the daemon that exports it (the store's with both).
@@ -494,8 +518,24 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// Records one of everything, so that every family has a series (families with
+    /// label sets still unknown, like a Rollout's, are not shown before their first).
+    fn record_one_of_each() {
+        let m = metrics();
+        m.set_rollout(
+            "unit-prime",
+            "api",
+            "Complete",
+            "1.0.0",
+            MachineCounts::default(),
+        );
+        m.set_machines(1, 0, 0);
+        m.store_request("get", "ok", Duration::from_millis(1));
+    }
+
     #[test]
     fn every_metric_the_issue_lists_should_be_exported_by_its_daemon() {
+        record_one_of_each();
         let names = |role| {
             let text = metrics().encode(role);
             assert!(text.ends_with("# EOF\n"), "{text}");
@@ -531,6 +571,45 @@ mod tests {
             assert!(agent.contains(&format!("# TYPE {name} ")), "{name}");
         }
         assert!(!agent.contains("deployctl_rollout_"), "{agent}");
+    }
+
+    #[test]
+    fn the_grafana_dashboard_should_be_json_with_deploy_annotations_on_exported_metrics() {
+        let text = include_str!("../../manifests/grafana/deployctl.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(text).expect("manifests/grafana/deployctl.json is JSON");
+        record_one_of_each();
+        let annotations = dashboard["annotations"]["list"]
+            .as_array()
+            .expect("the dashboard has annotations");
+        assert!(
+            annotations.iter().any(|a| a["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("deployctl_rollout_info"))),
+            "deploys are annotations from deployctl_rollout_info"
+        );
+        let exported = format!(
+            "{}{}",
+            metrics().encode(Role::Controller),
+            metrics().encode(Role::Agent)
+        );
+        let mut used = 0;
+        for (i, _) in text.match_indices("deployctl_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                exported.contains(&format!("# TYPE {family} ")),
+                "the dashboard uses {name}, which is not exported"
+            );
+            used += 1;
+        }
+        assert!(used > 15, "{used}");
     }
 
     #[test]
