@@ -20,9 +20,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// The controller's address when `--http-addr` is not given: loopback, and not 9090
-/// (Prometheus' own), 9091 (Pushgateway), 9093 (Alertmanager) or 9100 (node exporter),
-/// which often run on the same host.
+/// The controller's address when `--http-addr` is not given: loopback, and none of the
+/// ports of Prometheus itself (9090), the Pushgateway (9091), Alertmanager (9093) or the
+/// node exporter (9100), which often run on the same host. (Prometheus' list of exporter
+/// ports, 9100-9999, is full; a port taken by another exporter is only a warning.)
 pub const DEFAULT_CONTROLLER_ADDR: &str = "127.0.0.1:9479";
 
 /// How long `/healthz` waits for the store's answer.

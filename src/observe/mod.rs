@@ -186,23 +186,24 @@ impl Metrics {
     /// Creates the series whose label values are known ahead at zero, so that they are
     /// on `/metrics` (and `rate()` sees their first increase) before anything happens.
     fn initialize(&self) {
+        // `get_or_create` creates the series; its read guard is dropped at once.
         for kind in ["Machine", "Application", "Rollout"] {
             let kind = KindLabel { kind };
-            self.reconcile_errors.get_or_create(&kind);
-            self.reconcile_duration.get_or_create(&kind);
+            drop(self.reconcile_errors.get_or_create(&kind));
+            drop(self.reconcile_duration.get_or_create(&kind));
         }
         for result in ["Complete", "RolledBack", "Aborted"] {
-            self.rollout_duration.get_or_create(&ResultLabel {
+            drop(self.rollout_duration.get_or_create(&ResultLabel {
                 result: result.to_string(),
-            });
+            }));
         }
         for result in ["ok", "failed"] {
-            self.agent_switches.get_or_create(&ResultLabel {
+            drop(self.agent_switches.get_or_create(&ResultLabel {
                 result: result.to_string(),
-            });
+            }));
         }
         for hook in ["install", "beforeActivate", "activate", "afterActivate"] {
-            self.agent_hook_duration.get_or_create(&HookLabel { hook });
+            drop(self.agent_hook_duration.get_or_create(&HookLabel { hook }));
         }
     }
 
