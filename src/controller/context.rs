@@ -560,3 +560,57 @@ fn record_rollout_metrics(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Revision, RolloutStatus};
+    use crate::observe::{metrics, Role};
+
+    /// The `_count` of `deployctl_rollout_duration_seconds{result}` on `/metrics`.
+    fn finished(result: &str) -> u64 {
+        let text = metrics().encode(Role::Controller);
+        let series = format!("deployctl_rollout_duration_seconds_count{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.parse().expect("a count is an integer"))
+    }
+
+    #[test]
+    fn a_finished_revision_should_be_observed_once_when_its_end_is_written() {
+        // A result no real revision has, so that other tests' rollouts do not count.
+        let result = "UnitFinishedOnce";
+        let started = chrono::Utc::now() - chrono::Duration::seconds(90);
+        let revision = |completed: bool| Revision {
+            revision: 2,
+            version: "2.0".into(),
+            sha256: None,
+            started_at: started,
+            completed_at: completed.then(|| started + chrono::Duration::seconds(60)),
+            result: if completed {
+                result.into()
+            } else {
+                String::new()
+            },
+        };
+        let status = |completed: bool| RolloutStatus {
+            history: vec![revision(completed)],
+            ..RolloutStatus::default()
+        };
+        let before = finished(result);
+        record_rollout_metrics("unit-ctx", "api", Some(&status(false)), &status(true));
+        assert_eq!(
+            finished(result),
+            before + 1,
+            "the write that ended it counts it"
+        );
+        record_rollout_metrics("unit-ctx", "api", Some(&status(true)), &status(true));
+        record_rollout_metrics("unit-ctx", "api", Some(&status(false)), &status(false));
+        assert_eq!(
+            finished(result),
+            before + 1,
+            "a status already ended, or not ended, does not"
+        );
+        metrics().forget_rollout("unit-ctx", "api");
+    }
+}

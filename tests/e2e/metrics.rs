@@ -56,6 +56,20 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     })
 }
 
+/// `POST http://addr/path` with a body: the status, or `None` when nothing answered.
+fn post(addr: &str, path: &str) -> Option<u16> {
+    crate::common::rt().block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}{path}"))
+            .body("x")
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        Some(resp.status().as_u16())
+    })
+}
+
 /// Waits until `GET addr/path` answers `status`; returns the body.
 fn wait_status(what: &str, addr: &str, path: &str, status: u16) -> String {
     let mut last = None;
@@ -242,6 +256,7 @@ fn scrape_a_rollout(label: &'static str, backend: Backend) {
     );
     wait_status(&format!("[{label}] agent healthy"), &agent, "/healthz", 200);
     assert_eq!(get(&ctl, "/nothing").map(|r| r.0), Some(404), "[{label}]");
+    assert_eq!(post(&ctl, "/metrics"), Some(405), "[{label}] read-only");
 
     f.apply(&[
         f.app(gated_activate(), json!({})),
