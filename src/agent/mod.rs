@@ -149,11 +149,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     crate::api::validation::check_name(&config.name)
         .map_err(|e| anyhow::anyhow!("invalid machine name: {e}"))?;
     let health_client = Arc::new(OnceLock::<Client>::new());
+    // The endpoints stop when this returns, error or not.
+    let http_stop = shutdown.child_token();
+    let _stop_http = http_stop.clone().drop_guard();
     http::start(
         config.http.as_ref(),
         Role::Agent,
         health_check(health_client.clone(), config.name.clone()),
-        shutdown.clone(),
+        http_stop,
     )
     .await?;
     let connect = until_done("open", &shutdown, || async {

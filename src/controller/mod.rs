@@ -43,11 +43,14 @@ const MACHINE_COUNT_PERIOD: Duration = Duration::from_secs(5);
 /// Runs the control loop until `shutdown` is cancelled.
 pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let health_client = Arc::new(OnceLock::<Client>::new());
+    // The endpoints stop when this returns, error or not.
+    let http_stop = shutdown.child_token();
+    let _stop_http = http_stop.clone().drop_guard();
     http::start(
         config.http.as_ref(),
         Role::Controller,
         health_check(health_client.clone()),
-        shutdown.clone(),
+        http_stop,
     )
     .await?;
     let store = MeteredStore::wrap(config.store.connect().await?);
