@@ -546,7 +546,11 @@ fn record_rollout_metrics(
         },
     );
     for rev in &after.history {
-        let (Some(done), false) = (rev.completed_at, rev.result.is_empty()) else {
+        // An adopted revision was found running, not rolled out.
+        let (Some(done), false) = (
+            rev.completed_at,
+            rev.result.is_empty() || rev.result == "Adopted",
+        ) else {
             continue;
         };
         let finished_before = before.is_some_and(|b| {
@@ -612,5 +616,25 @@ mod tests {
             "a status already ended, or not ended, does not"
         );
         metrics().forget_rollout("unit-ctx", "api");
+    }
+
+    #[test]
+    fn an_adopted_revision_should_not_count_as_a_finished_rollout() {
+        let now = chrono::Utc::now();
+        let adopted = RolloutStatus {
+            history: vec![Revision {
+                revision: 1,
+                version: "1.0".into(),
+                sha256: None,
+                started_at: now,
+                completed_at: Some(now),
+                result: "Adopted".into(),
+            }],
+            ..RolloutStatus::default()
+        };
+        let before = finished("Adopted");
+        record_rollout_metrics("unit-adopt", "api", None, &adopted);
+        assert_eq!(finished("Adopted"), before);
+        metrics().forget_rollout("unit-adopt", "api");
     }
 }

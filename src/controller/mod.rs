@@ -285,7 +285,7 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
         "caches synced; reconciling"
     );
     metrics().set_controller_synced(true);
-    tokio::spawn(count_machines(ctx.clone(), stop.clone()));
+    let counting = tokio::spawn(count_machines(ctx.clone(), stop.clone()));
     for m in ctx.machines.list() {
         queue.add(Key::Machine(m.metadata.name.clone()));
     }
@@ -308,4 +308,6 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
             stop.clone(),
         )
         .await;
+    // Done before `run` forgets the fleet's series, so that none outlives the lead.
+    let _ = counting.await;
 }
