@@ -12,11 +12,13 @@
 //!   the thin effect steps that write them.
 //! - [`agent`]: the node agent: artifacts, hooks, health checks, the service, local state.
 //! - [`cli`]: the `deployctl` subcommands and their output.
+//! - [`observe`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod observe;
 pub mod reconcilers;
 pub mod store;
 pub mod testing;

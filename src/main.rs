@@ -8,7 +8,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = deployctl::cli::Cli::parse();
-    deployctl::cli::init_logging(cli.global.verbose);
+    deployctl::cli::init_logging(cli.global.verbose, cli.global.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -76,6 +76,7 @@ impl World {
             labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
             root: self.root(),
             lease_ttl: Duration::from_secs(5),
+            http: None,
         };
         let handle = tokio::spawn(run(config, token.clone()));
         (token, handle)

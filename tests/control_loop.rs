@@ -64,6 +64,7 @@ async fn rollout_should_stage_switch_and_complete_on_every_machine(url: StoreUrl
             identity: "test-controller".into(),
             lease_ttl: Duration::from_secs(5),
             workers: 2,
+            http: None,
         },
         shutdown.clone(),
     )));
@@ -75,6 +76,7 @@ async fn rollout_should_stage_switch_and_complete_on_every_machine(url: StoreUrl
                 labels: [("role".to_string(), "web".to_string())].into(),
                 root: work.path().join(format!("m{i}")),
                 lease_ttl: Duration::from_secs(5),
+                http: None,
             },
             shutdown.clone(),
         )));
@@ -203,6 +205,7 @@ async fn machine_whose_lease_expired_should_leave_the_desired_count_and_converge
             identity: "test-controller".into(),
             lease_ttl: Duration::from_secs(5),
             workers: 2,
+            http: None,
         },
         shutdown.clone(),
     ));
@@ -214,6 +217,7 @@ async fn machine_whose_lease_expired_should_leave_the_desired_count_and_converge
                 labels: Default::default(),
                 root: work.path().join(format!("m{i}")),
                 lease_ttl: ttl,
+                http: None,
             },
             token,
         ))

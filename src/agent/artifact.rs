@@ -185,6 +185,7 @@ pub async fn fetch(
         let mut size = 0u64;
         stream_into(url, retry.read_timeout, &mut |chunk| {
             size += chunk.len() as u64;
+            crate::observe::metrics().artifact_bytes(chunk.len() as u64);
             if size > max_bytes {
                 return Err(ArtifactError::TooLarge {
                     url: url.to_string(),

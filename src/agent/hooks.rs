@@ -353,13 +353,21 @@ pub async fn run_hooks(
     env: &HookEnv,
     cmds: &[Command],
     cwd: &Path,
-    label: &str,
+    label: &'static str,
 ) -> Result<Vec<String>, HookError> {
+    let started = std::time::Instant::now();
     let mut tail = Vec::new();
-    for cmd in cmds {
-        tail = run_command(env, cmd, cwd, label).await?;
+    let ran = async {
+        for cmd in cmds {
+            tail = run_command(env, cmd, cwd, label).await?;
+        }
+        Ok(())
     }
-    Ok(tail)
+    .await;
+    if !cmds.is_empty() {
+        crate::observe::metrics().hook_ran(label, started.elapsed());
+    }
+    ran.map(|()| tail)
 }
 
 /// Runs a command and returns its stdout (stderr is logged, its last lines kept for a

@@ -805,8 +805,10 @@ impl Task {
     /// Stages `v`; `disk` is what the step was decided on.
     async fn do_stage(&mut self, v: &VersionRef, disk: &Disk) {
         self.report_on(Some(InstancePhase::Staging), disk);
+        let started = std::time::Instant::now();
         match self.stage(v).await {
             Ok(tail) => {
+                crate::observe::metrics().staged(started.elapsed());
                 let install = self.spec().hooks.install.clone();
                 self.record_output(&install, tail);
                 if self
@@ -888,7 +890,9 @@ impl Task {
         self.status.available = false;
         self.status.ready_since = None;
         self.report_on(Some(InstancePhase::Switching), disk);
-        match self.switch(want, previous.as_deref()).await {
+        let switched = self.switch(want, previous.as_deref()).await;
+        crate::observe::metrics().switched(switched.is_ok());
+        match switched {
             Ok(()) => {
                 self.memory.verified = Some(want.to_string());
                 self.memory.version_checked = None;

@@ -18,19 +18,22 @@ pub mod service;
 pub mod unpack;
 
 use crate::api::{Instance, Machine, MachineSpec, Object};
+use crate::observe::http::{self, Listen};
+use crate::observe::{metrics, Role};
 use crate::store::{
-    Client, Error as StoreError, EventRecorder, LeaseId, ObjectEvent, Scope, StoreUrl,
+    Client, Error as StoreError, EventRecorder, LeaseId, MeteredStore, ObjectEvent, Scope, StoreUrl,
 };
 use anyhow::Context as _;
 use chrono::Utc;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How `deployctl agent` runs.
 #[derive(Clone, Debug)]
@@ -43,6 +46,8 @@ pub struct AgentConfig {
     pub root: PathBuf,
     /// Presence lease TTL: the machine turns NotReady this long after the agent dies.
     pub lease_ttl: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`None`: nowhere, the default).
+    pub http: Option<Listen>,
 }
 
 /// One running instance task and the channel that feeds it specs (latest wins).
@@ -143,6 +148,17 @@ where
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     crate::api::validation::check_name(&config.name)
         .map_err(|e| anyhow::anyhow!("invalid machine name: {e}"))?;
+    let health_client = Arc::new(OnceLock::<Client>::new());
+    // The endpoints stop when this returns, error or not.
+    let http_stop = shutdown.child_token();
+    let _stop_http = http_stop.clone().drop_guard();
+    http::start(
+        config.http.as_ref(),
+        Role::Agent,
+        health_check(health_client.clone(), config.name.clone()),
+        http_stop,
+    )
+    .await?;
     let connect = until_done("open", &shutdown, || async {
         config
             .store
@@ -154,7 +170,30 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let Some(store) = connect else {
         return Ok(());
     };
-    run_with(Client::new(store), config, None, shutdown).await
+    let client = Client::new(MeteredStore::wrap(store));
+    let _ = health_client.set(client.clone());
+    let result = run_with(client, config, None, shutdown).await;
+    metrics().set_agent_registered(false);
+    result
+}
+
+/// `/healthz`: the store answers a read of this agent's own Machine (the one key every
+/// agent may read, whatever its etcd role), once connected.
+fn health_check(client: Arc<OnceLock<Client>>, machine: String) -> http::HealthCheck {
+    Arc::new(move || {
+        let client = client.clone();
+        let machine = machine.clone();
+        Box::pin(async move {
+            let Some(client) = client.get() else {
+                return Err("not connected yet".to_string());
+            };
+            client
+                .get::<Machine>(None, &machine)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// Runs the agent on an existing store client, with `executor` in place of the real
@@ -206,6 +245,7 @@ pub async fn run_with(
         return Ok(());
     }
     tracing::info!(machine = %config.name, lease, "agent registered");
+    metrics().set_agent_registered(true);
 
     let ctx = Arc::new(instance::Context {
         client: client.clone(),
@@ -305,7 +345,8 @@ fn deliver(
         }
     }
     let (specs, rx) = watch::channel(Some(obj));
-    let handle = tokio::spawn(instance::run(ctx.clone(), rx, shutdown.clone()));
+    // In the agent's span: an Instance's log lines name the machine too.
+    let handle = tokio::spawn(instance::run(ctx.clone(), rx, shutdown.clone()).in_current_span());
     tasks.insert(key, Running { specs, handle });
 }
 

@@ -268,6 +268,7 @@ async fn supervise(
                 .map(|d| exit.time + d);
             s.status.last_exit = Some(exit);
         });
+        crate::observe::metrics().service_restarted();
         // A start that failed still answers a restart request: it was carried out.
         if let Some(ack) = pending_ack.take() {
             let _ = ack.send(());

@@ -507,6 +507,7 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
             labels: [("bench".to_string(), tag.clone())].into(),
             root: roots.path().join(i.to_string()),
             lease_ttl: Duration::from_secs(60),
+            http: None,
         };
         let client = clients[i % clients.len()].clone();
         agents.push(tokio::spawn(supervise(

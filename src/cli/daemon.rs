@@ -5,11 +5,14 @@ use super::{duration_in, get::shutdown_signal, store_url, GlobalArgs};
 use crate::agent::AgentConfig;
 use crate::api::validation::{check_label_key, check_label_value, check_name};
 use crate::controller::ControllerConfig;
+use crate::observe::http::{self, Listen};
 use clap::Args;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub const CONTROLLER_EXAMPLES: &str = "\
 Examples:
@@ -17,12 +20,26 @@ Examples:
   deployctl controller
 
   # Two for high availability on etcd (one leads, the other takes over)
-  deployctl --store etcd://10.0.0.1:2379 controller --identity ctl-a --lease-ttl 10s";
+  deployctl --store etcd://10.0.0.1:2379 controller --identity ctl-a --lease-ttl 10s
+
+  # Metrics for a Prometheus on another host, JSON logs for a log shipper
+  deployctl --log-format json controller --http-addr 0.0.0.0:9479
+
+  # No HTTP endpoints at all
+  deployctl controller --http-addr off
+
+Endpoints (--http-addr, read-only, no authentication; loopback by default):
+  /metrics  Prometheus metrics (OpenMetrics text)
+  /healthz  200 when the process runs and the store answers a read within 2s
+  /readyz   200 when this controller leads and its caches are synced (503 on a standby)";
 
 pub const AGENT_EXAMPLES: &str = "\
 Examples:
   # On each machine
   deployctl agent --name web-1 --labels role=web,zone=a --root /srv/deploy
+
+  # With /metrics, /healthz and /readyz on loopback (off unless given)
+  deployctl agent --name web-1 --root /srv/deploy --http-addr 127.0.0.1:9480
 
   # Against etcd
   deployctl --store etcd://10.0.0.1:2379 agent --name db-1 --labels role=db --root /srv/deploy
@@ -101,6 +118,14 @@ pub struct ControllerArgs {
     /// Reconciles run at once (different keys), 1..=256.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=WORKERS_MAX as i64))]
     pub workers: u32,
+    /// Serve /metrics, /healthz and /readyz on IP:PORT, or `off`.
+    ///
+    /// The default is loopback only. An address other than loopback must be given here:
+    /// the endpoints are read-only and unauthenticated. If the default port is taken (a
+    /// second controller on the host) the controller runs without them and logs a
+    /// warning; an address given here that cannot be bound stops it.
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_http_addr)]
+    pub http_addr: Option<HttpAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +152,36 @@ pub struct AgentArgs {
     /// stays Ready and keeps being given work.
     #[arg(long, default_value = "10s", value_parser = duration_in(LEASE_TTL_MIN, LEASE_TTL_MAX))]
     pub lease_ttl: Duration,
+    /// Serve /metrics, /healthz and /readyz on IP:PORT (off unless given).
+    ///
+    /// Read-only and unauthenticated: prefer loopback, or a firewalled interface.
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_http_addr)]
+    pub http_addr: Option<HttpAddr>,
+}
+
+/// `--http-addr`: an address, or `None` for `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpAddr(pub Option<SocketAddr>);
+
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    http::parse_addr(s).map(HttpAddr)
+}
+
+/// The controller's endpoints: the flag's address, `off`, or the loopback default
+/// (optional: a taken default port is a warning).
+fn controller_listen(flag: Option<HttpAddr>) -> Option<Listen> {
+    match flag {
+        Some(HttpAddr(addr)) => addr.map(|addr| Listen {
+            addr,
+            optional: false,
+        }),
+        None => Some(Listen {
+            addr: http::DEFAULT_CONTROLLER_ADDR
+                .parse()
+                .expect("the default address is a valid IP:PORT (tested)"),
+            optional: true,
+        }),
+    }
 }
 
 fn parse_machine_name(s: &str) -> Result<String, String> {
@@ -176,8 +231,13 @@ pub async fn run_controller(g: &GlobalArgs, args: ControllerArgs) -> anyhow::Res
         identity,
         lease_ttl: args.lease_ttl,
         workers: args.workers as usize,
+        http: controller_listen(args.http_addr),
     };
-    crate::controller::run(config, shutdown_token()).await?;
+    // Every log line of the controller carries its identity (a JSON line as span fields).
+    let span = tracing::info_span!("controller", identity = %config.identity);
+    crate::controller::run(config, shutdown_token())
+        .instrument(span)
+        .await?;
     Ok(0)
 }
 
@@ -188,8 +248,16 @@ pub async fn run_agent(g: &GlobalArgs, args: AgentArgs) -> anyhow::Result<i32> {
         labels: args.labels,
         root: args.root,
         lease_ttl: args.lease_ttl,
+        http: args.http_addr.and_then(|a| a.0).map(|addr| Listen {
+            addr,
+            optional: false,
+        }),
     };
-    crate::agent::run(config, shutdown_token()).await?;
+    // Every log line of the agent carries its machine (a JSON line as span fields).
+    let span = tracing::info_span!("agent", machine = %config.name);
+    crate::agent::run(config, shutdown_token())
+        .instrument(span)
+        .await?;
     Ok(0)
 }
 
@@ -267,5 +335,48 @@ mod tests {
         assert!(Cli::try_parse_from(["deployctl", "controller", "--workers", "0"]).is_err());
         assert!(Cli::try_parse_from(["deployctl", "controller", "--workers", "257"]).is_err());
         assert!(Cli::try_parse_from(["deployctl", "controller", "--workers", "256"]).is_ok());
+    }
+
+    #[test]
+    fn http_endpoints_should_be_on_loopback_for_the_controller_and_off_for_the_agent_by_default() {
+        let controller = |args: &[&str]| {
+            let argv = ["deployctl", "controller"].iter().chain(args);
+            let Command::Controller(c) = Cli::try_parse_from(argv).expect("valid flags").command
+            else {
+                panic!("controller")
+            };
+            controller_listen(c.http_addr)
+        };
+        let default = controller(&[]).expect("on by default");
+        assert!(
+            default.addr.ip().is_loopback() && default.optional,
+            "{default:?}"
+        );
+        assert_ne!(default.addr.port(), 9090, "Prometheus' own port");
+        assert_eq!(controller(&["--http-addr", "off"]), None);
+        let explicit = controller(&["--http-addr", "0.0.0.0:9479"]).expect("given");
+        assert!(!explicit.optional && !explicit.addr.ip().is_loopback());
+        let err = Cli::try_parse_from(["deployctl", "controller", "--http-addr", "localhost:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--http-addr") && err.contains("IP:PORT"),
+            "{err}"
+        );
+
+        let agent = |args: &[&str]| {
+            let argv = ["deployctl", "agent", "--name", "w", "--root", "/s"]
+                .iter()
+                .chain(args);
+            let Command::Agent(a) = Cli::try_parse_from(argv).expect("valid flags").command else {
+                panic!("agent")
+            };
+            a.http_addr.and_then(|a| a.0)
+        };
+        assert_eq!(agent(&[]), None, "off by default");
+        assert_eq!(
+            agent(&["--http-addr", "127.0.0.1:9480"]),
+            Some("127.0.0.1:9480".parse().unwrap())
+        );
     }
 }

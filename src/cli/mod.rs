@@ -159,6 +159,17 @@ pub struct GlobalArgs {
     /// Log to stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// How logs are written: `text` for people, `json` for log shippers (one JSON
+    /// object a line, with the fields of the current span and its parents).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DEPLOYCTL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,8 +273,8 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Sets up tracing to stderr: warn by default, more with `-v`, RUST_LOG wins.
-pub fn init_logging(verbose: u8) {
+/// Sets up tracing to stderr in `format`: warn by default, more with `-v`, RUST_LOG wins.
+pub fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -272,12 +283,21 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            // Colours only for a person at a terminal, not in log files.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // One object a line: the event's fields, its span and every parent span's fields.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 /// Runs one command; returns the process exit status (errors are printed here, escaped:

@@ -32,6 +32,9 @@ Examples:
   # Follow the repository every 30s, deleting objects removed from it
   deployctl sync --repo https://git.example.com/ops/fleet.git --path manifests --prune
 
+  # The same as a service whose logs go to a log shipper: one JSON object a line
+  deployctl -v --log-format json sync --repo https://git.example.com/ops/fleet.git --path manifests
+
   # What would the next sync change? (exit 1: differences, 0: none, 2: error)
   deployctl sync --repo /srv/fleet --path manifests --prune --dry-run";
 

@@ -222,6 +222,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
         identity: format!("up-{}", std::process::id()),
         lease_ttl: Duration::from_secs(5),
         workers: 4,
+        http: None,
     };
     let token = shutdown.clone();
     tasks.spawn(async move {
@@ -238,6 +239,7 @@ pub async fn run(g: &GlobalArgs, args: UpArgs) -> anyhow::Result<i32> {
             labels: m.labels.clone(),
             root: m.root.clone(),
             lease_ttl: Duration::from_secs(10),
+            http: None,
         };
         let token = shutdown.clone();
         let what = format!("agent {}", m.name);

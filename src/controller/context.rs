@@ -411,6 +411,7 @@ impl Context {
     ) -> Result<Action, Error> {
         let started = std::time::Instant::now();
         let Some(cached) = self.rollouts.get(Some(namespace), name) else {
+            crate::observe::metrics().forget_rollout(namespace, name);
             return Ok(Action::await_change());
         };
         let ro = self.written_rollouts.fresher(cached);
@@ -452,10 +453,11 @@ impl Context {
             crate::api::set_condition(&mut st.conditions, condition, status, reason, &message, now);
             if ro.status.as_ref() != Some(&st) {
                 let mut new = Rollout::clone(&ro);
-                new.status = Some(st);
+                new.status = Some(st.clone());
                 let written = self.client.replace_status(&new).await?;
                 self.written_rollouts.record(written);
             }
+            record_rollout_metrics(namespace, name, ro.status.as_ref(), &st);
             return Ok(Action::await_change());
         }
         let app = app.expect("checked above: a missing application returned early");
@@ -488,10 +490,11 @@ impl Context {
         }
         if ro.status.as_ref() != Some(&decision.status) {
             let mut new = Rollout::clone(&ro);
-            new.status = Some(decision.status);
+            new.status = Some(decision.status.clone());
             let written = self.client.replace_status(&new).await?;
             self.written_rollouts.record(written);
         }
+        record_rollout_metrics(namespace, name, ro.status.as_ref(), &decision.status);
         for note in &decision.events {
             self.events
                 .record(
@@ -506,5 +509,136 @@ impl Context {
             Some(d) => Action::requeue(d),
             None => Action::await_change(),
         })
+    }
+}
+
+/// The kind of a key, for `deployctl_reconcile_*{kind}`.
+pub fn key_kind(key: &Key) -> &'static str {
+    match key {
+        Key::Machine(_) => "Machine",
+        Key::Application { .. } => "Application",
+        Key::Rollout { .. } => "Rollout",
+    }
+}
+
+/// Exports a Rollout's status as it now is in the store (`after`): its phase, version
+/// and machine counts, and the duration of each revision that `after` finished and
+/// `before` had not (so a revision is observed once, by the leader that wrote its end).
+fn record_rollout_metrics(
+    namespace: &str,
+    name: &str,
+    before: Option<&crate::api::RolloutStatus>,
+    after: &crate::api::RolloutStatus,
+) {
+    let m = crate::observe::metrics();
+    let version = after
+        .target_version
+        .as_deref()
+        .or(after.stable_version.as_deref())
+        .unwrap_or("");
+    m.set_rollout(
+        namespace,
+        name,
+        &after.phase.to_string(),
+        version,
+        crate::observe::MachineCounts {
+            desired: after.desired,
+            staged: after.staged,
+            updated: after.updated,
+            available: after.available,
+            failed: after.failed,
+        },
+    );
+    for rev in &after.history {
+        // An adopted revision was found running, not rolled out.
+        let (Some(done), false) = (
+            rev.completed_at,
+            rev.result.is_empty() || rev.result == "Adopted",
+        ) else {
+            continue;
+        };
+        let finished_before = before.is_some_and(|b| {
+            b.history.iter().any(|r| {
+                r.revision == rev.revision && r.version == rev.version && r.completed_at.is_some()
+            })
+        });
+        if !finished_before {
+            let took = (done - rev.started_at).to_std().unwrap_or_default();
+            m.rollout_finished(&rev.result, took);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Revision, RolloutStatus};
+    use crate::observe::{metrics, Role};
+
+    /// The `_count` of `deployctl_rollout_duration_seconds{result}` on `/metrics`.
+    fn finished(result: &str) -> u64 {
+        let text = metrics().encode(Role::Controller);
+        let series = format!("deployctl_rollout_duration_seconds_count{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.parse().expect("a count is an integer"))
+    }
+
+    #[test]
+    fn a_finished_revision_should_be_observed_once_when_its_end_is_written() {
+        // A result no real revision has, so that other tests' rollouts do not count.
+        let result = "UnitFinishedOnce";
+        let started = chrono::Utc::now() - chrono::Duration::seconds(90);
+        let revision = |completed: bool| Revision {
+            revision: 2,
+            version: "2.0".into(),
+            sha256: None,
+            started_at: started,
+            completed_at: completed.then(|| started + chrono::Duration::seconds(60)),
+            result: if completed {
+                result.into()
+            } else {
+                String::new()
+            },
+        };
+        let status = |completed: bool| RolloutStatus {
+            history: vec![revision(completed)],
+            ..RolloutStatus::default()
+        };
+        let before = finished(result);
+        record_rollout_metrics("unit-ctx", "api", Some(&status(false)), &status(true));
+        assert_eq!(
+            finished(result),
+            before + 1,
+            "the write that ended it counts it"
+        );
+        record_rollout_metrics("unit-ctx", "api", Some(&status(true)), &status(true));
+        record_rollout_metrics("unit-ctx", "api", Some(&status(false)), &status(false));
+        assert_eq!(
+            finished(result),
+            before + 1,
+            "a status already ended, or not ended, does not"
+        );
+        metrics().forget_rollout("unit-ctx", "api");
+    }
+
+    #[test]
+    fn an_adopted_revision_should_not_count_as_a_finished_rollout() {
+        let now = chrono::Utc::now();
+        let adopted = RolloutStatus {
+            history: vec![Revision {
+                revision: 1,
+                version: "1.0".into(),
+                sha256: None,
+                started_at: now,
+                completed_at: Some(now),
+                result: "Adopted".into(),
+            }],
+            ..RolloutStatus::default()
+        };
+        let before = finished("Adopted");
+        record_rollout_metrics("unit-adopt", "api", None, &adopted);
+        assert_eq!(finished("Adopted"), before);
+        metrics().forget_rollout("unit-adopt", "api");
     }
 }

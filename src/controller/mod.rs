@@ -12,12 +12,14 @@ pub mod queue;
 pub mod runtime;
 
 use crate::api::{Application, Instance, Machine, Rollout};
-use crate::store::{Client, EventRecorder, PresenceEvent, Scope, StoreUrl};
+use crate::observe::http::{self, Listen};
+use crate::observe::{metrics, Role};
+use crate::store::{Client, EventRecorder, MeteredStore, PresenceEvent, Scope, StoreUrl};
 use context::{Context, Key};
 use futures::StreamExt;
 use informer::Informer;
 use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -31,12 +33,29 @@ pub struct ControllerConfig {
     pub lease_ttl: Duration,
     /// Reconciles run at once (different keys).
     pub workers: usize,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`None`: nowhere).
+    pub http: Option<Listen>,
 }
+
+/// How often the leader counts the fleet's machines for `deployctl_machines`.
+const MACHINE_COUNT_PERIOD: Duration = Duration::from_secs(5);
 
 /// Runs the control loop until `shutdown` is cancelled.
 pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = config.store.connect().await?;
+    let health_client = Arc::new(OnceLock::<Client>::new());
+    // The endpoints stop when this returns, error or not.
+    let http_stop = shutdown.child_token();
+    let _stop_http = http_stop.clone().drop_guard();
+    http::start(
+        config.http.as_ref(),
+        Role::Controller,
+        health_check(health_client.clone()),
+        http_stop,
+    )
+    .await?;
+    let store = MeteredStore::wrap(config.store.connect().await?);
     let client = Client::new(store);
+    let _ = health_client.set(client.clone());
     let elector =
         leader::LeaderElector::new(client.clone(), config.identity.clone(), config.lease_ttl);
     loop {
@@ -54,7 +73,11 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
             lost.cancelled().await;
             stop.cancel();
         });
+        metrics().set_leader(true);
         lead(leadership.client(), config.workers, leading.clone()).await;
+        metrics().set_leader(false);
+        metrics().set_controller_synced(false);
+        metrics().forget_fleet();
         watcher.abort();
         if shutdown.is_cancelled() {
             if let Err(e) = leadership.resign().await {
@@ -66,9 +89,46 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
     }
 }
 
+/// `/healthz`: the store answers a read of the leader key (once connected).
+fn health_check(client: Arc<OnceLock<Client>>) -> http::HealthCheck {
+    Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            let Some(client) = client.get() else {
+                return Err("not connected yet".to_string());
+            };
+            client.leader().await.map(|_| ()).map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// Counts the cached machines into `deployctl_machines` every
+/// [`MACHINE_COUNT_PERIOD`], until `stop`.
+async fn count_machines(ctx: Arc<Context>, stop: CancellationToken) {
+    loop {
+        let (mut ready, mut not_ready, mut cordoned) = (0, 0, 0);
+        for m in ctx.machines.list() {
+            if crate::reconcilers::machine::is_ready(&m) {
+                ready += 1;
+            } else {
+                not_ready += 1;
+            }
+            if m.spec.unschedulable {
+                cordoned += 1;
+            }
+        }
+        metrics().set_machines(ready, not_ready, cordoned);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(MACHINE_COUNT_PERIOD) => {}
+        }
+    }
+}
+
 /// Everything a leader runs, until `stop`.
 async fn lead(client: Client, workers: usize, stop: CancellationToken) {
     let queue = queue::WorkQueue::<Key>::new();
+    queue.export_metrics();
     let presence = Arc::new(RwLock::new(BTreeSet::new()));
     // The context needs the readers and the handlers need the context: build the
     // context around informers whose handlers reach it through a OnceLock.
@@ -224,12 +284,14 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
         instances = ctx.instances.len(),
         "caches synced; reconciling"
     );
+    metrics().set_controller_synced(true);
+    let counting = tokio::spawn(count_machines(ctx.clone(), stop.clone()));
     for m in ctx.machines.list() {
         queue.add(Key::Machine(m.metadata.name.clone()));
     }
     ctx.enqueue_all();
 
-    let runner = runtime::Controller::new(queue.clone(), workers);
+    let runner = runtime::Controller::new(queue.clone(), workers).export_metrics(context::key_kind);
     let reconcile_ctx = ctx.clone();
     runner
         .run(
@@ -246,4 +308,6 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
             stop.clone(),
         )
         .await;
+    // Done before `run` forgets the fleet's series, so that none outlives the lead.
+    let _ = counting.await;
 }

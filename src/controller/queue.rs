@@ -17,6 +17,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -51,6 +52,9 @@ struct Inner<K> {
     changed: Notify,
     backoff_base: Duration,
     backoff_max: Duration,
+    /// Set by [`WorkQueue::export_metrics`]: this is the controller's queue, whose depth,
+    /// adds and retries the process exports (tests' queues stay out of them).
+    metered: AtomicBool,
 }
 
 struct State<K> {
@@ -126,7 +130,27 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
                 changed: Notify::new(),
                 backoff_base: base,
                 backoff_max: max.max(base),
+                metered: AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// Makes this queue the one whose depth, adds and retries the process exports
+    /// (`deployctl_workqueue_*`).
+    pub fn export_metrics(&self) {
+        self.inner.metered.store(true, AtomicOrdering::Relaxed);
+        let st = self.lock();
+        self.observe(&st, false, false);
+    }
+
+    /// Records the depth after a change, and an add (`added`) or a retry (`retry`).
+    fn observe(&self, st: &State<K>, added: bool, retry: bool) {
+        if self.inner.metered.load(AtomicOrdering::Relaxed) {
+            crate::observe::metrics().queue_changed(
+                st.ready.len() + st.deadlines.len(),
+                added && !st.shutting_down,
+                retry && !st.shutting_down,
+            );
         }
     }
 
@@ -142,7 +166,9 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
     /// Queues `key` to run as soon as a worker is free.
     pub fn add(&self, key: K) {
         let mut st = self.lock();
-        if st.make_ready(key) {
+        let ready = st.make_ready(key);
+        self.observe(&st, true, false);
+        if ready {
             drop(st);
             self.inner.changed.notify_waiters();
         }
@@ -159,6 +185,7 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
             .checked_add(delay.min(MAX_DELAY))
             .unwrap_or(now + MAX_DELAY);
         let mut st = self.lock();
+        self.observe(&st, true, false);
         if st.shutting_down || st.dirty.contains(&key) {
             return;
         }
@@ -169,6 +196,7 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
         let seq = st.next_seq();
         st.heap.push(Delayed { at, seq, key });
         st.compact_heap();
+        self.observe(&st, false, false);
         drop(st);
         // A worker may be sleeping until a later deadline.
         self.inner.changed.notify_waiters();
@@ -182,10 +210,13 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
             let failures = st.failures.entry(key.clone()).or_insert(0);
             let exp = (*failures).min(30);
             *failures = failures.saturating_add(1);
-            self.inner
+            let delay = self
+                .inner
                 .backoff_base
                 .saturating_mul(1u32 << exp)
-                .min(self.inner.backoff_max)
+                .min(self.inner.backoff_max);
+            self.observe(&st, false, true);
+            delay
         };
         self.add_after(key, delay);
         delay
@@ -225,6 +256,7 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
                     if let Some(key) = st.ready.pop_front() {
                         st.dirty.remove(&key);
                         st.in_flight.insert(key.clone());
+                        self.observe(&st, false, false);
                         return Some(key);
                     }
                     st.heap.peek().map(|d| d.at)
@@ -250,6 +282,7 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
         }
         if st.dirty.contains(key) && !st.shutting_down {
             st.ready.push_back(key.clone());
+            self.observe(&st, false, false);
         }
         drop(st);
         // Wakes a worker for the requeued key, or `next` callers waiting for the
@@ -266,6 +299,7 @@ impl<K: Clone + Eq + Hash + Send> WorkQueue<K> {
         st.dirty.clear();
         st.deadlines.clear();
         st.heap.clear();
+        self.observe(&st, false, false);
         drop(st);
         self.inner.changed.notify_waiters();
     }

@@ -33,6 +33,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Consecutive failures of one key logged at debug level before they are warnings.
 const QUIET_FAILURES: u32 = 2;
@@ -104,6 +105,8 @@ pub fn enqueue_changed<K: Object>(
 pub struct Controller<K> {
     queue: WorkQueue<K>,
     workers: usize,
+    /// Names a key's kind for `deployctl_reconcile_*`; `None`: not exported.
+    kind: Option<fn(&K) -> &'static str>,
 }
 
 impl<K> Controller<K>
@@ -115,7 +118,15 @@ where
         Controller {
             queue,
             workers: workers.max(1),
+            kind: None,
         }
+    }
+
+    /// Exports each reconcile's duration and failure (`deployctl_reconcile_*`) under the
+    /// kind `kind` names for its key.
+    pub fn export_metrics(mut self, kind: fn(&K) -> &'static str) -> Self {
+        self.kind = Some(kind);
+        self
     }
 
     /// Runs until `shutdown` is cancelled (or the queue is shut down), then stops taking
@@ -137,10 +148,11 @@ where
             queue: self.queue.clone(),
             reconcile: Arc::new(reconcile),
             error_policy: Arc::new(error_policy),
+            kind: self.kind,
         };
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..self.workers {
-            workers.spawn(worker.clone().run());
+            workers.spawn(worker.clone().run().in_current_span());
         }
         let queue = self.queue.clone();
         let stop = async move {
@@ -156,7 +168,7 @@ where
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "reconcile worker died");
                         if !self.queue.is_shutting_down() {
-                            workers.spawn(worker.clone().run());
+                            workers.spawn(worker.clone().run().in_current_span());
                         }
                     }
                     None => return,
@@ -171,6 +183,7 @@ struct Worker<K, R, P> {
     queue: WorkQueue<K>,
     reconcile: Arc<R>,
     error_policy: Arc<P>,
+    kind: Option<fn(&K) -> &'static str>,
 }
 
 impl<K, R, P> Clone for Worker<K, R, P> {
@@ -179,6 +192,7 @@ impl<K, R, P> Clone for Worker<K, R, P> {
             queue: self.queue.clone(),
             reconcile: self.reconcile.clone(),
             error_policy: self.error_policy.clone(),
+            kind: self.kind,
         }
     }
 }
@@ -195,9 +209,14 @@ where
         while let Some(key) = self.queue.next().await {
             // Unwind safety: a reconcile keeps no state across runs that a panic could
             // leave half-changed; the key is retried from fresh state.
+            let started = std::time::Instant::now();
             let result = AssertUnwindSafe((self.reconcile)(key.clone()))
                 .catch_unwind()
                 .await;
+            if let Some(kind) = self.kind {
+                let failed = !matches!(result, Ok(Ok(_)));
+                crate::observe::metrics().reconciled(kind(&key), started.elapsed(), failed);
+            }
             // The error policy is the caller's code too: a panic in it (or in the queue)
             // must not leave the key in flight forever.
             let finished =

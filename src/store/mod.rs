@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod etcd;
 pub mod keys;
 mod leased;
+pub mod metered;
 
 pub use batch::Write;
 pub use client::LeaderRecord;
@@ -17,6 +18,7 @@ pub use client::{
     encode_status, Client, ListResult, LogRequestEvent, ObjectEvent, ObjectWatch, Scope,
 };
 pub use leased::{event_lease_id, EventRecorder, Presence, PresenceEvent, EVENT_TTL};
+pub use metered::MeteredStore;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

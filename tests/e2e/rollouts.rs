@@ -19,7 +19,7 @@ const ROLLOUT_DEADLINE: Duration = Duration::from_secs(60);
 const LEASE_TTL: &str = "3s";
 
 /// Writes `app-<version>.tar.gz` holding `VERSION` into `dir`; returns its hex sha256.
-fn build_artifact(dir: &Path, version: &str) -> String {
+pub(crate) fn build_artifact(dir: &Path, version: &str) -> String {
     let path = dir.join(format!("app-{version}.tar.gz"));
     let file = std::fs::File::create(&path).expect("artifact dir is writable");
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
@@ -39,7 +39,11 @@ fn build_artifact(dir: &Path, version: &str) -> String {
 }
 
 /// Polls `check` every 100 ms until it yields, or panics naming `what` after `timeout`.
-fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
@@ -62,18 +66,19 @@ fn now_ns() -> u128 {
 }
 
 /// A store, a controller (or two), agents and a work dir; every process is killed on drop.
-struct Fleet {
+pub(crate) struct Fleet {
     label: &'static str,
     /// Declared first so the processes die before the store and the dirs go away.
-    controllers: Vec<Option<Spawned>>,
-    agents: BTreeMap<String, Spawned>,
-    store: String,
+    pub(crate) controllers: Vec<Option<Spawned>>,
+    pub(crate) agents: BTreeMap<String, Spawned>,
+    pub(crate) store: String,
     work: tempfile::TempDir,
-    _backend: Backend,
+    /// The store's process (etcd), for tests that stop it.
+    pub(crate) backend: Backend,
 }
 
 impl Fleet {
-    fn new(label: &'static str, backend: Backend) -> Fleet {
+    pub(crate) fn new(label: &'static str, backend: Backend) -> Fleet {
         let work = tempfile::Builder::new()
             .prefix("deployctl-e2e-rollouts-")
             .tempdir()
@@ -87,11 +92,11 @@ impl Fleet {
             agents: BTreeMap::new(),
             store: backend.url(),
             work,
-            _backend: backend,
+            backend,
         }
     }
 
-    fn artifacts(&self) -> PathBuf {
+    pub(crate) fn artifacts(&self) -> PathBuf {
         self.work.path().join("artifacts")
     }
 
@@ -101,7 +106,7 @@ impl Fleet {
     }
 
     /// A file a hook may wait for (the Application's `GATE` env).
-    fn gate(&self) -> PathBuf {
+    pub(crate) fn gate(&self) -> PathBuf {
         self.logs().join("gate")
     }
 
@@ -111,19 +116,23 @@ impl Fleet {
 
     /// Starts a controller; returns its index in `controllers`.
     fn start_controller(&mut self, identity: &str) -> usize {
-        let c = spawn(
-            &self.store,
-            &[
-                "-v", // info logs: the test reads "leading" from stderr
-                "controller",
-                "--identity",
-                identity,
-                "--lease-ttl",
-                LEASE_TTL,
-                "--workers",
-                "2",
-            ],
-        );
+        self.start_controller_with(identity, &[])
+    }
+
+    /// Starts a controller with `extra` flags; returns its index in `controllers`.
+    pub(crate) fn start_controller_with(&mut self, identity: &str, extra: &[&str]) -> usize {
+        let mut args = vec![
+            "-v", // info logs: the test reads "leading" from stderr
+            "controller",
+            "--identity",
+            identity,
+            "--lease-ttl",
+            LEASE_TTL,
+            "--workers",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let c = spawn(&self.store, &args);
         self.controllers.push(Some(c));
         self.controllers.len() - 1
     }
@@ -136,21 +145,25 @@ impl Fleet {
     }
 
     fn start_agent(&mut self, name: &str) {
+        self.start_agent_with(name, &[]);
+    }
+
+    /// Starts an agent with `extra` flags after its own.
+    pub(crate) fn start_agent_with(&mut self, name: &str, extra: &[&str]) {
         let root = self.root(name).display().to_string();
-        let a = spawn(
-            &self.store,
-            &[
-                "agent",
-                "--name",
-                name,
-                "--labels",
-                "role=web",
-                "--root",
-                &root,
-                "--lease-ttl",
-                LEASE_TTL,
-            ],
-        );
+        let mut args = vec![
+            "agent",
+            "--name",
+            name,
+            "--labels",
+            "role=web",
+            "--root",
+            &root,
+            "--lease-ttl",
+            LEASE_TTL,
+        ];
+        args.extend_from_slice(extra);
+        let a = spawn(&self.store, &args);
         self.agents.insert(name.to_string(), a);
     }
 
@@ -167,12 +180,12 @@ impl Fleet {
         drop(self.agents.remove(name).expect("agent is running"));
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         run(&self.store, args)
     }
 
     /// Applies manifests given as JSON values (JSON is YAML), one document each.
-    fn apply(&self, docs: &[Value]) {
+    pub(crate) fn apply(&self, docs: &[Value]) {
         let text = docs
             .iter()
             .map(|d| serde_json::to_string_pretty(d).expect("json values serialize"))
@@ -184,7 +197,7 @@ impl Fleet {
 
     /// The Application `api` for machines labelled role=web, artifacts from our dir, with
     /// `LOGS` (and `extra_env`) in its env and `hooks` as given.
-    fn app(&self, hooks: Value, extra_env: Value) -> Value {
+    pub(crate) fn app(&self, hooks: Value, extra_env: Value) -> Value {
         let mut env = json!({
             "LOGS": self.logs().display().to_string(),
             "GATE": self.gate().display().to_string(),
@@ -208,7 +221,7 @@ impl Fleet {
         })
     }
 
-    fn rollout(version: &str, strategy: Value, failure_policy: Value) -> Value {
+    pub(crate) fn rollout(version: &str, strategy: Value, failure_policy: Value) -> Value {
         json!({
             "apiVersion": "deployctl.dev/v1",
             "kind": "Rollout",
@@ -237,7 +250,7 @@ impl Fleet {
     }
 
     /// Waits for phase Complete at `version` over `desired` machines; returns the Rollout.
-    fn wait_complete(&self, version: &str, desired: u32) -> Rollout {
+    pub(crate) fn wait_complete(&self, version: &str, desired: u32) -> Rollout {
         let label = self.label;
         let mut last = None;
         let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -266,7 +279,7 @@ impl Fleet {
     }
 
     /// [`wait_until`], with the fleet's state and logs added to the failure message.
-    fn wait<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    pub(crate) fn wait<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
         let what = format!("[{}] {what}", self.label);
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_until(&what, ROLLOUT_DEADLINE, check)
