@@ -26,7 +26,8 @@
 //! may still have landed. Repeated, a CAS transaction then reports a conflict for a write
 //! that did land; its callers re-read after a conflict anyway and find their write. To make
 //! that rarer, a lost compare while another attempt of the same request still runs is held
-//! back until that attempt answers ([`Endpoints::call`]'s `done`).
+//! back for [`HOLD_FOR`], in case that attempt answers that it wrote ([`Endpoints::call`]'s
+//! `done`); not longer, as the other attempt may be one that waits out etcd's timeout.
 
 use super::CONNECT_TIMEOUT;
 use etcd_client as ec;
@@ -39,6 +40,9 @@ use tokio::time::Instant;
 
 /// How long a member that failed is tried only after the others.
 const DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long a lost compare waits for the request's other attempts still running: both
+/// answers leave etcd when the write that made the compare lose has been applied.
+const HOLD_FOR: Duration = Duration::from_millis(500);
 /// Attempts of one request running at once, with more than one member. (With one, a
 /// second attempt could only wait on the same member: there is one at a time.)
 const MAX_IN_FLIGHT: usize = 5;
@@ -182,13 +186,14 @@ impl Endpoints {
                         return Ok(v);
                     }
                     Ok(v) => {
-                        // Wait for the attempts still running; start no more.
+                        // Wait a little for the attempts still running; start no more.
                         run.held = Some(v);
                         run.next_start = None;
+                        run.deadline = run.deadline.min(Instant::now() + HOLD_FOR);
                     }
                     Err(e) => {
                         if let Some(e) = run.failed(i, e) {
-                            return Err(Failure::Answer(e));
+                            return run.held.take().ok_or(Failure::Answer(e));
                         }
                     }
                 },
@@ -363,7 +368,9 @@ impl<'a, T> Run<'a, T> {
                 self.relogged = true;
                 self.endpoints.members[i].reset();
                 self.cursor = i;
-                self.next_start = Some(now);
+                if self.held.is_none() {
+                    self.next_start = Some(now);
+                }
             }
             Verdict::Unreachable => {
                 tracing::debug!(endpoint = %self.endpoints.members[i].name, error = %e, "etcd member unreachable; trying the next");
