@@ -178,7 +178,11 @@ impl Endpoints {
                     return Err(run.unreachable());
                 }
             }
-            let wake = run.next_start.map_or(run.deadline, |t| t.min(run.deadline));
+            // At the cap, the next attempt waits for one to end, not for its time.
+            let next = run
+                .next_start
+                .filter(|_| pending.len() < run.max_in_flight());
+            let wake = next.map_or(run.deadline, |t| t.min(run.deadline));
             tokio::select! {
                 Some((i, result)) = pending.next(), if !pending.is_empty() => match result {
                     Ok(v) if done(&v) || pending.is_empty() => {
@@ -510,5 +514,175 @@ mod tests {
         for (error, want) in cases {
             assert_eq!(verdict(&error), want, "{error}");
         }
+    }
+}
+
+/// The retry policy against scripted attempts, in paused time. The clients point at
+/// loopback ports that nobody uses: without a user, connecting one sends nothing, and the
+/// scripted attempts never use it.
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    fn endpoints(n: usize) -> Endpoints {
+        let names: Vec<String> = (1..=n).map(|p| format!("127.0.0.1:{p}")).collect();
+        let bare: Vec<&str> = names.iter().map(String::as_str).collect();
+        let urls: Vec<String> = names.iter().map(|e| format!("http://{e}")).collect();
+        Endpoints::new(&bare, &urls, ec::ConnectOptions::new())
+    }
+
+    type Answer = Result<usize, ec::Error>;
+
+    /// An op whose `k`th attempt behaves as `script(k)` says; counts attempts.
+    fn scripted(
+        script: impl Fn(usize) -> BoxFuture<'static, Answer>,
+    ) -> (
+        Arc<AtomicUsize>,
+        impl Fn(ec::Client) -> BoxFuture<'static, Answer>,
+    ) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let op = move |_client: ec::Client| script(seen.fetch_add(1, Ordering::SeqCst));
+        (count, op)
+    }
+
+    fn hang() -> BoxFuture<'static, Answer> {
+        futures::future::pending().boxed()
+    }
+
+    fn after(delay: Duration, answer: Answer) -> BoxFuture<'static, Answer> {
+        async move {
+            tokio::time::sleep(delay).await;
+            answer
+        }
+        .boxed()
+    }
+
+    fn refused() -> Answer {
+        Err(ec::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )))
+    }
+
+    const BUDGET: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_should_go_on_at_once_to_the_next_member_when_one_refuses() {
+        let e = endpoints(3);
+        let (count, op) =
+            scripted(|k| after(Duration::ZERO, if k == 0 { refused() } else { Ok(k) }));
+        let started = Instant::now();
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert_eq!(got.ok(), Some(1));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        // The member that answered is where the next request goes first.
+        assert_eq!(e.preferred.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_hangs_should_be_raced_by_another_attempt_after_half_a_second() {
+        let e = endpoints(3);
+        let (_, op) = scripted(|k| {
+            if k == 0 {
+                hang()
+            } else {
+                after(Duration::ZERO, Ok(k))
+            }
+        });
+        let started = Instant::now();
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert_eq!(got.ok(), Some(1));
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_read_should_still_succeed_with_the_attempt_that_started_first() {
+        let e = endpoints(3);
+        // Every attempt takes 4 s, as a big page on a loaded machine might.
+        let (count, op) = scripted(|k| after(Duration::from_secs(4), Ok(k)));
+        let got = e.call(BUDGET, Pace::READ, |_| true, op).await;
+        assert_eq!(got.ok(), Some(0), "the first attempt answers first");
+        // Raced at 1 s and 3 s, not more.
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_compare_should_wait_for_the_attempt_still_running_that_wrote() {
+        let e = endpoints(3);
+        // The first attempt lands and answers late; the race's attempt then finds its
+        // compare false.
+        let (_, op) = scripted(|k| match k {
+            0 => after(Duration::from_millis(700), Ok(1)),
+            _ => after(Duration::ZERO, Ok(0)),
+        });
+        let got = e.call(BUDGET, Pace::WRITE, |v| *v == 1, op).await;
+        assert_eq!(got.ok(), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_compare_should_not_wait_past_the_hold_for_an_attempt_that_hangs() {
+        let e = endpoints(3);
+        let (_, op) = scripted(|k| {
+            if k == 0 {
+                hang()
+            } else {
+                after(Duration::ZERO, Ok(0))
+            }
+        });
+        let started = Instant::now();
+        let got = e.call(BUDGET, Pace::WRITE, |v| *v == 1, op).await;
+        assert_eq!(got.ok(), Some(0), "the lost compare is the answer");
+        assert_eq!(started.elapsed(), Duration::from_millis(500) + HOLD_FOR);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_should_fail_at_once_naming_every_member_when_none_can_be_reached() {
+        let e = endpoints(3);
+        let (count, op) = scripted(|_| after(Duration::ZERO, refused()));
+        let started = Instant::now();
+        match e.call(BUDGET, Pace::READ, |_| true, op).await {
+            Err(Failure::Unreachable(each)) => {
+                let names: Vec<&str> = each.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(names, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+            }
+            Err(Failure::Answer(e)) => panic!("want every member named, got {e}"),
+            Err(Failure::TimedOut(..)) => panic!("want every member named, got a timeout"),
+            Ok(v) => panic!("nothing answers, got {v}"),
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_cannot_serve_should_be_tried_again_after_a_pause() {
+        let e = endpoints(3);
+        let no_leader = || {
+            Err(ec::Error::GRpcStatus(tonic::Status::unavailable(
+                "etcdserver: no leader",
+            )))
+        };
+        // An election: every member says so for a while, then one answers.
+        let (count, op) =
+            scripted(move |k| after(Duration::ZERO, if k < 6 { no_leader() } else { Ok(k) }));
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert_eq!(got.ok(), Some(6));
+        assert_eq!(count.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_member_should_get_one_attempt_at_a_time_until_the_budget() {
+        let e = endpoints(1);
+        let (count, op) = scripted(|_| hang());
+        let started = Instant::now();
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert!(matches!(got, Err(Failure::TimedOut(..))));
+        assert_eq!(started.elapsed(), BUDGET);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }
