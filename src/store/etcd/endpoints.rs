@@ -562,11 +562,11 @@ mod policy_tests {
         .boxed()
     }
 
-    fn refused() -> Answer {
-        Err(ec::Error::IoError(std::io::Error::new(
+    fn refused() -> ec::Error {
+        ec::Error::IoError(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "connection refused",
-        )))
+        ))
     }
 
     const BUDGET: Duration = Duration::from_secs(10);
@@ -575,7 +575,7 @@ mod policy_tests {
     async fn a_request_should_go_on_at_once_to_the_next_member_when_one_refuses() {
         let e = endpoints(3);
         let (count, op) =
-            scripted(|k| after(Duration::ZERO, if k == 0 { refused() } else { Ok(k) }));
+            scripted(|k| after(Duration::ZERO, if k == 0 { Err(refused()) } else { Ok(k) }));
         let started = Instant::now();
         let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
         assert_eq!(got.ok(), Some(1));
@@ -644,7 +644,7 @@ mod policy_tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_should_fail_at_once_naming_every_member_when_none_can_be_reached() {
         let e = endpoints(3);
-        let (count, op) = scripted(|_| after(Duration::ZERO, refused()));
+        let (count, op) = scripted(|_| after(Duration::ZERO, Err(refused())));
         let started = Instant::now();
         match e.call(BUDGET, Pace::READ, |_| true, op).await {
             Err(Failure::Unreachable(each)) => {
@@ -662,14 +662,11 @@ mod policy_tests {
     #[tokio::test(start_paused = true)]
     async fn a_member_that_cannot_serve_should_be_tried_again_after_a_pause() {
         let e = endpoints(3);
-        let no_leader = || {
-            Err(ec::Error::GRpcStatus(tonic::Status::unavailable(
-                "etcdserver: no leader",
-            )))
-        };
+        let no_leader =
+            || ec::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
         // An election: every member says so for a while, then one answers.
         let (count, op) =
-            scripted(move |k| after(Duration::ZERO, if k < 6 { no_leader() } else { Ok(k) }));
+            scripted(move |k| after(Duration::ZERO, if k < 6 { Err(no_leader()) } else { Ok(k) }));
         let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
         assert_eq!(got.ok(), Some(6));
         assert_eq!(count.load(Ordering::SeqCst), 7);
