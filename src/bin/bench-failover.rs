@@ -60,9 +60,13 @@ async fn main() -> anyhow::Result<()> {
     }
     // Started from the main thread: the members die with the thread that started them.
     let mut cluster = EtcdCluster::start(args.members);
+    // Client i lists member i first (modulo the size), so that every member has clients
+    // that go to it first, whichever dies.
     let mut stores = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
-        stores.push(Arc::new(cluster.connect().await));
+    for i in 0..args.clients {
+        let mut endpoints = cluster.endpoints();
+        endpoints.rotate_left(i % args.members);
+        stores.push(Arc::new(EtcdStore::connect(&endpoints).await?));
     }
     let stop = CancellationToken::new();
     let writers: Vec<_> = stores
