@@ -14,8 +14,8 @@
 //!   member whose leader has just died holds a forwarded write until etcd's own request
 //!   timeout (about 7 s), while a new leader is elected within about 2 s. The slow attempt
 //!   is not abandoned: a big list page on a loaded machine is slow but sound, and still
-//!   wins if it answers first. At most [`MAX_IN_FLIGHT`] attempts of one request run at
-//!   once, and one with a single member.
+//!   wins if it answers first. Two attempts of one request run at most: the first, and the
+//!   latest, which replaces (cancels) the one before it. With a single member, one.
 //! - The whole request has one budget (the caller's, 10 s for a request). When every
 //!   endpoint has been found unreachable within one request, it fails at once, naming each
 //!   endpoint and why, so that a dead store is reported fast.
@@ -31,7 +31,7 @@
 
 use super::CONNECT_TIMEOUT;
 use etcd_client as ec;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::OptionFuture;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -43,9 +43,6 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 /// How long a lost compare waits for the request's other attempts still running: both
 /// answers leave etcd when the write that made the compare lose has been applied.
 const HOLD_FOR: Duration = Duration::from_millis(500);
-/// Attempts of one request running at once, with more than one member. (With one, a
-/// second attempt could only wait on the same member: there is one at a time.)
-const MAX_IN_FLIGHT: usize = 5;
 /// First and longest pause before trying again after a member answered that it cannot
 /// serve (no leader, an election in progress).
 const PAUSE_MIN: Duration = Duration::from_millis(50);
@@ -62,11 +59,11 @@ pub(super) struct Pace {
 impl Pace {
     /// Writes (transactions, lease requests): a write that a follower forwarded to a leader
     /// that has just died waits out etcd's request timeout (about 7 s), while the followers
-    /// elect a new leader within 1 to 2 s. Attempts at 0, 0.5, 1.25, 2.4, 4.1 and 6.6 s put
-    /// one soon after every election.
+    /// notice within 1 to 2 s (etcd's randomized election timeout) and elect a new leader
+    /// at once. Attempts at 0, 0.5, 1.1, 1.8, 2.7, 3.7 s... put one soon after.
     pub(super) const WRITE: Pace = Pace {
         first: Duration::from_millis(500),
-        growth: 1.5,
+        growth: 1.2,
     };
     /// Reads: etcd fails a read waiting on a dead leader with "leader changed" once a new
     /// one is elected, so racing matters less than not loading a busy etcd with copies of
@@ -159,18 +156,27 @@ impl Endpoints {
         Fut: Future<Output = Result<T, ec::Error>>,
     {
         let mut run = Run::new(self, budget, pace);
-        let mut pending = FuturesUnordered::new();
+        // The first attempt runs to its end: a slow answer is still an answer. Each later
+        // one replaces (cancels) the one before it, so that two run at most.
+        let mut first = None;
+        let mut latest = None;
         loop {
-            if run.due() && pending.len() < run.max_in_flight() {
+            if run.due() && self.room(first.is_some() || latest.is_some()) {
                 match run.pick() {
                     Some(i) => {
-                        pending.push(self.attempt(i, &op));
+                        let attempt = Box::pin(self.attempt(i, &op));
+                        if first.is_none() {
+                            first = Some(attempt);
+                        } else {
+                            latest = Some(attempt);
+                        }
                         run.started();
                     }
                     None => run.next_start = None,
                 }
             }
-            if pending.is_empty() {
+            let running = first.is_some() || latest.is_some();
+            if !running {
                 if let Some(held) = run.held.take() {
                     return Ok(held);
                 }
@@ -178,29 +184,12 @@ impl Endpoints {
                     return Err(run.unreachable());
                 }
             }
-            // At the cap, the next attempt waits for one to end, not for its time.
-            let next = run
-                .next_start
-                .filter(|_| pending.len() < run.max_in_flight());
+            // Without room, the next attempt waits for the running one to end.
+            let next = run.next_start.filter(|_| self.room(running));
             let wake = next.map_or(run.deadline, |t| t.min(run.deadline));
-            tokio::select! {
-                Some((i, result)) = pending.next(), if !pending.is_empty() => match result {
-                    Ok(v) if done(&v) || pending.is_empty() => {
-                        self.preferred.store(i, Ordering::Relaxed);
-                        return Ok(v);
-                    }
-                    Ok(v) => {
-                        // Wait a little for the attempts still running; start no more.
-                        run.held = Some(v);
-                        run.next_start = None;
-                        run.deadline = run.deadline.min(Instant::now() + HOLD_FOR);
-                    }
-                    Err(e) => {
-                        if let Some(e) = run.failed(i, e) {
-                            return run.held.take().ok_or(Failure::Answer(e));
-                        }
-                    }
-                },
+            let (from_first, (i, result)) = tokio::select! {
+                Some(r) = OptionFuture::from(first.as_mut()), if first.is_some() => (true, r),
+                Some(r) = OptionFuture::from(latest.as_mut()), if latest.is_some() => (false, r),
                 _ = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= run.deadline {
                         return match run.held.take() {
@@ -208,9 +197,39 @@ impl Endpoints {
                             None => Err(run.timed_out(budget)),
                         };
                     }
+                    continue;
+                }
+            };
+            if from_first {
+                first = None;
+            } else {
+                latest = None;
+            }
+            let others = first.is_some() || latest.is_some();
+            match result {
+                Ok(v) if done(&v) || !others => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(v) => {
+                    // Wait a little for the attempt still running; start no more.
+                    run.held = Some(v);
+                    run.next_start = None;
+                    run.deadline = run.deadline.min(Instant::now() + HOLD_FOR);
+                }
+                Err(e) => {
+                    if let Some(e) = run.failed(i, e) {
+                        return run.held.take().ok_or(Failure::Answer(e));
+                    }
                 }
             }
         }
+    }
+
+    /// Whether another attempt may start: always with several members (it replaces the
+    /// latest), with one only when none runs (another would wait on the same member).
+    fn room(&self, running: bool) -> bool {
+        self.members.len() > 1 || !running
     }
 
     /// One attempt on member `i`: its client (connecting if needed), then `op`.
@@ -328,15 +347,6 @@ impl<'a, T> Run<'a, T> {
 
     fn due(&self) -> bool {
         self.next_start.is_some_and(|t| t <= Instant::now())
-    }
-
-    /// [`MAX_IN_FLIGHT`], or one with a single member.
-    fn max_in_flight(&self) -> usize {
-        if self.unreachable.len() > 1 {
-            MAX_IN_FLIGHT
-        } else {
-            1
-        }
     }
 
     /// The next member to try: from the cursor on, the first that is neither unreachable
@@ -670,6 +680,35 @@ mod policy_tests {
         let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
         assert_eq!(got.ok(), Some(6));
         assert_eq!(count.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_should_run_two_attempts_at_most_the_first_and_the_latest() {
+        /// Counts the attempts alive now; the most ever alive.
+        struct Alive(Arc<(AtomicUsize, AtomicUsize)>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0 .0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let e = endpoints(3);
+        let alive = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let seen = alive.clone();
+        let (count, op) = scripted(move |_| {
+            let now = seen.0.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.1.fetch_max(now, Ordering::SeqCst);
+            let guard = Alive(seen.clone());
+            async move {
+                let _guard = guard;
+                futures::future::pending::<Answer>().await
+            }
+            .boxed()
+        });
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert!(matches!(got, Err(Failure::TimedOut(..))));
+        assert!(count.load(Ordering::SeqCst) > 5, "raced again and again");
+        assert_eq!(alive.1.load(Ordering::SeqCst), 2, "at most two at once");
+        assert_eq!(alive.0.load(Ordering::SeqCst), 0, "none left running");
     }
 
     #[tokio::test(start_paused = true)]
