@@ -28,7 +28,8 @@ const EVENTS_SHOWN: usize = 10;
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// machines (mc), applications (app), rollouts (ro), instances (inst), events (ev).
+    /// machines (mc), applications (app), rollouts (ro), instances (inst), events (ev),
+    /// notifiers (nt).
     pub kind: String,
     pub name: String,
 }

@@ -7,6 +7,7 @@ mod etcd_security;
 mod hostile_manifests;
 mod logs;
 mod manifests;
+mod notify;
 mod rollouts;
 mod sync;
 mod truth_agent;
