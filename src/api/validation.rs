@@ -603,6 +603,13 @@ pub fn validate_notifier(n: &Notifier) -> Vec<FieldError> {
                 || ["content-type", "content-length", "host"].contains(&&*k.to_ascii_lowercase())
             {
                 out.push(err(&path, "this header is set by deployctl"));
+            } else if ["authorization", "proxy-authorization", "cookie"]
+                .contains(&&*k.to_ascii_lowercase())
+            {
+                out.push(err(
+                    &path,
+                    "credentials are never stored in objects: put a URL with its token in urlFrom, or sign with secretRef",
+                ));
             }
             if v.len() > MAX_HEADER_VALUE_LEN || v.bytes().any(|b| b.is_ascii_control()) {
                 out.push(err(
@@ -750,6 +757,10 @@ mod tests {
             (
                 serde_json::json!({"webhook": {"url": "http://x", "headers": {"X-Deployctl-Signature": "x"}}}),
                 "spec.webhook.headers.X-Deployctl-Signature: this header is set by deployctl",
+            ),
+            (
+                serde_json::json!({"webhook": {"url": "http://x", "headers": {"Authorization": "Bearer x"}}}),
+                "spec.webhook.headers.Authorization: credentials are never stored in objects",
             ),
             (
                 serde_json::json!({"graphite": {"url": "http://g", "tags": ["a b"]}}),

@@ -200,7 +200,9 @@ fn app_and_rollout(version: &str) -> String {
     .join("\n---\n")
 }
 
-fn notifier_doc(url: &str, key_file: &str) -> String {
+/// A Notifier of `RolloutStarted` for team=web Rollouts, signed, with a `timeout`
+/// (seconds) per attempt.
+fn notifier_doc(url: &str, key_file: &str, timeout: u32) -> String {
     serde_json::to_string_pretty(&json!({
         "apiVersion": "deployctl.dev/v1", "kind": "Notifier",
         "metadata": {"name": "hook"},
@@ -208,7 +210,7 @@ fn notifier_doc(url: &str, key_file: &str) -> String {
             "selector": {"matchLabels": {"team": "web"}},
             "events": ["RolloutStarted"],
             "webhook": {"url": url, "headers": {"X-Team": "web"}, "secretRef": {"file": key_file}},
-            "timeoutSeconds": 5
+            "timeoutSeconds": timeout
         }
     }))
     .expect("JSON values serialize")
@@ -253,7 +255,7 @@ fn a_notifier_should_deliver_a_signed_documented_body_and_retry_through_a_failin
                 &write(
                     dir.path(),
                     "n.yaml",
-                    &notifier_doc(&receiver.url, &key_file),
+                    &notifier_doc(&receiver.url, &key_file, 5),
                 ),
             ],
         )
@@ -357,7 +359,8 @@ fn a_controller_killed_mid_delivery_should_lose_nothing_after_failover() {
         let store = backend.url();
         let dir = crate::common::tempdir();
         let key_file = write(dir.path(), "notify.key", KEY);
-        // The first request is never answered: its sender dies with it in flight.
+        // The first request is never answered: its sender dies with it in flight (the
+        // attempt's 60 s timeout outlives every step below).
         let receiver = Receiver::start(|n| {
             if n == 0 {
                 Behaviour::Hang
@@ -377,7 +380,7 @@ fn a_controller_killed_mid_delivery_should_lose_nothing_after_failover() {
                 &write(
                     dir.path(),
                     "n.yaml",
-                    &notifier_doc(&receiver.url, &key_file),
+                    &notifier_doc(&receiver.url, &key_file, 60),
                 ),
             ],
         )
@@ -397,13 +400,34 @@ fn a_controller_killed_mid_delivery_should_lose_nothing_after_failover() {
             |g| !g.is_empty(),
         );
         let first_id = first[0].json()["id"].as_str().expect("an id").to_string();
+        // A hanging sink delays no reconcile: the leader still takes a new version.
+        run(&store, &["set", "version", "api", "1.5.0"]).ok();
+        let deadline = Instant::now() + DELIVERY_DEADLINE;
+        while rollout_of(&store)
+            .status
+            .and_then(|s| s.target_version)
+            .as_deref()
+            != Some("1.5.0")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{label}: the rollout was not reconciled while a delivery hung\n{}",
+                a.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(100)); // polling a condition with a deadline
+        }
+        assert_eq!(
+            receiver.received().len(),
+            1,
+            "{label}: ctl-a is still stuck on the first delivery"
+        );
 
         drop(a); // SIGKILL, mid-delivery
                  // A second event while the leader is gone or just replaced.
         run(&store, &["set", "version", "api", "2.0.0"]).ok();
 
         let got = receiver.wait(
-            "both events accepted",
+            "all three events accepted",
             || b.stderr_so_far(),
             |g| {
                 let ok: Vec<Value> = g
@@ -411,11 +435,11 @@ fn a_controller_killed_mid_delivery_should_lose_nothing_after_failover() {
                     .filter(|r| r.answered == Behaviour::Answer(200))
                     .map(Received::json)
                     .collect();
-                ok.iter()
-                    .any(|v| v["version"] == "1.0.0" || v["id"] == first_id.as_str())
-                    && ok
-                        .iter()
-                        .any(|v| v["message"].as_str().is_some_and(|m| m.contains("2.0.0")))
+                let says = |version: &str| {
+                    ok.iter()
+                        .any(|v| v["message"].as_str().is_some_and(|m| m.contains(version)))
+                };
+                ok.iter().any(|v| v["id"] == first_id.as_str()) && says("1.5.0") && says("2.0.0")
             },
         );
         let accepted: Vec<Value> = got
