@@ -217,3 +217,112 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .expect("a client without custom TLS roots always builds")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Event, EventSpec, NotifierSpec, NotifyEvent, Object, ObjectReference};
+
+    fn notification() -> Notification {
+        let mut e = Event::new(
+            "api.1",
+            EventSpec {
+                involved_object: ObjectReference {
+                    kind: "Rollout".into(),
+                    namespace: Some("default".into()),
+                    name: "api".into(),
+                },
+                type_: "Normal".into(),
+                reason: "RolloutStarted".into(),
+                message: "rolling out version 2".into(),
+                source: "controller".into(),
+                time: None,
+            },
+        );
+        e.metadata.uid = Some("uid-7".into());
+        Notification::new(NotifyEvent::RolloutStarted, &e, None)
+    }
+
+    fn notifier(spec: serde_json::Value) -> Notifier {
+        let spec: NotifierSpec = serde_json::from_value(spec).expect("a valid spec");
+        Notifier::new("n", spec)
+    }
+
+    #[test]
+    fn a_url_and_a_key_should_come_from_the_named_file_trimmed() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url_file = dir.path().join("url");
+        std::fs::write(&url_file, "https://hooks.example.com/T0/B0/token\n").expect("writable");
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "  k3y  \n").expect("writable");
+        let n = notifier(serde_json::json!({"webhook": {
+            "urlFrom": {"file": url_file.display().to_string()},
+            "secretRef": {"file": key_file.display().to_string()}}}));
+        let req = request(&n, &notification(), 1_700_000_000).expect("a request");
+        assert_eq!(req.url, "https://hooks.example.com/T0/B0/token");
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            header(signing::SIGNATURE_HEADER),
+            Some(signing::sign(b"k3y", 1_700_000_000, &req.body))
+        );
+        assert_eq!(header("X-Deployctl-Delivery").as_deref(), Some("uid-7"));
+
+        let slack = notifier(serde_json::json!({"slack": {
+            "urlFrom": {"file": url_file.display().to_string()}}}));
+        let req = request(&slack, &notification(), 0).expect("a request");
+        assert!(
+            req.headers.is_empty(),
+            "slack is not signed: {:?}",
+            req.headers
+        );
+        let body: serde_json::Value = serde_json::from_slice(&req.body).expect("JSON");
+        assert!(body["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("default/api RolloutStarted")));
+    }
+
+    #[test]
+    fn a_bad_secret_source_should_say_which_without_its_value() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").expect("writable");
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(9 * 1024)).expect("writable");
+        let bad_url = dir.path().join("bad-url");
+        std::fs::write(&bad_url, "ftp://secret-token@host/").expect("writable");
+        let file = |p: &std::path::Path| SecretSource {
+            file: Some(p.display().to_string()),
+            env: None,
+        };
+        assert!(matches!(
+            read_secret(&file(&empty)),
+            Err(Error::EmptySecret(_))
+        ));
+        assert!(matches!(
+            read_secret(&file(&big)),
+            Err(Error::SecretTooLarge(_))
+        ));
+        assert!(matches!(
+            read_secret(&file(&dir.path().join("missing"))),
+            Err(Error::SecretFile { .. })
+        ));
+        let unset = SecretSource {
+            file: None,
+            env: Some("DEPLOYCTL_TEST_SURELY_UNSET_VARIABLE".into()),
+        };
+        assert!(matches!(read_secret(&unset), Err(Error::SecretEnv(_))));
+        let n = notifier(
+            serde_json::json!({"graphite": {"urlFrom": {"file": bad_url.display().to_string()}}}),
+        );
+        let e = request(&n, &notification(), 0)
+            .err()
+            .expect("an ftp URL is refused")
+            .to_string();
+        assert!(e.contains("bad-url") && !e.contains("secret-token"), "{e}");
+    }
+}
