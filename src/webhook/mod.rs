@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long a client may take to send its request line and headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its body, once its headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request may take from its headers to its answer (body and store write).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connections served at once; more wait in the kernel's backlog.
@@ -206,16 +208,20 @@ async fn handle(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return too_large();
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
+    let read = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the body: {e}"),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body: not received within {}s", BODY_TIMEOUT.as_secs()),
             )
         }
     };

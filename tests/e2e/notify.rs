@@ -668,3 +668,29 @@ fn the_webhook_should_set_versions_and_refuse_unsigned_replayed_bad_or_oversized
         );
     }
 }
+
+/// The request timeout does not depend on the store: the embedded one only.
+#[test]
+fn the_webhook_should_answer_408_to_a_body_that_never_finishes() {
+    use std::io::{Read, Write};
+    let backend = Backend::embedded();
+    let dir = crate::common::tempdir();
+    let key_file = write(dir.path(), "webhook.key", KEY);
+    let hook = start_webhook(&backend.url(), &key_file);
+    let addr = hook.base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).expect("the webhook accepts");
+    // A test client's request, its body promised but never sent in full.
+    conn.write_all(
+        b"POST /v1/namespaces/default/rollouts/api/version HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"version\"",
+    )
+    .expect("can send");
+    conn.set_read_timeout(Some(DEADLINE))
+        .expect("a read timeout");
+    let mut answer = vec![0u8; 512];
+    let n = conn
+        .read(&mut answer)
+        .expect("an answer before the hang guard");
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body: not received within 10s"), "{answer}");
+}
