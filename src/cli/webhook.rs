@@ -20,8 +20,8 @@ Examples:
     -H \"X-Deployctl-Timestamp: $ts\" -H \"X-Deployctl-Signature: sha256=$sig\" -d \"$body\"
 
 Answers: 200 (set, or already set: {\"changed\": false}), 400 naming the field, 401 for a
-missing, wrong or older than 5 minutes signature, 404 for an unknown Rollout, 413 past
-64 KiB, 429 past the rate limit.";
+missing, wrong or older than 5 minutes signature, 404 for an unknown Rollout, 408 for a
+body not sent within 10 s, 413 past 64 KiB, 429 past the rate limit.";
 
 /// Most bytes of the secret file.
 const MAX_SECRET_BYTES: u64 = 8 * 1024;
