@@ -13,12 +13,18 @@
 //! - [`agent`]: the node agent: artifacts, hooks, health checks, the service, local state.
 //! - [`cli`]: the `deployctl` subcommands and their output.
 //! - [`observe`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`notify`]: the leader's delivery of Rollout events to each Notifier's sink.
+//! - [`webhook`]: `deployctl webhook`, the build trigger that sets a Rollout's version.
+//! - [`signing`]: the HMAC headers both of them use.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod notify;
 pub mod observe;
 pub mod reconcilers;
+pub mod signing;
 pub mod store;
 pub mod testing;
+pub mod webhook;

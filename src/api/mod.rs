@@ -9,6 +9,7 @@ mod event;
 mod instance;
 mod machine;
 mod meta;
+mod notifier;
 pub mod reference;
 mod rollout;
 pub mod schema;
@@ -22,6 +23,7 @@ pub use event::*;
 pub use instance::*;
 pub use machine::*;
 pub use meta::*;
+pub use notifier::*;
 pub use rollout::*;
 pub use sync::*;
 
@@ -153,23 +155,25 @@ pub enum KindName {
     Instance,
     Event,
     Sync,
+    Notifier,
 }
 
 impl KindName {
-    pub const ALL: [KindName; 6] = [
+    pub const ALL: [KindName; 7] = [
         KindName::Machine,
         KindName::Application,
         KindName::Rollout,
         KindName::Instance,
         KindName::Event,
         KindName::Sync,
+        KindName::Notifier,
     ];
 
     /// Kinds a user may `apply` (the others are written by deployctl itself).
     pub fn is_user_kind(self) -> bool {
         matches!(
             self,
-            KindName::Machine | KindName::Application | KindName::Rollout
+            KindName::Machine | KindName::Application | KindName::Rollout | KindName::Notifier
         )
     }
 
@@ -181,6 +185,7 @@ impl KindName {
             KindName::Instance => Instance::KIND,
             KindName::Event => Event::KIND,
             KindName::Sync => GitSync::KIND,
+            KindName::Notifier => Notifier::KIND,
         }
     }
 
@@ -192,6 +197,7 @@ impl KindName {
             KindName::Instance => Instance::PLURAL,
             KindName::Event => Event::PLURAL,
             KindName::Sync => GitSync::PLURAL,
+            KindName::Notifier => Notifier::PLURAL,
         }
     }
 
@@ -203,6 +209,7 @@ impl KindName {
             KindName::Instance => Instance::SINGULAR,
             KindName::Event => Event::SINGULAR,
             KindName::Sync => GitSync::SINGULAR,
+            KindName::Notifier => Notifier::SINGULAR,
         }
     }
 
@@ -214,6 +221,7 @@ impl KindName {
             KindName::Instance => Instance::SHORT_NAMES,
             KindName::Event => Event::SHORT_NAMES,
             KindName::Sync => GitSync::SHORT_NAMES,
+            KindName::Notifier => Notifier::SHORT_NAMES,
         }
     }
 
@@ -263,6 +271,8 @@ mod tests {
             ("machine", KindName::Machine),
             ("mc", KindName::Machine),
             ("ev", KindName::Event),
+            ("notifiers", KindName::Notifier),
+            ("nt", KindName::Notifier),
         ] {
             assert_eq!(KindName::parse(word), Some(want), "{word}");
         }

@@ -59,6 +59,20 @@ fn default_history_limit() -> u32 {
     10
 }
 
+impl RolloutSpec {
+    /// What `set version` and the build webhook change: the version, and the sha256
+    /// that goes with it (a changed version without one drops the old digest). True
+    /// when the spec changed.
+    pub fn set_version(&mut self, version: &str, sha256: Option<&str>) -> bool {
+        let before = (self.version.clone(), self.sha256.clone());
+        if self.version != version || sha256.is_some() {
+            self.sha256 = sha256.map(str::to_string);
+        }
+        self.version = version.to_string();
+        before != (self.version.clone(), self.sha256.clone())
+    }
+}
+
 /// The same defaults serde applies to a missing field (derive(Default) would say 0).
 impl Default for RolloutSpec {
     fn default() -> Self {

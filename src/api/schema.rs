@@ -5,7 +5,7 @@
 //! `schemas_should_match_the_checked_in_copies` (`DEPLOYCTL_BLESS=1 cargo test schemas`).
 
 use super::validation::FieldError;
-use super::{Application, KindName, Machine, Object, Rollout, API_VERSION};
+use super::{Application, KindName, Machine, Notifier, Object, Rollout, API_VERSION};
 use schemars::gen::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
@@ -15,7 +15,12 @@ use std::sync::OnceLock;
 pub const SCHEMA_BASE_URL: &str = "https://deployctl.dev/schemas/";
 
 /// The kinds that have a schema: those a user may apply.
-pub const USER_KINDS: [KindName; 3] = [KindName::Application, KindName::Rollout, KindName::Machine];
+pub const USER_KINDS: [KindName; 4] = [
+    KindName::Application,
+    KindName::Rollout,
+    KindName::Machine,
+    KindName::Notifier,
+];
 
 /// The file name of a kind's schema, e.g. `rollout.json`.
 pub fn file_name(kind: KindName) -> String {
@@ -28,6 +33,7 @@ pub fn schema_for(kind: KindName) -> Option<Value> {
         KindName::Application => Some(generate::<Application>()),
         KindName::Rollout => Some(generate::<Rollout>()),
         KindName::Machine => Some(generate::<Machine>()),
+        KindName::Notifier => Some(generate::<Notifier>()),
         KindName::Instance | KindName::Event | KindName::Sync => None,
     }
 }

@@ -564,9 +564,217 @@ pub fn validate_machine(m: &Machine) -> Vec<FieldError> {
     out
 }
 
+/// Bounds of a Notifier's strings: a URL, a header, a tag.
+const MAX_URL_LEN: usize = 2048;
+const MAX_HEADER_VALUE_LEN: usize = 1024;
+const MAX_HEADERS: usize = 32;
+const MAX_TAGS: usize = 16;
+
+pub fn validate_notifier(n: &Notifier) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    check_meta(&n.metadata, true, &mut out);
+    check_no_nul(n, &mut out);
+    let s = &n.spec;
+    check_selector("spec.selector", &s.selector, &mut out);
+    let sinks = [s.webhook.is_some(), s.slack.is_some(), s.graphite.is_some()];
+    if sinks.iter().filter(|b| **b).count() != 1 {
+        out.push(err(
+            "spec",
+            "exactly one of webhook, slack and graphite must be given",
+        ));
+    }
+    if let Some(w) = &s.webhook {
+        check_url_source("spec.webhook", &w.url, &w.url_from, &mut out);
+        if w.headers.len() > MAX_HEADERS {
+            out.push(err(
+                "spec.webhook.headers",
+                format!("at most {MAX_HEADERS} headers"),
+            ));
+        }
+        for (k, v) in &w.headers {
+            let path = format!("spec.webhook.headers.{k}");
+            let token = !k.is_empty()
+                && k.len() <= 128
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                out.push(err(&path, "invalid header name: must be an HTTP token"));
+            } else if k.to_ascii_lowercase().starts_with("x-deployctl-")
+                || ["content-type", "content-length", "host"].contains(&&*k.to_ascii_lowercase())
+            {
+                out.push(err(&path, "this header is set by deployctl"));
+            } else if ["authorization", "proxy-authorization", "cookie"]
+                .contains(&&*k.to_ascii_lowercase())
+            {
+                out.push(err(
+                    &path,
+                    "credentials are never stored in objects: put a URL with its token in urlFrom, or sign with secretRef",
+                ));
+            }
+            if v.len() > MAX_HEADER_VALUE_LEN || v.bytes().any(|b| b.is_ascii_control()) {
+                out.push(err(
+                    &path,
+                    format!("invalid header value: at most {MAX_HEADER_VALUE_LEN} bytes, no control characters"),
+                ));
+            }
+        }
+        if let Some(src) = &w.secret_ref {
+            check_secret_source("spec.webhook.secretRef", src, &mut out);
+        }
+    }
+    if let Some(sl) = &s.slack {
+        check_url_source("spec.slack", &sl.url, &sl.url_from, &mut out);
+    }
+    if let Some(g) = &s.graphite {
+        check_url_source("spec.graphite", &g.url, &g.url_from, &mut out);
+        if g.tags.len() > MAX_TAGS {
+            out.push(err(
+                "spec.graphite.tags",
+                format!("at most {MAX_TAGS} tags"),
+            ));
+        }
+        for (i, t) in g.tags.iter().enumerate() {
+            if let Err(e) = check_label_value(t).and_then(|_| {
+                if t.is_empty() {
+                    Err("must not be empty".to_string())
+                } else {
+                    Ok(())
+                }
+            }) {
+                out.push(err(format!("spec.graphite.tags[{i}]"), e));
+            }
+        }
+    }
+    if let Some(t) = s.timeout_seconds {
+        if !(1..=60).contains(&t) {
+            out.push(err(
+                "spec.timeoutSeconds",
+                format!("{t} is out of range: must be 1 to 60"),
+            ));
+        }
+    }
+    out
+}
+
+/// One of `url` (an `http(s)` URL) and `urlFrom` (a secret source).
+fn check_url_source(
+    path: &str,
+    url: &Option<String>,
+    from: &Option<SecretSource>,
+    out: &mut Vec<FieldError>,
+) {
+    match (url, from) {
+        (Some(u), None) => {
+            if let Err(e) = check_url(u) {
+                out.push(err(format!("{path}.url"), e));
+            }
+        }
+        (None, Some(src)) => check_secret_source(&format!("{path}.urlFrom"), src, out),
+        _ => out.push(err(path, "exactly one of url and urlFrom must be given")),
+    }
+}
+
+/// An absolute `http` or `https` URL of bounded length (also checked when read from a
+/// secret source).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_URL_LEN {
+        return Err(format!("invalid URL: longer than {MAX_URL_LEN} bytes"));
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err(format!(
+            "invalid URL {:?}: must be http:// or https:// with a host",
+            quoted(url)
+        )),
+        Err(e) => Err(format!("invalid URL {:?}: {e}", quoted(url))),
+    }
+}
+
+fn check_secret_source(path: &str, src: &SecretSource, out: &mut Vec<FieldError>) {
+    match (&src.file, &src.env) {
+        (Some(f), None) => {
+            if !f.starts_with('/') {
+                out.push(err(format!("{path}.file"), "must be an absolute path"));
+            }
+        }
+        (None, Some(e)) => {
+            let ok = !e.is_empty()
+                && e.len() <= 128
+                && !e.as_bytes()[0].is_ascii_digit()
+                && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                out.push(err(
+                    format!("{path}.env"),
+                    "invalid environment variable name: [A-Za-z_][A-Za-z0-9_]*",
+                ));
+            }
+        }
+        _ => out.push(err(path, "exactly one of file and env must be given")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notifier_checks_should_name_the_field() {
+        fn errors(spec: serde_json::Value) -> Vec<String> {
+            let spec: NotifierSpec = serde_json::from_value(spec).expect("test specs are typed");
+            validate_notifier(&Notifier::new("n", spec))
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect()
+        }
+        assert!(
+            errors(serde_json::json!({"webhook": {"url": "https://ci.example/hook"}})).is_empty()
+        );
+        for (spec, want) in [
+            (
+                serde_json::json!({}),
+                "spec: exactly one of webhook, slack and graphite",
+            ),
+            (
+                serde_json::json!({"slack": {"url": "https://a"}, "graphite": {"url": "http://g"}}),
+                "spec: exactly one of webhook, slack and graphite",
+            ),
+            (
+                serde_json::json!({"webhook": {}}),
+                "spec.webhook: exactly one of url and urlFrom",
+            ),
+            (
+                serde_json::json!({"webhook": {"url": "ftp://x"}}),
+                "spec.webhook.url: invalid URL",
+            ),
+            (
+                serde_json::json!({"slack": {"urlFrom": {"file": "rel/path"}}}),
+                "spec.slack.urlFrom.file: must be an absolute path",
+            ),
+            (
+                serde_json::json!({"webhook": {"url": "http://x", "secretRef": {"env": "1BAD"}}}),
+                "spec.webhook.secretRef.env: invalid environment variable name",
+            ),
+            (
+                serde_json::json!({"webhook": {"url": "http://x", "headers": {"X-Deployctl-Signature": "x"}}}),
+                "spec.webhook.headers.X-Deployctl-Signature: this header is set by deployctl",
+            ),
+            (
+                serde_json::json!({"webhook": {"url": "http://x", "headers": {"Authorization": "Bearer x"}}}),
+                "spec.webhook.headers.Authorization: credentials are never stored in objects",
+            ),
+            (
+                serde_json::json!({"graphite": {"url": "http://g", "tags": ["a b"]}}),
+                "spec.graphite.tags[0]: invalid value",
+            ),
+            (
+                serde_json::json!({"webhook": {"url": "http://x"}, "timeoutSeconds": 0}),
+                "spec.timeoutSeconds: 0 is out of range",
+            ),
+        ] {
+            let got = errors(spec.clone());
+            assert!(got.iter().any(|e| e.starts_with(want)), "{spec}: {got:?}");
+        }
+    }
 
     #[test]
     fn names_should_be_dns_labels() {

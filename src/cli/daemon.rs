@@ -204,7 +204,7 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
-fn shutdown_token() -> CancellationToken {
+pub(crate) fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     let signal = shutdown_signal();

@@ -3,8 +3,8 @@
 use super::output::{self, age, human_duration, NotCounted};
 use super::{connect, for_kind, ns_for, parse_kind, within, CliError, GlobalArgs};
 use crate::api::{
-    Application, Condition, Event, GitSync, Instance, KindName, Machine, Object, ObjectMeta,
-    Rollout, DEFAULT_NAMESPACE,
+    Application, Condition, Event, GitSync, Instance, KindName, Machine, Notifier, Object,
+    ObjectMeta, Rollout, DEFAULT_NAMESPACE,
 };
 use crate::store::{Client, Presence, Scope};
 use chrono::{DateTime, Utc};
@@ -28,7 +28,8 @@ const EVENTS_SHOWN: usize = 10;
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// machines (mc), applications (app), rollouts (ro), instances (inst), events (ev).
+    /// machines (mc), applications (app), rollouts (ro), instances (inst), events (ev),
+    /// notifiers (nt).
     pub kind: String,
     pub name: String,
 }
@@ -940,6 +941,89 @@ impl Describe for GitSync {
         }
         events(&mut p, &evs, now);
         Ok(p.finish())
+    }
+}
+
+impl Describe for Notifier {
+    async fn describe(
+        &self,
+        _c: &Client,
+        _g: &GlobalArgs,
+        evs: Vec<Event>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<String> {
+        let mut p = Page::default();
+        meta_fields(&mut p, &self.metadata);
+        let s = &self.spec;
+        p.field(0, "Selector", output::selector_text(&s.selector));
+        p.field(0, "Events", output::notifier_events(self));
+        p.field(0, "Sink", output::notifier_sink(self));
+        let source =
+            |url: &Option<String>, from: &Option<crate::api::SecretSource>| match (url, from) {
+                (Some(u), _) => u.clone(),
+                (None, Some(f)) => secret_source_text(f),
+                (None, None) => "<none>".into(),
+            };
+        if let Some(w) = &s.webhook {
+            p.field(1, "URL", source(&w.url, &w.url_from));
+            for (k, v) in &w.headers {
+                p.field(1, &format!("Header {k}"), v);
+            }
+            p.field(
+                1,
+                "Signing Key",
+                w.secret_ref
+                    .as_ref()
+                    .map(secret_source_text)
+                    .unwrap_or_else(|| "<none: unsigned>".into()),
+            );
+        }
+        if let Some(sl) = &s.slack {
+            p.field(1, "URL", source(&sl.url, &sl.url_from));
+        }
+        if let Some(g) = &s.graphite {
+            p.field(1, "URL", source(&g.url, &g.url_from));
+            p.field(1, "Tags", g.tags.join(","));
+        }
+        p.field(
+            0,
+            "Timeout",
+            format!("{}s", s.timeout_seconds.unwrap_or(10)),
+        );
+        let st = self.status.clone().unwrap_or_default();
+        p.field(0, "Status", "");
+        p.field(1, "Deliveries", st.deliveries);
+        p.field(1, "Failed Attempts", st.failed_attempts);
+        match &st.last_delivered {
+            Some(d) => p.field(
+                1,
+                "Last Delivered",
+                format!(
+                    "{} {} ({} ago, id {})",
+                    d.event,
+                    d.rollout,
+                    age(d.time, now),
+                    d.id
+                ),
+            ),
+            None => p.field(1, "Last Delivered", "<none>"),
+        }
+        p.field(1, "Resumes After Revision", st.last_delivered_revision);
+        p.field(1, "Last Error", opt(st.last_error.as_ref()));
+        if st.last_error_time.is_some() {
+            p.field(1, "Last Error Time", time(st.last_error_time));
+        }
+        events(&mut p, &evs, now);
+        Ok(p.finish())
+    }
+}
+
+/// `file /etc/...` or `env NAME`: where the controller reads a secret (never its value).
+fn secret_source_text(s: &crate::api::SecretSource) -> String {
+    match (&s.file, &s.env) {
+        (Some(f), _) => format!("from file {f}"),
+        (None, Some(e)) => format!("from env {e}"),
+        (None, None) => "<none>".into(),
     }
 }
 

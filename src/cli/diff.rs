@@ -122,6 +122,7 @@ pub async fn manifest_diff(
         Manifest::Machine(o) => object_diff(client, o).await,
         Manifest::Application(o) => object_diff(client, o).await,
         Manifest::Rollout(o) => object_diff(client, o).await,
+        Manifest::Notifier(o) => object_diff(client, o).await,
     }
 }
 

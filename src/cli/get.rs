@@ -31,7 +31,8 @@ Examples:
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// machines (mc), applications (app), rollouts (ro), instances (inst), events (ev).
+    /// machines (mc), applications (app), rollouts (ro), instances (inst), events (ev),
+    /// notifiers (nt).
     pub kind: String,
     /// Only these objects.
     pub names: Vec<String>,

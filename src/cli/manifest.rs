@@ -3,9 +3,9 @@
 
 use crate::api::schema;
 use crate::api::validation::{
-    validate_application, validate_machine, validate_rollout, FieldError,
+    validate_application, validate_machine, validate_notifier, validate_rollout, FieldError,
 };
-use crate::api::{Application, KindName, Machine, Object, Rollout, API_VERSION};
+use crate::api::{Application, KindName, Machine, Notifier, Object, Rollout, API_VERSION};
 use limits::*;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -195,6 +195,7 @@ pub enum Manifest {
     Machine(Machine),
     Application(Application),
     Rollout(Rollout),
+    Notifier(Notifier),
 }
 
 impl Manifest {
@@ -203,6 +204,7 @@ impl Manifest {
             Manifest::Machine(_) => KindName::Machine,
             Manifest::Application(_) => KindName::Application,
             Manifest::Rollout(_) => KindName::Rollout,
+            Manifest::Notifier(_) => KindName::Notifier,
         }
     }
 
@@ -211,15 +213,18 @@ impl Manifest {
             Manifest::Machine(o) => o.meta(),
             Manifest::Application(o) => o.meta(),
             Manifest::Rollout(o) => o.meta(),
+            Manifest::Notifier(o) => o.meta(),
         }
     }
 
-    /// Machines first, then Applications, then Rollouts (which name an Application).
+    /// Machines first, then Applications, then Rollouts (which name an Application), then
+    /// the Notifiers that watch them.
     fn apply_rank(&self) -> u8 {
         match self {
             Manifest::Machine(_) => 0,
             Manifest::Application(_) => 1,
             Manifest::Rollout(_) => 2,
+            Manifest::Notifier(_) => 3,
         }
     }
 }
@@ -713,6 +718,10 @@ pub fn validate_document(
             let errs = validate_machine(&o);
             (Manifest::Machine(o), errs)
         }),
+        KindName::Notifier => typed::<Notifier>(value).map(|o| {
+            let errs = validate_notifier(&o);
+            (Manifest::Notifier(o), errs)
+        }),
         KindName::Instance | KindName::Event | KindName::Sync => {
             unreachable!("only user kinds get here (checked above)")
         }
@@ -735,6 +744,7 @@ fn object_size_error(manifest: &Manifest) -> Option<String> {
         Manifest::Machine(o) => serde_json::to_vec(o),
         Manifest::Application(o) => serde_json::to_vec(o),
         Manifest::Rollout(o) => serde_json::to_vec(o),
+        Manifest::Notifier(o) => serde_json::to_vec(o),
     }
     .map(|v| v.len())
     .unwrap_or(usize::MAX);

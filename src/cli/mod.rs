@@ -9,6 +9,7 @@
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`view`]: the live rollout view of `get rollouts -w` (pure rendering, snapshot-tested).
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
+//! - [`webhook`]: `deployctl webhook`, the build trigger.
 
 /// `println!` for command output: `deployctl get events | head` must end quietly, as
 /// Unix tools do, not panic with "failed printing to stdout: Broken pipe". (Restoring the
@@ -44,6 +45,7 @@ pub mod rollout;
 pub mod sync;
 pub mod up;
 pub mod view;
+pub mod webhook;
 
 use crate::api::KindName;
 use crate::store::{Client, Error as StoreError, EtcdOptions, StoreUrl};
@@ -87,6 +89,10 @@ macro_rules! for_kind {
             }
             $crate::api::KindName::Sync => {
                 type $K = $crate::api::GitSync;
+                $body
+            }
+            $crate::api::KindName::Notifier => {
+                type $K = $crate::api::Notifier;
                 $body
             }
         }
@@ -207,6 +213,9 @@ pub enum Command {
     /// Run the node agent on one machine.
     #[command(after_help = daemon::AGENT_EXAMPLES)]
     Agent(daemon::AgentArgs),
+    /// Serve the build webhook: a signed POST sets a Rollout's version.
+    #[command(after_help = webhook::EXAMPLES)]
+    Webhook(webhook::WebhookArgs),
     /// Run a controller and local agents on this machine (and, with --demo, a rollout).
     #[command(after_help = up::EXAMPLES)]
     Up(up::UpArgs),
@@ -256,7 +265,7 @@ pub enum CliError {
     Exit(i32),
     #[error("Error from server (NotFound): {plural} \"{name}\" not found")]
     NotFound { plural: &'static str, name: String },
-    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs (or mc, app, ro, inst, ev)")]
+    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs, notifiers (or mc, app, ro, inst, ev, nt)")]
     UnknownKind(String),
 }
 
@@ -333,6 +342,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Sync(args) => sync::run(&g, args).await,
         Command::Controller(args) => daemon::run_controller(&g, args).await,
         Command::Agent(args) => daemon::run_agent(&g, args).await,
+        Command::Webhook(args) => webhook::run(&g, args).await,
         Command::Up(args) => up::run(&g, args).await,
         Command::DemoServer(args) => demo::run_server(args).await,
         Command::Completion { shell } => {

@@ -4,7 +4,7 @@
 use crate::api::selector::{LabelOperator, LabelSelector};
 use crate::api::{
     find_condition, Application, ConditionStatus, Event, GitSync, Instance, KindName, Machine,
-    Object, Rollout,
+    Notifier, Object, Rollout,
 };
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::NOTHING, CellAlignment, ContentArrangement, Table};
@@ -574,6 +574,64 @@ impl Columns for GitSync {
         }
         r
     }
+}
+
+impl Columns for Notifier {
+    const KIND_NAME: KindName = KindName::Notifier;
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["NAME", "SINK", "DELIVERED", "LAST", "ERROR", "AGE"];
+        if wide {
+            h.extend(["SELECTOR", "EVENTS"]);
+        }
+        h
+    }
+    fn row(&self, wide: bool, fleet: &Fleet) -> Vec<String> {
+        let now = fleet.now;
+        let st = self.status.clone().unwrap_or_default();
+        let mut r = vec![
+            self.metadata.name.clone(),
+            notifier_sink(self).to_string(),
+            st.deliveries.to_string(),
+            match &st.last_delivered {
+                Some(d) => format!("{} {} ({} ago)", d.event, d.rollout, age(d.time, now)),
+                None => "<none>".into(),
+            },
+            match &st.last_error {
+                Some(e) => e.lines().next().unwrap_or_default().to_string(),
+                None => "<none>".into(),
+            },
+            age(self.metadata.creation_timestamp, now),
+        ];
+        if wide {
+            r.push(selector_text(&self.spec.selector));
+            r.push(notifier_events(self));
+        }
+        r
+    }
+}
+
+/// `webhook`, `slack` or `graphite`.
+pub fn notifier_sink(n: &Notifier) -> &'static str {
+    if n.spec.webhook.is_some() {
+        "webhook"
+    } else if n.spec.slack.is_some() {
+        "slack"
+    } else {
+        "graphite"
+    }
+}
+
+/// `StepPaused,Degraded`, or `<all>`.
+pub fn notifier_events(n: &Notifier) -> String {
+    if n.spec.events.is_empty() {
+        return "<all>".into();
+    }
+    n.spec
+        .events
+        .iter()
+        .map(|e| e.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The rows of a table, with a NAMESPACE column first when listing every namespace;

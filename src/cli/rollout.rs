@@ -280,10 +280,7 @@ pub async fn run_set(g: &GlobalArgs, cmd: SetCommand) -> anyhow::Result<i32> {
     }
     let client = connect(g).await?;
     change(g, &client, &g.namespace, &args.rollout, |r| {
-        if r.spec.version != args.version || args.sha256.is_some() {
-            r.spec.sha256 = args.sha256.clone();
-        }
-        r.spec.version = args.version.clone();
+        r.spec.set_version(&args.version, args.sha256.as_deref());
     })
     .await?;
     outln!(

@@ -14,8 +14,8 @@ use super::output::{escape, escape_lines, short_commit};
 use super::{connect, duration_in, reference, GlobalArgs};
 use crate::api::validation::check_name;
 use crate::api::{
-    Application, GitSync, GitSyncSpec, KindName, Machine, Object, ObjectReference, Rollout,
-    ANNOTATION_SYNC_COMMIT, ANNOTATION_SYNC_HASH, ANNOTATION_SYNC_PATH, LABEL_SYNC,
+    Application, GitSync, GitSyncSpec, KindName, Machine, Notifier, Object, ObjectReference,
+    Rollout, ANNOTATION_SYNC_COMMIT, ANNOTATION_SYNC_HASH, ANNOTATION_SYNC_PATH, LABEL_SYNC,
 };
 use crate::store::{self, Client, EventRecorder, Scope};
 use clap::Args;
@@ -630,6 +630,7 @@ impl Syncer {
                         Manifest::Application(stamp(o, &self.name, &sha, &file))
                     }
                     Manifest::Rollout(o) => Manifest::Rollout(stamp(o, &self.name, &sha, &file)),
+                    Manifest::Notifier(o) => Manifest::Notifier(stamp(o, &self.name, &sha, &file)),
                 }
             })
             .collect();
@@ -638,6 +639,7 @@ impl Syncer {
                 Manifest::Machine(o) => self.check_owner(o, &sha).await?,
                 Manifest::Application(o) => self.check_owner(o, &sha).await?,
                 Manifest::Rollout(o) => self.check_owner(o, &sha).await?,
+                Manifest::Notifier(o) => self.check_owner(o, &sha).await?,
             }
         }
         let mut wanted: BTreeSet<(KindName, String)> = BTreeSet::new();
@@ -647,10 +649,13 @@ impl Syncer {
                 Manifest::Machine(o) => self.apply(o, &sha, &mut report).await?,
                 Manifest::Application(o) => self.apply(o, &sha, &mut report).await?,
                 Manifest::Rollout(o) => self.apply(o, &sha, &mut report).await?,
+                Manifest::Notifier(o) => self.apply(o, &sha, &mut report).await?,
             }
         }
         if self.prune {
-            // Rollouts before the Applications they name, Machines last.
+            // Notifiers and Rollouts before the Applications they name, Machines last.
+            self.prune_kind::<Notifier>(&wanted, &sha, &mut report)
+                .await?;
             self.prune_kind::<Rollout>(&wanted, &sha, &mut report)
                 .await?;
             self.prune_kind::<Application>(&wanted, &sha, &mut report)

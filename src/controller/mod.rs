@@ -291,6 +291,9 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
     }
     ctx.enqueue_all();
 
+    // Notifications: their own tasks, so that a slow sink never delays a reconcile.
+    tokio::spawn(crate::notify::run(client.clone(), stop.clone()));
+
     let runner = runtime::Controller::new(queue.clone(), workers).export_metrics(context::key_kind);
     let reconcile_ctx = ctx.clone();
     runner

@@ -9,6 +9,7 @@ mod hostile_manifests;
 mod logs;
 mod manifests;
 mod metrics;
+mod notify;
 mod rollouts;
 mod sync;
 mod truth_agent;

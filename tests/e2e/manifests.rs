@@ -97,6 +97,7 @@ fn every_example_should_be_named_by_kind_and_point_at_its_schema() {
             "application" => "Application",
             "rollout" => "Rollout",
             "machine" => "Machine",
+            "notifier" => "Notifier",
             other => panic!("{name}: unknown kind {other:?}"),
         };
         assert!(
