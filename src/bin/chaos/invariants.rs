@@ -1,0 +1,234 @@
+//! The invariants, I1–I7 of issue 22, as checks over what a run recorded. I1, I2 and I4
+//! are pure functions of the journal and the controllers' logs (tested below); I3, I5, I6
+//! and I7 need the live fleet and are checked in `scenarios`, reporting [`Violation`]s.
+
+use crate::journal::{Edge, Record};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// One broken promise.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub invariant: &'static str,
+    /// Which run (rollout) of the scenario; 0 is the set-up at v1.
+    pub run: usize,
+    pub detail: String,
+}
+
+/// I1: the most activations in flight at once, and when (ns). An activation runs from its
+/// `start` to its machine's next record (its `end`, or a new `start` after a crash), or
+/// to `until` when nothing followed.
+pub fn most_in_flight(records: &[Record], until: u64) -> (usize, u64) {
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    let mut open: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in records {
+        if let Some(started) = open.remove(r.machine.as_str()) {
+            edges.push((started, 1));
+            edges.push((r.ns, -1));
+        }
+        if r.edge == Edge::Start {
+            open.insert(&r.machine, r.ns);
+        }
+    }
+    for started in open.into_values() {
+        edges.push((started, 1));
+        edges.push((until, -1));
+    }
+    // Ends sort before starts at the same instant: touching is not overlapping.
+    edges.sort();
+    let (mut now, mut most, mut at) = (0i32, 0i32, 0u64);
+    for (ns, d) in edges {
+        now += d;
+        if now > most {
+            most = now;
+            at = ns;
+        }
+    }
+    (most as usize, at)
+}
+
+/// I2: a machine activated the version it had just activated successfully (or was on when
+/// the window opened), with no crash of its agent in between. A retry after a failed
+/// activation is not a second switch.
+///
+/// `on_at_start`: each machine's version on disk when the window opened. `killed`: when
+/// each machine's agent was SIGKILLed (ns), which allows one re-run.
+pub fn double_switches(
+    records: &[Record],
+    on_at_start: &BTreeMap<String, Option<String>>,
+    killed: &BTreeMap<String, Vec<u64>>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    // Per machine: the version last switched to (or on disk), and when.
+    let mut last: BTreeMap<&str, (String, u64)> = on_at_start
+        .iter()
+        .filter_map(|(m, v)| Some((m.as_str(), (v.clone()?, 0))))
+        .collect();
+    for r in records {
+        match r.edge {
+            Edge::Start => {
+                if let Some((v, at)) = last.get(r.machine.as_str()) {
+                    let crashed = killed
+                        .get(&r.machine)
+                        .is_some_and(|ks| ks.iter().any(|k| *k > *at && *k < r.ns));
+                    if *v == r.version && !crashed {
+                        found.push(format!(
+                            "{} activated {} again with no crash in between",
+                            r.machine, r.version
+                        ));
+                    }
+                }
+                last.insert(&r.machine, (r.version.clone(), r.ns));
+            }
+            // A failed activation may be retried: forget it.
+            Edge::End if r.failed => {
+                last.remove(r.machine.as_str());
+            }
+            Edge::End => {}
+        }
+    }
+    found
+}
+
+/// What one controller process said in its log: the terms it led (the leader key's create
+/// revision) and every write it had accepted, as (term, revision).
+#[derive(Debug, Default)]
+pub struct ControllerLog {
+    pub identity: String,
+    pub terms: Vec<i64>,
+    pub writes: Vec<(i64, i64)>,
+}
+
+/// The `key=value` field of a tracing line.
+fn field(line: &str, key: &str) -> Option<i64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.trim_matches('"').parse().ok())
+}
+
+/// Reads a controller's log (stderr, `deployctl::fenced=debug`).
+pub fn read_controller_log(identity: &str, path: &Path) -> ControllerLog {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut log = ControllerLog {
+        identity: identity.to_string(),
+        ..Default::default()
+    };
+    for line in text.lines() {
+        if line.contains("became the leader") {
+            if let Some(term) = field(line, "term") {
+                log.terms.push(term);
+            }
+        } else if line.contains("fenced write accepted") {
+            if let (Some(term), Some(rev)) = (field(line, "term"), field(line, "revision")) {
+                log.writes.push((term, rev));
+            }
+        }
+    }
+    log
+}
+
+/// I4: every write a controller had accepted was fenced on a term that process held, and
+/// landed before any later term began: a term starts at the leader key's create revision,
+/// so a write at revision `r` on term `t` is from a deposed leader when some other term
+/// `t'` has `t < t' <= r`.
+pub fn deposed_writes(logs: &[ControllerLog]) -> Vec<String> {
+    let all_terms: BTreeSet<i64> = logs.iter().flat_map(|l| l.terms.iter().copied()).collect();
+    let mut found = Vec::new();
+    for log in logs {
+        for &(term, rev) in &log.writes {
+            if !log.terms.contains(&term) {
+                found.push(format!(
+                    "{} wrote at revision {rev} on term {term}, which it never held",
+                    log.identity
+                ));
+                continue;
+            }
+            if let Some(next) = all_terms.range(term + 1..=rev).next() {
+                found.push(format!(
+                    "{} wrote at revision {rev} on term {term}, after term {next} began",
+                    log.identity
+                ));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(edge: Edge, machine: &str, version: &str, ns: u64) -> Record {
+        Record {
+            edge,
+            machine: machine.into(),
+            version: version.into(),
+            ns,
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn most_in_flight_should_count_overlaps_and_an_unfinished_start_until_the_end() {
+        let rs = vec![
+            rec(Edge::Start, "m0", "v2", 10),
+            rec(Edge::Start, "m1", "v2", 20),
+            rec(Edge::End, "m0", "v2", 30),
+            rec(Edge::Start, "m2", "v2", 30),
+            rec(Edge::Start, "m3", "v2", 40),
+        ];
+        // m1 never ends: it overlaps m2 and m3.
+        assert_eq!(most_in_flight(&rs, 100), (3, 40));
+        assert_eq!(most_in_flight(&rs[..3], 100).0, 2);
+    }
+
+    #[test]
+    fn double_switches_should_flag_a_repeat_unless_the_agent_was_killed_or_it_failed() {
+        let on = BTreeMap::from([("m0".to_string(), Some("v1".to_string()))]);
+        let rs = vec![
+            rec(Edge::Start, "m0", "v2", 10),
+            rec(Edge::End, "m0", "v2", 20),
+            rec(Edge::Start, "m0", "v2", 30),
+        ];
+        assert_eq!(double_switches(&rs, &on, &BTreeMap::new()).len(), 1);
+        let killed = BTreeMap::from([("m0".to_string(), vec![25])]);
+        assert!(double_switches(&rs, &on, &killed).is_empty());
+        let mut failed = rs.clone();
+        failed[1].failed = true;
+        assert!(double_switches(&failed, &on, &BTreeMap::new()).is_empty());
+        let again_v1 = vec![rec(Edge::Start, "m0", "v1", 5)];
+        assert_eq!(double_switches(&again_v1, &on, &BTreeMap::new()).len(), 1);
+    }
+
+    #[test]
+    fn deposed_writes_should_flag_a_write_that_landed_after_the_next_term_began() {
+        let a = ControllerLog {
+            identity: "ctl-a".into(),
+            terms: vec![5],
+            writes: vec![(5, 6), (5, 40), (7, 8)],
+        };
+        let b = ControllerLog {
+            identity: "ctl-b".into(),
+            terms: vec![30],
+            writes: vec![(30, 31)],
+        };
+        let found = deposed_writes(&[a, b]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("after term 30 began"), "{found:?}");
+        assert!(found[1].contains("never held"), "{found:?}");
+    }
+
+    #[test]
+    fn read_controller_log_should_take_terms_and_writes_from_tracing_lines() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("c.log");
+        std::fs::write(
+            &path,
+            "2026-11-30T17:00:00Z  INFO deployctl::controller::leader: became the leader identity=ctl-a lease=7 term=12\n\
+             2026-11-30T17:00:01Z DEBUG deployctl::fenced: fenced write accepted term=12 revision=15 what=\"instance\"\n",
+        )
+        .expect("temp dir is writable");
+        let log = read_controller_log("ctl-a", &path);
+        assert_eq!((log.terms, log.writes), (vec![12], vec![(12, 15)]));
+    }
+}
