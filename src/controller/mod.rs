@@ -54,7 +54,7 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
             lost.cancelled().await;
             stop.cancel();
         });
-        lead(leadership.client(), config.workers, leading.clone()).await;
+        lead(leadership.client(), leadership.term(), config.workers, leading.clone()).await;
         watcher.abort();
         if shutdown.is_cancelled() {
             if let Err(e) = leadership.resign().await {
@@ -67,7 +67,7 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
 }
 
 /// Everything a leader runs, until `stop`.
-async fn lead(client: Client, workers: usize, stop: CancellationToken) {
+async fn lead(client: Client, term: i64, workers: usize, stop: CancellationToken) {
     let queue = queue::WorkQueue::<Key>::new();
     let presence = Arc::new(RwLock::new(BTreeSet::new()));
     // The context needs the readers and the handlers need the context: build the
@@ -109,6 +109,7 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
+        term,
         machines,
         applications,
         rollouts,
