@@ -376,7 +376,7 @@ impl Context {
             let mut new = Machine::clone(&m);
             new.status = Some(status);
             let written = self.client.replace_status(&new).await?;
-            self.accepted("machine status", written.metadata.revision());
+            self.accepted("machine status", written.metadata.status_version);
             if was_ready != alive {
                 let (reason, msg) = if alive {
                     ("MachineReady", "the agent's lease is alive")
@@ -405,7 +405,7 @@ impl Context {
             let mut new = Application::clone(&app);
             new.status = Some(status);
             let written = self.client.replace_status(&new).await?;
-            self.accepted("application status", written.metadata.revision());
+            self.accepted("application status", written.metadata.status_version);
         }
         Ok(Action::await_change())
     }
@@ -462,7 +462,7 @@ impl Context {
                 let mut new = Rollout::clone(&ro);
                 new.status = Some(st);
                 let written = self.client.replace_status(&new).await?;
-                self.accepted("rollout status", written.metadata.revision());
+                self.accepted("rollout status", written.metadata.status_version);
                 self.written_rollouts.record(written);
             }
             return Ok(Action::await_change());
@@ -500,7 +500,7 @@ impl Context {
             let mut new = Rollout::clone(&ro);
             new.status = Some(decision.status);
             let written = self.client.replace_status(&new).await?;
-            self.accepted("rollout status", written.metadata.revision());
+            self.accepted("rollout status", written.metadata.status_version);
             self.written_rollouts.record(written);
         }
         for note in &decision.events {

@@ -143,6 +143,13 @@ pub fn deposed_writes(logs: &[ControllerLog]) -> Vec<String> {
                 ));
                 continue;
             }
+            if rev <= term {
+                found.push(format!(
+                    "{} wrote at revision {rev} on term {term}, which began later",
+                    log.identity
+                ));
+                continue;
+            }
             if let Some(next) = all_terms.range(term + 1..=rev).next() {
                 found.push(format!(
                     "{} wrote at revision {rev} on term {term}, after term {next} began",
@@ -205,7 +212,7 @@ mod tests {
         let a = ControllerLog {
             identity: "ctl-a".into(),
             terms: vec![5],
-            writes: vec![(5, 6), (5, 40), (7, 8)],
+            writes: vec![(5, 6), (5, 40), (7, 8), (5, 5)],
         };
         let b = ControllerLog {
             identity: "ctl-b".into(),
@@ -213,9 +220,10 @@ mod tests {
             writes: vec![(30, 31)],
         };
         let found = deposed_writes(&[a, b]);
-        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found.len(), 3, "{found:?}");
         assert!(found[0].contains("after term 30 began"), "{found:?}");
         assert!(found[1].contains("never held"), "{found:?}");
+        assert!(found[2].contains("began later"), "{found:?}");
     }
 
     #[test]

@@ -786,7 +786,9 @@ impl Runner<'_> {
         let store = self.fleet.client.store().clone();
         let key = key.to_string();
         self.fleet.rt.block_on(async move {
-            let (_, now) = store.list(&key, None).await?;
+            // The watch ends at the key's last write (other keys move the store's revision).
+            let (kvs, _) = store.list(&key, None).await?;
+            let now = kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(from);
             let mut events = store.watch(&key, from + 1).await?;
             let mut history = Vec::new();
             let mut seen = from;
