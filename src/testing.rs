@@ -32,18 +32,264 @@ const MISSING: &str =
 /// A private etcd for one test: free loopback ports, a temporary data dir (on tmpfs when
 /// there is one), killed on drop.
 pub struct EtcdServer {
+    member: Member,
+    /// Holds the data dir and `etcd.log`; removed on drop, after the process is gone.
+    _dir: tempfile::TempDir,
+}
+
+/// One etcd process: its ports, files and flags, so that it can be started again on the
+/// same ones. [`EtcdServer`] is one of these alone, [`EtcdCluster`] several.
+struct Member {
     binary: PathBuf,
+    name: String,
     client_port: u16,
     peer_port: u16,
+    /// `--initial-cluster`: every member's name and peer URL (this one's alone for a
+    /// single server). Ignored by etcd on a restart, when the data dir already exists.
+    initial_cluster: String,
     /// Extra flags from [`EtcdServer::start_with_flags`], kept for `restart`.
     flags: Vec<String>,
     /// Serves clients over TLS ([`EtcdServer::start_tls`]); health is then checked on a
     /// plain-HTTP metrics port, since the client port speaks only TLS.
     tls: bool,
     metrics_port: u16,
-    /// Holds the data dir and `etcd.log`; removed on drop, after the process is gone.
-    dir: tempfile::TempDir,
+    /// Holds `data/` and `etcd.log`.
+    dir: PathBuf,
     child: Option<Child>,
+}
+
+impl Member {
+    fn new(binary: &Path, name: &str, dir: PathBuf, flags: &[&str], tls: bool) -> Member {
+        Member {
+            binary: binary.to_path_buf(),
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            initial_cluster: String::new(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            tls,
+            metrics_port: free_port(),
+            dir,
+            child: None,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    /// The port that answers plain-HTTP `/health` and the JSON gateway.
+    fn http_port(&self) -> u16 {
+        if self.tls {
+            self.metrics_port
+        } else {
+            self.client_port
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the process; does not wait for it to answer.
+    fn spawn(&mut self) -> Result<(), String> {
+        let scheme = if self.tls { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let peer_url = self.peer_url();
+        let initial_cluster = if self.initial_cluster.is_empty() {
+            format!("{}={peer_url}", self.name)
+        } else {
+            self.initial_cluster.clone()
+        };
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let log = self.log_path();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let mut command = Command::new(&self.binary);
+        // If the test process dies without running Drop (killed by a timeout), etcd must
+        // not live on: the kernel kills it with the thread that spawned it.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg("--initial-cluster-state=new")
+            // Tests write transactions of hundreds of keys (etcd's default is 128).
+            .arg("--max-txn-ops=10000")
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .args(self.tls.then(|| {
+                format!(
+                    "--listen-metrics-urls=http://127.0.0.1:{}",
+                    self.metrics_port
+                )
+            }))
+            .args(&self.flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until `/health` says true (etcd says so only with a leader elected), or the
+    /// process exits, or the deadline passes.
+    fn wait_healthy(&mut self, deadline: Instant) -> Result<(), String> {
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return Err(format!("etcd {} is not running", self.name));
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(format!("etcd exited with {status}\n{}", self.log_tail()));
+            }
+            if healthy(self.http_port()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "etcd {} did not answer on {} within {READY_DEADLINE:?}\n{}",
+                    self.name,
+                    self.endpoint(),
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        self.spawn()?;
+        let waited = self.wait_healthy(Instant::now() + READY_DEADLINE);
+        if waited.is_err() {
+            self.kill();
+        }
+        waited
+    }
+
+    /// SIGTERM, then SIGKILL after a deadline.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP, returning once the process is stopped: the signal is delivered
+    /// asynchronously, and a request sent meanwhile could still be answered.
+    fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let stopped = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                // The state is the first field after the parenthesised command name.
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with(['T', 't']))
+            });
+            if stopped {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("etcd (pid {pid}) did not stop within 5 s of SIGSTOP");
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
+    /// Stops the process if it runs and starts it again on the same ports and data dir,
+    /// waiting with `wait` (health, or less for a member of a cluster without quorum).
+    fn restart_with(&mut self, wait: impl Fn(&mut Member) -> Result<(), String>) {
+        self.stop();
+        // The old process released the port when it exited; retry briefly in case the
+        // kernel has not finished closing the listening socket.
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let started = self.spawn().and_then(|()| wait(self));
+            match started {
+                Ok(()) => return,
+                Err(e) => {
+                    self.kill();
+                    last_error = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        panic!("etcd {} did not restart: {last_error}", self.name);
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(20);
+        format!(
+            "etcd log ({}):\n{}",
+            self.log_path().display(),
+            lines[from..].join("\n")
+        )
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 impl EtcdServer {
@@ -81,18 +327,9 @@ impl EtcdServer {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let dir = temp_dir();
-            let mut server = EtcdServer {
-                binary: binary.clone(),
-                client_port: free_port(),
-                peer_port: free_port(),
-                flags: flags.iter().map(|f| f.to_string()).collect(),
-                tls,
-                metrics_port: free_port(),
-                dir,
-                child: None,
-            };
-            match server.spawn_and_wait() {
-                Ok(()) => return server,
+            let mut member = Member::new(&binary, "test", dir.path().to_path_buf(), flags, tls);
+            match member.spawn_and_wait() {
+                Ok(()) => return EtcdServer { member, _dir: dir },
                 Err(e) => last_error = e,
             }
         }
@@ -101,28 +338,28 @@ impl EtcdServer {
 
     /// The etcd process id while it runs (benchmarks read its CPU time).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.member.pid()
     }
 
     /// `127.0.0.1:PORT`, as `EtcdStore::connect` takes it.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        self.member.endpoint()
     }
 
     /// `etcd://127.0.0.1:PORT` (`etcds://` when serving TLS), as `--store` takes it.
     pub fn url(&self) -> String {
-        let scheme = if self.tls { "etcds" } else { "etcd" };
+        let scheme = if self.member.tls { "etcds" } else { "etcd" };
         format!("{scheme}://{}", self.endpoint())
     }
 
     /// The data dir: it survives `stop()` so that `restart()` keeps every key.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.member.data_dir()
     }
 
     /// etcd's own log (for a failing test's message).
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("etcd.log")
+        self.member.log_path()
     }
 
     /// A store connected to this server.
@@ -134,176 +371,260 @@ impl EtcdServer {
 
     /// Stops etcd (SIGTERM, then SIGKILL after a deadline). Ports and data are kept.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_DEADLINE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => break,
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        self.member.stop();
     }
 
     /// Kills etcd at once (a crash, not a shutdown). Ports and data are kept.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.member.kill();
     }
 
     /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers, like a hung
     /// server or a partition. [`thaw`](Self::thaw) resumes it; drop kills it either way.
-    /// Returns once the process is stopped: the signal is delivered asynchronously, and a
-    /// request sent meanwhile could still be answered.
+    /// Returns once the process is stopped.
     pub fn freeze(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
-        let Some(pid) = self.pid() else { return };
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            let stopped = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                // The state is the first field after the parenthesised command name.
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|rest| rest.trim_start().starts_with(['T', 't']))
-            });
-            if stopped {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        panic!("etcd (pid {pid}) did not stop within 5 s of SIGSTOP");
+        self.member.freeze();
     }
 
     /// Resumes a frozen etcd (SIGCONT).
     pub fn thaw(&self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        if let Some(child) = &self.child {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, signal);
-        }
+        self.member.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
     /// Stops etcd if it runs and starts it again on the same ports and data dir, waiting
     /// until it answers.
     pub fn restart(&mut self) {
-        self.stop();
-        // The old process released the port when it exited; retry briefly in case the
-        // kernel has not finished closing the listening socket.
-        let mut last_error = String::new();
-        for _ in 0..START_ATTEMPTS {
-            match self.spawn_and_wait() {
-                Ok(()) => return,
-                Err(e) => {
-                    last_error = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
-        panic!("etcd did not restart: {last_error}");
+        self.member
+            .restart_with(|m| m.wait_healthy(Instant::now() + READY_DEADLINE));
     }
 
-    fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let scheme = if self.tls { "https" } else { "http" };
-        let client_url = format!("{scheme}://127.0.0.1:{}", self.client_port);
-        let health_port = if self.tls {
-            self.metrics_port
-        } else {
-            self.client_port
-        };
-        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = self.log_path();
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-        let mut command = Command::new(&self.binary);
-        // If the test process dies without running Drop (killed by a timeout), etcd must
-        // not live on: the kernel kills it with the thread that spawned it.
-        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+    /// The last lines of etcd's log.
+    pub fn log_tail(&self) -> String {
+        self.member.log_tail()
+    }
+}
+
+/// A private etcd cluster of several members on loopback, for availability tests: members
+/// can be killed, restarted and frozen one by one. Temporary dirs, free ports, every
+/// member killed on drop (and, as with [`EtcdServer`], when the thread that started it
+/// exits).
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    /// Holds one dir per member (`m0/`, `m1/`, ...); removed on drop, after the processes.
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `members` etcd processes as one cluster and waits until it has a leader and
+    /// every member answers. Panics with the members' logs when it does not come up.
+    pub fn start(members: usize) -> EtcdCluster {
+        assert!(members > 0, "a cluster has at least one member");
+        let binary = find_etcd().unwrap_or_else(|| panic!("{MISSING}"));
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = temp_dir();
+            let mut list: Vec<Member> = (0..members)
+                .map(|i| {
+                    let name = format!("m{i}");
+                    Member::new(&binary, &name, dir.path().join(&name), &[], false)
+                })
+                .collect();
+            let initial_cluster = list
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.peer_url()))
+                .collect::<Vec<_>>()
+                .join(",");
+            for m in &mut list {
+                m.initial_cluster = initial_cluster.clone();
+            }
+            // Every member must run before any can report healthy (a leader needs a
+            // quorum), so start them all, then wait for each.
+            let started = list.iter_mut().try_for_each(Member::spawn).and_then(|()| {
+                let deadline = Instant::now() + READY_DEADLINE;
+                list.iter_mut().try_for_each(|m| m.wait_healthy(deadline))
             });
+            match started {
+                Ok(()) => {
+                    let cluster = EtcdCluster {
+                        members: list,
+                        _dir: dir,
+                    };
+                    cluster.wait_for_leader();
+                    return cluster;
+                }
+                // Dropping the members kills the ones that started.
+                Err(e) => last_error = e,
+            }
         }
-        let child = command
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", self.data_dir().display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=test={peer_url}"))
-            .arg("--initial-cluster-state=new")
-            // Tests write transactions of hundreds of keys (etcd's default is 128).
-            .arg("--max-txn-ops=10000")
-            .arg("--logger=zap")
-            .arg("--log-level=warn")
-            .args(
-                self.tls
-                    .then(|| format!("--listen-metrics-urls=http://127.0.0.1:{health_port}")),
-            )
-            .args(&self.flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
-        self.child = Some(child);
+        panic!("etcd cluster did not start after {START_ATTEMPTS} attempts: {last_error}");
+    }
+
+    /// The number of members (running or not).
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// `127.0.0.1:PORT` per member, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// `etcd://127.0.0.1:A,127.0.0.1:B,...`, as `--store` takes it.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.endpoints().join(","))
+    }
+
+    /// A store connected to every member.
+    pub async fn connect(&self) -> EtcdStore {
+        EtcdStore::connect(&self.endpoints())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to test etcd cluster: {e}\n{}", self.logs()))
+    }
+
+    /// The index of the member that leads now, as the running members see it: a member
+    /// that says it leads, or else the member that a majority of the others name. `None`
+    /// during an election or without a quorum.
+    pub fn leader(&self) -> Option<usize> {
+        let ids: Vec<Option<(String, String)>> = self
+            .members
+            .iter()
+            .map(|m| m.child.as_ref().and_then(|_| status(m.http_port())))
+            .collect();
+        ids.iter().enumerate().find_map(|(i, s)| {
+            let (member, leader) = s.as_ref()?;
+            (member == leader).then_some(i)
+        })
+    }
+
+    /// Waits until the cluster has a leader and returns its index. Panics with the logs
+    /// after a deadline.
+    pub fn wait_for_leader(&self) -> usize {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
-            let child = self.child.as_mut().expect("set just above");
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(i) = self.leader() {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd cluster has no leader after {READY_DEADLINE:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Kills one member at once (SIGKILL). Its ports and data are kept for `restart`.
+    pub fn kill(&mut self, member: usize) {
+        self.members[member].kill();
+    }
+
+    /// Starts a member again on the same ports and data (stopping it first if it runs).
+    /// Waits until it answers with a leader when a quorum runs with it, else only until
+    /// its process is up and serving.
+    pub fn restart(&mut self, member: usize) {
+        let running = self.members.iter().filter(|m| m.child.is_some()).count();
+        let others = running - usize::from(self.members[member].child.is_some());
+        let quorum = others + 1 > self.members.len() / 2;
+        self.members[member].restart_with(|m| {
+            let deadline = Instant::now() + READY_DEADLINE;
+            if quorum {
+                m.wait_healthy(deadline)
+            } else {
+                m.wait_serving(deadline)
+            }
+        });
+    }
+
+    /// Freezes one member (SIGSTOP): its sockets stay open but nothing answers, like a
+    /// hung server or a partition. Returns once the process is stopped.
+    pub fn freeze(&self, member: usize) {
+        self.members[member].freeze();
+    }
+
+    /// Resumes a frozen member (SIGCONT).
+    pub fn thaw(&self, member: usize) {
+        self.members[member].signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// A member's process id while it runs.
+    pub fn pid(&self, member: usize) -> Option<u32> {
+        self.members[member].pid()
+    }
+
+    /// The last lines of one member's log.
+    pub fn log_tail(&self, member: usize) -> String {
+        self.members[member].log_tail()
+    }
+
+    /// The last lines of every member's log (for a failing test's message).
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(Member::log_tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Member {
+    /// Waits until the process serves HTTP (`/version` answers even without a leader).
+    fn wait_serving(&mut self, deadline: Instant) -> Result<(), String> {
+        loop {
+            if http(self.http_port(), "GET", "/version", "")
+                .is_some_and(|a| a.contains("etcdserver"))
+            {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 self.child = None;
                 return Err(format!("etcd exited with {status}\n{}", self.log_tail()));
             }
-            if healthy(health_port) {
-                return Ok(());
-            }
             if Instant::now() > deadline {
-                self.kill();
                 return Err(format!(
-                    "etcd did not answer on {client_url} within {READY_DEADLINE:?}\n{}",
+                    "etcd {} did not serve on {} in time\n{}",
+                    self.name,
+                    self.endpoint(),
                     self.log_tail()
                 ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
     }
-
-    /// The last lines of etcd's log.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(20);
-        format!(
-            "etcd log ({}):\n{}",
-            self.log_path().display(),
-            lines[from..].join("\n")
-        )
-    }
 }
 
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// One HTTP/1.0 request to a loopback port; the whole answer (headers and body), or
+/// `None` when nothing answers within half a second.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    (!answer.is_empty()).then_some(answer)
+}
+
+/// A member's own id and the id of the leader it follows, from the JSON gateway's
+/// `/v3/maintenance/status` (ids are decimal strings there). `None` when it does not
+/// answer or knows no leader.
+fn status(port: u16) -> Option<(String, String)> {
+    let answer = http(port, "POST", "/v3/maintenance/status", "{}")?;
+    let body = answer.split_once("\r\n\r\n")?.1;
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    let id = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let member = id(json.get("header")?.get("member_id")?)?;
+    let leader = id(json.get("leader")?)?;
+    (leader != "0").then_some((member, leader))
 }
 
 /// `/usr/bin/etcd`, else `etcd` on PATH.
@@ -347,21 +668,9 @@ fn free_port() -> u16 {
 
 /// True when etcd's `/health` says so (it answers only with a leader elected).
 fn healthy(port: u16) -> bool {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    let request = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if conn.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = conn.read_to_string(&mut answer);
-    answer.contains("\"health\":\"true\"")
+    http(port, "GET", "/health", "").is_some_and(|a| a.contains("\"health\":\"true\""))
 }
 
-/// An embedded store in a temporary dir, removed on drop.
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`: what
 /// the benchmarks charge to etcd, the controller and themselves.
 pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
@@ -386,6 +695,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
     Ok((field(14)? + field(15)?) / ticks)
 }
 
+/// An embedded store in a temporary dir, removed on drop.
 pub struct TempEmbedded {
     /// The handle opened by [`embedded_temp`] (cheap to clone).
     pub store: EmbeddedStore,
@@ -558,4 +868,47 @@ fn openssl(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_should_elect_another_leader_when_its_leader_is_killed() {
+        let mut cluster = EtcdCluster::start(3);
+        assert_eq!(cluster.endpoints().len(), 3);
+        assert_eq!(
+            cluster.url(),
+            format!("etcd://{}", cluster.endpoints().join(","))
+        );
+        let first = cluster.wait_for_leader();
+        assert!(cluster.pid(first).is_some());
+        cluster.kill(first);
+        assert_eq!(cluster.pid(first), None);
+        let second = cluster.wait_for_leader();
+        assert_ne!(second, first, "a killed member cannot lead");
+        // The old leader comes back as a member on its old ports and data.
+        cluster.restart(first);
+        assert!(cluster.pid(first).is_some());
+        assert!(healthy(cluster.members[first].http_port()));
+        assert!(cluster.log_tail(first).contains("etcd log"));
+    }
+
+    #[test]
+    fn a_frozen_member_should_answer_nothing_until_thawed() {
+        let cluster = EtcdCluster::start(3);
+        let port = cluster.members[1].http_port();
+        cluster.freeze(1);
+        assert!(!healthy(port), "a frozen member answered");
+        cluster.thaw(1);
+        let deadline = Instant::now() + READY_DEADLINE;
+        while !healthy(port) {
+            assert!(
+                Instant::now() < deadline,
+                "the thawed member never answered"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
 }
