@@ -24,6 +24,10 @@ pub enum Kind {
     Compact,
     /// Cut the namespaced agent off the store for `hold`.
     Partition,
+    /// SIGKILL the leading member of the 3-member etcd; start it again after `hold`.
+    EtcdLeaderKill,
+    /// SIGKILL a following member of the 3-member etcd; start it again after `hold`.
+    EtcdFollowerKill,
 }
 
 impl Kind {
@@ -36,12 +40,19 @@ impl Kind {
             Kind::EtcdRestart => "etcd-restart",
             Kind::Compact => "compact",
             Kind::Partition => "partition",
+            Kind::EtcdLeaderKill => "etcd-leader-kill",
+            Kind::EtcdFollowerKill => "etcd-follower-kill",
         }
     }
 
     /// Whether the fault takes an agent's lease past its TTL (I5 then applies).
     pub fn silences_agent(self) -> bool {
         matches!(self, Kind::AgentKill | Kind::AgentStop | Kind::Partition)
+    }
+
+    /// Whether the fault takes one etcd member of three down (I7 then applies).
+    pub fn downs_a_member(self) -> bool {
+        matches!(self, Kind::EtcdLeaderKill | Kind::EtcdFollowerKill)
     }
 
     /// How long the fault lasts, drawn: the stops and partitions always outlast the TTL.
@@ -53,6 +64,7 @@ impl Kind {
             Kind::ControllerKill => rng.gen_range(200..3000),
             Kind::AgentKill => rng.gen_range(200..ttl + 3000),
             Kind::EtcdRestart => rng.gen_range(200..3000),
+            Kind::EtcdLeaderKill | Kind::EtcdFollowerKill => rng.gen_range(2000..6000),
             Kind::Compact => 0,
         };
         Duration::from_millis(ms)
@@ -77,7 +89,8 @@ pub struct Fault {
     pub anchor: Anchor,
     pub delay: Duration,
     pub hold: Duration,
-    /// The agent, for agent faults (the namespaced one for partitions).
+    /// The agent, for agent faults (the namespaced one for partitions); which follower
+    /// (`agent % 2`) for a follower kill.
     pub agent: usize,
 }
 
@@ -116,7 +129,7 @@ pub fn draw(rng: &mut StdRng, kinds: &[Kind], isolated: Option<usize>) -> Vec<Fa
                 (0, _) => Anchor::FirstSwitch,
                 _ => Anchor::PreviousHealed,
             };
-            let delay = Duration::from_millis(rng.gen_range(0..2500));
+            let delay = Duration::from_millis(rng.gen_range(0..2000));
             let hold = kind.draw_hold(rng);
             let drawn = rng.gen_range(0..MACHINES);
             let agent = match kind {

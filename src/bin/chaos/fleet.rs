@@ -9,7 +9,7 @@ use crate::netns::Netns;
 use anyhow::{bail, Context as _};
 use deployctl::api::{Instance, Machine, Rollout};
 use deployctl::store::{Client, Scope, StoreUrl};
-use deployctl::testing::EtcdServer;
+use deployctl::testing::{EtcdCluster, EtcdServer};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -29,17 +29,19 @@ pub const NAMESPACE: &str = "default";
 pub const APP: &str = "api";
 /// How long the activate hook runs between its `start` and `end` records: long enough
 /// for faults to land mid-hook.
-const HOOK_SECONDS: &str = "0.4";
+const HOOK_SECONDS: &str = "0.6";
 
 /// The store: one etcd, or a 3-member cluster.
 pub enum Etcd {
     Single(EtcdServer),
+    Cluster(EtcdCluster),
 }
 
 impl Etcd {
     pub fn endpoints(&self) -> Vec<String> {
         match self {
             Etcd::Single(e) => vec![e.endpoint()],
+            Etcd::Cluster(c) => c.endpoints(),
         }
     }
 }
@@ -473,6 +475,33 @@ impl Fleet {
             self.client.store().compact(revision).await?;
             Ok(revision)
         })
+    }
+
+    /// The size of every agent's log now, to read what they log from here on.
+    pub fn agent_log_sizes(&self) -> Vec<u64> {
+        self.agents
+            .iter()
+            .map(|a| {
+                std::fs::metadata(self.log_of(&a.name))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// The warnings the agents logged since `sizes` (from [`Fleet::agent_log_sizes`]).
+    pub fn agent_warnings_since(&self, sizes: &[u64]) -> Vec<String> {
+        let mut found = Vec::new();
+        for (a, from) in self.agents.iter().zip(sizes) {
+            let text = std::fs::read(self.log_of(&a.name)).unwrap_or_default();
+            let new = text.get(*from as usize..).unwrap_or_default();
+            for line in String::from_utf8_lossy(new).lines() {
+                if line.contains(" WARN ") || line.contains(" ERROR ") {
+                    found.push(format!("{}: {line}", a.name));
+                }
+            }
+        }
+        found
     }
 
     /// Every controller log as (identity, path), every incarnation.

@@ -41,6 +41,9 @@ struct Args {
     /// The deployctl binary (default: next to this one).
     #[arg(long)]
     deployctl: Option<PathBuf>,
+    /// Keep every scenario's work dir (logs, journal, roots), not only a failing one's.
+    #[arg(long)]
+    keep: bool,
 }
 
 extern "C" fn on_interrupt(_: libc::c_int) {
@@ -111,7 +114,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
     eprintln!("chaos: seed {seed}, {runs} runs per scenario");
     let mut failed = false;
     for scenario in chosen {
-        let report = scenarios::run(scenario, seed, runs, deployctl.clone())?;
+        let report = scenarios::run(scenario, seed, runs, deployctl.clone(), args.keep)?;
         println!("{}", report.json());
         if !report.violations.is_empty() {
             failed = true;
@@ -127,9 +130,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
             for e in &report.excerpts {
                 eprintln!("{e}");
             }
-            if let Some(dir) = &report.kept {
-                eprintln!("chaos: logs, journal and roots kept in {}", dir.display());
-            }
+        }
+        if let Some(dir) = &report.kept {
+            eprintln!("chaos: logs, journal and roots kept in {}", dir.display());
         }
     }
     Ok(if failed { 1 } else { 0 })

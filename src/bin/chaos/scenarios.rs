@@ -7,7 +7,7 @@ use crate::invariants::{self, Violation};
 use crate::journal::{self, Edge};
 use anyhow::{bail, Context as _};
 use deployctl::api::{find_condition, RolloutPhase};
-use deployctl::testing::EtcdServer;
+use deployctl::testing::{EtcdCluster, EtcdServer};
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -47,6 +47,8 @@ pub struct Scenario {
     pub isolate: bool,
     /// Runs rounds of concurrent CLI writers (I6) instead of rollouts.
     pub writers: bool,
+    /// Runs on a 3-member etcd.
+    pub cluster: bool,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -55,24 +57,28 @@ pub const SCENARIOS: &[Scenario] = &[
         kinds: &[Kind::ControllerKill, Kind::ControllerStop, Kind::Compact],
         isolate: false,
         writers: false,
+        cluster: false,
     },
     Scenario {
         name: "agent",
         kinds: &[Kind::AgentKill, Kind::AgentStop],
         isolate: false,
         writers: false,
+        cluster: false,
     },
     Scenario {
         name: "etcd",
         kinds: &[Kind::EtcdRestart, Kind::Compact],
         isolate: false,
         writers: false,
+        cluster: false,
     },
     Scenario {
         name: "partition",
         kinds: &[Kind::Partition, Kind::AgentKill],
         isolate: true,
         writers: false,
+        cluster: false,
     },
     Scenario {
         name: "mixed",
@@ -87,12 +93,28 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         isolate: true,
         writers: false,
+        cluster: false,
     },
     Scenario {
         name: "writers",
         kinds: &[],
         isolate: false,
         writers: true,
+        cluster: false,
+    },
+    Scenario {
+        name: "cluster-leader",
+        kinds: &[Kind::EtcdLeaderKill, Kind::Compact],
+        isolate: false,
+        writers: false,
+        cluster: true,
+    },
+    Scenario {
+        name: "cluster-follower",
+        kinds: &[Kind::EtcdFollowerKill, Kind::ControllerStop],
+        isolate: false,
+        writers: false,
+        cluster: true,
     },
 ];
 
@@ -109,6 +131,10 @@ pub struct Report {
     pub excerpts: Vec<String>,
     /// The work dir, kept when something was violated.
     pub kept: Option<PathBuf>,
+    /// CLI calls made while one etcd member of three was down, and how many failed (I7).
+    pub member_down_calls: (usize, usize),
+    /// Warnings the agents logged while one member was down (retried store errors).
+    pub member_down_agent_warnings: usize,
 }
 
 impl Report {
@@ -137,6 +163,11 @@ impl Report {
             "violations": self.violations.len(),
             "violated": by_invariant,
             "convergence_s": conv,
+            "member_down": {
+                "cli_calls": self.member_down_calls.0,
+                "cli_failures": self.member_down_calls.1,
+                "agent_warnings": self.member_down_agent_warnings,
+            },
         })
     }
 }
@@ -165,6 +196,15 @@ struct Active {
     controller: Option<usize>,
     /// When its machine was first seen NotReady (agent faults).
     not_ready: Option<Instant>,
+    /// The etcd member it took down (member faults).
+    member: Option<usize>,
+    /// Agent log sizes when it began (member faults: the warnings logged meanwhile).
+    agent_logs: Vec<u64>,
+    /// CLI calls made meanwhile and their failures (member faults).
+    calls: usize,
+    failures: Vec<String>,
+    /// Machines seen NotReady meanwhile (member faults).
+    not_ready_machines: BTreeSet<String>,
 }
 
 struct Runner<'a> {
@@ -187,10 +227,15 @@ pub fn run(
     seed: u64,
     runs: usize,
     deployctl: PathBuf,
+    keep: bool,
 ) -> anyhow::Result<Report> {
     let seed = scenario_seed(seed, scenario.name);
     eprintln!("chaos: scenario {} (seed {seed}): starting", scenario.name);
-    let etcd = Etcd::Single(EtcdServer::start());
+    let etcd = if scenario.cluster {
+        Etcd::Cluster(EtcdCluster::start(3))
+    } else {
+        Etcd::Single(EtcdServer::start())
+    };
     let fleet = Fleet::start(deployctl, etcd, scenario.isolate)?;
     let mut runner = Runner {
         scenario,
@@ -205,6 +250,8 @@ pub fn run(
             convergence: Vec::new(),
             excerpts: Vec::new(),
             kept: None,
+            member_down_calls: (0, 0),
+            member_down_agent_warnings: 0,
         },
         killed: BTreeMap::new(),
         next: 2,
@@ -221,7 +268,7 @@ pub fn run(
         runner.report.runs = run;
     }
     let mut report = runner.report;
-    if !report.violations.is_empty() {
+    if keep || !report.violations.is_empty() {
         report.kept = Some(runner.fleet.work.path().to_path_buf());
         // Keep the work dir (logs, journal, roots) for the report's reader.
         let Fleet { work, .. } = runner.fleet;
@@ -448,6 +495,9 @@ impl Runner<'_> {
                         a.not_ready = Some(now);
                     }
                 }
+                if a.fault.kind.downs_a_member() {
+                    Self::probe_availability(&self.fleet, a);
+                }
                 if now >= a.started + a.fault.hold {
                     let a = active.take().expect("matched Some just above");
                     self.heal(run, a)?;
@@ -476,6 +526,7 @@ impl Runner<'_> {
         let leader = self.fleet.wait_leader(Duration::from_secs(15));
         *self.report.faults.entry(fault.kind.name()).or_default() += 1;
         let mut controller = None;
+        let mut member = None;
         let agent = fault.agent;
         match fault.kind {
             Kind::ControllerKill | Kind::ControllerStop => {
@@ -501,7 +552,22 @@ impl Runner<'_> {
             }
             Kind::EtcdRestart => match &mut self.fleet.etcd {
                 Etcd::Single(e) => e.kill(),
+                Etcd::Cluster(_) => bail!("etcd-restart is for the single etcd"),
             },
+            Kind::EtcdLeaderKill | Kind::EtcdFollowerKill => {
+                let Etcd::Cluster(c) = &mut self.fleet.etcd else {
+                    bail!("{} needs the 3-member etcd", fault.kind.name());
+                };
+                let leading = c.wait_for_leader();
+                let i = if fault.kind == Kind::EtcdLeaderKill {
+                    leading
+                } else {
+                    let followers: Vec<usize> = (0..c.size()).filter(|&m| m != leading).collect();
+                    followers[fault.agent % followers.len()]
+                };
+                c.kill(i);
+                member = Some(i);
+            }
             Kind::Compact => {
                 if let Err(e) = self.fleet.compact() {
                     eprintln!("chaos: compaction failed: {e}");
@@ -514,15 +580,22 @@ impl Runner<'_> {
                 .context("a partition needs the namespaced agent")?
                 .partition()?,
         }
-        eprintln!("chaos:   fault {fault}{}", match controller {
-            Some(i) => format!(" (hit {})", self.fleet.controllers[i].identity()),
-            None => String::new(),
-        });
+        let hit = match (controller, member) {
+            (Some(i), _) => format!(" (hit {})", self.fleet.controllers[i].identity()),
+            (_, Some(m)) => format!(" (hit member {m})"),
+            _ => String::new(),
+        };
+        eprintln!("chaos:   fault {fault}{hit}");
         Ok(Active {
             fault,
             started: Instant::now(),
             controller,
             not_ready: None,
+            member,
+            agent_logs: self.fleet.agent_log_sizes(),
+            calls: 0,
+            failures: Vec::new(),
+            not_ready_machines: BTreeSet::new(),
         })
     }
 
@@ -546,7 +619,14 @@ impl Runner<'_> {
             }
             Kind::EtcdRestart => match &mut self.fleet.etcd {
                 Etcd::Single(e) => e.restart(),
+                Etcd::Cluster(_) => {}
             },
+            Kind::EtcdLeaderKill | Kind::EtcdFollowerKill => {
+                if let (Etcd::Cluster(c), Some(m)) = (&mut self.fleet.etcd, a.member) {
+                    c.restart(m);
+                }
+                self.judge_availability(run, &a);
+            }
             Kind::Compact => {}
             Kind::Partition => self
                 .fleet
@@ -576,6 +656,53 @@ impl Runner<'_> {
             }
         }
         Ok(())
+    }
+
+    /// One round of I7's probes while a member is down: a CLI read (as a user would run
+    /// it) and every machine's readiness (the agents' keep-alives).
+    fn probe_availability(fleet: &Fleet, a: &mut Active) {
+        let out = fleet.cli(&["get", "rollouts"]);
+        a.calls += 1;
+        if out.code != 0 {
+            a.failures.push(out.stderr.trim().to_string());
+        }
+        for agent in &fleet.agents {
+            if fleet.machine_ready(&agent.name) == Some(false) {
+                a.not_ready_machines.insert(agent.name.clone());
+            }
+        }
+    }
+
+    /// I7 at the end of a member's outage: no CLI call failed, no machine went NotReady.
+    fn judge_availability(&mut self, run: usize, a: &Active) {
+        let warnings = self.fleet.agent_warnings_since(&a.agent_logs);
+        self.report.member_down_calls.0 += a.calls;
+        self.report.member_down_calls.1 += a.failures.len();
+        self.report.member_down_agent_warnings += warnings.len();
+        let what = a.fault.kind.name();
+        if let Some(first) = a.failures.first() {
+            self.violate(
+                "I7",
+                run,
+                format!(
+                    "{} of {} CLI calls failed during {what}; first: {first}",
+                    a.failures.len(),
+                    a.calls
+                ),
+            );
+        }
+        if !a.not_ready_machines.is_empty() {
+            let names: Vec<&str> = a.not_ready_machines.iter().map(String::as_str).collect();
+            self.violate(
+                "I7",
+                run,
+                format!(
+                    "machines went NotReady during {what}: {}; agent warnings meanwhile: {}",
+                    names.join(", "),
+                    warnings.iter().take(3).cloned().collect::<Vec<_>>().join(" | ")
+                ),
+            );
+        }
     }
 
     /// Waits for the fleet to converge on `expect` (I3): the Rollout done (or rolled back),
