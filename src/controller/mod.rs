@@ -54,7 +54,13 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
             lost.cancelled().await;
             stop.cancel();
         });
-        lead(leadership.client(), leadership.term(), config.workers, leading.clone()).await;
+        lead(
+            leadership.client(),
+            leadership.term(),
+            config.workers,
+            leading.clone(),
+        )
+        .await;
         watcher.abort();
         if shutdown.is_cancelled() {
             if let Err(e) = leadership.resign().await {

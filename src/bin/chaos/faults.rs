@@ -102,7 +102,10 @@ impl fmt::Display for Fault {
             Anchor::PreviousHealed => "previous-healed",
         };
         write!(f, "{}", self.kind.name())?;
-        if matches!(self.kind, Kind::AgentKill | Kind::AgentStop | Kind::Partition) {
+        if matches!(
+            self.kind,
+            Kind::AgentKill | Kind::AgentStop | Kind::Partition
+        ) {
             write!(f, " m{}", self.agent)?;
         }
         write!(

@@ -91,11 +91,10 @@ impl Drop for Daemon {
     }
 }
 
-/// What a finished CLI call printed.
+/// How a finished CLI call ended (stdout is not kept: the checks read the store).
 #[derive(Debug)]
 pub struct CliOutput {
     pub code: i32,
-    pub stdout: String,
     pub stderr: String,
 }
 
@@ -284,10 +283,12 @@ impl Fleet {
             }
             _ => (Command::new(&self.deployctl), self.url()),
         };
-        cmd.args(["agent", "--name", &name, "--labels", "role=web", "--root", &root])
-            .args(["--lease-ttl", &ttl])
-            .env("DEPLOYCTL_STORE", store)
-            .env("RUST_LOG", "info");
+        cmd.args([
+            "agent", "--name", &name, "--labels", "role=web", "--root", &root,
+        ])
+        .args(["--lease-ttl", &ttl])
+        .env("DEPLOYCTL_STORE", store)
+        .env("RUST_LOG", "info");
         let child = self.spawn_logged(cmd, &self.log_of(&name))?;
         self.agents[i].child = Some(child);
         Ok(())
@@ -308,7 +309,6 @@ impl Fleet {
             Err(e) => {
                 return CliOutput {
                     code: -1,
-                    stdout: String::new(),
                     stderr: format!("cannot run {}: {e}", self.deployctl.display()),
                 }
             }
@@ -321,19 +321,16 @@ impl Fleet {
         match rx.recv_timeout(CLI_DEADLINE) {
             Ok(Ok(out)) => CliOutput {
                 code: out.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             },
             Ok(Err(e)) => CliOutput {
                 code: -1,
-                stdout: String::new(),
                 stderr: format!("cannot wait for deployctl: {e}"),
             },
             Err(_) => {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 CliOutput {
                     code: -1,
-                    stdout: String::new(),
                     stderr: format!("deployctl {} hung for {CLI_DEADLINE:?}", args.join(" ")),
                 }
             }
@@ -354,7 +351,6 @@ impl Fleet {
         if let Err(e) = std::fs::write(&file, text) {
             return CliOutput {
                 code: -1,
-                stdout: String::new(),
                 stderr: format!("cannot write {}: {e}", file.display()),
             };
         }

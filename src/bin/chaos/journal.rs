@@ -110,7 +110,13 @@ mod tests {
     fn parse_should_read_both_edges_and_refuse_a_torn_line() {
         let r = parse("end m3 v4-bad 123 fail").expect("a whole end line parses");
         assert_eq!(
-            (r.edge, r.machine.as_str(), r.version.as_str(), r.ns, r.failed),
+            (
+                r.edge,
+                r.machine.as_str(),
+                r.version.as_str(),
+                r.ns,
+                r.failed
+            ),
             (Edge::End, "m3", "v4-bad", 123, true)
         );
         assert_eq!(parse("start m1 v2 99").map(|r| r.failed), Some(false));

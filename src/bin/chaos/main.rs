@@ -24,7 +24,9 @@ const QUICK_SEED: u64 = 22;
 const QUICK_RUNS: usize = 2;
 
 #[derive(Parser, Debug)]
-#[command(about = "Roll versions out on real processes under seeded faults and check the invariants")]
+#[command(
+    about = "Roll versions out on real processes under seeded faults and check the invariants"
+)]
 struct Args {
     /// Fixes every fault's kind, target and moment (default: drawn, and printed).
     #[arg(long)]
@@ -101,7 +103,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
         None => std::env::current_exe()?.with_file_name("deployctl"),
     };
     if !deployctl.is_file() {
-        bail!("no deployctl binary at {} (see --deployctl)", deployctl.display());
+        bail!(
+            "no deployctl binary at {} (see --deployctl)",
+            deployctl.display()
+        );
     }
     let chosen: Vec<&'static scenarios::Scenario> = scenarios::SCENARIOS
         .iter()
@@ -109,7 +114,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
         .collect();
     if chosen.is_empty() {
         let names: Vec<_> = scenarios::SCENARIOS.iter().map(|s| s.name).collect();
-        bail!("no scenario {:?}: one of {} or all", args.scenario, names.join(", "));
+        bail!(
+            "no scenario {:?}: one of {} or all",
+            args.scenario,
+            names.join(", ")
+        );
     }
     eprintln!("chaos: seed {seed}, {runs} runs per scenario");
     let mut failed = false;

@@ -47,7 +47,10 @@ pub fn remove_stale() {
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = name.strip_prefix("chaos-").and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix("chaos-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -84,12 +87,22 @@ impl Netns {
             relays: Vec::new(),
             relay_addrs: Vec::new(),
         };
-        ip(&["link", "add", &host_link, "type", "veth", "peer", "name", &ns_link])?;
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &ns_link,
+        ])?;
         ip(&["link", "set", &ns_link, "netns", &name])?;
         ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_link])?;
         ip(&["link", "set", &host_link, "up"])?;
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
-        ip(&["-n", &name, "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_link])?;
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_link,
+        ])?;
         ip(&["-n", &name, "link", "set", &ns_link, "up"])?;
         for endpoint in endpoints {
             let relay = ns.relay(endpoint).await?;

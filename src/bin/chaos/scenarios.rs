@@ -297,10 +297,7 @@ impl Runner<'_> {
     /// Applies the Application and the Rollout at v1 and waits for it, with no faults.
     fn set_up(&mut self) -> anyhow::Result<()> {
         self.build("v1")?;
-        let docs = [
-            self.fleet.application(),
-            Fleet::rollout("v1", json!({})),
-        ];
+        let docs = [self.fleet.application(), Fleet::rollout("v1", json!({}))];
         let out = self.fleet.apply(&docs);
         if out.code != 0 {
             bail!("cannot apply the application: {}", out.stderr);
@@ -335,7 +332,10 @@ impl Runner<'_> {
                     version: target.version.clone(),
                     rolled_back: false,
                 };
-                (vec!["rollout".into(), "undo".into(), fleet::APP.into()], expect)
+                (
+                    vec!["rollout".into(), "undo".into(), fleet::APP.into()],
+                    expect,
+                )
             }
             4 => {
                 let version = format!("v{}-bad", self.next);
@@ -345,7 +345,10 @@ impl Runner<'_> {
                     version: stable,
                     rolled_back: true,
                 };
-                (vec!["set".into(), "version".into(), fleet::APP.into(), version], expect)
+                (
+                    vec!["set".into(), "version".into(), fleet::APP.into(), version],
+                    expect,
+                )
             }
             _ => {
                 let version = format!("v{}", self.next);
@@ -355,7 +358,10 @@ impl Runner<'_> {
                     version: version.clone(),
                     rolled_back: false,
                 };
-                (vec!["set".into(), "version".into(), fleet::APP.into(), version], expect)
+                (
+                    vec!["set".into(), "version".into(), fleet::APP.into(), version],
+                    expect,
+                )
             }
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -364,7 +370,11 @@ impl Runner<'_> {
             self.violate(
                 "I7",
                 run,
-                format!("`deployctl {}` failed: {}", args.join(" "), out.stderr.trim()),
+                format!(
+                    "`deployctl {}` failed: {}",
+                    args.join(" "),
+                    out.stderr.trim()
+                ),
             );
             return Ok(None);
         }
@@ -385,7 +395,11 @@ impl Runner<'_> {
             "chaos: {} run {run}: towards {}{}; faults: [{}]",
             self.scenario.name,
             expect.version,
-            if expect.rolled_back { " (rolled back)" } else { "" },
+            if expect.rolled_back {
+                " (rolled back)"
+            } else {
+                ""
+            },
             schedule.join("; ")
         );
         let violations_before = self.report.violations.len();
@@ -453,7 +467,11 @@ impl Runner<'_> {
             .map(|(id, path)| invariants::read_controller_log(&id, &path))
             .collect();
         if logs.iter().all(|l| l.terms.is_empty()) {
-            self.violate("I4", run, "no controller logged a term: cannot check fencing".into());
+            self.violate(
+                "I4",
+                run,
+                "no controller logged a term: cannot check fencing".into(),
+            );
             return;
         }
         for d in invariants::deposed_writes(&logs) {
@@ -506,8 +524,9 @@ impl Runner<'_> {
             } else if let Some(f) = pending.front() {
                 let anchor = match f.anchor {
                     Anchor::Action => Some(acted),
-                    Anchor::FirstSwitch => first_switch
-                        .or_else(|| (now >= acted + FIRST_SWITCH_WAIT).then_some(now)),
+                    Anchor::FirstSwitch => {
+                        first_switch.or_else(|| (now >= acted + FIRST_SWITCH_WAIT).then_some(now))
+                    }
                     Anchor::PreviousHealed => Some(healed_at),
                 };
                 if anchor.is_some_and(|a| now >= a + f.delay) {
@@ -699,7 +718,12 @@ impl Runner<'_> {
                 format!(
                     "machines went NotReady during {what}: {}; agent warnings meanwhile: {}",
                     names.join(", "),
-                    warnings.iter().take(3).cloned().collect::<Vec<_>>().join(" | ")
+                    warnings
+                        .iter()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(" | ")
                 ),
             );
         }
@@ -738,7 +762,8 @@ impl Runner<'_> {
         let version = expect.version.as_str();
         let done = if expect.rolled_back {
             st.phase == RolloutPhase::Degraded
-                && find_condition(&st.conditions, "Degraded").is_some_and(|c| c.reason == "RolledBack")
+                && find_condition(&st.conditions, "Degraded")
+                    .is_some_and(|c| c.reason == "RolledBack")
         } else {
             st.phase == RolloutPhase::Complete
                 && st.desired as usize == MACHINES
@@ -855,7 +880,9 @@ impl Runner<'_> {
                     let base = base.clone();
                     s.spawn(move || {
                         let out = match what {
-                            WriteKind::SetVersion(v) => fleet.cli(&["set", "version", fleet::APP, v]),
+                            WriteKind::SetVersion(v) => {
+                                fleet.cli(&["set", "version", fleet::APP, v])
+                            }
                             WriteKind::Pause => fleet.cli(&["rollout", "pause", fleet::APP]),
                             WriteKind::Resume => fleet.cli(&["rollout", "resume", fleet::APP]),
                             WriteKind::Label(l) => {
@@ -895,7 +922,10 @@ impl Runner<'_> {
             Err(last) => self.violate(
                 "I3",
                 run,
-                format!("not converged at {} after the writers: {last}", expect.version),
+                format!(
+                    "not converged at {} after the writers: {last}",
+                    expect.version
+                ),
             ),
         }
         let violations_before = self.report.violations.len();
@@ -929,7 +959,8 @@ impl Runner<'_> {
                     if e.kv.key != key || e.kv.mod_revision > now {
                         continue;
                     }
-                    let w = Written::parse(&e.kv.value).context("a spec value that is not a rollout")?;
+                    let w = Written::parse(&e.kv.value)
+                        .context("a spec value that is not a rollout")?;
                     history.push((e.kv.mod_revision, w));
                 }
             }
@@ -959,20 +990,27 @@ impl Runner<'_> {
         let start = self
             .fleet
             .rt
-            .block_on(self.fleet.client.store().list("/deployctl/rollouts/default/api", Some(from)))
+            .block_on(
+                self.fleet
+                    .client
+                    .store()
+                    .list("/deployctl/rollouts/default/api", Some(from)),
+            )
             .ok()
             .and_then(|(kvs, _)| kvs.first().and_then(|kv| Written::parse(&kv.value)));
         let mut prev = start;
         let mut toggles = 0;
         let mut landed: BTreeSet<usize> = BTreeSet::new();
         for (rev, w) in history {
-            let by_version = writes.iter().find(|x| x.what == WriteKind::SetVersion(w.version.clone()));
+            let by_version = writes
+                .iter()
+                .find(|x| x.what == WriteKind::SetVersion(w.version.clone()));
             let label_changed = prev.as_ref().map(|p| &p.label) != Some(&w.label);
-            let by_label = w
-                .label
-                .as_ref()
-                .filter(|_| label_changed)
-                .and_then(|l| writes.iter().find(|x| x.what == WriteKind::Label(l.clone())));
+            let by_label = w.label.as_ref().filter(|_| label_changed).and_then(|l| {
+                writes
+                    .iter()
+                    .find(|x| x.what == WriteKind::Label(l.clone()))
+            });
             let version_changed = prev.as_ref().map(|p| &p.version) != Some(&w.version);
             let author = match (by_label, by_version) {
                 (Some(x), _) => Some(x),
@@ -988,7 +1026,9 @@ impl Runner<'_> {
                     landed.insert(x.writer);
                 }
                 None if !version_changed && !label_changed => toggles += 1,
-                None => found.push(format!("revision {rev}: {w:?} was written by no successful call")),
+                None => found.push(format!(
+                    "revision {rev}: {w:?} was written by no successful call"
+                )),
             }
             prev = Some(w.clone());
         }
@@ -996,7 +1036,10 @@ impl Runner<'_> {
             if matches!(w.what, WriteKind::SetVersion(_) | WriteKind::Label(_))
                 && !landed.contains(&w.writer)
             {
-                found.push(format!("writer {} ({:?}) succeeded but its write is not in the history", w.writer, w.what));
+                found.push(format!(
+                    "writer {} ({:?}) succeeded but its write is not in the history",
+                    w.writer, w.what
+                ));
             }
         }
         let flips = writes
@@ -1013,7 +1056,9 @@ impl Runner<'_> {
         );
         if let (Some((rev, last)), Some(now)) = (history.last(), now) {
             if *last != now {
-                found.push(format!("the final state {now:?} is not the last write ({rev}: {last:?})"));
+                found.push(format!(
+                    "the final state {now:?} is not the last write ({rev}: {last:?})"
+                ));
             }
         }
         eprintln!(
