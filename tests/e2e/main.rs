@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod etcd_cluster;
 mod etcd_security;
 mod hostile_manifests;
 mod logs;

@@ -11,13 +11,14 @@
 //!   response arrives; [`Mux::subscribe`] waits for that, so errors (permission denied)
 //!   reach the caller.
 //! - Dropping a [`Sub`] cancels its watch on the stream.
-//! - When the stream breaks (etcd restarted, connection reset), every watch on it is told
-//!   [`Msg::Broken`] and re-subscribes from its own next revision; the first one to do so
-//!   opens a new stream and the others join it.
+//! - When the stream breaks (etcd restarted, its member died, connection reset), every
+//!   watch on it is told [`Msg::Broken`] and re-subscribes from its own next revision; the
+//!   first one to do so opens a new stream, on whichever member answers, and the others
+//!   join it.
 //! - Each watch has its own unbounded queue, as in clientv3: a watch that is read slowly
 //!   never holds up the others on the stream.
 
-use super::{map_error, EtcdStore, MAX_DECODE, REQUEST_TIMEOUT};
+use super::{EtcdStore, MAX_DECODE, REQUEST_TIMEOUT};
 use crate::store::{Error, Result};
 use etcd_client as ec;
 use std::collections::HashMap;
@@ -173,25 +174,20 @@ impl Mux {
         if let Some(s) = self.live() {
             return Ok(s);
         }
-        let mut client = store
-            .client()
-            .watch_client()
-            .max_decoding_message_size(MAX_DECODE);
-        let opened = tokio::time::timeout(REQUEST_TIMEOUT, client.watch(ANCHOR_KEY, None))
-            .await
-            .map_err(|_| Error::Unavailable {
-                endpoint: store.endpoint.clone(),
-                message: format!("{what}: no answer within {REQUEST_TIMEOUT:?}"),
-            })?;
-        let (watcher, stream) = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                if super::is_invalid_token(&e) {
-                    store.relogin().await;
-                }
-                return Err(map_error(&store.endpoint, what, e));
-            }
+        // On whichever member answers: a stream that broke because its member died is
+        // opened again on another.
+        let open = |c: ec::Client| async move {
+            c.watch_client()
+                .max_decoding_message_size(MAX_DECODE)
+                .watch(ANCHOR_KEY, None)
+                .await
         };
+        let (watcher, stream) = store
+            .inner
+            .endpoints
+            .call(REQUEST_TIMEOUT, super::Pace::READ, |_| true, open)
+            .await
+            .map_err(|f| store.failure(what, f))?;
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let subs = Arc::new(Mutex::new(Subs::default()));
         let stop = CancellationToken::new();
