@@ -149,10 +149,16 @@ impl Report {
         let conv = if c.is_empty() {
             Value::Null
         } else {
+            let n = c.len();
+            let median = if n % 2 == 1 {
+                c[n / 2]
+            } else {
+                (c[n / 2 - 1] + c[n / 2]) / 2.0
+            };
             json!({
                 "min": round(c[0]),
-                "median": round(c[c.len() / 2]),
-                "max": round(c[c.len() - 1]),
+                "median": round(median),
+                "max": round(c[n - 1]),
             })
         };
         json!({
