@@ -52,33 +52,52 @@ pub fn most_in_flight(records: &[Record], until: u64) -> (usize, u64) {
 /// activation is not a second switch.
 ///
 /// `on_at_start`: each machine's version on disk when the window opened. `killed`: when
-/// each machine's agent was SIGKILLed (ns), which allows one re-run.
+/// each machine's agent was SIGKILLed (ns), which allows one re-run. "In between" starts
+/// at the machine's last record before the first activation, not at its `start` line:
+/// the hook writes that line a few milliseconds after the agent launched it, so an agent
+/// killed mid-switch may die before its hook's first line (at most [`LAUNCH_SLACK_NS`]
+/// before it).
 pub fn double_switches(
     records: &[Record],
     on_at_start: &BTreeMap<String, Option<String>>,
     killed: &BTreeMap<String, Vec<u64>>,
 ) -> Vec<String> {
     let mut found = Vec::new();
-    // Per machine: the version last switched to (or on disk), and when.
+    // Per machine: the version last switched to (or on disk), and since when a kill
+    // counts as interrupting that switch.
     let mut last: BTreeMap<&str, (String, u64)> = on_at_start
         .iter()
         .filter_map(|(m, v)| Some((m.as_str(), (v.clone()?, 0))))
         .collect();
+    let mut previous_record: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut used: BTreeSet<(&str, u64)> = BTreeSet::new();
     for r in records {
+        let before = previous_record.insert(&r.machine, r.ns).unwrap_or(0);
         match r.edge {
             Edge::Start => {
-                if let Some((v, at)) = last.get(r.machine.as_str()) {
-                    let crashed = killed
-                        .get(&r.machine)
-                        .is_some_and(|ks| ks.iter().any(|k| *k > *at && *k < r.ns));
-                    if *v == r.version && !crashed {
-                        found.push(format!(
-                            "{} activated {} again with no crash in between",
-                            r.machine, r.version
-                        ));
+                if let Some((v, since)) = last.get(r.machine.as_str()) {
+                    if *v == r.version {
+                        // Each kill excuses one re-run.
+                        let crash = killed.get(&r.machine).and_then(|ks| {
+                            ks.iter().copied().find(|k| {
+                                *k > *since
+                                    && *k < r.ns
+                                    && !used.contains(&(r.machine.as_str(), *k))
+                            })
+                        });
+                        match crash {
+                            Some(k) => {
+                                used.insert((r.machine.as_str(), k));
+                            }
+                            None => found.push(format!(
+                                "{} activated {} again with no crash in between",
+                                r.machine, r.version
+                            )),
+                        }
                     }
                 }
-                last.insert(&r.machine, (r.version.clone(), r.ns));
+                let since = before.max(r.ns.saturating_sub(LAUNCH_SLACK_NS));
+                last.insert(&r.machine, (r.version.clone(), since));
             }
             // A failed activation may be retried: forget it.
             Edge::End if r.failed => {
@@ -89,6 +108,10 @@ pub fn double_switches(
     }
     found
 }
+
+/// How long before a hook's `start` line its agent may have launched it (a shell and a
+/// `chaos stamp` process start in between).
+pub const LAUNCH_SLACK_NS: u64 = 1_000_000_000;
 
 /// What one controller process said in its log: the terms it led (the leader key's create
 /// revision) and every write it had accepted, as (term, revision).
@@ -205,6 +228,22 @@ mod tests {
         assert!(double_switches(&failed, &on, &BTreeMap::new()).is_empty());
         let again_v1 = vec![rec(Edge::Start, "m0", "v1", 5)];
         assert_eq!(double_switches(&again_v1, &on, &BTreeMap::new()).len(), 1);
+        // Killed after launching the hook but before its first line: still mid-switch.
+        let early = BTreeMap::from([("m0".to_string(), vec![8])]);
+        assert!(double_switches(&rs, &on, &early).is_empty());
+        // A kill long before the first start did not interrupt it.
+        let long_before = vec![
+            rec(Edge::Start, "m0", "v2", 3 * LAUNCH_SLACK_NS),
+            rec(Edge::End, "m0", "v2", 3 * LAUNCH_SLACK_NS + 1),
+            rec(Edge::Start, "m0", "v2", 4 * LAUNCH_SLACK_NS),
+        ];
+        let kill_first = BTreeMap::from([("m0".to_string(), vec![LAUNCH_SLACK_NS])]);
+        assert_eq!(double_switches(&long_before, &on, &kill_first).len(), 1);
+        // One kill allows one re-run, not two.
+        let mut thrice = rs.clone();
+        thrice.push(rec(Edge::End, "m0", "v2", 40));
+        thrice.push(rec(Edge::Start, "m0", "v2", 50));
+        assert_eq!(double_switches(&thrice, &on, &killed).len(), 1);
     }
 
     #[test]
