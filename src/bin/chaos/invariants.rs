@@ -3,6 +3,7 @@
 //! and I7 need the live fleet and are checked in `scenarios`, reporting [`Violation`]s.
 
 use crate::journal::{Edge, Record};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -184,6 +185,127 @@ pub fn deposed_writes(logs: &[ControllerLog]) -> Vec<String> {
     found
 }
 
+/// One writer of a round: what it asked for, and how it ended.
+pub struct Write {
+    pub writer: usize,
+    pub what: WriteKind,
+    pub ok: bool,
+    pub stderr: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteKind {
+    SetVersion(String),
+    Pause,
+    Resume,
+    /// `apply` of the Rollout with this `chaos-writer` label (and the round's base version).
+    Label(String),
+}
+
+/// The fields of a Rollout spec key's value the writers touch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Written {
+    pub version: String,
+    pub paused: bool,
+    pub label: Option<String>,
+}
+
+impl Written {
+    pub fn parse(value: &[u8]) -> Option<Written> {
+        let v: Value = serde_json::from_slice(value).ok()?;
+        Some(Written {
+            version: v["spec"]["version"].as_str()?.to_string(),
+            paused: v["spec"]["paused"].as_bool().unwrap_or(false),
+            label: v["metadata"]["labels"]["chaos-writer"]
+                .as_str()
+                .map(str::to_string),
+        })
+    }
+}
+
+/// I6 over one round: `writes` as the calls ended, `start` the Rollout spec before the
+/// round, `history` every value its key took during it (revision, value). Every failure
+/// must be a clean conflict; every revision must be one successful call's write (its
+/// unique version or label; pause/resume changes at most as many as succeeded), made once
+/// (a revision that goes back to an earlier write's value lost the writes in between);
+/// every successful version or label write must be in the history.
+pub fn lost_writes(
+    writes: &[Write],
+    start: Option<&Written>,
+    history: &[(i64, Written)],
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for w in writes.iter().filter(|w| !w.ok) {
+        if !w.stderr.to_lowercase().contains("conflict") {
+            found.push(format!(
+                "writer {} ({:?}) failed without a clean conflict: {}",
+                w.writer,
+                w.what,
+                w.stderr.trim()
+            ));
+        }
+    }
+    let mut prev = start.cloned();
+    let mut toggles = 0;
+    let mut landed: BTreeSet<usize> = BTreeSet::new();
+    for (rev, w) in history {
+        let by_version = writes
+            .iter()
+            .find(|x| x.what == WriteKind::SetVersion(w.version.clone()));
+        let label_changed = prev.as_ref().map(|p| &p.label) != Some(&w.label);
+        let by_label = w.label.as_ref().filter(|_| label_changed).and_then(|l| {
+            writes
+                .iter()
+                .find(|x| x.what == WriteKind::Label(l.clone()))
+        });
+        let version_changed = prev.as_ref().map(|p| &p.version) != Some(&w.version);
+        let author = match (by_label, by_version) {
+            (Some(x), _) => Some(x),
+            (None, Some(x)) if version_changed => Some(x),
+            _ => None,
+        };
+        match author {
+            Some(x) if !x.ok => found.push(format!(
+                "revision {rev}: the write of writer {} ({:?}) landed although the call failed",
+                x.writer, x.what
+            )),
+            Some(x) => {
+                if !landed.insert(x.writer) {
+                    found.push(format!(
+                        "revision {rev}: back to writer {}'s {:?}: a later write was lost",
+                        x.writer, x.what
+                    ));
+                }
+            }
+            None if !version_changed && !label_changed => toggles += 1,
+            None => found.push(format!(
+                "revision {rev}: {w:?} was written by no successful call"
+            )),
+        }
+        prev = Some(w.clone());
+    }
+    for w in writes.iter().filter(|w| w.ok) {
+        if matches!(w.what, WriteKind::SetVersion(_) | WriteKind::Label(_))
+            && !landed.contains(&w.writer)
+        {
+            found.push(format!(
+                "writer {} ({:?}) succeeded but its write is not in the history",
+                w.writer, w.what
+            ));
+        }
+    }
+    let flips = writes
+        .iter()
+        .filter(|w| w.ok && matches!(w.what, WriteKind::Pause | WriteKind::Resume))
+        .count();
+    if toggles > flips {
+        found.push(format!(
+            "{toggles} pause/resume changes in the history, {flips} successful calls"
+        ));
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +399,78 @@ mod tests {
         .expect("temp dir is writable");
         let log = read_controller_log("ctl-a", &path);
         assert_eq!((log.terms, log.writes), (vec![12], vec![(12, 15)]));
+    }
+    fn call(writer: usize, what: WriteKind, ok: bool) -> Write {
+        Write {
+            writer,
+            what,
+            ok,
+            stderr: if ok {
+                String::new()
+            } else {
+                "error: conflict on rollout api".into()
+            },
+        }
+    }
+
+    fn spec(version: &str, paused: bool, label: Option<&str>) -> Written {
+        Written {
+            version: version.into(),
+            paused,
+            label: label.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn lost_writes_should_accept_a_history_made_of_the_successful_calls() {
+        let writes = [
+            call(0, WriteKind::SetVersion("w1-0".into()), true),
+            call(1, WriteKind::Pause, true),
+            call(2, WriteKind::Label("1-2".into()), true),
+            call(3, WriteKind::SetVersion("w1-3".into()), false),
+        ];
+        let start = spec("v1", false, None);
+        let history = [
+            (10, spec("w1-0", false, None)),
+            (11, spec("w1-0", true, None)),
+            (12, spec("v1", false, Some("1-2"))),
+        ];
+        assert!(lost_writes(&writes, Some(&start), &history).is_empty());
+    }
+
+    #[test]
+    fn lost_writes_should_flag_a_lost_update_a_phantom_write_and_an_unclean_failure() {
+        let writes = [
+            call(0, WriteKind::SetVersion("w1-0".into()), true),
+            call(1, WriteKind::SetVersion("w1-1".into()), true),
+            call(2, WriteKind::SetVersion("w1-2".into()), false),
+            Write {
+                stderr: "error: cannot reach store".into(),
+                ..call(3, WriteKind::Pause, false)
+            },
+        ];
+        let start = spec("v1", false, None);
+        let history = [
+            (10, spec("w1-0", false, None)),
+            (11, spec("w1-1", false, None)),
+            // A blind write from a stale read puts w1-0 back: w1-1 is lost.
+            (12, spec("w1-0", false, None)),
+            // A failed call's write landed.
+            (13, spec("w1-2", false, None)),
+            // Nobody wrote this.
+            (14, spec("v9", false, None)),
+        ];
+        let found = lost_writes(&writes, Some(&start), &history);
+        let has = |s: &str| found.iter().any(|f| f.contains(s));
+        assert!(has("a later write was lost"), "{found:?}");
+        assert!(has("landed although the call failed"), "{found:?}");
+        assert!(has("written by no successful call"), "{found:?}");
+        assert!(has("without a clean conflict"), "{found:?}");
+        assert_eq!(found.len(), 4, "{found:?}");
+        let missing = lost_writes(&writes[..2], Some(&start), &history[..1]);
+        assert!(
+            missing.iter().any(|f| f.contains("not in the history")),
+            "{missing:?}"
+        );
     }
 }

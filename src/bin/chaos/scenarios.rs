@@ -3,7 +3,7 @@
 
 use crate::faults::{self, Anchor, Fault, Kind};
 use crate::fleet::{self, Etcd, Fleet, LEASE_TTL, MACHINES, MAX_UNAVAILABLE};
-use crate::invariants::{self, Violation};
+use crate::invariants::{self, Violation, Write, WriteKind, Written};
 use crate::journal::{self, Edge};
 use anyhow::{bail, Context as _};
 use deployctl::api::{find_condition, RolloutPhase};
@@ -811,44 +811,6 @@ impl Runner<'_> {
     }
 }
 
-/// One writer of a round: what it asked for, and how it ended.
-struct Write {
-    writer: usize,
-    what: WriteKind,
-    ok: bool,
-    stderr: String,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum WriteKind {
-    SetVersion(String),
-    Pause,
-    Resume,
-    /// `apply` of the Rollout with this `chaos-writer` label (and the round's base version).
-    Label(String),
-}
-
-/// The fields of a Rollout spec key's value the writers touch.
-#[derive(Clone, Debug, PartialEq)]
-struct Written {
-    version: String,
-    paused: bool,
-    label: Option<String>,
-}
-
-impl Written {
-    fn parse(value: &[u8]) -> Option<Written> {
-        let v: Value = serde_json::from_slice(value).ok()?;
-        Some(Written {
-            version: v["spec"]["version"].as_str()?.to_string(),
-            paused: v["spec"]["paused"].as_bool().unwrap_or(false),
-            label: v["metadata"]["labels"]["chaos-writer"]
-                .as_str()
-                .map(str::to_string),
-        })
-    }
-}
-
 impl Runner<'_> {
     /// I6: 32 concurrent CLI writers on the Rollout; every write lands or fails with a
     /// clean conflict, every change in the store's history is one that succeeded, and the
@@ -981,18 +943,6 @@ impl Runner<'_> {
         history: &[(i64, Written)],
         from: i64,
     ) -> anyhow::Result<()> {
-        let mut found = Vec::new();
-        for w in writes.iter().filter(|w| !w.ok) {
-            if !w.stderr.to_lowercase().contains("conflict") {
-                found.push(format!(
-                    "writer {} ({:?}) failed without a clean conflict: {}",
-                    w.writer,
-                    w.what,
-                    w.stderr.trim()
-                ));
-            }
-        }
-        // Attribute every change to one call.
         let start = self
             .fleet
             .rt
@@ -1004,59 +954,7 @@ impl Runner<'_> {
             )
             .ok()
             .and_then(|(kvs, _)| kvs.first().and_then(|kv| Written::parse(&kv.value)));
-        let mut prev = start;
-        let mut toggles = 0;
-        let mut landed: BTreeSet<usize> = BTreeSet::new();
-        for (rev, w) in history {
-            let by_version = writes
-                .iter()
-                .find(|x| x.what == WriteKind::SetVersion(w.version.clone()));
-            let label_changed = prev.as_ref().map(|p| &p.label) != Some(&w.label);
-            let by_label = w.label.as_ref().filter(|_| label_changed).and_then(|l| {
-                writes
-                    .iter()
-                    .find(|x| x.what == WriteKind::Label(l.clone()))
-            });
-            let version_changed = prev.as_ref().map(|p| &p.version) != Some(&w.version);
-            let author = match (by_label, by_version) {
-                (Some(x), _) => Some(x),
-                (None, Some(x)) if version_changed => Some(x),
-                _ => None,
-            };
-            match author {
-                Some(x) if !x.ok => found.push(format!(
-                    "revision {rev}: the write of writer {} ({:?}) landed although the call failed",
-                    x.writer, x.what
-                )),
-                Some(x) => {
-                    landed.insert(x.writer);
-                }
-                None if !version_changed && !label_changed => toggles += 1,
-                None => found.push(format!(
-                    "revision {rev}: {w:?} was written by no successful call"
-                )),
-            }
-            prev = Some(w.clone());
-        }
-        for w in writes.iter().filter(|w| w.ok) {
-            if matches!(w.what, WriteKind::SetVersion(_) | WriteKind::Label(_))
-                && !landed.contains(&w.writer)
-            {
-                found.push(format!(
-                    "writer {} ({:?}) succeeded but its write is not in the history",
-                    w.writer, w.what
-                ));
-            }
-        }
-        let flips = writes
-            .iter()
-            .filter(|w| w.ok && matches!(w.what, WriteKind::Pause | WriteKind::Resume))
-            .count();
-        if toggles > flips {
-            found.push(format!(
-                "{toggles} pause/resume changes in the history, {flips} successful calls"
-            ));
-        }
+        let mut found = invariants::lost_writes(writes, start.as_ref(), history);
         let now = Written::parse(
             &serde_json::to_vec(&self.fleet.get_rollout()?).context("a rollout serializes")?,
         );
