@@ -405,7 +405,7 @@ fn connect_error(endpoint: &str, opts: &EtcdOptions, e: ec::Error) -> Error {
         // Nothing listens there: no TLS hint, which would mislead.
         Error::Unavailable { endpoint, .. } if is_refused(&text) => Error::Unavailable {
             endpoint,
-            message: format!("connect: {text}"),
+            message: text,
         },
         // A plain client talking to a TLS port sees the connection dropped.
         Error::Unavailable { endpoint, message } if !opts.uses_tls() => Error::Unavailable {

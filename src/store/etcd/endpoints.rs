@@ -14,8 +14,8 @@
 //!   member whose leader has just died holds a forwarded write until etcd's own request
 //!   timeout (about 7 s), while a new leader is elected within about 2 s. The slow attempt
 //!   is not abandoned: a big list page on a loaded machine is slow but sound, and still
-//!   wins if it answers first. At most [`MAX_IN_FLIGHT`] attempts of one request run at
-//!   once, and one with a single member.
+//!   wins if it answers first. Two attempts of one request run at most: the first, and the
+//!   latest, which replaces (cancels) the one before it. With a single member, one.
 //! - The whole request has one budget (the caller's, 10 s for a request). When every
 //!   endpoint has been found unreachable within one request, it fails at once, naming each
 //!   endpoint and why, so that a dead store is reported fast.
@@ -26,11 +26,12 @@
 //! may still have landed. Repeated, a CAS transaction then reports a conflict for a write
 //! that did land; its callers re-read after a conflict anyway and find their write. To make
 //! that rarer, a lost compare while another attempt of the same request still runs is held
-//! back until that attempt answers ([`Endpoints::call`]'s `done`).
+//! back for [`HOLD_FOR`], in case that attempt answers that it wrote ([`Endpoints::call`]'s
+//! `done`); not longer, as the other attempt may be one that waits out etcd's timeout.
 
 use super::CONNECT_TIMEOUT;
 use etcd_client as ec;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::OptionFuture;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -39,9 +40,9 @@ use tokio::time::Instant;
 
 /// How long a member that failed is tried only after the others.
 const DOWN_FOR: Duration = Duration::from_secs(2);
-/// Attempts of one request running at once, with more than one member. (With one, a
-/// second attempt could only wait on the same member: there is one at a time.)
-const MAX_IN_FLIGHT: usize = 5;
+/// How long a lost compare waits for the request's other attempts still running: both
+/// answers leave etcd when the write that made the compare lose has been applied.
+const HOLD_FOR: Duration = Duration::from_millis(500);
 /// First and longest pause before trying again after a member answered that it cannot
 /// serve (no leader, an election in progress).
 const PAUSE_MIN: Duration = Duration::from_millis(50);
@@ -58,11 +59,11 @@ pub(super) struct Pace {
 impl Pace {
     /// Writes (transactions, lease requests): a write that a follower forwarded to a leader
     /// that has just died waits out etcd's request timeout (about 7 s), while the followers
-    /// elect a new leader within 1 to 2 s. Attempts at 0, 0.5, 1.25, 2.4, 4.1 and 6.6 s put
-    /// one soon after every election.
+    /// notice within 1 to 2 s (etcd's randomized election timeout) and elect a new leader
+    /// at once. Attempts at 0, 0.5, 1.1, 1.8, 2.7, 3.7 s... put one soon after.
     pub(super) const WRITE: Pace = Pace {
         first: Duration::from_millis(500),
-        growth: 1.5,
+        growth: 1.2,
     };
     /// Reads: etcd fails a read waiting on a dead leader with "leader changed" once a new
     /// one is elected, so racing matters less than not loading a busy etcd with copies of
@@ -155,18 +156,27 @@ impl Endpoints {
         Fut: Future<Output = Result<T, ec::Error>>,
     {
         let mut run = Run::new(self, budget, pace);
-        let mut pending = FuturesUnordered::new();
+        // The first attempt runs to its end: a slow answer is still an answer. Each later
+        // one replaces (cancels) the one before it, so that two run at most.
+        let mut first = None;
+        let mut latest = None;
         loop {
-            if run.due() && pending.len() < run.max_in_flight() {
+            if run.due() && self.room(first.is_some() || latest.is_some()) {
                 match run.pick() {
                     Some(i) => {
-                        pending.push(self.attempt(i, &op));
+                        let attempt = Box::pin(self.attempt(i, &op));
+                        if first.is_none() {
+                            first = Some(attempt);
+                        } else {
+                            latest = Some(attempt);
+                        }
                         run.started();
                     }
                     None => run.next_start = None,
                 }
             }
-            if pending.is_empty() {
+            let running = first.is_some() || latest.is_some();
+            if !running {
                 if let Some(held) = run.held.take() {
                     return Ok(held);
                 }
@@ -174,24 +184,12 @@ impl Endpoints {
                     return Err(run.unreachable());
                 }
             }
-            let wake = run.next_start.map_or(run.deadline, |t| t.min(run.deadline));
-            tokio::select! {
-                Some((i, result)) = pending.next(), if !pending.is_empty() => match result {
-                    Ok(v) if done(&v) || pending.is_empty() => {
-                        self.preferred.store(i, Ordering::Relaxed);
-                        return Ok(v);
-                    }
-                    Ok(v) => {
-                        // Wait for the attempts still running; start no more.
-                        run.held = Some(v);
-                        run.next_start = None;
-                    }
-                    Err(e) => {
-                        if let Some(e) = run.failed(i, e) {
-                            return Err(Failure::Answer(e));
-                        }
-                    }
-                },
+            // Without room, the next attempt waits for the running one to end.
+            let next = run.next_start.filter(|_| self.room(running));
+            let wake = next.map_or(run.deadline, |t| t.min(run.deadline));
+            let (from_first, (i, result)) = tokio::select! {
+                Some(r) = OptionFuture::from(first.as_mut()), if first.is_some() => (true, r),
+                Some(r) = OptionFuture::from(latest.as_mut()), if latest.is_some() => (false, r),
                 _ = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= run.deadline {
                         return match run.held.take() {
@@ -199,9 +197,39 @@ impl Endpoints {
                             None => Err(run.timed_out(budget)),
                         };
                     }
+                    continue;
+                }
+            };
+            if from_first {
+                first = None;
+            } else {
+                latest = None;
+            }
+            let others = first.is_some() || latest.is_some();
+            match result {
+                Ok(v) if done(&v) || !others => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(v) => {
+                    // Wait a little for the attempt still running; start no more.
+                    run.held = Some(v);
+                    run.next_start = None;
+                    run.deadline = run.deadline.min(Instant::now() + HOLD_FOR);
+                }
+                Err(e) => {
+                    if let Some(e) = run.failed(i, e) {
+                        return run.held.take().ok_or(Failure::Answer(e));
+                    }
                 }
             }
         }
+    }
+
+    /// Whether another attempt may start: always with several members (it replaces the
+    /// latest), with one only when none runs (another would wait on the same member).
+    fn room(&self, running: bool) -> bool {
+        self.members.len() > 1 || !running
     }
 
     /// One attempt on member `i`: its client (connecting if needed), then `op`.
@@ -321,15 +349,6 @@ impl<'a, T> Run<'a, T> {
         self.next_start.is_some_and(|t| t <= Instant::now())
     }
 
-    /// [`MAX_IN_FLIGHT`], or one with a single member.
-    fn max_in_flight(&self) -> usize {
-        if self.unreachable.len() > 1 {
-            MAX_IN_FLIGHT
-        } else {
-            1
-        }
-    }
-
     /// The next member to try: from the cursor on, the first that is neither unreachable
     /// in this request nor marked down; else the first that is not unreachable.
     fn pick(&mut self) -> Option<usize> {
@@ -363,7 +382,9 @@ impl<'a, T> Run<'a, T> {
                 self.relogged = true;
                 self.endpoints.members[i].reset();
                 self.cursor = i;
-                self.next_start = Some(now);
+                if self.held.is_none() {
+                    self.next_start = Some(now);
+                }
             }
             Verdict::Unreachable => {
                 tracing::debug!(endpoint = %self.endpoints.members[i].name, error = %e, "etcd member unreachable; trying the next");
@@ -503,5 +524,201 @@ mod tests {
         for (error, want) in cases {
             assert_eq!(verdict(&error), want, "{error}");
         }
+    }
+}
+
+/// The retry policy against scripted attempts, in paused time. The clients point at
+/// loopback ports that nobody uses: without a user, connecting one sends nothing, and the
+/// scripted attempts never use it.
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    fn endpoints(n: usize) -> Endpoints {
+        let names: Vec<String> = (1..=n).map(|p| format!("127.0.0.1:{p}")).collect();
+        let bare: Vec<&str> = names.iter().map(String::as_str).collect();
+        let urls: Vec<String> = names.iter().map(|e| format!("http://{e}")).collect();
+        Endpoints::new(&bare, &urls, ec::ConnectOptions::new())
+    }
+
+    type Answer = Result<usize, ec::Error>;
+
+    /// An op whose `k`th attempt behaves as `script(k)` says; counts attempts.
+    fn scripted(
+        script: impl Fn(usize) -> BoxFuture<'static, Answer>,
+    ) -> (
+        Arc<AtomicUsize>,
+        impl Fn(ec::Client) -> BoxFuture<'static, Answer>,
+    ) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let op = move |_client: ec::Client| script(seen.fetch_add(1, Ordering::SeqCst));
+        (count, op)
+    }
+
+    fn hang() -> BoxFuture<'static, Answer> {
+        futures::future::pending().boxed()
+    }
+
+    fn after(delay: Duration, answer: Answer) -> BoxFuture<'static, Answer> {
+        async move {
+            tokio::time::sleep(delay).await;
+            answer
+        }
+        .boxed()
+    }
+
+    fn refused() -> ec::Error {
+        ec::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ))
+    }
+
+    const BUDGET: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_should_go_on_at_once_to_the_next_member_when_one_refuses() {
+        let e = endpoints(3);
+        let (count, op) =
+            scripted(|k| after(Duration::ZERO, if k == 0 { Err(refused()) } else { Ok(k) }));
+        let started = Instant::now();
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert_eq!(got.ok(), Some(1));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        // The member that answered is where the next request goes first.
+        assert_eq!(e.preferred.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_hangs_should_be_raced_by_another_attempt_after_half_a_second() {
+        let e = endpoints(3);
+        let (_, op) = scripted(|k| {
+            if k == 0 {
+                hang()
+            } else {
+                after(Duration::ZERO, Ok(k))
+            }
+        });
+        let started = Instant::now();
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert_eq!(got.ok(), Some(1));
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_read_should_still_succeed_with_the_attempt_that_started_first() {
+        let e = endpoints(3);
+        // Every attempt takes 4 s, as a big page on a loaded machine might.
+        let (count, op) = scripted(|k| after(Duration::from_secs(4), Ok(k)));
+        let got = e.call(BUDGET, Pace::READ, |_| true, op).await;
+        assert_eq!(got.ok(), Some(0), "the first attempt answers first");
+        // Raced at 1 s and 3 s, not more.
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_compare_should_wait_for_the_attempt_still_running_that_wrote() {
+        let e = endpoints(3);
+        // The first attempt lands and answers late; the race's attempt then finds its
+        // compare false.
+        let (_, op) = scripted(|k| match k {
+            0 => after(Duration::from_millis(700), Ok(1)),
+            _ => after(Duration::ZERO, Ok(0)),
+        });
+        let got = e.call(BUDGET, Pace::WRITE, |v| *v == 1, op).await;
+        assert_eq!(got.ok(), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_compare_should_not_wait_past_the_hold_for_an_attempt_that_hangs() {
+        let e = endpoints(3);
+        let (_, op) = scripted(|k| {
+            if k == 0 {
+                hang()
+            } else {
+                after(Duration::ZERO, Ok(0))
+            }
+        });
+        let started = Instant::now();
+        let got = e.call(BUDGET, Pace::WRITE, |v| *v == 1, op).await;
+        assert_eq!(got.ok(), Some(0), "the lost compare is the answer");
+        assert_eq!(started.elapsed(), Duration::from_millis(500) + HOLD_FOR);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_should_fail_at_once_naming_every_member_when_none_can_be_reached() {
+        let e = endpoints(3);
+        let (count, op) = scripted(|_| after(Duration::ZERO, Err(refused())));
+        let started = Instant::now();
+        match e.call(BUDGET, Pace::READ, |_| true, op).await {
+            Err(Failure::Unreachable(each)) => {
+                let names: Vec<&str> = each.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(names, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+            }
+            Err(Failure::Answer(e)) => panic!("want every member named, got {e}"),
+            Err(Failure::TimedOut(..)) => panic!("want every member named, got a timeout"),
+            Ok(v) => panic!("nothing answers, got {v}"),
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_cannot_serve_should_be_tried_again_after_a_pause() {
+        let e = endpoints(3);
+        let no_leader =
+            || ec::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        // An election: every member says so for a while, then one answers.
+        let (count, op) =
+            scripted(move |k| after(Duration::ZERO, if k < 6 { Err(no_leader()) } else { Ok(k) }));
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert_eq!(got.ok(), Some(6));
+        assert_eq!(count.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_should_run_two_attempts_at_most_the_first_and_the_latest() {
+        /// Counts the attempts alive now; the most ever alive.
+        struct Alive(Arc<(AtomicUsize, AtomicUsize)>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0 .0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let e = endpoints(3);
+        let alive = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let seen = alive.clone();
+        let (count, op) = scripted(move |_| {
+            let now = seen.0.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.1.fetch_max(now, Ordering::SeqCst);
+            let guard = Alive(seen.clone());
+            async move {
+                let _guard = guard;
+                futures::future::pending::<Answer>().await
+            }
+            .boxed()
+        });
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert!(matches!(got, Err(Failure::TimedOut(..))));
+        assert!(count.load(Ordering::SeqCst) > 5, "raced again and again");
+        assert_eq!(alive.1.load(Ordering::SeqCst), 2, "at most two at once");
+        assert_eq!(alive.0.load(Ordering::SeqCst), 0, "none left running");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_member_should_get_one_attempt_at_a_time_until_the_budget() {
+        let e = endpoints(1);
+        let (count, op) = scripted(|_| hang());
+        let started = Instant::now();
+        let got = e.call(BUDGET, Pace::WRITE, |_| true, op).await;
+        assert!(matches!(got, Err(Failure::TimedOut(..))));
+        assert_eq!(started.elapsed(), BUDGET);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }
