@@ -135,6 +135,9 @@ pub struct Report {
     pub member_down_calls: (usize, usize),
     /// Warnings the agents logged while one member was down (retried store errors).
     pub member_down_agent_warnings: usize,
+    /// CPU seconds of each agent process alive at the end (since its last start): an
+    /// agent that spins shows up here.
+    pub agent_cpu: BTreeMap<String, f64>,
 }
 
 impl Report {
@@ -169,6 +172,7 @@ impl Report {
             "violations": self.violations.len(),
             "violated": by_invariant,
             "convergence_s": conv,
+            "agent_cpu_s": self.agent_cpu.iter().map(|(k, v)| (k.clone(), round(*v))).collect::<BTreeMap<_, _>>(),
             "member_down": {
                 "cli_calls": self.member_down_calls.0,
                 "cli_failures": self.member_down_calls.1,
@@ -258,6 +262,7 @@ pub fn run(
             kept: None,
             member_down_calls: (0, 0),
             member_down_agent_warnings: 0,
+            agent_cpu: BTreeMap::new(),
         },
         killed: BTreeMap::new(),
         next: 2,
@@ -272,6 +277,14 @@ pub fn run(
             runner.rollout(run)?;
         }
         runner.report.runs = run;
+    }
+    for a in &runner.fleet.agents {
+        if let Some(cpu) = a
+            .pid()
+            .and_then(|p| deployctl::testing::cpu_seconds(p.as_raw() as u32).ok())
+        {
+            runner.report.agent_cpu.insert(a.name.clone(), cpu);
+        }
     }
     let mut report = runner.report;
     if keep || !report.violations.is_empty() {
