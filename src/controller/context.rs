@@ -107,6 +107,9 @@ impl<K: Object> Written<K> {
 pub struct Context {
     /// Fenced on the leader key: a write after leadership is lost fails with NotLeader.
     pub client: Client,
+    /// The leader key's create revision that `client`'s fence holds to; logged with every
+    /// accepted write so that `hack/chaos` can check no write outlived its term.
+    pub term: i64,
     pub machines: Reader<Machine>,
     pub applications: Reader<Application>,
     pub rollouts: Reader<Rollout>,
@@ -260,6 +263,13 @@ pub fn decide_rollout(
 }
 
 impl Context {
+    /// Logs an accepted write at debug level (target `deployctl::fenced`), with the term
+    /// it was fenced on and the store revision it landed at.
+    fn accepted(&self, what: &str, revision: i64) {
+        tracing::debug!(target: "deployctl::fenced", term = self.term, revision, what,
+            "fenced write accepted");
+    }
+
     /// Enqueues every Rollout and Application: machines and presence affect them all.
     pub fn enqueue_all(&self) {
         for ro in self.rollouts.list() {
@@ -366,7 +376,8 @@ impl Context {
             let was_ready = machine::is_ready(&m);
             let mut new = Machine::clone(&m);
             new.status = Some(status);
-            self.client.replace_status(&new).await?;
+            let written = self.client.replace_status(&new).await?;
+            self.accepted("machine status", written.metadata.status_version);
             if was_ready != alive {
                 let (reason, msg) = if alive {
                     ("MachineReady", "the agent's lease is alive")
@@ -397,7 +408,8 @@ impl Context {
         {
             let mut new = Application::clone(&app);
             new.status = Some(status);
-            self.client.replace_status(&new).await?;
+            let written = self.client.replace_status(&new).await?;
+            self.accepted("application status", written.metadata.status_version);
         }
         Ok(Action::await_change())
     }
@@ -455,6 +467,7 @@ impl Context {
                 let mut new = Rollout::clone(&ro);
                 new.status = Some(st.clone());
                 let written = self.client.replace_status(&new).await?;
+                self.accepted("rollout status", written.metadata.status_version);
                 self.written_rollouts.record(written);
             }
             record_rollout_metrics(namespace, name, ro.status.as_ref(), &st);
@@ -485,6 +498,7 @@ impl Context {
             tracing::debug!(rollout = name, count, decide = ?*cost, write = ?writing.elapsed(),
                 "wrote instances");
             for inst in written {
+                self.accepted("instance", inst.metadata.revision());
                 self.written_instances.record(inst);
             }
         }
@@ -492,6 +506,7 @@ impl Context {
             let mut new = Rollout::clone(&ro);
             new.status = Some(decision.status.clone());
             let written = self.client.replace_status(&new).await?;
+            self.accepted("rollout status", written.metadata.status_version);
             self.written_rollouts.record(written);
         }
         record_rollout_metrics(namespace, name, ro.status.as_ref(), &decision.status);

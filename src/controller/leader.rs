@@ -88,7 +88,7 @@ impl LeaderElector {
             match attempt {
                 Ok(Attempt::Won(leadership)) => {
                     tracing::info!(identity = %self.identity, lease = leadership.lease,
-                        "became the leader");
+                        term = leadership.term(), "became the leader");
                     return Ok(leadership);
                 }
                 Ok(Attempt::Vanished) => retry = RETRY_BASE,
@@ -216,6 +216,15 @@ impl Leadership {
 
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The leader key's create revision in this term: what the fence compares, and what
+    /// tells this term from every other.
+    pub fn term(&self) -> i64 {
+        match self.fence.target {
+            store::CompareTarget::CreateRevision(revision) => revision,
+            _ => 0,
+        }
     }
 
     pub fn lease(&self) -> LeaseId {

@@ -74,7 +74,13 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
             stop.cancel();
         });
         metrics().set_leader(true);
-        lead(leadership.client(), config.workers, leading.clone()).await;
+        lead(
+            leadership.client(),
+            leadership.term(),
+            config.workers,
+            leading.clone(),
+        )
+        .await;
         metrics().set_leader(false);
         metrics().set_controller_synced(false);
         metrics().forget_fleet();
@@ -126,7 +132,7 @@ async fn count_machines(ctx: Arc<Context>, stop: CancellationToken) {
 }
 
 /// Everything a leader runs, until `stop`.
-async fn lead(client: Client, workers: usize, stop: CancellationToken) {
+async fn lead(client: Client, term: i64, workers: usize, stop: CancellationToken) {
     let queue = queue::WorkQueue::<Key>::new();
     queue.export_metrics();
     let presence = Arc::new(RwLock::new(BTreeSet::new()));
@@ -169,6 +175,7 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
+        term,
         machines,
         applications,
         rollouts,
