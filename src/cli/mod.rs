@@ -95,6 +95,10 @@ macro_rules! for_kind {
                 type $K = $crate::api::Notifier;
                 $body
             }
+            $crate::api::KindName::Task => {
+                type $K = $crate::api::Task;
+                $body
+            }
         }
     };
 }
@@ -265,7 +269,7 @@ pub enum CliError {
     Exit(i32),
     #[error("Error from server (NotFound): {plural} \"{name}\" not found")]
     NotFound { plural: &'static str, name: String },
-    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs, notifiers (or mc, app, ro, inst, ev, nt)")]
+    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs, notifiers, tasks (or mc, app, ro, inst, ev, nt, tk)")]
     UnknownKind(String),
 }
 
