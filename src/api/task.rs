@@ -191,3 +191,15 @@ impl TaskStatus {
         })
     }
 }
+
+/// What the controller writes to one machine to start a Task's command there: all the
+/// agent needs besides the Application's own Instance on that machine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskOrder {
+    /// The Application, in the Task's namespace: its Instance on the machine gives the
+    /// path, shell, environment and current version.
+    pub application: String,
+    pub command: String,
+    pub timeout_seconds: u32,
+}
