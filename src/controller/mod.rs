@@ -10,8 +10,9 @@ pub mod informer;
 pub mod leader;
 pub mod queue;
 pub mod runtime;
+mod tasks;
 
-use crate::api::{Application, Instance, Machine, Rollout};
+use crate::api::{Application, Instance, Machine, Rollout, Task};
 use crate::observe::http::{self, Listen};
 use crate::observe::{metrics, Role};
 use crate::store::{Client, EventRecorder, MeteredStore, PresenceEvent, Scope, StoreUrl};
@@ -167,12 +168,15 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
         handler!(on_instance),
         stop.clone(),
     );
+    let tasks =
+        Informer::<Task>::spawn(client.clone(), Scope::All, handler!(on_task), stop.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         machines,
         applications,
         rollouts,
         instances,
+        tasks,
         presence: presence.clone(),
         queue: queue.clone(),
         events: EventRecorder::new(client.clone(), "controller"),
@@ -272,6 +276,7 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
         let _ = ctx.applications.wait_synced().await;
         let _ = ctx.rollouts.wait_synced().await;
         let _ = ctx.instances.wait_synced().await;
+        let _ = ctx.tasks.wait_synced().await;
         presence_synced.cancelled().await;
     };
     tokio::select! {
@@ -290,6 +295,13 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
         queue.add(Key::Machine(m.metadata.name.clone()));
     }
     ctx.enqueue_all();
+
+    // Task results: every agent's write enqueues its Task.
+    tokio::spawn(tasks::watch_results(
+        ctx.clone(),
+        client.clone(),
+        stop.clone(),
+    ));
 
     // Notifications: their own tasks, so that a slow sink never delays a reconcile.
     tokio::spawn(crate::notify::run(client.clone(), stop.clone()));

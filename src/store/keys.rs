@@ -94,6 +94,20 @@ pub fn task_result_key(machine: &str, namespace: &str, task: &str) -> String {
     format!("{}{namespace}/{task}", task_results_prefix(machine))
 }
 
+/// Every machine's Task results: what the controller watches to learn of ends.
+pub fn task_results_root() -> String {
+    format!("{ROOT}status/taskorders/")
+}
+
+/// The (machine, namespace, task) of a key under [`task_results_root`].
+pub fn parse_task_result_key(key: &str) -> Option<(&str, &str, &str)> {
+    let rest = key.strip_prefix(&task_results_root())?;
+    let mut parts = rest.split('/');
+    let (m, ns, task) = (parts.next()?, parts.next()?, parts.next()?);
+    let whole = parts.next().is_none() && !m.is_empty() && !ns.is_empty() && !task.is_empty();
+    whole.then_some((m, ns, task))
+}
+
 /// The (namespace, task) of a key under [`task_orders_prefix`] or [`task_results_prefix`]
 /// of `machine`.
 pub fn parse_task_key<'a>(machine: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
@@ -248,6 +262,11 @@ mod tests {
             None
         );
         assert_eq!(parse_task_key("m1", "/deployctl/taskorders/m1/a/b/c"), None);
+        assert_eq!(
+            parse_task_result_key(&result),
+            Some(("m1", "default", "run-1"))
+        );
+        assert_eq!(parse_task_result_key(&order), None);
     }
 
     #[test]

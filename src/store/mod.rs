@@ -20,7 +20,7 @@ pub use client::{
 };
 pub use leased::{event_lease_id, EventRecorder, Presence, PresenceEvent, EVENT_TTL};
 pub use metered::MeteredStore;
-pub use task_orders::TaskOrderEvent;
+pub use task_orders::{watch_task_results, TaskOrderEvent};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

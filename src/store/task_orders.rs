@@ -175,6 +175,21 @@ impl Client {
     }
 }
 
+/// The (namespace, task) of every Task result written by any agent: first those that
+/// exist, then each write. What wakes the controller's Task reconciles.
+pub fn watch_task_results(client: &Client) -> BoxStream<'static, Result<(String, String)>> {
+    relisting_watch(client.store().clone(), keys::task_results_root())
+        .filter_map(|item| {
+            let out = match item {
+                Err(e) => Some(Err(e)),
+                Ok((_, kv)) => keys::parse_task_result_key(&kv.key)
+                    .map(|(_, ns, task)| Ok((ns.to_string(), task.to_string()))),
+            };
+            futures::future::ready(out)
+        })
+        .boxed()
+}
+
 fn order_event(machine: &str, kind: EventType, kv: KeyValue) -> Option<TaskOrderEvent> {
     let (ns, task) = keys::parse_task_key(machine, &kv.key)?;
     let (namespace, task) = (ns.to_string(), task.to_string());
