@@ -332,7 +332,7 @@ impl Fleet {
 
     /// Builds v1 and v2, starts a controller and `n` agents, applies the Application with
     /// `hooks`/`env` and a Rollout at v1, and waits for it to complete.
-    fn at_v1(
+    pub(crate) fn at_v1(
         label: &'static str,
         backend: Backend,
         n: usize,

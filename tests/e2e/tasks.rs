@@ -1,0 +1,128 @@
+//! `deployctl run` end to end: a controller and agents as processes, Tasks run from the
+//! command line on both stores.
+
+use crate::common::Backend;
+use crate::rollouts::{wait_until, Fleet};
+use serde_json::json;
+use std::time::Duration;
+
+#[test]
+fn deployctl_run_should_stream_results_run_named_tasks_and_exit_by_outcome() {
+    for (label, backend) in Backend::all() {
+        let (f, machines) = Fleet::at_v1(
+            label,
+            backend,
+            3,
+            json!({}),
+            json!({}),
+            json!({ "maxUnavailable": 1 }),
+            json!({ "maxFailures": 0, "action": "Pause" }),
+        );
+        let mut app = f.app(json!({}), json!({}));
+        app["spec"]["tasks"] = json!({
+            "migrate": { "command": "echo \"$DEPLOY_MACHINE\" >> \"$LOGS/migrations\"", "timeoutSeconds": 30 }
+        });
+        f.apply(&[app]);
+
+        // Every machine, each line as it comes, the output tail, a summary, exit 0.
+        let out = f
+            .run(&[
+                "run",
+                "api",
+                "--max-parallel",
+                "2",
+                "--output",
+                "--",
+                "echo \"$DEPLOY_MACHINE $(cat VERSION) $DEPLOY_VERSION\"",
+            ])
+            .ok();
+        for m in &machines {
+            assert!(
+                out.stdout.contains(&format!("{m}: exit 0 (")),
+                "[{label}] {}",
+                out.stdout
+            );
+            assert!(
+                out.stdout.contains(&format!("  {m} v1 v1\n")),
+                "[{label}] {}",
+                out.stdout
+            );
+        }
+        assert!(
+            out.stdout.contains("3/3 machines succeeded"),
+            "[{label}] {}",
+            out.stdout
+        );
+
+        // A named task on one machine only.
+        let out = f.run(&["run", "api", "--one", "migrate"]).ok();
+        assert!(
+            out.stdout.contains("1/1 machines succeeded"),
+            "[{label}] {}",
+            out.stdout
+        );
+        let migrations = std::fs::read_to_string(f.gate().with_file_name("migrations"))
+            .expect("the migrate task wrote its log");
+        assert_eq!(migrations.lines().count(), 1, "[{label}] {migrations}");
+
+        // An unknown task is a usage error listing the known ones.
+        let out = f.run(&["run", "api", "seed"]).code(2);
+        assert!(
+            out.stderr
+                .contains("has no task \"seed\"; its tasks: migrate"),
+            "[{label}] {}",
+            out.stderr
+        );
+
+        // A failure names the machine, stops the rest and exits 1.
+        let out = f
+            .run(&["run", "api", "--", "test \"$DEPLOY_MACHINE\" != m1"])
+            .code(1);
+        assert!(
+            out.stdout.contains("m0: exit 0 ("),
+            "[{label}] {}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("m1: exit 1 ("),
+            "[{label}] {}",
+            out.stdout
+        );
+        assert!(!out.stdout.contains("m2: "), "[{label}] {}", out.stdout);
+        assert!(
+            out.stdout
+                .contains("1/3 machines succeeded; failed: m1 (Failed); 1 not started"),
+            "[{label}] {}",
+            out.stdout
+        );
+
+        // --detach returns at once; describe shows each machine's result.
+        let out = f
+            .run(&["run", "api", "--detach", "--", "echo detached"])
+            .ok();
+        let name = out
+            .stdout
+            .trim()
+            .strip_prefix("task.deployctl.dev/")
+            .and_then(|s| s.strip_suffix(" created"))
+            .unwrap_or_else(|| panic!("[{label}] {}", out.stdout))
+            .to_string();
+        let page = wait_until("the detached task done", Duration::from_secs(60), || {
+            let out = f.run(&["describe", "task", &name]).ok();
+            let done = out
+                .stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("Phase:") && l.ends_with("Succeeded"));
+            done.then_some(out.stdout)
+        });
+        for m in &machines {
+            assert!(page.contains(m.as_str()), "[{label}] {page}");
+        }
+        assert!(
+            page.contains("detached"),
+            "[{label}] the output tail: {page}"
+        );
+        let list = f.run(&["get", "tasks"]).ok();
+        assert!(list.stdout.contains(&name), "[{label}] {}", list.stdout);
+    }
+}
