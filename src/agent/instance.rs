@@ -913,6 +913,8 @@ impl Task {
             return self.switch_with(&*exec, want).await;
         }
         let layout = self.layout();
+        // A running `deployctl run` command on this Application ends first.
+        let _path = super::switch_lock::lock(&layout.path).await;
         let env = self.env(want, previous);
         let dir = layout.release(want);
         let hooks = self.spec().hooks.clone();

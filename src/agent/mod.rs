@@ -15,6 +15,7 @@ pub mod logs;
 pub mod release;
 pub mod report;
 pub mod service;
+pub mod switch_lock;
 pub mod tasks;
 pub mod unpack;
 

@@ -173,6 +173,8 @@ impl OrderRun {
             })?;
         let spec = inst.spec();
         let layout = layout_of(&self.root, &self.namespace, spec);
+        // Never while a switch changes `current`: it runs in the release the switch left.
+        let _path = super::switch_lock::lock(&layout.path).await;
         let version = layout.current_version().ok_or_else(|| {
             Failure::Setup(format!(
                 "application {} has no current release on this machine",
