@@ -126,3 +126,52 @@ fn deployctl_run_should_stream_results_run_named_tasks_and_exit_by_outcome() {
         assert!(list.stdout.contains(&name), "[{label}] {}", list.stdout);
     }
 }
+
+#[test]
+fn an_agent_killed_mid_command_should_report_interrupted_and_never_run_it_again() {
+    let (mut f, _machines) = Fleet::at_v1(
+        "embedded",
+        Backend::embedded(),
+        1,
+        json!({}),
+        json!({}),
+        json!({ "maxUnavailable": 1 }),
+        json!({ "maxFailures": 0, "action": "Pause" }),
+    );
+    let starts = f.logs().join("starts");
+    let pid_file = f.logs().join("sleeper.pid");
+    let command = format!(
+        "echo start >> {starts}; sh -c 'echo $$ > {pid}; exec sleep 300'",
+        starts = starts.display(),
+        pid = pid_file.display()
+    );
+    let out = f.run(&["run", "api", "--detach", "--", &command]).ok();
+    let name = out
+        .stdout
+        .trim()
+        .strip_prefix("task.deployctl.dev/")
+        .and_then(|s| s.strip_suffix(" created"))
+        .unwrap_or_else(|| panic!("{}", out.stdout))
+        .to_string();
+    let pid: i32 = wait_until("the command started", Duration::from_secs(60), || {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    });
+    f.kill_agent("m0");
+    f.start_agent("m0");
+    let page = wait_until("the task finished", Duration::from_secs(60), || {
+        let out = f.run(&["describe", "task", &name]).ok();
+        let done = out
+            .stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("Phase:") && l.ends_with("Failed"));
+        done.then_some(out.stdout)
+    });
+    // The orphaned command is the test's to stop (the agent that started it is gone).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(page.contains("Interrupted"), "{page}");
+    let runs = std::fs::read_to_string(&starts).expect("the command ran");
+    assert_eq!(runs.lines().count(), 1, "never run again: {runs}");
+}
