@@ -4,6 +4,7 @@
 use crate::common::Backend;
 use crate::rollouts::{wait_until, Fleet};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[test]
@@ -174,4 +175,83 @@ fn an_agent_killed_mid_command_should_report_interrupted_and_never_run_it_again(
     assert!(page.contains("Interrupted"), "{page}");
     let runs = std::fs::read_to_string(&starts).expect("the command ran");
     assert_eq!(runs.lines().count(), 1, "never run again: {runs}");
+}
+
+/// `deployctl run ... --detach`'s Task name.
+fn detached_name(stdout: &str) -> String {
+    stdout
+        .trim()
+        .strip_prefix("task.deployctl.dev/")
+        .and_then(|s| s.strip_suffix(" created"))
+        .unwrap_or_else(|| panic!("not a detached run's output: {stdout}"))
+        .to_string()
+}
+
+#[test]
+fn four_agents_with_max_parallel_two_should_never_overlap_more_than_two_and_delete_should_kill() {
+    for (label, backend) in Backend::all() {
+        let (f, machines) = Fleet::at_v1(
+            label,
+            backend,
+            4,
+            json!({}),
+            json!({}),
+            json!({ "maxUnavailable": 1 }),
+            json!({ "maxFailures": 0, "action": "Pause" }),
+        );
+        let log = f.logs().join("spans");
+        // The sleep makes runs long enough to overlap if the limit were broken; the test
+        // reads the recorded times, it never waits on the sleep.
+        let command = format!(
+            "echo \"$DEPLOY_MACHINE start $(date +%s%N)\" >> {log}; sleep 0.5; \
+             echo \"$DEPLOY_MACHINE end $(date +%s%N)\" >> {log}",
+            log = log.display()
+        );
+        f.run(&["run", "api", "--max-parallel", "2", "--", &command])
+            .ok();
+        let text = std::fs::read_to_string(&log).expect("the runs wrote their times");
+        let mut spans: BTreeMap<String, (Option<u128>, Option<u128>)> = BTreeMap::new();
+        for line in text.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let t: u128 = parts[2].parse().expect("date +%s%N prints nanoseconds");
+            let span = spans.entry(parts[0].to_string()).or_default();
+            let slot = if parts[1] == "start" {
+                &mut span.0
+            } else {
+                &mut span.1
+            };
+            assert!(slot.is_none(), "[{label}] {} ran twice: {text}", parts[0]);
+            *slot = Some(t);
+        }
+        let ran: Vec<&String> = spans.keys().collect();
+        assert_eq!(ran, machines.iter().collect::<Vec<_>>(), "[{label}] {text}");
+        let spans: Vec<(u128, u128)> = spans
+            .values()
+            .map(|(a, b)| (a.expect("a start"), b.expect("an end")))
+            .collect();
+        for &(start, _) in &spans {
+            let at_once = spans
+                .iter()
+                .filter(|(a, b)| *a <= start && start < *b)
+                .count();
+            assert!(at_once <= 2, "[{label}] {at_once} at once: {text}");
+        }
+
+        // `delete task` mid-run kills the running command's process group.
+        let pid_file = f.logs().join("sleeper.pid");
+        let command = format!("sh -c 'echo $$ > {}; exec sleep 300'", pid_file.display());
+        let out = f
+            .run(&["run", "api", "--one", "--detach", "--", &command])
+            .ok();
+        let name = detached_name(&out.stdout);
+        let pid: i32 = wait_until("the sleeper started", Duration::from_secs(60), || {
+            std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+        });
+        f.run(&["delete", "task", &name]).ok();
+        wait_until("the sleeper killed", Duration::from_secs(60), || {
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            (!alive).then_some(())
+        });
+        std::fs::remove_file(&pid_file).expect("the pid file is ours");
+    }
 }
