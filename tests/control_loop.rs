@@ -567,3 +567,51 @@ async fn etcd_tasks_should_run_like_hooks_within_max_parallel_and_stop_after_a_f
     let url = StoreUrl::parse(Some(&etcd.url())).unwrap();
     tasks_should_run_like_hooks_within_max_parallel_and_stop_after_a_failure(url).await;
 }
+
+async fn orders_of_a_task_deleted_while_no_controller_ran_should_be_withdrawn(url: StoreUrl) {
+    let client = Client::new(url.connect().await.expect("store reachable"));
+    let order = TaskOrder {
+        application: "api".into(),
+        command: "true".into(),
+        timeout_seconds: 10,
+    };
+    client
+        .put_task_orders("default", "gone", &order, &["m0".into()])
+        .await
+        .expect("an order of a Task that does not exist");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(controller::run(
+        ControllerConfig {
+            store: url.clone(),
+            identity: "test-controller".into(),
+            lease_ttl: Duration::from_secs(5),
+            workers: 2,
+            http: None,
+        },
+        shutdown.clone(),
+    ));
+    wait_for(
+        "the orphan order withdrawn",
+        Duration::from_secs(30),
+        async || {
+            let orders = client.all_task_orders().await.ok()?;
+            orders.is_empty().then_some(())
+        },
+    )
+    .await;
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_orders_of_a_task_deleted_while_no_controller_ran_should_be_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::Embedded(dir.path().join("store.db"));
+    orders_of_a_task_deleted_while_no_controller_ran_should_be_withdrawn(url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_orders_of_a_task_deleted_while_no_controller_ran_should_be_withdrawn() {
+    let etcd = EtcdServer::start();
+    let url = StoreUrl::parse(Some(&etcd.url())).unwrap();
+    orders_of_a_task_deleted_while_no_controller_ran_should_be_withdrawn(url).await;
+}

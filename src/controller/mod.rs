@@ -296,6 +296,7 @@ async fn lead(client: Client, workers: usize, stop: CancellationToken) {
     }
     ctx.enqueue_all();
 
+    tasks::sweep_orphan_orders(&ctx).await;
     // Task results: every agent's write enqueues its Task.
     tokio::spawn(tasks::watch_results(
         ctx.clone(),

@@ -111,6 +111,30 @@ impl Context {
     }
 }
 
+/// Withdraws the orders (and results) of Tasks that no longer exist: a Task deleted while
+/// no controller led. Run once the caches have synced.
+pub(super) async fn sweep_orphan_orders(ctx: &Context) {
+    let orders = match ctx.client.all_task_orders().await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list task orders to sweep orphans");
+            return;
+        }
+    };
+    for (machine, namespace, task) in orders {
+        if ctx.tasks.get(Some(&namespace), &task).is_some() {
+            continue;
+        }
+        if let Err(e) = ctx
+            .client
+            .delete_task_keys(&namespace, &task, std::slice::from_ref(&machine))
+            .await
+        {
+            tracing::warn!(task = %task, machine = %machine, error = %e, "cannot withdraw an orphan task order");
+        }
+    }
+}
+
 /// Enqueues a Task whenever one of its machines' agents writes a result, until `stop`.
 pub(super) async fn watch_results(
     ctx: std::sync::Arc<Context>,

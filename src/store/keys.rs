@@ -94,6 +94,20 @@ pub fn task_result_key(machine: &str, namespace: &str, task: &str) -> String {
     format!("{}{namespace}/{task}", task_results_prefix(machine))
 }
 
+/// Every machine's Task orders: what the controller sweeps for orphans at start.
+pub fn task_orders_root() -> String {
+    format!("{ROOT}taskorders/")
+}
+
+/// The (machine, namespace, task) of a key under [`task_orders_root`].
+pub fn parse_task_order_key(key: &str) -> Option<(&str, &str, &str)> {
+    let rest = key.strip_prefix(&task_orders_root())?;
+    let mut parts = rest.split('/');
+    let (m, ns, task) = (parts.next()?, parts.next()?, parts.next()?);
+    let whole = parts.next().is_none() && !m.is_empty() && !ns.is_empty() && !task.is_empty();
+    whole.then_some((m, ns, task))
+}
+
 /// Every machine's Task results: what the controller watches to learn of ends.
 pub fn task_results_root() -> String {
     format!("{ROOT}status/taskorders/")
@@ -267,6 +281,11 @@ mod tests {
             Some(("m1", "default", "run-1"))
         );
         assert_eq!(parse_task_result_key(&order), None);
+        assert_eq!(
+            parse_task_order_key(&order),
+            Some(("m1", "default", "run-1"))
+        );
+        assert_eq!(parse_task_order_key(&result), None);
     }
 
     #[test]

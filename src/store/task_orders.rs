@@ -159,6 +159,18 @@ impl Client {
         Ok(())
     }
 
+    /// Every order of every machine, as (machine, namespace, task): what the controller
+    /// compares with its Tasks at start, to withdraw the orders of Tasks deleted while no
+    /// controller ran.
+    pub async fn all_task_orders(&self) -> Result<Vec<(String, String, String)>> {
+        let (kvs, _) = self.store().list(&keys::task_orders_root(), None).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| keys::parse_task_order_key(&kv.key))
+            .map(|(m, ns, t)| (m.to_string(), ns.to_string(), t.to_string()))
+            .collect())
+    }
+
     /// The Task orders to `machine`: those that exist first, then changes. Relists after
     /// a compaction or a broken watch (an order seen twice is the reader's to skip).
     pub fn watch_task_orders(&self, machine: &str) -> BoxStream<'static, Result<TaskOrderEvent>> {
