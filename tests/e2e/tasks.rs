@@ -55,6 +55,32 @@ fn deployctl_run_should_stream_results_run_named_tasks_and_exit_by_outcome() {
             out.stdout
         );
 
+        // Injection: a version with shell characters never reaches a machine (validation
+        // refuses it), and the command sees the version only through its environment: the
+        // text is passed as written, nothing is substituted into it.
+        let out = f.run(&["set", "version", "api", "v1;touch${IFS}pwned"]);
+        assert_ne!(out.code, 0, "[{label}] {}", out.stdout);
+        assert!(
+            out.stderr.contains("invalid version"),
+            "[{label}] {}",
+            out.stderr
+        );
+        let out = f
+            .run(&[
+                "run",
+                "api",
+                "--one",
+                "--output",
+                "--",
+                "printf '%s\\n' '{{version}} $DEPLOY_VERSION' \"$DEPLOY_VERSION\"",
+            ])
+            .ok();
+        assert!(
+            out.stdout.contains("  {{version}} $DEPLOY_VERSION\n  v1\n"),
+            "[{label}] {}",
+            out.stdout
+        );
+
         // A named task on one machine only.
         let out = f.run(&["run", "api", "--one", "migrate"]).ok();
         assert!(
