@@ -130,7 +130,7 @@ impl OrderRun {
         }
         let outcome = tokio::select! {
             _ = stop.cancelled() => return, // withdrawn: dropping the run kills its group
-            o = self.execute(&order) => o,
+            o = self.execute(&order, &mut run) => o,
         };
         match outcome {
             Ok(tail) => {
@@ -158,7 +158,13 @@ impl OrderRun {
     }
 
     /// The command in `<path>/current`, with the Instance's shell and environment.
-    async fn execute(&self, order: &TaskOrder) -> Result<Vec<String>, Failure> {
+    /// `run.start_time` becomes the time the command starts, after any switch: the
+    /// Task's lines in the `task` log are those between its start and finish.
+    async fn execute(
+        &self,
+        order: &TaskOrder,
+        run: &mut MachineRun,
+    ) -> Result<Vec<String>, Failure> {
         let name = Instance::name_for(&order.application, &self.machine);
         let inst = self
             .client
@@ -175,6 +181,7 @@ impl OrderRun {
         let layout = layout_of(&self.root, &self.namespace, spec);
         // Never while a switch changes `current`: it runs in the release the switch left.
         let _path = super::switch_lock::lock(&layout.path).await;
+        run.start_time = Some(Utc::now());
         let version = layout.current_version().ok_or_else(|| {
             Failure::Setup(format!(
                 "application {} has no current release on this machine",
@@ -193,7 +200,12 @@ impl OrderRun {
                 path: &layout.path,
                 machine: &self.machine,
             },
-        );
+        )
+        .with_log(super::logs::open(
+            &self.root,
+            &self.namespace,
+            &order.application,
+        ));
         let cmd = Command {
             command: order.command.clone(),
             timeout_seconds: order.timeout_seconds,

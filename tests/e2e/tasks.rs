@@ -149,6 +149,18 @@ fn deployctl_run_should_stream_results_run_named_tasks_and_exit_by_outcome() {
             page.contains("detached"),
             "[{label}] the output tail: {page}"
         );
+        // logs task: every machine's lines of this run, and none of the earlier runs'.
+        let logs = f.run(&["logs", "task", &name]).ok();
+        for m in &machines {
+            assert!(
+                logs.stdout
+                    .lines()
+                    .any(|l| l.starts_with(&format!("[{m}] ")) && l.ends_with("stdout: detached")),
+                "[{label}] {m}: {}",
+                logs.stdout
+            );
+        }
+        assert!(!logs.stdout.contains("v1 v1"), "[{label}] {}", logs.stdout);
         let list = f.run(&["get", "tasks"]).ok();
         assert!(list.stdout.contains(&name), "[{label}] {}", list.stdout);
     }
