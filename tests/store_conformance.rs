@@ -122,6 +122,7 @@ conformance! {
         list_watch_should_emit_restarted_then_merged_applied_and_deleted,
         write_batch_should_land_hundreds_of_writes_and_report_a_conflict,
         a_write_past_the_request_limit_should_be_refused_naming_it_and_change_nothing,
+        task_orders_should_reach_only_their_machines_watch_and_results_read_back,
     ],
     fixture: [
         watch_should_resume_after_a_disconnect_without_loss_or_repeats,
@@ -1450,4 +1451,109 @@ async fn write_batch_should_land_hundreds_of_writes_and_report_a_conflict(store:
         .await
         .expect("500 deletes");
     assert!(versions(&client).await.is_empty(), "every delete landed");
+}
+
+// ---------------------------------------------------------------------------------------
+// Task orders and results
+
+async fn task_orders_should_reach_only_their_machines_watch_and_results_read_back(
+    store: Arc<dyn Store>,
+) {
+    use deployctl::api::{MachineRun, MachineRunPhase, TaskOrder};
+    use deployctl::store::TaskOrderEvent;
+    let client = Client::new(store.clone());
+    let order = TaskOrder {
+        application: "web".into(),
+        command: "systemctl reload nginx".into(),
+        timeout_seconds: 30,
+    };
+    // An order written before the watch starts is listed first.
+    client
+        .put_task_orders("default", "run-1", &order, &["m1".into()])
+        .await
+        .expect("order m1");
+    let mut m1 = client.watch_task_orders("m1");
+    let mut m10 = client.watch_task_orders("m10");
+    let put = |task: &str| TaskOrderEvent::Put {
+        namespace: "default".into(),
+        task: task.into(),
+        order: Some(order.clone()),
+    };
+    assert_eq!(next_order(&mut m1).await, put("run-1"));
+    // Ordering again is a no-op; a second Task reaches m1 and m10, each on its own prefix.
+    client
+        .put_task_orders("default", "run-1", &order, &["m1".into()])
+        .await
+        .expect("order m1 again");
+    client
+        .put_task_orders("default", "run-2", &order, &["m1".into(), "m10".into()])
+        .await
+        .expect("order m1 and m10");
+    assert_eq!(
+        next_order(&mut m1).await,
+        put("run-2"),
+        "run-1 was not written twice"
+    );
+    assert_eq!(
+        next_order(&mut m10).await,
+        put("run-2"),
+        "m10 never sees m1's run-1"
+    );
+
+    let run = MachineRun {
+        machine: "m1".into(),
+        phase: MachineRunPhase::Succeeded,
+        exit_code: Some(0),
+        output_tail: vec!["reloaded".into()],
+        ..Default::default()
+    };
+    client
+        .put_task_result("m1", "default", "run-2", &run)
+        .await
+        .expect("result of m1");
+    let results = client
+        .task_results("default", "run-2", &["m1".into(), "m10".into()])
+        .await
+        .expect("results");
+    assert_eq!(results.len(), 1);
+    assert_eq!(results["m1"], run);
+    assert_eq!(
+        client
+            .task_result("m1", "default", "run-2")
+            .await
+            .expect("read"),
+        Some(run)
+    );
+
+    // Deleting the Task's keys removes the order (the agent's cue to kill) and the result.
+    client
+        .delete_task_keys("default", "run-2", &["m1".into(), "m10".into()])
+        .await
+        .expect("delete");
+    let gone = TaskOrderEvent::Deleted {
+        namespace: "default".into(),
+        task: "run-2".into(),
+    };
+    assert_eq!(next_order(&mut m1).await, gone);
+    assert_eq!(next_order(&mut m10).await, gone);
+    assert_eq!(
+        client
+            .task_result("m1", "default", "run-2")
+            .await
+            .expect("read"),
+        None
+    );
+}
+
+async fn next_order(
+    watch: &mut futures::stream::BoxStream<
+        'static,
+        Result<deployctl::store::TaskOrderEvent, Error>,
+    >,
+) -> deployctl::store::TaskOrderEvent {
+    tokio::time::timeout(DEADLINE, watch.next())
+        .await
+        .expect("an order event within the deadline")
+        .expect("the watch never ends")
+        .expect("the watch never fails here")
 }

@@ -29,6 +29,8 @@ pub enum HookError {
         label: String,
         command: String,
         status: String,
+        /// The exit code, when the command exited rather than died of a signal.
+        code: Option<i32>,
         tail: Vec<String>,
     },
     #[error("{label} hook {command:?} timed out after {seconds}s; its process group was killed")]
@@ -330,6 +332,7 @@ pub async fn run_command(
             label: label.to_string(),
             command: cmd.command.clone(),
             status: status.to_string(),
+            code: status.code(),
             tail: tail.into(),
         });
     }
@@ -439,6 +442,7 @@ pub async fn capture_stdout(
             label: label.to_string(),
             command: cmd.command.clone(),
             status: status.to_string(),
+            code: status.code(),
             tail: tail.into(),
         });
     }
@@ -447,6 +451,7 @@ pub async fn capture_stdout(
             label: label.to_string(),
             command: cmd.command.clone(),
             status: format!("printed more than {MAX_VERSION_OUTPUT} bytes on stdout"),
+            code: None,
             tail: tail.into(),
         });
     }

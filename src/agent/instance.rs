@@ -310,6 +310,15 @@ struct CleanState {
 
 /// Runs one instance until it is deleted (the channel yields `None` or closes) or
 /// `shutdown` fires; a newer spec replaces an older one not yet acted on (latest wins).
+/// Where an Instance lives on disk: its `path`, or `<root>/<namespace>/<app>`. A
+/// relative path is taken under the agent's root, never its working directory.
+pub fn layout_of(root: &std::path::Path, namespace: &str, spec: &InstanceSpec) -> Layout {
+    Layout::new(match &spec.path {
+        Some(p) => root.join(p),
+        None => root.join(namespace).join(&spec.application),
+    })
+}
+
 pub async fn run(
     ctx: Arc<Context>,
     mut specs: watch::Receiver<Option<Instance>>,
@@ -421,16 +430,7 @@ impl Task {
             .to_string()
     }
     fn layout(&self) -> Layout {
-        let path = match &self.spec().path {
-            // A relative path is taken under the agent's root, never its working dir.
-            Some(p) => self.ctx.root.join(p),
-            None => self
-                .ctx
-                .root
-                .join(self.namespace())
-                .join(&self.spec().application),
-        };
-        Layout::new(path)
+        layout_of(&self.ctx.root, &self.namespace(), self.spec())
     }
 
     /// A newer object from the watch.
@@ -913,6 +913,8 @@ impl Task {
             return self.switch_with(&*exec, want).await;
         }
         let layout = self.layout();
+        // A running `deployctl run` command on this Application ends first.
+        let _path = super::switch_lock::lock(&layout.path).await;
         let env = self.env(want, previous);
         let dir = layout.release(want);
         let hooks = self.spec().hooks.clone();

@@ -39,14 +39,17 @@ pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// the answer's size in the store (at most a few MiB, in chunks).
 pub const MAX_TAIL: u32 = 1000;
 /// The sources `--hook` names: the hooks that deploy (health checks and `getVersion` run
-/// every few seconds and report through the Instance status instead) and the service.
-pub const SOURCES: [&str; 6] = [
+/// every few seconds and report through the Instance status instead), the service, and
+/// the commands of `deployctl run` (`task`: one at a time per Application and machine,
+/// so a Task's lines are those within its run's start and finish).
+pub const SOURCES: [&str; 7] = [
     "install",
     "beforeActivate",
     "activate",
     "afterActivate",
     "clean",
     "service",
+    "task",
 ];
 /// Lines a follower may fall behind the writers before it skips some (and says how many).
 const FOLLOW_BUFFER: usize = 1024;

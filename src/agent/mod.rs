@@ -15,6 +15,8 @@ pub mod logs;
 pub mod release;
 pub mod report;
 pub mod service;
+pub mod switch_lock;
+pub mod tasks;
 pub mod unpack;
 
 use crate::api::{Instance, Machine, MachineSpec, Object};
@@ -259,6 +261,12 @@ pub async fn run_with(
         executor,
     });
     let tasks_shutdown = shutdown.child_token();
+    let task_orders = tokio::spawn(tasks::serve(
+        client.clone(),
+        config.name.clone(),
+        config.root.clone(),
+        tasks_shutdown.clone(),
+    ));
     let log_answers = tokio::spawn(logs::serve(
         client.clone(),
         config.name.clone(),
@@ -320,6 +328,7 @@ pub async fn run_with(
         let _ = t.handle.await;
     }
     let _ = log_answers.await;
+    let _ = task_orders.await;
     let _ = presence.await;
     Ok(())
 }

@@ -36,6 +36,9 @@ pub struct ApplicationSpec {
     /// Commands run at each step of a deploy.
     #[serde(default)]
     pub hooks: Hooks,
+    /// Named commands for `deployctl run APP NAME` (e.g. `migrate`), run like hooks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, Command>,
     /// Prints the version really installed; when it differs from what the agent
     /// believes is current, the Instance reports drift and is re-converged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +68,7 @@ impl Default for ApplicationSpec {
             shell: None,
             env: Default::default(),
             hooks: Default::default(),
+            tasks: BTreeMap::new(),
             get_version: None,
             health_check: None,
             service: None,

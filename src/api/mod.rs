@@ -15,6 +15,7 @@ mod rollout;
 pub mod schema;
 pub mod selector;
 mod sync;
+mod task;
 pub mod validation;
 
 pub use application::*;
@@ -26,6 +27,7 @@ pub use meta::*;
 pub use notifier::*;
 pub use rollout::*;
 pub use sync::*;
+pub use task::*;
 
 use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Serialize};
@@ -156,10 +158,11 @@ pub enum KindName {
     Event,
     Sync,
     Notifier,
+    Task,
 }
 
 impl KindName {
-    pub const ALL: [KindName; 7] = [
+    pub const ALL: [KindName; 8] = [
         KindName::Machine,
         KindName::Application,
         KindName::Rollout,
@@ -167,6 +170,7 @@ impl KindName {
         KindName::Event,
         KindName::Sync,
         KindName::Notifier,
+        KindName::Task,
     ];
 
     /// Kinds a user may `apply` (the others are written by deployctl itself).
@@ -186,6 +190,7 @@ impl KindName {
             KindName::Event => Event::KIND,
             KindName::Sync => GitSync::KIND,
             KindName::Notifier => Notifier::KIND,
+            KindName::Task => Task::KIND,
         }
     }
 
@@ -198,6 +203,7 @@ impl KindName {
             KindName::Event => Event::PLURAL,
             KindName::Sync => GitSync::PLURAL,
             KindName::Notifier => Notifier::PLURAL,
+            KindName::Task => Task::PLURAL,
         }
     }
 
@@ -210,6 +216,7 @@ impl KindName {
             KindName::Event => Event::SINGULAR,
             KindName::Sync => GitSync::SINGULAR,
             KindName::Notifier => Notifier::SINGULAR,
+            KindName::Task => Task::SINGULAR,
         }
     }
 
@@ -222,6 +229,7 @@ impl KindName {
             KindName::Event => Event::SHORT_NAMES,
             KindName::Sync => GitSync::SHORT_NAMES,
             KindName::Notifier => Notifier::SHORT_NAMES,
+            KindName::Task => Task::SHORT_NAMES,
         }
     }
 
@@ -273,6 +281,8 @@ mod tests {
             ("ev", KindName::Event),
             ("notifiers", KindName::Notifier),
             ("nt", KindName::Notifier),
+            ("tasks", KindName::Task),
+            ("tk", KindName::Task),
         ] {
             assert_eq!(KindName::parse(word), Some(want), "{word}");
         }

@@ -34,7 +34,7 @@ pub fn schema_for(kind: KindName) -> Option<Value> {
         KindName::Rollout => Some(generate::<Rollout>()),
         KindName::Machine => Some(generate::<Machine>()),
         KindName::Notifier => Some(generate::<Notifier>()),
-        KindName::Instance | KindName::Event | KindName::Sync => None,
+        KindName::Instance | KindName::Event | KindName::Sync | KindName::Task => None,
     }
 }
 

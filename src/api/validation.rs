@@ -475,6 +475,60 @@ pub fn validate_application(app: &Application) -> Vec<FieldError> {
         );
     }
     check_count("spec.keepReleases", s.keep_releases, 1, &mut out);
+    for (name, cmd) in &s.tasks {
+        let path = format!("spec.tasks.{name}");
+        if let Err(e) = check_name(name) {
+            out.push(err(&path, format!("invalid task name: {e}")));
+        }
+        check_commands(&path, std::slice::from_ref(cmd), &mut out);
+    }
+    out
+}
+
+/// A Task as `deployctl run` writes it; also checked by the controller before it orders
+/// anything, so that a Task written by other means cannot reach an agent unchecked.
+pub fn validate_task(t: &Task) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    check_meta(&t.metadata, true, &mut out);
+    check_no_nul(t, &mut out);
+    let s = &t.spec;
+    if let Err(e) = check_name(&s.application) {
+        out.push(err("spec.application", e));
+    }
+    if s.command.trim().is_empty() {
+        out.push(err("spec.command", "must not be empty"));
+    }
+    if let Some(n) = &s.task_name {
+        if let Err(e) = check_name(n) {
+            out.push(err("spec.taskName", e));
+        }
+    }
+    check_selector("spec.selector", &s.selector, &mut out);
+    for (i, m) in s.machines.iter().enumerate() {
+        if let Err(e) = check_name(m) {
+            out.push(err(format!("spec.machines[{i}]"), e));
+        }
+    }
+    if s.one && !s.machines.is_empty() && s.machines.len() != 1 {
+        out.push(err(
+            "spec.one",
+            "one machine was asked for, but several machines are named",
+        ));
+    }
+    check_percent("spec.maxParallel", &s.max_parallel, &mut out);
+    if s.max_parallel == IntOrPercent::Int(0) || s.max_parallel.percent() == Some(0) {
+        out.push(err("spec.maxParallel", "must be at least 1 (or 1%)"));
+    }
+    if let IntOrPercent::Int(n) = s.max_parallel {
+        check_count("spec.maxParallel", n, 1, &mut out);
+    }
+    check_seconds("spec.timeoutSeconds", s.timeout_seconds, 1, &mut out);
+    check_seconds(
+        "spec.ttlSecondsAfterFinished",
+        s.ttl_seconds_after_finished,
+        0,
+        &mut out,
+    );
     out
 }
 
@@ -716,6 +770,59 @@ fn check_secret_source(path: &str, src: &SecretSource, out: &mut Vec<FieldError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_checks_should_name_the_field() {
+        fn errors(spec: serde_json::Value) -> Vec<String> {
+            let spec: TaskSpec = serde_json::from_value(spec).expect("test specs are typed");
+            validate_task(&Task::new("t", spec))
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect()
+        }
+        let ok = errors(serde_json::json!({"application": "web", "command": "true"}));
+        assert!(ok.is_empty(), "{ok:?}");
+        for (spec, want) in [
+            (
+                serde_json::json!({"application": "web", "command": "  "}),
+                "spec.command: must not be empty",
+            ),
+            (
+                serde_json::json!({"application": "Web!", "command": "x"}),
+                "spec.application: ",
+            ),
+            (
+                serde_json::json!({"application": "web", "command": "x", "maxParallel": 0}),
+                "spec.maxParallel: must be at least 1",
+            ),
+            (
+                serde_json::json!({"application": "web", "command": "x", "maxParallel": "0%"}),
+                "spec.maxParallel: must be at least 1",
+            ),
+            (
+                serde_json::json!({"application": "web", "command": "x", "maxParallel": "150%"}),
+                "spec.maxParallel: ",
+            ),
+            (
+                serde_json::json!({"application": "web", "command": "x", "timeoutSeconds": 0}),
+                "spec.timeoutSeconds: ",
+            ),
+            (
+                serde_json::json!({"application": "web", "command": "x", "machines": ["a", "b"], "one": true}),
+                "spec.one: ",
+            ),
+            (
+                serde_json::json!({"application": "web", "command": "x", "machines": ["a/b"]}),
+                "spec.machines[0]: ",
+            ),
+        ] {
+            let got = errors(spec.clone());
+            assert!(
+                got.iter().any(|e| e.starts_with(want)),
+                "{spec}: want {want:?}, got {got:?}"
+            );
+        }
+    }
 
     #[test]
     fn notifier_checks_should_name_the_field() {

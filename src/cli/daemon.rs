@@ -59,12 +59,15 @@ etcd permissions (RBAC):
     etcdctl role grant-permission agent-web-1 readwrite /deployctl/leases/machines/web-1
     etcdctl role grant-permission --prefix agent-web-1 write /deployctl/events/
     etcdctl role grant-permission --prefix agent-web-1 readwrite /deployctl/logs/web-1/
+    etcdctl role grant-permission --prefix agent-web-1 read /deployctl/taskorders/web-1/
+    etcdctl role grant-permission --prefix agent-web-1 readwrite /deployctl/status/taskorders/web-1/
     etcdctl user add agent-web-1
     etcdctl user grant-role agent-web-1 agent-web-1
   It writes its Machine (registration, labels; creating it clears a stale status), its
   presence key (bound to a lease), the status of its Instances, and Events; it reads only
   its own Instances. Under /deployctl/logs/web-1/ it reads `deployctl logs` requests,
-  writes their answers on the requester's lease and deletes the requests it answered.";
+  writes their answers on the requester's lease and deletes the requests it answered.
+  It reads the `deployctl run` orders to web-1 and writes their results, nothing else.";
 
 /// The permissions [`AGENT_EXAMPLES`] documents for machine `machine`, as
 /// `(prefix?, permission, key)`: what an agent's etcd role needs, and all it needs.
@@ -89,6 +92,12 @@ pub fn agent_etcd_permissions(machine: &str) -> Vec<(bool, &'static str, String)
         ),
         (true, "write", "/deployctl/events/".to_string()),
         (true, "readwrite", format!("/deployctl/logs/{machine}/")),
+        (true, "read", format!("/deployctl/taskorders/{machine}/")),
+        (
+            true,
+            "readwrite",
+            format!("/deployctl/status/taskorders/{machine}/"),
+        ),
     ]
 }
 

@@ -4,7 +4,7 @@ use super::output::{self, age, human_duration, NotCounted};
 use super::{connect, for_kind, ns_for, parse_kind, within, CliError, GlobalArgs};
 use crate::api::{
     Application, Condition, Event, GitSync, Instance, KindName, Machine, Notifier, Object,
-    ObjectMeta, Rollout, DEFAULT_NAMESPACE,
+    ObjectMeta, Rollout, Task, DEFAULT_NAMESPACE,
 };
 use crate::store::{Client, Presence, Scope};
 use chrono::{DateTime, Utc};
@@ -29,7 +29,7 @@ const EVENTS_SHOWN: usize = 10;
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
     /// machines (mc), applications (app), rollouts (ro), instances (inst), events (ev),
-    /// notifiers (nt).
+    /// notifiers (nt), tasks (tk).
     pub kind: String,
     pub name: String,
 }
@@ -938,6 +938,79 @@ impl Describe for GitSync {
         p.field(1, "Last Error Commit", opt(st.last_error_commit.as_ref()));
         if st.last_error_time.is_some() {
             p.field(1, "Last Error Time", time(st.last_error_time));
+        }
+        events(&mut p, &evs, now);
+        Ok(p.finish())
+    }
+}
+
+impl Describe for Task {
+    async fn describe(
+        &self,
+        _c: &Client,
+        _g: &GlobalArgs,
+        evs: Vec<Event>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<String> {
+        let mut p = Page::default();
+        meta_fields(&mut p, &self.metadata);
+        let s = &self.spec;
+        p.field(0, "Application", &s.application);
+        p.field(0, "Task", opt(s.task_name.as_ref()));
+        p.field(0, "Command", &s.command);
+        p.field(0, "Selector", output::selector_text(&s.selector));
+        if !s.machines.is_empty() {
+            p.field(0, "Machines", s.machines.join(","));
+        }
+        p.field(0, "One", s.one);
+        p.field(0, "Max Parallel", &s.max_parallel);
+        p.field(0, "Timeout", format!("{}s", s.timeout_seconds));
+        p.field(0, "Stop On Failure", s.stop_on_failure);
+        p.field(
+            0,
+            "TTL After Finished",
+            format!("{}s", s.ttl_seconds_after_finished),
+        );
+        let st = self.status.clone().unwrap_or_default();
+        p.field(0, "Status", "");
+        p.field(1, "Phase", format!("{:?}", st.phase));
+        p.field(1, "Message", opt(st.message.as_ref()));
+        p.field(1, "Started", time(st.start_time));
+        p.field(1, "Completed", time(st.completion_time));
+        if st.machines.is_empty() {
+            p.field(0, "Machines Run", "<none>");
+        } else {
+            p.field(0, "Machines Run", "");
+            let rows: Vec<Vec<String>> = st
+                .machines
+                .iter()
+                .map(|m| {
+                    let duration = match (m.start_time, m.finish_time) {
+                        (Some(a), Some(b)) => {
+                            format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0)
+                        }
+                        _ => String::new(),
+                    };
+                    vec![
+                        m.machine.clone(),
+                        m.phase.as_str().to_string(),
+                        m.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                        duration,
+                        m.message.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            p.table(
+                1,
+                &["Machine", "Phase", "Exit", "Duration", "Message"],
+                &rows,
+            );
+            for m in st.machines.iter().filter(|m| !m.output_tail.is_empty()) {
+                p.field(1, &format!("Output of {}", m.machine), "");
+                for line in &m.output_tail {
+                    p.line(2, line);
+                }
+            }
         }
         events(&mut p, &evs, now);
         Ok(p.finish())

@@ -32,7 +32,7 @@ Examples:
 #[derive(Args, Debug)]
 pub struct GetArgs {
     /// machines (mc), applications (app), rollouts (ro), instances (inst), events (ev),
-    /// notifiers (nt).
+    /// notifiers (nt), tasks (tk).
     pub kind: String,
     /// Only these objects.
     pub names: Vec<String>,

@@ -7,8 +7,9 @@
 
 use super::{connect, output, within, CliError, GlobalArgs};
 use crate::agent::logs::{LogAnswer, LogLine, LogRequest, MAX_TAIL, SOURCES};
-use crate::api::{Instance, KindName, Object, Rollout};
+use crate::api::{Instance, KindName, Object, Rollout, Task};
 use crate::store::{Client, Error as StoreError, LeaseId, Scope};
+use chrono::{DateTime, Utc};
 use clap::Args;
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,9 @@ Examples:
   # Every machine of a rollout, each line prefixed with its machine
   deployctl logs rollout api -n prod
 
+  # The whole output (up to 1000 lines per machine) of a deployctl run
+  deployctl logs task web-run-5f3a9c
+
   # Follow the service while the agent runs (Ctrl-C to stop)
   deployctl logs instance api.web-1 --hook service -f";
 
@@ -40,9 +44,9 @@ const PARALLEL_MACHINES: usize = 16;
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {
-    /// `instance` (inst) or `rollout` (ro).
+    /// `instance` (inst), `rollout` (ro) or `task` (tk).
     pub kind: String,
-    /// The Instance (`<app>.<machine>`) or Rollout.
+    /// The Instance (`<app>.<machine>`), Rollout or Task.
     pub name: String,
     /// Only this hook's output, or the service's.
     #[arg(long, value_name = "HOOK", value_parser = clap::builder::PossibleValuesParser::new(SOURCES))]
@@ -82,7 +86,7 @@ pub enum LogsError {
     },
     #[error("rollout {name:?} has no instances: its application {app:?} runs on no machine")]
     NoInstances { name: String, app: String },
-    #[error("logs are kept for instances and rollouts, not for {0}")]
+    #[error("logs are kept for instances, rollouts and tasks, not for {0}")]
     WrongKind(String),
 }
 
@@ -92,6 +96,15 @@ struct Target {
     machine: String,
     namespace: String,
     app: String,
+    /// Only the lines written within these times (a Task's run on this machine).
+    window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl Target {
+    fn shows(&self, line: &LogLine) -> bool {
+        self.window
+            .is_none_or(|(start, end)| start <= line.time && line.time <= end)
+    }
 }
 
 /// What one machine's answer adds, as it comes.
@@ -102,20 +115,34 @@ enum Update {
 
 pub async fn run(g: &GlobalArgs, args: LogsArgs) -> anyhow::Result<i32> {
     let kind = super::parse_kind(&args.kind)?;
-    if !matches!(kind, KindName::Instance | KindName::Rollout) {
+    if !matches!(
+        kind,
+        KindName::Instance | KindName::Rollout | KindName::Task
+    ) {
         return Err(LogsError::WrongKind(kind.plural().to_string()).into());
     }
     let client = connect(g).await?;
     let (targets, prefix) = match kind {
         KindName::Rollout => (rollout_targets(g, &client, &args).await?, true),
+        KindName::Task => (task_targets(g, &client, &args).await?, true),
         _ => (vec![instance_target(g, &client, &args).await?], false),
     };
-    let request = |t: &Target| LogRequest {
-        namespace: t.namespace.clone(),
-        app: t.app.clone(),
-        source: args.hook.clone(),
-        tail: args.tail,
-        follow: args.follow,
+    let request = |t: &Target| match t.window {
+        // The agent keeps the task source's recent lines; this run's are among them.
+        Some(_) => LogRequest {
+            namespace: t.namespace.clone(),
+            app: t.app.clone(),
+            source: Some("task".into()),
+            tail: MAX_TAIL,
+            follow: false,
+        },
+        None => LogRequest {
+            namespace: t.namespace.clone(),
+            app: t.app.clone(),
+            source: args.hook.clone(),
+            tail: args.tail,
+            follow: args.follow,
+        },
     };
     let failed = if args.follow {
         follow(&client, &targets, &request, prefix).await
@@ -149,7 +176,7 @@ async fn fetch(
     .buffered(PARALLEL_MACHINES);
     let mut failed = false;
     while let Some((t, lines, res)) = answers.next().await {
-        for line in &lines {
+        for line in lines.iter().filter(|l| t.shows(l)) {
             outln!("{}", format_line(prefix.then_some(&t.machine), line));
         }
         if let Err(e) = res {
@@ -393,6 +420,7 @@ async fn instance_target(
         machine: inst.spec().machine.clone(),
         namespace: inst.meta().namespace.clone().unwrap_or_default(),
         app: inst.spec().application.clone(),
+        window: None,
     })
 }
 
@@ -418,6 +446,7 @@ async fn rollout_targets(
             machine: i.spec().machine.clone(),
             namespace: namespace.clone(),
             app: app.clone(),
+            window: None,
         })
         .collect();
     targets.sort_by(|a, b| a.machine.cmp(&b.machine));
@@ -429,6 +458,35 @@ async fn rollout_targets(
         .into());
     }
     Ok(targets)
+}
+
+/// The machines a Task ran on, each with its run's start and finish (or now).
+async fn task_targets(
+    g: &GlobalArgs,
+    client: &Client,
+    args: &LogsArgs,
+) -> anyhow::Result<Vec<Target>> {
+    if args.follow {
+        anyhow::bail!(
+            "logs task does not follow: deployctl run --output prints the tails as they come"
+        );
+    }
+    let listed = within(g, client.list::<Task>(&scope(g, args))).await?;
+    let task = the_one(listed.items, &args.name, KindName::Task)?;
+    let namespace = task.meta().namespace.clone().unwrap_or_default();
+    let status = task.status.clone().unwrap_or_default();
+    Ok(status
+        .machines
+        .iter()
+        .filter_map(|m| {
+            Some(Target {
+                machine: m.machine.clone(),
+                namespace: namespace.clone(),
+                app: task.spec.application.clone(),
+                window: Some((m.start_time?, m.finish_time.unwrap_or_else(Utc::now))),
+            })
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -722,7 +722,7 @@ pub fn validate_document(
             let errs = validate_notifier(&o);
             (Manifest::Notifier(o), errs)
         }),
-        KindName::Instance | KindName::Event | KindName::Sync => {
+        KindName::Instance | KindName::Event | KindName::Sync | KindName::Task => {
             unreachable!("only user kinds get here (checked above)")
         }
     }

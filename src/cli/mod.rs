@@ -42,6 +42,7 @@ pub mod logs;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
+pub mod run;
 pub mod sync;
 pub mod up;
 pub mod view;
@@ -93,6 +94,10 @@ macro_rules! for_kind {
             }
             $crate::api::KindName::Notifier => {
                 type $K = $crate::api::Notifier;
+                $body
+            }
+            $crate::api::KindName::Task => {
+                type $K = $crate::api::Task;
                 $body
             }
         }
@@ -195,6 +200,9 @@ pub enum Command {
     /// Follow, pause, resume, promote, abort, retry, restart or undo a Rollout.
     #[command(subcommand, after_help = rollout::EXAMPLES)]
     Rollout(rollout::RolloutCommand),
+    /// Run a command on the machines of an Application, as its hooks run.
+    #[command(after_help = run::EXAMPLES)]
+    Run(run::RunArgs),
     /// Change one field of an object: the one-liners CI calls.
     #[command(subcommand, after_help = rollout::SET_EXAMPLES)]
     Set(rollout::SetCommand),
@@ -265,7 +273,7 @@ pub enum CliError {
     Exit(i32),
     #[error("Error from server (NotFound): {plural} \"{name}\" not found")]
     NotFound { plural: &'static str, name: String },
-    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs, notifiers (or mc, app, ro, inst, ev, nt)")]
+    #[error("unknown kind {0:?}: use one of machines, applications, rollouts, instances, events, syncs, notifiers, tasks (or mc, app, ro, inst, ev, nt, tk)")]
     UnknownKind(String),
 }
 
@@ -338,6 +346,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Rollout(cmd) => rollout::run(&g, cmd).await,
         Command::Set(cmd) => rollout::run_set(&g, cmd).await,
         Command::Diff(args) => diff::run(&g, args).await,
+        Command::Run(args) => run::run(&g, args).await,
         Command::Logs(args) => logs::run(&g, args).await,
         Command::Sync(args) => sync::run(&g, args).await,
         Command::Controller(args) => daemon::run_controller(&g, args).await,

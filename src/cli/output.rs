@@ -4,7 +4,7 @@
 use crate::api::selector::{LabelOperator, LabelSelector};
 use crate::api::{
     find_condition, Application, ConditionStatus, Event, GitSync, Instance, KindName, Machine,
-    Notifier, Object, Rollout,
+    Notifier, Object, Rollout, Task,
 };
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::NOTHING, CellAlignment, ContentArrangement, Table};
@@ -605,6 +605,46 @@ impl Columns for Notifier {
         if wide {
             r.push(selector_text(&self.spec.selector));
             r.push(notifier_events(self));
+        }
+        r
+    }
+}
+
+impl Columns for Task {
+    const KIND_NAME: KindName = KindName::Task;
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["NAME", "APPLICATION", "PHASE", "DONE", "FAILED", "AGE"];
+        if wide {
+            h.extend(["TASK", "COMMAND"]);
+        }
+        h
+    }
+    fn row(&self, wide: bool, fleet: &Fleet) -> Vec<String> {
+        let st = self.status.clone().unwrap_or_default();
+        let done = st.machines.iter().filter(|m| m.phase.is_finished()).count();
+        let mut r = vec![
+            self.metadata.name.clone(),
+            self.spec.application.clone(),
+            format!("{:?}", st.phase),
+            format!("{done}/{}", st.machines.len()),
+            st.failed().count().to_string(),
+            age(self.metadata.creation_timestamp, fleet.now),
+        ];
+        if wide {
+            r.push(
+                self.spec
+                    .task_name
+                    .clone()
+                    .unwrap_or_else(|| "<none>".into()),
+            );
+            r.push(
+                self.spec
+                    .command
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
         }
         r
     }

@@ -5,7 +5,7 @@ use super::informer::{ChangeKind, Reader};
 use super::queue::WorkQueue;
 use super::runtime::Action;
 use crate::api::{
-    Application, Instance, Machine, Object, ObjectReference, Rollout, DEFAULT_NAMESPACE,
+    Application, Instance, Machine, Object, ObjectReference, Rollout, Task, DEFAULT_NAMESPACE,
 };
 use crate::reconcilers::{application, machine, rollout, MachineView};
 use crate::store::{self, Client, EventRecorder, Write};
@@ -19,6 +19,7 @@ pub enum Key {
     Machine(String),
     Application { namespace: String, name: String },
     Rollout { namespace: String, name: String },
+    Task { namespace: String, name: String },
 }
 
 /// Objects this controller wrote, kept until its informer has seen them, so that a
@@ -114,6 +115,7 @@ pub struct Context {
     pub applications: Reader<Application>,
     pub rollouts: Reader<Rollout>,
     pub instances: Reader<Instance>,
+    pub tasks: Reader<Task>,
     /// Machines whose agent holds its lease.
     pub presence: Arc<RwLock<BTreeSet<String>>>,
     pub queue: WorkQueue<Key>,
@@ -270,8 +272,16 @@ impl Context {
             "fenced write accepted");
     }
 
-    /// Enqueues every Rollout and Application: machines and presence affect them all.
+    /// Enqueues every Rollout, Application and unfinished Task: machines and presence
+    /// affect them all.
     pub fn enqueue_all(&self) {
+        for t in self
+            .tasks
+            .filter(|t| !t.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+        {
+            let (namespace, name) = ns_name(t.as_ref());
+            self.queue.add(Key::Task { namespace, name });
+        }
         for ro in self.rollouts.list() {
             let (namespace, name) = ns_name(ro.as_ref());
             self.queue.add(Key::Rollout { namespace, name });
@@ -320,7 +330,7 @@ impl Context {
         self.enqueue_rollouts_of(namespace, &inst.spec.application);
     }
 
-    fn machine_views(&self) -> Vec<MachineView> {
+    pub(super) fn machine_views(&self) -> Vec<MachineView> {
         let presence = self
             .presence
             .read()
@@ -359,6 +369,7 @@ impl Context {
                 self.rollout_pacing.record(key, cost);
                 result
             }
+            Key::Task { namespace, name } => self.reconcile_task(&namespace, &name).await,
         }
     }
 
@@ -533,6 +544,7 @@ pub fn key_kind(key: &Key) -> &'static str {
         Key::Machine(_) => "Machine",
         Key::Application { .. } => "Application",
         Key::Rollout { .. } => "Rollout",
+        Key::Task { .. } => "Task",
     }
 }
 

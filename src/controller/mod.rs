@@ -10,8 +10,9 @@ pub mod informer;
 pub mod leader;
 pub mod queue;
 pub mod runtime;
+mod tasks;
 
-use crate::api::{Application, Instance, Machine, Rollout};
+use crate::api::{Application, Instance, Machine, Rollout, Task};
 use crate::observe::http::{self, Listen};
 use crate::observe::{metrics, Role};
 use crate::store::{Client, EventRecorder, MeteredStore, PresenceEvent, Scope, StoreUrl};
@@ -173,6 +174,8 @@ async fn lead(client: Client, term: i64, workers: usize, stop: CancellationToken
         handler!(on_instance),
         stop.clone(),
     );
+    let tasks =
+        Informer::<Task>::spawn(client.clone(), Scope::All, handler!(on_task), stop.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         term,
@@ -180,6 +183,7 @@ async fn lead(client: Client, term: i64, workers: usize, stop: CancellationToken
         applications,
         rollouts,
         instances,
+        tasks,
         presence: presence.clone(),
         queue: queue.clone(),
         events: EventRecorder::new(client.clone(), "controller"),
@@ -279,6 +283,7 @@ async fn lead(client: Client, term: i64, workers: usize, stop: CancellationToken
         let _ = ctx.applications.wait_synced().await;
         let _ = ctx.rollouts.wait_synced().await;
         let _ = ctx.instances.wait_synced().await;
+        let _ = ctx.tasks.wait_synced().await;
         presence_synced.cancelled().await;
     };
     tokio::select! {
@@ -297,6 +302,14 @@ async fn lead(client: Client, term: i64, workers: usize, stop: CancellationToken
         queue.add(Key::Machine(m.metadata.name.clone()));
     }
     ctx.enqueue_all();
+
+    tasks::sweep_orphan_orders(&ctx).await;
+    // Task results: every agent's write enqueues its Task.
+    tokio::spawn(tasks::watch_results(
+        ctx.clone(),
+        client.clone(),
+        stop.clone(),
+    ));
 
     // Notifications: their own tasks, so that a slow sink never delays a reconcile.
     tokio::spawn(crate::notify::run(client.clone(), stop.clone()));

@@ -1,4 +1,4 @@
-//! Machine, Application and Rollout reconcilers: decisions and their effects.
+//! Machine, Application, Rollout and Task reconcilers: decisions and their effects.
 //!
 //! Each file holds a *decision*: a plain function from observed state (read from the
 //! informer caches) to the writes it wants. Decisions never touch the store, so they are
@@ -8,6 +8,7 @@
 pub mod application;
 pub mod machine;
 pub mod rollout;
+pub mod task;
 
 use crate::api::{Machine, Object};
 use std::collections::BTreeMap;

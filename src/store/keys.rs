@@ -10,6 +10,8 @@
 //! /deployctl/leases/controller                      the leader's key, bound to its lease
 //! /deployctl/logs/<machine>/requests/<id>           a `logs` request, on the CLI's lease
 //! /deployctl/logs/<machine>/answers/<id>/<seq>      its answer chunks, on the same lease
+//! /deployctl/taskorders/<machine>/<ns>/<task>        a Task's order to one machine (agent: read)
+//! /deployctl/status/taskorders/<machine>/<ns>/<task> its result (agent: write)
 //! ```
 
 pub const ROOT: &str = "/deployctl/";
@@ -70,6 +72,64 @@ pub fn machine_instances_prefix(machine: &str) -> String {
 /// The instance status keys of one machine: all an agent writes.
 pub fn machine_instance_status_prefix(machine: &str) -> String {
     format!("{ROOT}status/instances/{machine}/")
+}
+
+/// The Task orders to one machine: all its agent watches for `deployctl run`.
+pub fn task_orders_prefix(machine: &str) -> String {
+    format!("{ROOT}taskorders/{machine}/")
+}
+
+/// One Task's order to one machine, written by the controller.
+pub fn task_order_key(machine: &str, namespace: &str, task: &str) -> String {
+    format!("{}{namespace}/{task}", task_orders_prefix(machine))
+}
+
+/// The Task results of one machine: the agent's role may write this prefix only.
+pub fn task_results_prefix(machine: &str) -> String {
+    format!("{ROOT}status/taskorders/{machine}/")
+}
+
+/// One machine's result for one Task, written by its agent.
+pub fn task_result_key(machine: &str, namespace: &str, task: &str) -> String {
+    format!("{}{namespace}/{task}", task_results_prefix(machine))
+}
+
+/// Every machine's Task orders: what the controller sweeps for orphans at start.
+pub fn task_orders_root() -> String {
+    format!("{ROOT}taskorders/")
+}
+
+/// The (machine, namespace, task) of a key under [`task_orders_root`].
+pub fn parse_task_order_key(key: &str) -> Option<(&str, &str, &str)> {
+    let rest = key.strip_prefix(&task_orders_root())?;
+    let mut parts = rest.split('/');
+    let (m, ns, task) = (parts.next()?, parts.next()?, parts.next()?);
+    let whole = parts.next().is_none() && !m.is_empty() && !ns.is_empty() && !task.is_empty();
+    whole.then_some((m, ns, task))
+}
+
+/// Every machine's Task results: what the controller watches to learn of ends.
+pub fn task_results_root() -> String {
+    format!("{ROOT}status/taskorders/")
+}
+
+/// The (machine, namespace, task) of a key under [`task_results_root`].
+pub fn parse_task_result_key(key: &str) -> Option<(&str, &str, &str)> {
+    let rest = key.strip_prefix(&task_results_root())?;
+    let mut parts = rest.split('/');
+    let (m, ns, task) = (parts.next()?, parts.next()?, parts.next()?);
+    let whole = parts.next().is_none() && !m.is_empty() && !ns.is_empty() && !task.is_empty();
+    whole.then_some((m, ns, task))
+}
+
+/// The (namespace, task) of a key under [`task_orders_prefix`] or [`task_results_prefix`]
+/// of `machine`.
+pub fn parse_task_key<'a>(machine: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = key
+        .strip_prefix(&task_orders_prefix(machine))
+        .or_else(|| key.strip_prefix(&task_results_prefix(machine)))?;
+    let (ns, task) = rest.split_once('/')?;
+    (!ns.is_empty() && !task.is_empty() && !task.contains('/')).then_some((ns, task))
 }
 
 /// The presence key of a machine, bound to its agent's lease.
@@ -196,6 +256,36 @@ mod tests {
         }
         // Another machine whose name extends this one's never shares its prefix.
         assert!(!log_request_key("web-10", "x").starts_with(&prefix));
+    }
+
+    #[test]
+    fn task_keys_should_stay_under_the_machines_own_prefixes_and_parse_back() {
+        let order = task_order_key("m1", "default", "run-1");
+        let result = task_result_key("m1", "default", "run-1");
+        assert_eq!(order, "/deployctl/taskorders/m1/default/run-1");
+        assert_eq!(result, "/deployctl/status/taskorders/m1/default/run-1");
+        assert!(order.starts_with(&task_orders_prefix("m1")));
+        assert!(result.starts_with(&task_results_prefix("m1")));
+        // A machine whose name extends another's never sees the other's orders.
+        assert!(!task_order_key("m10", "default", "t").starts_with(&task_orders_prefix("m1")));
+        assert_eq!(parse_task_key("m1", &order), Some(("default", "run-1")));
+        assert_eq!(parse_task_key("m1", &result), Some(("default", "run-1")));
+        assert_eq!(parse_task_key("m2", &order), None);
+        assert_eq!(
+            parse_task_key("m1", "/deployctl/taskorders/m1/default/"),
+            None
+        );
+        assert_eq!(parse_task_key("m1", "/deployctl/taskorders/m1/a/b/c"), None);
+        assert_eq!(
+            parse_task_result_key(&result),
+            Some(("m1", "default", "run-1"))
+        );
+        assert_eq!(parse_task_result_key(&order), None);
+        assert_eq!(
+            parse_task_order_key(&order),
+            Some(("m1", "default", "run-1"))
+        );
+        assert_eq!(parse_task_order_key(&result), None);
     }
 
     #[test]

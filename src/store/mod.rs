@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod keys;
 mod leased;
 pub mod metered;
+mod task_orders;
 
 pub use batch::Write;
 pub use client::LeaderRecord;
@@ -19,6 +20,7 @@ pub use client::{
 };
 pub use leased::{event_lease_id, EventRecorder, Presence, PresenceEvent, EVENT_TTL};
 pub use metered::MeteredStore;
+pub use task_orders::{watch_task_results, TaskOrderEvent};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

@@ -434,6 +434,36 @@ async fn an_agent_should_work_with_only_the_etcd_permissions_its_help_lists() {
         out.stderr,
         agent.stderr()
     );
+    // A `deployctl run` order (as the controller writes it) is read and answered under
+    // the agent's own status keys: the instance has no current release, so the agent
+    // reports why it could not run the command.
+    let order = deployctl::api::TaskOrder {
+        application: "api".into(),
+        command: "true".into(),
+        timeout_seconds: 10,
+    };
+    root.put_task_orders("default", "run-1", &order, &["web-1".into()])
+        .await
+        .expect("root writes the order");
+    let run = wait_for("the task result", &agent, || async {
+        root.task_result("web-1", "default", "run-1")
+            .await
+            .ok()
+            .flatten()
+            .filter(|r| r.phase.is_finished())
+    })
+    .await;
+    assert_eq!(
+        run.phase,
+        deployctl::api::MachineRunPhase::Failed,
+        "{run:?}"
+    );
+    assert!(
+        run.message
+            .as_deref()
+            .is_some_and(|m| m.contains("no current release")),
+        "{run:?}"
+    );
     let log = agent.stderr();
     assert!(!log.contains("permission denied"), "agent log:\n{log}");
 

@@ -12,6 +12,7 @@ mod metrics;
 mod notify;
 mod rollouts;
 mod sync;
+mod tasks;
 mod truth_agent;
 mod truth_decision;
 mod truth_views;

@@ -101,7 +101,7 @@ impl Fleet {
     }
 
     /// Where hooks write what they saw (the Application's `LOGS` env).
-    fn logs(&self) -> PathBuf {
+    pub(crate) fn logs(&self) -> PathBuf {
         self.work.path().join("logs")
     }
 
@@ -144,7 +144,7 @@ impl Fleet {
         drop(c); // SIGKILL and reap
     }
 
-    fn start_agent(&mut self, name: &str) {
+    pub(crate) fn start_agent(&mut self, name: &str) {
         self.start_agent_with(name, &[]);
     }
 
@@ -176,7 +176,7 @@ impl Fleet {
     }
 
     /// SIGKILLs an agent (Child::kill sends SIGKILL) and reaps it.
-    fn kill_agent(&mut self, name: &str) {
+    pub(crate) fn kill_agent(&mut self, name: &str) {
         drop(self.agents.remove(name).expect("agent is running"));
     }
 
@@ -332,7 +332,7 @@ impl Fleet {
 
     /// Builds v1 and v2, starts a controller and `n` agents, applies the Application with
     /// `hooks`/`env` and a Rollout at v1, and waits for it to complete.
-    fn at_v1(
+    pub(crate) fn at_v1(
         label: &'static str,
         backend: Backend,
         n: usize,
