@@ -627,8 +627,23 @@ fn status(port: u16) -> Option<(String, String)> {
     (leader != "0").then_some((member, leader))
 }
 
+/// The environment variable naming the etcd binary the harness starts (a path), so that one
+/// suite runs on several etcd versions (`hack/test` runs it on 3.4 and on 3.5).
+pub const ETCD_ENV: &str = "DEPLOYCTL_TEST_ETCD";
+
+/// `$DEPLOYCTL_TEST_ETCD` (a path; when set, it must be an executable file), else
 /// `/usr/bin/etcd`, else `etcd` on PATH.
-fn find_etcd() -> Option<PathBuf> {
+pub fn find_etcd() -> Option<PathBuf> {
+    if let Some(given) = std::env::var_os(ETCD_ENV).filter(|v| !v.is_empty()) {
+        let given = PathBuf::from(given);
+        assert!(
+            given.is_file(),
+            "{ETCD_ENV}={} is not a file: point it at an etcd binary (hack/install-deps \
+             installs etcd 3.5 under .deps/), or unset it to use Debian's etcd",
+            given.display()
+        );
+        return Some(given);
+    }
     let fixed = Path::new("/usr/bin/etcd");
     if fixed.is_file() {
         return Some(fixed.to_path_buf());
@@ -637,6 +652,19 @@ fn find_etcd() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("etcd"))
         .find(|p| p.is_file())
+}
+
+/// The version the harness's etcd reports (`etcd --version`), e.g. `3.5.1`, for a
+/// benchmark's figures; `None` when there is no etcd or it does not say.
+pub fn etcd_version() -> Option<String> {
+    let out = std::process::Command::new(find_etcd()?)
+        .arg("--version")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .map(|v| v.trim().to_string())
 }
 
 /// A temporary dir, on tmpfs when the machine has one: etcd fsyncs every write.

