@@ -27,7 +27,7 @@ const STOP_DEADLINE: Duration = Duration::from_secs(5);
 const START_ATTEMPTS: usize = 3;
 
 const MISSING: &str =
-    "etcd not found: install it with `apt-get install etcd-server` (or run `hack/test`)";
+    "etcd not found: install it with `apt-get install etcd-server` (or run `hack/test`), or set DEPLOYCTL_TEST_ETCD to an etcd binary";
 
 /// A private etcd for one test: free loopback ports, a temporary data dir (on tmpfs when
 /// there is one), killed on drop.
