@@ -27,7 +27,8 @@ const RETRY_MIN: Duration = Duration::from_millis(10);
 /// etcd 3.4 refuses writes while it is 5,000 entries behind, which 10,000 staged reports
 /// do for 2-4 s; with a 5 s cap the last agents were still waiting after etcd had caught
 /// up and sat idle. 1.5 s: rollouts at 10,000 machines took 9.1-11.1 s instead of
-/// 10.2-15.4 s, with no more etcd CPU (BENCHMARKS.md, session 3).
+/// 10.2-15.4 s, with no more etcd CPU (BENCHMARKS.md, "The agents' retry cap: 1.5 s
+/// instead of 5 s").
 const RETRY_CAP: Duration = Duration::from_millis(1500);
 /// Conflicts resolved by re-reading before the write counts as failed.
 const CONFLICT_RETRIES: usize = 5;

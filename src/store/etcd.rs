@@ -724,8 +724,8 @@ impl Store for EtcdStore {
         // A stream per refresh, closed when it has answered: opening one costs etcd more than
         // a message on an open one, but an open stream is two goroutines that etcd's GC
         // scans on every cycle, and at 10,000 agents those scans cost more than the opening
-        // (BENCHMARKS.md, session 3, change 2). Opening sends one refresh and reads its
-        // answer; TTL 0 there means expired.
+        // (BENCHMARKS.md, "A keep-alive stream per refresh again"). Opening sends one
+        // refresh and reads its answer; TTL 0 there means expired.
         match self
             .call(
                 &format!("keep lease {lease} alive"),

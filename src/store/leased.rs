@@ -26,7 +26,8 @@ fn event_window(at: std::time::SystemTime) -> u64 {
 /// The lease of the events of `window`: the same id for every writer, so that a fleet's
 /// agents share one lease per window instead of granting one each. At 10,000 machines a
 /// grant per agent was 10,000 more etcd entries at the start of every rollout that came
-/// more than a window after the last one (BENCHMARKS.md, session 5).
+/// more than a window after the last one (BENCHMARKS.md, "One event lease per window for
+/// the whole fleet").
 pub fn event_lease_id(window: u64) -> LeaseId {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("deployctl/event-lease/{window}").as_bytes());
