@@ -325,3 +325,61 @@ fn four_agents_with_max_parallel_two_should_never_overlap_more_than_two_and_dele
         std::fs::remove_file(&pid_file).expect("the pid file is ours");
     }
 }
+
+#[test]
+fn logs_task_follow_should_print_each_line_once_and_end_when_the_task_finishes() {
+    for (label, backend) in Backend::all() {
+        let (f, machines) = Fleet::at_v1(
+            label,
+            backend,
+            2,
+            json!({}),
+            json!({}),
+            json!({ "maxUnavailable": 1 }),
+            json!({ "maxFailures": 0, "action": "Pause" }),
+        );
+        // Each machine prints a line, waits for the test's go, prints its last line.
+        let go = f.logs().join("task-go");
+        let command = format!(
+            "echo \"first-$DEPLOY_MACHINE\"; while [ ! -e {go} ]; do sleep 0.05; done; \
+             echo \"last-$DEPLOY_MACHINE\"",
+            go = go.display()
+        );
+        let out = f
+            .run(&[
+                "run",
+                "api",
+                "--max-parallel",
+                "2",
+                "--detach",
+                "--",
+                &command,
+            ])
+            .ok();
+        let name = detached_name(&out.stdout);
+        let mut follow = crate::common::spawn(&f.store, &["logs", "task", &name, "-f"]);
+        for m in &machines {
+            let first = |l: &str| {
+                l.starts_with(&format!("[{m}] ")) && l.ends_with(&format!("stdout: first-{m}"))
+            };
+            if !follow.seen.iter().any(|l| first(l)) {
+                follow.wait_for_line("a machine's first line", first);
+            }
+        }
+        std::fs::write(&go, "").expect("the logs dir is writable");
+        let (code, lines) = follow.exit_by_itself();
+        assert_eq!(code, Some(0), "[{label}] ends 0 with the task: {lines:#?}");
+        for m in &machines {
+            for word in ["first", "last"] {
+                let n = lines
+                    .iter()
+                    .filter(|l| {
+                        l.starts_with(&format!("[{m}] "))
+                            && l.ends_with(&format!("stdout: {word}-{m}"))
+                    })
+                    .count();
+                assert_eq!(n, 1, "[{label}] {word}-{m} once: {lines:#?}");
+            }
+        }
+    }
+}
