@@ -171,6 +171,7 @@ impl OrderRun {
                     }
                     .into(),
                 );
+                crate::observe::metrics().task_command_ended("interrupted", None);
                 self.report(&r).await;
                 return;
             }
@@ -200,21 +201,32 @@ impl OrderRun {
             _ = stop.cancelled() => return, // withdrawn: dropping the run kills its group
             o = self.execute(&order, &mut run) => o,
         };
-        match outcome {
+        let result = match outcome {
             Ok(tail) => {
                 run.output_tail = tail;
                 self.finish(&mut run, MachineRunPhase::Succeeded, Some(0), String::new());
+                "ok"
             }
             Err(Failure::Hook(e)) => {
                 run.output_tail = e.tail().to_vec();
-                let code = match &e {
-                    HookError::Failed { code, .. } => *code,
-                    _ => None,
+                let (code, result) = match &e {
+                    HookError::Failed { code, .. } => (*code, "failed"),
+                    HookError::Timeout { .. } => (None, "timeout"),
+                    HookError::Spawn { .. } => (None, "failed"),
                 };
                 self.finish(&mut run, MachineRunPhase::Failed, code, e.to_string());
+                result
             }
-            Err(Failure::Setup(why)) => self.finish(&mut run, MachineRunPhase::Failed, None, why),
-        }
+            Err(Failure::Setup(why)) => {
+                self.finish(&mut run, MachineRunPhase::Failed, None, why);
+                "failed"
+            }
+        };
+        let took = run
+            .start_time
+            .zip(run.finish_time)
+            .and_then(|(a, b)| (b - a).to_std().ok());
+        crate::observe::metrics().task_command_ended(result, took);
         self.report(&run).await;
     }
 
