@@ -1,6 +1,7 @@
 //! Runs the Task orders of this machine (`deployctl run`), each exactly as a hook runs,
 //! and reports each under this machine's own status keys. A command is run at most once:
-//! a `Running` report found at start-up means the agent died under it (`Interrupted`).
+//! a `Running` report found at start-up means the agent died under it (`Interrupted`),
+//! and the process group it left ([`super::task_groups`]) is killed.
 
 use super::hooks::{self, DeployVars, HookEnv, HookError};
 use super::instance::layout_of;

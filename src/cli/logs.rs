@@ -518,8 +518,9 @@ async fn follow_task(g: &GlobalArgs, client: &Client, args: &LogsArgs) -> anyhow
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut follow = TaskFollow::new(client.clone(), tx);
     loop {
-        follow.targets(task_targets(&task));
-        if task.status.as_ref().is_some_and(|s| s.phase.is_finished()) {
+        let finished = task.status.as_ref().is_some_and(|s| s.phase.is_finished());
+        follow.targets(task_targets(&task), !finished);
+        if finished {
             break;
         }
         tokio::select! {
@@ -578,10 +579,11 @@ impl TaskFollow {
         }
     }
 
-    /// Takes the runs' current windows and follows each machine whose run has started.
-    fn targets(&mut self, targets: Vec<Target>) {
+    /// Takes the runs' current windows and, with `follow`, follows each machine whose run
+    /// has started (a finished Task's lines are only fetched, by [`Self::catch_up`]).
+    fn targets(&mut self, targets: Vec<Target>, follow: bool) {
         for t in targets {
-            if !self.targets.contains_key(&t.machine) {
+            if follow && !self.targets.contains_key(&t.machine) {
                 let (client, req, tx) =
                     (self.client.clone(), task_request(&t, true), self.tx.clone());
                 let (leases, target) = (self.leases.clone(), t.clone());

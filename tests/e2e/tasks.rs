@@ -381,5 +381,18 @@ fn logs_task_follow_should_print_each_line_once_and_end_when_the_task_finishes()
                 assert_eq!(n, 1, "[{label}] {word}-{m} once: {lines:#?}");
             }
         }
+
+        // Following a finished Task prints its lines and ends at once.
+        let out = f.run(&["logs", "task", &name, "-f"]).ok();
+        for m in &machines {
+            for word in ["first", "last"] {
+                let n = out
+                    .stdout
+                    .lines()
+                    .filter(|l| l.ends_with(&format!("stdout: {word}-{m}")))
+                    .count();
+                assert_eq!(n, 1, "[{label}] {word}-{m} once: {}", out.stdout);
+            }
+        }
     }
 }
