@@ -1479,7 +1479,17 @@ async fn task_orders_should_reach_only_their_machines_watch_and_results_read_bac
         task: task.into(),
         order: Some(order.clone()),
     };
+    let listed = |tasks: &[&str]| TaskOrderEvent::Listed {
+        orders: tasks
+            .iter()
+            .map(|t| ("default".to_string(), t.to_string()))
+            .collect(),
+    };
+    // The list ends with a marker holding every order found (an agent's cue to stop the
+    // runs a relist no longer holds); a machine with none gets an empty one.
     assert_eq!(next_order(&mut m1).await, put("run-1"));
+    assert_eq!(next_order(&mut m1).await, listed(&["run-1"]));
+    assert_eq!(next_order(&mut m10).await, listed(&[]));
     // Ordering again is a no-op; a second Task reaches m1 and m10, each on its own prefix.
     client
         .put_task_orders("default", "run-1", &order, &["m1".into()])
@@ -1536,6 +1546,11 @@ async fn task_orders_should_reach_only_their_machines_watch_and_results_read_bac
     };
     assert_eq!(next_order(&mut m1).await, gone);
     assert_eq!(next_order(&mut m10).await, gone);
+
+    // A new watch lists again: the deleted order is missing from its marker.
+    let mut again = client.watch_task_orders("m1");
+    assert_eq!(next_order(&mut again).await, put("run-1"));
+    assert_eq!(next_order(&mut again).await, listed(&["run-1"]));
     assert_eq!(
         client
             .task_result("m1", "default", "run-2")

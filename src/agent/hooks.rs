@@ -273,6 +273,19 @@ pub async fn run_command(
     cwd: &Path,
     label: &str,
 ) -> Result<Vec<String>, HookError> {
+    run_command_observed(env, cmd, cwd, label, |_| {}).await
+}
+
+/// [`run_command`], calling `started` with the process group id (the shell's pid) once
+/// the command is spawned: a Task's command records it so that an agent restarted after
+/// a crash can kill what it left. The timeout counts from the spawn.
+pub async fn run_command_observed(
+    env: &HookEnv,
+    cmd: &Command,
+    cwd: &Path,
+    label: &str,
+    started: impl FnOnce(i32),
+) -> Result<Vec<String>, HookError> {
     let spawn_err = |message: String| HookError::Spawn {
         label: label.to_string(),
         command: cmd.command.clone(),
@@ -289,6 +302,9 @@ pub async fn run_command(
         c.spawn().map_err(|e| spawn_err(e.to_string()))?
     };
     let mut guard = GroupGuard(child.id().map(|p| p as i32));
+    if let Some(pgid) = guard.0 {
+        started(pgid);
+    }
     let receiver = |fd| {
         tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
             .map(tokio::io::BufReader::new)

@@ -16,6 +16,7 @@ pub mod release;
 pub mod report;
 pub mod service;
 pub mod switch_lock;
+pub mod task_groups;
 pub mod tasks;
 pub mod unpack;
 

@@ -15,7 +15,8 @@ pub fn markdown() -> String {
          Refresh with: DEPLOYCTL_BLESS=1 cargo test reference -->\n\n\
          Every field of the objects you write, generated from the JSON Schemas in\n\
          [`schemas/`](../schemas). `status` fields are written by deployctl, never by\n\
-         `apply`; they are listed so that `get -o yaml` can be read.\n",
+         `apply`; they are listed so that `get -o yaml` can be read. A Task is created by\n\
+         `deployctl run`, never by `apply`.\n",
     );
     for (_, s) in schema::all() {
         let title = s.get("title").and_then(Value::as_str).unwrap_or("Object");

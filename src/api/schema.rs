@@ -5,7 +5,7 @@
 //! `schemas_should_match_the_checked_in_copies` (`DEPLOYCTL_BLESS=1 cargo test schemas`).
 
 use super::validation::FieldError;
-use super::{Application, KindName, Machine, Notifier, Object, Rollout, API_VERSION};
+use super::{Application, KindName, Machine, Notifier, Object, Rollout, Task, API_VERSION};
 use schemars::gen::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
@@ -22,30 +22,41 @@ pub const USER_KINDS: [KindName; 4] = [
     KindName::Notifier,
 ];
 
+/// Every kind with a schema: those a user applies, and Task, which `deployctl run`
+/// creates (its schema documents the fields `get -o yaml` shows; `apply` refuses it).
+pub const SCHEMA_KINDS: [KindName; 5] = [
+    KindName::Application,
+    KindName::Rollout,
+    KindName::Machine,
+    KindName::Notifier,
+    KindName::Task,
+];
+
 /// The file name of a kind's schema, e.g. `rollout.json`.
 pub fn file_name(kind: KindName) -> String {
     format!("{}.json", kind.singular())
 }
 
-/// The JSON Schema of one user kind; `None` for kinds a user cannot apply.
+/// The JSON Schema of one kind of [`SCHEMA_KINDS`]; `None` for the others.
 pub fn schema_for(kind: KindName) -> Option<Value> {
     match kind {
         KindName::Application => Some(generate::<Application>()),
         KindName::Rollout => Some(generate::<Rollout>()),
         KindName::Machine => Some(generate::<Machine>()),
         KindName::Notifier => Some(generate::<Notifier>()),
-        KindName::Instance | KindName::Event | KindName::Sync | KindName::Task => None,
+        KindName::Task => Some(generate::<Task>()),
+        KindName::Instance | KindName::Event | KindName::Sync => None,
     }
 }
 
-/// Every user kind's schema with its file name, in a fixed order.
+/// Every schema with its file name, in a fixed order.
 pub fn all() -> Vec<(String, Value)> {
-    USER_KINDS
+    SCHEMA_KINDS
         .into_iter()
         .map(|k| {
             (
                 file_name(k),
-                schema_for(k).expect("USER_KINDS all have schemas"),
+                schema_for(k).expect("SCHEMA_KINDS all have schemas"),
             )
         })
         .collect()
@@ -390,6 +401,24 @@ mod tests {
         assert_eq!(s["properties"]["kind"]["const"], "Rollout");
         assert_eq!(s["$id"], "https://deployctl.dev/schemas/rollout.json");
         assert!(schema_for(KindName::Instance).is_none());
+    }
+
+    #[test]
+    fn a_task_should_have_a_schema_but_never_be_applied() {
+        let s = schema_for(KindName::Task).expect("Task has a schema");
+        assert_eq!(s["$id"], "https://deployctl.dev/schemas/task.json");
+        assert!(s["definitions"]["TaskSpec"]["properties"]["timeoutSeconds"].is_object());
+        assert!(all().iter().any(|(name, _)| name == "task.json"));
+        let errors = validate(
+            KindName::Task,
+            &json!({"apiVersion": "deployctl.dev/v1", "kind": "Task",
+                    "metadata": {"name": "t"}, "spec": {"application": "api", "command": "true"}}),
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.contains("cannot be applied"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub struct TaskSpec {
     /// machines (rounded down, at least 1). Default 1.
     #[serde(default = "default_max_parallel")]
     pub max_parallel: IntOrPercent,
-    /// Seconds before a machine's process group is killed and its run counts as failed.
+    /// Seconds before a machine's process group is killed and its run counts as failed,
+    /// counted from the command's start (a wait for a switch on that machine is not).
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u32,
     /// After a machine fails, no further machine starts (running ones finish). Default on.

@@ -8,7 +8,7 @@
 use super::{connect, output, within, CliError, GlobalArgs};
 use crate::agent::logs::{LogAnswer, LogLine, LogRequest, MAX_TAIL, SOURCES};
 use crate::api::{Instance, KindName, Object, Rollout, Task};
-use crate::store::{Client, Error as StoreError, LeaseId, Scope};
+use crate::store::{Client, Error as StoreError, LeaseId, ObjectEvent, Scope};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use futures::StreamExt;
@@ -29,6 +29,9 @@ Examples:
 
   # The whole output (up to 1000 lines per machine) of a deployctl run
   deployctl logs task web-run-5f3a9c
+
+  # The same while it runs, ending when the task finishes
+  deployctl logs task web-run-5f3a9c -f
 
   # Follow the service while the agent runs (Ctrl-C to stop)
   deployctl logs instance api.web-1 --hook service -f";
@@ -55,7 +58,8 @@ pub struct LogsArgs {
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_TAIL)))]
     pub tail: u32,
-    /// Keep printing new lines as the agent writes them, until interrupted.
+    /// Keep printing new lines as the agent writes them, until interrupted (a task's: until
+    /// the task finishes).
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// Look for the object in every namespace.
@@ -122,9 +126,12 @@ pub async fn run(g: &GlobalArgs, args: LogsArgs) -> anyhow::Result<i32> {
         return Err(LogsError::WrongKind(kind.plural().to_string()).into());
     }
     let client = connect(g).await?;
+    if kind == KindName::Task && args.follow {
+        return Ok(i32::from(follow_task(g, &client, &args).await?));
+    }
     let (targets, prefix) = match kind {
         KindName::Rollout => (rollout_targets(g, &client, &args).await?, true),
-        KindName::Task => (task_targets(g, &client, &args).await?, true),
+        KindName::Task => (task_targets(&find_task(g, &client, &args).await?), true),
         _ => (vec![instance_target(g, &client, &args).await?], false),
     };
     let request = |t: &Target| match t.window {
@@ -460,22 +467,16 @@ async fn rollout_targets(
     Ok(targets)
 }
 
-/// The machines a Task ran on, each with its run's start and finish (or now).
-async fn task_targets(
-    g: &GlobalArgs,
-    client: &Client,
-    args: &LogsArgs,
-) -> anyhow::Result<Vec<Target>> {
-    if args.follow {
-        anyhow::bail!(
-            "logs task does not follow: deployctl run --output prints the tails as they come"
-        );
-    }
+async fn find_task(g: &GlobalArgs, client: &Client, args: &LogsArgs) -> anyhow::Result<Task> {
     let listed = within(g, client.list::<Task>(&scope(g, args))).await?;
-    let task = the_one(listed.items, &args.name, KindName::Task)?;
+    the_one(listed.items, &args.name, KindName::Task)
+}
+
+/// The machines a Task ran on (or runs on), each with its run's start and finish (or now).
+fn task_targets(task: &Task) -> Vec<Target> {
     let namespace = task.meta().namespace.clone().unwrap_or_default();
     let status = task.status.clone().unwrap_or_default();
-    Ok(status
+    status
         .machines
         .iter()
         .filter_map(|m| {
@@ -483,16 +484,228 @@ async fn task_targets(
                 machine: m.machine.clone(),
                 namespace: namespace.clone(),
                 app: task.spec.application.clone(),
-                window: Some((m.start_time?, m.finish_time.unwrap_or_else(Utc::now))),
+                window: Some((
+                    m.start_time?,
+                    m.finish_time.unwrap_or(DateTime::<Utc>::MAX_UTC),
+                )),
             })
         })
-        .collect())
+        .collect()
+}
+
+/// The request for one machine's lines of a Task (the agent's `task` source).
+fn task_request(t: &Target, follow: bool) -> LogRequest {
+    LogRequest {
+        namespace: t.namespace.clone(),
+        app: t.app.clone(),
+        source: Some("task".into()),
+        tail: MAX_TAIL,
+        follow,
+    }
+}
+
+/// `logs task NAME -f`: each machine's lines of the run as they come, from the time its
+/// run starts, until the Task finishes (or SIGINT/SIGTERM); then each machine's lines up
+/// to its finish that had not come yet, so that the last ones are never lost. True when
+/// any machine failed.
+async fn follow_task(g: &GlobalArgs, client: &Client, args: &LogsArgs) -> anyhow::Result<bool> {
+    let mut task = find_task(g, client, args).await?;
+    let name = task.name().to_string();
+    let namespace = task.meta().namespace.clone().unwrap_or_default();
+    let mut watch = client.list_watch::<Task>(Scope::Namespace(namespace));
+    let stop = super::get::shutdown_signal();
+    tokio::pin!(stop);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut follow = TaskFollow::new(client.clone(), tx);
+    loop {
+        let finished = task.status.as_ref().is_some_and(|s| s.phase.is_finished());
+        follow.targets(task_targets(&task), !finished);
+        if finished {
+            break;
+        }
+        tokio::select! {
+            _ = &mut stop => {
+                follow.stop().await;
+                return Ok(follow.failed);
+            }
+            Some((machine, update)) = rx.recv() => follow.show(&machine, update),
+            event = watch.next() => match event {
+                None => anyhow::bail!("the watch on task {name:?} ended"),
+                Some(Ok(ObjectEvent::Restarted(items))) => {
+                    task = items
+                        .into_iter()
+                        .find(|t| t.name() == name)
+                        .ok_or_else(|| anyhow::anyhow!("task {name:?} was deleted"))?;
+                }
+                Some(Ok(ObjectEvent::Applied(t))) if t.name() == name => task = t,
+                Some(Ok(ObjectEvent::Deleted(t))) if t.name() == name => {
+                    anyhow::bail!("task {name:?} was deleted")
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "watch interrupted; resuming"),
+            },
+        }
+    }
+    follow.stop().await;
+    while let Ok((machine, update)) = rx.try_recv() {
+        follow.show(&machine, update);
+    }
+    follow.catch_up().await;
+    Ok(follow.failed)
+}
+
+/// The machines `logs task -f` follows and what it printed of each.
+struct TaskFollow {
+    client: Client,
+    tx: mpsc::UnboundedSender<(String, Result<Update, LogsError>)>,
+    /// Each machine's run, by machine: its window filters the lines shown.
+    targets: std::collections::BTreeMap<String, Target>,
+    printed: std::collections::HashMap<String, Printed>,
+    leases: Arc<Mutex<Vec<LeaseId>>>,
+    followers: tokio::task::JoinSet<()>,
+    failed: bool,
+}
+
+impl TaskFollow {
+    fn new(client: Client, tx: mpsc::UnboundedSender<(String, Result<Update, LogsError>)>) -> Self {
+        TaskFollow {
+            client,
+            tx,
+            targets: Default::default(),
+            printed: Default::default(),
+            leases: Arc::new(Mutex::new(Vec::new())),
+            followers: tokio::task::JoinSet::new(),
+            failed: false,
+        }
+    }
+
+    /// Takes the runs' current windows and, with `follow`, follows each machine whose run
+    /// has started (a finished Task's lines are only fetched, by [`Self::catch_up`]).
+    fn targets(&mut self, targets: Vec<Target>, follow: bool) {
+        for t in targets {
+            if follow && !self.targets.contains_key(&t.machine) {
+                let (client, req, tx) =
+                    (self.client.clone(), task_request(&t, true), self.tx.clone());
+                let (leases, target) = (self.leases.clone(), t.clone());
+                self.followers.spawn(async move {
+                    let machine = target.machine.clone();
+                    let res = ask(&client, &target, &req, Some(&leases), |u| {
+                        let _ = tx.send((machine.clone(), Ok(u)));
+                    })
+                    .await;
+                    if let Err(e) = res {
+                        let _ = tx.send((machine, Err(e)));
+                    }
+                });
+            }
+            self.targets.insert(t.machine.clone(), t);
+        }
+    }
+
+    /// Prints the lines of `machine`'s run not printed before.
+    fn show(&mut self, machine: &str, update: Result<Update, LogsError>) {
+        let lines = match update {
+            Ok(Update::Lines(lines)) => lines,
+            Ok(Update::Skipped(n)) => {
+                eprintln!(
+                    "warning: machine {}: {n} line(s) skipped: this follower fell behind",
+                    output::escape(machine)
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("error: {}", output::escape(&e.to_string()));
+                self.failed = true;
+                return;
+            }
+        };
+        let Some(target) = self.targets.get(machine) else {
+            return;
+        };
+        let printed = self.printed.entry(machine.to_string()).or_default();
+        for line in lines.iter().filter(|l| target.shows(l)) {
+            let text = format_line(Some(&target.machine), line);
+            if printed.fresh(line.time, &text) {
+                outln!("{text}");
+            }
+        }
+    }
+
+    /// Stops following: the followers end and their leases (and keys) go at once.
+    async fn stop(&mut self) {
+        self.followers.abort_all();
+        while self.followers.join_next().await.is_some() {}
+        let leases = std::mem::take(
+            &mut *self
+                .leases
+                .lock()
+                .expect("lease list lock: no panics inside"),
+        );
+        let store = self.client.store();
+        let revokes = futures::future::join_all(leases.into_iter().map(|l| store.revoke_lease(l)));
+        let _ = tokio::time::timeout(super::CONNECT_TIMEOUT, revokes).await;
+    }
+
+    /// Asks each machine once more for its run's lines: those written just before the
+    /// Task finished may not have reached the follower yet.
+    async fn catch_up(&mut self) {
+        let targets: Vec<Target> = self.targets.values().cloned().collect();
+        for t in &targets {
+            let mut lines = Vec::new();
+            let res = ask(&self.client, t, &task_request(t, false), None, |u| {
+                if let Update::Lines(l) = u {
+                    lines.extend(l)
+                }
+            })
+            .await;
+            self.show(&t.machine, Ok(Update::Lines(lines)));
+            if let Err(e) = res {
+                self.show(&t.machine, Err(e));
+            }
+        }
+    }
+}
+
+/// What was printed of one machine, to print each line once when a follower's first
+/// lines and the last fetch overlap what came before. Lines come in time order, so only
+/// the last time's lines need keeping: memory stays bounded however long the run.
+#[derive(Default)]
+struct Printed {
+    last: Option<DateTime<Utc>>,
+    at_last: std::collections::HashSet<String>,
+}
+
+impl Printed {
+    fn fresh(&mut self, time: DateTime<Utc>, text: &str) -> bool {
+        match self.last {
+            Some(last) if time < last => false,
+            Some(last) if time == last => self.at_last.insert(text.to_string()),
+            _ => {
+                self.last = Some(time);
+                self.at_last.clear();
+                self.at_last.insert(text.to_string());
+                true
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::agent::logs::Stream;
+
+    #[test]
+    fn a_followed_line_should_print_once_when_the_last_fetch_overlaps_it() {
+        let t = |s: u32| DateTime::<Utc>::from_timestamp(1_700_000_000 + i64::from(s), 0).unwrap();
+        let mut p = Printed::default();
+        assert!(p.fresh(t(1), "a"));
+        assert!(p.fresh(t(2), "b"));
+        assert!(p.fresh(t(2), "c"), "another line at the same time");
+        assert!(!p.fresh(t(1), "a"), "an earlier line, printed before");
+        assert!(!p.fresh(t(2), "b"), "the same line again");
+        assert!(p.fresh(t(3), "b"), "the same text later is a new line");
+    }
 
     #[test]
     fn a_line_should_name_its_machine_source_version_and_stream_with_control_characters_escaped() {

@@ -55,7 +55,9 @@ pub struct RunArgs {
     /// Machines running at once: a count or a percent of the chosen machines.
     #[arg(long, default_value = "1", value_parser = parse_max_parallel)]
     pub max_parallel: IntOrPercent,
-    /// Per machine, before its process group is killed (default: the named task's, or 5m).
+    /// Per machine, before its process group is killed, counted from the command's start:
+    /// waiting for a rollout's switch on that machine does not count (default: the named
+    /// task's, or 5m).
     #[arg(long, value_parser = duration_in(Duration::from_secs(1), Duration::from_secs(86_400)))]
     pub timeout: Option<Duration>,
     /// After a failure, start no further machine.

@@ -38,7 +38,8 @@ pub struct ControllerConfig {
     pub http: Option<Listen>,
 }
 
-/// How often the leader counts the fleet's machines for `deployctl_machines`.
+/// How often the leader counts the fleet's machines for `deployctl_machines` (and its
+/// Tasks for `deployctl_tasks`).
 const MACHINE_COUNT_PERIOD: Duration = Duration::from_secs(5);
 
 /// Runs the control loop until `shutdown` is cancelled.
@@ -109,10 +110,16 @@ fn health_check(client: Arc<OnceLock<Client>>) -> http::HealthCheck {
     })
 }
 
-/// Counts the cached machines into `deployctl_machines` every
-/// [`MACHINE_COUNT_PERIOD`], until `stop`.
+/// Counts the cached machines into `deployctl_machines`, and the cached Tasks by phase
+/// into `deployctl_tasks`, every [`MACHINE_COUNT_PERIOD`], until `stop`.
 async fn count_machines(ctx: Arc<Context>, stop: CancellationToken) {
     loop {
+        let tasks = ctx.tasks.list();
+        metrics().set_tasks(tasks.iter().map(|t| {
+            t.status
+                .as_ref()
+                .map_or(crate::api::TaskPhase::Pending, |s| s.phase)
+        }));
         let (mut ready, mut not_ready, mut cordoned) = (0, 0, 0);
         for m in ctx.machines.list() {
             if crate::reconcilers::machine::is_ready(&m) {

@@ -12,12 +12,13 @@
 //! per process, so one set is exact there; processes that run several (`deployctl up`,
 //! in-process tests) add theirs together and serve none of them.
 //!
-//! Label values are bounded: kinds, operations, results, hook names, states, and the
+//! Label values are bounded: kinds, operations, results, hook names, states, Task phases, and the
 //! namespace/name/phase/version of Rollouts (one series per Rollout). No metric of the
 //! controller carries a machine's name.
 
 pub mod http;
 
+use crate::api::TaskPhase;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -84,6 +85,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabel {
     pub hook: &'static str,
 }
@@ -132,11 +138,14 @@ pub struct Metrics {
     store_duration: HistogramFamily<OpLabel>,
     leader: Gauge,
     machines: Family<StateLabel, Gauge>,
+    tasks: Family<PhaseLabel, Gauge>,
     agent_stage_duration: Histogram,
     agent_hook_duration: HistogramFamily<HookLabel>,
     agent_switches: Family<ResultLabel, Counter>,
     agent_service_restarts: Counter,
     agent_artifact_bytes: Counter,
+    agent_task_commands: Family<ResultLabel, Counter>,
+    agent_task_command_duration: Histogram,
     /// The info series each Rollout has now, so that a new phase or version replaces
     /// the old series instead of adding one.
     rollout_series: Mutex<HashMap<(String, String), RolloutInfoLabels>>,
@@ -170,11 +179,14 @@ impl Metrics {
             store_duration: Family::new_with_constructor(store_histogram),
             leader: Gauge::default(),
             machines: Family::default(),
+            tasks: Family::default(),
             agent_stage_duration: long_histogram(),
             agent_hook_duration: Family::new_with_constructor(long_histogram),
             agent_switches: Family::default(),
             agent_service_restarts: Counter::default(),
             agent_artifact_bytes: Counter::default(),
+            agent_task_commands: Family::default(),
+            agent_task_command_duration: long_histogram(),
             rollout_series: Mutex::new(HashMap::new()),
             controller_synced: AtomicBool::new(false),
             agent_registered: AtomicBool::new(false),
@@ -204,6 +216,11 @@ impl Metrics {
         }
         for hook in ["install", "beforeActivate", "activate", "afterActivate"] {
             drop(self.agent_hook_duration.get_or_create(&HookLabel { hook }));
+        }
+        for result in TASK_COMMAND_RESULTS {
+            drop(self.agent_task_commands.get_or_create(&ResultLabel {
+                result: result.to_string(),
+            }));
         }
     }
 
@@ -262,6 +279,11 @@ impl Metrics {
              marked unschedulable (ready or not)",
             self.machines.clone(),
         );
+        c.register(
+            "deployctl_tasks",
+            "Tasks (deployctl run) by phase: Pending, Running, Succeeded, Failed",
+            self.tasks.clone(),
+        );
         for r in [&mut self.controller, &mut self.agent] {
             r.register(
                 "deployctl_store_requests",
@@ -299,6 +321,17 @@ impl Metrics {
             "deployctl_agent_artifact_bytes",
             "Artifact bytes downloaded",
             self.agent_artifact_bytes.clone(),
+        );
+        a.register(
+            "deployctl_agent_task_commands",
+            "Task commands (deployctl run) on this machine, by result (ok, failed, timeout, \
+             interrupted)",
+            self.agent_task_commands.clone(),
+        );
+        a.register(
+            "deployctl_agent_task_command_duration_seconds",
+            "Time a Task's command ran, from its start (after any switch) to its end",
+            self.agent_task_command_duration.clone(),
         );
         self
     }
@@ -384,6 +417,7 @@ impl Metrics {
         self.rollout_info.clear();
         self.rollout_machines.clear();
         self.machines.clear();
+        self.tasks.clear();
     }
 
     fn lock_series(
@@ -441,6 +475,17 @@ impl Metrics {
             self.machines
                 .get_or_create(&StateLabel { state })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The Tasks, one phase each: every phase is set, to 0 when no Task has it.
+    pub fn set_tasks(&self, phases: impl IntoIterator<Item = TaskPhase>) {
+        let mut counts: HashMap<&'static str, i64> = TASK_PHASES.iter().map(|p| (*p, 0)).collect();
+        for p in phases {
+            *counts.entry(task_phase_name(p)).or_default() += 1;
+        }
+        for (phase, n) in counts {
+            self.tasks.get_or_create(&PhaseLabel { phase }).set(n);
         }
     }
 
@@ -513,6 +558,34 @@ impl Metrics {
     pub fn artifact_bytes(&self, n: u64) {
         self.agent_artifact_bytes.inc_by(n);
     }
+
+    /// A Task's command ended with `result` (one of [`TASK_COMMAND_RESULTS`]) after
+    /// running `took`; `None` when its time is unknown (interrupted by a crash).
+    pub fn task_command_ended(&self, result: &'static str, took: Option<Duration>) {
+        self.agent_task_commands
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+        if let Some(took) = took {
+            self.agent_task_command_duration.observe(took.as_secs_f64());
+        }
+    }
+}
+
+/// The results `deployctl_agent_task_commands` counts.
+pub const TASK_COMMAND_RESULTS: [&str; 4] = ["ok", "failed", "timeout", "interrupted"];
+
+/// The phases `deployctl_tasks` counts.
+const TASK_PHASES: [&str; 4] = ["Pending", "Running", "Succeeded", "Failed"];
+
+fn task_phase_name(p: TaskPhase) -> &'static str {
+    match p {
+        TaskPhase::Pending => "Pending",
+        TaskPhase::Running => "Running",
+        TaskPhase::Succeeded => "Succeeded",
+        TaskPhase::Failed => "Failed",
+    }
 }
 
 #[cfg(test)]
@@ -531,6 +604,7 @@ mod tests {
             MachineCounts::default(),
         );
         m.set_machines(1, 0, 0);
+        m.set_tasks([TaskPhase::Running]);
         m.store_request("get", "ok", Duration::from_millis(1));
     }
 
@@ -556,6 +630,7 @@ mod tests {
             "deployctl_store_request_duration_seconds",
             "deployctl_leader",
             "deployctl_machines",
+            "deployctl_tasks",
         ] {
             assert!(controller.contains(&format!("# TYPE {name} ")), "{name}");
         }
@@ -567,6 +642,8 @@ mod tests {
             "deployctl_agent_switches",
             "deployctl_agent_service_restarts",
             "deployctl_agent_artifact_bytes",
+            "deployctl_agent_task_commands",
+            "deployctl_agent_task_command_duration_seconds",
             "deployctl_store_requests",
         ] {
             assert!(agent.contains(&format!("# TYPE {name} ")), "{name}");

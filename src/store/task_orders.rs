@@ -5,7 +5,7 @@ use super::keys;
 use super::{Client, Compare, Error, EventType, KeyValue, Op, Result, Store, Txn};
 use crate::api::{MachineRun, TaskOrder};
 use futures::{stream::BoxStream, StreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// A change to one machine's Task orders, as its agent sees it.
@@ -20,6 +20,16 @@ pub enum TaskOrderEvent {
     },
     /// The order is gone: the Task was deleted, so a running command is killed.
     Deleted { namespace: String, task: String },
+    /// A (re)list ended: its orders were just sent as `Put`s and these are all that exist,
+    /// so an order missing here was withdrawn while the watch was broken.
+    Listed { orders: BTreeSet<(String, String)> },
+}
+
+/// What a relisting watch yields.
+enum Seen {
+    Change(EventType, KeyValue),
+    /// A list ended: every key under the prefix was just yielded as a put; these keys.
+    Listed(Vec<String>),
 }
 
 impl Client {
@@ -171,15 +181,24 @@ impl Client {
             .collect())
     }
 
-    /// The Task orders to `machine`: those that exist first, then changes. Relists after
-    /// a compaction or a broken watch (an order seen twice is the reader's to skip).
+    /// The Task orders to `machine`: those that exist first, then `Listed`, then changes.
+    /// Relists after a compaction or a broken watch (an order seen twice is the reader's
+    /// to skip; one deleted meanwhile is missing from the next `Listed`).
     pub fn watch_task_orders(&self, machine: &str) -> BoxStream<'static, Result<TaskOrderEvent>> {
         let machine = machine.to_string();
         relisting_watch(self.store().clone(), keys::task_orders_prefix(&machine))
             .filter_map(move |item| {
                 let out = match item {
                     Err(e) => Some(Err(e)),
-                    Ok((kind, kv)) => order_event(&machine, kind, kv).map(Ok),
+                    Ok(Seen::Change(kind, kv)) => order_event(&machine, kind, kv).map(Ok),
+                    Ok(Seen::Listed(listed)) => {
+                        let orders = listed
+                            .iter()
+                            .filter_map(|k| keys::parse_task_key(&machine, k))
+                            .map(|(ns, task)| (ns.to_string(), task.to_string()))
+                            .collect();
+                        Some(Ok(TaskOrderEvent::Listed { orders }))
+                    }
                 };
                 futures::future::ready(out)
             })
@@ -194,8 +213,9 @@ pub fn watch_task_results(client: &Client) -> BoxStream<'static, Result<(String,
         .filter_map(|item| {
             let out = match item {
                 Err(e) => Some(Err(e)),
-                Ok((_, kv)) => keys::parse_task_result_key(&kv.key)
+                Ok(Seen::Change(_, kv)) => keys::parse_task_result_key(&kv.key)
                     .map(|(_, ns, task)| Ok((ns.to_string(), task.to_string()))),
+                Ok(Seen::Listed(_)) => None,
             };
             futures::future::ready(out)
         })
@@ -215,12 +235,9 @@ fn order_event(machine: &str, kind: EventType, kv: KeyValue) -> Option<TaskOrder
     })
 }
 
-/// Every key under `prefix` (as puts), then the changes from the revision listed; on a
-/// compaction or a closed watch, lists again.
-fn relisting_watch(
-    store: Arc<dyn Store>,
-    prefix: String,
-) -> BoxStream<'static, Result<(EventType, KeyValue)>> {
+/// Every key under `prefix` (as puts) and a `Listed` marker, then the changes from the
+/// revision listed; on a compaction or a closed watch, lists again.
+fn relisting_watch(store: Arc<dyn Store>, prefix: String) -> BoxStream<'static, Result<Seen>> {
     futures::stream::unfold(None, move |watch: Option<super::WatchStream>| {
         let store = store.clone();
         let prefix = prefix.clone();
@@ -230,7 +247,12 @@ fn relisting_watch(
                     Ok(x) => x,
                     Err(e) => return Some((vec![Err(e)], None)),
                 };
-                let found = kvs.into_iter().map(|kv| Ok((EventType::Put, kv))).collect();
+                let listed = Seen::Listed(kvs.iter().map(|kv| kv.key.clone()).collect());
+                let found = kvs
+                    .into_iter()
+                    .map(|kv| Ok(Seen::Change(EventType::Put, kv)))
+                    .chain([Ok(listed)])
+                    .collect();
                 return match store.watch(&prefix, rev + 1).await {
                     Ok(w) => Some((found, Some(w))),
                     Err(e) => Some((vec![Err(e)], None)),
@@ -240,7 +262,10 @@ fn relisting_watch(
                 None | Some(Err(Error::Compacted { .. })) => Some((vec![], None)),
                 Some(Err(e)) => Some((vec![Err(e)], None)),
                 Some(Ok(events)) => Some((
-                    events.into_iter().map(|ev| Ok((ev.kind, ev.kv))).collect(),
+                    events
+                        .into_iter()
+                        .map(|ev| Ok(Seen::Change(ev.kind, ev.kv)))
+                        .collect(),
                     Some(watch),
                 )),
             }

@@ -204,6 +204,26 @@ impl Spawned {
         lines.join("\n")
     }
 
+    /// Waits (up to [`DEADLINE`]) for the process to exit by itself; its exit code and
+    /// every stdout line it printed (those seen before included). `None`: still running.
+    pub fn exit_by_itself(&mut self) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + DEADLINE;
+        let code = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.code();
+            }
+            if Instant::now() >= deadline {
+                return (None, self.seen.clone());
+            }
+            std::thread::sleep(Duration::from_millis(20)); // polling the exit, not a sync stand-in
+        };
+        // The pump thread ends at end of file: every line is on the channel then.
+        while let Ok(line) = self.stdout.recv_timeout(DEADLINE) {
+            self.seen.push(line);
+        }
+        (code, self.seen.clone())
+    }
+
     /// Sends SIGTERM and waits (up to [`DEADLINE`]) for the exit status.
     pub fn terminate(&mut self) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

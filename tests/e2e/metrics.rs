@@ -498,3 +498,79 @@ fn json_logs_should_carry_the_daemons_span_fields() {
     assert_eq!(v["span"]["name"], "agent", "{line}");
     assert_eq!(v["span"]["machine"], "m0", "{line}");
 }
+
+#[test]
+fn a_scrape_after_deployctl_run_should_count_tasks_by_phase_and_commands_by_result() {
+    for (label, backend) in Backend::all() {
+        let mut f = Fleet::new(label, backend);
+        build_artifact(&f.artifacts(), "v1");
+        let a = f.start_controller_with("ctl-a", &["--http-addr", "127.0.0.1:0"]);
+        let ctl = served_addr(f.controllers[a].as_mut().expect("just started"));
+        f.start_agent_with("m0", &["-v", "--http-addr", "127.0.0.1:0"]);
+        let agent = served_addr(f.agents.get_mut("m0").expect("just started"));
+        f.apply(&[
+            f.app(json!({}), json!({})),
+            Fleet::rollout(
+                "v1",
+                json!({ "maxUnavailable": 1 }),
+                json!({ "maxFailures": 0, "action": "Pause" }),
+            ),
+        ]);
+        f.wait_complete("v1", 1);
+
+        // One command exits 0, one exits 1, one outlives its timeout.
+        f.run(&["run", "api", "--", "true"]).ok();
+        f.run(&["run", "api", "--", "false"]).code(1);
+        f.run(&["run", "api", "--timeout", "1s", "--", "sleep 60"])
+            .code(1);
+
+        let text = scrape(&agent);
+        for (result, n) in [
+            ("ok", 1.0),
+            ("failed", 1.0),
+            ("timeout", 1.0),
+            ("interrupted", 0.0),
+        ] {
+            assert_eq!(
+                total(
+                    &text,
+                    "deployctl_agent_task_commands_total",
+                    &[("result", result)]
+                ),
+                n,
+                "[{label}] {result}: {text}"
+            );
+        }
+        assert_eq!(
+            total(
+                &text,
+                "deployctl_agent_task_command_duration_seconds_count",
+                &[]
+            ),
+            3.0,
+            "[{label}] {text}"
+        );
+        assert!(
+            total(
+                &text,
+                "deployctl_agent_task_command_duration_seconds_sum",
+                &[]
+            ) >= 1.0,
+            "[{label}] the timed-out command ran its second: {text}"
+        );
+        // The leader counts its Tasks periodically: wait for the count to reach them.
+        wait_until(
+            &format!("[{label}] tasks counted by phase"),
+            ENDPOINT_DEADLINE,
+            || {
+                let text = scrape(&ctl);
+                let phase = |p| total(&text, "deployctl_tasks", &[("phase", p)]);
+                (phase("Succeeded") == 1.0
+                    && phase("Failed") == 2.0
+                    && phase("Running") == 0.0
+                    && phase("Pending") == 0.0)
+                    .then_some(())
+            },
+        );
+    }
+}

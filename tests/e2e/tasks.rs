@@ -167,52 +167,84 @@ fn deployctl_run_should_stream_results_run_named_tasks_and_exit_by_outcome() {
 }
 
 #[test]
-fn an_agent_killed_mid_command_should_report_interrupted_and_never_run_it_again() {
-    let (mut f, _machines) = Fleet::at_v1(
-        "embedded",
-        Backend::embedded(),
-        1,
-        json!({}),
-        json!({}),
-        json!({ "maxUnavailable": 1 }),
-        json!({ "maxFailures": 0, "action": "Pause" }),
-    );
-    let starts = f.logs().join("starts");
-    let pid_file = f.logs().join("sleeper.pid");
-    let command = format!(
-        "echo start >> {starts}; sh -c 'echo $$ > {pid}; exec sleep 300'",
-        starts = starts.display(),
-        pid = pid_file.display()
-    );
-    let out = f.run(&["run", "api", "--detach", "--", &command]).ok();
-    let name = out
-        .stdout
-        .trim()
-        .strip_prefix("task.deployctl.dev/")
-        .and_then(|s| s.strip_suffix(" created"))
-        .unwrap_or_else(|| panic!("{}", out.stdout))
-        .to_string();
-    let pid: i32 = wait_until("the command started", Duration::from_secs(60), || {
-        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
-    });
-    f.kill_agent("m0");
-    f.start_agent("m0");
-    let page = wait_until("the task finished", Duration::from_secs(60), || {
-        let out = f.run(&["describe", "task", &name]).ok();
-        let done = out
-            .stdout
-            .lines()
-            .any(|l| l.trim_start().starts_with("Phase:") && l.ends_with("Failed"));
-        done.then_some(out.stdout)
-    });
-    // The orphaned command is the test's to stop (the agent that started it is gone).
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    assert!(page.contains("Interrupted"), "{page}");
-    let runs = std::fs::read_to_string(&starts).expect("the command ran");
-    assert_eq!(runs.lines().count(), 1, "never run again: {runs}");
+fn an_agent_killed_mid_command_should_report_interrupted_kill_the_group_and_never_run_it_again() {
+    for (label, backend) in Backend::all() {
+        let (mut f, _machines) = Fleet::at_v1(
+            label,
+            backend,
+            1,
+            json!({}),
+            json!({}),
+            json!({ "maxUnavailable": 1 }),
+            json!({ "maxFailures": 0, "action": "Pause" }),
+        );
+        let starts = f.logs().join("starts");
+        let leader_file = f.logs().join("leader.pid");
+        let pid_file = f.logs().join("sleeper.pid");
+        // The command's shell leads its process group; the sleeper is a member.
+        let command = format!(
+            "echo $$ > {leader}; echo start >> {starts}; sh -c 'echo $$ > {pid}; exec sleep 300'",
+            leader = leader_file.display(),
+            starts = starts.display(),
+            pid = pid_file.display()
+        );
+        let out = f.run(&["run", "api", "--detach", "--", &command]).ok();
+        let name = detached_name(&out.stdout);
+        let _sleeper: i32 = wait_until("the command started", Duration::from_secs(60), || {
+            std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+        });
+        let pgid: i32 = std::fs::read_to_string(&leader_file)
+            .expect("the shell wrote its pid before the sleeper's")
+            .trim()
+            .parse()
+            .expect("a pid");
+        assert!(group_alive(pgid), "[{label}] the command runs");
+        f.kill_agent("m0");
+        assert!(
+            group_alive(pgid),
+            "[{label}] a SIGKILLed agent leaves its command running"
+        );
+        f.start_agent("m0");
+        let page = wait_until("the task finished", Duration::from_secs(60), || {
+            let out = f.run(&["describe", "task", &name]).ok();
+            let done = out
+                .stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("Phase:") && l.ends_with("Failed"));
+            done.then_some(out.stdout)
+        });
+        assert!(page.contains("Interrupted"), "[{label}] {page}");
+        assert!(
+            page.contains("its process group was killed"),
+            "[{label}] {page}"
+        );
+        // The restarted agent killed what its predecessor left.
+        wait_until(
+            "the command's process group gone",
+            Duration::from_secs(60),
+            || (!group_alive(pgid)).then_some(()),
+        );
+        let runs = std::fs::read_to_string(&starts).expect("the command ran");
+        assert_eq!(runs.lines().count(), 1, "[{label}] never run again: {runs}");
+    }
+}
+
+/// True while a live (not zombie) process is in process group `pgid`, read from
+/// `/proc/*/stat` (after the command name: state, ppid, pgrp).
+fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(Result::ok).any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().take(3).collect();
+        fields.len() == 3 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
 }
 
 /// `deployctl run ... --detach`'s Task name.
@@ -291,5 +323,76 @@ fn four_agents_with_max_parallel_two_should_never_overlap_more_than_two_and_dele
             (!alive).then_some(())
         });
         std::fs::remove_file(&pid_file).expect("the pid file is ours");
+    }
+}
+
+#[test]
+fn logs_task_follow_should_print_each_line_once_and_end_when_the_task_finishes() {
+    for (label, backend) in Backend::all() {
+        let (f, machines) = Fleet::at_v1(
+            label,
+            backend,
+            2,
+            json!({}),
+            json!({}),
+            json!({ "maxUnavailable": 1 }),
+            json!({ "maxFailures": 0, "action": "Pause" }),
+        );
+        // Each machine prints a line, waits for the test's go, prints its last line.
+        let go = f.logs().join("task-go");
+        let command = format!(
+            "echo \"first-$DEPLOY_MACHINE\"; while [ ! -e {go} ]; do sleep 0.05; done; \
+             echo \"last-$DEPLOY_MACHINE\"",
+            go = go.display()
+        );
+        let out = f
+            .run(&[
+                "run",
+                "api",
+                "--max-parallel",
+                "2",
+                "--detach",
+                "--",
+                &command,
+            ])
+            .ok();
+        let name = detached_name(&out.stdout);
+        let mut follow = crate::common::spawn(&f.store, &["logs", "task", &name, "-f"]);
+        for m in &machines {
+            let first = |l: &str| {
+                l.starts_with(&format!("[{m}] ")) && l.ends_with(&format!("stdout: first-{m}"))
+            };
+            if !follow.seen.iter().any(|l| first(l)) {
+                follow.wait_for_line("a machine's first line", first);
+            }
+        }
+        std::fs::write(&go, "").expect("the logs dir is writable");
+        let (code, lines) = follow.exit_by_itself();
+        assert_eq!(code, Some(0), "[{label}] ends 0 with the task: {lines:#?}");
+        for m in &machines {
+            for word in ["first", "last"] {
+                let n = lines
+                    .iter()
+                    .filter(|l| {
+                        l.starts_with(&format!("[{m}] "))
+                            && l.ends_with(&format!("stdout: {word}-{m}"))
+                    })
+                    .count();
+                assert_eq!(n, 1, "[{label}] {word}-{m} once: {lines:#?}");
+            }
+        }
+
+        // Following a finished Task prints its lines and ends at once.
+        let out = f.run(&["logs", "task", &name, "-f"]).ok();
+        for m in &machines {
+            for word in ["first", "last"] {
+                let n = out
+                    .stdout
+                    .lines()
+                    .filter(|l| l.ends_with(&format!("stdout: {word}-{m}")))
+                    .count();
+                assert_eq!(n, 1, "[{label}] {word}-{m} once: {}", out.stdout);
+            }
+        }
     }
 }
