@@ -418,6 +418,12 @@ impl EtcdCluster {
     /// Starts `members` etcd processes as one cluster and waits until it has a leader and
     /// every member answers. Panics with the members' logs when it does not come up.
     pub fn start(members: usize) -> EtcdCluster {
+        EtcdCluster::start_with_flags(members, &[])
+    }
+
+    /// [`EtcdCluster::start`] with extra etcd flags for every member
+    /// (`--election-timeout=500`).
+    pub fn start_with_flags(members: usize, flags: &[&str]) -> EtcdCluster {
         assert!(members > 0, "a cluster has at least one member");
         let binary = find_etcd().unwrap_or_else(|| panic!("{MISSING}"));
         let mut last_error = String::new();
@@ -426,7 +432,7 @@ impl EtcdCluster {
             let mut list: Vec<Member> = (0..members)
                 .map(|i| {
                     let name = format!("m{i}");
-                    Member::new(&binary, &name, dir.path().join(&name), &[], false)
+                    Member::new(&binary, &name, dir.path().join(&name), flags, false)
                 })
                 .collect();
             let initial_cluster = list

@@ -38,6 +38,9 @@ struct Args {
     /// Seconds of writing after the kill.
     #[arg(long, default_value_t = 15)]
     after_secs: u64,
+    /// A flag for every member, repeatable: `--etcd-flag=--election-timeout=500`.
+    #[arg(long = "etcd-flag", allow_hyphen_values = true)]
+    etcd_flags: Vec<String>,
 }
 
 /// What one writer saw.
@@ -59,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
         bail!("--clients must be at least 1 and --members at least 3 (a quorum must survive)");
     }
     // Started from the main thread: the members die with the thread that started them.
-    let mut cluster = EtcdCluster::start(args.members);
+    let flags: Vec<&str> = args.etcd_flags.iter().map(String::as_str).collect();
+    let mut cluster = EtcdCluster::start_with_flags(args.members, &flags);
     // Client i lists member i first (modulo the size), so that every member has clients
     // that go to it first, whichever dies.
     let mut stores = Vec::with_capacity(args.clients);
@@ -177,6 +181,7 @@ fn print_result(
         .and_then(|v| v.into_iter().max());
     let line = serde_json::json!({
         "kill": format!("{:?}", args.kill).to_lowercase(),
+        "etcd_flags": args.etcd_flags,
         "members": args.members,
         "clients": args.clients,
         "killed_member": victim,
