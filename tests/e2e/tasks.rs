@@ -10,15 +10,7 @@ use std::time::Duration;
 #[test]
 fn deployctl_run_should_stream_results_run_named_tasks_and_exit_by_outcome() {
     for (label, backend) in Backend::all() {
-        let (f, machines) = Fleet::at_v1(
-            label,
-            backend,
-            3,
-            json!({}),
-            json!({}),
-            json!({ "maxUnavailable": 1 }),
-            json!({ "maxFailures": 0, "action": "Pause" }),
-        );
+        let (f, machines) = task_fleet(label, backend, 3);
         let mut app = f.app(json!({}), json!({}));
         app["spec"]["tasks"] = json!({
             "migrate": { "command": "echo \"$DEPLOY_MACHINE\" >> \"$LOGS/migrations\"", "timeoutSeconds": 30 }
@@ -169,15 +161,7 @@ fn deployctl_run_should_stream_results_run_named_tasks_and_exit_by_outcome() {
 #[test]
 fn an_agent_killed_mid_command_should_report_interrupted_kill_the_group_and_never_run_it_again() {
     for (label, backend) in Backend::all() {
-        let (mut f, _machines) = Fleet::at_v1(
-            label,
-            backend,
-            1,
-            json!({}),
-            json!({}),
-            json!({ "maxUnavailable": 1 }),
-            json!({ "maxFailures": 0, "action": "Pause" }),
-        );
+        let (mut f, _machines) = task_fleet(label, backend, 1);
         let starts = f.logs().join("starts");
         let leader_file = f.logs().join("leader.pid");
         let pid_file = f.logs().join("sleeper.pid");
@@ -257,18 +241,24 @@ fn detached_name(stdout: &str) -> String {
         .to_string()
 }
 
+/// `machines` agents on v1 of `api`, one switch at a time, pausing on a failure: the
+/// fleet every Task test runs on.
+fn task_fleet(label: &'static str, backend: Backend, machines: usize) -> (Fleet, Vec<String>) {
+    Fleet::at_v1(
+        label,
+        backend,
+        machines,
+        json!({}),
+        json!({}),
+        json!({ "maxUnavailable": 1 }),
+        json!({ "maxFailures": 0, "action": "Pause" }),
+    )
+}
+
 #[test]
 fn four_agents_with_max_parallel_two_should_never_overlap_more_than_two_and_delete_should_kill() {
     for (label, backend) in Backend::all() {
-        let (f, machines) = Fleet::at_v1(
-            label,
-            backend,
-            4,
-            json!({}),
-            json!({}),
-            json!({ "maxUnavailable": 1 }),
-            json!({ "maxFailures": 0, "action": "Pause" }),
-        );
+        let (f, machines) = task_fleet(label, backend, 4);
         let log = f.logs().join("spans");
         // The sleep makes runs long enough to overlap if the limit were broken; the test
         // reads the recorded times, it never waits on the sleep.
@@ -329,15 +319,7 @@ fn four_agents_with_max_parallel_two_should_never_overlap_more_than_two_and_dele
 #[test]
 fn logs_task_follow_should_print_each_line_once_and_end_when_the_task_finishes() {
     for (label, backend) in Backend::all() {
-        let (f, machines) = Fleet::at_v1(
-            label,
-            backend,
-            2,
-            json!({}),
-            json!({}),
-            json!({ "maxUnavailable": 1 }),
-            json!({ "maxFailures": 0, "action": "Pause" }),
-        );
+        let (f, machines) = task_fleet(label, backend, 2);
         // Each machine prints a line, waits for the test's go, prints its last line.
         let go = f.logs().join("task-go");
         let command = format!(
