@@ -2,7 +2,7 @@
 //! `drain`, `delete -l/--all/--wait`, `edit`, `explain` and `rollout undo --to-revision`,
 //! each on the embedded store and a real etcd.
 
-use crate::common::{rt, run, spawn, tempdir, write, Backend, DEADLINE};
+use crate::common::{bin, rt, run, run_with_env, spawn, tempdir, write, Backend, DEADLINE};
 use deployctl::api::{
     set_condition, ConditionStatus, Instance, InstancePhase, InstanceSpec, InstanceStatus, Machine,
     Object, Rollout,
@@ -405,4 +405,229 @@ fn delete_wait_should_refuse_a_value_that_is_not_a_bool() {
     )
     .code(2);
     assert!(out.stderr.contains("--wait"), "{}", out.stderr);
+}
+
+/// An editor script that sets `spec.version` to its first argument in the file given
+/// as its second, as a person would in vi.
+const SET_VERSION: &str = "#!/bin/sh\nsed -i \"s/^  version: .*/  version: $1/\" \"$2\"\n";
+
+/// `deployctl edit ARGS` with `KUBE_EDITOR` (or, with `None`, no `KUBE_EDITOR` and this
+/// `EDITOR`).
+fn edit(
+    store: &str,
+    args: &[&str],
+    kube_editor: Option<&str>,
+    editor: Option<&str>,
+) -> crate::common::Output {
+    let mut all = vec!["edit"];
+    all.extend_from_slice(args);
+    run_with_env(
+        store,
+        &all,
+        &[("KUBE_EDITOR", kube_editor), ("EDITOR", editor)],
+    )
+}
+
+#[test]
+fn edit_should_write_the_saved_change_and_cancel_an_unchanged_file() {
+    for (backend, b) in Backend::all() {
+        let store = with_fleet(&b);
+        let dir = tempdir();
+        // A path with a space, quoted in the editor value: split into words, no shell.
+        let script = write(dir.path(), "my editor/set-version.sh", SET_VERSION);
+        let editor = format!("sh '{script}' 2.0.0");
+        let out = edit(&store, &["rollout", "api"], Some(&editor), None).ok();
+        assert_eq!(
+            out.stdout, "rollout.deployctl.dev/api edited\n",
+            "{backend}"
+        );
+        let ro: Rollout = get_yaml(&store, "ro", "api");
+        assert_eq!(ro.spec.version, "2.0.0", "{backend}");
+        assert_eq!(ro.metadata.generation, Some(2), "{backend}");
+
+        // $EDITOR when $KUBE_EDITOR is unset; KIND/NAME.
+        let editor = format!("sh '{script}' 3.0.0");
+        edit(&store, &["ro/api"], None, Some(&editor)).ok();
+        assert_eq!(
+            get_yaml::<Rollout>(&store, "ro", "api").spec.version,
+            "3.0.0"
+        );
+
+        let before = get_yaml::<Rollout>(&store, "ro", "api")
+            .metadata
+            .resource_version;
+        let out = edit(&store, &["rollout", "api"], Some("true"), None).ok();
+        assert_eq!(
+            out.stdout, "Edit cancelled, no changes made.\n",
+            "{backend}"
+        );
+        let out = edit(&store, &["rollout", "api"], Some("false"), None).code(1);
+        assert!(
+            out.stderr.contains("the editor \"false\" failed"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(
+            get_yaml::<Rollout>(&store, "ro", "api")
+                .metadata
+                .resource_version,
+            before,
+            "{backend}: nothing written"
+        );
+        let out = edit(&store, &["instances", "x"], Some("true"), None).code(1);
+        assert!(
+            out.stderr
+                .contains("instances are written by deployctl itself"),
+            "{}",
+            out.stderr
+        );
+        let out = edit(&store, &["rollout", "nope"], Some("true"), None).code(1);
+        assert!(
+            out.stderr.contains("rollouts \"nope\" not found"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// An editor script that copies each file it is given to `opened-N.yaml` in `dir`
+/// (N counting from 1), then runs `on_first` (sh, `$f` the file) the first time and
+/// `on_second` the second.
+fn recording_editor(dir: &std::path::Path, on_first: &str, on_second: &str) -> String {
+    let d = dir.display();
+    write(
+        dir,
+        "editor.sh",
+        &format!(
+            "#!/bin/sh\nf=\"$1\"\nn=$(cat '{d}/count' 2>/dev/null || echo 0)\nn=$((n+1))\necho $n > '{d}/count'\ncp \"$f\" '{d}/opened-'$n.yaml\nif [ $n = 1 ]; then\n{on_first}\nelif [ $n = 2 ]; then\n{on_second}\nfi\n"
+        ),
+    )
+}
+
+fn opened(dir: &std::path::Path, n: u32) -> String {
+    std::fs::read_to_string(dir.join(format!("opened-{n}.yaml")))
+        .unwrap_or_else(|e| panic!("the editor was not opened {n} times: {e}"))
+}
+
+#[test]
+fn edit_should_reopen_after_a_conflict_with_the_error_on_top_and_keep_both_changes() {
+    for (backend, b) in Backend::all() {
+        let store = with_fleet(&b);
+        let dir = tempdir();
+        // While the "editor" is open, another writer labels the rollout: the CAS fails.
+        let first = format!(
+            "sed -i 's/^  version: .*/  version: 2.0.0/' \"$f\"\n'{}' label rollout api touched=yes >/dev/null || exit 1",
+            bin()
+        );
+        let script = recording_editor(dir.path(), &first, "true");
+        let out = edit(
+            &store,
+            &["rollout", "api"],
+            Some(&format!("sh {script}")),
+            None,
+        )
+        .ok();
+        assert_eq!(
+            out.stdout, "rollout.deployctl.dev/api edited\n",
+            "{backend}"
+        );
+
+        let reopened = opened(dir.path(), 2);
+        assert!(
+            reopened.starts_with("# Please edit the object below."),
+            "{reopened}"
+        );
+        assert!(
+            reopened.contains("# rollout.deployctl.dev/api changed in the store while it was open"),
+            "{backend}: {reopened}"
+        );
+        assert!(reopened.contains("touched: yes"), "{backend}: {reopened}");
+        assert!(
+            reopened.contains("  version: 2.0.0"),
+            "{backend}: {reopened}"
+        );
+        assert!(!opened(dir.path(), 1).contains("changed in the store"));
+
+        let ro: Rollout = get_yaml(&store, "ro", "api");
+        assert_eq!(ro.spec.version, "2.0.0", "{backend}: the edit was written");
+        assert_eq!(
+            ro.metadata.labels.get("touched").map(String::as_str),
+            Some("yes"),
+            "{backend}: the concurrent label survived"
+        );
+    }
+}
+
+#[test]
+fn edit_should_reopen_invalid_yaml_with_the_error_and_cancel_when_saved_again_unfixed() {
+    for (backend, b) in Backend::all() {
+        let store = with_fleet(&b);
+        let dir = tempdir();
+        let script = recording_editor(
+            dir.path(),
+            "sed -i 's/^  version: .*/  version: [unclosed/' \"$f\"",
+            "sed -i 's/^  version: .*/  version: 4.0.0/' \"$f\"",
+        );
+        let out = edit(
+            &store,
+            &["rollout", "api"],
+            Some(&format!("sh {script}")),
+            None,
+        )
+        .ok();
+        assert_eq!(
+            out.stdout, "rollout.deployctl.dev/api edited\n",
+            "{backend}"
+        );
+        let reopened = opened(dir.path(), 2);
+        let top: Vec<&str> = reopened
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .collect();
+        assert!(
+            top.iter()
+                .any(|l| l.contains("object.yaml") && l.contains("line")),
+            "{backend}: no error naming the file and line atop:\n{reopened}"
+        );
+        assert!(
+            reopened.contains("version: [unclosed"),
+            "the user's text is kept"
+        );
+        assert_eq!(
+            get_yaml::<Rollout>(&store, "ro", "api").spec.version,
+            "4.0.0"
+        );
+
+        // A schema error reopens too; saving it again unfixed cancels, writing nothing.
+        let dir = tempdir();
+        let script = recording_editor(
+            dir.path(),
+            "sed -i 's/^  application: .*/  application: {not: a name}/' \"$f\"",
+            "true",
+        );
+        let before = get_yaml::<Rollout>(&store, "ro", "api");
+        let out = edit(
+            &store,
+            &["rollout", "api"],
+            Some(&format!("sh {script}")),
+            None,
+        )
+        .code(1);
+        assert!(
+            out.stderr
+                .contains("Edit cancelled, no valid changes were saved."),
+            "{backend}: {}",
+            out.stderr
+        );
+        let reopened = opened(dir.path(), 2);
+        assert!(
+            reopened.contains("# ") && reopened.contains("spec.application"),
+            "{backend}: {reopened}"
+        );
+        assert_eq!(
+            get_yaml::<Rollout>(&store, "ro", "api"),
+            before,
+            "{backend}"
+        );
+    }
 }
