@@ -6,7 +6,7 @@
 //! - [`manifest`]: reading files, directories and stdin into validated objects.
 //! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`], [`diff`], [`sync`],
 //!   [`logs`]: one file per command; [`label`] (`label`, `annotate`) and [`machine`]
-//!   (`cordon`, `uncordon`, `drain`): one file per pair of commands; [`edit`].
+//!   (`cordon`, `uncordon`, `drain`): one file per pair of commands; [`edit`], [`explain`].
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`view`]: the live rollout view of `get rollouts -w` (pure rendering, snapshot-tested).
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
@@ -39,6 +39,7 @@ pub mod demo;
 pub mod describe;
 pub mod diff;
 pub mod edit;
+pub mod explain;
 pub mod get;
 pub mod label;
 pub mod logs;
@@ -204,6 +205,9 @@ pub enum Command {
     /// Edit an object's YAML in $KUBE_EDITOR, $EDITOR or vi; written with compare-and-swap.
     #[command(after_help = edit::EXAMPLES)]
     Edit(edit::EditArgs),
+    /// A kind's or field's type, default, description and the fields below it.
+    #[command(after_help = explain::EXAMPLES)]
+    Explain(explain::ExplainArgs),
     /// Add, change or remove labels of objects.
     #[command(after_help = label::LABEL_EXAMPLES)]
     Label(label::MetaArgs),
@@ -371,6 +375,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Describe(args) => describe::run(&g, args).await,
         Command::Delete(args) => delete::run(&g, args).await,
         Command::Edit(args) => edit::run(&g, args).await,
+        Command::Explain(args) => explain::run(args),
         Command::Label(args) => label::run(&g, args, label::Field::Labels).await,
         Command::Annotate(args) => label::run(&g, args, label::Field::Annotations).await,
         Command::Cordon(args) => machine::set_cordon(&g, &args.machine, true).await,

@@ -631,3 +631,106 @@ fn edit_should_reopen_invalid_yaml_with_the_error_and_cancel_when_saved_again_un
         );
     }
 }
+
+#[test]
+fn explain_should_describe_a_field_from_the_schemas_with_no_store_and_refuse_an_unknown_one() {
+    // No store is needed: an unreachable one proves none is asked.
+    let store = "etcd://127.0.0.1:1";
+    let out = run(store, &["explain", "rollout.spec.strategy"]).ok();
+    assert!(
+        out.stdout.starts_with(
+            "KIND:     Rollout\nVERSION:  deployctl.dev/v1\n\nFIELD:    spec.strategy <object>\n"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("\n  maxUnavailable\t<integer or string> (default 1)\n"),
+        "{}",
+        out.stdout
+    );
+    // Every field the reference lists for Application is reachable by explain.
+    let reference = include_str!("../../docs/reference.md");
+    assert!(
+        reference.contains("| `spec.healthCheck.http.url` |"),
+        "the reference changed"
+    );
+    let out = run(store, &["explain", "app.spec.healthCheck.http.url"]).ok();
+    assert!(
+        out.stdout
+            .contains("FIELD:    spec.healthCheck.http.url <string>"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run(store, &["explain", "ro.spec.strategy.nope"]).code(1);
+    assert!(
+        out.stderr.contains("field \"nope\" does not exist in rollout.spec.strategy; the fields there are: maxParallelStage, maxUnavailable"),
+        "{}",
+        out.stderr
+    );
+    let out = run(store, &["explain", "instance"]).code(1);
+    assert!(
+        out.stderr
+            .contains("instances are written by deployctl itself"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn rollout_undo_to_revision_should_pick_that_revisions_version_and_refuse_a_missing_one() {
+    for (backend, b) in Backend::all() {
+        let store = with_fleet(&b);
+        rt().block_on(async {
+            let client = b.client().await;
+            client
+                .update_status::<Rollout>(Some("default"), "api", |s| {
+                    s.history = ["0.8.0", "0.9.0", "1.0.0"]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| deployctl::api::Revision {
+                            revision: i as u32 + 1,
+                            version: v.to_string(),
+                            sha256: None,
+                            started_at: chrono::Utc::now(),
+                            completed_at: None,
+                            result: "Complete".into(),
+                        })
+                        .collect();
+                })
+                .await
+                .expect("the rollout exists");
+        });
+        let out = run(&store, &["rollout", "undo", "api", "--to-revision", "1"]).ok();
+        assert_eq!(
+            out.stdout, "rollout.deployctl.dev/api rolled back to revision 1 (version 0.8.0)\n",
+            "{backend}"
+        );
+        assert_eq!(
+            get_yaml::<Rollout>(&store, "ro", "api").spec.version,
+            "0.8.0"
+        );
+
+        let before = get_yaml::<Rollout>(&store, "ro", "api");
+        let out = run(&store, &["rollout", "undo", "api", "--to-revision", "9"]).code(1);
+        assert!(
+            out.stderr.contains("no revision 9 in its history"),
+            "{backend}: {}",
+            out.stderr
+        );
+        let out = run(&store, &["rollout", "undo", "api", "--to-revision", "1"]).code(1);
+        assert!(
+            out.stderr.contains("which it already wants"),
+            "{backend}: {}",
+            out.stderr
+        );
+        assert_eq!(
+            get_yaml::<Rollout>(&store, "ro", "api"),
+            before,
+            "{backend}: unchanged"
+        );
+        run(&store, &["rollout", "undo", "api", "--to-revision", "0"]).code(2);
+    }
+}
