@@ -734,3 +734,36 @@ fn rollout_undo_to_revision_should_pick_that_revisions_version_and_refuse_a_miss
         run(&store, &["rollout", "undo", "api", "--to-revision", "0"]).code(2);
     }
 }
+
+#[test]
+fn drain_should_finish_once_a_real_controller_recounts_the_rollout_without_the_machine() {
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let work = tempdir();
+        let (_controller, _agents) = crate::truth_views::fleet_on_1_0_0(&store, work.path());
+        let out = run(&store, &["drain", "m1", "--timeout", "60s"]).ok();
+        assert_eq!(
+            out.stdout, "machine.deployctl.dev/m1 cordoned\nmachine.deployctl.dev/m1 drained\n",
+            "{backend}: {}",
+            out.stderr
+        );
+        let ro: Rollout = get_yaml(&store, "ro", "api");
+        assert_eq!(
+            ro.status.map(|s| s.desired),
+            Some(2),
+            "{backend}: the controller counts two machines once m1 is drained"
+        );
+        // Drain stops nothing: m1's Instance still runs 1.0.0.
+        let inst: Instance = get_yaml(&store, "instance", "api.m1");
+        let st = inst.status.expect("the agent reported");
+        assert_eq!(st.current_version.as_deref(), Some("1.0.0"), "{backend}");
+        assert_eq!(st.phase, InstancePhase::Running, "{backend}");
+        run(&store, &["uncordon", "m1"]).ok();
+        crate::truth_views::poll(
+            &store,
+            "m1 counted again",
+            &["get", "ro", "api", "-o", "json"],
+            |out| out.contains("\"desired\": 3"),
+        );
+    }
+}
