@@ -14,6 +14,7 @@ pub const LABEL_EXAMPLES: &str = "\
 Examples:
   # Put a machine in the canary group (a new key needs no --overwrite)
   deployctl label machine web-1 group=canary
+  deployctl label machine/web-2 group=canary
 
   # Change an existing label, and remove another (KEY-)
   deployctl label machine web-1 group=stable --overwrite
@@ -192,8 +193,14 @@ pub async fn run(g: &GlobalArgs, args: MetaArgs, field: Field) -> anyhow::Result
         .words
         .split_first()
         .expect("clap requires at least one word");
+    // `machine/web-1` as kubectl takes it: the kind and the first name in one word.
+    let (kind_word, first_name) = match kind_word.split_once('/') {
+        Some((k, n)) => (k, Some(n.to_string())),
+        None => (kind_word.as_str(), None),
+    };
     let kind = parse_kind(kind_word)?;
-    let (names, changes) = parse_words(rest, field)?;
+    let (mut names, changes) = parse_words(rest, field)?;
+    names.splice(0..0, first_name);
     let selection = match (&args.selector, args.all) {
         (Some(s), _) => Some(LabelSelector::parse(s).map_err(anyhow::Error::msg)?),
         (None, true) => Some(LabelSelector::default()),

@@ -95,6 +95,9 @@ pub async fn drain(g: &GlobalArgs, args: DrainArgs) -> anyhow::Result<i32> {
     let mut last = Vec::new();
     loop {
         let fleet = Fleet::read(g, &client, &args.machine).await?;
+        if !fleet.machines.iter().any(|m| m.name() == args.machine) {
+            anyhow::bail!("machine {:?} was deleted while draining", args.machine);
+        }
         let counting = fleet.still_counting(&args.machine);
         if counting.is_empty() {
             outln!("{} drained", reference(KindName::Machine, &args.machine));

@@ -106,11 +106,7 @@ fn label_should_add_keys_refuse_a_change_without_overwrite_and_remove_keys() {
             "{backend}"
         );
 
-        run(
-            &store,
-            &["label", "mc", "m1", "group=stable", "--overwrite"],
-        )
-        .ok();
+        run(&store, &["label", "mc/m1", "group=stable", "--overwrite"]).ok();
         run(&store, &["label", "mc", "m1", "zone-"]).ok();
         assert_eq!(
             labels(&store, "m1"),
