@@ -470,6 +470,42 @@ fn edit_should_write_the_saved_change_and_cancel_an_unchanged_file() {
             before,
             "{backend}: nothing written"
         );
+        // A cluster-scoped kind; a renamed object is refused, naming what the file edits.
+        let cordon = write(
+            dir.path(),
+            "cordon.sh",
+            "#!/bin/sh\nsed -i 's/^  unschedulable: false/  unschedulable: true/' \"$1\"\n",
+        );
+        edit(
+            &store,
+            &["machine", "m1"],
+            Some(&format!("sh {cordon}")),
+            None,
+        )
+        .ok();
+        assert!(
+            get_yaml::<Machine>(&store, "mc", "m1").spec.unschedulable,
+            "{backend}"
+        );
+        let rename = write(
+            dir.path(),
+            "rename.sh",
+            "#!/bin/sh\nsed -i 's/^  name: m2/  name: m9/' \"$1\"\n",
+        );
+        let out = edit(
+            &store,
+            &["machine", "m2"],
+            Some(&format!("sh {rename}")),
+            None,
+        )
+        .code(1);
+        assert!(
+            out.stderr.contains("no valid changes were saved"),
+            "{}",
+            out.stderr
+        );
+        run(&store, &["get", "mc", "m9"]).code(1);
+
         let out = edit(&store, &["instances", "x"], Some("true"), None).code(1);
         assert!(
             out.stderr
