@@ -26,12 +26,7 @@ pub fn markdown() -> String {
         }
         out.push_str("| Field | Type | Default | Description |\n");
         out.push_str("| --- | --- | --- | --- |\n");
-        let mut rows = Vec::new();
-        let walker = Walker {
-            definitions: s.get("definitions").and_then(Value::as_object),
-        };
-        walker.object_fields(&s, "", &mut Vec::new(), &mut rows);
-        for r in rows {
+        for r in fields(&s) {
             out.push_str(&format!(
                 "| `{}` | {} | {} | {} |\n",
                 r.path,
@@ -44,12 +39,27 @@ pub fn markdown() -> String {
     out
 }
 
-/// One table row.
-struct Row {
-    path: String,
-    type_: String,
-    default: String,
-    description: String,
+/// One field of a kind: a row of the reference and what `deployctl explain` prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// Dotted, `[]` after a list of objects, `.<key>` after a map of objects:
+    /// `spec.strategy.steps[].pause.duration`.
+    pub path: String,
+    /// Markdown: enum values and defaults are in backticks.
+    pub type_: String,
+    pub default: String,
+    /// One line; starts with `**Required.**` for a required field.
+    pub description: String,
+}
+
+/// Every field of one kind's schema, depth first, in schema order.
+pub fn fields(schema: &Value) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let walker = Walker {
+        definitions: schema.get("definitions").and_then(Value::as_object),
+    };
+    walker.object_fields(schema, "", &mut Vec::new(), &mut rows);
+    rows
 }
 
 /// Walks one kind's schema, resolving `$ref`s into its `definitions`.

@@ -2,10 +2,16 @@
 
 use super::manifest::{self, LoadError, ManifestError};
 use super::{connect, for_kind, parse_kind, reference, within, CliError, GlobalArgs};
+use crate::api::selector::LabelSelector;
 use crate::api::{KindName, Object};
 use crate::store::Client;
+use crate::store::Scope;
 use clap::Args;
 use serde_json::Value;
+use std::time::Duration;
+
+/// How often `--wait` reads an object again.
+const WAIT_POLL: Duration = Duration::from_millis(200);
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -16,7 +22,14 @@ Examples:
   deployctl delete -f manifests/
 
   # Idempotent cleanup in a script
-  deployctl delete machines web-1 web-2 --ignore-not-found";
+  deployctl delete machines web-1 web-2 --ignore-not-found
+
+  # Every machine with a label, or every rollout in a namespace
+  deployctl delete machines -l retired=true
+  deployctl delete rollouts --all -n staging
+
+  # Do not wait for a Rollout to be gone (waiting is the default for Rollouts)
+  deployctl delete rollout api --wait=false";
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
@@ -29,6 +42,20 @@ pub struct DeleteArgs {
     /// A missing object is not an error.
     #[arg(long)]
     pub ignore_not_found: bool,
+    /// Every object of the kind that matches this label selector (`k=v`, `k!=v`, `k in (a,b)`).
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", conflicts_with_all = ["files", "all"])]
+    pub selector: Option<String>,
+    /// Every object of the kind (in the namespace, for namespaced kinds).
+    #[arg(long, conflicts_with = "files")]
+    pub all: bool,
+    /// Wait until each deleted object is gone from a fresh read before reporting it
+    /// deleted. On by default for Rollouts; `--wait=false` turns it off, `--wait` turns
+    /// it on for every kind.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub wait: Option<bool>,
+    /// How long --wait waits for each object, within 1s..=1h.
+    #[arg(long, default_value = "30s", value_parser = super::duration_in(Duration::from_secs(1), Duration::from_secs(3600)))]
+    pub timeout: Duration,
 }
 
 /// One object to delete.
@@ -39,34 +66,29 @@ struct Target {
 }
 
 pub async fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<i32> {
-    let targets = if !args.files.is_empty() {
-        targets_from_files(&args.files, &g.namespace)?
-    } else {
-        let Some((kind, names)) = args.what.split_first() else {
-            anyhow::bail!("nothing to delete: give a kind and names, or -f FILE");
-        };
-        let kind = parse_kind(kind)?;
-        if names.is_empty() {
-            anyhow::bail!(
-                "no {} named: give at least one name, e.g. `deployctl delete {} NAME`",
-                kind.plural(),
-                kind.singular()
-            );
+    // Files and words are checked before connecting: bad input needs no store.
+    let from_files = match args.what.first() {
+        _ if !args.files.is_empty() => Some(targets_from_files(&args.files, &g.namespace)?),
+        Some(kind) => {
+            parse_kind(kind)?;
+            None
         }
-        names
-            .iter()
-            .map(|n| Target {
-                kind,
-                namespace: kind.namespaced().then(|| g.namespace.clone()),
-                name: n.clone(),
-            })
-            .collect()
+        None => anyhow::bail!(
+            "nothing to delete: give a kind and names, -l SELECTOR, --all, or -f FILE"
+        ),
     };
     let client = connect(g).await?;
+    let targets = match from_files {
+        Some(targets) => targets,
+        None => targets_from_words(g, &client, &args).await?,
+    };
     let mut not_found: Vec<CliError> = Vec::new();
     for t in targets {
         let deleted = for_kind!(t.kind, K => delete_one::<K>(g, &client, &t).await?);
         if deleted {
+            if args.wait.unwrap_or(t.kind == KindName::Rollout) {
+                for_kind!(t.kind, K => wait_gone::<K>(g, &client, &t, args.timeout).await?);
+            }
             outln!("{} deleted", reference(t.kind, &t.name));
             if t.kind == KindName::Rollout {
                 eprintln!("{}", history_warning(&t.name));
@@ -86,6 +108,93 @@ pub async fn run(g: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<i32> {
             }
             Err(last.into())
         }
+    }
+}
+
+/// The targets of `delete KIND NAME...`, `delete KIND -l SELECTOR` and `delete KIND --all`.
+async fn targets_from_words(
+    g: &GlobalArgs,
+    client: &Client,
+    args: &DeleteArgs,
+) -> anyhow::Result<Vec<Target>> {
+    let Some((kind, names)) = args.what.split_first() else {
+        anyhow::bail!("nothing to delete: give a kind and names, -l SELECTOR, --all, or -f FILE");
+    };
+    let kind = parse_kind(kind)?;
+    let selection = match (&args.selector, args.all) {
+        (Some(s), _) => Some(LabelSelector::parse(s).map_err(anyhow::Error::msg)?),
+        (None, true) => Some(LabelSelector::default()),
+        (None, false) => None,
+    };
+    let names: Vec<String> = match selection {
+        Some(_) if !names.is_empty() => {
+            let how = if args.all { "--all" } else { "-l" };
+            anyhow::bail!("names and {how} cannot be given together");
+        }
+        Some(sel) => {
+            let names = for_kind!(kind, K => selected_names::<K>(g, client, &sel).await?);
+            if names.is_empty() {
+                eprintln!("No {} matched.", kind.plural());
+            }
+            names
+        }
+        None if names.is_empty() => anyhow::bail!(
+            "no {} named: give at least one name, -l SELECTOR or --all, e.g. `deployctl delete {} NAME`",
+            kind.plural(),
+            kind.singular()
+        ),
+        None => names.to_vec(),
+    };
+    Ok(names
+        .into_iter()
+        .map(|name| Target {
+            kind,
+            namespace: kind.namespaced().then(|| g.namespace.clone()),
+            name,
+        })
+        .collect())
+}
+
+/// The names of the objects of `K` in the namespace that `sel` selects.
+async fn selected_names<K: Object>(
+    g: &GlobalArgs,
+    client: &Client,
+    sel: &LabelSelector,
+) -> anyhow::Result<Vec<String>> {
+    let listed = within(g, client.list::<K>(&Scope::Namespace(g.namespace.clone()))).await?;
+    Ok(listed
+        .items
+        .iter()
+        .filter(|o| sel.matches(&o.meta().labels))
+        .map(|o| o.name().to_string())
+        .collect())
+}
+
+/// Reads the object again until it is absent, up to `timeout`. The store deletes spec
+/// and status in one transaction, so this normally returns on the first read; it is
+/// what tells a script that a later `get` (on any etcd member) will not see it.
+async fn wait_gone<K: Object>(
+    g: &GlobalArgs,
+    client: &Client,
+    t: &Target,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if within(g, client.get::<K>(t.namespace.as_deref(), &t.name))
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "timed out after {} waiting for {} to be gone",
+                humantime::format_duration(timeout),
+                reference(t.kind, &t.name)
+            );
+        }
+        tokio::time::sleep(WAIT_POLL).await;
     }
 }
 

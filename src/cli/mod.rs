@@ -5,7 +5,8 @@
 //! - this file: the clap definitions, logging, connecting, exit codes and dispatch.
 //! - [`manifest`]: reading files, directories and stdin into validated objects.
 //! - [`apply`], [`get`], [`describe`], [`delete`], [`rollout`], [`diff`], [`sync`],
-//!   [`logs`]: one file per command.
+//!   [`logs`]: one file per command; [`label`] (`label`, `annotate`) and [`machine`]
+//!   (`cordon`, `uncordon`, `drain`): one file per pair of commands; [`edit`], [`explain`].
 //! - [`output`]: tables, ages, `-o yaml|json|name`.
 //! - [`view`]: the live rollout view of `get rollouts -w` (pure rendering, snapshot-tested).
 //! - [`daemon`]: `controller` and `agent`, which hand over to their own modules.
@@ -37,8 +38,12 @@ pub mod delete;
 pub mod demo;
 pub mod describe;
 pub mod diff;
+pub mod edit;
+pub mod explain;
 pub mod get;
+pub mod label;
 pub mod logs;
+pub mod machine;
 pub mod manifest;
 pub mod output;
 pub mod rollout;
@@ -197,6 +202,32 @@ pub enum Command {
     /// Delete objects by name or by the manifests that declared them.
     #[command(after_help = delete::EXAMPLES)]
     Delete(delete::DeleteArgs),
+    /// Edit an object's YAML in $KUBE_EDITOR, $EDITOR or vi; written with compare-and-swap.
+    #[command(after_help = edit::EXAMPLES)]
+    Edit(edit::EditArgs),
+    /// A kind's or field's type, default, description and the fields below it.
+    #[command(after_help = explain::EXAMPLES)]
+    Explain(explain::ExplainArgs),
+    /// Add, change or remove labels of objects.
+    #[command(after_help = label::LABEL_EXAMPLES)]
+    Label(label::MetaArgs),
+    /// Add, change or remove annotations of objects.
+    #[command(after_help = label::ANNOTATE_EXAMPLES)]
+    Annotate(label::MetaArgs),
+    /// Mark a Machine unschedulable: rollouts leave it out; what it runs keeps running.
+    #[command(after_help = machine::CORDON_EXAMPLES)]
+    Cordon(machine::MachineArgs),
+    /// Mark a Machine schedulable again.
+    #[command(after_help = machine::UNCORDON_EXAMPLES)]
+    Uncordon(machine::MachineArgs),
+    /// Cordon a Machine, then wait until no rollout counts it.
+    ///
+    /// Drain does not stop services or remove releases: the machine keeps running what
+    /// it runs. It waits until every Rollout whose Application selects the machine has
+    /// recounted its desired machines without it and the machine's Instances have
+    /// finished what they were doing. `uncordon` undoes it.
+    #[command(after_help = machine::DRAIN_EXAMPLES)]
+    Drain(machine::DrainArgs),
     /// Follow, pause, resume, promote, abort, retry, restart or undo a Rollout.
     #[command(subcommand, after_help = rollout::EXAMPLES)]
     Rollout(rollout::RolloutCommand),
@@ -343,6 +374,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Get(args) => get::run(&g, args).await,
         Command::Describe(args) => describe::run(&g, args).await,
         Command::Delete(args) => delete::run(&g, args).await,
+        Command::Edit(args) => edit::run(&g, args).await,
+        Command::Explain(args) => explain::run(args),
+        Command::Label(args) => label::run(&g, args, label::Field::Labels).await,
+        Command::Annotate(args) => label::run(&g, args, label::Field::Annotations).await,
+        Command::Cordon(args) => machine::set_cordon(&g, &args.machine, true).await,
+        Command::Uncordon(args) => machine::set_cordon(&g, &args.machine, false).await,
+        Command::Drain(args) => machine::drain(&g, args).await,
         Command::Rollout(cmd) => rollout::run(&g, cmd).await,
         Command::Set(cmd) => rollout::run_set(&g, cmd).await,
         Command::Diff(args) => diff::run(&g, args).await,
@@ -588,6 +626,8 @@ mod tests {
             (&["sync", "--repo", "r", "--interval"][..], "--interval"),
             (&["rollout", "status", "api", "--timeout"][..], "--timeout"),
             (&["up", "--demo-timeout"][..], "--demo-timeout"),
+            (&["drain", "web-1", "--timeout"][..], "--timeout"),
+            (&["delete", "ro", "api", "--timeout"][..], "--timeout"),
         ] {
             for bad in ["0s", "1000000years"] {
                 let argv = std::iter::once("deployctl")

@@ -105,7 +105,23 @@ pub fn run(store: &str, args: &[&str]) -> Output {
 
 /// Runs `deployctl ARGS` with `input` on stdin.
 pub fn run_with_stdin(store: &str, args: &[&str], input: Option<&str>) -> Output {
+    finish(command(store, args), input)
+}
+
+/// Runs `deployctl ARGS` with these environment variables set (`None`: removed), e.g.
+/// the `EDITOR` of `deployctl edit`.
+pub fn run_with_env(store: &str, args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
     let mut cmd = command(store, args);
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    finish(cmd, None)
+}
+
+fn finish(mut cmd: Command, input: Option<&str>) -> Output {
     if input.is_some() {
         cmd.stdin(Stdio::piped());
     }

@@ -17,4 +17,5 @@ mod truth_agent;
 mod truth_decision;
 mod truth_views;
 mod up;
+mod verbs;
 mod view;

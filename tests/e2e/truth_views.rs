@@ -15,7 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `deployctl ARGS` until its stdout satisfies `check`, or panics with the last
 /// output after [`DEADLINE`].
-fn poll(store: &str, what: &str, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+pub(crate) fn poll(store: &str, what: &str, args: &[&str], check: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let out = run(store, args);
@@ -69,7 +69,7 @@ spec: {unschedulable: true}
 ";
 
 /// A controller and three agents (m0..m2) with 1.0.0 rolled out to all three.
-fn fleet_on_1_0_0(store: &str, work: &std::path::Path) -> (Spawned, Vec<Spawned>) {
+pub(crate) fn fleet_on_1_0_0(store: &str, work: &std::path::Path) -> (Spawned, Vec<Spawned>) {
     let artifacts = work.join("artifacts");
     std::fs::create_dir_all(&artifacts).expect("the work dir is writable");
     std::fs::write(artifacts.join("app-1.0.0"), "1.0.0\n").expect("the work dir is writable");
