@@ -44,6 +44,7 @@ pub mod output;
 pub mod rollout;
 pub mod run;
 pub mod sync;
+pub mod template;
 pub mod up;
 pub mod view;
 pub mod webhook;
@@ -256,13 +257,47 @@ Examples:
   deployctl completion zsh > \"${fpath[1]}/_deployctl\"
   deployctl completion fish > ~/.config/fish/completions/deployctl.fish";
 
-/// `-o` of `get`.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+/// `-o` of `get`: `wide`, `yaml`, `json`, `name`, `jsonpath=TEMPLATE` or
+/// `custom-columns=SPEC`.
+#[derive(Clone, Debug)]
 pub enum OutputFormat {
     Wide,
     Yaml,
     Json,
     Name,
+    /// kubectl's JSONPath template, applied to the object or to the List.
+    JsonPath(std::sync::Arc<template::Template>),
+    /// kubectl's `NAME:PATH,...` columns.
+    CustomColumns(std::sync::Arc<Vec<template::Column>>),
+}
+
+impl OutputFormat {
+    /// Parses `-o`'s value; clap names the flag when this refuses it.
+    pub fn parse(text: &str) -> Result<OutputFormat, String> {
+        let (word, arg) = match text.split_once('=') {
+            Some((w, a)) => (w, Some(a)),
+            None => (text, None),
+        };
+        match (word, arg) {
+            ("wide", None) => Ok(OutputFormat::Wide),
+            ("yaml", None) => Ok(OutputFormat::Yaml),
+            ("json", None) => Ok(OutputFormat::Json),
+            ("name", None) => Ok(OutputFormat::Name),
+            ("jsonpath", Some(t)) => template::Template::parse(t)
+                .map(|t| OutputFormat::JsonPath(std::sync::Arc::new(t)))
+                .map_err(|e| e.to_string()),
+            ("custom-columns", Some(spec)) => template::parse_columns(spec)
+                .map(|c| OutputFormat::CustomColumns(std::sync::Arc::new(c)))
+                .map_err(|e| e.to_string()),
+            ("jsonpath" | "custom-columns", None) => {
+                Err(format!("{word} needs a value: -o {word}=..."))
+            }
+            _ => Err(
+                "use one of wide, yaml, json, name, jsonpath=TEMPLATE, custom-columns=SPEC"
+                    .to_string(),
+            ),
+        }
+    }
 }
 
 /// Errors that decide the exit code or print in kubectl's own words.
