@@ -66,7 +66,12 @@ pub struct GetArgs {
     #[arg(long)]
     pub show_labels: bool,
     /// A column with the value of each of these label keys (repeat or comma-join).
-    #[arg(short = 'L', long = "label-columns", value_name = "KEY", value_delimiter = ',')]
+    #[arg(
+        short = 'L',
+        long = "label-columns",
+        value_name = "KEY",
+        value_delimiter = ','
+    )]
     pub label_columns: Vec<String>,
     /// No colour in the live rollout view (`NO_COLOR` works too).
     #[arg(long)]
@@ -278,7 +283,10 @@ pub async fn run(g: &GlobalArgs, args: GetArgs) -> anyhow::Result<i32> {
             .collect();
     }
     if watching {
-        let (kind, names) = targets.into_iter().next().expect("targets() returns at least one kind");
+        let (kind, names) = targets
+            .into_iter()
+            .next()
+            .expect("targets() returns at least one kind");
         view.names = names;
         view.all_namespaces = args.all_namespaces && kind.namespaced();
         if live_view_wanted(kind, &args, &view) {
@@ -295,13 +303,16 @@ pub async fn run(g: &GlobalArgs, args: GetArgs) -> anyhow::Result<i32> {
     }
     let mut sections = Vec::new();
     let mut missing: Vec<CliError> = Vec::new();
+    // Every name asked for, of any kind: one prints the object itself, not a List.
+    let all_names: Vec<String> = targets.iter().flat_map(|(_, n)| n.clone()).collect();
     for (kind, names) in targets {
         view.names = names;
         view.all_namespaces = args.all_namespaces && kind.namespaced();
-        let section = for_kind!(kind, K => list::<K>(g, &client, &scope, &view, &mut missing).await)?;
+        let section =
+            for_kind!(kind, K => list::<K>(g, &client, &scope, &view, &mut missing).await)?;
         sections.push(section);
     }
-    view.names = args.names.clone();
+    view.names = all_names;
     print_sections(&sections, &view)?;
     let nothing = sections.iter().all(|s| s.values.is_empty());
     if nothing
@@ -311,7 +322,10 @@ pub async fn run(g: &GlobalArgs, args: GetArgs) -> anyhow::Result<i32> {
             Some(OutputFormat::Yaml | OutputFormat::Json | OutputFormat::JsonPath(_))
         )
     {
-        let kind = sections.first().map(|s| s.kind).unwrap_or(KindName::Rollout);
+        let kind = sections
+            .first()
+            .map(|s| s.kind)
+            .unwrap_or(KindName::Rollout);
         eprintln!("No resources found{}.", scope_words(kind, &scope));
     }
     let Some(last) = missing.pop() else {
@@ -393,8 +407,16 @@ async fn list<K: Columns>(
             .iter()
             .map(|o| super::reference(K::KIND_NAME, o.name()))
             .collect(),
-        headers: if view.table() { view.headers::<K>() } else { Vec::new() },
-        rows: if view.table() { view.rows(&items) } else { Vec::new() },
+        headers: if view.table() {
+            view.headers::<K>()
+        } else {
+            Vec::new()
+        },
+        rows: if view.table() {
+            view.rows(&items)
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -422,7 +444,10 @@ fn print_sections(sections: &[Section], view: &View) -> anyhow::Result<()> {
         }
         Some(OutputFormat::Json) => {
             if any || view.names.is_empty() {
-                outln!("{}", serde_json::to_string_pretty(&document(sections, view))?);
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&document(sections, view))?
+                );
             }
         }
         // Exactly the template's text, as kubectl prints it (no newline added).
@@ -486,13 +511,19 @@ fn print_first<K: Columns>(items: &[K], view: &View) -> anyhow::Result<()> {
             outln!("{}", serde_json::to_string_pretty(&list)?);
         }
         Some(OutputFormat::CustomColumns(columns)) => {
-            if !view.no_headers {
-                let headers: Vec<String> = columns.iter().map(|c| c.header.clone()).collect();
-                out!("{}", template::render_columns(Some(&headers), &[]));
+            if items.is_empty() {
+                return Ok(());
             }
-            for o in items {
-                print_change(o, view, &[])?;
-            }
+            let rows = items
+                .iter()
+                .map(|o| {
+                    let value = serde_json::to_value(o)?;
+                    Ok(columns.iter().map(|c| c.cell(&value)).collect())
+                })
+                .collect::<anyhow::Result<Vec<Vec<String>>>>()?;
+            let headers: Vec<String> = columns.iter().map(|c| c.header.clone()).collect();
+            let headers = (!view.no_headers).then_some(headers.as_slice());
+            out!("{}", template::render_columns(headers, &rows));
         }
         Some(OutputFormat::Name | OutputFormat::JsonPath(_)) => {
             for o in items {
@@ -557,9 +588,13 @@ impl Printed {
     fn change<K: Columns>(&mut self, obj: &K, view: &View) -> anyhow::Result<()> {
         if let (true, Some(OutputFormat::CustomColumns(columns))) = (self.header_due, &view.format)
         {
+            // The header and the first row in one table, as kubectl flushes them.
             self.header_due = false;
+            let value = serde_json::to_value(obj)?;
+            let row: Vec<String> = columns.iter().map(|c| c.cell(&value)).collect();
             let headers: Vec<String> = columns.iter().map(|c| c.header.clone()).collect();
-            out!("{}", template::render_columns(Some(&headers), &[]));
+            out!("{}", template::render_columns(Some(&headers), &[row]));
+            return Ok(());
         }
         if self.header_due && view.table() {
             self.header_due = false;
@@ -624,8 +659,7 @@ async fn watch<K: Columns>(
                             eprintln!("No resources found{}.", scope_words(K::KIND_NAME, &scope));
                         }
                         print_first(&items, view)?;
-                        let columns = matches!(view.format, Some(OutputFormat::CustomColumns(_)));
-                        if !items.is_empty() || columns {
+                        if !items.is_empty() {
                             printed.header_due = false;
                             printed.widths = column_widths(&items, view);
                         }
@@ -680,7 +714,11 @@ fn column_widths<K: Columns>(items: &[K], view: &View) -> Vec<String> {
                 .iter()
                 .filter_map(|r| r.get(i))
                 .map(|c| c.chars().count())
-                .chain(std::iter::once(if view.no_headers { 0 } else { h.chars().count() }))
+                .chain(std::iter::once(if view.no_headers {
+                    0
+                } else {
+                    h.chars().count()
+                }))
                 .max()
                 .unwrap_or(0);
             " ".repeat(w)

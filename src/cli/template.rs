@@ -223,11 +223,12 @@ pub fn parse_columns(spec: &str) -> Result<Vec<Column>, TemplateError> {
     }
     spec.split(',')
         .map(|entry| {
-            let (header, expr) = entry
-                .split_once(':')
-                .ok_or_else(|| TemplateError::ColumnSpec {
-                    entry: entry.to_string(),
-                })?;
+            let (header, expr) =
+                entry
+                    .split_once(':')
+                    .ok_or_else(|| TemplateError::ColumnSpec {
+                        entry: entry.to_string(),
+                    })?;
             let expr = expr.trim();
             let expr = expr
                 .strip_prefix('{')
@@ -380,7 +381,10 @@ mod tests {
             "{range .items[*]}[{.metadata.name}, {.status.available}] {end}",
             "[api, 3] [web, 12] ",
         );
-        check("{.items[0].metadata.labels}", r#"{"team":"core","tier":"web"}"#);
+        check(
+            "{.items[0].metadata.labels}",
+            r#"{"team":"core","tier":"web"}"#,
+        );
         check(
             "{.items[0].spec.strategy.steps}",
             r#"[{"setWeight":25},{"pause":{}}]"#,
@@ -454,7 +458,10 @@ web    0.9.1     12    <none>                    <none>
                 entry: "VERSION".into()
             }
         );
-        assert_eq!(parse_columns("").expect_err("empty"), TemplateError::NoColumns);
+        assert_eq!(
+            parse_columns("").expect_err("empty"),
+            TemplateError::NoColumns
+        );
         assert!(parse_columns("X:.a[").is_err());
     }
 

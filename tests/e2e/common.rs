@@ -271,6 +271,13 @@ impl Spawned {
         }
     }
 
+    /// The next stdout line if one comes within `timeout` (kept in `seen`), else `None`.
+    pub fn line_within(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.stdout.recv_timeout(timeout).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
     /// The child's pid, to signal it.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod etcd_cluster;
 mod etcd_security;
+mod get;
 mod hostile_manifests;
 mod logs;
 mod manifests;
