@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  # Apply every manifest under a directory (Machines and Applications before Rollouts)
+  # Apply every manifest under a directory (Machines and Applications first)
   deployctl apply -f manifests/
 
   # Check a change without writing anything

@@ -113,7 +113,8 @@ Examples:
   deployctl rollout status api
 
   # What CI runs after a build
-  deployctl set version api 1.4.2 --sha256 $(sha256sum api.tar.gz | cut -d' ' -f1)
+  deployctl set version api 1.4.2 \\
+    --sha256 $(sha256sum api.tar.gz | cut -d' ' -f1)
 
   # Against etcd instead of the embedded store
   deployctl --store etcd://10.0.0.1:2379 get rollouts -A
@@ -580,6 +581,39 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "no Examples: in {missing:?}");
+    }
+
+    #[test]
+    fn no_help_example_should_wrap_mid_command_at_80_columns() {
+        fn walk(cmd: &mut clap::Command, path: &str, bad: &mut Vec<String>) {
+            let name = format!("{path} {}", cmd.get_name()).trim().to_string();
+            if let Some(after) = cmd.get_after_help().map(|h| h.to_string()) {
+                // clap wraps at the width given; every line as written must fit, so
+                // that what it prints is the text itself, line for line.
+                for line in after.lines().filter(|l| l.chars().count() > 80) {
+                    bad.push(format!("{name}: over 80 columns: {line:?}"));
+                }
+                let help = cmd.clone().term_width(80).render_help().to_string();
+                let examples = help.split_once("Examples:").map_or("", |(_, e)| e);
+                for line in examples.lines().filter(|l| !l.trim().is_empty()) {
+                    if line.chars().count() > 80 || !after.lines().any(|a| a == line) {
+                        bad.push(format!("{name}: {line:?}"));
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands_mut() {
+                walk(sub, &name, bad);
+            }
+        }
+        let mut bad = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        walk(&mut cli, "", &mut bad);
+        assert!(
+            bad.is_empty(),
+            "example lines wrapped at 80 columns:\n{}",
+            bad.join("\n")
+        );
     }
 
     #[test]

@@ -1091,3 +1091,55 @@ fn a_store_path_in_a_missing_directory_should_be_refused_unless_create_is_given(
         "no fresh store file"
     );
 }
+
+#[test]
+fn rollout_status_should_exit_3_for_a_missing_rollout_and_4_for_an_unreachable_store() {
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let out = run(&store, &["rollout", "status", "nope", "--timeout", "30s"]).code(3);
+        assert!(
+            out.stderr.contains(r#"rollouts "nope" not found"#),
+            "{backend}: {}",
+            out.stderr
+        );
+
+        // Deleted while followed: it no longer exists either.
+        let dir = tempdir();
+        run(
+            &store,
+            &["apply", "-f", &write(dir.path(), "api.yaml", &manifests())],
+        )
+        .ok();
+        let mut follow = spawn(&store, &["rollout", "status", "api", "--timeout", "1m"]);
+        follow.wait_for_line("with the pending state", |l| l.contains("Pending"));
+        run(&store, &["delete", "rollout", "api"]).ok();
+        let deadline = Instant::now() + DEADLINE;
+        let code = loop {
+            if let Some(code) = follow.try_exit() {
+                break code;
+            }
+            assert!(Instant::now() < deadline, "{backend}: still following");
+            std::thread::sleep(Duration::from_millis(20)); // polling the exit, not a sync stand-in
+        };
+        assert_eq!(code, Some(3), "{backend}: {}", follow.stderr_so_far());
+    }
+    // An etcd nobody listens on, and an embedded store file that cannot be opened.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempdir();
+    let not_a_file = dir.path().display().to_string();
+    for store in [format!("etcd://127.0.0.1:{port}"), not_a_file] {
+        let out = run(&store, &["rollout", "status", "api", "--timeout", "1m"]).code(4);
+        assert!(out.stderr.starts_with("error: "), "{store}: {}", out.stderr);
+    }
+    let help = run("", &["rollout", "status", "--help"]).ok().stdout;
+    for want in [
+        "0  the rollout is Complete",
+        "3  the rollout does not exist",
+        "4  the store cannot be reached",
+    ] {
+        assert!(help.contains(want), "no {want:?} in:\n{help}");
+    }
+}

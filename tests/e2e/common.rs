@@ -278,6 +278,11 @@ impl Spawned {
         Some(line)
     }
 
+    /// The exit status if the process has ended (`Some(None)`: killed by a signal).
+    pub fn try_exit(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
     /// The child's pid, to signal it.
     pub fn pid(&self) -> u32 {
         self.child.id()

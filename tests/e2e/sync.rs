@@ -309,6 +309,17 @@ fn a_bad_commit_should_apply_nothing_and_leave_the_last_good_one_in_force() {
         );
         let bad = repo.commit("broken");
         let out = repo.sync(&store, &["--once", "--name", "fleet"]).code(1);
+        // The refusal is printed once, and nothing claims a dry run.
+        assert_eq!(
+            out.stderr.matches("replicas").count(),
+            1,
+            "{backend}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stdout.contains("dry run") && !out.stderr.contains("dry run"),
+            "{backend}: {out:?}"
+        );
         for want in [
             format!("commit {}", short(&bad)),
             "manifests/broken.yaml".to_string(),
