@@ -32,6 +32,7 @@ macro_rules! out {
 }
 
 pub mod apply;
+pub mod complete;
 pub mod daemon;
 pub mod delete;
 pub mod demo;
@@ -51,7 +52,7 @@ pub mod webhook;
 
 use crate::api::KindName;
 use crate::store::{Client, Error as StoreError, EtcdOptions, StoreUrl};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -235,11 +236,22 @@ pub enum Command {
         after_help = "Examples:\n  deployctl demo-server --port 18081\n  deployctl demo-server --probe --port 18081"
     )]
     DemoServer(demo::DemoServerArgs),
-    /// Print a shell completion script.
+    /// Print a shell completion script: subcommands, flags, kinds, and the names of
+    /// objects, machines and namespaces from the store (asked with a short timeout).
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion {
         #[arg(value_enum)]
-        shell: clap_complete::Shell,
+        shell: complete::Shell,
+    },
+    /// The candidates for the last of WORDS, one a line: what the completion scripts call.
+    #[command(
+        name = "__complete",
+        hide = true,
+        after_help = "Examples:\n  deployctl __complete -- get ro ''"
+    )]
+    Complete {
+        #[arg(raw = true)]
+        words: Vec<String>,
     },
     /// Write the JSON Schemas of the user kinds to a directory.
     #[command(
@@ -391,10 +403,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Up(args) => up::run(&g, args).await,
         Command::DemoServer(args) => demo::run_server(args).await,
         Command::Completion { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "deployctl", &mut script);
-            out!("{}", String::from_utf8_lossy(&script));
+            out!("{}", complete::script(shell));
             Ok(0)
+        }
+        Command::Complete { words } => {
+            let g = complete::globals_from_words(&g, &words);
+            complete::run(&g, words).await
         }
         Command::Schemas { out } => {
             std::fs::create_dir_all(&out)
@@ -558,6 +572,7 @@ pub fn reference(kind: KindName, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_should_be_consistent() {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod completion;
 mod etcd_cluster;
 mod etcd_security;
 mod get;
