@@ -28,7 +28,21 @@ Examples:
   deployctl get machines -l role=web -w
 
   # Instances of every namespace, names only
-  deployctl get instances -A -o name";
+  deployctl get instances -A -o name
+
+  # Fields for a script, as kubectl's jsonpath and custom-columns print them
+  deployctl get ro -o \\
+    jsonpath='{range .items[*]}{.metadata.name}{"\\t"}{.spec.version}{"\\n"}{end}'
+  deployctl get ro -o custom-columns=NAME:.metadata.name,VERSION:.spec.version
+
+  # Several kinds, one object by KIND/NAME, oldest first, labels as columns
+  deployctl get ro,app
+  deployctl get ro/api app/api
+  deployctl get all --sort-by=.metadata.creationTimestamp
+  deployctl get machines --show-labels -L role
+
+  # Into a pipe: the header once, then one row per change
+  deployctl get ro -w | tee rollouts.log";
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
