@@ -32,7 +32,7 @@ Examples:
 
   # Fields for a script, as kubectl's jsonpath and custom-columns print them
   deployctl get ro -o \\
-    jsonpath='{range .items[*]}{.metadata.name}{"\\t"}{.spec.version}{"\\n"}{end}'
+    jsonpath='{range .items[*]}{.metadata.name}{\"\\t\"}{.spec.version}{\"\\n\"}{end}'
   deployctl get ro -o custom-columns=NAME:.metadata.name,VERSION:.spec.version
 
   # Several kinds, one object by KIND/NAME, oldest first, labels as columns
