@@ -600,7 +600,16 @@ pub fn render_rollout(r: &Rollout, scene: &Scene, style: Style) -> String {
     if !steps.is_empty() {
         let idx = st.current_step_index.map(|i| i as usize);
         let what = match idx.and_then(|i| steps.get(i)) {
-            Some(s) => format!(" ({})", describe_step(s)),
+            // Beside the step's wanted count, the machines on the target now, as Argo
+            // shows its actual weight beside the set one.
+            Some(s) => match s.machines_wanted(st.desired) {
+                Some(want) => format!(
+                    " ({}: {want} machine(s) wanted, {} on the target)",
+                    describe_step(s),
+                    st.updated
+                ),
+                None => format!(" ({})", describe_step(s)),
+            },
             None if idx.is_some() => " (all steps done)".into(),
             None => String::new(),
         };
@@ -1464,7 +1473,10 @@ mod tests {
         insts[2].status.as_mut().expect("set above").available = false;
         let out = detail(&r, &insts, Style::PLAIN);
         assert!(out.contains("slots 2/2 busy"), "{out}");
-        assert!(out.contains("Step:        3/4 (setWeight 60%)"), "{out}");
+        assert!(
+            out.contains("Step:        3/4 (setWeight 60%: 3 machine(s) wanted, 3 on the target)"),
+            "{out}"
+        );
         check("progressing_slots_busy", &out);
     }
 
