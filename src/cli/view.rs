@@ -13,6 +13,7 @@ use crate::api::{
 };
 use crate::reconcilers::rollout::{PAUSE_FAILURE, PAUSE_STEP};
 use crate::store::{Client, ObjectEvent, Scope};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -141,8 +142,8 @@ fn resolved(r: &Rollout, st: &RolloutStatus) -> (u32, u32) {
 }
 
 /// What the Rollout waits for now: `waiting for staged 3/5`, `slots 2/2 busy`, `paused
-/// by user`, `paused at step 4/4 until 12:05:00`, …; `-` once complete.
-pub fn gate(r: &Rollout) -> String {
+/// by user`, `paused at step 4/4, 4m12s left` (at `now`), …; `-` once complete.
+pub fn gate(r: &Rollout, now: DateTime<Utc>) -> String {
     let Some(st) = r.status.as_ref() else {
         return "not yet reconciled".into();
     };
@@ -184,9 +185,11 @@ pub fn gate(r: &Rollout) -> String {
                     .map_or(0, |i| i as usize + 1)
                     .min(steps);
                 match p.until {
-                    Some(u) => {
-                        format!("paused at step {at}/{steps} until {}", u.format("%H:%M:%S"))
-                    }
+                    Some(u) if u > now => format!(
+                        "paused at step {at}/{steps}, {} left",
+                        super::output::human_duration(u - now)
+                    ),
+                    Some(_) => format!("paused at step {at}/{steps}, going on"),
                     None => format!("paused at step {at}/{steps} until promoted"),
                 }
             } else {
@@ -481,6 +484,7 @@ pub fn render_rollouts(
     all_namespaces: bool,
     width: Option<usize>,
     style: Style,
+    now: DateTime<Utc>,
 ) -> String {
     let mut header = vec![
         "NAME",
@@ -509,7 +513,7 @@ pub fn render_rollouts(
             ),
             (strategy_name(r).into(), Paint::None),
             (step_text(r), Paint::None),
-            (gate(r), Paint::None),
+            (gate(r, now), Paint::None),
             (st.desired.to_string(), Paint::None),
             (st.staged.to_string(), Paint::None),
             (st.updated.to_string(), Paint::None),
@@ -615,7 +619,7 @@ pub fn render_rollout(r: &Rollout, scene: &Scene, style: Style) -> String {
         };
         field("  Step", format!("{}{what}", step_text(r)));
     }
-    field("  Gate", gate(r));
+    field("  Gate", gate(r, scene.fleet.now));
     let (slots, min_staged) = resolved(r, &st);
     field(
         "  Slots",
@@ -1029,7 +1033,13 @@ pub async fn watch_into<W: Write>(
                 }
                 None => format!("rollout {name:?} not found; waiting for it to appear\n"),
             },
-            None => render_rollouts(&shown, opts.all_namespaces, width, style),
+            None => render_rollouts(
+                &shown,
+                opts.all_namespaces,
+                width,
+                style,
+                chrono::Utc::now(),
+            ),
         };
         if frame == last_frame {
             continue;
@@ -1374,7 +1384,7 @@ mod tests {
         for style in [Style::PLAIN, Style::COLOR] {
             for frame in [
                 detail(&r, &insts, style),
-                render_rollouts(std::slice::from_ref(&r), true, None, style),
+                render_rollouts(std::slice::from_ref(&r), true, None, style, at(0)),
             ] {
                 let bare = without_paint(&frame);
                 for raw in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}', '\x7f'] {
@@ -1739,7 +1749,13 @@ mod tests {
                 assert!(flat.contains(want), "{want:?} not in\n{out}");
             }
             check(&format!("long_{width}_columns"), &out);
-            let list = render_rollouts(std::slice::from_ref(&r), false, Some(width), Style::PLAIN);
+            let list = render_rollouts(
+                std::slice::from_ref(&r),
+                false,
+                Some(width),
+                Style::PLAIN,
+                at(0),
+            );
             let flat = unwrapped(&list);
             assert!(
                 flat.contains("2 machine(s) not counted: NotReady or cordoned"),
@@ -1773,7 +1789,7 @@ mod tests {
         st.history = history(&[("1.0", "Complete"), ("2.0", ""), ("1.0", "")]);
         st.history[2].revision = 3;
         let mut r = rollout("1.0", Some(st));
-        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN);
+        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN, at(0));
         let row = list.lines().nth(1).expect("a row");
         assert!(
             row.contains(
@@ -1791,13 +1807,13 @@ mod tests {
         assert!(!out.contains("# revision:1 1.0"), "{out}");
         // Once observed, the version is the status's alone.
         r.status.as_mut().expect("set above").target_version = Some("1.0".into());
-        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN);
+        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN, at(0));
         assert!(!list.contains("not yet observed"), "{list}");
         // A user's pause of a complete rollout shows.
         let st = r.status.as_mut().expect("set above");
         st.phase = RolloutPhase::Complete;
         r.spec.paused = true;
-        assert_eq!(gate(&r), "paused by user");
+        assert_eq!(gate(&r, at(48)), "paused by user");
     }
 
     #[test]
@@ -1853,14 +1869,14 @@ mod tests {
         b.status.as_mut().expect("set above").target_version = Some("7".into());
         check(
             "list",
-            &render_rollouts(&[a.clone(), b.clone()], false, None, Style::PLAIN),
+            &render_rollouts(&[a.clone(), b.clone()], false, None, Style::PLAIN, at(0)),
         );
         check(
             "list_all_namespaces",
-            &render_rollouts(&[a, b], true, None, Style::PLAIN),
+            &render_rollouts(&[a, b], true, None, Style::PLAIN, at(0)),
         );
         assert_eq!(
-            render_rollouts(&[], false, None, Style::PLAIN),
+            render_rollouts(&[], false, None, Style::PLAIN, at(0)),
             "No rollouts found.\n"
         );
     }
@@ -1876,7 +1892,9 @@ mod tests {
         assert_eq!(on, Style::COLOR);
         let painted = detail(&r, &insts, on);
         assert!(painted.contains("\x1b[31m✖ Degraded\x1b[0m"), "{painted:?}");
-        assert!(render_rollouts(std::slice::from_ref(&r), false, None, on).contains("\x1b["));
+        assert!(
+            render_rollouts(std::slice::from_ref(&r), false, None, on, at(0)).contains("\x1b[")
+        );
         // Colour never shifts columns: without the codes it is the plain rendering.
         let stripped = painted
             .split("\x1b[")
@@ -1938,16 +1956,16 @@ mod tests {
         st.current_step_index = Some(0);
         let mut r = rollout("2.0", Some(st));
         canary(&mut r); // maxUnavailable 40% of 10 = 4
-        assert_eq!(gate(&r), "slots 3/4 busy");
+        assert_eq!(gate(&r, at(48)), "slots 3/4 busy");
         r.spec.strategy.min_staged = IntOrPercent::Percent("50%".into());
         r.status.as_mut().expect("set above").staged = 4;
-        assert_eq!(gate(&r), "waiting for staged 4/5");
+        assert_eq!(gate(&r, at(48)), "waiting for staged 4/5");
         r.status.as_mut().expect("set above").desired = 1;
         r.spec.strategy.max_unavailable = IntOrPercent::Percent("10%".into());
         r.status.as_mut().expect("set above").staged = 1;
-        assert_eq!(gate(&r), "slots 3/1 busy", "slots are at least 1");
+        assert_eq!(gate(&r, at(48)), "slots 3/1 busy", "slots are at least 1");
 
-        // A timed pause step says until when (UTC).
+        // A timed pause step counts down.
         let st = r.status.as_mut().expect("set above");
         st.phase = RolloutPhase::Paused;
         st.current_step_index = Some(3);
@@ -1956,11 +1974,13 @@ mod tests {
             start_time: at(0),
             until: Some(at(300)),
         }];
-        assert_eq!(
-            gate(&r),
-            format!("paused at step 4/4 until {}", at(300).format("%H:%M:%S"))
-        );
+        assert_eq!(gate(&r, at(48)), "paused at step 4/4, 4m12s left");
+        assert_eq!(gate(&r, at(300)), "paused at step 4/4, going on");
         r.spec.paused = true;
-        assert_eq!(gate(&r), "paused by user", "the user's pause comes first");
+        assert_eq!(
+            gate(&r, at(48)),
+            "paused by user",
+            "the user's pause comes first"
+        );
     }
 }
