@@ -497,6 +497,7 @@ pub fn render_rollouts(
         "UPDATED",
         "AVAILABLE",
         "VERSION",
+        "AGE",
         "MESSAGE",
     ];
     if all_namespaces {
@@ -519,6 +520,10 @@ pub fn render_rollouts(
             (st.updated.to_string(), Paint::None),
             (st.available.to_string(), Paint::None),
             (rollout_version(r), Paint::None),
+            (
+                super::output::age(r.metadata.creation_timestamp, now),
+                Paint::None,
+            ),
             (first_line(&st.message), Paint::None),
         ];
         if all_namespaces {
@@ -1793,7 +1798,7 @@ mod tests {
         let row = list.lines().nth(1).expect("a row");
         assert!(
             row.contains(
-                "2.0 (1.0 not yet observed)   switching: slots 1/1 busy, 0/5 available on 2.0"
+                "2.0 (1.0 not yet observed)   0s    switching: slots 1/1 busy, 0/5 available on 2.0"
             ),
             "{list}"
         );
@@ -1867,10 +1872,14 @@ mod tests {
         b.metadata.name = "web".into();
         b.metadata.namespace = Some("shop".into());
         b.status.as_mut().expect("set above").target_version = Some("7".into());
-        check(
-            "list",
-            &render_rollouts(&[a.clone(), b.clone()], false, None, Style::PLAIN, at(0)),
+        // Drawn 3m25s after both were created: AGE says so.
+        let list = render_rollouts(&[a.clone(), b.clone()], false, None, Style::PLAIN, at(205));
+        assert!(
+            list.lines()
+                .all(|l| l.contains(" AGE ") || l.contains(" 3m25s ")),
+            "{list}"
         );
+        check("list", &list);
         check(
             "list_all_namespaces",
             &render_rollouts(&[a, b], true, None, Style::PLAIN, at(0)),
