@@ -292,13 +292,14 @@ impl Table {
             })
             .collect();
         for r in &self.rows {
+            let screen = width;
             let width = width.filter(|_| r.wraps);
             let lines = if r.span {
                 span_lines(r, &starts, width)
             } else {
                 row_lines(r, &widths, &starts, width)
             };
-            for segments in lines {
+            for segments in lines.into_iter().flat_map(|l| fold(l, screen)) {
                 let line: String = segments
                     .iter()
                     .map(|(text, paint)| style.paint(text, *paint))
@@ -312,6 +313,40 @@ impl Table {
 
 /// One screen line as painted pieces.
 type Line = Vec<(String, Paint)>;
+
+/// A line wider than the screen folded at spaces, continuation lines indented by
+/// [`FOLD_HANG`], so that a terminal shows every column instead of cutting the line at
+/// its edge (a narrow screen cannot hold the header's columns side by side).
+fn fold(line: Line, screen: Option<usize>) -> Vec<Line> {
+    let text: String = line.iter().map(|(t, _)| t.as_str()).collect();
+    let text = text.trim_end();
+    let Some(w) = screen.filter(|w| text.chars().count() > *w && *w > FOLD_HANG.len() + 1) else {
+        return vec![line];
+    };
+    wrap_ranges(text, w, w - FOLD_HANG.len())
+        .into_iter()
+        .enumerate()
+        .map(|(k, range)| {
+            let mut out = if k == 0 {
+                Vec::new()
+            } else {
+                vec![(FOLD_HANG.to_string(), Paint::None)]
+            };
+            let mut piece = slice_pieces(&line, range);
+            // The spaces a break fell after would start the continuation line.
+            if k > 0 {
+                if let Some((first, _)) = piece.first_mut() {
+                    *first = first.trim_start().to_string();
+                }
+            }
+            out.append(&mut piece);
+            out
+        })
+        .collect()
+}
+
+/// What a folded line's continuation lines start with.
+const FOLD_HANG: &str = "  ";
 
 /// An ordinary row: its cells padded to their columns, the last one wrapped within its
 /// column, or below the row (after `hang`) when the column has less than [`MIN_WRAP`].
@@ -519,7 +554,7 @@ pub fn render_rollouts(
             (st.staged.to_string(), Paint::None),
             (st.updated.to_string(), Paint::None),
             (st.available.to_string(), Paint::None),
-            (rollout_version(r), Paint::None),
+            (elide_on_screen(&rollout_version(r), width), Paint::None),
             (
                 super::output::age(r.metadata.creation_timestamp, now),
                 Paint::None,
@@ -539,6 +574,23 @@ pub fn render_rollouts(
         t.render(style, width, &mut out);
     }
     out
+}
+
+/// The widest a VERSION cell is drawn on a terminal; the MESSAGE below a row still
+/// carries a long version whole.
+const ELIDED_CELL: usize = 32;
+
+/// `text` elided in the middle (`2.0.0-build.abc…89-build.a`) to [`ELIDED_CELL`]
+/// characters on a screen; whole in a pipe (`width` `None`).
+fn elide_on_screen(text: &str, width: Option<usize>) -> String {
+    let n = text.chars().count();
+    if width.is_none() || n <= ELIDED_CELL {
+        return text.to_string();
+    }
+    let keep = ELIDED_CELL - 1;
+    let head: String = text.chars().take(keep.div_ceil(2)).collect();
+    let tail: String = text.chars().skip(n - keep / 2).collect();
+    format!("{head}…{tail}")
 }
 
 fn first_line(s: &str) -> String {
@@ -1765,6 +1817,17 @@ mod tests {
             assert!(
                 flat.contains("2 machine(s) not counted: NotReady or cordoned"),
                 "the message wraps, whole: {list}"
+            );
+            // Every column is on the screen: lines fold rather than run past its edge.
+            for l in list.lines() {
+                assert!(l.chars().count() <= width, "{l:?} past {width} columns");
+            }
+            for column in ["DESIRED", "AVAILABLE", "VERSION", "AGE", "MESSAGE"] {
+                assert!(list.contains(column), "{column} lost at {width}: {list}");
+            }
+            assert!(
+                list.contains("2.0.0-build.abcd…3456789-build.a   0s"),
+                "{list}"
             );
             check(&format!("list_long_{width}_columns"), &list);
         }
