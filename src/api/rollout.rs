@@ -168,6 +168,18 @@ pub struct Step {
     pub pause: Option<PauseStep>,
 }
 
+impl Step {
+    /// How many of `n` machines a `setWeight` or `machines` step wants on the target
+    /// (a weight rounds up); `None` for a pause step. The reconciler and the views share it.
+    pub fn machines_wanted(&self, n: u32) -> Option<u32> {
+        match (self.set_weight, self.machines) {
+            (Some(w), _) => Some((u64::from(n) * u64::from(w)).div_ceil(100) as u32),
+            (_, Some(m)) => Some(m.min(n)),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PauseStep {

@@ -1,20 +1,22 @@
 //! `deployctl apply`: create or update objects from manifests, all or nothing.
 
 use super::manifest::{self, Manifest};
-use super::{connect, reference, within, CliError, GlobalArgs};
+use super::{connect, output, reference, within, CliError, GlobalArgs};
 use crate::api::selector::LabelSelector;
 use crate::api::{KindName, Machine, Object, ObjectMeta};
-use crate::store::{Client, Error, Scope};
+use crate::store::{check_request_size, encode_create, encode_replace, Client, Error, Scope, Txn};
 use clap::Args;
 use std::collections::BTreeMap;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  # Apply every manifest under a directory (Machines and Applications before Rollouts)
+  # Apply every manifest under a directory (Machines and Applications first)
   deployctl apply -f manifests/
 
-  # Check a change without writing anything
+  # Check a change without writing anything: against the files and the store,
+  # then also with every check the write would make (conflicts, ownership)
   deployctl apply -f rollout_api.yaml --dry-run
+  deployctl apply -f rollout_api.yaml --dry-run=server
 
   # From stdin
   cat app.yaml | deployctl apply -f -";
@@ -32,9 +34,39 @@ pub struct ApplyArgs {
         required = true
     )]
     pub files: Vec<String>,
-    /// Validate and compare with the store, print what would happen, write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Accepted for kubectl's sake: directories are always read recursively.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Write nothing. `client` (also a bare --dry-run): validate the files, compare with
+    /// the store and print what would happen. `server`: also build every write as it
+    /// would be sent and check it against the store's rules (the request size limit),
+    /// and warn of objects a sync owns. `none`: apply.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client"
+    )]
+    pub dry_run: Option<DryRun>,
+}
+
+/// `--dry-run`'s modes, kubectl's words.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DryRun {
+    None,
+    Client,
+    Server,
+}
+
+/// What apply did to one object, and who else owns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// The sync whose label (`deployctl.dev/sync`) the object carries in the store: its
+    /// next pass reverts a change made here.
+    pub sync: Option<String>,
 }
 
 /// What apply did to one object.
@@ -64,7 +96,13 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
         }
     };
     let client = connect(g).await?;
-    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    let mode = args.dry_run.unwrap_or(DryRun::None);
+    let dry_run = mode != DryRun::None;
+    let suffix = match mode {
+        DryRun::None => "",
+        DryRun::Client => " (dry run)",
+        DryRun::Server => " (server dry run)",
+    };
     let mut selectors: Vec<(String, LabelSelector)> = Vec::new();
     let mut declared_machines: Vec<BTreeMap<String, String>> = Vec::new();
     for l in loaded {
@@ -75,14 +113,24 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
             Manifest::Machine(m) => declared_machines.push(m.metadata.labels.clone()),
             Manifest::Rollout(_) | Manifest::Notifier(_) => {}
         }
-        let outcome = match l.manifest {
-            Manifest::Machine(o) => within(g, apply_object(&client, o, args.dry_run)).await,
-            Manifest::Application(o) => within(g, apply_object(&client, o, args.dry_run)).await,
-            Manifest::Rollout(o) => within(g, apply_object(&client, o, args.dry_run)).await,
-            Manifest::Notifier(o) => within(g, apply_object(&client, o, args.dry_run)).await,
+        let checked = mode != DryRun::Client;
+        let applied = match l.manifest {
+            Manifest::Machine(o) => within(g, apply_checked(&client, o, dry_run, checked)).await,
+            Manifest::Application(o) => {
+                within(g, apply_checked(&client, o, dry_run, checked)).await
+            }
+            Manifest::Rollout(o) => within(g, apply_checked(&client, o, dry_run, checked)).await,
+            Manifest::Notifier(o) => within(g, apply_checked(&client, o, dry_run, checked)).await,
         }
         .map_err(|e| anyhow::anyhow!("{}: applying {}: {e:#}", l.origin, reference(kind, &name)))?;
-        outln!("{} {outcome}{suffix}", reference(kind, &name));
+        outln!("{} {}{suffix}", reference(kind, &name), applied.outcome);
+        if let (Some(sync), Outcome::Configured, true) = (&applied.sync, applied.outcome, checked) {
+            eprintln!(
+                "warning: {} is managed by sync {:?}: its next pass reverts this change (change it in Git instead)",
+                reference(kind, &name),
+                output::escape(sync)
+            );
+        }
     }
     if !selectors.is_empty() {
         warn_unmatched_selectors(g, &client, &selectors, declared_machines).await?;
@@ -124,12 +172,19 @@ fn unmatched<'a>(
 
 /// `current` with the manifest's labels, annotations and spec. Request annotations
 /// (`deployctl.dev/*`) the manifest does not set are kept: a later `apply` must not
-/// undo a `rollout promote` the controller has not seen yet.
+/// undo a `rollout promote` the controller has not seen yet. So is the owning sync's
+/// label (`deployctl.dev/sync`): without it the sync would take the object back as
+/// new rather than report and revert the drift.
 pub fn merge<K: Object>(current: &K, manifest: &K) -> K {
     let mut desired = current.clone();
     let want: &ObjectMeta = manifest.meta();
     let meta = desired.meta_mut();
     meta.labels = want.labels.clone();
+    if let Some(owner) = current.meta().labels.get(crate::api::LABEL_SYNC) {
+        meta.labels
+            .entry(crate::api::LABEL_SYNC.to_string())
+            .or_insert_with(|| owner.clone());
+    }
     let mut annotations = want.annotations.clone();
     for (k, v) in &current.meta().annotations {
         if k.starts_with(&format!("{}/", crate::api::GROUP)) && !annotations.contains_key(k) {
@@ -148,18 +203,42 @@ pub async fn apply_object<K: Object>(
     manifest: K,
     dry_run: bool,
 ) -> crate::store::Result<Outcome> {
+    Ok(apply_checked(client, manifest, dry_run, true)
+        .await?
+        .outcome)
+}
+
+/// [`apply_object`], saying which sync owns the object. `checked` (a server dry run,
+/// or a write): a dry run builds the transaction the write would send and checks it
+/// as the store does first, so that it fails where the write would.
+pub async fn apply_checked<K: Object>(
+    client: &Client,
+    manifest: K,
+    dry_run: bool,
+    checked: bool,
+) -> crate::store::Result<Applied> {
     let ns = manifest.namespace().map(str::to_string);
+    let done = |outcome: Outcome, current: Option<&K>| Applied {
+        outcome,
+        sync: current.and_then(|c| c.meta().labels.get(crate::api::LABEL_SYNC).cloned()),
+    };
     for _ in 0..APPLY_RETRIES {
         let current: Option<K> = client.get(ns.as_deref(), manifest.name()).await?;
         match current {
             None => {
                 if dry_run {
-                    return Ok(Outcome::Created);
+                    if checked {
+                        let mut txn = Txn::default();
+                        encode_create(&manifest, &mut txn)?;
+                        check_request_size(&txn)?;
+                    }
+                    return Ok(done(Outcome::Created, None));
                 }
                 let mut new = manifest.clone();
                 *new.status_mut() = None;
+                new.meta_mut().resource_version = None;
                 match client.create(&new).await {
-                    Ok(_) => return Ok(Outcome::Created),
+                    Ok(_) => return Ok(done(Outcome::Created, None)),
                     // Somebody created it between our get and create: compare with theirs.
                     Err(Error::AlreadyExists(_)) => continue,
                     Err(e) => return Err(e),
@@ -171,13 +250,18 @@ pub async fn apply_object<K: Object>(
                     && desired.meta().annotations == current.meta().annotations
                     && desired.spec() == current.spec();
                 if same {
-                    return Ok(Outcome::Unchanged);
+                    return Ok(done(Outcome::Unchanged, Some(&current)));
                 }
                 if dry_run {
-                    return Ok(Outcome::Configured);
+                    if checked {
+                        let mut txn = Txn::default();
+                        encode_replace(&current, desired, &mut txn)?;
+                        check_request_size(&txn)?;
+                    }
+                    return Ok(done(Outcome::Configured, Some(&current)));
                 }
                 match client.replace(&current, desired).await {
-                    Ok(_) => return Ok(Outcome::Configured),
+                    Ok(_) => return Ok(done(Outcome::Configured, Some(&current))),
                     Err(Error::Conflict(_)) => continue,
                     Err(e) => return Err(e),
                 }

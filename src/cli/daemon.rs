@@ -20,7 +20,8 @@ Examples:
   deployctl controller
 
   # Two for high availability on etcd (one leads, the other takes over)
-  deployctl --store etcd://10.0.0.1:2379 controller --identity ctl-a --lease-ttl 10s
+  deployctl --store etcd://10.0.0.1:2379 controller --identity ctl-a \\
+    --lease-ttl 10s
 
   # Metrics for a Prometheus on another host, JSON logs for a log shipper
   deployctl --log-format json controller --http-addr 0.0.0.0:9479
@@ -31,7 +32,8 @@ Examples:
 Endpoints (--http-addr, read-only, no authentication; loopback by default):
   /metrics  Prometheus metrics (OpenMetrics text)
   /healthz  200 when the process runs and the store answers a read within 2s
-  /readyz   200 when this controller leads and its caches are synced (503 on a standby)";
+  /readyz   200 when this controller leads and its caches are synced (503 on a
+            standby)";
 
 pub const AGENT_EXAMPLES: &str = "\
 Examples:
@@ -42,32 +44,44 @@ Examples:
   deployctl agent --name web-1 --root /srv/deploy --http-addr 127.0.0.1:9480
 
   # Against etcd
-  deployctl --store etcd://10.0.0.1:2379 agent --name db-1 --labels role=db --root /srv/deploy
+  deployctl --store etcd://10.0.0.1:2379 agent --name db-1 --labels role=db \\
+    --root /srv/deploy
 
-  # Against etcd with TLS and the machine's own etcd user (password only from the environment)
+  # Against etcd with TLS and the machine's own etcd user (password only from
+  # the environment)
   export DEPLOYCTL_ETCD_PASSWORD=...
   deployctl --store etcds://10.0.0.1:2379 --etcd-ca /etc/deployctl/etcd-ca.pem \\
     --etcd-user agent-web-1 agent --name web-1 --root /srv/deploy
 
 etcd permissions (RBAC):
-  An agent's etcd user needs only its own machine's keys. For machine web-1 (etcdctl as root):
+  An agent's etcd user needs only its own machine's keys. For machine web-1
+  (etcdctl as root):
     etcdctl role add agent-web-1
-    etcdctl role grant-permission --prefix agent-web-1 read /deployctl/instances/web-1/
-    etcdctl role grant-permission --prefix agent-web-1 readwrite /deployctl/status/instances/web-1/
-    etcdctl role grant-permission agent-web-1 readwrite /deployctl/machines/web-1
-    etcdctl role grant-permission agent-web-1 readwrite /deployctl/status/machines/web-1
-    etcdctl role grant-permission agent-web-1 readwrite /deployctl/leases/machines/web-1
+    etcdctl role grant-permission --prefix agent-web-1 \\
+      read /deployctl/instances/web-1/
+    etcdctl role grant-permission --prefix agent-web-1 \\
+      readwrite /deployctl/status/instances/web-1/
+    etcdctl role grant-permission agent-web-1 \\
+      readwrite /deployctl/machines/web-1
+    etcdctl role grant-permission agent-web-1 \\
+      readwrite /deployctl/status/machines/web-1
+    etcdctl role grant-permission agent-web-1 \\
+      readwrite /deployctl/leases/machines/web-1
     etcdctl role grant-permission --prefix agent-web-1 write /deployctl/events/
-    etcdctl role grant-permission --prefix agent-web-1 readwrite /deployctl/logs/web-1/
-    etcdctl role grant-permission --prefix agent-web-1 read /deployctl/taskorders/web-1/
-    etcdctl role grant-permission --prefix agent-web-1 readwrite /deployctl/status/taskorders/web-1/
+    etcdctl role grant-permission --prefix agent-web-1 \\
+      readwrite /deployctl/logs/web-1/
+    etcdctl role grant-permission --prefix agent-web-1 \\
+      read /deployctl/taskorders/web-1/
+    etcdctl role grant-permission --prefix agent-web-1 \\
+      readwrite /deployctl/status/taskorders/web-1/
     etcdctl user add agent-web-1
     etcdctl user grant-role agent-web-1 agent-web-1
-  It writes its Machine (registration, labels; creating it clears a stale status), its
-  presence key (bound to a lease), the status of its Instances, and Events; it reads only
-  its own Instances. Under /deployctl/logs/web-1/ it reads `deployctl logs` requests,
-  writes their answers on the requester's lease and deletes the requests it answered.
-  It reads the `deployctl run` orders to web-1 and writes their results, nothing else.";
+  It writes its Machine (registration, labels; creating it clears a stale
+  status), its presence key (bound to a lease), the status of its Instances, and
+  Events; it reads only its own Instances. Under /deployctl/logs/web-1/ it reads
+  `deployctl logs` requests, writes their answers on the requester's lease and
+  deletes the requests it answered. It reads the `deployctl run` orders to web-1
+  and writes their results, nothing else.";
 
 /// The permissions [`AGENT_EXAMPLES`] documents for machine `machine`, as
 /// `(prefix?, permission, key)`: what an agent's etcd role needs, and all it needs.
@@ -319,13 +333,15 @@ mod tests {
 
     #[test]
     fn agent_help_should_list_exactly_the_etcd_permissions_the_tests_grant() {
+        // Long lines go on after a backslash, to fit 80 columns.
+        let help = AGENT_EXAMPLES.replace(" \\\n      ", " ");
         for (prefix, perm, key) in agent_etcd_permissions("web-1") {
             let line = if prefix {
                 format!("etcdctl role grant-permission --prefix agent-web-1 {perm} {key}\n")
             } else {
                 format!("etcdctl role grant-permission agent-web-1 {perm} {key}\n")
             };
-            assert!(AGENT_EXAMPLES.contains(&line), "help lacks {line:?}");
+            assert!(help.contains(&line), "help lacks {line:?}");
         }
         assert_eq!(
             AGENT_EXAMPLES.matches("grant-permission").count(),

@@ -28,6 +28,9 @@ pub struct DiffArgs {
         required = true
     )]
     pub files: Vec<String>,
+    /// Accepted for kubectl's sake: directories are always read recursively.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
 }
 
 /// Runs `diff`; every failure is printed here and becomes exit status 2, since 1 means

@@ -33,6 +33,7 @@ macro_rules! out {
 }
 
 pub mod apply;
+pub mod complete;
 pub mod daemon;
 pub mod delete;
 pub mod demo;
@@ -49,13 +50,14 @@ pub mod output;
 pub mod rollout;
 pub mod run;
 pub mod sync;
+pub mod template;
 pub mod up;
 pub mod view;
 pub mod webhook;
 
 use crate::api::KindName;
 use crate::store::{Client, Error as StoreError, EtcdOptions, StoreUrl};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -117,7 +119,8 @@ Examples:
   deployctl rollout status api
 
   # What CI runs after a build
-  deployctl set version api 1.4.2 --sha256 $(sha256sum api.tar.gz | cut -d' ' -f1)
+  deployctl set version api 1.4.2 \\
+    --sha256 $(sha256sum api.tar.gz | cut -d' ' -f1)
 
   # Against etcd instead of the embedded store
   deployctl --store etcd://10.0.0.1:2379 get rollouts -A
@@ -264,11 +267,22 @@ pub enum Command {
         after_help = "Examples:\n  deployctl demo-server --port 18081\n  deployctl demo-server --probe --port 18081"
     )]
     DemoServer(demo::DemoServerArgs),
-    /// Print a shell completion script.
+    /// Print a shell completion script: subcommands, flags, kinds, and the names of
+    /// objects, machines and namespaces from the store (asked with a short timeout).
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion {
         #[arg(value_enum)]
-        shell: clap_complete::Shell,
+        shell: complete::Shell,
+    },
+    /// The candidates for the last of WORDS, one a line: what the completion scripts call.
+    #[command(
+        name = "__complete",
+        hide = true,
+        after_help = "Examples:\n  deployctl __complete -- get ro ''"
+    )]
+    Complete {
+        #[arg(raw = true)]
+        words: Vec<String>,
     },
     /// Write the JSON Schemas of the user kinds to a directory.
     #[command(
@@ -287,13 +301,47 @@ Examples:
   deployctl completion zsh > \"${fpath[1]}/_deployctl\"
   deployctl completion fish > ~/.config/fish/completions/deployctl.fish";
 
-/// `-o` of `get`.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+/// `-o` of `get`: `wide`, `yaml`, `json`, `name`, `jsonpath=TEMPLATE` or
+/// `custom-columns=SPEC`.
+#[derive(Clone, Debug)]
 pub enum OutputFormat {
     Wide,
     Yaml,
     Json,
     Name,
+    /// kubectl's JSONPath template, applied to the object or to the List.
+    JsonPath(std::sync::Arc<template::Template>),
+    /// kubectl's `NAME:PATH,...` columns.
+    CustomColumns(std::sync::Arc<Vec<template::Column>>),
+}
+
+impl OutputFormat {
+    /// Parses `-o`'s value; clap names the flag when this refuses it.
+    pub fn parse(text: &str) -> Result<OutputFormat, String> {
+        let (word, arg) = match text.split_once('=') {
+            Some((w, a)) => (w, Some(a)),
+            None => (text, None),
+        };
+        match (word, arg) {
+            ("wide", None) => Ok(OutputFormat::Wide),
+            ("yaml", None) => Ok(OutputFormat::Yaml),
+            ("json", None) => Ok(OutputFormat::Json),
+            ("name", None) => Ok(OutputFormat::Name),
+            ("jsonpath", Some(t)) => template::Template::parse(t)
+                .map(|t| OutputFormat::JsonPath(std::sync::Arc::new(t)))
+                .map_err(|e| e.to_string()),
+            ("custom-columns", Some(spec)) => template::parse_columns(spec)
+                .map(|c| OutputFormat::CustomColumns(std::sync::Arc::new(c)))
+                .map_err(|e| e.to_string()),
+            ("jsonpath" | "custom-columns", None) => {
+                Err(format!("{word} needs a value: -o {word}=..."))
+            }
+            _ => Err(
+                "use one of wide, yaml, json, name, jsonpath=TEMPLATE, custom-columns=SPEC"
+                    .to_string(),
+            ),
+        }
+    }
 }
 
 /// Errors that decide the exit code or print in kubectl's own words.
@@ -393,10 +441,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Up(args) => up::run(&g, args).await,
         Command::DemoServer(args) => demo::run_server(args).await,
         Command::Completion { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "deployctl", &mut script);
-            out!("{}", String::from_utf8_lossy(&script));
+            out!("{}", complete::script(shell));
             Ok(0)
+        }
+        Command::Complete { words } => {
+            let g = complete::globals_from_words(&g, &words);
+            complete::run(&g, words).await
         }
         Command::Schemas { out } => {
             std::fs::create_dir_all(&out)
@@ -560,6 +610,7 @@ pub fn reference(kind: KindName, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_should_be_consistent() {
@@ -583,6 +634,39 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "no Examples: in {missing:?}");
+    }
+
+    #[test]
+    fn no_help_example_should_wrap_mid_command_at_80_columns() {
+        fn walk(cmd: &mut clap::Command, path: &str, bad: &mut Vec<String>) {
+            let name = format!("{path} {}", cmd.get_name()).trim().to_string();
+            if let Some(after) = cmd.get_after_help().map(|h| h.to_string()) {
+                // clap wraps at the width given; every line as written must fit, so
+                // that what it prints is the text itself, line for line.
+                for line in after.lines().filter(|l| l.chars().count() > 80) {
+                    bad.push(format!("{name}: over 80 columns: {line:?}"));
+                }
+                let help = cmd.clone().term_width(80).render_help().to_string();
+                let examples = help.split_once("Examples:").map_or("", |(_, e)| e);
+                for line in examples.lines().filter(|l| !l.trim().is_empty()) {
+                    if line.chars().count() > 80 || !after.lines().any(|a| a == line) {
+                        bad.push(format!("{name}: {line:?}"));
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands_mut() {
+                walk(sub, &name, bad);
+            }
+        }
+        let mut bad = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        walk(&mut cli, "", &mut bad);
+        assert!(
+            bad.is_empty(),
+            "example lines wrapped at 80 columns:\n{}",
+            bad.join("\n")
+        );
     }
 
     #[test]

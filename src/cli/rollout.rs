@@ -17,8 +17,9 @@ use std::time::Duration;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  # Follow a rollout until it completes (exit 0), degrades (1: failures, progress
-  # deadline, or no ready machine matching until it) or times out (2)
+  # Follow a rollout until it completes (exit 0), degrades (1: failures,
+  # progress deadline, or no ready machine matching until it) or times out (2);
+  # 3: no such rollout, 4: the store cannot be reached
   deployctl rollout status api --timeout 15m
 
   # Stop starting new switches, then go on
@@ -37,7 +38,8 @@ pub const SET_EXAMPLES: &str = "\
 Examples:
   # What CI runs after publishing an artifact
   deployctl set version api 1.4.2
-  deployctl set version api 1.4.2 --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+  deployctl set version api 1.4.2 \\
+    --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
 /// The shortest `rollout status --timeout`.
 const STATUS_TIMEOUT_MIN: Duration = Duration::from_secs(1);
@@ -48,9 +50,7 @@ const STATUS_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 86_400);
 pub enum RolloutCommand {
     /// Follow a rollout: one line per change until Complete (0), Degraded (1; also when no
     /// ready machine matched by the progress deadline) or timeout (2).
-    #[command(
-        after_help = "Examples:\n  deployctl rollout status api\n  deployctl rollout status api --timeout 30m -n prod"
-    )]
+    #[command(after_help = STATUS_HELP)]
     Status {
         name: String,
         /// Give up after this long (exit 2), within 1s..=7d (a canary may pause for days).
@@ -114,14 +114,37 @@ pub struct SetVersionArgs {
     pub sha256: Option<String>,
 }
 
+/// `rollout status`'s exit codes and examples, after its options.
+const STATUS_HELP: &str = "\
+Exit status:
+  0  the rollout is Complete at its version
+  1  the rollout is Degraded (failures, progress deadline, no ready machine)
+  2  --timeout passed first
+  3  the rollout does not exist (or was deleted while followed)
+  4  the store cannot be reached
+
+Examples:
+  deployctl rollout status api
+  deployctl rollout status api --timeout 30m -n prod";
+
+/// `rollout status`'s exit codes, as its help lists them.
+pub mod status_code {
+    pub const COMPLETE: i32 = 0;
+    pub const DEGRADED: i32 = 1;
+    pub const TIMEOUT: i32 = 2;
+    pub const NOT_FOUND: i32 = 3;
+    pub const UNREACHABLE: i32 = 4;
+}
+
 pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
+    if let RolloutCommand::Status { name, timeout } = cmd {
+        return status_command(g, &name, timeout).await;
+    }
     let client = connect(g).await?;
     let ns = g.namespace.as_str();
     let token = || uuid::Uuid::new_v4().to_string();
     let (name, done) = match cmd {
-        RolloutCommand::Status { name, timeout } => {
-            return status(&client, ns, &name, timeout).await
-        }
+        RolloutCommand::Status { .. } => unreachable!("rollout status returned above"),
         RolloutCommand::History { name } => return history(g, &client, ns, &name).await,
         RolloutCommand::Pause { name } => {
             change(g, &client, ns, &name, |r| r.spec.paused = true).await?;
@@ -385,7 +408,52 @@ pub fn progress_line(r: &Rollout) -> String {
     line
 }
 
-async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> anyhow::Result<i32> {
+/// How following a rollout ended, before it becomes an exit code.
+#[derive(Debug, thiserror::Error)]
+enum StatusError {
+    #[error("{0}")]
+    NotFound(CliError),
+    #[error("rollout {0:?} was deleted")]
+    Deleted(String),
+    #[error("{0:#}")]
+    Unreachable(anyhow::Error),
+}
+
+/// `rollout status`: follows the rollout and maps how that ended to [`status_code`].
+async fn status_command(g: &GlobalArgs, name: &str, timeout: Duration) -> anyhow::Result<i32> {
+    let client = match connect(g).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "error: {}",
+                crate::cli::output::escape_lines(&format!("{e:#}"))
+            );
+            return Ok(status_code::UNREACHABLE);
+        }
+    };
+    match status(&client, &g.namespace, name, timeout).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            let code = match &e {
+                StatusError::NotFound(_) | StatusError::Deleted(_) => status_code::NOT_FOUND,
+                StatusError::Unreachable(_) => status_code::UNREACHABLE,
+            };
+            let text = match &e {
+                StatusError::NotFound(nf) => nf.to_string(),
+                other => format!("error: {other}"),
+            };
+            eprintln!("{}", crate::cli::output::escape_lines(&text));
+            Ok(code)
+        }
+    }
+}
+
+async fn status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<i32, StatusError> {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let shutdown = shutdown_signal();
@@ -400,12 +468,14 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
             e = stream.next() => e,
             _ = &mut deadline => {
                 eprintln!("error: timed out after {} waiting for rollout {name:?}{why_waiting}", humantime::format_duration(timeout));
-                return Ok(2);
+                return Ok(status_code::TIMEOUT);
             }
             _ = &mut shutdown => return Ok(1),
         };
         let Some(event) = event else {
-            anyhow::bail!("the watch on rollout {name:?} ended");
+            return Err(StatusError::Unreachable(anyhow::anyhow!(
+                "the watch on rollout {name:?} ended"
+            )));
         };
         let ro = match event {
             Ok(ObjectEvent::Restarted(items)) => {
@@ -413,21 +483,20 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
                 match found {
                     Some(r) => r,
                     None if !listed => {
-                        return Err(CliError::NotFound {
+                        return Err(StatusError::NotFound(CliError::NotFound {
                             plural: Rollout::PLURAL,
                             name: name.to_string(),
-                        }
-                        .into())
+                        }))
                     }
-                    None => anyhow::bail!("rollout {name:?} was deleted"),
+                    None => return Err(StatusError::Deleted(name.to_string())),
                 }
             }
             Ok(ObjectEvent::Applied(r)) if r.metadata.name == name => r,
             Ok(ObjectEvent::Deleted(r)) if r.metadata.name == name => {
-                anyhow::bail!("rollout {name:?} was deleted")
+                return Err(StatusError::Deleted(name.to_string()))
             }
             Ok(_) => continue,
-            Err(e) if !listed => return Err(e.into()),
+            Err(e) if !listed => return Err(StatusError::Unreachable(e.into())),
             Err(e) => {
                 tracing::warn!(error = %e, "watch interrupted; resuming");
                 continue;
@@ -450,11 +519,11 @@ async fn status(client: &Client, ns: &str, name: &str, timeout: Duration) -> any
                     "rollout {name:?} successfully rolled out to {}",
                     escape(&ro.spec.version)
                 );
-                return Ok(0);
+                return Ok(status_code::COMPLETE);
             }
             Verdict::Failed(why) => {
                 eprintln!("error: rollout {name:?} is degraded: {}", escape(&why));
-                return Ok(1);
+                return Ok(status_code::DEGRADED);
             }
             Verdict::Waiting => {}
         }

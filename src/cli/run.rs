@@ -23,8 +23,10 @@ Examples:
   # The Application's named task `migrate` (spec.tasks), on any one machine
   deployctl run api --one migrate
 
-  # A quarter of the canaries at a time, carrying on after a failure, with the output
-  deployctl run web -l track=canary --max-parallel 25% --stop-on-failure=false --output -- ./bin/clear-cache
+  # A quarter of the canaries at a time, carrying on after a failure, with the
+  # output
+  deployctl run web -l track=canary --max-parallel 25% --stop-on-failure=false \\
+    --output -- ./bin/clear-cache
 
   # Start it and return; follow it later
   deployctl run web --detach -- ./bin/warm-cache
@@ -32,7 +34,8 @@ Examples:
 
 Exit codes: 0 when every machine exited 0, 1 otherwise, 2 on a usage error.
 The command runs in <path>/current through the Application's shell, with the
-DEPLOY_* variables and the Application's env; words after -- are joined with spaces.";
+DEPLOY_* variables and the Application's env; words after -- are joined with
+spaces.";
 
 #[derive(Args, Debug)]
 pub struct RunArgs {

@@ -27,13 +27,16 @@ use std::time::Duration;
 pub const EXAMPLES: &str = "\
 Examples:
   # Apply the manifests/ directory of the main branch once
-  deployctl sync --repo https://git.example.com/ops/fleet.git --ref main --path manifests --once
+  deployctl sync --repo https://git.example.com/ops/fleet.git --ref main \\
+    --path manifests --once
 
   # Follow the repository every 30s, deleting objects removed from it
-  deployctl sync --repo https://git.example.com/ops/fleet.git --path manifests --prune
+  deployctl sync --repo https://git.example.com/ops/fleet.git \\
+    --path manifests --prune
 
   # The same as a service whose logs go to a log shipper: one JSON object a line
-  deployctl -v --log-format json sync --repo https://git.example.com/ops/fleet.git --path manifests
+  deployctl -v --log-format json sync \\
+    --repo https://git.example.com/ops/fleet.git --path manifests
 
   # What would the next sync change? (exit 1: differences, 0: none, 2: error)
   deployctl sync --repo /srv/fleet --path manifests --prune --dry-run";
@@ -126,6 +129,15 @@ impl SyncError {
             | SyncError::Owned { commit, .. }
             | SyncError::Store { commit, .. } => Some(commit),
             _ => None,
+        }
+    }
+
+    /// A word for logs that must not repeat the message.
+    fn kind(&self) -> &'static str {
+        match self {
+            SyncError::BadCommit { .. } => "invalid manifests",
+            SyncError::Owned { .. } => "owned by another sync",
+            _ => "error",
         }
     }
 }
@@ -596,7 +608,9 @@ impl Syncer {
         if good == bad {
             return;
         }
-        tracing::warn!(sync = %self.name, error = %e, "commit {} refused; keeping {} in force", short_commit(bad), short_commit(&good));
+        // The reason is the error the caller prints (and the Sync status records): say it
+        // once, here only what happens instead.
+        tracing::warn!(sync = %self.name, reason = e.kind(), "commit {} refused; keeping {} in force", short_commit(bad), short_commit(&good));
         match self.apply_commit(&good).await {
             Ok(r) => {
                 for l in &r.lines {

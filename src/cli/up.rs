@@ -20,7 +20,8 @@ Examples:
   # A controller and three machines on this host; Ctrl-C stops them all
   deployctl up
 
-  # The scripted demo: build two versions, roll out 1.0.0, then 2.0.0 through a pause
+  # The scripted demo: build two versions, roll out 1.0.0, then 2.0.0 through
+  # a pause
   deployctl up --demo --state-dir \"$(mktemp -d)\"
 
   # Five machines against etcd instead of the embedded store

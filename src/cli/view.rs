@@ -13,6 +13,7 @@ use crate::api::{
 };
 use crate::reconcilers::rollout::{PAUSE_FAILURE, PAUSE_STEP};
 use crate::store::{Client, ObjectEvent, Scope};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -141,8 +142,8 @@ fn resolved(r: &Rollout, st: &RolloutStatus) -> (u32, u32) {
 }
 
 /// What the Rollout waits for now: `waiting for staged 3/5`, `slots 2/2 busy`, `paused
-/// by user`, `paused at step 4/4 until 12:05:00`, …; `-` once complete.
-pub fn gate(r: &Rollout) -> String {
+/// by user`, `paused at step 4/4, 4m12s left` (at `now`), …; `-` once complete.
+pub fn gate(r: &Rollout, now: DateTime<Utc>) -> String {
     let Some(st) = r.status.as_ref() else {
         return "not yet reconciled".into();
     };
@@ -184,9 +185,11 @@ pub fn gate(r: &Rollout) -> String {
                     .map_or(0, |i| i as usize + 1)
                     .min(steps);
                 match p.until {
-                    Some(u) => {
-                        format!("paused at step {at}/{steps} until {}", u.format("%H:%M:%S"))
-                    }
+                    Some(u) if u > now => format!(
+                        "paused at step {at}/{steps}, {} left",
+                        super::output::human_duration(u - now)
+                    ),
+                    Some(_) => format!("paused at step {at}/{steps}, going on"),
                     None => format!("paused at step {at}/{steps} until promoted"),
                 }
             } else {
@@ -289,13 +292,14 @@ impl Table {
             })
             .collect();
         for r in &self.rows {
+            let screen = width;
             let width = width.filter(|_| r.wraps);
             let lines = if r.span {
                 span_lines(r, &starts, width)
             } else {
                 row_lines(r, &widths, &starts, width)
             };
-            for segments in lines {
+            for segments in lines.into_iter().flat_map(|l| fold(l, screen)) {
                 let line: String = segments
                     .iter()
                     .map(|(text, paint)| style.paint(text, *paint))
@@ -309,6 +313,40 @@ impl Table {
 
 /// One screen line as painted pieces.
 type Line = Vec<(String, Paint)>;
+
+/// A line wider than the screen folded at spaces, continuation lines indented by
+/// [`FOLD_HANG`], so that a terminal shows every column instead of cutting the line at
+/// its edge (a narrow screen cannot hold the header's columns side by side).
+fn fold(line: Line, screen: Option<usize>) -> Vec<Line> {
+    let text: String = line.iter().map(|(t, _)| t.as_str()).collect();
+    let text = text.trim_end();
+    let Some(w) = screen.filter(|w| text.chars().count() > *w && *w > FOLD_HANG.len() + 1) else {
+        return vec![line];
+    };
+    wrap_ranges(text, w, w - FOLD_HANG.len())
+        .into_iter()
+        .enumerate()
+        .map(|(k, range)| {
+            let mut out = if k == 0 {
+                Vec::new()
+            } else {
+                vec![(FOLD_HANG.to_string(), Paint::None)]
+            };
+            let mut piece = slice_pieces(&line, range);
+            // The spaces a break fell after would start the continuation line.
+            if k > 0 {
+                if let Some((first, _)) = piece.first_mut() {
+                    *first = first.trim_start().to_string();
+                }
+            }
+            out.append(&mut piece);
+            out
+        })
+        .collect()
+}
+
+/// What a folded line's continuation lines start with.
+const FOLD_HANG: &str = "  ";
 
 /// An ordinary row: its cells padded to their columns, the last one wrapped within its
 /// column, or below the row (after `hang`) when the column has less than [`MIN_WRAP`].
@@ -481,6 +519,7 @@ pub fn render_rollouts(
     all_namespaces: bool,
     width: Option<usize>,
     style: Style,
+    now: DateTime<Utc>,
 ) -> String {
     let mut header = vec![
         "NAME",
@@ -493,6 +532,7 @@ pub fn render_rollouts(
         "UPDATED",
         "AVAILABLE",
         "VERSION",
+        "AGE",
         "MESSAGE",
     ];
     if all_namespaces {
@@ -509,12 +549,16 @@ pub fn render_rollouts(
             ),
             (strategy_name(r).into(), Paint::None),
             (step_text(r), Paint::None),
-            (gate(r), Paint::None),
+            (gate(r, now), Paint::None),
             (st.desired.to_string(), Paint::None),
             (st.staged.to_string(), Paint::None),
             (st.updated.to_string(), Paint::None),
             (st.available.to_string(), Paint::None),
-            (rollout_version(r), Paint::None),
+            (elide_on_screen(&rollout_version(r), width), Paint::None),
+            (
+                super::output::age(r.metadata.creation_timestamp, now),
+                Paint::None,
+            ),
             (first_line(&st.message), Paint::None),
         ];
         if all_namespaces {
@@ -530,6 +574,23 @@ pub fn render_rollouts(
         t.render(style, width, &mut out);
     }
     out
+}
+
+/// The widest a VERSION cell is drawn on a terminal; the MESSAGE below a row still
+/// carries a long version whole.
+const ELIDED_CELL: usize = 32;
+
+/// `text` elided in the middle (`2.0.0-build.abc…89-build.a`) to [`ELIDED_CELL`]
+/// characters on a screen; whole in a pipe (`width` `None`).
+fn elide_on_screen(text: &str, width: Option<usize>) -> String {
+    let n = text.chars().count();
+    if width.is_none() || n <= ELIDED_CELL {
+        return text.to_string();
+    }
+    let keep = ELIDED_CELL - 1;
+    let head: String = text.chars().take(keep.div_ceil(2)).collect();
+    let tail: String = text.chars().skip(n - keep / 2).collect();
+    format!("{head}…{tail}")
 }
 
 fn first_line(s: &str) -> String {
@@ -600,13 +661,22 @@ pub fn render_rollout(r: &Rollout, scene: &Scene, style: Style) -> String {
     if !steps.is_empty() {
         let idx = st.current_step_index.map(|i| i as usize);
         let what = match idx.and_then(|i| steps.get(i)) {
-            Some(s) => format!(" ({})", describe_step(s)),
+            // Beside the step's wanted count, the machines on the target now, as Argo
+            // shows its actual weight beside the set one.
+            Some(s) => match s.machines_wanted(st.desired) {
+                Some(want) => format!(
+                    " ({}: {want} machine(s) wanted, {} on the target)",
+                    describe_step(s),
+                    st.updated
+                ),
+                None => format!(" ({})", describe_step(s)),
+            },
             None if idx.is_some() => " (all steps done)".into(),
             None => String::new(),
         };
         field("  Step", format!("{}{what}", step_text(r)));
     }
-    field("  Gate", gate(r));
+    field("  Gate", gate(r, scene.fleet.now));
     let (slots, min_staged) = resolved(r, &st);
     field(
         "  Slots",
@@ -1020,7 +1090,13 @@ pub async fn watch_into<W: Write>(
                 }
                 None => format!("rollout {name:?} not found; waiting for it to appear\n"),
             },
-            None => render_rollouts(&shown, opts.all_namespaces, width, style),
+            None => render_rollouts(
+                &shown,
+                opts.all_namespaces,
+                width,
+                style,
+                chrono::Utc::now(),
+            ),
         };
         if frame == last_frame {
             continue;
@@ -1365,7 +1441,7 @@ mod tests {
         for style in [Style::PLAIN, Style::COLOR] {
             for frame in [
                 detail(&r, &insts, style),
-                render_rollouts(std::slice::from_ref(&r), true, None, style),
+                render_rollouts(std::slice::from_ref(&r), true, None, style, at(0)),
             ] {
                 let bare = without_paint(&frame);
                 for raw in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}', '\x7f'] {
@@ -1464,7 +1540,10 @@ mod tests {
         insts[2].status.as_mut().expect("set above").available = false;
         let out = detail(&r, &insts, Style::PLAIN);
         assert!(out.contains("slots 2/2 busy"), "{out}");
-        assert!(out.contains("Step:        3/4 (setWeight 60%)"), "{out}");
+        assert!(
+            out.contains("Step:        3/4 (setWeight 60%: 3 machine(s) wanted, 3 on the target)"),
+            "{out}"
+        );
         check("progressing_slots_busy", &out);
     }
 
@@ -1727,11 +1806,28 @@ mod tests {
                 assert!(flat.contains(want), "{want:?} not in\n{out}");
             }
             check(&format!("long_{width}_columns"), &out);
-            let list = render_rollouts(std::slice::from_ref(&r), false, Some(width), Style::PLAIN);
+            let list = render_rollouts(
+                std::slice::from_ref(&r),
+                false,
+                Some(width),
+                Style::PLAIN,
+                at(0),
+            );
             let flat = unwrapped(&list);
             assert!(
                 flat.contains("2 machine(s) not counted: NotReady or cordoned"),
                 "the message wraps, whole: {list}"
+            );
+            // Every column is on the screen: lines fold rather than run past its edge.
+            for l in list.lines() {
+                assert!(l.chars().count() <= width, "{l:?} past {width} columns");
+            }
+            for column in ["DESIRED", "AVAILABLE", "VERSION", "AGE", "MESSAGE"] {
+                assert!(list.contains(column), "{column} lost at {width}: {list}");
+            }
+            assert!(
+                list.contains("2.0.0-build.abcd…3456789-build.a   0s"),
+                "{list}"
             );
             check(&format!("list_long_{width}_columns"), &list);
         }
@@ -1761,11 +1857,11 @@ mod tests {
         st.history = history(&[("1.0", "Complete"), ("2.0", ""), ("1.0", "")]);
         st.history[2].revision = 3;
         let mut r = rollout("1.0", Some(st));
-        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN);
+        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN, at(0));
         let row = list.lines().nth(1).expect("a row");
         assert!(
             row.contains(
-                "2.0 (1.0 not yet observed)   switching: slots 1/1 busy, 0/5 available on 2.0"
+                "2.0 (1.0 not yet observed)   0s    switching: slots 1/1 busy, 0/5 available on 2.0"
             ),
             "{list}"
         );
@@ -1779,13 +1875,13 @@ mod tests {
         assert!(!out.contains("# revision:1 1.0"), "{out}");
         // Once observed, the version is the status's alone.
         r.status.as_mut().expect("set above").target_version = Some("1.0".into());
-        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN);
+        let list = render_rollouts(std::slice::from_ref(&r), false, None, Style::PLAIN, at(0));
         assert!(!list.contains("not yet observed"), "{list}");
         // A user's pause of a complete rollout shows.
         let st = r.status.as_mut().expect("set above");
         st.phase = RolloutPhase::Complete;
         r.spec.paused = true;
-        assert_eq!(gate(&r), "paused by user");
+        assert_eq!(gate(&r, at(48)), "paused by user");
     }
 
     #[test]
@@ -1839,16 +1935,20 @@ mod tests {
         b.metadata.name = "web".into();
         b.metadata.namespace = Some("shop".into());
         b.status.as_mut().expect("set above").target_version = Some("7".into());
-        check(
-            "list",
-            &render_rollouts(&[a.clone(), b.clone()], false, None, Style::PLAIN),
+        // Drawn 3m25s after both were created: AGE says so.
+        let list = render_rollouts(&[a.clone(), b.clone()], false, None, Style::PLAIN, at(205));
+        assert!(
+            list.lines()
+                .all(|l| l.contains(" AGE ") || l.contains(" 3m25s ")),
+            "{list}"
         );
+        check("list", &list);
         check(
             "list_all_namespaces",
-            &render_rollouts(&[a, b], true, None, Style::PLAIN),
+            &render_rollouts(&[a, b], true, None, Style::PLAIN, at(0)),
         );
         assert_eq!(
-            render_rollouts(&[], false, None, Style::PLAIN),
+            render_rollouts(&[], false, None, Style::PLAIN, at(0)),
             "No rollouts found.\n"
         );
     }
@@ -1864,7 +1964,9 @@ mod tests {
         assert_eq!(on, Style::COLOR);
         let painted = detail(&r, &insts, on);
         assert!(painted.contains("\x1b[31m✖ Degraded\x1b[0m"), "{painted:?}");
-        assert!(render_rollouts(std::slice::from_ref(&r), false, None, on).contains("\x1b["));
+        assert!(
+            render_rollouts(std::slice::from_ref(&r), false, None, on, at(0)).contains("\x1b[")
+        );
         // Colour never shifts columns: without the codes it is the plain rendering.
         let stripped = painted
             .split("\x1b[")
@@ -1926,16 +2028,16 @@ mod tests {
         st.current_step_index = Some(0);
         let mut r = rollout("2.0", Some(st));
         canary(&mut r); // maxUnavailable 40% of 10 = 4
-        assert_eq!(gate(&r), "slots 3/4 busy");
+        assert_eq!(gate(&r, at(48)), "slots 3/4 busy");
         r.spec.strategy.min_staged = IntOrPercent::Percent("50%".into());
         r.status.as_mut().expect("set above").staged = 4;
-        assert_eq!(gate(&r), "waiting for staged 4/5");
+        assert_eq!(gate(&r, at(48)), "waiting for staged 4/5");
         r.status.as_mut().expect("set above").desired = 1;
         r.spec.strategy.max_unavailable = IntOrPercent::Percent("10%".into());
         r.status.as_mut().expect("set above").staged = 1;
-        assert_eq!(gate(&r), "slots 3/1 busy", "slots are at least 1");
+        assert_eq!(gate(&r, at(48)), "slots 3/1 busy", "slots are at least 1");
 
-        // A timed pause step says until when (UTC).
+        // A timed pause step counts down.
         let st = r.status.as_mut().expect("set above");
         st.phase = RolloutPhase::Paused;
         st.current_step_index = Some(3);
@@ -1944,11 +2046,13 @@ mod tests {
             start_time: at(0),
             until: Some(at(300)),
         }];
-        assert_eq!(
-            gate(&r),
-            format!("paused at step 4/4 until {}", at(300).format("%H:%M:%S"))
-        );
+        assert_eq!(gate(&r, at(48)), "paused at step 4/4, 4m12s left");
+        assert_eq!(gate(&r, at(300)), "paused at step 4/4, going on");
         r.spec.paused = true;
-        assert_eq!(gate(&r), "paused by user", "the user's pause comes first");
+        assert_eq!(
+            gate(&r, at(48)),
+            "paused by user",
+            "the user's pause comes first"
+        );
     }
 }

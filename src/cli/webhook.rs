@@ -13,15 +13,20 @@ Examples:
     --secret-file /etc/deployctl/webhook.key
 
   # What a CI job sends after a build (the key in $KEY)
-  body='{\"version\": \"1.4.2\", \"sha256\": \"'$(sha256sum api.tar.gz | cut -d' ' -f1)'\"}'
+  sum=$(sha256sum api.tar.gz | cut -d' ' -f1)
+  body='{\"version\": \"1.4.2\", \"sha256\": \"'$sum'\"}'
   ts=$(date +%s)
-  sig=$(printf '%s.%s' \"$ts\" \"$body\" | openssl dgst -sha256 -hmac \"$KEY\" | sed 's/^.* //')
-  curl -fsS -X POST https://deploy.example.com/v1/namespaces/default/rollouts/api/version \\
-    -H \"X-Deployctl-Timestamp: $ts\" -H \"X-Deployctl-Signature: sha256=$sig\" -d \"$body\"
+  sig=$(printf '%s.%s' \"$ts\" \"$body\" | openssl dgst -sha256 -hmac \"$KEY\" \\
+    | sed 's/^.* //')
+  curl -fsS -X POST \\
+    https://deploy.example.com/v1/namespaces/default/rollouts/api/version \\
+    -H \"X-Deployctl-Timestamp: $ts\" -H \"X-Deployctl-Signature: sha256=$sig\" \\
+    -d \"$body\"
 
-Answers: 200 (set, or already set: {\"changed\": false}), 400 naming the field, 401 for a
-missing, wrong or older than 5 minutes signature, 404 for an unknown Rollout, 408 for a
-body not sent within 10 s, 413 past 64 KiB, 429 past the rate limit.";
+Answers: 200 (set, or already set: {\"changed\": false}), 400 naming the field,
+401 for a missing, wrong or older than 5 minutes signature, 404 for an unknown
+Rollout, 408 for a body not sent within 10 s, 413 past 64 KiB, 429 past the rate
+limit.";
 
 /// Most bytes of the secret file.
 const MAX_SECRET_BYTES: u64 = 8 * 1024;

@@ -16,7 +16,8 @@ mod task_orders;
 pub use batch::Write;
 pub use client::LeaderRecord;
 pub use client::{
-    encode_status, Client, ListResult, LogRequestEvent, ObjectEvent, ObjectWatch, Scope,
+    encode_create, encode_replace, encode_status, Client, ListResult, LogRequestEvent, ObjectEvent,
+    ObjectWatch, Scope,
 };
 pub use leased::{event_lease_id, EventRecorder, Presence, PresenceEvent, EVENT_TTL};
 pub use metered::MeteredStore;

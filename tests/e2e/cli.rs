@@ -1091,3 +1091,124 @@ fn a_store_path_in_a_missing_directory_should_be_refused_unless_create_is_given(
         "no fresh store file"
     );
 }
+
+#[test]
+fn rollout_status_should_exit_3_for_a_missing_rollout_and_4_for_an_unreachable_store() {
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let out = run(&store, &["rollout", "status", "nope", "--timeout", "30s"]).code(3);
+        assert!(
+            out.stderr.contains(r#"rollouts "nope" not found"#),
+            "{backend}: {}",
+            out.stderr
+        );
+
+        // Deleted while followed: it no longer exists either.
+        let dir = tempdir();
+        run(
+            &store,
+            &["apply", "-f", &write(dir.path(), "api.yaml", &manifests())],
+        )
+        .ok();
+        let mut follow = spawn(&store, &["rollout", "status", "api", "--timeout", "1m"]);
+        follow.wait_for_line("with the pending state", |l| l.contains("Pending"));
+        run(&store, &["delete", "rollout", "api"]).ok();
+        let deadline = Instant::now() + DEADLINE;
+        let code = loop {
+            if let Some(code) = follow.try_exit() {
+                break code;
+            }
+            assert!(Instant::now() < deadline, "{backend}: still following");
+            std::thread::sleep(Duration::from_millis(20)); // polling the exit, not a sync stand-in
+        };
+        assert_eq!(code, Some(3), "{backend}: {}", follow.stderr_so_far());
+    }
+    // An etcd nobody listens on, and an embedded store file that cannot be opened.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempdir();
+    let not_a_file = dir.path().display().to_string();
+    for store in [format!("etcd://127.0.0.1:{port}"), not_a_file] {
+        let out = run(&store, &["rollout", "status", "api", "--timeout", "1m"]).code(4);
+        assert!(out.stderr.starts_with("error: "), "{store}: {}", out.stderr);
+    }
+    let help = run("", &["rollout", "status", "--help"]).ok().stdout;
+    for want in [
+        "0  the rollout is Complete",
+        "3  the rollout does not exist",
+        "4  the store cannot be reached",
+    ] {
+        assert!(help.contains(want), "no {want:?} in:\n{help}");
+    }
+}
+
+#[test]
+fn apply_dry_run_server_should_fail_where_the_write_would_and_client_only_compare() {
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let dir = tempdir();
+        let machine = |key: &str| {
+            format!(
+                "apiVersion: deployctl.dev/v1\nkind: Machine\nmetadata:\n  name: m1\n  annotations:\n    {key}: {}\n",
+                "a".repeat(1 << 20)
+            )
+        };
+        // A request annotation of 1 MiB in the store; apply keeps such annotations, so a
+        // manifest with another 1 MiB makes an object past the store's limit.
+        let first = write(dir.path(), "first.yaml", &machine("deployctl.dev/note"));
+        run(&store, &["apply", "-R", "-f", &first]).ok();
+        let second = write(dir.path(), "second.yaml", &machine("note"));
+        run(&store, &["diff", "-R", "-f", &second]).code(1);
+        for mode in ["--dry-run", "--dry-run=client"] {
+            let out = run(&store, &["apply", mode, "-f", &second]).ok();
+            assert_eq!(
+                out.stdout, "machine.deployctl.dev/m1 configured (dry run)\n",
+                "{backend} {mode}"
+            );
+        }
+        for args in [
+            &["apply", "--dry-run=server", "-f", &second][..],
+            &["apply", "--dry-run=none", "-f", &second][..],
+            &["apply", "-f", &second][..],
+        ] {
+            let out = run(&store, args).code(1);
+            assert!(
+                out.stderr.contains("larger than") || out.stderr.contains("too large"),
+                "{backend} {args:?}: {}",
+                out.stderr
+            );
+        }
+        let kept = run(
+            &store,
+            &[
+                "get",
+                "machine",
+                "m1",
+                "-o",
+                "jsonpath={.metadata.annotations.note}",
+            ],
+        )
+        .ok();
+        assert_eq!(kept.stdout, "", "{backend}: a refused apply wrote");
+
+        let fits = write(
+            dir.path(),
+            "fits.yaml",
+            &machine("deployctl.dev/note").replace("name: m1", "name: m2"),
+        );
+        let out = run(&store, &["apply", "--dry-run=server", "-f", &fits]).ok();
+        assert_eq!(
+            out.stdout, "machine.deployctl.dev/m2 created (server dry run)\n",
+            "{backend}"
+        );
+        run(&store, &["get", "machine", "m2"]).code(1);
+        let bad = run(&store, &["apply", "--dry-run=maybe", "-f", &fits]).code(2);
+        assert!(
+            bad.stderr.contains("--dry-run"),
+            "{backend}: {}",
+            bad.stderr
+        );
+    }
+}

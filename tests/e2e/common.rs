@@ -307,6 +307,18 @@ impl Spawned {
         }
     }
 
+    /// The next stdout line if one comes within `timeout` (kept in `seen`), else `None`.
+    pub fn line_within(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.stdout.recv_timeout(timeout).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// The exit status if the process has ended (`Some(None)`: killed by a signal).
+    pub fn try_exit(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
     /// The child's pid, to signal it.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -3,8 +3,10 @@
 
 mod cli;
 mod common;
+mod completion;
 mod etcd_cluster;
 mod etcd_security;
+mod get;
 mod hostile_manifests;
 mod logs;
 mod manifests;

@@ -309,6 +309,17 @@ fn a_bad_commit_should_apply_nothing_and_leave_the_last_good_one_in_force() {
         );
         let bad = repo.commit("broken");
         let out = repo.sync(&store, &["--once", "--name", "fleet"]).code(1);
+        // The refusal is printed once, and nothing claims a dry run.
+        assert_eq!(
+            out.stderr.matches("replicas").count(),
+            1,
+            "{backend}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stdout.contains("dry run") && !out.stderr.contains("dry run"),
+            "{backend}: {out:?}"
+        );
         for want in [
             format!("commit {}", short(&bad)),
             "manifests/broken.yaml".to_string(),
@@ -614,6 +625,69 @@ fn a_running_sync_should_follow_new_commits_past_a_bad_one_until_terminated() {
             daemon.terminate(),
             Some(0),
             "{backend}: SIGTERM should exit 0"
+        );
+    }
+}
+
+#[test]
+fn apply_of_an_object_a_sync_owns_should_warn_keep_its_label_and_be_reverted_as_drift() {
+    for (backend, b) in Backend::all() {
+        let store = b.url();
+        let repo = Repo::new();
+        repo.write("manifests/app.yaml", &app("api"));
+        repo.write("manifests/rollout.yaml", &rollout("1.0.0"));
+        repo.commit("v1");
+        repo.sync(&store, &["--once", "--name", "fleet"]).ok();
+
+        let local = tempdir();
+        let server = write(local.path(), "server.yaml", &rollout("8.0.0"));
+        let out = run(&store, &["apply", "--dry-run=server", "-f", &server]).ok();
+        assert_eq!(
+            out.stdout, "rollout.deployctl.dev/api configured (server dry run)\n",
+            "{backend}"
+        );
+        assert!(
+            out.stderr.contains(r#"is managed by sync "fleet""#),
+            "{backend}: {}",
+            out.stderr
+        );
+        assert_eq!(
+            rollout_of(&b).map(|r| r.spec.version).as_deref(),
+            Some("1.0.0"),
+            "{backend}: a server dry run wrote"
+        );
+
+        let file = write(local.path(), "by-hand.yaml", &rollout("7.0.0"));
+        let out = run(&store, &["apply", "-f", &file]).ok();
+        assert!(
+            out.stderr.contains(r#"rollout.deployctl.dev/api is managed by sync "fleet": its next pass reverts this change"#),
+            "{backend}: {}",
+            out.stderr
+        );
+        let label = run(
+            &store,
+            &[
+                "get",
+                "ro",
+                "api",
+                "-o",
+                "jsonpath={.metadata.labels['deployctl.dev/sync']}",
+            ],
+        )
+        .ok()
+        .stdout;
+        assert_eq!(label, "fleet", "{backend}: apply dropped the sync's label");
+
+        let out = repo.sync(&store, &["--once", "--name", "fleet"]).ok();
+        assert!(
+            out.stdout.contains("1 drifted"),
+            "{backend}: {}",
+            out.stdout
+        );
+        assert_eq!(
+            rollout_of(&b).map(|r| r.spec.version).as_deref(),
+            Some("1.0.0"),
+            "{backend}: the sync did not revert the apply"
         );
     }
 }

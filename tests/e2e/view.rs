@@ -1,5 +1,6 @@
-//! The live rollout view as users run it: `get rollout NAME -w` and `get rollouts -w`
-//! from the built binary, printing plain blocks to a pipe, on both stores.
+//! The live rollout view as users run it: `get rollout NAME -w` from the built binary,
+//! printing plain blocks to a pipe, and `get rollouts -w`, which prints kubectl's rows
+//! there (the live table is for a terminal), on both stores.
 
 use crate::common::{run, spawn, tempdir, write, Backend};
 
@@ -21,7 +22,7 @@ spec:
 ";
 
 #[test]
-fn get_watch_of_rollouts_should_draw_the_live_view_as_plain_blocks() {
+fn get_watch_of_a_rollout_should_draw_the_live_view_as_plain_blocks_and_of_all_rows() {
     for (backend, b) in Backend::all() {
         let store = b.url();
         let dir = tempdir();
@@ -37,11 +38,11 @@ fn get_watch_of_rollouts_should_draw_the_live_view_as_plain_blocks() {
         });
         one.wait_for_line("with the step", |l| l == "  Step:        0/2");
         one.wait_for_line("with the target", |l| l == "Versions:      1.0.0 (target)");
-        all.wait_for_line("with the header", |l| {
-            l.starts_with("NAME") && l.contains("STATUS") && l.contains("GATE")
+        all.wait_for_line("with get's header", |l| {
+            l.starts_with("NAME") && l.contains("PHASE") && !l.contains("GATE")
         });
         all.wait_for_line("with the rollout", |l| {
-            l.starts_with("api ") && l.contains("◌ Pending") && l.contains("1.0.0")
+            l.starts_with("api ") && l.contains("Pending") && l.contains("1.0.0")
         });
 
         run(&store, &["set", "version", "api", "2.0.0"]).ok();
@@ -56,7 +57,16 @@ fn get_watch_of_rollouts_should_draw_the_live_view_as_plain_blocks() {
         one.wait_for_line("for the deletion", |l| {
             l == "rollout \"api\" not found; waiting for it to appear"
         });
-        all.wait_for_line("for the deletion", |l| l == "No rollouts found.");
+        // The deletion prints the rollout's last row again, as kubectl does.
+        all.wait_for_line("for the deletion", |l| {
+            l.starts_with("api ") && l.contains("2.0.0")
+        });
+        assert_eq!(
+            all.seen.len(),
+            4,
+            "{backend}: header, row, change, deletion: {:?}",
+            all.seen
+        );
         for (name, w) in [("one", &mut one), ("all", &mut all)] {
             let codes = w.seen.iter().find(|l| l.contains('\x1b'));
             assert!(

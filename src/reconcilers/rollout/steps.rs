@@ -139,9 +139,5 @@ impl Decision<'_> {
 /// How many of `n` machines a `setWeight` or `machines` step wants on the target; `None`
 /// for a pause step.
 fn machines_wanted(s: &Step, n: u32) -> Option<u32> {
-    match (s.set_weight, s.machines) {
-        (Some(w), _) => Some((u64::from(n) * u64::from(w)).div_ceil(100) as u32),
-        (_, Some(m)) => Some(m.min(n)),
-        _ => None,
-    }
+    s.machines_wanted(n)
 }
