@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Identity and bookkeeping of an object. `uid`, `generation`, `resourceVersion` and
-/// `creationTimestamp` are set by the store; values a user sends for them are ignored.
+/// `creationTimestamp` are set by the store; values a user sends for them are ignored,
+/// except that `apply` of a `resourceVersion` writes only over that version.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectMeta {
@@ -32,7 +33,8 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
     /// The store revision of the last write to metadata or spec. Every update is a
-    /// compare-and-swap on it.
+    /// compare-and-swap on it. In a manifest, `apply` refuses to write over another
+    /// version (a conflict); leave it out to apply over whatever the store holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
     /// When the object was created; set on create and kept on update.

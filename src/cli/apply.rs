@@ -19,7 +19,12 @@ Examples:
   deployctl apply -f rollout_api.yaml --dry-run=server
 
   # From stdin
-  cat app.yaml | deployctl apply -f -";
+  cat app.yaml | deployctl apply -f -
+
+  # A file saved by `get -o yaml` keeps its resourceVersion: it applies only
+  # if the object is unchanged since (else a conflict; nothing is written)
+  deployctl get machine web-1 -o yaml > web-1.yaml
+  deployctl apply -f web-1.yaml";
 
 /// Create-or-update attempts before giving up on an object that keeps changing.
 const APPLY_RETRIES: usize = 16;
@@ -245,6 +250,7 @@ pub async fn apply_checked<K: Object>(
                 }
             }
             Some(current) => {
+                stale_check(&current, &manifest)?;
                 let desired = merge(&current, &manifest);
                 let same = desired.meta().labels == current.meta().labels
                     && desired.meta().annotations == current.meta().annotations
@@ -270,6 +276,25 @@ pub async fn apply_checked<K: Object>(
     }
     Err(Error::Conflict(format!(
         "{}.{}/{} (still changing after {APPLY_RETRIES} attempts)",
+        K::SINGULAR,
+        crate::api::GROUP,
+        manifest.name()
+    )))
+}
+
+/// A manifest that names a `resourceVersion` (saved by `get -o yaml`, say) applies only
+/// to that version of the object, as kubectl's does: a newer one in the store is a
+/// conflict, for a write and a server dry run alike, never overwritten.
+fn stale_check<K: Object>(current: &K, manifest: &K) -> crate::store::Result<()> {
+    let Some(wanted) = manifest.meta().resource_version.as_deref() else {
+        return Ok(());
+    };
+    let found = current.meta().resource_version.as_deref().unwrap_or("none");
+    if wanted == found {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "{}.{}/{}: the manifest names resourceVersion {wanted} but the store has {found} (the object changed since it was read; get it again, or remove metadata.resourceVersion to apply over it)",
         K::SINGULAR,
         crate::api::GROUP,
         manifest.name()

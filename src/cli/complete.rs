@@ -59,7 +59,7 @@ pub fn script(shell: Shell) -> &'static str {
 }
 
 /// Subcommands whose first argument is a KIND and the next ones its names.
-const KIND_THEN_NAMES: [&str; 3] = ["get", "describe", "delete"];
+const KIND_THEN_NAMES: [&str; 6] = ["get", "describe", "delete", "edit", "label", "annotate"];
 
 /// What the word under the cursor is.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,6 +139,8 @@ fn want(words: &[String]) -> Want {
         ("logs", []) => Want::Kinds { with_all: false },
         ("logs", [kind]) => KindName::parse(kind).map_or(Want::Nothing, Want::Names),
         ("run", []) => Want::Names(KindName::Application),
+        ("cordon" | "uncordon" | "drain", []) => Want::Names(KindName::Machine),
+        ("explain", []) => Want::Kinds { with_all: false },
         _ => Want::Nothing,
     }
 }
@@ -328,6 +330,16 @@ mod tests {
         check("set version ", Want::Names(KindName::Rollout));
         check("logs inst ", Want::Names(KindName::Instance));
         check("run ", Want::Names(KindName::Application));
+        check("edit ro ", Want::Names(KindName::Rollout));
+        check("label --overwrite machine ", Want::Names(KindName::Machine));
+        check(
+            "annotate app/",
+            Want::SlashNames(KindName::Application, "app".into()),
+        );
+        check("cordon ", Want::Names(KindName::Machine));
+        check("drain --timeout 5m ", Want::Names(KindName::Machine));
+        check("uncordon web-1 ", Want::Nothing);
+        check("explain ", Want::Kinds { with_all: false });
         check("get ro,app ", Want::Nothing);
         check("get nonsense ", Want::Nothing);
         let Want::Flags(flags) = want(&["get".into(), "--sh".into()]) else {

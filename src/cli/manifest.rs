@@ -658,10 +658,12 @@ pub fn validate_document(
             )])
         }
     }
-    // Written by deployctl, never by apply: ignored, like kubectl ignores them.
+    // Written by deployctl, never by apply: ignored, like kubectl ignores them. A
+    // `resourceVersion` is kept: apply then writes only over that version (a conflict
+    // otherwise), as kubectl's does.
     map.remove("status");
     if let Some(Value::Object(meta)) = map.get_mut("metadata") {
-        for field in ["uid", "creationTimestamp", "resourceVersion", "generation"] {
+        for field in ["uid", "creationTimestamp", "generation"] {
             meta.remove(field);
         }
         if kind.namespaced() && !meta.contains_key("namespace") {
@@ -985,6 +987,7 @@ spec:
         assert_eq!(ro.status, None);
         assert_eq!(ro.metadata.uid, None);
         assert_eq!(ro.metadata.generation, None);
+        assert_eq!(ro.metadata.resource_version.as_deref(), Some("9"));
     }
 
     #[test]

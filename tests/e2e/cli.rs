@@ -1204,6 +1204,37 @@ fn apply_dry_run_server_should_fail_where_the_write_would_and_client_only_compar
             "{backend}"
         );
         run(&store, &["get", "machine", "m2"]).code(1);
+        // A manifest saved with its resourceVersion applies only to that version.
+        let saved = run(&store, &["get", "machine", "m1", "-o", "yaml"])
+            .ok()
+            .stdout;
+        assert!(saved.contains("resourceVersion:"), "{backend}: {saved}");
+        let saved = saved
+            .replace("  labels: {}\n", "")
+            .replace("metadata:\n", "metadata:\n  labels:\n    team: a\n");
+        let saved_path = write(dir.path(), "saved.yaml", &saved);
+        run(&store, &["label", "machine", "m1", "rack=r1"]).ok();
+        for args in [
+            &["apply", "--dry-run=server", "-f", &saved_path][..],
+            &["apply", "-f", &saved_path][..],
+        ] {
+            let out = run(&store, args).code(1);
+            assert!(
+                out.stderr.contains("the manifest names resourceVersion"),
+                "{backend} {args:?}: {}",
+                out.stderr
+            );
+        }
+        let labels = run(
+            &store,
+            &["get", "machine", "m1", "-o", "jsonpath={.metadata.labels}"],
+        )
+        .ok();
+        assert!(
+            labels.stdout.contains("rack") && !labels.stdout.contains("team"),
+            "{backend}: a stale apply wrote: {}",
+            labels.stdout
+        );
         let bad = run(&store, &["apply", "--dry-run=maybe", "-f", &fits]).code(2);
         assert!(
             bad.stderr.contains("--dry-run"),
