@@ -16,7 +16,8 @@ pub fn markdown() -> String {
          Every field of the objects you write, generated from the JSON Schemas in\n\
          [`schemas/`](../schemas). `status` fields are written by deployctl, never by\n\
          `apply`; they are listed so that `get -o yaml` can be read. A Task is created by\n\
-         `deployctl run`, never by `apply`.\n",
+         `deployctl run`, never by `apply`. Every command and its flags, with examples,\n\
+         are in [cli.md](cli.md).\n",
     );
     for (_, s) in schema::all() {
         let title = s.get("title").and_then(Value::as_str).unwrap_or("Object");

@@ -39,6 +39,7 @@ pub mod delete;
 pub mod demo;
 pub mod describe;
 pub mod diff;
+pub mod docs;
 pub mod edit;
 pub mod explain;
 pub mod get;
