@@ -1,6 +1,6 @@
 //! Rollout: *which* version of one Application, and how to get there.
 
-use super::{object, Condition, IntOrPercent};
+use super::{object, AnalysisRunStatus, AnalysisStep, Condition, IntOrPercent};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -153,7 +153,7 @@ fn default_progress_deadline() -> u32 {
     600
 }
 
-/// One canary step: exactly one of `setWeight`, `machines` or `pause`.
+/// One canary step: exactly one of `setWeight`, `machines`, `pause` or `analysis`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Step {
@@ -166,6 +166,10 @@ pub struct Step {
     /// Stop here: for `duration`, or until `deployctl rollout promote`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseStep>,
+    /// Run AnalysisTemplates against the machines switched so far; the next step starts
+    /// when they are `Successful`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStep>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
@@ -312,6 +316,10 @@ pub struct RolloutStatus {
     /// Why `aborted`: `RolloutAborted` (by request) or `RolledBack` (failure policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_reason: Option<String>,
+    /// The analysis runs of analysis steps, newest last, at most 5, each with its
+    /// metrics' newest measurements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis_runs: Vec<AnalysisRunStatus>,
 }
 
 /// A pause the controller set.

@@ -4,6 +4,9 @@
 use super::*;
 use std::collections::BTreeMap;
 
+mod analysis;
+pub use analysis::validate_analysis_template;
+
 /// One problem with one field, e.g. `spec.strategy.maxUnavailable: must be at most 100%`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -582,12 +585,16 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
         let path = format!("spec.strategy.steps[{i}]");
         let n = step.set_weight.is_some() as u8
             + step.machines.is_some() as u8
-            + step.pause.is_some() as u8;
+            + step.pause.is_some() as u8
+            + step.analysis.is_some() as u8;
         if n != 1 {
             out.push(err(
                 &path,
-                "must set exactly one of setWeight, machines or pause",
+                "must set exactly one of setWeight, machines, pause or analysis",
             ));
+        }
+        if let Some(a) = &step.analysis {
+            analysis::check_step(&format!("{path}.analysis"), a, &mut out);
         }
         if let Some(w) = step.set_weight {
             if w > 100 {
@@ -918,7 +925,7 @@ mod tests {
         ro.spec.strategy.steps = vec![Step {
             set_weight: Some(10),
             machines: Some(1),
-            pause: None,
+            ..Default::default()
         }];
         let paths: Vec<_> = validate_rollout(&ro).into_iter().map(|e| e.path).collect();
         assert_eq!(

@@ -73,13 +73,16 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
         match &l.manifest {
             Manifest::Application(a) => selectors.push((name.clone(), a.spec.selector.clone())),
             Manifest::Machine(m) => declared_machines.push(m.metadata.labels.clone()),
-            Manifest::Rollout(_) | Manifest::Notifier(_) => {}
+            Manifest::Rollout(_) | Manifest::Notifier(_) | Manifest::AnalysisTemplate(_) => {}
         }
         let outcome = match l.manifest {
             Manifest::Machine(o) => within(g, apply_object(&client, o, args.dry_run)).await,
             Manifest::Application(o) => within(g, apply_object(&client, o, args.dry_run)).await,
             Manifest::Rollout(o) => within(g, apply_object(&client, o, args.dry_run)).await,
             Manifest::Notifier(o) => within(g, apply_object(&client, o, args.dry_run)).await,
+            Manifest::AnalysisTemplate(o) => {
+                within(g, apply_object(&client, o, args.dry_run)).await
+            }
         }
         .map_err(|e| anyhow::anyhow!("{}: applying {}: {e:#}", l.origin, reference(kind, &name)))?;
         outln!("{} {outcome}{suffix}", reference(kind, &name));

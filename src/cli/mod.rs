@@ -100,6 +100,10 @@ macro_rules! for_kind {
                 type $K = $crate::api::Task;
                 $body
             }
+            $crate::api::KindName::AnalysisTemplate => {
+                type $K = $crate::api::AnalysisTemplate;
+                $body
+            }
         }
     };
 }
