@@ -10,21 +10,22 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-/// A tiny HTTP server on a free loopback port: answers every GET with `{"rate": <rate>}`
-/// and records the request lines it saw. Its thread ends with the test process.
+/// A tiny HTTP server on a free loopback port: answers every GET with `body` (JSON, or
+/// Prometheus' text format for a scrape) and records the request lines it saw. Its thread
+/// ends with the test process.
 struct RateServer {
     port: u16,
-    rate: Arc<Mutex<String>>,
+    body: Arc<Mutex<String>>,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl RateServer {
-    fn start(rate: &str) -> RateServer {
+    fn start(body: &str) -> RateServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
         let port = listener.local_addr().expect("a bound listener has an address").port();
-        let rate = Arc::new(Mutex::new(rate.to_string()));
+        let body = Arc::new(Mutex::new(body.to_string()));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (r, q) = (rate.clone(), requests.clone());
+        let (r, q) = (body.clone(), requests.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -39,17 +40,17 @@ impl RateServer {
                 let text = String::from_utf8_lossy(&got);
                 let line = text.lines().next().unwrap_or_default().to_string();
                 q.lock().expect("not poisoned").push(line);
-                let body = format!(r#"{{"rate": {}}}"#, r.lock().expect("not poisoned"));
+                let body = r.lock().expect("not poisoned").clone();
                 let _ = write!(
                     conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
             }
         });
         RateServer {
             port,
-            rate,
+            body,
             requests,
         }
     }
@@ -111,7 +112,7 @@ fn http_template(server: &RateServer) -> Value {
 #[test]
 fn an_http_analysis_should_promote_a_good_canary_and_roll_a_bad_one_back_on_every_machine() {
     for (label, backend) in Backend::all() {
-        let server = RateServer::start("0.001");
+        let server = RateServer::start(r#"{"rate": 0.001}"#);
         let (f, machines) = at_v1(label, backend, http_template(&server));
         build_artifact(&f.artifacts(), "v3");
 
@@ -130,7 +131,7 @@ fn an_http_analysis_should_promote_a_good_canary_and_roll_a_bad_one_back_on_ever
         );
 
         // Bad: the canary's error rate is 50%; v3 goes back to v2 everywhere.
-        *server.rate.lock().expect("not poisoned") = "0.5".into();
+        *server.body.lock().expect("not poisoned") = r#"{"rate": 0.5}"#.into();
         f.run(&["set", "version", "api", "v3"]).ok();
         let r = f.wait("every machine back on v2 and Degraded with AnalysisFailed", || {
             let r = f.get_rollout();
@@ -168,4 +169,120 @@ fn an_exec_analysis_should_get_its_values_from_the_environment_and_pass_on_exit_
     let run = r.status.expect("complete").analysis_runs.pop().expect("ran");
     assert_eq!(run.phase, AnalysisPhase::Successful, "{run:?}");
     assert_eq!(run.metrics[0].successful, 2, "{run:?}");
+}
+
+/// A real Prometheus on a free loopback port with its own data dir, scraping `target`
+/// every second; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET on loopback; the body.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(c, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+impl Prometheus {
+    fn start(target: u16) -> Prometheus {
+        let bin = "/usr/bin/prometheus";
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is missing: install it: apt-get install prometheus or hack/install-deps"
+        );
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: canary\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .expect("the temp dir is writable");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until a query returns a sample.
+    fn wait_for_sample(&self, query: &str) {
+        let path = format!(
+            "/api/v1/query?query={}",
+            deployctl::analysis::args::escape(query, deployctl::analysis::args::Dest::UrlQuery)
+        );
+        crate::rollouts::wait_until(
+            "prometheus to have scraped the canary's metric",
+            std::time::Duration::from_secs(60),
+            || http_get(self.port, &path).filter(|b| b.contains("\"value\"")),
+        );
+    }
+}
+
+#[test]
+fn a_prometheus_analysis_should_promote_on_a_real_prometheus_and_roll_back_past_the_limit() {
+    for (label, backend) in Backend::all() {
+        let exporter = RateServer::start(
+            "# TYPE canary_error_ratio gauge\ncanary_error_ratio{version=\"v2\"} 0.001\ncanary_error_ratio{version=\"v3\"} 0.2\n",
+        );
+        let prom = Prometheus::start(exporter.port);
+        prom.wait_for_sample(r#"canary_error_ratio{version="v3"}"#);
+        let (f, machines) = at_v1(
+            label,
+            backend,
+            template(
+                json!({ "prometheus": {
+                    "address": format!("http://127.0.0.1:{}", prom.port),
+                    "query": "max(canary_error_ratio{version=\"{{version}}\"})",
+                }}),
+                json!({ "successCondition": "result < 0.01" }),
+            ),
+        );
+        build_artifact(&f.artifacts(), "v3");
+        f.run(&["set", "version", "api", "v2"]).ok();
+        let r = f.wait_complete("v2", 3);
+        let run = r.status.expect("complete").analysis_runs.pop().expect("ran");
+        assert_eq!(run.phase, AnalysisPhase::Successful, "[{label}] {run:?}");
+        assert_eq!(run.metrics[0].measurements[0].value.as_deref(), Some("0.001"));
+
+        f.run(&["set", "version", "api", "v3"]).ok();
+        let r = f.wait("v3 rolled back on every machine after the analysis failed", || {
+            let r = f.get_rollout();
+            let back = machines
+                .iter()
+                .all(|m| f.current(m).as_deref() == Some("releases/v2"));
+            let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
+            (back && degraded && condition(&r, "Degraded")?.1 == "AnalysisFailed").then_some(r)
+        });
+        let run = r.status.expect("degraded").analysis_runs.pop().expect("ran");
+        assert_eq!(run.phase, AnalysisPhase::Failed, "[{label}] {run:?}");
+        assert!(run.message.contains("last value 0.2"), "[{label}] {}", run.message);
+    }
 }
