@@ -397,6 +397,8 @@ pub fn describe_rollout(
                     Some(d) => format!("pause: {d}"),
                     None => "pause: until promoted".into(),
                 }
+            } else if let Some(a) = &step.analysis {
+                super::analysis::step_text(a)
             } else {
                 "(empty)".into()
             };
@@ -471,6 +473,14 @@ pub fn describe_rollout(
             1,
             &["Revision", "Version", "Started", "Completed", "Result"],
             &history_rows(&status.history, now),
+        );
+    }
+    if !status.analysis_runs.is_empty() {
+        p.field(0, "Analysis Runs", "");
+        p.table(
+            1,
+            &super::analysis::RUN_HEADERS,
+            &super::analysis::run_rows(&status.analysis_runs, now),
         );
     }
     let current_revision = status

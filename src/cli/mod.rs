@@ -31,6 +31,7 @@ macro_rules! out {
     };
 }
 
+pub mod analysis;
 pub mod apply;
 pub mod daemon;
 pub mod delete;

@@ -148,6 +148,10 @@ fn an_http_analysis_should_promote_a_good_canary_and_roll_a_bad_one_back_on_ever
         assert!(run.message.contains("last value 0.5"), "[{label}] {}", run.message);
         let described = f.run(&["describe", "rollout", "api"]).ok().stdout;
         assert!(described.contains("AnalysisFailed"), "[{label}] {described}");
+        assert!(
+            described.contains("Analysis Runs") && described.contains("error-rate/rate"),
+            "[{label}] describe shows the runs: {described}"
+        );
     }
 }
 
@@ -285,4 +289,27 @@ fn a_prometheus_analysis_should_promote_on_a_real_prometheus_and_roll_back_past_
         assert_eq!(run.phase, AnalysisPhase::Failed, "[{label}] {run:?}");
         assert!(run.message.contains("last value 0.2"), "[{label}] {}", run.message);
     }
+}
+
+#[test]
+fn promote_full_should_skip_a_running_analysis_and_say_so() {
+    // A first measurement an hour away: the run is still running when promoted.
+    let server = RateServer::start(r#"{"rate": 0.001}"#);
+    let mut t = http_template(&server);
+    t["spec"]["metrics"][0]["initialDelay"] = json!("1h");
+    let (f, _machines) = at_v1("embedded", Backend::embedded(), t);
+    f.run(&["set", "version", "api", "v2"]).ok();
+    f.wait("the analysis run to start", || {
+        let r = f.get_rollout();
+        r.status?.analysis_runs.last().map(|_| ())
+    });
+    let out = f.run(&["rollout", "promote", "api", "--full"]).ok();
+    assert!(
+        out.stdout.contains("the remaining analysis is skipped"),
+        "{}",
+        out.stdout
+    );
+    let r = f.wait_complete("v2", 3);
+    let run = r.status.expect("complete").analysis_runs.pop().expect("ran");
+    assert_eq!(run.phase, AnalysisPhase::Skipped, "{run:?}");
 }
