@@ -55,9 +55,7 @@ fn scan(text: &str) -> Result<Vec<Placeholder<'_>>, ArgError> {
     let mut at = 0;
     while let Some(open) = text[at..].find("{{") {
         let start = at + open;
-        let close = text[start + 2..]
-            .find("}}")
-            .ok_or(ArgError::Unterminated)?;
+        let close = text[start + 2..].find("}}").ok_or(ArgError::Unterminated)?;
         let end = start + 2 + close + 2;
         out.push(Placeholder {
             start,
@@ -138,8 +136,11 @@ pub fn escape(value: &str, dest: Dest) -> String {
         }
         Dest::UrlQuery => {
             use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-            const UNRESERVED: &AsciiSet =
-                &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+            const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+                .remove(b'-')
+                .remove(b'.')
+                .remove(b'_')
+                .remove(b'~');
             utf8_percent_encode(value, UNRESERVED).to_string()
         }
     }

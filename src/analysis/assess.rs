@@ -4,8 +4,7 @@
 
 use super::condition::{self, Reading};
 use crate::api::{
-    parse_duration, AnalysisPhase, AnalysisRunStatus, Measurement, Metric, MetricResult,
-    OnNoData,
+    parse_duration, AnalysisPhase, AnalysisRunStatus, Measurement, Metric, MetricResult, OnNoData,
 };
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use std::time::Duration;
@@ -77,14 +76,16 @@ fn judge(metric: &Metric, r: Reading) -> Result<AnalysisPhase, condition::Condit
             return Ok(AnalysisPhase::Failed);
         }
     }
-    Ok(match (&metric.success_condition, &metric.failure_condition) {
-        (Some(s), f) => match (condition::eval(s, r)?, f) {
-            (true, _) => AnalysisPhase::Successful,
-            (false, Some(_)) => AnalysisPhase::Inconclusive,
-            (false, None) => AnalysisPhase::Failed,
+    Ok(
+        match (&metric.success_condition, &metric.failure_condition) {
+            (Some(s), f) => match (condition::eval(s, r)?, f) {
+                (true, _) => AnalysisPhase::Successful,
+                (false, Some(_)) => AnalysisPhase::Inconclusive,
+                (false, None) => AnalysisPhase::Failed,
+            },
+            (None, _) => AnalysisPhase::Successful,
         },
-        (None, _) => AnalysisPhase::Successful,
-    })
+    )
 }
 
 /// Adds one measurement to a metric's result and updates its counts and phase.

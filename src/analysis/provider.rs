@@ -89,7 +89,10 @@ fn reading(v: &serde_json::Value) -> Result<Option<Reading>, String> {
         serde_json::Value::String(s) => match s.parse::<f64>() {
             Ok(f) if f.is_nan() => Ok(None),
             Ok(f) => Ok(Some(Reading::Number(f))),
-            Err(_) => Err(format!("{:?} is not a number", s.chars().take(64).collect::<String>())),
+            Err(_) => Err(format!(
+                "{:?} is not a number",
+                s.chars().take(64).collect::<String>()
+            )),
         },
         other => Err(format!(
             "expected a number or a boolean, found {}",
@@ -102,13 +105,10 @@ fn reading(v: &serde_json::Value) -> Result<Option<Reading>, String> {
 }
 
 /// GET a JSON document and read the one value `jsonPath` selects.
-pub async fn http(
-    h: &HttpMetric,
-    values: &BTreeMap<String, String>,
-    declared: &[&str],
-) -> Outcome {
+pub async fn http(h: &HttpMetric, values: &BTreeMap<String, String>, declared: &[&str]) -> Outcome {
     let run = async {
-        let url = args::render(&h.url, values, declared, Dest::UrlQuery).map_err(|e| e.to_string())?;
+        let url =
+            args::render(&h.url, values, declared, Dest::UrlQuery).map_err(|e| e.to_string())?;
         let url = reqwest::Url::parse(&url).map_err(|e| format!("invalid URL: {e}"))?;
         let path = serde_json_path::JsonPath::parse(&h.json_path)
             .map_err(|e| format!("invalid jsonPath: {e}"))?;
@@ -120,7 +120,11 @@ pub async fn http(
                 Some(r) => Outcome::Reading(r),
                 None => Outcome::NoData(format!("{} is null", h.json_path)),
             }),
-            more => Err(format!("{} selects {} values, not one", h.json_path, more.len())),
+            more => Err(format!(
+                "{} selects {} values, not one",
+                h.json_path,
+                more.len()
+            )),
         }
     };
     run.await.unwrap_or_else(Outcome::Error)
@@ -134,7 +138,8 @@ pub async fn prometheus(
     declared: &[&str],
 ) -> Outcome {
     let run = async {
-        let query = args::render(&p.query, values, declared, Dest::PromQl).map_err(|e| e.to_string())?;
+        let query =
+            args::render(&p.query, values, declared, Dest::PromQl).map_err(|e| e.to_string())?;
         let mut url = reqwest::Url::parse(&p.address)
             .and_then(|u| u.join("api/v1/query"))
             .map_err(|e| format!("invalid address: {e}"))?;

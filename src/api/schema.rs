@@ -5,7 +5,9 @@
 //! `schemas_should_match_the_checked_in_copies` (`DEPLOYCTL_BLESS=1 cargo test schemas`).
 
 use super::validation::FieldError;
-use super::{AnalysisTemplate, Application, KindName, Machine, Notifier, Object, Rollout, Task, API_VERSION};
+use super::{
+    AnalysisTemplate, Application, KindName, Machine, Notifier, Object, Rollout, Task, API_VERSION,
+};
 use schemars::gen::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};

@@ -32,7 +32,13 @@ pub fn run_rows(runs: &[AnalysisRunStatus], now: DateTime<Utc>) -> Vec<Vec<Strin
         let age = human_duration(now - r.started_at);
         if r.metrics.is_empty() {
             let mut row = head.clone();
-            row.extend([r.templates.join(","), "-".into(), "-".into(), "-".into(), age.clone()]);
+            row.extend([
+                r.templates.join(","),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                age.clone(),
+            ]);
             rows.push(row);
         }
         for m in &r.metrics {
@@ -69,7 +75,9 @@ pub const RUN_HEADERS: [&str; 8] = [
 /// while it runs (or is inconclusive); `None` otherwise.
 pub fn running_summary(runs: &[AnalysisRunStatus]) -> Option<String> {
     use crate::api::AnalysisPhase::{Inconclusive, Running};
-    let r = runs.last().filter(|r| matches!(r.phase, Running | Inconclusive))?;
+    let r = runs
+        .last()
+        .filter(|r| matches!(r.phase, Running | Inconclusive))?;
     let metrics: Vec<String> = r
         .metrics
         .iter()
@@ -145,7 +153,18 @@ mod tests {
     fn describe_should_list_every_metric_of_every_run() {
         let rows = run_rows(&[run(AnalysisPhase::Running)], Utc::now());
         assert_eq!(rows.len(), 1);
-        assert_eq!(&rows[0][..7], ["2", "2", "Running", "error-rate/rate", "Running", "1/0/0/0/0", "0.001"]);
+        assert_eq!(
+            &rows[0][..7],
+            [
+                "2",
+                "2",
+                "Running",
+                "error-rate/rate",
+                "Running",
+                "1/0/0/0/0",
+                "0.001"
+            ]
+        );
         assert_eq!(rows[0].len(), RUN_HEADERS.len());
     }
 }

@@ -1038,7 +1038,11 @@ impl Describe for crate::api::AnalysisTemplate {
         let mut p = Page::default();
         meta_fields(&mut p, &self.metadata);
         for a in &self.spec.args {
-            p.field(0, &format!("Arg {}", a.name), a.value.as_deref().unwrap_or("<none>"));
+            p.field(
+                0,
+                &format!("Arg {}", a.name),
+                a.value.as_deref().unwrap_or("<none>"),
+            );
         }
         p.line(0, "Metrics:");
         for m in &self.spec.metrics {

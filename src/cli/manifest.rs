@@ -5,7 +5,9 @@ use crate::api::schema;
 use crate::api::validation::{
     validate_application, validate_machine, validate_notifier, validate_rollout, FieldError,
 };
-use crate::api::{AnalysisTemplate, Application, KindName, Machine, Notifier, Object, Rollout, API_VERSION};
+use crate::api::{
+    AnalysisTemplate, Application, KindName, Machine, Notifier, Object, Rollout, API_VERSION,
+};
 use limits::*;
 use serde_json::Value;
 use std::collections::HashMap;

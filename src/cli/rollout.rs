@@ -157,7 +157,13 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
                 .strategy
                 .steps
                 .iter()
-                .skip(current.status.as_ref().and_then(|s| s.current_step_index).unwrap_or(0) as usize)
+                .skip(
+                    current
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.current_step_index)
+                        .unwrap_or(0) as usize,
+                )
                 .any(|s| s.analysis.is_some());
             let value = if full {
                 format!("full:{}", token())

@@ -22,7 +22,10 @@ struct RateServer {
 impl RateServer {
     fn start(body: &str) -> RateServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-        let port = listener.local_addr().expect("a bound listener has an address").port();
+        let port = listener
+            .local_addr()
+            .expect("a bound listener has an address")
+            .port();
         let body = Arc::new(Mutex::new(body.to_string()));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (r, q) = (body.clone(), requests.clone());
@@ -123,7 +126,10 @@ fn an_http_analysis_should_promote_a_good_canary_and_roll_a_bad_one_back_on_ever
         let run = st.analysis_runs.last().expect("the analysis step ran");
         assert_eq!(run.phase, AnalysisPhase::Successful, "[{label}] {run:?}");
         assert_eq!(run.metrics[0].successful, 2, "[{label}] {run:?}");
-        assert_eq!(run.metrics[0].measurements[0].value.as_deref(), Some("0.001"));
+        assert_eq!(
+            run.metrics[0].measurements[0].value.as_deref(),
+            Some("0.001")
+        );
         let seen = server.requests.lock().expect("not poisoned").clone();
         assert!(
             seen.iter().any(|l| l.starts_with("GET /rate?version=v2 ")),
@@ -133,21 +139,31 @@ fn an_http_analysis_should_promote_a_good_canary_and_roll_a_bad_one_back_on_ever
         // Bad: the canary's error rate is 50%; v3 goes back to v2 everywhere.
         *server.body.lock().expect("not poisoned") = r#"{"rate": 0.5}"#.into();
         f.run(&["set", "version", "api", "v3"]).ok();
-        let r = f.wait("every machine back on v2 and Degraded with AnalysisFailed", || {
-            let r = f.get_rollout();
-            let back = machines
-                .iter()
-                .all(|m| f.current(m).as_deref() == Some("releases/v2"));
-            let reason = condition(&r, "Degraded")?.1;
-            let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
-            (back && degraded && reason == "AnalysisFailed").then_some(r)
-        });
+        let r = f.wait(
+            "every machine back on v2 and Degraded with AnalysisFailed",
+            || {
+                let r = f.get_rollout();
+                let back = machines
+                    .iter()
+                    .all(|m| f.current(m).as_deref() == Some("releases/v2"));
+                let reason = condition(&r, "Degraded")?.1;
+                let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
+                (back && degraded && reason == "AnalysisFailed").then_some(r)
+            },
+        );
         let st = r.status.expect("the waited-for condition is in the status");
         let run = st.analysis_runs.last().expect("the analysis step ran");
         assert_eq!(run.phase, AnalysisPhase::Failed, "[{label}] {run:?}");
-        assert!(run.message.contains("last value 0.5"), "[{label}] {}", run.message);
+        assert!(
+            run.message.contains("last value 0.5"),
+            "[{label}] {}",
+            run.message
+        );
         let described = f.run(&["describe", "rollout", "api"]).ok().stdout;
-        assert!(described.contains("AnalysisFailed"), "[{label}] {described}");
+        assert!(
+            described.contains("AnalysisFailed"),
+            "[{label}] {described}"
+        );
         assert!(
             described.contains("Analysis Runs") && described.contains("error-rate/rate"),
             "[{label}] describe shows the runs: {described}"
@@ -170,7 +186,12 @@ fn an_exec_analysis_should_get_its_values_from_the_environment_and_pass_on_exit_
     );
     f.run(&["set", "version", "api", "v2"]).ok();
     let r = f.wait_complete("v2", 3);
-    let run = r.status.expect("complete").analysis_runs.pop().expect("ran");
+    let run = r
+        .status
+        .expect("complete")
+        .analysis_runs
+        .pop()
+        .expect("ran");
     assert_eq!(run.phase, AnalysisPhase::Successful, "{run:?}");
     assert_eq!(run.metrics[0].successful, 2, "{run:?}");
 }
@@ -193,8 +214,13 @@ impl Drop for Prometheus {
 /// One GET on loopback; the body.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    c.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-    write!(c, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     c.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
@@ -223,7 +249,10 @@ impl Prometheus {
             .port();
         let child = std::process::Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -272,22 +301,42 @@ fn a_prometheus_analysis_should_promote_on_a_real_prometheus_and_roll_back_past_
         build_artifact(&f.artifacts(), "v3");
         f.run(&["set", "version", "api", "v2"]).ok();
         let r = f.wait_complete("v2", 3);
-        let run = r.status.expect("complete").analysis_runs.pop().expect("ran");
+        let run = r
+            .status
+            .expect("complete")
+            .analysis_runs
+            .pop()
+            .expect("ran");
         assert_eq!(run.phase, AnalysisPhase::Successful, "[{label}] {run:?}");
-        assert_eq!(run.metrics[0].measurements[0].value.as_deref(), Some("0.001"));
+        assert_eq!(
+            run.metrics[0].measurements[0].value.as_deref(),
+            Some("0.001")
+        );
 
         f.run(&["set", "version", "api", "v3"]).ok();
-        let r = f.wait("v3 rolled back on every machine after the analysis failed", || {
-            let r = f.get_rollout();
-            let back = machines
-                .iter()
-                .all(|m| f.current(m).as_deref() == Some("releases/v2"));
-            let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
-            (back && degraded && condition(&r, "Degraded")?.1 == "AnalysisFailed").then_some(r)
-        });
-        let run = r.status.expect("degraded").analysis_runs.pop().expect("ran");
+        let r = f.wait(
+            "v3 rolled back on every machine after the analysis failed",
+            || {
+                let r = f.get_rollout();
+                let back = machines
+                    .iter()
+                    .all(|m| f.current(m).as_deref() == Some("releases/v2"));
+                let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
+                (back && degraded && condition(&r, "Degraded")?.1 == "AnalysisFailed").then_some(r)
+            },
+        );
+        let run = r
+            .status
+            .expect("degraded")
+            .analysis_runs
+            .pop()
+            .expect("ran");
         assert_eq!(run.phase, AnalysisPhase::Failed, "[{label}] {run:?}");
-        assert!(run.message.contains("last value 0.2"), "[{label}] {}", run.message);
+        assert!(
+            run.message.contains("last value 0.2"),
+            "[{label}] {}",
+            run.message
+        );
     }
 }
 
@@ -310,6 +359,11 @@ fn promote_full_should_skip_a_running_analysis_and_say_so() {
         out.stdout
     );
     let r = f.wait_complete("v2", 3);
-    let run = r.status.expect("complete").analysis_runs.pop().expect("ran");
+    let run = r
+        .status
+        .expect("complete")
+        .analysis_runs
+        .pop()
+        .expect("ran");
     assert_eq!(run.phase, AnalysisPhase::Skipped, "{run:?}");
 }

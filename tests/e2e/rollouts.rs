@@ -363,7 +363,8 @@ impl Fleet {
 
 /// The activate hook every test uses: one line per run, `machine version`, appended
 /// (a single short write, so lines from several agents never interleave).
-pub(crate) const COUNT_ACTIVATIONS: &str = r#"echo "$DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/activations""#;
+pub(crate) const COUNT_ACTIVATIONS: &str =
+    r#"echo "$DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/activations""#;
 
 pub(crate) fn hook(cmd: &str) -> Value {
     json!({ "command": cmd, "timeoutSeconds": 30 })

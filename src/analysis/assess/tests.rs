@@ -90,7 +90,11 @@ fn a_provider_that_errors_should_fail_the_metric_one_past_the_consecutive_error_
     let m = metric();
     let err = || Outcome::Error("connection refused".into());
     let r = run(&m, &[err(), err()]);
-    assert_eq!(r.phase, AnalysisPhase::Running, "2 errors are within the limit of 2");
+    assert_eq!(
+        r.phase,
+        AnalysisPhase::Running,
+        "2 errors are within the limit of 2"
+    );
     assert_eq!(r.count, 0, "errors are not measurements");
     let r = run(&m, &[err(), err(), err()]);
     assert_eq!(r.phase, AnalysisPhase::Failed);
@@ -114,7 +118,10 @@ fn neither_condition_holding_should_be_inconclusive_past_the_limit() {
     m.failure_condition = Some("result > 0.1".into());
     m.inconclusive_limit = 1;
     assert_eq!(run(&m, &[n(0.05)]).phase, AnalysisPhase::Running);
-    assert_eq!(run(&m, &[n(0.05), n(0.05)]).phase, AnalysisPhase::Inconclusive);
+    assert_eq!(
+        run(&m, &[n(0.05), n(0.05)]).phase,
+        AnalysisPhase::Inconclusive
+    );
     assert_eq!(run(&m, &[n(0.5)]).phase, AnalysisPhase::Failed);
 }
 
@@ -143,7 +150,10 @@ fn only_the_newest_measurements_should_be_kept() {
     let r = run(&m, &outcomes);
     assert_eq!(r.measurements.len(), MAX_MEASUREMENTS);
     assert_eq!(r.count, 25);
-    assert_eq!(r.measurements.last().unwrap().value.as_deref(), Some("0.024"));
+    assert_eq!(
+        r.measurements.last().unwrap().value.as_deref(),
+        Some("0.024")
+    );
 }
 
 #[test]

@@ -42,7 +42,10 @@ fn check_args(path: &str, list: &[AnalysisArg], out: &mut Vec<FieldError>) {
         if let Err(e) = check_arg_name(&a.name) {
             out.push(err(format!("{path}[{i}].name"), e));
         } else if !seen.insert(a.name.as_str()) {
-            out.push(err(format!("{path}[{i}].name"), format!("duplicate argument {:?}", a.name)));
+            out.push(err(
+                format!("{path}[{i}].name"),
+                format!("duplicate argument {:?}", a.name),
+            ));
         }
         if a.value.as_ref().is_some_and(|v| v.len() > MAX_ARG_VALUE) {
             out.push(err(
@@ -68,7 +71,10 @@ fn check_duration(path: &str, text: &Option<String>, min: Duration, out: &mut Ve
 fn check_timeout(path: &str, t: Option<u32>, max: u32, out: &mut Vec<FieldError>) {
     if let Some(t) = t {
         if !(1..=max).contains(&t) {
-            out.push(err(path, format!("{t} is out of range: must be 1 to {max}")));
+            out.push(err(
+                path,
+                format!("{t} is out of range: must be 1 to {max}"),
+            ));
         }
     }
 }
@@ -89,7 +95,10 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
     check_args("spec.args", &s.args, &mut out);
     let declared: Vec<&str> = s.args.iter().map(|a| a.name.as_str()).collect();
     if s.metrics.is_empty() || s.metrics.len() > MAX_METRICS {
-        out.push(err("spec.metrics", format!("must list 1 to {MAX_METRICS} metrics")));
+        out.push(err(
+            "spec.metrics",
+            format!("must list 1 to {MAX_METRICS} metrics"),
+        ));
     }
     let mut names = BTreeSet::new();
     for (i, m) in s.metrics.iter().enumerate() {
@@ -97,7 +106,10 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
         if let Err(e) = check_name(&m.name) {
             out.push(err(format!("{path}.name"), e));
         } else if !names.insert(m.name.as_str()) {
-            out.push(err(format!("{path}.name"), format!("duplicate metric {:?}", m.name)));
+            out.push(err(
+                format!("{path}.name"),
+                format!("duplicate metric {:?}", m.name),
+            ));
         }
         let p = &m.provider;
         let n = p.prometheus.is_some() as u8 + p.http.is_some() as u8 + p.exec.is_some() as u8;
@@ -113,7 +125,12 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
                 out.push(err(format!("{pp}.address"), e));
             }
             check_template_text(&format!("{pp}.query"), &pr.query, &declared, &mut out);
-            check_timeout(&format!("{pp}.timeoutSeconds"), pr.timeout_seconds, 60, &mut out);
+            check_timeout(
+                &format!("{pp}.timeoutSeconds"),
+                pr.timeout_seconds,
+                60,
+                &mut out,
+            );
         }
         if let Some(h) = &p.http {
             let hp = format!("{path}.provider.http");
@@ -125,7 +142,10 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
                 out.push(err(format!("{hp}.url"), e));
             }
             if let Err(e) = serde_json_path::JsonPath::parse(&h.json_path) {
-                out.push(err(format!("{hp}.jsonPath"), format!("invalid JSONPath: {e}")));
+                out.push(err(
+                    format!("{hp}.jsonPath"),
+                    format!("invalid JSONPath: {e}"),
+                ));
             }
             for (k, v) in &h.headers {
                 let lower = k.to_ascii_lowercase();
@@ -137,10 +157,18 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
                 } else if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
                     || reqwest::header::HeaderValue::from_str(v).is_err()
                 {
-                    out.push(err(format!("{hp}.headers.{k}"), "invalid header name or value"));
+                    out.push(err(
+                        format!("{hp}.headers.{k}"),
+                        "invalid header name or value",
+                    ));
                 }
             }
-            check_timeout(&format!("{hp}.timeoutSeconds"), h.timeout_seconds, 60, &mut out);
+            check_timeout(
+                &format!("{hp}.timeoutSeconds"),
+                h.timeout_seconds,
+                60,
+                &mut out,
+            );
         }
         if let Some(e) = &p.exec {
             let ep = format!("{path}.provider.exec");
@@ -152,7 +180,12 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
                     "placeholders are never spliced into shell text: read $ANALYSIS_VERSION, $ANALYSIS_ARG_<NAME>, … from the environment",
                 ));
             }
-            check_timeout(&format!("{ep}.timeoutSeconds"), e.timeout_seconds, 600, &mut out);
+            check_timeout(
+                &format!("{ep}.timeoutSeconds"),
+                e.timeout_seconds,
+                600,
+                &mut out,
+            );
             if m.success_condition.is_some() || m.failure_condition.is_some() {
                 out.push(err(
                     &path,
@@ -160,7 +193,10 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
                 ));
             }
         } else if m.success_condition.is_none() && m.failure_condition.is_none() {
-            out.push(err(&path, "must set successCondition, failureCondition or both"));
+            out.push(err(
+                &path,
+                "must set successCondition, failureCondition or both",
+            ));
         }
         for (field, c) in [
             ("successCondition", &m.success_condition),
@@ -170,11 +206,24 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
                 out.push(err(format!("{path}.{field}"), e.to_string()));
             }
         }
-        check_duration(&format!("{path}.interval"), &m.interval, MIN_INTERVAL, &mut out);
-        check_duration(&format!("{path}.initialDelay"), &m.initial_delay, Duration::ZERO, &mut out);
+        check_duration(
+            &format!("{path}.interval"),
+            &m.interval,
+            MIN_INTERVAL,
+            &mut out,
+        );
+        check_duration(
+            &format!("{path}.initialDelay"),
+            &m.initial_delay,
+            Duration::ZERO,
+            &mut out,
+        );
         if let Some(c) = m.count {
             if !(1..=MAX_COUNT).contains(&c) {
-                out.push(err(format!("{path}.count"), format!("{c} is out of range: must be 1 to {MAX_COUNT}")));
+                out.push(err(
+                    format!("{path}.count"),
+                    format!("{c} is out of range: must be 1 to {MAX_COUNT}"),
+                ));
             }
         }
         for (field, v) in [
@@ -183,7 +232,10 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
             ("consecutiveErrorLimit", m.consecutive_error_limit),
         ] {
             if v > MAX_COUNT {
-                out.push(err(format!("{path}.{field}"), format!("{v} is out of range: must be 0 to {MAX_COUNT}")));
+                out.push(err(
+                    format!("{path}.{field}"),
+                    format!("{v} is out of range: must be 0 to {MAX_COUNT}"),
+                ));
             }
         }
     }
@@ -260,7 +312,12 @@ mod tests {
         m.provider.http.as_mut().unwrap().url = "http://h/m?x={{args.other}}".into();
         let errs = paths(&template(m));
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("spec.metrics[0].provider.http.url: unknown placeholder {{args.other}}"), "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "spec.metrics[0].provider.http.url: unknown placeholder {{args.other}}"
+            ),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -287,7 +344,8 @@ mod tests {
         };
         let errs = paths(&template(m));
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("spec.metrics[0].provider.exec.command: placeholders are never spliced"));
+        assert!(errs[0]
+            .starts_with("spec.metrics[0].provider.exec.command: placeholders are never spliced"));
     }
 
     #[test]
@@ -305,8 +363,21 @@ mod tests {
             timeout_seconds: None,
         });
         let errs = paths(&template(m)).join("\n");
-        assert!(errs.contains("spec.metrics[0].interval: \"10ms\" is out of range"), "{errs}");
-        assert!(errs.contains("spec.metrics[0].provider.http.headers.Authorization: credentials are never stored"), "{errs}");
-        assert!(errs.contains("spec.metrics[0].provider: must set exactly one of prometheus, http and exec"), "{errs}");
+        assert!(
+            errs.contains("spec.metrics[0].interval: \"10ms\" is out of range"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains(
+                "spec.metrics[0].provider.http.headers.Authorization: credentials are never stored"
+            ),
+            "{errs}"
+        );
+        assert!(
+            errs.contains(
+                "spec.metrics[0].provider: must set exactly one of prometheus, http and exec"
+            ),
+            "{errs}"
+        );
     }
 }

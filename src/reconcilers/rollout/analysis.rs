@@ -69,7 +69,9 @@ impl Decision<'_> {
             .is_some_and(|i| self.st.analysis_runs[i].phase == AnalysisPhase::Inconclusive)
             && going_on;
         if !still_inconclusive {
-            self.st.pause_conditions.retain(|p| p.reason != PAUSE_ANALYSIS);
+            self.st
+                .pause_conditions
+                .retain(|p| p.reason != PAUSE_ANALYSIS);
         }
     }
 
@@ -106,7 +108,12 @@ impl Decision<'_> {
                 false
             }
             AnalysisPhase::Inconclusive => {
-                if !self.st.pause_conditions.iter().any(|p| p.reason == PAUSE_ANALYSIS) {
+                if !self
+                    .st
+                    .pause_conditions
+                    .iter()
+                    .any(|p| p.reason == PAUSE_ANALYSIS)
+                {
                     self.st.pause_conditions.push(PauseCondition {
                         reason: PAUSE_ANALYSIS.into(),
                         start_time: self.now,
@@ -148,7 +155,11 @@ impl Decision<'_> {
             target,
             self.stable(),
             &self.spec.application,
-            self.rollout.metadata.namespace.as_deref().unwrap_or("default"),
+            self.rollout
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or("default"),
             &machines,
         );
         for arg in &a.args {
@@ -203,7 +214,10 @@ impl Decision<'_> {
                     .last()
                     .map(|x| x.value.clone().unwrap_or_else(|| "no data".into()))
                     .unwrap_or_else(|| "-".into());
-                format!("{} {} ({} ok, {} failed, {} inconclusive, {} errors)", m.name, last, m.successful, m.failed, m.inconclusive, m.errors)
+                format!(
+                    "{} {} ({} ok, {} failed, {} inconclusive, {} errors)",
+                    m.name, last, m.successful, m.failed, m.inconclusive, m.errors
+                )
             })
             .collect();
         Some(format!(

@@ -79,8 +79,7 @@ impl Decision<'_> {
             .map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default());
         // No machine at all is waited on too: machines may still be registering, and
         // past the deadline the rollout says that none matches.
-        let waiting_on_machines =
-            !self.complete
+        let waiting_on_machines = !self.complete
             && !self.frozen()
             && !self.step_paused
             && !self.analysis_running

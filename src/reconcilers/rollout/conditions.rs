@@ -1,7 +1,8 @@
 //! Conditions: the phase and message a reader sees, and the conditions a tool waits on.
 
 use super::{
-    Decision, EventNote, PAUSE_ANALYSIS, PAUSE_FAILURE, PAUSE_STEP, REASON_NO_MACHINES, REASON_ROLLED_BACK,
+    Decision, EventNote, PAUSE_ANALYSIS, PAUSE_FAILURE, PAUSE_STEP, REASON_NO_MACHINES,
+    REASON_ROLLED_BACK,
 };
 use crate::api::{find_condition, set_condition, ConditionStatus, RolloutPhase};
 use ConditionStatus::{False, True};

@@ -67,7 +67,11 @@ fn at_analysis() -> Fleet {
     assert_eq!(st.analysis_runs.len(), 1);
     assert_eq!(st.analysis_runs[0].phase, AnalysisPhase::Running);
     assert_eq!(st.phase, RolloutPhase::Progressing, "{}", st.message);
-    assert!(st.message.contains("analysis at step 2/3 running"), "{}", st.message);
+    assert!(
+        st.message.contains("analysis at step 2/3 running"),
+        "{}",
+        st.message
+    );
     fleet
 }
 
@@ -76,7 +80,13 @@ fn measure(fleet: &mut Fleet, m: &Metric, outcome: Outcome) {
     let now = fleet.now;
     let st = fleet.rollout.status.as_mut().expect("reconciled");
     let run = st.analysis_runs.last_mut().expect("a run");
-    apply(run, &[("error-rate/rate".into(), m.clone())], "error-rate/rate", &outcome, now);
+    apply(
+        run,
+        &[("error-rate/rate".into(), m.clone())],
+        "error-rate/rate",
+        &outcome,
+        now,
+    );
 }
 
 fn value(v: f64) -> Outcome {
@@ -108,7 +118,11 @@ fn a_successful_analysis_should_let_the_rollout_go_on_to_complete() {
     let m = metric();
     measure(&mut fleet, &m, value(0.001));
     fleet.run(50);
-    assert_eq!(fleet.on("2.0"), 1, "one good measurement of two is not enough");
+    assert_eq!(
+        fleet.on("2.0"),
+        1,
+        "one good measurement of two is not enough"
+    );
     measure(&mut fleet, &m, value(0.002));
     fleet.run(100);
     let st = fleet.status();
@@ -120,29 +134,53 @@ fn a_successful_analysis_should_let_the_rollout_go_on_to_complete() {
 #[test]
 fn a_failed_analysis_should_roll_every_machine_back_whatever_the_failure_policy_says() {
     let mut fleet = at_analysis();
-    assert_eq!(fleet.rollout.spec.failure_policy.action, FailureAction::Pause);
+    assert_eq!(
+        fleet.rollout.spec.failure_policy.action,
+        FailureAction::Pause
+    );
     measure(&mut fleet, &metric(), value(0.5));
     fleet.run(50);
     let st = fleet.status();
-    assert_eq!(fleet.on("1.0"), 4, "every machine back on the stable version");
+    assert_eq!(
+        fleet.on("1.0"),
+        4,
+        "every machine back on the stable version"
+    );
     assert!(st.aborted);
     assert_eq!(st.abort_reason.as_deref(), Some(REASON_ANALYSIS_FAILED));
     assert_eq!(st.phase, RolloutPhase::Degraded);
     let degraded = find_condition(&st.conditions, "Degraded").unwrap();
     assert_eq!(degraded.reason, REASON_ANALYSIS_FAILED);
-    assert!(st.analysis_runs[0].message.contains("last value 0.5"), "{}", st.analysis_runs[0].message);
-    assert!(fleet.events.iter().any(|e| e.reason == REASON_ANALYSIS_FAILED));
+    assert!(
+        st.analysis_runs[0].message.contains("last value 0.5"),
+        "{}",
+        st.analysis_runs[0].message
+    );
+    assert!(fleet
+        .events
+        .iter()
+        .any(|e| e.reason == REASON_ANALYSIS_FAILED));
 }
 
 #[test]
 fn an_inconclusive_analysis_should_pause_and_promote_should_continue() {
     let mut fleet = at_analysis();
-    measure(&mut fleet, &metric(), Outcome::NoData("empty vector".into()));
+    measure(
+        &mut fleet,
+        &metric(),
+        Outcome::NoData("empty vector".into()),
+    );
     fleet.run(50);
     let st = fleet.status();
     assert_eq!(st.phase, RolloutPhase::Paused);
-    assert_eq!(find_condition(&st.conditions, "Paused").unwrap().reason, PAUSE_ANALYSIS);
-    assert!(st.pause_conditions.iter().any(|p| p.reason == PAUSE_ANALYSIS));
+    assert_eq!(
+        find_condition(&st.conditions, "Paused").unwrap().reason,
+        PAUSE_ANALYSIS
+    );
+    assert!(st
+        .pause_conditions
+        .iter()
+        .any(|p| p.reason == PAUSE_ANALYSIS));
     assert_eq!(fleet.on("2.0"), 1, "nothing more switches while paused");
 
     fleet.annotate(ANNOTATION_PROMOTE, "p1");
@@ -156,7 +194,11 @@ fn an_inconclusive_analysis_should_pause_and_promote_should_continue() {
 #[test]
 fn an_inconclusive_analysis_then_abort_should_go_back() {
     let mut fleet = at_analysis();
-    measure(&mut fleet, &metric(), Outcome::NoData("empty vector".into()));
+    measure(
+        &mut fleet,
+        &metric(),
+        Outcome::NoData("empty vector".into()),
+    );
     fleet.run(50);
     assert_eq!(fleet.status().phase, RolloutPhase::Paused);
     fleet.annotate(ANNOTATION_ABORT, "a1");
@@ -183,7 +225,11 @@ fn on_no_data_should_decide_the_rollout_in_each_mode() {
         assert_eq!(fleet.on("2.0"), want_on_new, "{mode:?}");
         let st = fleet.status();
         assert_eq!(st.phase, want_phase, "{mode:?}: {}", st.message);
-        assert_eq!(st.analysis_runs[0].metrics[0].no_data, 2 - (mode == OnNoData::Fail) as u32 - (mode == OnNoData::Inconclusive) as u32, "{mode:?}: the run stops at the first decisive measurement");
+        assert_eq!(
+            st.analysis_runs[0].metrics[0].no_data,
+            2 - (mode == OnNoData::Fail) as u32 - (mode == OnNoData::Inconclusive) as u32,
+            "{mode:?}: the run stops at the first decisive measurement"
+        );
     }
 }
 
@@ -200,7 +246,13 @@ fn a_provider_that_keeps_erroring_should_roll_back_past_the_consecutive_error_li
     let st = fleet.status();
     assert_eq!(fleet.on("1.0"), 4);
     assert_eq!(st.abort_reason.as_deref(), Some(REASON_ANALYSIS_FAILED));
-    assert!(st.analysis_runs[0].message.contains("in a row could not be taken"), "{}", st.analysis_runs[0].message);
+    assert!(
+        st.analysis_runs[0]
+            .message
+            .contains("in a row could not be taken"),
+        "{}",
+        st.analysis_runs[0].message
+    );
 }
 
 #[test]
@@ -210,11 +262,18 @@ fn promote_during_a_run_should_skip_it_and_go_on() {
     fleet.run(100);
     let st = fleet.status();
     assert_eq!(st.analysis_runs[0].phase, AnalysisPhase::Skipped);
-    assert!(st.analysis_runs[0].message.contains("promote"), "{}", st.analysis_runs[0].message);
+    assert!(
+        st.analysis_runs[0].message.contains("promote"),
+        "{}",
+        st.analysis_runs[0].message
+    );
     assert_eq!(st.phase, RolloutPhase::Complete, "{}", st.message);
     // A measurement the runner took meanwhile changes nothing: the run is over.
     measure(&mut fleet, &metric(), value(0.9));
-    assert_eq!(fleet.status().analysis_runs[0].phase, AnalysisPhase::Skipped);
+    assert_eq!(
+        fleet.status().analysis_runs[0].phase,
+        AnalysisPhase::Skipped
+    );
 }
 
 #[test]
@@ -222,11 +281,17 @@ fn promote_full_should_say_the_remaining_analysis_is_skipped() {
     let mut fleet = at_analysis();
     fleet.annotate(ANNOTATION_PROMOTE, "full:p1");
     fleet.run(100);
-    assert!(fleet
-        .events
-        .iter()
-        .any(|e| e.reason == "RolloutPromoted" && e.message.contains("remaining analysis skipped")));
-    assert_eq!(fleet.status().analysis_runs[0].phase, AnalysisPhase::Skipped);
+    assert!(
+        fleet
+            .events
+            .iter()
+            .any(|e| e.reason == "RolloutPromoted"
+                && e.message.contains("remaining analysis skipped"))
+    );
+    assert_eq!(
+        fleet.status().analysis_runs[0].phase,
+        AnalysisPhase::Skipped
+    );
     assert_eq!(fleet.on("2.0"), 4);
 }
 
@@ -275,6 +340,9 @@ fn the_status_should_keep_at_most_five_runs() {
     }
     let runs = &fleet.status().analysis_runs;
     assert_eq!(runs.len(), 5);
-    assert!(runs[..4].iter().all(|r| r.phase == AnalysisPhase::Skipped), "{runs:?}");
+    assert!(
+        runs[..4].iter().all(|r| r.phase == AnalysisPhase::Skipped),
+        "{runs:?}"
+    );
     assert_eq!(runs[4].phase, AnalysisPhase::Running);
 }
