@@ -179,13 +179,23 @@ pub async fn prometheus(
     run.await.unwrap_or_else(Outcome::Error)
 }
 
-/// `sh -c command` in its own process group, values only in the environment, killed at
-/// its timeout. Exit status 0 passes.
+/// The environment an `exec` command starts from: nothing of the controller's (its etcd
+/// password, the variables Notifiers read secrets from), only these and `ANALYSIS_*`.
+const EXEC_BASE_ENV: [&str; 2] = ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/"];
+
+/// `sh -c command` in its own process group, killed at its timeout, started through
+/// `env -i` so that it sees none of the controller's environment: its values are only the
+/// `ANALYSIS_*` variables (each one `NAME=value` argument, never shell text). Exit status
+/// 0 passes.
 pub async fn exec(e: &ExecMetric, values: &BTreeMap<String, String>) -> Outcome {
     use crate::agent::hooks::{run_command, HookEnv, HookError};
+    let mut shell: Vec<String> = vec!["/usr/bin/env".into(), "-i".into()];
+    shell.extend(EXEC_BASE_ENV.iter().map(|s| s.to_string()));
+    shell.extend(args::env(values).into_iter().map(|(k, v)| format!("{k}={v}")));
+    shell.extend(["/bin/sh".to_string(), "-c".to_string()]);
     let env = HookEnv {
-        shell: vec!["/bin/sh".into(), "-c".into()],
-        vars: args::env(values).into_iter().collect(),
+        shell,
+        vars: BTreeMap::new(),
         log: None,
     };
     let cmd = crate::api::Command {
@@ -213,5 +223,56 @@ pub async fn exec(e: &ExecMetric, values: &BTreeMap<String, String>) -> Outcome 
             }
         }
         Err(other) => Outcome::Error(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_exec_command_should_see_its_values_and_none_of_the_controllers_environment() {
+        // A variable of this process (the controller's, in production) that must not leak.
+        std::env::set_var("DEPLOYCTL_TEST_ANALYSIS_SECRET", "hunter2");
+        let values = args::builtins("1.0$(touch /tmp/x)", None, "api", "default", &[]);
+        let e = ExecMetric {
+            command: r#"[ -z "$DEPLOYCTL_TEST_ANALYSIS_SECRET" ] && [ "$ANALYSIS_VERSION" = '1.0$(touch /tmp/x)' ]"#.into(),
+            timeout_seconds: Some(10),
+        };
+        let got = exec(&e, &values).await;
+        assert_eq!(
+            got,
+            Outcome::Exit {
+                passed: true,
+                message: String::new()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exec_command_past_its_timeout_should_fail_the_measurement() {
+        let e = ExecMetric {
+            command: "sleep 30".into(),
+            timeout_seconds: Some(1),
+        };
+        match exec(&e, &BTreeMap::new()).await {
+            Outcome::Exit { passed, message } => {
+                assert!(!passed);
+                assert!(message.contains("timed out after 1s"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_values_should_read_as_numbers_booleans_or_no_data() {
+        use serde_json::json;
+        assert_eq!(reading(&json!(0.5)), Ok(Some(Reading::Number(0.5))));
+        assert_eq!(reading(&json!("0.25")), Ok(Some(Reading::Number(0.25))));
+        assert_eq!(reading(&json!(true)), Ok(Some(Reading::Bool(true))));
+        assert_eq!(reading(&json!(null)), Ok(None));
+        assert_eq!(reading(&json!("NaN")), Ok(None));
+        assert!(reading(&json!([1])).is_err());
+        assert!(reading(&json!("x")).is_err());
     }
 }
