@@ -191,7 +191,11 @@ pub async fn exec(e: &ExecMetric, values: &BTreeMap<String, String>) -> Outcome 
     use crate::agent::hooks::{run_command, HookEnv, HookError};
     let mut shell: Vec<String> = vec!["/usr/bin/env".into(), "-i".into()];
     shell.extend(EXEC_BASE_ENV.iter().map(|s| s.to_string()));
-    shell.extend(args::env(values).into_iter().map(|(k, v)| format!("{k}={v}")));
+    shell.extend(
+        args::env(values)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}")),
+    );
     shell.extend(["/bin/sh".to_string(), "-c".to_string()]);
     let env = HookEnv {
         shell,

@@ -160,6 +160,21 @@ pub struct AnalysisStep {
     pub args: Vec<AnalysisArg>,
 }
 
+/// Analysis in the background: from `startingStep` until the rollout completes, while the
+/// steps go on. A failure aborts and an inconclusive result pauses, as at a step.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackgroundAnalysis {
+    /// AnalysisTemplates of the Rollout's namespace, at least one and at most 5.
+    pub templates: Vec<TemplateRef>,
+    /// Values for the templates' `{{args.NAME}}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<AnalysisArg>,
+    /// The step index (0-based) from which it runs (default 0: from the start).
+    #[serde(default)]
+    pub starting_step: u32,
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplateRef {
@@ -192,9 +207,13 @@ impl std::fmt::Display for AnalysisPhase {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AnalysisRunStatus {
-    /// The revision (in `history`) and the step index it belongs to.
+    /// The revision (in `history`) and the step index it belongs to (for a background
+    /// run, the step it started at).
     pub revision: u32,
     pub step: u32,
+    /// Started by `strategy.analysis`, not by an analysis step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub background: bool,
     pub phase: AnalysisPhase,
     pub started_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,6 @@
 //! Rollout: *which* version of one Application, and how to get there.
 
-use super::{object, AnalysisRunStatus, AnalysisStep, Condition, IntOrPercent};
+use super::{object, AnalysisRunStatus, AnalysisStep, BackgroundAnalysis, Condition, IntOrPercent};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,10 @@ pub struct Strategy {
     /// Canary steps, run in order; without steps every machine is switched under slots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
+    /// Analysis that runs in the background from `startingStep` until the rollout
+    /// completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BackgroundAnalysis>,
 }
 
 impl Default for Strategy {
@@ -125,6 +129,7 @@ impl Default for Strategy {
             min_ready_seconds: 0,
             progress_deadline_seconds: default_progress_deadline(),
             steps: Vec::new(),
+            analysis: None,
         }
     }
 }

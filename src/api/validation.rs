@@ -581,6 +581,9 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
         0,
         &mut out,
     );
+    if let Some(b) = &st.analysis {
+        analysis::check_background("spec.strategy.analysis", b, st.steps.len(), &mut out);
+    }
     for (i, step) in st.steps.iter().enumerate() {
         let path = format!("spec.strategy.steps[{i}]");
         let n = step.set_weight.is_some() as u8
@@ -594,7 +597,7 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
             ));
         }
         if let Some(a) = &step.analysis {
-            analysis::check_step(&format!("{path}.analysis"), a, &mut out);
+            analysis::check_step(&format!("{path}.analysis"), &a.templates, &a.args, &mut out);
         }
         if let Some(w) = step.set_weight {
             if w > 100 {

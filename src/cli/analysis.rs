@@ -26,7 +26,11 @@ pub fn run_rows(runs: &[AnalysisRunStatus], now: DateTime<Utc>) -> Vec<Vec<Strin
     for r in runs {
         let head = vec![
             r.revision.to_string(),
-            (r.step + 1).to_string(),
+            if r.background {
+                format!("{}+ (background)", r.step + 1)
+            } else {
+                (r.step + 1).to_string()
+            },
             r.phase.to_string(),
         ];
         let age = human_duration(now - r.started_at);
@@ -76,8 +80,9 @@ pub const RUN_HEADERS: [&str; 8] = [
 pub fn running_summary(runs: &[AnalysisRunStatus]) -> Option<String> {
     use crate::api::AnalysisPhase::{Inconclusive, Running};
     let r = runs
-        .last()
-        .filter(|r| matches!(r.phase, Running | Inconclusive))?;
+        .iter()
+        .rev()
+        .find(|r| matches!(r.phase, Running | Inconclusive))?;
     let metrics: Vec<String> = r
         .metrics
         .iter()
@@ -95,7 +100,12 @@ pub fn running_summary(runs: &[AnalysisRunStatus]) -> Option<String> {
         })
         .collect();
     Some(format!(
-        "analysis step {}: {}, {}",
+        "{} {}: {}, {}",
+        if r.background {
+            "background analysis from step"
+        } else {
+            "analysis step"
+        },
         r.step + 1,
         r.phase,
         if metrics.is_empty() {
@@ -116,6 +126,7 @@ mod tests {
         AnalysisRunStatus {
             revision: 2,
             step: 1,
+            background: false,
             phase,
             started_at: now,
             finished_at: None,

@@ -1,4 +1,4 @@
-//! The leader's analysis runner: for every Rollout whose newest analysis run is `Running`,
+//! The leader's analysis runner: for every `Running` analysis run of every Rollout,
 //! takes the measurements that are due (each provider on its own task, so that a slow
 //! one holds up no other Rollout) and adds them to the run with a compare-and-swap of
 //! the Rollout's status. The Rollout decision then acts on the run's phase.
@@ -16,39 +16,44 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The longest the runner sleeps: a run the decision just started is measured within it.
+/// How often the runner looks at the cached Rollouts: a run the decision just started is
+/// measured within it.
 const MAX_WAIT: Duration = Duration::from_millis(250);
 
 /// A Rollout, by namespace and name.
 type RolloutKey = (Option<String>, String);
+/// One run of a Rollout: revision, step, and whether it runs in the background.
+type RunKey = (RolloutKey, u32, u32, bool);
 
 /// Runs until `stop` (leadership lost or shutdown).
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
-    let in_flight: Arc<Mutex<HashSet<RolloutKey>>> = Arc::default();
+    let in_flight: Arc<Mutex<HashSet<RunKey>>> = Arc::default();
     loop {
         for ro in ctx.rollouts.list() {
-            let Some(run) = running(&ro) else { continue };
-            let key = (ro.metadata.namespace.clone(), ro.metadata.name.clone());
-            if !in_flight
-                .lock()
-                .expect("the in-flight set is never poisoned")
-                .insert(key.clone())
-            {
-                continue;
-            }
-            let ctx = ctx.clone();
-            let in_flight = in_flight.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = measure_due(&ctx, &key, run) => {}
-                }
-                in_flight
+            for run in running(&ro) {
+                let key = (ro.metadata.namespace.clone(), ro.metadata.name.clone());
+                let run_key = (key.clone(), run.revision, run.step, run.background);
+                if !in_flight
                     .lock()
                     .expect("the in-flight set is never poisoned")
-                    .remove(&key);
-            });
+                    .insert(run_key.clone())
+                {
+                    continue;
+                }
+                let ctx = ctx.clone();
+                let in_flight = in_flight.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = measure_due(&ctx, &key, run) => {}
+                    }
+                    in_flight
+                        .lock()
+                        .expect("the in-flight set is never poisoned")
+                        .remove(&run_key);
+                });
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -57,14 +62,14 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-/// The Rollout's newest run, if it is running.
-fn running(ro: &Rollout) -> Option<AnalysisRunStatus> {
+/// The Rollout's running runs (a step's and a background one may run together).
+fn running(ro: &Rollout) -> Vec<AnalysisRunStatus> {
     ro.status
-        .as_ref()?
-        .analysis_runs
-        .last()
+        .iter()
+        .flat_map(|s| s.analysis_runs.iter())
         .filter(|r| r.phase == AnalysisPhase::Running)
         .cloned()
+        .collect()
 }
 
 /// What a run measures: every template's metrics (`<template>/<metric>`), and the
@@ -199,6 +204,9 @@ fn same_run<'a>(
     run: &AnalysisRunStatus,
 ) -> Option<&'a mut AnalysisRunStatus> {
     runs.iter_mut().find(|r| {
-        r.revision == run.revision && r.step == run.step && r.started_at == run.started_at
+        r.revision == run.revision
+            && r.step == run.step
+            && r.background == run.background
+            && r.started_at == run.started_at
     })
 }

@@ -367,3 +367,42 @@ fn promote_full_should_skip_a_running_analysis_and_say_so() {
         .expect("ran");
     assert_eq!(run.phase, AnalysisPhase::Skipped, "{run:?}");
 }
+
+#[test]
+fn a_failing_background_analysis_should_roll_back_while_the_steps_wait() {
+    let server = RateServer::start(r#"{"rate": 0.3}"#);
+    let (f, machines) = Fleet::at_v1(
+        "etcd",
+        Backend::etcd(),
+        3,
+        json!({ "activate": [hook(COUNT_ACTIVATIONS)] }),
+        json!({}),
+        json!({
+            "maxUnavailable": 1,
+            "steps": [{ "machines": 1 }, { "pause": {} }],
+            "analysis": { "templates": [{ "name": "error-rate" }], "startingStep": 1 },
+        }),
+        json!({ "maxFailures": 0, "action": "Pause" }),
+    );
+    f.apply(&[http_template(&server)]);
+    f.run(&["set", "version", "api", "v2"]).ok();
+    let r = f.wait(
+        "v2 rolled back after the background analysis failed",
+        || {
+            let r = f.get_rollout();
+            let back = machines
+                .iter()
+                .all(|m| f.current(m).as_deref() == Some("releases/v1"));
+            let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
+            (back && degraded && condition(&r, "Degraded")?.1 == "AnalysisFailed").then_some(r)
+        },
+    );
+    let run = r
+        .status
+        .expect("degraded")
+        .analysis_runs
+        .pop()
+        .expect("ran");
+    assert!(run.background, "{run:?}");
+    assert_eq!(run.phase, AnalysisPhase::Failed, "{run:?}");
+}

@@ -4,7 +4,7 @@
 
 use super::{check_name, check_url, err, quoted, FieldError, MAX_COUNT};
 use crate::analysis::{args, condition};
-use crate::api::{parse_duration, AnalysisArg, AnalysisStep, AnalysisTemplate};
+use crate::api::{parse_duration, AnalysisArg, AnalysisTemplate, BackgroundAnalysis, TemplateRef};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -242,20 +242,45 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Vec<FieldError> {
     out
 }
 
-/// A Rollout's `analysis` step: 1 to 5 templates by name, well-formed arguments.
-pub(super) fn check_step(path: &str, a: &AnalysisStep, out: &mut Vec<FieldError>) {
-    if a.templates.is_empty() || a.templates.len() > MAX_TEMPLATES {
+/// A Rollout's `analysis` step or `strategy.analysis`: 1 to 5 templates by name,
+/// well-formed arguments.
+pub(super) fn check_step(
+    path: &str,
+    templates: &[TemplateRef],
+    args: &[AnalysisArg],
+    out: &mut Vec<FieldError>,
+) {
+    if templates.is_empty() || templates.len() > MAX_TEMPLATES {
         out.push(err(
             format!("{path}.templates"),
             format!("must name 1 to {MAX_TEMPLATES} AnalysisTemplates"),
         ));
     }
-    for (i, t) in a.templates.iter().enumerate() {
+    for (i, t) in templates.iter().enumerate() {
         if let Err(e) = check_name(&t.name) {
             out.push(err(format!("{path}.templates[{i}].name"), e));
         }
     }
-    check_args(&format!("{path}.args"), &a.args, out);
+    check_args(&format!("{path}.args"), args, out);
+}
+
+/// `strategy.analysis`: as a step's, and a `startingStep` within the steps.
+pub(super) fn check_background(
+    path: &str,
+    b: &BackgroundAnalysis,
+    steps: usize,
+    out: &mut Vec<FieldError>,
+) {
+    check_step(path, &b.templates, &b.args, out);
+    if b.starting_step as usize > steps {
+        out.push(err(
+            format!("{path}.startingStep"),
+            format!(
+                "{} is past the last step (there are {steps})",
+                b.starting_step
+            ),
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -378,6 +403,50 @@ mod tests {
                 "spec.metrics[0].provider: must set exactly one of prometheus, http and exec"
             ),
             "{errs}"
+        );
+    }
+
+    #[test]
+    fn a_rollouts_analysis_should_name_templates_and_start_within_the_steps() {
+        use crate::api::{AnalysisStep, Rollout, RolloutSpec, Step};
+        let mut ro = Rollout::new(
+            "api",
+            RolloutSpec {
+                application: "api".into(),
+                version: "1.0".into(),
+                ..Default::default()
+            },
+        );
+        ro.metadata.namespace = Some("default".into());
+        ro.spec.strategy.steps = vec![Step {
+            analysis: Some(AnalysisStep {
+                templates: vec![],
+                args: vec![AnalysisArg {
+                    name: "9bad".into(),
+                    value: None,
+                }],
+            }),
+            ..Default::default()
+        }];
+        ro.spec.strategy.analysis = Some(BackgroundAnalysis {
+            templates: vec![TemplateRef {
+                name: "Error_Rate".into(),
+            }],
+            args: vec![],
+            starting_step: 2,
+        });
+        let paths: Vec<String> = super::super::validate_rollout(&ro)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.strategy.analysis.templates[0].name",
+                "spec.strategy.analysis.startingStep",
+                "spec.strategy.steps[0].analysis.templates",
+                "spec.strategy.steps[0].analysis.args[0].name",
+            ]
         );
     }
 }

@@ -6,7 +6,7 @@
 
 use super::{Decision, EventNote, PAUSE_ANALYSIS, REASON_ANALYSIS_FAILED};
 use crate::analysis::args;
-use crate::api::{AnalysisPhase, AnalysisRunStatus, AnalysisStep, PauseCondition};
+use crate::api::{AnalysisArg, AnalysisPhase, AnalysisRunStatus, PauseCondition, TemplateRef};
 
 /// At most this many runs are kept in the status, newest last.
 pub const MAX_ANALYSIS_RUNS: usize = 5;
@@ -25,7 +25,28 @@ impl Decision<'_> {
         self.st
             .analysis_runs
             .iter()
-            .rposition(|r| r.revision == revision && r.step == step)
+            .rposition(|r| r.revision == revision && r.step == step && !r.background)
+    }
+
+    fn background_index(&self, revision: u32) -> Option<usize> {
+        self.st
+            .analysis_runs
+            .iter()
+            .rposition(|r| r.revision == revision && r.background)
+    }
+
+    /// `strategy.analysis` applies now: this revision has steps to protect (the same
+    /// rule as the steps themselves), is past `startingStep`, and is not complete.
+    fn background_wanted(&self) -> bool {
+        let Some(b) = &self.spec.strategy.analysis else {
+            return false;
+        };
+        let to_stable = self.stable() == Some(self.target);
+        !self.undo
+            && !self.st.aborted
+            && self.stable.is_some()
+            && !to_stable
+            && self.step >= b.starting_step as usize
     }
 
     /// Called by the steps phase once it knows the step in force: a running run that is
@@ -45,15 +66,26 @@ impl Decision<'_> {
         };
         let now = self.now;
         let mut skipped = Vec::new();
+        let background = self.background_wanted();
+        let completed = self.stable() == Some(self.target);
         for run in &mut self.st.analysis_runs {
-            let current = going_on && Some(run.revision) == revision && run.step == step;
+            let this_revision = Some(run.revision) == revision;
+            let current = going_on
+                && this_revision
+                && if run.background {
+                    background
+                } else {
+                    run.step == step
+                };
             if run.phase == AnalysisPhase::Running && !current {
                 run.phase = AnalysisPhase::Skipped;
                 run.finished_at = Some(now);
-                run.message = if Some(run.revision) == revision {
-                    why.to_string()
-                } else {
+                run.message = if !this_revision {
                     "a newer version started".to_string()
+                } else if run.background && completed && going_on {
+                    "the rollout completed".to_string()
+                } else {
+                    why.to_string()
                 };
                 skipped.push((run.step, run.message.clone()));
             }
@@ -64,10 +96,12 @@ impl Decision<'_> {
                 format!("analysis at step {}: {m}", s + 1),
             ));
         }
-        let still_inconclusive = revision
-            .and_then(|r| self.run_index(r, step))
-            .is_some_and(|i| self.st.analysis_runs[i].phase == AnalysisPhase::Inconclusive)
-            && going_on;
+        let inconclusive = |i: Option<usize>| {
+            i.is_some_and(|i| self.st.analysis_runs[i].phase == AnalysisPhase::Inconclusive)
+        };
+        let still_inconclusive = going_on
+            && (inconclusive(revision.and_then(|r| self.run_index(r, step)))
+                || (background && inconclusive(revision.and_then(|r| self.background_index(r)))));
         if !still_inconclusive {
             self.st
                 .pause_conditions
@@ -76,16 +110,79 @@ impl Decision<'_> {
     }
 
     /// An analysis step: true once it succeeded (the next step is current).
-    pub(super) fn analysis_step(&mut self, a: &AnalysisStep) -> bool {
+    pub(super) fn analysis_step(
+        &mut self,
+        templates: &[TemplateRef],
+        args: &[AnalysisArg],
+    ) -> bool {
         let Some(revision) = self.revision_number() else {
             return true;
         };
         let step = self.step as u32;
         let Some(i) = self.run_index(revision, step) else {
-            self.start_run(a, revision, step);
+            self.start_run(templates, args, revision, step, false);
             return false;
         };
+        self.act_on_run(i)
+    }
+
+    /// `strategy.analysis`, after the steps phase found the step in force: starts the
+    /// background run once past `startingStep`; a failure aborts and an inconclusive
+    /// result pauses, as at a step; success or a run still going changes nothing.
+    pub(super) fn background_analysis(&mut self) {
+        if !self.background_wanted() {
+            return;
+        }
+        let (Some(b), Some(revision)) = (&self.spec.strategy.analysis, self.revision_number())
+        else {
+            return;
+        };
+        match self.background_index(revision) {
+            None => {
+                let step = b.starting_step;
+                self.start_run(&b.templates, &b.args, revision, step, true);
+                // A background run holds no step: the rollout goes on meanwhile.
+                self.analysis_running = false;
+            }
+            Some(i) => {
+                let promoted_now = self.st.handled_promote
+                    != self
+                        .rollout
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.handled_promote.clone());
+                let run = &mut self.st.analysis_runs[i];
+                if promoted_now && run.phase == AnalysisPhase::Inconclusive {
+                    // `rollout promote` goes on past an inconclusive result.
+                    run.phase = AnalysisPhase::Skipped;
+                    run.finished_at = Some(self.now);
+                    run.message = "rollout promote went on past an inconclusive result".into();
+                    self.st
+                        .pause_conditions
+                        .retain(|p| p.reason != PAUSE_ANALYSIS);
+                    return;
+                }
+                let phase = self.st.analysis_runs[i].phase;
+                if matches!(phase, AnalysisPhase::Failed | AnalysisPhase::Inconclusive) {
+                    self.act_on_run(i);
+                    if phase == AnalysisPhase::Inconclusive {
+                        let target = self.target;
+                        self.cap = self.count(|v| v.inst.spec.current.as_deref() == Some(target));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a run's phase means for the rollout: true when it lets the step go on.
+    fn act_on_run(&mut self, i: usize) -> bool {
         let steps = self.spec.strategy.steps.len();
+        let step = self.st.analysis_runs[i].step;
+        let what = if self.st.analysis_runs[i].background {
+            "background analysis".to_string()
+        } else {
+            format!("analysis at step {}/{steps}", step + 1)
+        };
         match self.st.analysis_runs[i].phase {
             AnalysisPhase::Running => {
                 self.analysis_running = true;
@@ -98,8 +195,7 @@ impl Decision<'_> {
                     self.events.push(EventNote::warning(
                         REASON_ANALYSIS_FAILED,
                         format!(
-                            "analysis at step {}/{steps} failed ({}): switching back to {}",
-                            step + 1,
+                            "{what} failed ({}): switching back to {}",
                             self.st.analysis_runs[i].message,
                             self.stable().unwrap_or("nothing")
                         ),
@@ -122,8 +218,7 @@ impl Decision<'_> {
                     self.events.push(EventNote::warning(
                         PAUSE_ANALYSIS,
                         format!(
-                            "analysis at step {}/{steps} inconclusive ({}): paused; `deployctl rollout promote` continues, `deployctl rollout abort` goes back",
-                            step + 1,
+                            "{what} inconclusive ({}): paused; `deployctl rollout promote` continues, `deployctl rollout abort` goes back",
                             self.st.analysis_runs[i].message
                         ),
                     ));
@@ -132,8 +227,10 @@ impl Decision<'_> {
                 false
             }
             AnalysisPhase::Successful | AnalysisPhase::Skipped | AnalysisPhase::Error => {
-                self.step += 1;
-                self.st.last_progress_time = Some(self.now);
+                if !self.st.analysis_runs[i].background {
+                    self.step += 1;
+                    self.st.last_progress_time = Some(self.now);
+                }
                 true
             }
         }
@@ -141,7 +238,14 @@ impl Decision<'_> {
 
     /// A new run for this step, with its arguments resolved now: the built-ins (the
     /// canary machines are those switched to the target) and the step's values.
-    fn start_run(&mut self, a: &AnalysisStep, revision: u32, step: u32) {
+    fn start_run(
+        &mut self,
+        templates: &[TemplateRef],
+        args: &[AnalysisArg],
+        revision: u32,
+        step: u32,
+        background: bool,
+    ) {
         let target = self.target;
         let mut machines: Vec<String> = self
             .desired
@@ -162,18 +266,22 @@ impl Decision<'_> {
                 .unwrap_or("default"),
             &machines,
         );
-        for arg in &a.args {
+        for arg in args {
             if let Some(v) = &arg.value {
                 values.insert(arg.name.clone(), v.clone());
             }
         }
-        let templates: Vec<String> = a.templates.iter().map(|t| t.name.clone()).collect();
+        let templates: Vec<String> = templates.iter().map(|t| t.name.clone()).collect();
         let steps = self.spec.strategy.steps.len();
+        let what = if background {
+            format!("background analysis from step {}/{steps}", step + 1)
+        } else {
+            format!("analysis at step {}/{steps}", step + 1)
+        };
         self.events.push(EventNote::normal(
             "AnalysisStarted",
             format!(
-                "analysis at step {}/{steps} started: {} on {} machine(s)",
-                step + 1,
+                "{what} started: {} on {} machine(s)",
                 templates.join(", "),
                 machines.len()
             ),
@@ -182,6 +290,7 @@ impl Decision<'_> {
         runs.push(AnalysisRunStatus {
             revision,
             step,
+            background,
             phase: AnalysisPhase::Running,
             started_at: self.now,
             finished_at: None,
@@ -203,7 +312,7 @@ impl Decision<'_> {
         if !self.analysis_running {
             return None;
         }
-        let run = self.st.analysis_runs.last()?;
+        let run = self.st.analysis_runs.iter().rev().find(|r| !r.background)?;
         let steps = self.spec.strategy.steps.len();
         let metrics: Vec<String> = run
             .metrics

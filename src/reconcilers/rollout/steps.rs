@@ -34,7 +34,7 @@ impl Decision<'_> {
                 break;
             }
             if let Some(a) = &s.analysis {
-                if self.analysis_step(a) {
+                if self.analysis_step(&a.templates, &a.args) {
                     continue;
                 }
                 let target = self.target;
@@ -51,6 +51,7 @@ impl Decision<'_> {
         if !steps.is_empty() {
             self.st.current_step_index = Some(self.step.min(steps.len()) as u32);
         }
+        self.background_analysis();
     }
 
     /// `rollout promote`: past the current step (`full:`: past every step), lifting its

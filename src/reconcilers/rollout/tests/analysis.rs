@@ -346,3 +346,88 @@ fn the_status_should_keep_at_most_five_runs() {
     );
     assert_eq!(runs[4].phase, AnalysisPhase::Running);
 }
+
+fn background(starting_step: u32) -> Option<crate::api::BackgroundAnalysis> {
+    Some(crate::api::BackgroundAnalysis {
+        templates: vec![TemplateRef {
+            name: "error-rate".into(),
+        }],
+        args: vec![],
+        starting_step,
+    })
+}
+
+/// 1.0 complete on 4 machines with steps [machines 1, pause, setWeight 50] and background
+/// analysis from step 1; then 2.0 started and held at the pause.
+fn with_background() -> Fleet {
+    let mut fleet = Fleet::new(4, strategy(IntOrPercent::Int(1)));
+    fleet.rollout.spec.strategy.steps = vec![
+        Step {
+            machines: Some(1),
+            ..Default::default()
+        },
+        Step {
+            pause: Some(PauseStep { duration: None }),
+            ..Default::default()
+        },
+        Step {
+            set_weight: Some(50),
+            ..Default::default()
+        },
+    ];
+    fleet.rollout.spec.strategy.analysis = background(1);
+    complete_v1(&mut fleet);
+    assert!(
+        fleet.status().analysis_runs.is_empty(),
+        "no analysis on the first rollout"
+    );
+    fleet.set_version("2.0");
+    fleet.run(50);
+    let runs = &fleet.status().analysis_runs;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].background);
+    assert_eq!(runs[0].phase, AnalysisPhase::Running);
+    fleet
+}
+
+#[test]
+fn background_analysis_should_run_alongside_the_steps_and_end_when_the_rollout_completes() {
+    let mut fleet = with_background();
+    measure(&mut fleet, &metric(), value(0.0));
+    fleet.annotate(ANNOTATION_PROMOTE, "p1");
+    fleet.run(100);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Complete, "{}", st.message);
+    assert_eq!(st.analysis_runs[0].phase, AnalysisPhase::Skipped);
+    assert_eq!(st.analysis_runs[0].message, "the rollout completed");
+}
+
+#[test]
+fn a_failed_background_analysis_should_roll_back() {
+    let mut fleet = with_background();
+    measure(&mut fleet, &metric(), value(0.9));
+    fleet.run(50);
+    let st = fleet.status();
+    assert_eq!(fleet.on("1.0"), 4);
+    assert_eq!(st.abort_reason.as_deref(), Some(REASON_ANALYSIS_FAILED));
+}
+
+#[test]
+fn an_inconclusive_background_analysis_should_pause_until_promoted() {
+    let mut fleet = with_background();
+    measure(&mut fleet, &metric(), Outcome::NoData("empty".into()));
+    fleet.run(50);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Paused, "{}", st.message);
+    assert_eq!(
+        find_condition(&st.conditions, "Paused").unwrap().reason,
+        PAUSE_ANALYSIS
+    );
+    assert_eq!(fleet.on("2.0"), 1);
+    fleet.annotate(ANNOTATION_PROMOTE, "p1");
+    fleet.run(100);
+    let st = fleet.status();
+    assert_eq!(st.phase, RolloutPhase::Complete, "{}", st.message);
+    assert_eq!(st.analysis_runs[0].phase, AnalysisPhase::Skipped);
+    assert!(st.analysis_runs[0].message.contains("inconclusive"));
+}
