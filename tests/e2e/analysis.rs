@@ -406,3 +406,42 @@ fn a_failing_background_analysis_should_roll_back_while_the_steps_wait() {
     assert!(run.background, "{run:?}");
     assert_eq!(run.phase, AnalysisPhase::Failed, "{run:?}");
 }
+
+#[test]
+fn a_failover_should_resume_the_run_and_an_escaped_version_should_reach_the_url_intact() {
+    let server = RateServer::start(r#"{"rate": 0.001}"#);
+    let mut t = http_template(&server);
+    t["spec"]["metrics"][0]["count"] = json!(6);
+    t["spec"]["metrics"][0]["interval"] = json!("500ms");
+    let (mut f, _machines) = at_v1("etcd", Backend::etcd(), t);
+    // A `+` spliced raw into a query reads as a space.
+    let version = "v2+b.1";
+    build_artifact(&f.artifacts(), version);
+    let standby = f.start_controller_with("ctl-b", &[]);
+    f.run(&["set", "version", "api", version]).ok();
+    let started = f.wait("two measurements taken by the first leader", || {
+        let r = f.get_rollout();
+        let run = r.status?.analysis_runs.pop()?;
+        (run.metrics.first()?.successful >= 2).then_some(run.started_at)
+    });
+    f.kill_controller(0);
+    let led = f.controllers[standby]
+        .as_mut()
+        .expect("only the first controller was killed")
+        .wait_for_stderr_line(std::time::Duration::from_secs(30), |l| {
+            l.contains("became the leader")
+        });
+    assert!(led.is_some(), "the standby never took over");
+    let r = f.wait_complete(version, 3);
+    let runs = r.status.expect("complete").analysis_runs;
+    assert_eq!(runs.len(), 1, "resumed, not restarted: {runs:?}");
+    assert_eq!(runs[0].started_at, started);
+    assert_eq!(runs[0].phase, AnalysisPhase::Successful);
+    assert_eq!(runs[0].metrics[0].successful, 6, "{runs:?}");
+    let seen = server.requests.lock().expect("not poisoned").clone();
+    assert!(
+        seen.iter()
+            .all(|l| l.starts_with("GET /rate?version=v2%2Bb.1 ")),
+        "{seen:?}"
+    );
+}

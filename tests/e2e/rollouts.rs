@@ -137,7 +137,7 @@ impl Fleet {
         self.controllers.len() - 1
     }
 
-    fn kill_controller(&mut self, i: usize) {
+    pub(crate) fn kill_controller(&mut self, i: usize) {
         let c = self.controllers[i]
             .take()
             .expect("controller still running");
