@@ -18,6 +18,7 @@
 //! - [`signing`]: the HMAC headers both of them use.
 
 pub mod agent;
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;

@@ -3,6 +3,7 @@
 //! Every kind looks like a Kubernetes object (`apiVersion`, `kind`, `metadata`, `spec`,
 //! `status`). The Rust doc comments here become the descriptions in `schemas/*.json`.
 
+mod analysis;
 mod application;
 mod common;
 mod event;
@@ -18,6 +19,7 @@ mod sync;
 mod task;
 pub mod validation;
 
+pub use analysis::*;
 pub use application::*;
 pub use common::*;
 pub use event::*;
@@ -159,10 +161,11 @@ pub enum KindName {
     Sync,
     Notifier,
     Task,
+    AnalysisTemplate,
 }
 
 impl KindName {
-    pub const ALL: [KindName; 8] = [
+    pub const ALL: [KindName; 9] = [
         KindName::Machine,
         KindName::Application,
         KindName::Rollout,
@@ -171,13 +174,18 @@ impl KindName {
         KindName::Sync,
         KindName::Notifier,
         KindName::Task,
+        KindName::AnalysisTemplate,
     ];
 
     /// Kinds a user may `apply` (the others are written by deployctl itself).
     pub fn is_user_kind(self) -> bool {
         matches!(
             self,
-            KindName::Machine | KindName::Application | KindName::Rollout | KindName::Notifier
+            KindName::Machine
+                | KindName::Application
+                | KindName::Rollout
+                | KindName::Notifier
+                | KindName::AnalysisTemplate
         )
     }
 
@@ -191,6 +199,7 @@ impl KindName {
             KindName::Sync => GitSync::KIND,
             KindName::Notifier => Notifier::KIND,
             KindName::Task => Task::KIND,
+            KindName::AnalysisTemplate => AnalysisTemplate::KIND,
         }
     }
 
@@ -204,6 +213,7 @@ impl KindName {
             KindName::Sync => GitSync::PLURAL,
             KindName::Notifier => Notifier::PLURAL,
             KindName::Task => Task::PLURAL,
+            KindName::AnalysisTemplate => AnalysisTemplate::PLURAL,
         }
     }
 
@@ -217,6 +227,7 @@ impl KindName {
             KindName::Sync => GitSync::SINGULAR,
             KindName::Notifier => Notifier::SINGULAR,
             KindName::Task => Task::SINGULAR,
+            KindName::AnalysisTemplate => AnalysisTemplate::SINGULAR,
         }
     }
 
@@ -230,6 +241,7 @@ impl KindName {
             KindName::Sync => GitSync::SHORT_NAMES,
             KindName::Notifier => Notifier::SHORT_NAMES,
             KindName::Task => Task::SHORT_NAMES,
+            KindName::AnalysisTemplate => AnalysisTemplate::SHORT_NAMES,
         }
     }
 
@@ -283,6 +295,8 @@ mod tests {
             ("nt", KindName::Notifier),
             ("tasks", KindName::Task),
             ("tk", KindName::Task),
+            ("analysistemplates", KindName::AnalysisTemplate),
+            ("at", KindName::AnalysisTemplate),
         ] {
             assert_eq!(KindName::parse(word), Some(want), "{word}");
         }

@@ -1,6 +1,6 @@
 //! Rollout: *which* version of one Application, and how to get there.
 
-use super::{object, Condition, IntOrPercent};
+use super::{object, AnalysisRunStatus, AnalysisStep, BackgroundAnalysis, Condition, IntOrPercent};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,10 @@ pub struct Strategy {
     /// Canary steps, run in order; without steps every machine is switched under slots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
+    /// Analysis that runs in the background from `startingStep` until the rollout
+    /// completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BackgroundAnalysis>,
 }
 
 impl Default for Strategy {
@@ -125,6 +129,7 @@ impl Default for Strategy {
             min_ready_seconds: 0,
             progress_deadline_seconds: default_progress_deadline(),
             steps: Vec::new(),
+            analysis: None,
         }
     }
 }
@@ -153,7 +158,7 @@ fn default_progress_deadline() -> u32 {
     600
 }
 
-/// One canary step: exactly one of `setWeight`, `machines` or `pause`.
+/// One canary step: exactly one of `setWeight`, `machines`, `pause` or `analysis`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Step {
@@ -166,6 +171,10 @@ pub struct Step {
     /// Stop here: for `duration`, or until `deployctl rollout promote`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseStep>,
+    /// Run AnalysisTemplates against the machines switched so far; the next step starts
+    /// when they are `Successful`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStep>,
 }
 
 impl Step {
@@ -324,6 +333,10 @@ pub struct RolloutStatus {
     /// Why `aborted`: `RolloutAborted` (by request) or `RolledBack` (failure policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_reason: Option<String>,
+    /// The analysis runs of analysis steps, newest last, at most 5, each with its
+    /// metrics' newest measurements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis_runs: Vec<AnalysisRunStatus>,
 }
 
 /// A pause the controller set.

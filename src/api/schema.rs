@@ -5,7 +5,9 @@
 //! `schemas_should_match_the_checked_in_copies` (`DEPLOYCTL_BLESS=1 cargo test schemas`).
 
 use super::validation::FieldError;
-use super::{Application, KindName, Machine, Notifier, Object, Rollout, Task, API_VERSION};
+use super::{
+    AnalysisTemplate, Application, KindName, Machine, Notifier, Object, Rollout, Task, API_VERSION,
+};
 use schemars::gen::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
@@ -15,21 +17,23 @@ use std::sync::OnceLock;
 pub const SCHEMA_BASE_URL: &str = "https://deployctl.dev/schemas/";
 
 /// The kinds that have a schema: those a user may apply.
-pub const USER_KINDS: [KindName; 4] = [
+pub const USER_KINDS: [KindName; 5] = [
     KindName::Application,
     KindName::Rollout,
     KindName::Machine,
     KindName::Notifier,
+    KindName::AnalysisTemplate,
 ];
 
 /// Every kind with a schema: those a user applies, and Task, which `deployctl run`
 /// creates (its schema documents the fields `get -o yaml` shows; `apply` refuses it).
-pub const SCHEMA_KINDS: [KindName; 5] = [
+pub const SCHEMA_KINDS: [KindName; 6] = [
     KindName::Application,
     KindName::Rollout,
     KindName::Machine,
     KindName::Notifier,
     KindName::Task,
+    KindName::AnalysisTemplate,
 ];
 
 /// The file name of a kind's schema, e.g. `rollout.json`.
@@ -45,6 +49,7 @@ pub fn schema_for(kind: KindName) -> Option<Value> {
         KindName::Machine => Some(generate::<Machine>()),
         KindName::Notifier => Some(generate::<Notifier>()),
         KindName::Task => Some(generate::<Task>()),
+        KindName::AnalysisTemplate => Some(generate::<AnalysisTemplate>()),
         KindName::Instance | KindName::Event | KindName::Sync => None,
     }
 }

@@ -4,6 +4,9 @@
 use super::*;
 use std::collections::BTreeMap;
 
+mod analysis;
+pub use analysis::validate_analysis_template;
+
 /// One problem with one field, e.g. `spec.strategy.maxUnavailable: must be at most 100%`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -578,16 +581,23 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
         0,
         &mut out,
     );
+    if let Some(b) = &st.analysis {
+        analysis::check_background("spec.strategy.analysis", b, st.steps.len(), &mut out);
+    }
     for (i, step) in st.steps.iter().enumerate() {
         let path = format!("spec.strategy.steps[{i}]");
         let n = step.set_weight.is_some() as u8
             + step.machines.is_some() as u8
-            + step.pause.is_some() as u8;
+            + step.pause.is_some() as u8
+            + step.analysis.is_some() as u8;
         if n != 1 {
             out.push(err(
                 &path,
-                "must set exactly one of setWeight, machines or pause",
+                "must set exactly one of setWeight, machines, pause or analysis",
             ));
+        }
+        if let Some(a) = &step.analysis {
+            analysis::check_step(&format!("{path}.analysis"), &a.templates, &a.args, &mut out);
         }
         if let Some(w) = step.set_weight {
             if w > 100 {
@@ -918,7 +928,7 @@ mod tests {
         ro.spec.strategy.steps = vec![Step {
             set_weight: Some(10),
             machines: Some(1),
-            pause: None,
+            ..Default::default()
         }];
         let paths: Vec<_> = validate_rollout(&ro).into_iter().map(|e| e.path).collect();
         assert_eq!(

@@ -116,7 +116,7 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
         match &l.manifest {
             Manifest::Application(a) => selectors.push((name.clone(), a.spec.selector.clone())),
             Manifest::Machine(m) => declared_machines.push(m.metadata.labels.clone()),
-            Manifest::Rollout(_) | Manifest::Notifier(_) => {}
+            Manifest::Rollout(_) | Manifest::Notifier(_) | Manifest::AnalysisTemplate(_) => {}
         }
         let checked = mode != DryRun::Client;
         let applied = match l.manifest {
@@ -126,6 +126,9 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
             }
             Manifest::Rollout(o) => within(g, apply_checked(&client, o, dry_run, checked)).await,
             Manifest::Notifier(o) => within(g, apply_checked(&client, o, dry_run, checked)).await,
+            Manifest::AnalysisTemplate(o) => {
+                within(g, apply_checked(&client, o, dry_run, checked)).await
+            }
         }
         .map_err(|e| anyhow::anyhow!("{}: applying {}: {e:#}", l.origin, reference(kind, &name)))?;
         outln!("{} {}{suffix}", reference(kind, &name), applied.outcome);

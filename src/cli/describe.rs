@@ -397,6 +397,8 @@ pub fn describe_rollout(
                     Some(d) => format!("pause: {d}"),
                     None => "pause: until promoted".into(),
                 }
+            } else if let Some(a) = &step.analysis {
+                super::analysis::step_text(a)
             } else {
                 "(empty)".into()
             };
@@ -471,6 +473,14 @@ pub fn describe_rollout(
             1,
             &["Revision", "Version", "Started", "Completed", "Result"],
             &history_rows(&status.history, now),
+        );
+    }
+    if !status.analysis_runs.is_empty() {
+        p.field(0, "Analysis Runs", "");
+        p.table(
+            1,
+            &super::analysis::RUN_HEADERS,
+            &super::analysis::run_rows(&status.analysis_runs, now),
         );
     }
     let current_revision = status
@@ -1011,6 +1021,70 @@ impl Describe for Task {
                     p.line(2, line);
                 }
             }
+        }
+        events(&mut p, &evs, now);
+        Ok(p.finish())
+    }
+}
+
+impl Describe for crate::api::AnalysisTemplate {
+    async fn describe(
+        &self,
+        _c: &Client,
+        _g: &GlobalArgs,
+        evs: Vec<Event>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<String> {
+        let mut p = Page::default();
+        meta_fields(&mut p, &self.metadata);
+        for a in &self.spec.args {
+            p.field(
+                0,
+                &format!("Arg {}", a.name),
+                a.value.as_deref().unwrap_or("<none>"),
+            );
+        }
+        p.line(0, "Metrics:");
+        for m in &self.spec.metrics {
+            p.field(1, "Name", &m.name);
+            let provider = &m.provider;
+            if let Some(pr) = &provider.prometheus {
+                p.field(2, "Prometheus", &pr.address);
+                p.field(2, "Query", &pr.query);
+            }
+            if let Some(h) = &provider.http {
+                p.field(2, "HTTP", &h.url);
+                p.field(2, "JSONPath", &h.json_path);
+            }
+            if let Some(e) = &provider.exec {
+                p.field(2, "Exec", &e.command);
+            }
+            for (label, c) in [
+                ("Success", &m.success_condition),
+                ("Failure", &m.failure_condition),
+            ] {
+                if let Some(c) = c {
+                    p.field(2, label, c);
+                }
+            }
+            p.field(
+                2,
+                "Schedule",
+                format!(
+                    "count {}, interval {}, initial delay {}",
+                    m.count.unwrap_or(1),
+                    m.interval.as_deref().unwrap_or("1m"),
+                    m.initial_delay.as_deref().unwrap_or("0s")
+                ),
+            );
+            p.field(
+                2,
+                "Limits",
+                format!(
+                    "failure {}, inconclusive {}, consecutive errors {}, on no data {:?}",
+                    m.failure_limit, m.inconclusive_limit, m.consecutive_error_limit, m.on_no_data
+                ),
+            );
         }
         events(&mut p, &evs, now);
         Ok(p.finish())

@@ -126,6 +126,7 @@ pub async fn manifest_diff(
         Manifest::Application(o) => object_diff(client, o).await,
         Manifest::Rollout(o) => object_diff(client, o).await,
         Manifest::Notifier(o) => object_diff(client, o).await,
+        Manifest::AnalysisTemplate(o) => object_diff(client, o).await,
     }
 }
 

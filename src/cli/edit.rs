@@ -322,6 +322,7 @@ fn manifest_value(m: &Manifest) -> Value {
         Manifest::Application(o) => serde_json::to_value(o),
         Manifest::Rollout(o) => serde_json::to_value(o),
         Manifest::Notifier(o) => serde_json::to_value(o),
+        Manifest::AnalysisTemplate(o) => serde_json::to_value(o),
     };
     v.expect("a validated object serializes")
 }

@@ -5,7 +5,9 @@ use crate::api::schema;
 use crate::api::validation::{
     validate_application, validate_machine, validate_notifier, validate_rollout, FieldError,
 };
-use crate::api::{Application, KindName, Machine, Notifier, Object, Rollout, API_VERSION};
+use crate::api::{
+    AnalysisTemplate, Application, KindName, Machine, Notifier, Object, Rollout, API_VERSION,
+};
 use limits::*;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -196,6 +198,7 @@ pub enum Manifest {
     Application(Application),
     Rollout(Rollout),
     Notifier(Notifier),
+    AnalysisTemplate(AnalysisTemplate),
 }
 
 impl Manifest {
@@ -205,6 +208,7 @@ impl Manifest {
             Manifest::Application(_) => KindName::Application,
             Manifest::Rollout(_) => KindName::Rollout,
             Manifest::Notifier(_) => KindName::Notifier,
+            Manifest::AnalysisTemplate(_) => KindName::AnalysisTemplate,
         }
     }
 
@@ -214,17 +218,19 @@ impl Manifest {
             Manifest::Application(o) => o.meta(),
             Manifest::Rollout(o) => o.meta(),
             Manifest::Notifier(o) => o.meta(),
+            Manifest::AnalysisTemplate(o) => o.meta(),
         }
     }
 
-    /// Machines first, then Applications, then Rollouts (which name an Application), then
-    /// the Notifiers that watch them.
+    /// Machines first, then Applications, then the AnalysisTemplates Rollouts name, then
+    /// Rollouts (which name an Application), then the Notifiers that watch them.
     fn apply_rank(&self) -> u8 {
         match self {
             Manifest::Machine(_) => 0,
             Manifest::Application(_) => 1,
-            Manifest::Rollout(_) => 2,
-            Manifest::Notifier(_) => 3,
+            Manifest::AnalysisTemplate(_) => 2,
+            Manifest::Rollout(_) => 3,
+            Manifest::Notifier(_) => 4,
         }
     }
 }
@@ -724,6 +730,10 @@ pub fn validate_document(
             let errs = validate_notifier(&o);
             (Manifest::Notifier(o), errs)
         }),
+        KindName::AnalysisTemplate => typed::<AnalysisTemplate>(value).map(|o| {
+            let errs = crate::api::validation::validate_analysis_template(&o);
+            (Manifest::AnalysisTemplate(o), errs)
+        }),
         KindName::Instance | KindName::Event | KindName::Sync | KindName::Task => {
             unreachable!("only user kinds get here (checked above)")
         }
@@ -747,6 +757,7 @@ fn object_size_error(manifest: &Manifest) -> Option<String> {
         Manifest::Application(o) => serde_json::to_vec(o),
         Manifest::Rollout(o) => serde_json::to_vec(o),
         Manifest::Notifier(o) => serde_json::to_vec(o),
+        Manifest::AnalysisTemplate(o) => serde_json::to_vec(o),
     }
     .map(|v| v.len())
     .unwrap_or(usize::MAX);

@@ -32,6 +32,7 @@ macro_rules! out {
     };
 }
 
+pub mod analysis;
 pub mod apply;
 pub mod complete;
 pub mod daemon;
@@ -106,6 +107,10 @@ macro_rules! for_kind {
             }
             $crate::api::KindName::Task => {
                 type $K = $crate::api::Task;
+                $body
+            }
+            $crate::api::KindName::AnalysisTemplate => {
+                type $K = $crate::api::AnalysisTemplate;
                 $body
             }
         }

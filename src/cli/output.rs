@@ -650,6 +650,21 @@ impl Columns for Task {
     }
 }
 
+impl Columns for crate::api::AnalysisTemplate {
+    const KIND_NAME: KindName = KindName::AnalysisTemplate;
+    fn headers(_wide: bool) -> Vec<&'static str> {
+        vec!["NAME", "METRICS", "AGE"]
+    }
+    fn row(&self, _wide: bool, fleet: &Fleet) -> Vec<String> {
+        let names: Vec<&str> = self.spec.metrics.iter().map(|m| m.name.as_str()).collect();
+        vec![
+            self.metadata.name.clone(),
+            names.join(","),
+            age(self.metadata.creation_timestamp, fleet.now),
+        ]
+    }
+}
+
 /// `webhook`, `slack` or `graphite`.
 pub fn notifier_sink(n: &Notifier) -> &'static str {
     if n.spec.webhook.is_some() {

@@ -66,7 +66,8 @@ pub enum RolloutCommand {
     /// Clear a user's pause (a pause step or the failure policy needs `promote` or `retry`).
     #[command(after_help = "Examples:\n  deployctl rollout resume api")]
     Resume { name: String },
-    /// Go past the current canary pause; `--full` skips every remaining step.
+    /// Go past the current canary pause or analysis step; `--full` skips every remaining
+    /// step, analysis included.
     #[command(
         after_help = "Examples:\n  deployctl rollout promote api\n  deployctl rollout promote api --full"
     )]
@@ -174,6 +175,19 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
                 );
                 return Ok(0);
             }
+            let analysis_left = current
+                .spec
+                .strategy
+                .steps
+                .iter()
+                .skip(
+                    current
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.current_step_index)
+                        .unwrap_or(0) as usize,
+                )
+                .any(|s| s.analysis.is_some());
             let value = if full {
                 format!("full:{}", token())
             } else {
@@ -185,7 +199,12 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
             .await?;
             (
                 name,
-                if full { "fully promoted" } else { "promoted" }.to_string(),
+                match (full, analysis_left) {
+                    (true, true) => "fully promoted (the remaining analysis is skipped)",
+                    (true, false) => "fully promoted",
+                    (false, _) => "promoted",
+                }
+                .to_string(),
             )
         }
         RolloutCommand::Abort { name } => {

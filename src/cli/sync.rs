@@ -645,6 +645,9 @@ impl Syncer {
                     }
                     Manifest::Rollout(o) => Manifest::Rollout(stamp(o, &self.name, &sha, &file)),
                     Manifest::Notifier(o) => Manifest::Notifier(stamp(o, &self.name, &sha, &file)),
+                    Manifest::AnalysisTemplate(o) => {
+                        Manifest::AnalysisTemplate(stamp(o, &self.name, &sha, &file))
+                    }
                 }
             })
             .collect();
@@ -654,6 +657,7 @@ impl Syncer {
                 Manifest::Application(o) => self.check_owner(o, &sha).await?,
                 Manifest::Rollout(o) => self.check_owner(o, &sha).await?,
                 Manifest::Notifier(o) => self.check_owner(o, &sha).await?,
+                Manifest::AnalysisTemplate(o) => self.check_owner(o, &sha).await?,
             }
         }
         let mut wanted: BTreeSet<(KindName, String)> = BTreeSet::new();
@@ -664,6 +668,7 @@ impl Syncer {
                 Manifest::Application(o) => self.apply(o, &sha, &mut report).await?,
                 Manifest::Rollout(o) => self.apply(o, &sha, &mut report).await?,
                 Manifest::Notifier(o) => self.apply(o, &sha, &mut report).await?,
+                Manifest::AnalysisTemplate(o) => self.apply(o, &sha, &mut report).await?,
             }
         }
         if self.prune {
@@ -671,6 +676,8 @@ impl Syncer {
             self.prune_kind::<Notifier>(&wanted, &sha, &mut report)
                 .await?;
             self.prune_kind::<Rollout>(&wanted, &sha, &mut report)
+                .await?;
+            self.prune_kind::<crate::api::AnalysisTemplate>(&wanted, &sha, &mut report)
                 .await?;
             self.prune_kind::<Application>(&wanted, &sha, &mut report)
                 .await?;

@@ -128,7 +128,10 @@ fn describe_step(s: &Step) -> String {
             Some(d) => format!("pause {d}"),
             None => "pause until promoted".into(),
         },
-        _ => "empty step".into(),
+        _ => match &s.analysis {
+            Some(a) => super::analysis::step_text(a),
+            None => "empty step".into(),
+        },
     }
 }
 
@@ -675,6 +678,9 @@ pub fn render_rollout(r: &Rollout, scene: &Scene, style: Style) -> String {
             None => String::new(),
         };
         field("  Step", format!("{}{what}", step_text(r)));
+    }
+    if let Some(a) = super::analysis::running_summary(&st.analysis_runs) {
+        field("  Analysis", a);
     }
     field("  Gate", gate(r, scene.fleet.now));
     let (slots, min_staged) = resolved(r, &st);

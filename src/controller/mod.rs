@@ -5,6 +5,7 @@
 //! every write fenced on the leader key. When leadership is lost it stops everything and
 //! campaigns again.
 
+mod analysis;
 pub mod context;
 pub mod informer;
 pub mod leader;
@@ -320,6 +321,8 @@ async fn lead(client: Client, term: i64, workers: usize, stop: CancellationToken
 
     // Notifications: their own tasks, so that a slow sink never delays a reconcile.
     tokio::spawn(crate::notify::run(client.clone(), stop.clone()));
+    // Analysis measurements: their own tasks, written into the Rollouts' status.
+    tokio::spawn(analysis::run(ctx.clone(), stop.clone()));
 
     let runner = runtime::Controller::new(queue.clone(), workers).export_metrics(context::key_kind);
     let reconcile_ctx = ctx.clone();

@@ -1,6 +1,7 @@
 //! End-to-end tests: the built `deployctl` binary as users and CI run it, against the
 //! embedded store and a real etcd, deploying real artifacts.
 
+mod analysis;
 mod cli;
 mod common;
 mod completion;

@@ -98,6 +98,7 @@ fn every_example_should_be_named_by_kind_and_point_at_its_schema() {
             "rollout" => "Rollout",
             "machine" => "Machine",
             "notifier" => "Notifier",
+            "analysistemplate" => "AnalysisTemplate",
             other => panic!("{name}: unknown kind {other:?}"),
         };
         assert!(

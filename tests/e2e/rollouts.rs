@@ -137,7 +137,7 @@ impl Fleet {
         self.controllers.len() - 1
     }
 
-    fn kill_controller(&mut self, i: usize) {
+    pub(crate) fn kill_controller(&mut self, i: usize) {
         let c = self.controllers[i]
             .take()
             .expect("controller still running");
@@ -235,7 +235,7 @@ impl Fleet {
         })
     }
 
-    fn get_rollout(&self) -> Rollout {
+    pub(crate) fn get_rollout(&self) -> Rollout {
         let out = self.run(&["get", "rollout", "api", "-o", "json"]).ok();
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("get rollout -o json is not a Rollout: {e}\n{}", out.stdout))
@@ -306,7 +306,7 @@ impl Fleet {
     }
 
     /// Where `machine`'s `current` points (`releases/<version>`), if anywhere.
-    fn current(&self, machine: &str) -> Option<String> {
+    pub(crate) fn current(&self, machine: &str) -> Option<String> {
         let link = self.root(machine).join("default/api/current");
         std::fs::read_link(link)
             .ok()
@@ -363,9 +363,10 @@ impl Fleet {
 
 /// The activate hook every test uses: one line per run, `machine version`, appended
 /// (a single short write, so lines from several agents never interleave).
-const COUNT_ACTIVATIONS: &str = r#"echo "$DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/activations""#;
+pub(crate) const COUNT_ACTIVATIONS: &str =
+    r#"echo "$DEPLOY_MACHINE $DEPLOY_VERSION" >> "$LOGS/activations""#;
 
-fn hook(cmd: &str) -> Value {
+pub(crate) fn hook(cmd: &str) -> Value {
     json!({ "command": cmd, "timeoutSeconds": 30 })
 }
 
@@ -465,7 +466,7 @@ fn three_agents_should_roll_from_v1_to_v2_with_the_right_hook_environment() {
 }
 
 /// The condition `kind` of a Rollout: (status, reason, message).
-fn condition(r: &Rollout, kind: &str) -> Option<(String, String, String)> {
+pub(crate) fn condition(r: &Rollout, kind: &str) -> Option<(String, String, String)> {
     let st = r.status.as_ref()?;
     let c = st.conditions.iter().find(|c| c.type_ == kind)?;
     Some((

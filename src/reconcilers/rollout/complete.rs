@@ -79,8 +79,11 @@ impl Decision<'_> {
             .map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default());
         // No machine at all is waited on too: machines may still be registering, and
         // past the deadline the rollout says that none matches.
-        let waiting_on_machines =
-            !self.complete && !self.frozen() && !self.step_paused && !self.st.aborted;
+        let waiting_on_machines = !self.complete
+            && !self.frozen()
+            && !self.step_paused
+            && !self.analysis_running
+            && !self.st.aborted;
         self.deadline_exceeded = waiting_on_machines && since_progress >= deadline;
         if waiting_on_machines && !self.deadline_exceeded {
             self.wake(deadline - since_progress);

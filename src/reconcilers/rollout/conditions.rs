@@ -1,7 +1,8 @@
 //! Conditions: the phase and message a reader sees, and the conditions a tool waits on.
 
 use super::{
-    Decision, EventNote, PAUSE_FAILURE, PAUSE_STEP, REASON_NO_MACHINES, REASON_ROLLED_BACK,
+    Decision, EventNote, PAUSE_ANALYSIS, PAUSE_FAILURE, PAUSE_STEP, REASON_NO_MACHINES,
+    REASON_ROLLED_BACK,
 };
 use crate::api::{find_condition, set_condition, ConditionStatus, RolloutPhase};
 use ConditionStatus::{False, True};
@@ -122,6 +123,9 @@ impl Decision<'_> {
         if self.step_paused {
             return (RolloutPhase::Paused, self.step_pause_message());
         }
+        if let Some(m) = self.analysis_message() {
+            return (RolloutPhase::Progressing, m);
+        }
         if self.deadline_exceeded {
             return (
                 RolloutPhase::Degraded,
@@ -167,6 +171,12 @@ impl Decision<'_> {
     /// Paused at a step: until when, or until a promote.
     fn step_pause_message(&self) -> String {
         let steps = self.spec.strategy.steps.len();
+        if self.analysis_paused() {
+            return format!(
+                "analysis at step {}/{steps} inconclusive: `deployctl rollout promote` continues, `deployctl rollout abort` goes back",
+                self.step + 1
+            );
+        }
         let until = self
             .st
             .pause_conditions
@@ -273,6 +283,8 @@ impl Decision<'_> {
             (True, "UserPaused")
         } else if self.failure_paused {
             (True, PAUSE_FAILURE)
+        } else if self.step_paused && self.analysis_paused() {
+            (True, PAUSE_ANALYSIS)
         } else if self.step_paused {
             (True, PAUSE_STEP)
         } else {

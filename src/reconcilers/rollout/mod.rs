@@ -25,6 +25,7 @@ use {
     chrono::Duration as ChronoDuration,
 };
 
+mod analysis;
 mod complete;
 mod conditions;
 mod failure_policy;
@@ -38,9 +39,13 @@ mod switch;
 /// Pause reasons the controller sets (a user's pause is `spec.paused`).
 pub const PAUSE_STEP: &str = "CanaryPauseStep";
 pub const PAUSE_FAILURE: &str = "FailurePolicy";
+/// An analysis step was inconclusive: `rollout promote` continues, `rollout abort` goes back.
+pub const PAUSE_ANALYSIS: &str = "AnalysisInconclusive";
 /// Why a Rollout went back to its stable version.
 pub const REASON_ABORTED: &str = "RolloutAborted";
 pub const REASON_ROLLED_BACK: &str = "RolledBack";
+/// An analysis step failed: the rollout went back whatever `failurePolicy` says.
+pub const REASON_ANALYSIS_FAILED: &str = "AnalysisFailed";
 /// Why a Rollout cannot roll out: its Application's selector matches no ready machine.
 pub const REASON_NO_MACHINES: &str = "NoMachines";
 /// At most this many failed machines are listed in the status (per revision).
@@ -185,6 +190,8 @@ struct Decision<'a> {
     step: usize,
     /// Held at a pause step (timed or until a promote).
     step_paused: bool,
+    /// An analysis run holds the current step (it is no wait on machines).
+    analysis_running: bool,
     /// How many desired machines may run the target at this step.
     cap: u32,
     /// Every desired machine runs the target, past every step and restart, not going back.
@@ -233,6 +240,7 @@ impl<'a> Decision<'a> {
             failure_paused: false,
             step: 0,
             step_paused: false,
+            analysis_running: false,
             cap: 0,
             complete: false,
             rolled_back: false,

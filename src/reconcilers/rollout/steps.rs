@@ -22,6 +22,7 @@ impl Decision<'_> {
         if self.undo || self.st.aborted || self.stable.is_none() || to_stable {
             self.step = steps.len();
         }
+        self.settle_analysis_runs();
         while let Some(s) = steps.get(self.step) {
             if let Some(want) = machines_wanted(s, self.st.desired) {
                 if self.st.available >= want {
@@ -30,6 +31,14 @@ impl Decision<'_> {
                     continue;
                 }
                 self.cap = want;
+                break;
+            }
+            if let Some(a) = &s.analysis {
+                if self.analysis_step(&a.templates, &a.args) {
+                    continue;
+                }
+                let target = self.target;
+                self.cap = self.count(|v| v.inst.spec.current.as_deref() == Some(target));
                 break;
             }
             if self.pause_step(s) {
@@ -42,6 +51,7 @@ impl Decision<'_> {
         if !steps.is_empty() {
             self.st.current_step_index = Some(self.step.min(steps.len()) as u32);
         }
+        self.background_analysis();
     }
 
     /// `rollout promote`: past the current step (`full:`: past every step), lifting its
@@ -58,7 +68,8 @@ impl Decision<'_> {
         }
         self.st.last_progress_time = Some(self.now);
         let message = if self.step >= steps {
-            "promoted: no steps left, switching every machine".to_string()
+            "promoted: no steps left (any remaining analysis skipped), switching every machine"
+                .to_string()
         } else {
             format!("promoted past step {}/{steps}", from + 1)
         };

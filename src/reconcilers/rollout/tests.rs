@@ -1239,3 +1239,5 @@ fn a_user_pause_of_a_complete_rollout_should_show_as_paused_and_resume_to_comple
         .count();
     assert_eq!(completed, 1, "a pause and a resume complete nothing new");
 }
+
+mod analysis;
