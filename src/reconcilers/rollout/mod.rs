@@ -27,6 +27,7 @@ use {
 
 mod complete;
 mod conditions;
+mod depends;
 mod failure_policy;
 mod observe;
 mod requests;
@@ -34,6 +35,13 @@ mod revision;
 mod stage;
 mod steps;
 mod switch;
+mod waves;
+
+pub use depends::{
+    display as depends_display, find_cycle, DependencyInput, CONDITION_DEPENDENCIES,
+    PAUSE_DEPENDENCY_DEGRADED,
+};
+pub use waves::human_seconds;
 
 /// Pause reasons the controller sets (a user's pause is `spec.paused`).
 pub const PAUSE_STEP: &str = "CanaryPauseStep";
@@ -65,6 +73,16 @@ pub struct RolloutInput<'a> {
     /// Machines that count: selected, ready and schedulable.
     pub desired_machines: &'a MachineSet<'a>,
     pub now: DateTime<Utc>,
+    /// Machine labels (for waves) and the Rollouts this one depends on.
+    pub topology: Topology<'a>,
+}
+
+/// What waves and `dependsOn` need beyond the Application's Instances.
+#[derive(Default)]
+pub struct Topology<'a> {
+    /// Each machine's labels by name; filled only when the Rollout has waves.
+    pub labels: rustc_hash::FxHashMap<&'a str, &'a std::collections::BTreeMap<String, String>>,
+    pub dependencies: DependencyInput,
 }
 
 /// What the Rollout decision wants.
@@ -193,6 +211,19 @@ struct Decision<'a> {
     rolled_back: bool,
     /// Waiting on machines with no progress for `progressDeadlineSeconds`.
     deadline_exceeded: bool,
+    topology: Topology<'a>,
+    /// Desired Instances in the order the switch phase considers them (waves, then
+    /// `strategy.order`; newest wave first when going back).
+    switch_order: Vec<usize>,
+    /// Each Instance's wave (index into `st.waves`), when the Rollout has waves; `None`
+    /// for a machine that no wave takes (no label under `requireLabel`).
+    wave_of: Vec<Option<usize>>,
+    /// Waves before this index may switch forward (all when there are no waves).
+    open_waves: usize,
+    /// Unavailable machines per wave, for `maxUnavailablePerWave`.
+    wave_busy: Vec<u32>,
+    /// Why switching forward waits for `dependsOn` (reason, message), if it does.
+    dependency_hold: Option<(&'static str, String)>,
 }
 
 impl<'a> Decision<'a> {
@@ -202,6 +233,7 @@ impl<'a> Decision<'a> {
             instances,
             desired_machines,
             now,
+            topology,
         } = input;
         let desired = (0..instances.len())
             .filter(|&i| desired_machines.contains(instances[i].spec.machine.as_str()))
@@ -237,6 +269,12 @@ impl<'a> Decision<'a> {
             complete: false,
             rolled_back: false,
             deadline_exceeded: false,
+            topology,
+            switch_order: Vec::new(),
+            wave_of: Vec::new(),
+            open_waves: usize::MAX,
+            wave_busy: Vec::new(),
+            dependency_hold: None,
         }
     }
 
@@ -304,6 +342,8 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     d.failure_policy();
     d.steps();
     d.stage();
+    d.waves();
+    d.depends();
     d.switch();
     d.complete();
     d.conditions();
