@@ -3,7 +3,7 @@
 use super::manifest::{self, Manifest};
 use super::{connect, reference, within, CliError, GlobalArgs};
 use crate::api::selector::LabelSelector;
-use crate::api::{KindName, Machine, Object, ObjectMeta};
+use crate::api::{KindName, Machine, Object, ObjectMeta, Rollout};
 use crate::store::{Client, Error, Scope};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -64,6 +64,7 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
         }
     };
     let client = connect(g).await?;
+    refuse_dependency_cycles(g, &client, &loaded).await?;
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     let mut selectors: Vec<(String, LabelSelector)> = Vec::new();
     let mut declared_machines: Vec<BTreeMap<String, String>> = Vec::new();
@@ -88,6 +89,32 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
         warn_unmatched_selectors(g, &client, &selectors, declared_machines).await?;
     }
     Ok(0)
+}
+
+/// Refuses the whole apply, writing nothing, when a Rollout's `dependsOn` would close a
+/// cycle with the stored Rollouts; each error names the document and the cycle.
+async fn refuse_dependency_cycles(
+    g: &GlobalArgs,
+    client: &Client,
+    loaded: &[manifest::Loaded],
+) -> anyhow::Result<()> {
+    let depends = loaded
+        .iter()
+        .any(|l| matches!(&l.manifest, Manifest::Rollout(r) if !r.spec.depends_on.is_empty()));
+    if !depends {
+        return Ok(());
+    }
+    let stored = within(g, client.list::<Rollout>(&Scope::All)).await?;
+    let errors = super::depends::cycles(loaded, &stored.items);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let errors: Vec<manifest::LoadError> = errors
+        .into_iter()
+        .map(manifest::LoadError::Manifest)
+        .collect();
+    manifest::print_errors(&errors);
+    Err(CliError::Exit(1).into())
 }
 
 /// A warning (stderr; the exit status stays 0) for each Application whose selector

@@ -35,6 +35,7 @@ pub mod apply;
 pub mod daemon;
 pub mod delete;
 pub mod demo;
+pub mod depends;
 pub mod describe;
 pub mod diff;
 pub mod get;
