@@ -45,6 +45,7 @@ pub mod output;
 pub mod rollout;
 pub mod run;
 pub mod sync;
+pub mod topology;
 pub mod up;
 pub mod view;
 pub mod webhook;
