@@ -7,7 +7,8 @@
 //! It reads as its phases, in order, each a method of `Decision` in the file named for
 //! it: `revision` (a new version opens a revision), `requests` (promote, abort, retry,
 //! undo), `observe` (the counts), `failure_policy`, `steps` (canary steps), `stage`,
-//! `switch` (in slots, and restarts), `complete` (and the progress deadline), `conditions`
+//! `waves` (waves and switch order), `depends` (`dependsOn`), `switch` (in slots, and
+//! restarts), `complete` (and the progress deadline), `conditions`
 //! (phase, message, conditions). ARCHITECTURE.md lists the status fields each one owns.
 
 use super::EventNote;
