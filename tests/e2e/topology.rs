@@ -207,3 +207,40 @@ fn a_dependent_should_switch_only_after_its_dependency_completes_on_the_embedded
 fn a_dependent_should_switch_only_after_its_dependency_completes_on_etcd() {
     a_dependent_should_switch_only_after_its_dependency_completes("etcd", Backend::etcd());
 }
+
+/// A cycle closed with a stored Rollout is refused by `apply`, naming the document and
+/// the cycle, and nothing is written; the same Rollout without the cycle applies.
+fn apply_should_refuse_a_dependency_cycle_with_the_store(label: &str, backend: Backend) {
+    let store = backend.url();
+    let dir = crate::common::tempdir();
+    let doc = |name: &str, dep: &str| {
+        format!(
+            "apiVersion: deployctl.dev/v1\nkind: Rollout\nmetadata: {{name: {name}}}\n\
+             spec: {{application: {name}, version: '1', dependsOn: [{{rollout: {dep}}}]}}\n"
+        )
+    };
+    let first = crate::common::write(dir.path(), "web.yaml", &doc("web", "api"));
+    crate::common::run(&store, &["apply", "-f", &first]).ok();
+    let second = crate::common::write(dir.path(), "api.yaml", &doc("api", "web"));
+    let out = crate::common::run(&store, &["apply", "-f", &second]).code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "{second}: document 1 (line 1), Rollout \"api\": spec.dependsOn: dependency cycle: api -> web -> api"
+        )),
+        "[{label}] {}",
+        out.stderr
+    );
+    crate::common::run(&store, &["get", "rollout", "api"]).code(1);
+    let fixed = crate::common::write(dir.path(), "api.yaml", &doc("api", "db"));
+    crate::common::run(&store, &["apply", "-f", &fixed]).ok();
+}
+
+#[test]
+fn apply_should_refuse_a_dependency_cycle_with_the_store_on_the_embedded_store() {
+    apply_should_refuse_a_dependency_cycle_with_the_store("embedded", Backend::embedded());
+}
+
+#[test]
+fn apply_should_refuse_a_dependency_cycle_with_the_store_on_etcd() {
+    apply_should_refuse_a_dependency_cycle_with_the_store("etcd", Backend::etcd());
+}
