@@ -615,11 +615,24 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
     out
 }
 
+/// The most waves `order` may list, and the most Rollouts `dependsOn` may name.
+pub const MAX_LISTED: usize = 100;
+
 /// `spec.strategy.waves`: a label key, distinct label values, a bake that parses.
 fn check_waves(w: &crate::api::Waves, out: &mut Vec<FieldError>) {
     let path = "spec.strategy.waves";
     if let Err(e) = check_label_key(&w.label_key) {
         out.push(err(format!("{path}.labelKey"), e));
+    }
+    if w.order.len() > MAX_LISTED {
+        out.push(err(
+            format!("{path}.order"),
+            format!(
+                "{} values are more than the limit of {MAX_LISTED}",
+                w.order.len()
+            ),
+        ));
+        return;
     }
     let mut seen = BTreeSet::new();
     for (i, value) in w.order.iter().enumerate() {
@@ -658,6 +671,16 @@ fn check_waves(w: &crate::api::Waves, out: &mut Vec<FieldError>) {
 /// `spec.dependsOn`: names that can exist, none twice, never this Rollout itself.
 fn check_depends_on(ro: &Rollout, out: &mut Vec<FieldError>) {
     let own_ns = ro.metadata.namespace.as_deref().unwrap_or("default");
+    if ro.spec.depends_on.len() > MAX_LISTED {
+        out.push(err(
+            "spec.dependsOn",
+            format!(
+                "{} rollouts are more than the limit of {MAX_LISTED}",
+                ro.spec.depends_on.len()
+            ),
+        ));
+        return;
+    }
     let mut seen = BTreeSet::new();
     for (i, d) in ro.spec.depends_on.iter().enumerate() {
         let path = format!("spec.dependsOn[{i}]");
@@ -1120,6 +1143,25 @@ mod tests {
                 });
             }),
             &["spec.strategy.waves.bake: \"2y\" is too long"],
+        );
+        expect(
+            rollout(|r| {
+                r.spec.strategy.waves = Some(Waves {
+                    label_key: "zone".into(),
+                    order: (0..101).map(|i| format!("z{i}")).collect(),
+                    ..Default::default()
+                });
+                r.spec.depends_on = (0..101)
+                    .map(|i| Dependency {
+                        rollout: format!("r{i}"),
+                        namespace: None,
+                    })
+                    .collect();
+            }),
+            &[
+                "spec.strategy.waves.order: 101 values are more than the limit of 100",
+                "spec.dependsOn: 101 rollouts are more than the limit of 100",
+            ],
         );
         expect(
             rollout(|r| {
