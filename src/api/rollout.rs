@@ -53,6 +53,21 @@ pub struct RolloutSpec {
     /// restarts its service) under the same slots, once per new value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_at: Option<DateTime<Utc>>,
+    /// Rollouts that must be `Complete` on their own target version before this one
+    /// switches any machine (staging goes on meanwhile).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+}
+
+/// One Rollout this one waits for.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dependency {
+    /// The Rollout's name.
+    pub rollout: String,
+    /// Its namespace (default: this Rollout's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 fn default_history_limit() -> u32 {
@@ -85,6 +100,7 @@ impl Default for RolloutSpec {
             failure_policy: FailurePolicy::default(),
             revision_history_limit: default_history_limit(),
             restart_at: None,
+            depends_on: Vec::new(),
         }
     }
 }
@@ -118,6 +134,54 @@ pub struct Strategy {
     /// completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<BackgroundAnalysis>,
+    /// Switch the fleet one group of machines at a time, grouped by a label's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Waves>,
+    /// Which machines switch first within the slots (default `Listed`).
+    #[serde(default, skip_serializing_if = "SwitchOrder::is_listed")]
+    pub order: SwitchOrder,
+}
+
+/// Waves: machines grouped by the value of one label switch one group at a time.
+/// Staging still happens everywhere first; waves gate switching only.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Waves {
+    /// The machine label whose value names a machine's wave, e.g. `zone`.
+    pub label_key: String,
+    /// The waves' values in the order they switch. Values not listed follow, sorted;
+    /// without `order` every value switches in sorted order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order: Vec<String>,
+    /// How long a finished wave must run the target without a failure before the next
+    /// one starts, e.g. `10m` (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<String>,
+    /// Slots within one wave, on top of `maxUnavailable` across the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable_per_wave: Option<u32>,
+    /// Refuse to switch machines without the label (they are reported, never switched).
+    /// When false they form a last wave of their own.
+    #[serde(default)]
+    pub require_label: bool,
+}
+
+/// Which machines switch first within the slots.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SwitchOrder {
+    /// In the order of their Instances (by machine name).
+    #[default]
+    Listed,
+    /// Machines already down or failing before healthy ones, so that a healthy machine
+    /// is never taken down while a sick one waits. Machines already down count against
+    /// `maxUnavailable`, as every unavailable machine does.
+    UnavailableFirst,
+}
+
+impl SwitchOrder {
+    fn is_listed(&self) -> bool {
+        *self == SwitchOrder::Listed
+    }
 }
 
 impl Default for Strategy {
@@ -130,6 +194,8 @@ impl Default for Strategy {
             progress_deadline_seconds: default_progress_deadline(),
             steps: Vec::new(),
             analysis: None,
+            waves: None,
+            order: SwitchOrder::Listed,
         }
     }
 }
@@ -337,6 +403,33 @@ pub struct RolloutStatus {
     /// metrics' newest measurements.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis_runs: Vec<AnalysisRunStatus>,
+    /// Where each wave stands for the target version, in the order they switch (with
+    /// `spec.strategy.waves`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<WaveStatus>,
+}
+
+/// One wave of a rollout with `spec.strategy.waves`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaveStatus {
+    /// The label's value; empty for the machines without the label.
+    pub value: String,
+    /// The version this entry describes (entries of another version are started afresh).
+    pub version: String,
+    /// `Waiting`, `Switching`, `Baking`, `Done`, or `Refused` (machines without the
+    /// label under `requireLabel`).
+    pub phase: String,
+    /// Desired machines in the wave.
+    pub machines: u32,
+    /// Of those, available on the version.
+    pub available: u32,
+    /// When every machine of the wave was first available on the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_at: Option<DateTime<Utc>>,
+    /// When its bake ends and the next wave may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_until: Option<DateTime<Utc>>,
 }
 
 /// A pause the controller set.

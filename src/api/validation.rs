@@ -2,7 +2,7 @@
 //! one-of fields, durations. Each problem names its field path.
 
 use super::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 mod analysis;
 pub use analysis::validate_analysis_template;
@@ -618,7 +618,105 @@ pub fn validate_rollout(ro: &Rollout) -> Vec<FieldError> {
             }
         }
     }
+    if let Some(w) = &st.waves {
+        check_waves(w, &mut out);
+    }
+    check_depends_on(ro, &mut out);
     out
+}
+
+/// The most waves `order` may list, and the most Rollouts `dependsOn` may name.
+pub const MAX_LISTED: usize = 100;
+
+/// `spec.strategy.waves`: a label key, distinct label values, a bake that parses.
+fn check_waves(w: &crate::api::Waves, out: &mut Vec<FieldError>) {
+    let path = "spec.strategy.waves";
+    if let Err(e) = check_label_key(&w.label_key) {
+        out.push(err(format!("{path}.labelKey"), e));
+    }
+    if w.order.len() > MAX_LISTED {
+        out.push(err(
+            format!("{path}.order"),
+            format!(
+                "{} values are more than the limit of {MAX_LISTED}",
+                w.order.len()
+            ),
+        ));
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for (i, value) in w.order.iter().enumerate() {
+        if value.is_empty() {
+            out.push(err(
+                format!("{path}.order[{i}]"),
+                "must not be empty: machines without the label form the last wave",
+            ));
+        } else if let Err(e) = check_label_value(value) {
+            out.push(err(format!("{path}.order[{i}]"), e));
+        } else if !seen.insert(value.as_str()) {
+            out.push(err(
+                format!("{path}.order[{i}]"),
+                format!("{:?} is listed twice", quoted(value)),
+            ));
+        }
+    }
+    if let Some(bake) = &w.bake {
+        match parse_duration(bake) {
+            Err(e) => out.push(err(format!("{path}.bake"), e)),
+            Ok(v) if v > MAX_PAUSE => out.push(err(
+                format!("{path}.bake"),
+                format!(
+                    "{:?} is too long: a bake may last at most 1 year (1y)",
+                    quoted(bake)
+                ),
+            )),
+            Ok(_) => {}
+        }
+    }
+    if let Some(n) = w.max_unavailable_per_wave {
+        check_count(&format!("{path}.maxUnavailablePerWave"), n, 1, out);
+    }
+}
+
+/// `spec.dependsOn`: names that can exist, none twice, never this Rollout itself.
+fn check_depends_on(ro: &Rollout, out: &mut Vec<FieldError>) {
+    let own_ns = ro.metadata.namespace.as_deref().unwrap_or("default");
+    if ro.spec.depends_on.len() > MAX_LISTED {
+        out.push(err(
+            "spec.dependsOn",
+            format!(
+                "{} rollouts are more than the limit of {MAX_LISTED}",
+                ro.spec.depends_on.len()
+            ),
+        ));
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for (i, d) in ro.spec.depends_on.iter().enumerate() {
+        let path = format!("spec.dependsOn[{i}]");
+        if let Err(e) = check_name(&d.rollout) {
+            out.push(err(format!("{path}.rollout"), e));
+            continue;
+        }
+        if let Some(ns) = &d.namespace {
+            if let Err(e) = check_name(ns) {
+                out.push(err(format!("{path}.namespace"), e));
+                continue;
+            }
+        }
+        let ns = d.namespace.as_deref().unwrap_or(own_ns);
+        if ns == own_ns && d.rollout == ro.metadata.name {
+            out.push(err(
+                format!("{path}.rollout"),
+                "a rollout cannot depend on itself",
+            ));
+        } else if !seen.insert((ns, d.rollout.as_str())) {
+            out.push(err(
+                format!("{path}.rollout"),
+                format!("{ns}/{} is listed twice", d.rollout),
+            ));
+        }
+    }
 }
 
 pub fn validate_machine(m: &Machine) -> Vec<FieldError> {
@@ -1007,6 +1105,94 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!(g.contains(w), "{g:?} should contain {w:?}");
         }
+    }
+
+    #[test]
+    fn waves_and_dependencies_should_be_refused_naming_the_field() {
+        expect(
+            rollout(|r| {
+                r.spec.strategy.waves = Some(Waves {
+                    label_key: "zone".into(),
+                    order: vec!["a".into(), "b".into()],
+                    bake: Some("10m".into()),
+                    max_unavailable_per_wave: Some(1),
+                    require_label: true,
+                });
+                r.spec.depends_on = vec![Dependency {
+                    rollout: "db".into(),
+                    namespace: None,
+                }];
+            }),
+            &[],
+        );
+        expect(
+            rollout(|r| {
+                r.spec.strategy.waves = Some(Waves {
+                    label_key: "bad key".into(),
+                    order: vec!["a".into(), "a".into(), "a b".into(), String::new()],
+                    bake: Some("soon".into()),
+                    max_unavailable_per_wave: Some(0),
+                    require_label: false,
+                });
+            }),
+            &[
+                "spec.strategy.waves.labelKey: ",
+                "spec.strategy.waves.order[1]: \"a\" is listed twice",
+                "spec.strategy.waves.order[2]: ",
+                "spec.strategy.waves.order[3]: must not be empty",
+                "spec.strategy.waves.bake: invalid duration \"soon\"",
+                "spec.strategy.waves.maxUnavailablePerWave: 0 is out of range",
+            ],
+        );
+        expect(
+            rollout(|r| {
+                r.spec.strategy.waves = Some(Waves {
+                    label_key: "zone".into(),
+                    bake: Some("2y".into()),
+                    ..Default::default()
+                });
+            }),
+            &["spec.strategy.waves.bake: \"2y\" is too long"],
+        );
+        expect(
+            rollout(|r| {
+                r.spec.strategy.waves = Some(Waves {
+                    label_key: "zone".into(),
+                    order: (0..101).map(|i| format!("z{i}")).collect(),
+                    ..Default::default()
+                });
+                r.spec.depends_on = (0..101)
+                    .map(|i| Dependency {
+                        rollout: format!("r{i}"),
+                        namespace: None,
+                    })
+                    .collect();
+            }),
+            &[
+                "spec.strategy.waves.order: 101 values are more than the limit of 100",
+                "spec.dependsOn: 101 rollouts are more than the limit of 100",
+            ],
+        );
+        expect(
+            rollout(|r| {
+                let dep = |name: &str, ns: Option<&str>| Dependency {
+                    rollout: name.into(),
+                    namespace: ns.map(Into::into),
+                };
+                r.spec.depends_on = vec![
+                    dep("api", None),
+                    dep("db", None),
+                    dep("db", Some("default")),
+                    dep("DB", None),
+                    dep("db", Some("other")),
+                ];
+            }),
+            &[
+                "spec.dependsOn[0].rollout: a rollout cannot depend on itself",
+                "spec.dependsOn[2].rollout: default/db is listed twice",
+                "spec.dependsOn[3].rollout: ",
+            ],
+        );
     }
 
     #[test]

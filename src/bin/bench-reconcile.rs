@@ -173,6 +173,7 @@ fn decide(
         &s.machines,
         &s.presence,
         &s.instances,
+        Default::default(),
         chrono::Utc::now(),
     )
 }
@@ -253,6 +254,7 @@ fn breakdown(s: &State, runs: usize) {
             instances: membership.keep,
             desired_machines: &desired,
             now,
+            topology: Default::default(),
         });
         steps[2].push(t.elapsed());
         let t = Instant::now();

@@ -3,7 +3,7 @@
 use super::manifest::{self, Manifest};
 use super::{connect, output, reference, within, CliError, GlobalArgs};
 use crate::api::selector::LabelSelector;
-use crate::api::{KindName, Machine, Object, ObjectMeta};
+use crate::api::{KindName, Machine, Object, ObjectMeta, Rollout};
 use crate::store::{check_request_size, encode_create, encode_replace, Client, Error, Scope, Txn};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -101,6 +101,7 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
         }
     };
     let client = connect(g).await?;
+    refuse_dependency_cycles(g, &client, &loaded).await?;
     let mode = args.dry_run.unwrap_or(DryRun::None);
     let dry_run = mode != DryRun::None;
     let suffix = match mode {
@@ -144,6 +145,32 @@ pub async fn run(g: &GlobalArgs, args: ApplyArgs) -> anyhow::Result<i32> {
         warn_unmatched_selectors(g, &client, &selectors, declared_machines).await?;
     }
     Ok(0)
+}
+
+/// Refuses the whole apply, writing nothing, when a Rollout's `dependsOn` would close a
+/// cycle with the stored Rollouts; each error names the document and the cycle.
+async fn refuse_dependency_cycles(
+    g: &GlobalArgs,
+    client: &Client,
+    loaded: &[manifest::Loaded],
+) -> anyhow::Result<()> {
+    let depends = loaded
+        .iter()
+        .any(|l| matches!(&l.manifest, Manifest::Rollout(r) if !r.spec.depends_on.is_empty()));
+    if !depends {
+        return Ok(());
+    }
+    let stored = within(g, client.list::<Rollout>(&Scope::All)).await?;
+    let errors = super::depends::cycles(loaded, &stored.items);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let errors: Vec<manifest::LoadError> = errors
+        .into_iter()
+        .map(manifest::LoadError::Manifest)
+        .collect();
+    manifest::print_errors(&errors);
+    Err(CliError::Exit(1).into())
 }
 
 /// A warning (stderr; the exit status stays 0) for each Application whose selector

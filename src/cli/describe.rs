@@ -385,6 +385,12 @@ pub fn describe_rollout(
     p.field(1, "Max Parallel Stage", opt(st.max_parallel_stage));
     p.field(1, "Min Ready Seconds", st.min_ready_seconds);
     p.field(1, "Progress Deadline Seconds", st.progress_deadline_seconds);
+    if let Some(waves) = super::topology::waves_line(ro, now) {
+        p.field(1, "Waves", waves);
+    }
+    if let Some(deps) = super::topology::depends_line(ro) {
+        p.field(0, "Depends On", deps);
+    }
     if !st.steps.is_empty() {
         p.field(1, "Steps", "");
         for (i, step) in st.steps.iter().enumerate() {

@@ -878,6 +878,7 @@ pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec
         return Err(errors);
     }
     loaded.sort_by_key(|l| l.manifest.apply_rank());
+    super::depends::order_rollouts(&mut loaded);
     Ok(loaded)
 }
 

@@ -695,6 +695,12 @@ pub fn render_rollout(r: &Rollout, scene: &Scene, style: Style) -> String {
         "  MinStaged",
         format!("{min_staged} (minStaged {})", r.spec.strategy.min_staged),
     );
+    if let Some(waves) = super::topology::waves_line(r, scene.fleet.now) {
+        field("  Waves", waves);
+    }
+    if let Some(deps) = super::topology::depends_line(r) {
+        field("  DependsOn", deps);
+    }
     // The target is the version the status describes; a version asked for that the
     // controller has not seen yet is listed apart, so the rest of the frame (counts,
     // tree) is never read as describing it.
@@ -1551,6 +1557,49 @@ mod tests {
             "{out}"
         );
         check("progressing_slots_busy", &out);
+    }
+
+    #[test]
+    fn view_should_render_waves_done_baking_and_waiting_and_dependencies() {
+        let mut st = status(
+            RolloutPhase::Progressing,
+            "wave 1/3 (zone=a) done, baking 4m left",
+            [5, 5, 2, 2, 0, 0],
+        );
+        let wave = |value: &str, phase: &str, machines, available, until: Option<i64>| {
+            crate::api::WaveStatus {
+                value: value.into(),
+                version: "2.0".into(),
+                phase: phase.into(),
+                machines,
+                available,
+                done_at: None,
+                bake_until: until.map(at),
+            }
+        };
+        st.waves = vec![
+            wave("a", "Baking", 2, 2, Some(200 + 245)),
+            wave("b", "Waiting", 2, 0, None),
+            wave("c", "Waiting", 1, 0, None),
+        ];
+        let mut r = rollout("2.0", Some(st));
+        r.spec.strategy.waves = Some(crate::api::Waves {
+            label_key: "zone".into(),
+            order: vec!["a".into(), "b".into(), "c".into()],
+            bake: Some("10m".into()),
+            ..Default::default()
+        });
+        r.spec.depends_on = vec![crate::api::Dependency {
+            rollout: "db".into(),
+            namespace: None,
+        }];
+        let out = detail(&r, &fleet_on_stable(), Style::PLAIN);
+        assert!(
+            out.contains("Waves:       zone: a baking 4m left (2/2), b waiting (0/2), c waiting (0/1) [bake 10m]"),
+            "{out}"
+        );
+        assert!(out.contains("DependsOn:   db"), "{out}");
+        check("progressing_waves", &out);
     }
 
     #[test]

@@ -201,6 +201,7 @@ pub fn decide_rollout(
     machines: &[Arc<Machine>],
     presence: &BTreeSet<String>,
     existing: &[Arc<Instance>],
+    dependencies: rollout::DependencyInput,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Vec<Write<Instance>>, rollout::RolloutPlan) {
     // Only the selected machines matter to the plans below (the others get no Instance,
@@ -231,6 +232,18 @@ pub fn decide_rollout(
         instances: membership.keep,
         desired_machines: &desired,
         now,
+        topology: rollout::Topology {
+            // Only waves read labels: a map of 10,000 machines costs nothing otherwise.
+            labels: if ro.spec.strategy.waves.is_some() {
+                views
+                    .iter()
+                    .map(|m| (m.name(), &m.machine.metadata.labels))
+                    .collect()
+            } else {
+                FxHashMap::default()
+            },
+            dependencies,
+        },
     });
     // A new Instance's name could (in theory) be taken by an existing one on another
     // machine: that one is what its write compares against.
@@ -318,11 +331,55 @@ impl Context {
 
     pub fn on_rollout(&self, ro: &Rollout, _kind: ChangeKind) {
         let (namespace, name) = ns_name(ro);
+        self.enqueue_dependents_of(&namespace, &name);
         self.queue.add(Key::Application {
             namespace: namespace.clone(),
             name: ro.spec.application.clone(),
         });
         self.queue.add(Key::Rollout { namespace, name });
+    }
+
+    /// Enqueues the Rollouts whose `dependsOn` names `namespace/name`: its status
+    /// decides whether they may switch.
+    pub fn enqueue_dependents_of(&self, namespace: &str, name: &str) {
+        for dependent in self.rollouts.filter(|r| {
+            let home = r.namespace().unwrap_or(DEFAULT_NAMESPACE);
+            r.spec
+                .depends_on
+                .iter()
+                .any(|d| d.rollout == name && d.namespace.as_deref().unwrap_or(home) == namespace)
+        }) {
+            let (namespace, name) = ns_name(dependent.as_ref());
+            self.queue.add(Key::Rollout { namespace, name });
+        }
+    }
+
+    /// What `dependsOn` names, as cached: each dependency (or none found) and a cycle
+    /// through `ro`, if the cached Rollouts make one.
+    fn dependencies_of(&self, ro: &Rollout) -> rollout::DependencyInput {
+        if ro.spec.depends_on.is_empty() {
+            return rollout::DependencyInput::default();
+        }
+        let (home, name) = ns_name(ro);
+        let found = ro
+            .spec
+            .depends_on
+            .iter()
+            .map(|d| {
+                let ns = d.namespace.clone().unwrap_or_else(|| home.clone());
+                let dep = self
+                    .rollouts
+                    .get(Some(&ns), &d.rollout)
+                    .map(|r| self.written_rollouts.fresher(r));
+                let shown = rollout::depends_display(&(ns, d.rollout.clone()), &home);
+                (shown, dep)
+            })
+            .collect();
+        let cycle = rollout::find_cycle((&home, &name), |ns, n| {
+            let r = self.rollouts.get(Some(ns), n)?;
+            Some(dependency_keys(&r))
+        });
+        rollout::DependencyInput { found, cycle }
     }
 
     pub fn on_instance(&self, inst: &Instance, _kind: ChangeKind) {
@@ -487,6 +544,7 @@ impl Context {
         let app = app.expect("checked above: a missing application returned early");
 
         let machines = self.machines.list();
+        let dependencies = self.dependencies_of(&ro);
         let existing: Vec<Arc<Instance>> =
             self.written_instances
                 .fresher_all(self.instances.filter(|i| {
@@ -497,7 +555,15 @@ impl Context {
                 .presence
                 .read()
                 .expect("presence lock is never poisoned");
-            decide_rollout(&ro, &app, &machines, &presence, &existing, now)
+            decide_rollout(
+                &ro,
+                &app,
+                &machines,
+                &presence,
+                &existing,
+                dependencies,
+                now,
+            )
         };
         *cost = started.elapsed();
 
@@ -536,6 +602,21 @@ impl Context {
             None => Action::await_change(),
         })
     }
+}
+
+/// A Rollout's `dependsOn` as (namespace, name).
+pub fn dependency_keys(ro: &Rollout) -> Vec<(String, String)> {
+    let home = ro.namespace().unwrap_or(DEFAULT_NAMESPACE);
+    ro.spec
+        .depends_on
+        .iter()
+        .map(|d| {
+            (
+                d.namespace.clone().unwrap_or_else(|| home.to_string()),
+                d.rollout.clone(),
+            )
+        })
+        .collect()
 }
 
 /// The kind of a key, for `deployctl_reconcile_*{kind}`.

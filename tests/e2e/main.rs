@@ -16,6 +16,7 @@ mod notify;
 mod rollouts;
 mod sync;
 mod tasks;
+mod topology;
 mod truth_agent;
 mod truth_decision;
 mod truth_views;

@@ -150,13 +150,19 @@ impl Fleet {
 
     /// Starts an agent with `extra` flags after its own.
     pub(crate) fn start_agent_with(&mut self, name: &str, extra: &[&str]) {
+        self.start_agent_labelled(name, "role=web", extra);
+    }
+
+    /// Starts an agent with these `--labels` (which should include `role=web`) and
+    /// `extra` flags after its own.
+    pub(crate) fn start_agent_labelled(&mut self, name: &str, labels: &str, extra: &[&str]) {
         let root = self.root(name).display().to_string();
         let mut args = vec![
             "agent",
             "--name",
             name,
             "--labels",
-            "role=web",
+            labels,
             "--root",
             &root,
             "--lease-ttl",
@@ -236,7 +242,12 @@ impl Fleet {
     }
 
     pub(crate) fn get_rollout(&self) -> Rollout {
-        let out = self.run(&["get", "rollout", "api", "-o", "json"]).ok();
+        self.get_rollout_named("api")
+    }
+
+    /// The Rollout `name` as `get -o json` prints it.
+    pub(crate) fn get_rollout_named(&self, name: &str) -> Rollout {
+        let out = self.run(&["get", "rollout", name, "-o", "json"]).ok();
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("get rollout -o json is not a Rollout: {e}\n{}", out.stdout))
     }
@@ -322,7 +333,7 @@ impl Fleet {
     }
 
     /// Lines of a log file the hooks append to (empty when none yet).
-    fn log_lines(&self, name: &str) -> Vec<String> {
+    pub(crate) fn log_lines(&self, name: &str) -> Vec<String> {
         std::fs::read_to_string(self.logs().join(name))
             .unwrap_or_default()
             .lines()

@@ -72,6 +72,20 @@ impl Decision<'_> {
         if progressed {
             self.st.last_progress_time = Some(now);
         }
+        // A bake or a dependency is a wait the user asked for, not a stall: the deadline
+        // counts from its end (a time that stays put, so the status does not change on
+        // every reconcile).
+        let topology_wait = self.dependency_hold.is_some()
+            || self
+                .st
+                .waves
+                .iter()
+                .any(|w| w.phase == super::waves::WAVE_BAKING);
+        if let Some(ended) = self.topology_wait_ended() {
+            if self.st.last_progress_time.is_none_or(|t| t < ended) {
+                self.st.last_progress_time = Some(ended);
+            }
+        }
         let deadline = self.progress_deadline_duration();
         let since_progress = self
             .st
@@ -83,11 +97,28 @@ impl Decision<'_> {
             && !self.frozen()
             && !self.step_paused
             && !self.analysis_running
-            && !self.st.aborted;
+            && !self.st.aborted
+            && !topology_wait;
         self.deadline_exceeded = waiting_on_machines && since_progress >= deadline;
         if waiting_on_machines && !self.deadline_exceeded {
             self.wake(deadline - since_progress);
         }
+    }
+
+    /// When the last bake ended, or the dependencies became Complete, if either has.
+    fn topology_wait_ended(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let bake = self
+            .st
+            .waves
+            .iter()
+            .filter_map(|w| w.bake_until)
+            .filter(|u| *u <= self.now)
+            .max();
+        let deps =
+            crate::api::find_condition(&self.st.conditions, super::depends::CONDITION_DEPENDENCIES)
+                .filter(|c| c.status == crate::api::ConditionStatus::True)
+                .and_then(|c| c.last_transition_time);
+        bake.max(deps)
     }
 
     /// `strategy.progressDeadlineSeconds`.

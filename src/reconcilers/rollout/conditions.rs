@@ -135,6 +135,14 @@ impl Decision<'_> {
                 ),
             );
         }
+        if let Some((reason, message)) = &self.dependency_hold {
+            let phase = if *reason == super::PAUSE_DEPENDENCY_DEGRADED {
+                RolloutPhase::Paused
+            } else {
+                RolloutPhase::Progressing
+            };
+            return (phase, message.clone());
+        }
         if !self.gate_open() {
             return (
                 RolloutPhase::Progressing,
@@ -143,6 +151,9 @@ impl Decision<'_> {
                     st.staged, self.min_staged
                 ),
             );
+        }
+        if let Some(m) = self.wave_message() {
+            return (RolloutPhase::Progressing, m);
         }
         if st.unavailable >= self.slots {
             return (
@@ -287,6 +298,12 @@ impl Decision<'_> {
             (True, PAUSE_ANALYSIS)
         } else if self.step_paused {
             (True, PAUSE_STEP)
+        } else if self
+            .dependency_hold
+            .as_ref()
+            .is_some_and(|h| h.0 == super::PAUSE_DEPENDENCY_DEGRADED)
+        {
+            (True, super::PAUSE_DEPENDENCY_DEGRADED)
         } else {
             (False, "NotPaused")
         };

@@ -7,7 +7,8 @@
 //! It reads as its phases, in order, each a method of `Decision` in the file named for
 //! it: `revision` (a new version opens a revision), `requests` (promote, abort, retry,
 //! undo), `observe` (the counts), `failure_policy`, `steps` (canary steps), `stage`,
-//! `switch` (in slots, and restarts), `complete` (and the progress deadline), `conditions`
+//! `waves` (waves and switch order), `depends` (`dependsOn`), `switch` (in slots, and
+//! restarts), `complete` (and the progress deadline), `conditions`
 //! (phase, message, conditions). ARCHITECTURE.md lists the status fields each one owns.
 
 use super::EventNote;
@@ -28,6 +29,7 @@ use {
 mod analysis;
 mod complete;
 mod conditions;
+mod depends;
 mod failure_policy;
 mod observe;
 mod requests;
@@ -35,6 +37,13 @@ mod revision;
 mod stage;
 mod steps;
 mod switch;
+mod waves;
+
+pub use depends::{
+    display as depends_display, find_cycle, DependencyInput, CONDITION_DEPENDENCIES,
+    PAUSE_DEPENDENCY_DEGRADED,
+};
+pub use waves::human_seconds;
 
 /// Pause reasons the controller sets (a user's pause is `spec.paused`).
 pub const PAUSE_STEP: &str = "CanaryPauseStep";
@@ -70,6 +79,16 @@ pub struct RolloutInput<'a> {
     /// Machines that count: selected, ready and schedulable.
     pub desired_machines: &'a MachineSet<'a>,
     pub now: DateTime<Utc>,
+    /// Machine labels (for waves) and the Rollouts this one depends on.
+    pub topology: Topology<'a>,
+}
+
+/// What waves and `dependsOn` need beyond the Application's Instances.
+#[derive(Default)]
+pub struct Topology<'a> {
+    /// Each machine's labels by name; filled only when the Rollout has waves.
+    pub labels: rustc_hash::FxHashMap<&'a str, &'a std::collections::BTreeMap<String, String>>,
+    pub dependencies: DependencyInput,
 }
 
 /// What the Rollout decision wants.
@@ -200,6 +219,19 @@ struct Decision<'a> {
     rolled_back: bool,
     /// Waiting on machines with no progress for `progressDeadlineSeconds`.
     deadline_exceeded: bool,
+    topology: Topology<'a>,
+    /// Desired Instances in the order the switch phase considers them (waves, then
+    /// `strategy.order`; newest wave first when going back).
+    switch_order: Vec<usize>,
+    /// Each Instance's wave (index into `st.waves`), when the Rollout has waves; `None`
+    /// for a machine that no wave takes (no label under `requireLabel`).
+    wave_of: Vec<Option<usize>>,
+    /// Waves before this index may switch forward (all when there are no waves).
+    open_waves: usize,
+    /// Unavailable machines per wave, for `maxUnavailablePerWave`.
+    wave_busy: Vec<u32>,
+    /// Why switching forward waits for `dependsOn` (reason, message), if it does.
+    dependency_hold: Option<(&'static str, String)>,
 }
 
 impl<'a> Decision<'a> {
@@ -209,6 +241,7 @@ impl<'a> Decision<'a> {
             instances,
             desired_machines,
             now,
+            topology,
         } = input;
         let desired = (0..instances.len())
             .filter(|&i| desired_machines.contains(instances[i].spec.machine.as_str()))
@@ -245,6 +278,12 @@ impl<'a> Decision<'a> {
             complete: false,
             rolled_back: false,
             deadline_exceeded: false,
+            topology,
+            switch_order: Vec::new(),
+            wave_of: Vec::new(),
+            open_waves: usize::MAX,
+            wave_busy: Vec::new(),
+            dependency_hold: None,
         }
     }
 
@@ -312,6 +351,8 @@ pub fn plan(input: RolloutInput<'_>) -> RolloutPlan {
     d.failure_policy();
     d.steps();
     d.stage();
+    d.waves();
+    d.depends();
     d.switch();
     d.complete();
     d.conditions();

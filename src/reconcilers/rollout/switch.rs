@@ -27,7 +27,10 @@ impl Decision<'_> {
         let may_switch = if aborted {
             !self.spec.paused
         } else {
-            self.gate_open() && !self.frozen() && !self.step_paused
+            self.gate_open()
+                && !self.frozen()
+                && !self.step_paused
+                && self.dependency_hold.is_none()
         };
         if !may_switch {
             return;
@@ -39,9 +42,13 @@ impl Decision<'_> {
                 .saturating_sub(self.count(|v| v.inst.spec.current.as_deref() == Some(to)))
         };
         let staging = self.staging();
-        for &i in &self.desired {
+        let order = std::mem::take(&mut self.switch_order);
+        for &i in &order {
             if allowed == 0 {
                 break;
+            }
+            if !self.wave_admits(i) {
+                continue;
             }
             let v = View {
                 inst: &self.instances[i],
@@ -62,8 +69,10 @@ impl Decision<'_> {
             allowed = allowed.saturating_sub(1);
             if !was_unavailable {
                 self.st.unavailable += 1;
+                self.wave_took(i);
             }
         }
+        self.switch_order = order;
     }
 
     /// Whether this machine goes to `to`: going back, only a machine the target touched;

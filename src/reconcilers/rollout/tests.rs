@@ -27,6 +27,10 @@ struct Fleet {
     /// Every (machine, version) switch the agents performed, in order.
     switches: Vec<(String, String)>,
     events: Vec<EventNote>,
+    /// Machine labels, for waves.
+    labels: HashMap<String, std::collections::BTreeMap<String, String>>,
+    /// What the controller found for `dependsOn`.
+    dependencies: DependencyInput,
 }
 
 fn rollout(version: &str, strategy: Strategy) -> Rollout {
@@ -68,6 +72,8 @@ impl Fleet {
             max_seen_unavailable: 0,
             switches: vec![],
             events: vec![],
+            labels: HashMap::new(),
+            dependencies: DependencyInput::default(),
         }
     }
 
@@ -86,6 +92,10 @@ impl Fleet {
             instances: self.instances.iter().cloned().map(Arc::new).collect(),
             desired_machines: &desired,
             now: self.now,
+            topology: Topology {
+                labels: self.labels.iter().map(|(m, l)| (m.as_str(), l)).collect(),
+                dependencies: self.dependencies.clone(),
+            },
         });
         for (old, new) in self.instances.iter_mut().zip(plan.instances.iter()) {
             if old.spec != new.spec {
@@ -878,6 +888,7 @@ fn a_decision_with_nothing_to_change_should_hand_back_every_instance_uncopied() 
         instances: given.clone(),
         desired_machines: &desired,
         now: fleet.now,
+        topology: Topology::default(),
     });
     for (before, after) in given.iter().zip(&decided.instances) {
         assert!(
@@ -894,6 +905,7 @@ fn a_decision_with_nothing_to_change_should_hand_back_every_instance_uncopied() 
         instances: given.clone(),
         desired_machines: &desired,
         now: fleet.now,
+        topology: Topology::default(),
     });
     for (before, after) in given.iter().zip(&restaged.instances) {
         assert!(
@@ -1241,3 +1253,4 @@ fn a_user_pause_of_a_complete_rollout_should_show_as_paused_and_resume_to_comple
 }
 
 mod analysis;
+mod topology;
