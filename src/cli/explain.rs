@@ -218,7 +218,7 @@ mod tests {
         let err = explain(KindName::Rollout, "spec.strategy.nope").unwrap_err();
         let text = err.to_string();
         assert!(
-            text.starts_with("field \"nope\" does not exist in rollout.spec.strategy; the fields there are: maxParallelStage, maxUnavailable, "),
+            text.starts_with("field \"nope\" does not exist in rollout.spec.strategy; the fields there are: analysis, maxParallelStage, maxUnavailable, "),
             "{text}"
         );
         let err = explain(KindName::Machine, "nope").unwrap_err().to_string();

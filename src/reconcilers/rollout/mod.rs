@@ -230,6 +230,9 @@ struct Decision<'a> {
     open_waves: usize,
     /// Unavailable machines per wave, for `maxUnavailablePerWave`.
     wave_busy: Vec<u32>,
+    /// The machines' label took more distinct values than [`waves::MAX_WAVES`]: how
+    /// many. Nothing switches forward, and the message says why.
+    too_many_waves: Option<usize>,
     /// Why switching forward waits for `dependsOn` (reason, message), if it does.
     dependency_hold: Option<(&'static str, String)>,
 }
@@ -283,6 +286,7 @@ impl<'a> Decision<'a> {
             wave_of: Vec::new(),
             open_waves: usize::MAX,
             wave_busy: Vec::new(),
+            too_many_waves: None,
             dependency_hold: None,
         }
     }

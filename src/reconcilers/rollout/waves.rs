@@ -33,6 +33,15 @@ impl Decision<'_> {
             return;
         };
         let values = self.wave_values();
+        if values.len() > MAX_WAVES {
+            // Bounded: the status keeps one entry per wave, and a label with a value per
+            // machine is a mistake, not a plan. Going back is not held.
+            self.too_many_waves = Some(values.len());
+            self.wave_of = vec![None; self.instances.len()];
+            self.open_waves = 0;
+            self.st.waves.clear();
+            return;
+        }
         self.assign_waves(&values);
         self.wave_statuses(&values);
         let (wave_of, aborted) = (&self.wave_of, self.st.aborted);
@@ -110,13 +119,18 @@ impl Decision<'_> {
             .waves
             .as_ref()
             .is_some_and(|w| w.require_label);
+        let index: std::collections::HashMap<&str, usize> = values
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (v.as_str(), k))
+            .collect();
         let mut wave_of = vec![None; self.instances.len()];
         for &i in &self.desired {
             let value = self.label_of(i).unwrap_or("");
             if value.is_empty() && require {
                 continue;
             }
-            wave_of[i] = values.iter().position(|v| v == value);
+            wave_of[i] = index.get(value).copied();
         }
         self.wave_of = wave_of;
     }
@@ -139,31 +153,38 @@ impl Decision<'_> {
             .and_then(|d| ChronoDuration::from_std(d).ok())
             .unwrap_or_else(ChronoDuration::zero);
         let target = self.target;
-        let previous: Vec<WaveStatus> = std::mem::take(&mut self.st.waves)
-            .into_iter()
-            .filter(|w| w.version == target)
-            .collect();
+        let previous: std::collections::HashMap<String, WaveStatus> =
+            std::mem::take(&mut self.st.waves)
+                .into_iter()
+                .filter(|w| w.version == target)
+                .map(|w| (w.value.clone(), w))
+                .collect();
+        // Machines and those available on the target, per wave, in one pass; the last
+        // slot counts the machines refused for want of the label.
+        let mut counts = vec![(0u32, 0u32); values.len() + 1];
+        for &i in &self.desired {
+            let slot = match self.wave_of[i] {
+                Some(k) => k,
+                None if require && self.label_of(i).is_none() => values.len(),
+                None => continue,
+            };
+            let v = View {
+                inst: &self.instances[i],
+            };
+            counts[slot].0 += 1;
+            counts[slot].1 += u32::from(v.available_on(target));
+        }
         let mut out = Vec::with_capacity(values.len());
         let mut open = true;
         self.open_waves = 0;
         let mut wake = None;
         for (k, value) in values.iter().enumerate() {
-            let (mut machines, mut available) = (0u32, 0u32);
-            for &i in &self.desired {
-                let in_wave = if value.is_empty() && require {
-                    self.label_of(i).is_none()
-                } else {
-                    self.wave_of[i] == Some(k)
-                };
-                if in_wave {
-                    machines += 1;
-                    let v = View {
-                        inst: &self.instances[i],
-                    };
-                    available += u32::from(v.available_on(target));
-                }
-            }
-            let before = previous.iter().find(|w| &w.value == value);
+            let (machines, available) = if value.is_empty() && require {
+                counts[values.len()]
+            } else {
+                counts[k]
+            };
+            let before = previous.get(value);
             let mut entry = WaveStatus {
                 value: value.clone(),
                 version: target.to_string(),
@@ -258,6 +279,12 @@ impl Decision<'_> {
         if self.st.aborted {
             return None;
         }
+        if let Some(n) = self.too_many_waves {
+            return Some(format!(
+                "strategy.waves: label {} has {n} distinct values on the machines, at most {MAX_WAVES}: no machine is switched",
+                waves.label_key
+            ));
+        }
         let total = self.st.waves.len();
         let name = |v: &str| {
             if v.is_empty() {
@@ -304,6 +331,10 @@ impl Decision<'_> {
         None
     }
 }
+
+/// The most waves a Rollout may have: distinct values of the label on its machines
+/// (the status keeps an entry for each).
+pub const MAX_WAVES: usize = 1000;
 
 /// `4m`, `1h2m`, `30s`: a bake's time left, rounded down to what a person reads.
 pub fn human_seconds(s: i64) -> String {

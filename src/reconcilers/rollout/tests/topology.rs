@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::api::{set_condition, Dependency, SwitchOrder, Waves};
+use crate::reconcilers::rollout::waves::MAX_WAVES;
 
 /// A fleet of `zones.len()` machines, machine `i` labelled `zone=zones[i]` (none for
 /// `""`), with `v1` complete and the given waves.
@@ -438,4 +439,26 @@ fn find_cycle_should_name_a_cycle_through_the_start_and_end_on_any_graph() {
         "a cycle not through e"
     );
     assert_eq!(find_cycle(("default", "x"), deps), None);
+}
+
+#[test]
+fn a_label_with_more_distinct_values_than_waves_allowed_should_hold_switching_and_say_why() {
+    let names: Vec<String> = (0..=MAX_WAVES).map(|i| format!("z{i}")).collect();
+    let zones: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut fleet = zoned(&zones, 1001, by_zone(&[]));
+    fleet.set_version("2.0");
+    fleet.run(5);
+    assert!(fleet.switches.is_empty(), "{:?}", &fleet.switches[..3]);
+    let st = fleet.status();
+    assert!(
+        st.waves.is_empty(),
+        "one entry per value would be {}",
+        MAX_WAVES + 1
+    );
+    assert!(
+        st.message.contains("1001 distinct values")
+            && st.message.contains("no machine is switched"),
+        "{}",
+        st.message
+    );
 }
