@@ -5,7 +5,6 @@ use super::{connect, for_kind, parse_kind, reference, within, CliError, GlobalAr
 use crate::api::selector::LabelSelector;
 use crate::api::{KindName, Object};
 use crate::store::Client;
-use crate::store::Scope;
 use clap::Args;
 use serde_json::Value;
 use std::time::Duration;
@@ -132,7 +131,7 @@ async fn targets_from_words(
             anyhow::bail!("names and {how} cannot be given together");
         }
         Some(sel) => {
-            let names = for_kind!(kind, K => selected_names::<K>(g, client, &sel).await?);
+            let names = for_kind!(kind, K => super::selected_names::<K>(g, client, &sel).await?);
             if names.is_empty() {
                 eprintln!("No {} matched.", kind.plural());
             }
@@ -152,21 +151,6 @@ async fn targets_from_words(
             namespace: kind.namespaced().then(|| g.namespace.clone()),
             name,
         })
-        .collect())
-}
-
-/// The names of the objects of `K` in the namespace that `sel` selects.
-async fn selected_names<K: Object>(
-    g: &GlobalArgs,
-    client: &Client,
-    sel: &LabelSelector,
-) -> anyhow::Result<Vec<String>> {
-    let listed = within(g, client.list::<K>(&Scope::Namespace(g.namespace.clone()))).await?;
-    Ok(listed
-        .items
-        .iter()
-        .filter(|o| sel.matches(&o.meta().labels))
-        .map(|o| o.name().to_string())
         .collect())
 }
 

@@ -6,7 +6,7 @@ use super::{connect, for_kind, parse_kind, reference, within, CliError, GlobalAr
 use crate::api::selector::LabelSelector;
 use crate::api::validation::{check_label_key, check_label_value};
 use crate::api::{KindName, Object};
-use crate::store::{Client, Scope};
+use crate::store::Client;
 use clap::Args;
 use std::collections::BTreeMap;
 
@@ -221,7 +221,7 @@ pub async fn run(g: &GlobalArgs, args: MetaArgs, field: Field) -> anyhow::Result
     }
     let client = connect(g).await?;
     let names = match selection {
-        Some(sel) => for_kind!(kind, K => selected_names::<K>(g, &client, &sel).await?),
+        Some(sel) => for_kind!(kind, K => super::selected_names::<K>(g, &client, &sel).await?),
         None => names,
     };
     let mut failed = 0;
@@ -245,21 +245,6 @@ pub async fn run(g: &GlobalArgs, args: MetaArgs, field: Field) -> anyhow::Result
         eprintln!("No {} matched.", kind.plural());
     }
     Ok(if failed == 0 { 0 } else { 1 })
-}
-
-/// The names of the objects of `K` in the namespace that `sel` selects.
-async fn selected_names<K: Object>(
-    g: &GlobalArgs,
-    client: &Client,
-    sel: &LabelSelector,
-) -> anyhow::Result<Vec<String>> {
-    let listed = within(g, client.list::<K>(&Scope::Namespace(g.namespace.clone()))).await?;
-    Ok(listed
-        .items
-        .iter()
-        .filter(|o| sel.matches(&o.meta().labels))
-        .map(|o| o.name().to_string())
-        .collect())
 }
 
 /// One compare-and-swap update of one object; the overwrite check runs on each fresh

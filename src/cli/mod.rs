@@ -560,6 +560,25 @@ pub async fn connect_url(url: &StoreUrl) -> anyhow::Result<Client> {
     }
 }
 
+/// The names of the objects of `K` in the namespace that `sel` selects.
+pub(crate) async fn selected_names<K: crate::api::Object>(
+    g: &GlobalArgs,
+    client: &Client,
+    sel: &crate::api::selector::LabelSelector,
+) -> anyhow::Result<Vec<String>> {
+    let listed = within(
+        g,
+        client.list::<K>(&crate::store::Scope::Namespace(g.namespace.clone())),
+    )
+    .await?;
+    Ok(listed
+        .items
+        .iter()
+        .filter(|o| sel.matches(&o.meta().labels))
+        .map(|o| o.name().to_string())
+        .collect())
+}
+
 /// Bounds one store call by the same timeout as connecting, so an endpoint that
 /// accepted the connection and then died still fails promptly with its name.
 pub async fn within<T>(
