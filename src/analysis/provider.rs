@@ -130,6 +130,22 @@ pub async fn http(h: &HttpMetric, values: &BTreeMap<String, String>, declared: &
     run.await.unwrap_or_else(Outcome::Error)
 }
 
+/// The instant-query endpoint under `address`, keeping a path prefix with or without
+/// its trailing slash (`http://host/prometheus` -> `http://host/prometheus/api/v1/query`,
+/// where `Url::join` would drop `prometheus`).
+fn query_url(address: &str) -> Result<reqwest::Url, String> {
+    let mut url = reqwest::Url::parse(address).map_err(|e| format!("invalid address: {e}"))?;
+    if url.cannot_be_a_base() {
+        return Err(format!(
+            "invalid address: {address:?} is not an http(s) URL"
+        ));
+    }
+    let path = format!("{}/api/v1/query", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url.set_query(None);
+    Ok(url)
+}
+
 /// An instant query: one scalar or a one-element vector; an empty vector (or NaN) is no
 /// data.
 pub async fn prometheus(
@@ -140,9 +156,7 @@ pub async fn prometheus(
     let run = async {
         let query =
             args::render(&p.query, values, declared, Dest::PromQl).map_err(|e| e.to_string())?;
-        let mut url = reqwest::Url::parse(&p.address)
-            .and_then(|u| u.join("api/v1/query"))
-            .map_err(|e| format!("invalid address: {e}"))?;
+        let mut url = query_url(&p.address)?;
         url.query_pairs_mut().append_pair("query", &query);
         let doc = get_json(&client(p.timeout_seconds)?, url, &BTreeMap::new()).await?;
         if doc["status"] != "success" {
@@ -266,6 +280,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_query_url_should_keep_the_address_path_with_or_without_a_trailing_slash() {
+        for (address, want) in [
+            ("http://p:9090", "http://p:9090/api/v1/query"),
+            ("http://p:9090/", "http://p:9090/api/v1/query"),
+            ("http://h/prometheus", "http://h/prometheus/api/v1/query"),
+            ("http://h/prometheus/", "http://h/prometheus/api/v1/query"),
+        ] {
+            assert_eq!(query_url(address).unwrap().as_str(), want, "{address}");
+        }
+        assert!(query_url("mailto:a@b").is_err());
     }
 
     #[test]
