@@ -205,42 +205,37 @@ fn targets_from_files(files: &[String], default_namespace: &str) -> anyhow::Resu
         Ok(s) => s,
         Err(errors) => return Err(report(errors)),
     };
-    let mut errors = Vec::new();
     let mut targets = Vec::new();
-    for source in &sources {
-        let (docs, parse_errors) = manifest::parse_documents(source);
-        errors.extend(parse_errors.into_iter().map(LoadError::Manifest));
-        for doc in docs {
-            let kind_text = doc.value.get("kind").and_then(Value::as_str);
-            let name = doc
-                .value
-                .get("metadata")
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str);
-            let namespace = doc
-                .value
-                .get("metadata")
-                .and_then(|m| m.get("namespace"))
-                .and_then(Value::as_str);
-            let kind = kind_text.and_then(KindName::from_kind);
-            match (kind, name) {
-                (Some(kind), Some(name)) => targets.push(Target {
-                    kind,
-                    namespace: kind
-                        .namespaced()
-                        .then(|| namespace.unwrap_or(default_namespace).to_string()),
-                    name: name.to_string(),
-                }),
-                _ => errors.push(LoadError::Manifest(ManifestError {
-                    origin: doc.origin.clone(),
-                    kind: kind_text.map(str::to_string),
-                    name: name.map(str::to_string),
-                    path: None,
-                    message: "needs a known kind and metadata.name to be deleted".into(),
-                })),
-            }
+    let errors = manifest::parse_all(&sources, |doc, errors| {
+        let kind_text = doc.value.get("kind").and_then(Value::as_str);
+        let name = doc
+            .value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str);
+        let namespace = doc
+            .value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str);
+        let kind = kind_text.and_then(KindName::from_kind);
+        match (kind, name) {
+            (Some(kind), Some(name)) => targets.push(Target {
+                kind,
+                namespace: kind
+                    .namespaced()
+                    .then(|| namespace.unwrap_or(default_namespace).to_string()),
+                name: name.to_string(),
+            }),
+            _ => errors.push(LoadError::Manifest(ManifestError {
+                origin: doc.origin.clone(),
+                kind: kind_text.map(str::to_string),
+                name: name.map(str::to_string),
+                path: None,
+                message: "needs a known kind and metadata.name to be deleted".into(),
+            })),
         }
-    }
+    });
     if errors.is_empty() {
         Ok(targets)
     } else {
@@ -251,4 +246,28 @@ fn targets_from_files(files: &[String], default_namespace: &str) -> anyhow::Resu
 fn report(errors: Vec<LoadError>) -> anyhow::Error {
     manifest::print_errors(&errors);
     CliError::Exit(1).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_from_files_should_refuse_more_documents_than_one_command_may_hold() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file: String = (0..1000)
+            .map(|i| format!("---\nkind: Machine\nmetadata: {{name: m{i}}}\n"))
+            .collect();
+        let files = |n: usize| {
+            for i in 0..n {
+                std::fs::write(dir.path().join(format!("f{i:02}.yaml")), &file).expect("writable");
+            }
+            vec![dir.path().display().to_string()]
+        };
+        // 10 files of 1,000 documents each: at the limit, every target is read.
+        let targets = targets_from_files(&files(10), "default").expect("at the limit");
+        assert_eq!(targets.len(), manifest::limits::MAX_DOCUMENTS);
+        // One more file: past it, refused (and nothing would be deleted).
+        assert!(targets_from_files(&files(11), "default").is_err());
+    }
 }

@@ -820,14 +820,17 @@ fn field_line(text: &str, path: &str) -> Option<usize> {
     found
 }
 
-/// Reads, parses and validates every document of every source. All or nothing: any
-/// error anywhere returns every error found, and no object.
-pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec<LoadError>> {
-    let sources = read_sources(args)?;
+/// Hands `each` every document of every source, in order, and returns the errors: the
+/// parse errors and those `each` adds, in the order of the files. At most
+/// [`MAX_DOCUMENTS`] in one command (`apply`, `delete -f`, `diff`, `sync`): past that
+/// the rest is refused with one error.
+pub fn parse_all(
+    sources: &[Source],
+    mut each: impl FnMut(Document, &mut Vec<LoadError>),
+) -> Vec<LoadError> {
     let mut errors: Vec<LoadError> = Vec::new();
-    let mut loaded: Vec<Loaded> = Vec::new();
     let mut count = 0;
-    'sources: for source in &sources {
+    'sources: for source in sources {
         let (docs, parse_errors) = parse_documents(source);
         errors.extend(parse_errors.into_iter().map(LoadError::Manifest));
         for doc in docs {
@@ -842,15 +845,26 @@ pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec
                 }));
                 break 'sources;
             }
-            match validate_document(&doc, default_namespace) {
-                Ok(manifest) => loaded.push(Loaded {
-                    origin: doc.origin.clone(),
-                    manifest,
-                }),
-                Err(es) => errors.extend(es.into_iter().map(LoadError::Manifest)),
-            }
+            each(doc, &mut errors);
         }
     }
+    errors
+}
+
+/// Reads, parses and validates every document of every source. All or nothing: any
+/// error anywhere returns every error found, and no object.
+pub fn load(args: &[String], default_namespace: &str) -> Result<Vec<Loaded>, Vec<LoadError>> {
+    let sources = read_sources(args)?;
+    let mut loaded: Vec<Loaded> = Vec::new();
+    let mut errors = parse_all(&sources, |doc, errors| {
+        match validate_document(&doc, default_namespace) {
+            Ok(manifest) => loaded.push(Loaded {
+                origin: doc.origin.clone(),
+                manifest,
+            }),
+            Err(es) => errors.extend(es.into_iter().map(LoadError::Manifest)),
+        }
+    });
     // The same object twice would be applied twice, the second silently winning.
     let mut seen: HashMap<(KindName, String), usize> = HashMap::new();
     for (i, a) in loaded.iter().enumerate() {
