@@ -14,6 +14,7 @@ mod notifier;
 pub mod reference;
 mod rollout;
 pub mod schema;
+pub mod request;
 pub mod selector;
 mod sync;
 mod task;

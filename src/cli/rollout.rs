@@ -4,10 +4,8 @@
 use super::output::{escape, render};
 use super::{connect, duration_in, get::shutdown_signal, within, CliError, GlobalArgs};
 use crate::api::validation::check_version;
-use crate::api::{
-    find_condition, ConditionStatus, Object, Rollout, RolloutPhase, ANNOTATION_ABORT,
-    ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
-};
+use crate::api::request::Request;
+use crate::api::{find_condition, ConditionStatus, Object, Rollout, RolloutPhase};
 use crate::reconcilers::rollout::REASON_NO_MACHINES;
 use crate::store::{Client, ObjectEvent, Scope};
 use chrono::Utc;
@@ -138,107 +136,52 @@ pub mod status_code {
 }
 
 pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
-    if let RolloutCommand::Status { name, timeout } = cmd {
-        return status_command(g, &name, timeout).await;
-    }
+    let (name, request) = match cmd {
+        RolloutCommand::Status { name, timeout } => {
+            return status_command(g, &name, timeout).await
+        }
+        RolloutCommand::History { name } => {
+            let client = connect(g).await?;
+            return history(g, &client, &g.namespace, &name).await;
+        }
+        RolloutCommand::Pause { name } => (name, Request::Pause),
+        RolloutCommand::Resume { name } => (name, Request::Resume),
+        RolloutCommand::Promote { name, full } => (name, Request::Promote { full }),
+        RolloutCommand::Abort { name } => (name, Request::Abort),
+        RolloutCommand::Retry { name } => (name, Request::Retry),
+        RolloutCommand::Restart { name } => (name, Request::Restart),
+        RolloutCommand::Undo { name, to_revision } => (name, Request::Undo { to_revision }),
+    };
     let client = connect(g).await?;
     let ns = g.namespace.as_str();
-    let token = || uuid::Uuid::new_v4().to_string();
-    let (name, done) = match cmd {
-        RolloutCommand::Status { .. } => unreachable!("rollout status returned above"),
-        RolloutCommand::History { name } => return history(g, &client, ns, &name).await,
-        RolloutCommand::Pause { name } => {
-            change(g, &client, ns, &name, |r| r.spec.paused = true).await?;
-            (name, "paused".to_string())
+    if matches!(request, Request::Promote { .. }) {
+        // A promote on a finished rollout would be acted on as a no-op: say so instead of
+        // claiming "promoted".
+        let current = within(g, client.get::<Rollout>(Some(ns), &name))
+            .await?
+            .ok_or_else(|| CliError::NotFound {
+                plural: Rollout::PLURAL,
+                name: name.clone(),
+            })?;
+        if let Some(why) = request.nothing_to_do(&current) {
+            outln!(
+                "{} is {}",
+                super::reference(crate::api::KindName::Rollout, &name),
+                escape(&why)
+            );
+            return Ok(0);
         }
-        RolloutCommand::Resume { name } => {
-            change(g, &client, ns, &name, |r| r.spec.paused = false).await?;
-            (name, "resumed".to_string())
-        }
-        RolloutCommand::Promote { name, full } => {
-            // A promote on a finished rollout would be acted on as a no-op: say so
-            // instead of claiming "promoted".
-            let current = within(g, client.get::<Rollout>(Some(ns), &name))
-                .await?
-                .ok_or_else(|| CliError::NotFound {
-                    plural: Rollout::PLURAL,
-                    name: name.clone(),
-                })?;
-            if let Some(st) = current.status.as_ref().filter(|st| {
-                st.phase == RolloutPhase::Complete
-                    && Some(st.observed_generation) == current.metadata.generation
-            }) {
-                outln!(
-                    "{} is already complete at {}: nothing to promote",
-                    super::reference(crate::api::KindName::Rollout, &name),
-                    escape(st.stable_version.as_deref().unwrap_or("its version"))
-                );
-                return Ok(0);
-            }
-            let analysis_left = current
-                .spec
-                .strategy
-                .steps
-                .iter()
-                .skip(
-                    current
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.current_step_index)
-                        .unwrap_or(0) as usize,
-                )
-                .any(|s| s.analysis.is_some());
-            let value = if full {
-                format!("full:{}", token())
-            } else {
-                token()
-            };
-            change(g, &client, ns, &name, |r| {
-                annotate(r, ANNOTATION_PROMOTE, &value)
-            })
-            .await?;
-            (
-                name,
-                match (full, analysis_left) {
-                    (true, true) => "fully promoted (the remaining analysis is skipped)",
-                    (true, false) => "fully promoted",
-                    (false, _) => "promoted",
-                }
-                .to_string(),
-            )
-        }
-        RolloutCommand::Abort { name } => {
-            let value = token();
-            change(g, &client, ns, &name, |r| {
-                annotate(r, ANNOTATION_ABORT, &value)
-            })
-            .await?;
-            (name, "aborted".to_string())
-        }
-        RolloutCommand::Retry { name } => {
-            let value = token();
-            change(g, &client, ns, &name, |r| {
-                annotate(r, ANNOTATION_RETRY, &value)
-            })
-            .await?;
-            (name, "retried".to_string())
-        }
-        RolloutCommand::Restart { name } => {
-            let now = Utc::now();
-            change(g, &client, ns, &name, |r| r.spec.restart_at = Some(now)).await?;
-            (name, "restarted".to_string())
-        }
-        RolloutCommand::Undo { name, to_revision } => {
-            let mut outcome: Result<String, String> = Err(String::new());
-            change(g, &client, ns, &name, |r| {
-                outcome = undo(r, to_revision);
-            })
-            .await?;
-            match outcome {
-                Ok(what) => (name, what),
-                Err(e) => anyhow::bail!("cannot undo rollout {name:?}: {e}"),
-            }
-        }
+    }
+    let token = uuid::Uuid::new_v4().to_string();
+    let now = Utc::now();
+    let mut outcome: Result<String, String> = Err(String::new());
+    change(g, &client, ns, &name, |r| {
+        outcome = request.apply(r, &token, now);
+    })
+    .await?;
+    let done = match outcome {
+        Ok(what) => what,
+        Err(e) => anyhow::bail!("cannot {} rollout {name:?}: {e}", request.verb()),
     };
     outln!(
         "{} {}",
@@ -246,49 +189,6 @@ pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
         escape(&done)
     );
     Ok(0)
-}
-
-fn annotate(r: &mut Rollout, key: &str, value: &str) {
-    r.metadata
-        .annotations
-        .insert(key.to_string(), value.to_string());
-}
-
-/// Points `spec.version` at a past revision and marks the generation this write makes
-/// as an undo. Leaves `r` unchanged (so nothing is written) when it cannot.
-pub fn undo(r: &mut Rollout, to_revision: Option<u32>) -> Result<String, String> {
-    let history = r
-        .status
-        .as_ref()
-        .map(|s| s.history.clone())
-        .unwrap_or_default();
-    let target = match to_revision {
-        Some(n) => history.iter().find(|h| h.revision == n).ok_or_else(|| {
-            format!(
-                "no revision {n} in its history (see `deployctl rollout history {}`)",
-                r.metadata.name
-            )
-        })?,
-        None => history
-            .iter()
-            .rev()
-            .find(|h| h.version != r.spec.version)
-            .ok_or_else(|| "no earlier revision with another version in its history".to_string())?,
-    };
-    if target.version == r.spec.version && target.sha256 == r.spec.sha256 {
-        return Err(format!(
-            "revision {} is version {}, which it already wants",
-            target.revision, target.version
-        ));
-    }
-    r.spec.version = target.version.clone();
-    r.spec.sha256 = target.sha256.clone();
-    let next_generation = r.metadata.generation.unwrap_or(0) + 1;
-    annotate(r, ANNOTATION_UNDO, &next_generation.to_string());
-    Ok(format!(
-        "rolled back to revision {} (version {})",
-        target.revision, target.version
-    ))
 }
 
 /// One compare-and-swap update, retried from fresh state on conflict.
@@ -552,6 +452,8 @@ async fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::request::undo;
+    use crate::api::ANNOTATION_UNDO;
     use crate::api::{Revision, RolloutSpec, RolloutStatus};
 
     fn rollout(version: &str, generation: i64, status: Option<RolloutStatus>) -> Rollout {
