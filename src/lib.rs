@@ -22,6 +22,7 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod dashboard;
 pub mod notify;
 pub mod observe;
 pub mod reconcilers;

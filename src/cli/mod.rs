@@ -36,6 +36,7 @@ pub mod analysis;
 pub mod apply;
 pub mod complete;
 pub mod daemon;
+pub mod dashboard;
 pub mod delete;
 pub mod demo;
 pub mod depends;
@@ -266,6 +267,9 @@ pub enum Command {
     /// Serve the build webhook: a signed POST sets a Rollout's version.
     #[command(after_help = webhook::EXAMPLES)]
     Webhook(webhook::WebhookArgs),
+    /// Serve a live web dashboard of the rollouts, machines and events.
+    #[command(after_help = dashboard::EXAMPLES)]
+    Dashboard(dashboard::DashboardArgs),
     /// Run a controller and local agents on this machine (and, with --demo, a rollout).
     #[command(after_help = up::EXAMPLES)]
     Up(up::UpArgs),
@@ -446,6 +450,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Controller(args) => daemon::run_controller(&g, args).await,
         Command::Agent(args) => daemon::run_agent(&g, args).await,
         Command::Webhook(args) => webhook::run(&g, args).await,
+        Command::Dashboard(args) => dashboard::run(&g, args).await,
         Command::Up(args) => up::run(&g, args).await,
         Command::DemoServer(args) => demo::run_server(args).await,
         Command::Completion { shell } => {

@@ -400,7 +400,7 @@ pub fn rollout_version(r: &Rollout) -> String {
 
 /// The phase, and `paused` when a user paused a Rollout whose phase does not say so (a
 /// Complete one: the pause holds the next version).
-fn rollout_phase(r: &Rollout) -> String {
+pub fn rollout_phase(r: &Rollout) -> String {
     let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
     if r.spec.paused && phase != crate::api::RolloutPhase::Paused {
         format!("{phase} (paused)")

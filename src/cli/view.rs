@@ -120,7 +120,7 @@ pub fn step_text(r: &Rollout) -> String {
     }
 }
 
-fn describe_step(s: &Step) -> String {
+pub fn describe_step(s: &Step) -> String {
     match (s.set_weight, s.machines, &s.pause) {
         (Some(w), _, _) => format!("setWeight {w}%"),
         (_, Some(m), _) => format!("machines {m}"),

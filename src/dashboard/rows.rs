@@ -1,0 +1,319 @@
+//! The rows the dashboard sends: what each page shows of an object, as JSON, computed from
+//! the informers' objects. Pure: no store, no clock but the `now` given.
+//!
+//! Every string from the store goes out as a JSON string and the page puts it into the
+//! document as text (`textContent`), never as markup; nothing here escapes HTML.
+
+use crate::api::{
+    find_condition, ConditionStatus, Event, Instance, InstancePhase, Machine, Rollout,
+};
+use crate::cli::output::{rollout_phase, rollout_version, NotCounted};
+use crate::cli::view::{describe_step, gate, step_text, strategy_name};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Machines listed at most per group page of a rollout's grid.
+pub const MAX_GROUP_PAGE: usize = 500;
+
+/// A row of the Rollouts page: one Rollout.
+pub fn rollout_row(r: &Rollout, now: DateTime<Utc>) -> Value {
+    let st = r.status.clone().unwrap_or_default();
+    let target = st.target_version.clone().unwrap_or_else(|| r.spec.version.clone());
+    // The bar: machines on the target (updated, of which failed ones are shown apart),
+    // with the target staged but not switched, failed, and the rest (on the stable or
+    // another version). Each from the status the controller wrote in one write.
+    let failed = st.failed.min(st.desired);
+    let updated = st.updated.min(st.desired);
+    let staged = st.staged.saturating_sub(st.updated).min(st.desired - updated);
+    let rest = st.desired.saturating_sub(updated + staged + failed);
+    json!({
+        "namespace": r.metadata.namespace.clone().unwrap_or_default(),
+        "name": r.metadata.name,
+        "application": r.spec.application,
+        "phase": rollout_phase(r),
+        "phaseClass": st.phase.to_string(),
+        "stable": st.stable_version,
+        "target": target,
+        "version": rollout_version(r),
+        "strategy": strategy_name(r),
+        "step": step_text(r),
+        "desired": st.desired,
+        "bar": {"stable": rest, "updated": updated, "staged": staged, "failed": failed},
+        "available": st.available,
+        "created": r.metadata.creation_timestamp,
+        "gate": gate(r, now),
+        "message": st.message,
+        "paused": r.spec.paused,
+        "labels": r.metadata.labels,
+    })
+}
+
+/// The whole of one Rollout as its page shows it: the object itself (spec and status),
+/// plus the steps with the current one marked and the gate in words.
+pub fn rollout_detail(r: &Rollout, now: DateTime<Utc>) -> Value {
+    let st = r.status.clone().unwrap_or_default();
+    let current = st.current_step_index.map(|i| i as usize);
+    let steps: Vec<Value> = r
+        .spec
+        .strategy
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let state = match current {
+                Some(c) if i < c => "done",
+                Some(c) if i == c => "current",
+                _ => "pending",
+            };
+            json!({"index": i + 1, "text": describe_step(s), "state": state})
+        })
+        .collect();
+    let pause_until = st.pause_conditions.iter().filter_map(|p| p.until).min();
+    json!({
+        "row": rollout_row(r, now),
+        "object": r,
+        "steps": steps,
+        "pauseUntil": pause_until,
+    })
+}
+
+/// Where one machine stands in a rollout's grid. The order is the grid's: trouble first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum GridState {
+    Failed,
+    NotReady,
+    Cordoned,
+    Switching,
+    Verifying,
+    Staging,
+    Unavailable,
+    Available,
+    Pending,
+}
+
+impl GridState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GridState::Failed => "Failed",
+            GridState::NotReady => "NotReady",
+            GridState::Cordoned => "Cordoned",
+            GridState::Switching => "Switching",
+            GridState::Verifying => "Verifying",
+            GridState::Staging => "Staging",
+            GridState::Unavailable => "Unavailable",
+            GridState::Available => "Available",
+            GridState::Pending => "Pending",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<GridState> {
+        [
+            GridState::Failed,
+            GridState::NotReady,
+            GridState::Cordoned,
+            GridState::Switching,
+            GridState::Verifying,
+            GridState::Staging,
+            GridState::Unavailable,
+            GridState::Available,
+            GridState::Pending,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// An Instance's place in the grid: the version it runs (`None`: none yet) and its state.
+/// A machine rollouts do not count shows that first, as every view does.
+pub fn grid_cell(i: &Instance, machine: Option<&Machine>, now: DateTime<Utc>) -> (Option<String>, GridState) {
+    let st = i.status.as_ref();
+    let version = st.and_then(|s| s.current_version.clone());
+    if let Some(n) = machine.and_then(|m| NotCounted::of(m, now)) {
+        let state = if n.not_ready.is_some() {
+            GridState::NotReady
+        } else {
+            GridState::Cordoned
+        };
+        return (version, state);
+    }
+    let Some(s) = st else {
+        return (version, GridState::Pending);
+    };
+    let state = if s.failure.is_some() || s.phase == InstancePhase::Failed {
+        GridState::Failed
+    } else if i.spec.current.is_some() && i.spec.current != s.current_version {
+        GridState::Switching
+    } else if s.phase == InstancePhase::Verifying {
+        GridState::Verifying
+    } else if s.available {
+        GridState::Available
+    } else if s.phase == InstancePhase::Staging {
+        GridState::Staging
+    } else if s.current_version.is_some() {
+        GridState::Unavailable
+    } else {
+        GridState::Pending
+    };
+    (version, state)
+}
+
+/// The key of a grid group's row: `group/<version>/<state>`, `-` for no version.
+pub fn group_key(version: Option<&str>, state: GridState) -> String {
+    format!("group/{}/{}", version.unwrap_or("-"), state.as_str())
+}
+
+/// The Instances of `r`'s Application (in its namespace).
+pub fn instances_of<'a>(
+    r: &'a Rollout,
+    instances: impl IntoIterator<Item = &'a Instance> + 'a,
+) -> impl Iterator<Item = &'a Instance> + 'a {
+    let ns = r.metadata.namespace.clone();
+    instances.into_iter().filter(move |i| {
+        i.spec.application == r.spec.application && i.metadata.namespace == ns
+    })
+}
+
+/// A rollout's machines grouped by the version they run and their state, with counts:
+/// one row per group, keyed by [`group_key`], so that 10,000 machines are a handful of
+/// rows. The machines of a group are listed on request ([`group_page`]).
+pub fn grid<'a>(
+    r: &Rollout,
+    instances: impl IntoIterator<Item = &'a Instance>,
+    machines: &impl Fn(&str) -> Option<std::sync::Arc<Machine>>,
+    now: DateTime<Utc>,
+) -> BTreeMap<String, Value> {
+    let target = r
+        .status
+        .as_ref()
+        .and_then(|s| s.target_version.clone())
+        .unwrap_or_else(|| r.spec.version.clone());
+    let stable = r.status.as_ref().and_then(|s| s.stable_version.clone());
+    let mut counts: BTreeMap<(Option<String>, GridState), u32> = BTreeMap::new();
+    for i in instances {
+        let m = machines(&i.spec.machine);
+        *counts.entry(grid_cell(i, m.as_deref(), now)).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((version, state), count)| {
+            let role = match version.as_deref() {
+                Some(v) if v == target => "target",
+                Some(v) if Some(v) == stable.as_deref() => "stable",
+                Some(_) => "other",
+                None => "none",
+            };
+            (
+                group_key(version.as_deref(), state),
+                json!({
+                    "version": version,
+                    "state": state.as_str(),
+                    "role": role,
+                    "count": count,
+                }),
+            )
+        })
+        .collect()
+}
+
+/// One machine of a grid group, as the expanded group lists it.
+pub fn grid_machine(i: &Instance, state: GridState) -> Value {
+    let st = i.status.clone().unwrap_or_default();
+    let detail = match &st.failure {
+        Some(f) => format!("{} {} failed: {}: {}", f.operation, f.version, f.reason, f.message),
+        None => {
+            let mut parts = Vec::new();
+            if let Some(want) = i.spec.current.as_deref() {
+                if st.current_version.as_deref() != Some(want) {
+                    parts.push(format!("switching to {want}"));
+                }
+            }
+            if st.current_version.is_some() {
+                parts.push(if st.healthy { "healthy" } else { "unhealthy" }.to_string());
+            }
+            parts.join(", ")
+        }
+    };
+    json!({
+        "machine": i.spec.machine,
+        "state": state.as_str(),
+        "phase": st.phase.to_string(),
+        "version": st.current_version,
+        "staged": st.staged_versions,
+        "detail": detail,
+        "output": st.last_hook_output.iter().rev().take(5).rev().collect::<Vec<_>>(),
+        "updated": st.updated_at,
+    })
+}
+
+/// One page of a grid group's machines, by machine name: `offset` and at most
+/// [`MAX_GROUP_PAGE`] of them, with the group's total.
+pub fn group_page<'a>(
+    instances: impl IntoIterator<Item = &'a Instance>,
+    machines: &impl Fn(&str) -> Option<std::sync::Arc<Machine>>,
+    version: Option<&str>,
+    state: GridState,
+    offset: usize,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Value {
+    let mut members: Vec<(&Instance, GridState)> = instances
+        .into_iter()
+        .filter_map(|i| {
+            let m = machines(&i.spec.machine);
+            let (v, s) = grid_cell(i, m.as_deref(), now);
+            (v.as_deref() == version && s == state).then_some((i, s))
+        })
+        .collect();
+    members.sort_by(|a, b| a.0.spec.machine.cmp(&b.0.spec.machine));
+    let total = members.len();
+    let limit = limit.min(MAX_GROUP_PAGE);
+    let page: Vec<Value> = members
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(i, s)| grid_machine(i, s))
+        .collect();
+    json!({"total": total, "offset": offset, "machines": page})
+}
+
+/// A row of the Machines page.
+pub fn machine_row(m: &Machine, now: DateTime<Utc>) -> Value {
+    let st = m.status.clone().unwrap_or_default();
+    let ready = find_condition(&st.conditions, "Ready");
+    let not_counted = NotCounted::of(m, now).map(|n| n.text());
+    let apps: Vec<Value> = st
+        .applications
+        .iter()
+        .map(|a| json!({"name": a.name, "version": a.current_version, "phase": a.phase}))
+        .collect();
+    json!({
+        "name": m.metadata.name,
+        "ready": ready.is_some_and(|c| c.status == ConditionStatus::True),
+        "readySince": ready.and_then(|c| c.last_transition_time),
+        "notCounted": not_counted,
+        "cordoned": m.spec.unschedulable,
+        "labels": m.metadata.labels,
+        "applications": apps,
+        "heartbeat": st.last_heartbeat,
+        "agentVersion": st.agent_version,
+        "hostname": st.hostname,
+    })
+}
+
+/// A row of the Events page.
+pub fn event_row(e: &Event) -> Value {
+    let o = &e.spec.involved_object;
+    json!({
+        "name": e.metadata.name,
+        "namespace": e.metadata.namespace,
+        "type": e.spec.type_,
+        "reason": e.spec.reason,
+        "message": e.spec.message,
+        "source": e.spec.source,
+        "object": format!("{}/{}", o.kind.to_lowercase(), o.name),
+        "objectNamespace": o.namespace,
+        "time": e.spec.time.or(e.metadata.creation_timestamp),
+    })
+}
