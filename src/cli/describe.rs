@@ -808,7 +808,7 @@ pub fn describe_machine(
 }
 
 /// `3s ago (lease 10s, expires in 7s)` from a live presence; without one, why not.
-fn heartbeat(presence: Option<&Presence>, not_counted: Option<&NotCounted>) -> String {
+pub fn heartbeat(presence: Option<&Presence>, not_counted: Option<&NotCounted>) -> String {
     let secs =
         |d: std::time::Duration| human_duration(chrono::Duration::seconds(d.as_secs() as i64));
     match presence {

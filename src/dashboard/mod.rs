@@ -55,6 +55,10 @@ pub const MAX_BODY_BYTES: usize = 4 << 10;
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an action's store write may take.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Machines whose heartbeat one request may ask for (the page shows 200 at a time).
+pub const MAX_HEARTBEATS: usize = 200;
+/// How long the heartbeats of one request may take to read.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sign-in attempts one address may make per minute.
 pub const SIGN_IN_PER_MINUTE: u32 = 10;
 
@@ -244,6 +248,9 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (Method::GET, ["api", "stream"]) => live(shared, req.uri().query().unwrap_or("")),
+        (Method::GET, ["api", "heartbeats"]) => {
+            heartbeats(shared, req.uri().query().unwrap_or("")).await
+        }
         (Method::GET, ["api", "namespaces", ns, "rollouts", name, "machines"]) => {
             group_machines(shared, ns, name, req.uri().query().unwrap_or(""))
         }
@@ -354,6 +361,51 @@ fn group_machines(shared: &Shared, ns: &str, name: &str, query: &str) -> Respons
         chrono::Utc::now(),
     );
     json_answer(StatusCode::OK, page)
+}
+
+/// `GET /api/heartbeats?names=a,b,...`: the last heartbeat of each (at most
+/// [`MAX_HEARTBEATS`]), read from its agent's lease as `describe machine` reads it. The
+/// page asks for the machines it shows.
+async fn heartbeats(shared: &Shared, query: &str) -> Response<Body> {
+    let names_text = query_value(query, "names").unwrap_or_default();
+    let names: Vec<&str> = names_text.split(',').filter(|n| !n.is_empty()).collect();
+    if names.len() > MAX_HEARTBEATS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("names: {} machines; ask for at most {MAX_HEARTBEATS}", names.len()),
+        );
+    }
+    for n in &names {
+        if let Err(e) = check_name(n) {
+            return error(StatusCode::BAD_REQUEST, format!("names: {n:?}: {e}"));
+        }
+    }
+    let now = chrono::Utc::now();
+    let names: Vec<String> = names.into_iter().map(str::to_string).collect();
+    let (client, machines) = (shared.client.clone(), shared.model.machines.clone());
+    let read = futures::stream::iter(names)
+        .map(move |name| {
+            let (client, machines) = (client.clone(), machines.clone());
+            async move {
+                let text = match client.presence(&name).await {
+                    Ok(p) => {
+                        let m = machines.get(None, &name);
+                        rows::heartbeat(p.as_ref(), m.as_deref(), now)
+                    }
+                    Err(e) => format!("unknown: {e}"),
+                };
+                (name, serde_json::Value::String(text))
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<serde_json::Map<String, serde_json::Value>>();
+    match tokio::time::timeout(HEARTBEAT_TIMEOUT, read).await {
+        Ok(map) => json_answer(StatusCode::OK, serde_json::Value::Object(map)),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the store did not answer within {}s", HEARTBEAT_TIMEOUT.as_secs()),
+        ),
+    }
 }
 
 /// Reads a small body, bounded in size and time.

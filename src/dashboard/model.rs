@@ -24,8 +24,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// How long the publisher gathers changes before it recomputes rows: the floor of the
-/// delay from a store change to the page, and the most flushes per second.
+/// The shortest time between two recomputations of rows: at most 10 flushes a second,
+/// however many agents report.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Events kept (the newest); older ones leave the Events page.
 pub const MAX_EVENTS: usize = 2_000;
@@ -230,6 +230,8 @@ impl Model {
                 move |i: &Instance, _| {
                     if let Some(m) = w.upgrade() {
                         m.mark(|d| {
+                            // Its machine's row lists the applications on it.
+                            d.machines.insert(i.spec.machine.clone());
                             d.apps.insert((
                                 i.metadata.namespace.clone(),
                                 i.spec.application.clone(),
@@ -379,10 +381,28 @@ impl Model {
                 d.stale = true;
             }
         }
-        for name in &dirty.machines {
-            match self.machines.get(None, name) {
-                Some(m) => changed |= t.machines.upsert(seq, name, &rows::machine_row(&m, now)),
-                None => changed |= t.machines.remove(seq, name),
+        if !dirty.machines.is_empty() {
+            // The Instances on each changed machine, in one pass over them all.
+            let mut on: HashMap<&str, Vec<Arc<Instance>>> =
+                dirty.machines.iter().map(|m| (m.as_str(), Vec::new())).collect();
+            for i in self.instances.list() {
+                if let Some(v) = on.get_mut(i.spec.machine.as_str()) {
+                    v.push(i);
+                }
+            }
+            for name in &dirty.machines {
+                match self.machines.get(None, name) {
+                    Some(m) => {
+                        let mut instances = on.remove(name.as_str()).unwrap_or_default();
+                        instances.sort_by(|a, b| {
+                            (&a.metadata.namespace, &a.spec.application)
+                                .cmp(&(&b.metadata.namespace, &b.spec.application))
+                        });
+                        let row = rows::machine_row(&m, &instances, now);
+                        changed |= t.machines.upsert(seq, name, &row);
+                    }
+                    None => changed |= t.machines.remove(seq, name),
+                }
             }
         }
         changed |= self.flush_events(t, seq, &dirty.events);
@@ -493,9 +513,11 @@ impl Drop for ViewGuard {
     }
 }
 
-/// The publisher: after each burst of changes (at most one flush per
-/// [`FLUSH_INTERVAL`]), recomputes rows and wakes the clients.
+/// The publisher: recomputes rows after a change and wakes the clients, at most once
+/// per [`FLUSH_INTERVAL`]: a change after a quiet spell is flushed at once, one in a
+/// burst waits for the interval's end, with the rest of the burst.
 async fn publish(model: Arc<Model>, shutdown: CancellationToken) {
+    let mut last = tokio::time::Instant::now() - FLUSH_INTERVAL;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -503,8 +525,9 @@ async fn publish(model: Arc<Model>, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(FLUSH_INTERVAL) => {}
+            _ = tokio::time::sleep_until(last + FLUSH_INTERVAL) => {}
         }
+        last = tokio::time::Instant::now();
         if model.flush() {
             let seq = model.tables().seq;
             model.published.send_replace(seq);

@@ -278,15 +278,24 @@ pub fn group_page<'a>(
     json!({"total": total, "offset": offset, "machines": page})
 }
 
-/// A row of the Machines page.
-pub fn machine_row(m: &Machine, now: DateTime<Utc>) -> Value {
+/// A row of the Machines page: the Machine and the Instances on it (the applications it
+/// runs). The last heartbeat is not here: it is the agent's lease, which no watch
+/// reports; the page asks for the rows it shows ([`heartbeat`]).
+pub fn machine_row(m: &Machine, instances: &[std::sync::Arc<Instance>], now: DateTime<Utc>) -> Value {
     let st = m.status.clone().unwrap_or_default();
     let ready = find_condition(&st.conditions, "Ready");
     let not_counted = NotCounted::of(m, now).map(|n| n.text());
-    let apps: Vec<Value> = st
-        .applications
+    let apps: Vec<Value> = instances
         .iter()
-        .map(|a| json!({"name": a.name, "version": a.current_version, "phase": a.phase}))
+        .map(|i| {
+            let s = i.status.clone().unwrap_or_default();
+            json!({
+                "namespace": i.metadata.namespace,
+                "name": i.spec.application,
+                "version": s.current_version,
+                "phase": s.phase.to_string(),
+            })
+        })
         .collect();
     json!({
         "name": m.metadata.name,
@@ -296,10 +305,17 @@ pub fn machine_row(m: &Machine, now: DateTime<Utc>) -> Value {
         "cordoned": m.spec.unschedulable,
         "labels": m.metadata.labels,
         "applications": apps,
-        "heartbeat": st.last_heartbeat,
+        "registered": st.last_heartbeat,
         "agentVersion": st.agent_version,
         "hostname": st.hostname,
     })
+}
+
+/// A machine's last heartbeat in words, from its presence lease, as `describe machine`
+/// says it.
+pub fn heartbeat(presence: Option<&crate::store::Presence>, m: Option<&Machine>, now: DateTime<Utc>) -> String {
+    let not_counted = m.and_then(|m| NotCounted::of(m, now));
+    crate::cli::describe::heartbeat(presence, not_counted.as_ref())
 }
 
 /// A row of the Events page.

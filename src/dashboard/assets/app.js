@@ -179,6 +179,23 @@ function machinesPage(app) {
   const more = el('button', { type: 'button', text: 'Show more', onclick: () => { limit += PAGE; render(); } });
   app.append(el('h1', { text: 'Machines' }), el('div', { class: 'tools' }, filter, count), body, more);
   let last = new Map();
+  // Heartbeats are the agents' leases, which no stream reports: asked for the rows shown,
+  // every 10 s and when they change.
+  const beats = new Map();
+  let asked = '';
+  const fetchBeats = async (force) => {
+    const names = [...body.querySelectorAll('tr.machine')].map((tr) => tr.dataset.key);
+    const key = names.join(',');
+    if (!names.length || (!force && key === asked)) return;
+    asked = key;
+    try {
+      const got = await api('/api/heartbeats?' + new URLSearchParams({ names: key }));
+      for (const [n, text] of Object.entries(got)) beats.set(n, text);
+      for (const td of body.querySelectorAll('td.heartbeat')) {
+        if (beats.has(td.dataset.name)) td.textContent = beats.get(td.dataset.name);
+      }
+    } catch (_) { /* shown as before; the next tick asks again */ }
+  };
   const render = () => {
     const all = [...last.values()];
     const shown = all.filter((m) => matches(filter.value, m.name, m.labels, m.applications, m.notCounted || 'Ready', m.hostname));
@@ -187,19 +204,22 @@ function machinesPage(app) {
     count.textContent = `${shown.length} of ${all.length} (${ready} ready)`;
     more.hidden = shown.length <= limit;
     clear(body);
-    body.append(table(['NAME', 'READY', 'CORDONED', 'LABELS', 'APPLICATIONS', 'LAST HEARTBEAT', 'AGENT'],
+    body.append(table(['NAME', 'READY', 'CORDONED', 'LABELS', 'APPLICATIONS', 'LAST HEARTBEAT', 'REGISTERED', 'AGENT'],
       shown.slice(0, limit).map((m) => el('tr', { dataset: { key: m.name }, class: 'machine' },
         el('td', { text: m.name }),
         el('td', {}, el('span', { class: 'phase ' + (m.ready ? 'Complete' : 'Degraded'), text: m.ready ? 'Ready' : 'NotReady', title: m.notCounted || '' })),
         el('td', { text: m.cordoned ? 'yes' : '' }),
         el('td', { class: 'labels', text: labelsText(m.labels) }),
-        el('td', { text: m.applications.map((a) => `${a.name} ${a.version || '-'} (${a.phase})`).join(', ') }),
-        el('td', { text: m.heartbeat ? age(m.heartbeat) + ' ago' : '-' }),
+        el('td', { class: 'apps', text: m.applications.map((a) => `${a.name} ${a.version || '-'} (${a.phase})`).join(', ') || '-' }),
+        el('td', { class: 'heartbeat', dataset: { name: m.name }, text: beats.get(m.name) || '…' }),
+        el('td', { text: m.registered ? age(m.registered) + ' ago' : '-' }),
         el('td', { text: m.agentVersion || '-' })))));
+    fetchBeats(false);
   };
   filter.addEventListener('input', () => { limit = PAGE; render(); });
   state.stop = live({ topic: 'machines' }, (rows) => { last = rows; render(); });
   every(5000, render);
+  every(10000, () => fetchBeats(true));
 }
 
 function eventsPage(app) {
