@@ -1,5 +1,5 @@
-//! Test and benchmark support: a real etcd on free loopback ports, and a throwaway
-//! embedded store.
+//! Test and benchmark support: a real etcd on free loopback ports, a throwaway
+//! embedded store, and a real browser ([`browser`]).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -7,6 +7,8 @@
 //! let store = etcd.connect().await;
 //! # }
 //! ```
+
+pub mod browser;
 
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
@@ -945,4 +947,15 @@ mod tests {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// The `p`th percentile (0..=100) of `sorted` (ascending) by the nearest-rank method:
+/// the smallest value with at least `p`% of the values at or below it. NaN when empty.
+/// What every benchmark reports.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }

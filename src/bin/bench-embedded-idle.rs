@@ -6,6 +6,7 @@
 //! opened through another (two handles on one file notice each other's commits as two
 //! processes do). Prints one JSON line; see BENCHMARKS.md.
 
+use deployctl::testing::percentile;
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use deployctl::store::{embedded::EmbeddedStore, Store};
@@ -51,14 +52,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 fn total_cpu(agents: &Agents) -> anyhow::Result<f64> {
     agents.0.iter().map(|c| cpu_seconds(c.id())).sum()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn round(x: f64, places: i32) -> f64 {

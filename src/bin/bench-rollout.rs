@@ -2,6 +2,7 @@
 //! real agent protocol with zero-cost work) roll a version out; measured against the etcd
 //! floor (4 x N single-key puts). Prints one JSON line per N; see BENCHMARKS.md.
 
+use deployctl::testing::percentile;
 use anyhow::{anyhow, bail, Context as _};
 use async_trait::async_trait;
 use clap::Parser;
@@ -311,14 +312,6 @@ async fn floor(raw: &etcd_client::Client, machines: usize) -> anyhow::Result<Dur
     let elapsed = started.elapsed();
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     Ok(elapsed)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn round(x: f64, digits: i32) -> f64 {

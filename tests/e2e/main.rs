@@ -5,6 +5,7 @@ mod analysis;
 mod cli;
 mod common;
 mod completion;
+mod dashboard;
 mod etcd_cluster;
 mod etcd_security;
 mod get;
