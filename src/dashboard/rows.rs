@@ -333,3 +333,182 @@ pub fn event_row(e: &Event) -> Value {
         "time": e.spec.time.or(e.metadata.creation_timestamp),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        Condition, InstanceFailure, InstanceSpec, InstanceStatus, MachineSpec, MachineStatus,
+        Object, RolloutSpec, RolloutStatus,
+    };
+    use std::sync::Arc;
+
+    fn rollout(st: RolloutStatus) -> Rollout {
+        let mut r = Rollout::new(
+            "api",
+            RolloutSpec {
+                application: "api".into(),
+                version: "v2".into(),
+                ..Default::default()
+            },
+        );
+        r.metadata.namespace = Some("default".into());
+        r.status = Some(st);
+        r
+    }
+
+    fn instance(machine: &str, want: &str, status: Option<InstanceStatus>) -> Instance {
+        let mut i = Instance::new(
+            &Instance::name_for("api", machine),
+            InstanceSpec {
+                machine: machine.into(),
+                application: "api".into(),
+                current: Some(want.into()),
+                ..Default::default()
+            },
+        );
+        i.metadata.namespace = Some("default".into());
+        i.status = status;
+        i
+    }
+
+    fn running(version: &str) -> InstanceStatus {
+        InstanceStatus {
+            phase: InstancePhase::Running,
+            current_version: Some(version.into()),
+            healthy: true,
+            available: true,
+            ..Default::default()
+        }
+    }
+
+    fn machine(name: &str, ready: bool) -> Arc<Machine> {
+        let mut m = Machine::new(name, MachineSpec::default());
+        m.status = Some(MachineStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: if ready {
+                    ConditionStatus::True
+                } else {
+                    ConditionStatus::False
+                },
+                reason: if ready { "AgentHeartbeat" } else { "AgentLeaseExpired" }.into(),
+                message: String::new(),
+                last_transition_time: None,
+            }],
+            ..Default::default()
+        });
+        Arc::new(m)
+    }
+
+    #[test]
+    fn the_bar_should_split_the_desired_machines_without_counting_one_twice() {
+        let r = rollout(RolloutStatus {
+            desired: 10,
+            updated: 4,
+            staged: 7,
+            failed: 1,
+            target_version: Some("v2".into()),
+            stable_version: Some("v1".into()),
+            ..Default::default()
+        });
+        let row = rollout_row(&r, Utc::now());
+        assert_eq!(
+            row["bar"],
+            json!({"stable": 2, "staged": 3, "updated": 4, "failed": 1})
+        );
+        assert_eq!(row["target"], "v2");
+        assert_eq!(row["stable"], "v1");
+        // Counts past the desired number (a status mid-change) never overflow the bar.
+        let odd = rollout(RolloutStatus {
+            desired: 2,
+            updated: 5,
+            staged: 9,
+            failed: 4,
+            ..Default::default()
+        });
+        let bar = &rollout_row(&odd, Utc::now())["bar"];
+        let sum: u64 = ["stable", "staged", "updated", "failed"]
+            .iter()
+            .map(|k| bar[k].as_u64().unwrap())
+            .sum();
+        assert!(sum <= 4, "{bar}");
+    }
+
+    #[test]
+    fn a_machine_should_land_in_the_group_of_its_version_and_state_trouble_first() {
+        let now = Utc::now();
+        let failed = InstanceStatus {
+            phase: InstancePhase::Failed,
+            current_version: Some("v1".into()),
+            failure: Some(InstanceFailure {
+                version: "v2".into(),
+                operation: "stage".into(),
+                reason: "FetchFailed".into(),
+                message: "404".into(),
+                time: now,
+            }),
+            ..Default::default()
+        };
+        let cases = [
+            (instance("a", "v2", Some(running("v2"))), true, GridState::Available),
+            (instance("b", "v2", Some(running("v1"))), true, GridState::Switching),
+            (instance("c", "v1", Some(failed)), true, GridState::Failed),
+            (instance("d", "v2", Some(running("v2"))), false, GridState::NotReady),
+            (instance("e", "v2", None), true, GridState::Pending),
+        ];
+        for (i, ready, want) in &cases {
+            let m = machine(&i.spec.machine, *ready);
+            assert_eq!(grid_cell(i, Some(&m), now).1, *want, "{}", i.spec.machine);
+        }
+        let machines = |name: &str| Some(machine(name, name != "d"));
+        let r = rollout(RolloutStatus {
+            target_version: Some("v2".into()),
+            stable_version: Some("v1".into()),
+            ..Default::default()
+        });
+        let groups = grid(&r, cases.iter().map(|c| &c.0), &machines, now);
+        assert_eq!(
+            groups.keys().collect::<Vec<_>>(),
+            [
+                "group/-/Pending",
+                "group/v1/Failed",
+                "group/v1/Switching",
+                "group/v2/Available",
+                "group/v2/NotReady",
+            ]
+        );
+        assert_eq!(groups["group/v2/Available"]["role"], "target");
+        assert_eq!(groups["group/v1/Failed"]["role"], "stable");
+        assert_eq!(groups["group/-/Pending"]["role"], "none");
+    }
+
+    #[test]
+    fn a_group_should_be_listed_a_page_at_a_time_by_machine_name() {
+        let now = Utc::now();
+        let instances: Vec<Instance> = (0..1_200)
+            .map(|k| instance(&format!("m{k:04}"), "v2", Some(running("v2"))))
+            .collect();
+        let machines = |name: &str| Some(machine(name, true));
+        let page = |offset| {
+            group_page(
+                instances.iter(),
+                &machines,
+                Some("v2"),
+                GridState::Available,
+                offset,
+                10_000,
+                now,
+            )
+        };
+        let first = page(0);
+        assert_eq!(first["total"], 1_200);
+        assert_eq!(first["machines"].as_array().unwrap().len(), MAX_GROUP_PAGE);
+        assert_eq!(first["machines"][0]["machine"], "m0000");
+        let last = page(1_000);
+        assert_eq!(last["machines"].as_array().unwrap().len(), 200);
+        assert_eq!(last["machines"][0]["machine"], "m1000");
+        let none = group_page(instances.iter(), &machines, None, GridState::Available, 0, 10, now);
+        assert_eq!(none["total"], 0, "no machine without a version");
+    }
+}

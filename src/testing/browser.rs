@@ -87,12 +87,20 @@ impl Browser {
         args["op"] = json!(op);
         args["id"] = json!(id);
         writeln!(self.stdin, "{args}").map_err(|e| format!("the driver went away: {e}"))?;
-        let line = self
-            .lines
-            .recv_timeout(wait)
-            .map_err(|_| format!("no answer to {op} within {wait:?}"))?;
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| format!("not JSON ({e}): {line}"))?;
+        // An answer to an earlier request that came after its caller gave up is skipped.
+        let deadline = std::time::Instant::now() + wait;
+        let v = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| format!("no answer to {op} within {wait:?}"))?;
+            let v: Value =
+                serde_json::from_str(&line).map_err(|e| format!("not JSON ({e}): {line}"))?;
+            if v["id"] == json!(id) {
+                break v;
+            }
+        };
         if v["ok"] == json!(true) {
             Ok(v["value"].clone())
         } else {

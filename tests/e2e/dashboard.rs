@@ -305,3 +305,73 @@ impl Sse {
         panic!("no matching rows message in 100");
     }
 }
+
+/// A degraded rollout's page as its status says it (written straight to the store, as a
+/// controller would): failed machines with their reason and output, analysis runs,
+/// waves, all as text, markup in them included.
+#[test]
+fn dashboard_should_show_failures_analysis_and_waves_as_text() {
+    let backend = Backend::embedded();
+    let store = backend.url();
+    let markup = "<img src=x onerror=\"window.__pwned=1\">";
+    let status: deployctl::api::RolloutStatus = serde_json::from_value(json!({
+        "observedGeneration": 1,
+        "phase": "Degraded",
+        "message": format!("1 machine(s) failed {markup}"),
+        "targetVersion": "v2",
+        "stableVersion": "v1",
+        "desired": 4, "staged": 4, "updated": 1, "available": 3, "failed": 1,
+        "failureHistory": [{
+            "revision": 2, "version": "v2", "failed": 1,
+            "machines": [{
+                "machine": "m3", "operation": "Switch", "reason": "HookFailed",
+                "message": "activate exited 1", "time": "2026-12-01T00:00:00Z",
+                "output": ["starting", format!("error: {markup}")],
+            }],
+        }],
+        "analysisRuns": [{
+            "revision": 2, "step": 1, "phase": "Failed", "startedAt": "2026-12-01T00:00:00Z",
+            "templates": ["error-rate"], "message": "error-rate failed",
+            "metrics": [{
+                "name": "error-rate", "phase": "Failed", "count": 3, "successful": 1,
+                "failed": 2, "measurements": [{
+                    "time": "2026-12-01T00:00:00Z", "phase": "Failed", "value": "0.42",
+                }],
+            }],
+        }],
+        "waves": [
+            {"value": "zone-a", "version": "v2", "phase": "Done", "machines": 2, "available": 2},
+            {"value": "zone-b", "version": "v2", "phase": "Current", "machines": 2, "available": 1},
+        ],
+    }))
+    .expect("a RolloutStatus");
+    crate::common::rt().block_on(async {
+        let mut r = deployctl::api::Rollout::new(
+            "web",
+            deployctl::api::RolloutSpec {
+                application: "web".into(),
+                version: "v2".into(),
+                ..Default::default()
+            },
+        );
+        r.status = Some(status);
+        backend.client().await.create_with_status(&r).await.expect("create the Rollout");
+    });
+    let (_d, url) = start_dashboard(&store, &[]);
+    let mut b = Browser::launch();
+    b.goto(&format!("{url}/#/rollouts/default/web"));
+    b.wait_text("h1 .phase", "Degraded");
+    let failure = b.wait_text("details.failure summary", "m3: Switch HookFailed");
+    assert!(failure.contains("activate exited 1"), "{failure}");
+    b.click("details.failure summary");
+    b.wait_text("details.failure pre", &format!("error: {markup}"));
+    b.wait_text(".analysis h3", "error-rate");
+    b.wait_text(".analysis td", "0.42");
+    b.wait_text("section table td", "zone-b");
+    b.wait_text("#message", markup);
+    assert_eq!(b.count("main img"), 0, "no element made from the store's text");
+    assert_eq!(b.eval("window.__pwned === undefined"), json!(true));
+    b.screenshot(&shots().join("degraded.png"));
+    let errors = b.console_errors();
+    assert!(errors.is_empty(), "the page logged errors: {errors:?}");
+}

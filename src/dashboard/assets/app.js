@@ -170,6 +170,8 @@ function rolloutsPage(app) {
   every(5000, render);
 }
 
+const byName = new Intl.Collator(undefined, { numeric: true });
+
 function machinesPage(app) {
   const PAGE = 200;
   let limit = PAGE;
@@ -199,7 +201,7 @@ function machinesPage(app) {
   const render = () => {
     const all = [...last.values()];
     const shown = all.filter((m) => matches(filter.value, m.name, m.labels, m.applications, m.notCounted || 'Ready', m.hostname));
-    shown.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
+    shown.sort((a, b) => byName.compare(a.name, b.name));
     const ready = all.filter((m) => m.ready).length;
     count.textContent = `${shown.length} of ${all.length} (${ready} ready)`;
     more.hidden = shown.length <= limit;
@@ -335,14 +337,19 @@ function rolloutPage(app, ns, name) {
           el('td', { text: w.bakeUntil || '-' }))))));
     }
     if ((st.analysisRuns || []).length) {
-      main.append(section('Analysis runs', st.analysisRuns.map((run) => el('div', { class: 'analysis' },
-        el('h3', {}, `${run.name || run.template || 'run'} `, phaseBadge(run.phase || 'Running')),
-        el('p', { class: 'message', text: run.message || '' }),
-        table(['METRIC', 'PHASE', 'MEASUREMENTS', 'LAST VALUE'], (run.metrics || []).map((m) => {
+      main.append(section('Analysis runs', [...st.analysisRuns].reverse().map((run) => el('div', { class: 'analysis' },
+        el('h3', {}, `revision ${run.revision}, ${run.background ? 'background' : 'step ' + (run.step + 1)}: ${(run.templates || []).join(', ')} `,
+          phaseBadge(run.phase)),
+        run.message ? el('p', { class: 'message', text: run.message }) : null,
+        table(['METRIC', 'PHASE', 'MEASURED', 'SUCCESSFUL', 'FAILED', 'INCONCLUSIVE', 'ERRORS', 'LAST'], (run.metrics || []).map((m) => {
           const ms = m.measurements || [];
-          const lastM = ms[ms.length - 1] || {};
-          return el('tr', {}, el('td', { text: m.name }), el('td', { text: m.phase || '' }),
-            el('td', { text: String(ms.length) }), el('td', { text: lastM.value !== undefined ? String(lastM.value) : (lastM.message || '-') }));
+          const lastM = ms[ms.length - 1];
+          const lastText = !lastM ? '-' : (lastM.value !== undefined && lastM.value !== null ? lastM.value : '') +
+            (lastM.message ? ` ${lastM.message}` : '');
+          return el('tr', {}, el('td', { text: m.name }), el('td', {}, phaseBadge(m.phase)),
+            el('td', { text: String(m.count) }), el('td', { text: String(m.successful) }),
+            el('td', { text: String(m.failed) }), el('td', { text: String(m.inconclusive) }),
+            el('td', { text: String(m.errors) }), el('td', { class: 'message', text: lastText.trim() || '-' }));
         }))))));
     }
     const failures = (st.failureHistory || []);
@@ -380,6 +387,23 @@ function rolloutPage(app, ns, name) {
     }
   };
 
+  // An open group's machines are asked for again when its count changes, at most once a
+  // second: 10,000 reporting machines change counts ten times a second.
+  const lastLoad = new Map();
+  const pendingLoad = new Set();
+  const scheduleLoad = (key) => {
+    if (pendingLoad.has(key)) return;
+    pendingLoad.add(key);
+    const wait = Math.max(0, (lastLoad.get(key) || 0) + 1000 - Date.now());
+    setTimeout(() => {
+      pendingLoad.delete(key);
+      lastLoad.set(key, Date.now());
+      const list = open.get(key);
+      const current = groups.find(([k]) => k === key);
+      if (list && current) loadGroup(current[1], list, 0);
+    }, wait);
+  };
+
   const renderGrid = (changedGroups) => {
     clear(gridBox);
     if (!groups.length) { gridBox.append(el('p', { class: 'muted', text: 'No machines yet.' })); return; }
@@ -391,13 +415,12 @@ function rolloutPage(app, ns, name) {
           el('span', { class: 'gstate', text: g.state })), list);
       if (open.has(key)) {
         d.open = true;
-        const prev = open.get(key);
-        if (changedGroups === null || changedGroups.has(key)) loadGroup(g, list, 0);
-        else list.append(...prev.childNodes);
+        list.append(...open.get(key).childNodes);
         open.set(key, list);
+        if (changedGroups === null || changedGroups.has(key)) scheduleLoad(key);
       }
       d.addEventListener('toggle', () => {
-        if (d.open) { open.set(key, list); loadGroup(g, list, 0); } else open.delete(key);
+        if (d.open) { open.set(key, list); scheduleLoad(key); } else open.delete(key);
       });
       gridBox.append(d);
     }
