@@ -906,6 +906,17 @@ fn openssl(args: &[&str]) {
     );
 }
 
+/// The `p`th percentile (0..=100) of `sorted` (ascending) by the nearest-rank method:
+/// the smallest value with at least `p`% of the values at or below it. NaN when empty.
+/// What every benchmark reports.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -947,15 +958,4 @@ mod tests {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
-}
-
-/// The `p`th percentile (0..=100) of `sorted` (ascending) by the nearest-rank method:
-/// the smallest value with at least `p`% of the values at or below it. NaN when empty.
-/// What every benchmark reports.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

@@ -4,8 +4,7 @@
 //! either is the same write.
 
 use super::{
-    Rollout, RolloutPhase, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY,
-    ANNOTATION_UNDO,
+    Rollout, RolloutPhase, ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_RETRY, ANNOTATION_UNDO,
 };
 use chrono::{DateTime, Utc};
 
@@ -64,7 +63,12 @@ impl Request {
     /// retry) distinct from the last one the controller acted on; `now` is a restart's
     /// time. Returns what was done, in the past tense (`promoted`), or why it cannot be
     /// done, leaving `r` unchanged (so nothing is written).
-    pub fn apply(&self, r: &mut Rollout, token: &str, now: DateTime<Utc>) -> Result<String, String> {
+    pub fn apply(
+        &self,
+        r: &mut Rollout,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, String> {
         Ok(match self {
             Request::Pause => {
                 r.spec.paused = true;

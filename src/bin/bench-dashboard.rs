@@ -166,11 +166,20 @@ async fn report_all(client: &Client, n: usize, version: &str) -> anyhow::Result<
 }
 
 /// What one live stream saw: each `rows` message's arrival time and data.
-fn read_stream(addr: String, query: &'static str, tx: mpsc::Sender<(&'static str, Instant, Value)>) {
+fn read_stream(
+    addr: String,
+    query: &'static str,
+    tx: mpsc::Sender<(&'static str, Instant, Value)>,
+) {
     let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
         return;
     };
-    if write!(s, "GET /api/stream?{query} HTTP/1.1\r\nHost: {addr}\r\n\r\n").is_err() {
+    if write!(
+        s,
+        "GET /api/stream?{query} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .is_err()
+    {
         return;
     }
     let mut event = String::new();
@@ -340,15 +349,19 @@ fn main() -> anyhow::Result<()> {
             let client = client.clone();
             rt.spawn(async move {
                 let t = Instant::now();
-                report_all(&client, n, version).await.map(|_| (t.elapsed(), Instant::now()))
+                report_all(&client, n, version)
+                    .await
+                    .map(|_| (t.elapsed(), Instant::now()))
             })
         };
         // Markers while the flood runs.
         while !flood.is_finished() {
             let k = written.len() as u64;
-            rt.block_on(client.update_status::<Rollout>(Some("default"), "api", |st| {
-                st.message = format!("marker-{k}");
-            }))?;
+            rt.block_on(
+                client.update_status::<Rollout>(Some("default"), "api", |st| {
+                    st.message = format!("marker-{k}");
+                }),
+            )?;
             written.push(Instant::now());
             if let Some(b) = browser.as_mut() {
                 let t = Instant::now();
@@ -364,7 +377,9 @@ fn main() -> anyhow::Result<()> {
         let prefix = format!("group/{version}/");
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let (q, at, v) = rx.recv_timeout(left).context("the grid never counted every machine")?;
+            let (q, at, v) = rx
+                .recv_timeout(left)
+                .context("the grid never counted every machine")?;
             for k in scan(&v) {
                 if let Some(w) = written.get(k as usize) {
                     stream_delays

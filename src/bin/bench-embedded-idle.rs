@@ -6,10 +6,10 @@
 //! opened through another (two handles on one file notice each other's commits as two
 //! processes do). Prints one JSON line; see BENCHMARKS.md.
 
-use deployctl::testing::percentile;
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use deployctl::store::{embedded::EmbeddedStore, Store};
+use deployctl::testing::percentile;
 use futures::StreamExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,6 @@
 //! real agent protocol with zero-cost work) roll a version out; measured against the etcd
 //! floor (4 x N single-key puts). Prints one JSON line per N; see BENCHMARKS.md.
 
-use deployctl::testing::percentile;
 use anyhow::{anyhow, bail, Context as _};
 use async_trait::async_trait;
 use clap::Parser;
@@ -12,6 +11,7 @@ use deployctl::store::{
     etcd::EtcdStore, Client, LeaseId, ObjectEvent, Scope, Store, StoreUrl, Txn, TxnResult,
     WatchStream,
 };
+use deployctl::testing::percentile;
 use deployctl::testing::EtcdServer;
 use futures::StreamExt;
 use std::collections::HashMap;

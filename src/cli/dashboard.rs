@@ -71,6 +71,12 @@ pub async fn run(g: &GlobalArgs, args: DashboardArgs) -> anyhow::Result<i32> {
     // The Host names allowed are those of the port actually bound (`--listen :0`).
     let access = auth::Access::new(token, addr, args.allow_actions);
     outln!("dashboard on http://{addr}/");
-    dashboard::serve(listener, client, DashboardConfig { access }, shutdown_token()).await?;
+    dashboard::serve(
+        listener,
+        client,
+        DashboardConfig { access },
+        shutdown_token(),
+    )
+    .await?;
     Ok(0)
 }

@@ -3,8 +3,8 @@
 
 use super::output::{escape, render};
 use super::{connect, duration_in, get::shutdown_signal, within, CliError, GlobalArgs};
-use crate::api::validation::check_version;
 use crate::api::request::Request;
+use crate::api::validation::check_version;
 use crate::api::{find_condition, ConditionStatus, Object, Rollout, RolloutPhase};
 use crate::reconcilers::rollout::REASON_NO_MACHINES;
 use crate::store::{Client, ObjectEvent, Scope};
@@ -137,9 +137,7 @@ pub mod status_code {
 
 pub async fn run(g: &GlobalArgs, cmd: RolloutCommand) -> anyhow::Result<i32> {
     let (name, request) = match cmd {
-        RolloutCommand::Status { name, timeout } => {
-            return status_command(g, &name, timeout).await
-        }
+        RolloutCommand::Status { name, timeout } => return status_command(g, &name, timeout).await,
         RolloutCommand::History { name } => {
             let client = connect(g).await?;
             return history(g, &client, &g.namespace, &name).await;

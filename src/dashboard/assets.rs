@@ -37,15 +37,31 @@ mod tests {
         let html = std::str::from_utf8(find("/").unwrap().body).unwrap();
         assert!(html.contains(r#"<script src="/app.js" defer></script>"#));
         assert!(html.contains(r#"<link rel="stylesheet" href="/app.css">"#));
-        assert_eq!(html.matches("<script").count(), 1, "one script, from a file");
+        assert_eq!(
+            html.matches("<script").count(),
+            1,
+            "one script, from a file"
+        );
         for inline in [" on", "javascript:", "style=", "http://", "https://"] {
             assert!(!html.contains(inline), "the page holds {inline:?}");
         }
         let js = std::str::from_utf8(find("/app.js").unwrap().body).unwrap();
-        for unsafe_sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
-            assert!(!js.contains(unsafe_sink), "app.js uses {unsafe_sink}: render text only");
+        for unsafe_sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(
+                !js.contains(unsafe_sink),
+                "app.js uses {unsafe_sink}: render text only"
+            );
         }
-        assert!(!js.contains("http://") && !js.contains("https://"), "no other origin");
+        assert!(
+            !js.contains("http://") && !js.contains("https://"),
+            "no other origin"
+        );
         assert!(find("/../Cargo.toml").is_none());
     }
 }

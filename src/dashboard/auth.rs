@@ -70,7 +70,10 @@ impl Access {
             m.finalize().into_bytes()
         };
         let (a, b) = (digest(token), digest(given));
-        a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
     }
 
     /// Whether the request carries a session: the cookie, or `Authorization: Bearer
@@ -131,7 +134,10 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
     if buf.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        return Err(format!("token file {} is larger than 8 KiB", path.display()));
+        return Err(format!(
+            "token file {} is larger than 8 KiB",
+            path.display()
+        ));
     }
     let token = buf.trim_ascii().to_vec();
     if token.len() < MIN_TOKEN_BYTES {
@@ -174,7 +180,10 @@ mod tests {
         assert!(!a.signed_in(Some("x=y"), None));
         assert!(!a.signed_in(None, None));
         let none = Access::new(None, "127.0.0.1:3100".parse().unwrap(), false);
-        assert!(!none.signed_in(Some(&cookie), Some("Bearer ")), "no token: no session");
+        assert!(
+            !none.signed_in(Some(&cookie), Some("Bearer ")),
+            "no token: no session"
+        );
     }
 
     #[test]
@@ -193,12 +202,24 @@ mod tests {
 
     #[test]
     fn an_action_should_need_the_origin_of_the_host_it_was_sent_to() {
-        assert!(same_origin(Some("http://127.0.0.1:3100"), Some("127.0.0.1:3100")));
-        assert!(same_origin(Some("https://dash.example"), Some("dash.example")));
-        assert!(!same_origin(Some("http://evil.example"), Some("127.0.0.1:3100")));
+        assert!(same_origin(
+            Some("http://127.0.0.1:3100"),
+            Some("127.0.0.1:3100")
+        ));
+        assert!(same_origin(
+            Some("https://dash.example"),
+            Some("dash.example")
+        ));
+        assert!(!same_origin(
+            Some("http://evil.example"),
+            Some("127.0.0.1:3100")
+        ));
         assert!(!same_origin(Some("null"), Some("127.0.0.1:3100")));
         assert!(!same_origin(None, Some("127.0.0.1:3100")));
-        assert!(!same_origin(Some("http://127.0.0.1:3100.evil"), Some("127.0.0.1:3100")));
+        assert!(!same_origin(
+            Some("http://127.0.0.1:3100.evil"),
+            Some("127.0.0.1:3100")
+        ));
     }
 
     #[test]
@@ -208,7 +229,9 @@ mod tests {
         std::fs::write(&p, "short\n").unwrap();
         assert!(read_token_file(&p).unwrap_err().contains("fewer than 16"));
         std::fs::write(&p, "0123456789 abcdef0123").unwrap();
-        assert!(read_token_file(&p).unwrap_err().contains("control characters"));
+        assert!(read_token_file(&p)
+            .unwrap_err()
+            .contains("control characters"));
         std::fs::write(&p, vec![b'a'; 9000]).unwrap();
         assert!(read_token_file(&p).unwrap_err().contains("8 KiB"));
         std::fs::write(&p, "0123456789abcdef0123\n").unwrap();

@@ -151,10 +151,19 @@ pub async fn serve(
 /// Adds the headers every answer carries.
 fn secure(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -177,7 +186,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     json_answer(status, json!({ "error": message.into() }))
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -243,7 +252,10 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
         _ => {}
     }
     if access.reads_need_session && !signed_in {
-        return error(StatusCode::UNAUTHORIZED, "sign in with the dashboard's token");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "sign in with the dashboard's token",
+        );
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
@@ -263,14 +275,19 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
                 );
             }
             if !signed_in {
-                return error(StatusCode::FORBIDDEN, "sign in with the dashboard's token to act");
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "sign in with the dashboard's token to act",
+                );
             }
             if !auth::same_origin(header_str(&req, header::ORIGIN), host.as_deref()) {
                 return error(StatusCode::FORBIDDEN, "cross-origin request refused");
             }
             action(shared, peer, &ns, &name, &verb, req).await
         }
-        (Method::GET | Method::POST, _) => error(StatusCode::NOT_FOUND, format!("no such page: {path}")),
+        (Method::GET | Method::POST, _) => {
+            error(StatusCode::NOT_FOUND, format!("no such page: {path}"))
+        }
         _ => error(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST"),
     }
 }
@@ -301,7 +318,10 @@ fn live(shared: &Shared, query: &str) -> Response<Body> {
                     return error(StatusCode::BAD_REQUEST, format!("{what}: {e}"));
                 }
             }
-            Topic::Rollout { namespace: ns, name }
+            Topic::Rollout {
+                namespace: ns,
+                name,
+            }
         }
         other => {
             return error(
@@ -339,7 +359,10 @@ fn group_machines(shared: &Shared, ns: &str, name: &str, query: &str) -> Respons
     };
     let state = query_value(query, "state").unwrap_or_default();
     let Some(state) = rows::GridState::parse(&state) else {
-        return error(StatusCode::BAD_REQUEST, format!("state {state:?}: not a grid state"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("state {state:?}: not a grid state"),
+        );
     };
     let version = query_value(query, "version").filter(|v| !v.is_empty() && v != "-");
     let offset = match query_value(query, "offset").map(|o| o.parse::<usize>()) {
@@ -372,7 +395,10 @@ async fn heartbeats(shared: &Shared, query: &str) -> Response<Body> {
     if names.len() > MAX_HEARTBEATS {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("names: {} machines; ask for at most {MAX_HEARTBEATS}", names.len()),
+            format!(
+                "names: {} machines; ask for at most {MAX_HEARTBEATS}",
+                names.len()
+            ),
         );
     }
     for n in &names {
@@ -403,7 +429,10 @@ async fn heartbeats(shared: &Shared, query: &str) -> Response<Body> {
         Ok(map) => json_answer(StatusCode::OK, serde_json::Value::Object(map)),
         Err(_) => error(
             StatusCode::GATEWAY_TIMEOUT,
-            format!("the store did not answer within {}s", HEARTBEAT_TIMEOUT.as_secs()),
+            format!(
+                "the store did not answer within {}s",
+                HEARTBEAT_TIMEOUT.as_secs()
+            ),
         ),
     }
 }
@@ -417,7 +446,10 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body: larger than {MAX_BODY_BYTES} bytes"),
         )),
-        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )),
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
             format!("body: not received within {}s", BODY_TIMEOUT.as_secs()),
@@ -443,7 +475,10 @@ async fn sign_in(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> R
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .allow(source(peer), Instant::now());
     if !allowed {
-        return error(StatusCode::TOO_MANY_REQUESTS, "too many sign-in attempts: wait a minute");
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-in attempts: wait a minute",
+        );
     }
     let body = match read_body(req).await {
         Ok(b) => b,
@@ -565,7 +600,10 @@ async fn action(
         Err(_) => {
             return error(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("the store did not answer within {}s", ACTION_TIMEOUT.as_secs()),
+                format!(
+                    "the store did not answer within {}s",
+                    ACTION_TIMEOUT.as_secs()
+                ),
             )
         }
     };
@@ -573,10 +611,15 @@ async fn action(
         Ok(Ok((changed, message))) => {
             tracing::info!(%peer, rollout = %format!("{ns}/{name}"), action = request.verb(),
                 changed, "dashboard action");
-            json_answer(StatusCode::OK, json!({ "changed": changed, "message": message }))
+            json_answer(
+                StatusCode::OK,
+                json!({ "changed": changed, "message": message }),
+            )
         }
         Ok(Err(why)) => error(StatusCode::CONFLICT, format!("cannot {verb}: {why}")),
-        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("no rollout {ns}/{name}")),
+        Err(StoreError::NotFound(_)) => {
+            error(StatusCode::NOT_FOUND, format!("no rollout {ns}/{name}"))
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
     }
 }
@@ -587,14 +630,19 @@ mod tests {
 
     #[test]
     fn an_action_should_be_one_of_the_cli_verbs_with_only_undo_taking_a_revision() {
-        assert_eq!(parse_action("promote", b"").unwrap(), RolloutRequest::Promote { full: false });
+        assert_eq!(
+            parse_action("promote", b"").unwrap(),
+            RolloutRequest::Promote { full: false }
+        );
         assert_eq!(
             parse_action("promote-full", b" ").unwrap(),
             RolloutRequest::Promote { full: true }
         );
         assert_eq!(
             parse_action("undo", br#"{"toRevision": 2}"#).unwrap(),
-            RolloutRequest::Undo { to_revision: Some(2) }
+            RolloutRequest::Undo {
+                to_revision: Some(2)
+            }
         );
         assert!(parse_action("pause", br#"{"toRevision": 2}"#)
             .unwrap_err()
@@ -602,9 +650,16 @@ mod tests {
         assert!(parse_action("undo", br#"{"toRevision": 0}"#)
             .unwrap_err()
             .contains("start at 1"));
-        assert!(parse_action("undo", br#"{"x": 1}"#).unwrap_err().starts_with("body:"));
-        assert!(parse_action("delete", b"").unwrap_err().contains("use promote"));
-        assert!(parse_action("restart", b"").is_err(), "not a dashboard action");
+        assert!(parse_action("undo", br#"{"x": 1}"#)
+            .unwrap_err()
+            .starts_with("body:"));
+        assert!(parse_action("delete", b"")
+            .unwrap_err()
+            .contains("use promote"));
+        assert!(
+            parse_action("restart", b"").is_err(),
+            "not a dashboard action"
+        );
     }
 
     #[test]

@@ -39,7 +39,10 @@ pub enum Topic {
     Machines,
     Events,
     /// One rollout's page: `rollout` (its detail) and `group/<version>/<state>` rows.
-    Rollout { namespace: String, name: String },
+    Rollout {
+        namespace: String,
+        name: String,
+    },
 }
 
 #[derive(Debug)]
@@ -204,7 +207,8 @@ impl Model {
                 move |r: &Rollout, _| {
                     if let Some(m) = w.upgrade() {
                         m.mark(|d| {
-                            d.rollouts.insert(crate::controller::informer::object_key(r));
+                            d.rollouts
+                                .insert(crate::controller::informer::object_key(r));
                         });
                     }
                 },
@@ -232,10 +236,8 @@ impl Model {
                         m.mark(|d| {
                             // Its machine's row lists the applications on it.
                             d.machines.insert(i.spec.machine.clone());
-                            d.apps.insert((
-                                i.metadata.namespace.clone(),
-                                i.spec.application.clone(),
-                            ));
+                            d.apps
+                                .insert((i.metadata.namespace.clone(), i.spec.application.clone()));
                         });
                     }
                 },
@@ -374,7 +376,11 @@ impl Model {
             let ns = key.namespace.clone().unwrap_or_default();
             let row_key = format!("{ns}/{}", key.name);
             match self.rollouts.get_key(key) {
-                Some(r) => changed |= t.rollouts.upsert(seq, &row_key, &rows::rollout_row(&r, now)),
+                Some(r) => {
+                    changed |= t
+                        .rollouts
+                        .upsert(seq, &row_key, &rows::rollout_row(&r, now))
+                }
                 None => changed |= t.rollouts.remove(seq, &row_key),
             }
             if let Some(d) = t.details.get_mut(&(ns, key.name.clone())) {
@@ -383,8 +389,11 @@ impl Model {
         }
         if !dirty.machines.is_empty() {
             // The Instances on each changed machine, in one pass over them all.
-            let mut on: HashMap<&str, Vec<Arc<Instance>>> =
-                dirty.machines.iter().map(|m| (m.as_str(), Vec::new())).collect();
+            let mut on: HashMap<&str, Vec<Arc<Instance>>> = dirty
+                .machines
+                .iter()
+                .map(|m| (m.as_str(), Vec::new()))
+                .collect();
             for i in self.instances.list() {
                 if let Some(v) = on.get_mut(i.spec.machine.as_str()) {
                     v.push(i);
@@ -408,9 +417,11 @@ impl Model {
         changed |= self.flush_events(t, seq, &dirty.events);
         for ((ns, name), d) in t.details.iter_mut() {
             let app_changed = || {
-                self.rollouts
-                    .get(Some(ns), name)
-                    .is_some_and(|r| dirty.apps.contains(&(r.metadata.namespace.clone(), r.spec.application.clone())))
+                self.rollouts.get(Some(ns), name).is_some_and(|r| {
+                    dirty
+                        .apps
+                        .contains(&(r.metadata.namespace.clone(), r.spec.application.clone()))
+                })
             };
             if d.viewers == 0 || !(d.stale || !dirty.machines.is_empty() || app_changed()) {
                 continue;
@@ -464,7 +475,14 @@ impl Model {
     }
 
     /// A rollout page's rows: `rollout`, and one per grid group.
-    fn flush_detail(&self, table: &mut Table, seq: u64, ns: &str, name: &str, now: chrono::DateTime<Utc>) -> bool {
+    fn flush_detail(
+        &self,
+        table: &mut Table,
+        seq: u64,
+        ns: &str,
+        name: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> bool {
         let mut changed = false;
         let Some(r) = self.rollouts.get(Some(ns), name) else {
             let keys: Vec<String> = table.keys().cloned().collect();
@@ -549,17 +567,26 @@ mod tests {
         assert!(first.reset);
         assert_eq!(first.upsert.len(), 2);
 
-        assert!(!t.upsert(2, "a", &json!({"v": 1})), "an unchanged row is no change");
+        assert!(
+            !t.upsert(2, "a", &json!({"v": 1})),
+            "an unchanged row is no change"
+        );
         assert!(t.upsert(2, "b", &json!({"v": 2})));
         assert!(t.remove(2, "a"));
         let d = t.since(Some(1));
         assert!(!d.reset);
         assert_eq!(
-            d.upsert.iter().map(|(k, v)| (k.as_str(), &**v)).collect::<Vec<_>>(),
+            d.upsert
+                .iter()
+                .map(|(k, v)| (k.as_str(), &**v))
+                .collect::<Vec<_>>(),
             [("b", r#"{"v":2}"#)]
         );
         assert_eq!(d.delete, ["a"]);
-        assert!(t.since(Some(2)).is_empty(), "nothing after the newest change");
+        assert!(
+            t.since(Some(2)).is_empty(),
+            "nothing after the newest change"
+        );
     }
 
     #[test]
@@ -570,7 +597,10 @@ mod tests {
             t.upsert(i + 1, &key, &json!(i));
             t.remove(i + 1, &key);
         }
-        assert!(t.since(Some(1)).reset, "a cursor past the horizon starts afresh");
+        assert!(
+            t.since(Some(1)).reset,
+            "a cursor past the horizon starts afresh"
+        );
         assert!(!t.since(Some(MAX_TOMBSTONES as u64 + 5)).reset);
     }
 

@@ -20,13 +20,19 @@ pub const MAX_GROUP_PAGE: usize = 500;
 /// A row of the Rollouts page: one Rollout.
 pub fn rollout_row(r: &Rollout, now: DateTime<Utc>) -> Value {
     let st = r.status.clone().unwrap_or_default();
-    let target = st.target_version.clone().unwrap_or_else(|| r.spec.version.clone());
+    let target = st
+        .target_version
+        .clone()
+        .unwrap_or_else(|| r.spec.version.clone());
     // The bar: machines on the target (updated, of which failed ones are shown apart),
     // with the target staged but not switched, failed, and the rest (on the stable or
     // another version). Each from the status the controller wrote in one write.
     let failed = st.failed.min(st.desired);
     let updated = st.updated.min(st.desired);
-    let staged = st.staged.saturating_sub(st.updated).min(st.desired - updated);
+    let staged = st
+        .staged
+        .saturating_sub(st.updated)
+        .min(st.desired - updated);
     let rest = st.desired.saturating_sub(updated + staged + failed);
     json!({
         "namespace": r.metadata.namespace.clone().unwrap_or_default(),
@@ -127,7 +133,11 @@ impl GridState {
 
 /// An Instance's place in the grid: the version it runs (`None`: none yet) and its state.
 /// A machine rollouts do not count shows that first, as every view does.
-pub fn grid_cell(i: &Instance, machine: Option<&Machine>, now: DateTime<Utc>) -> (Option<String>, GridState) {
+pub fn grid_cell(
+    i: &Instance,
+    machine: Option<&Machine>,
+    now: DateTime<Utc>,
+) -> (Option<String>, GridState) {
     let st = i.status.as_ref();
     let version = st.and_then(|s| s.current_version.clone());
     if let Some(n) = machine.and_then(|m| NotCounted::of(m, now)) {
@@ -170,9 +180,9 @@ pub fn instances_of<'a>(
     instances: impl IntoIterator<Item = &'a Instance> + 'a,
 ) -> impl Iterator<Item = &'a Instance> + 'a {
     let ns = r.metadata.namespace.clone();
-    instances.into_iter().filter(move |i| {
-        i.spec.application == r.spec.application && i.metadata.namespace == ns
-    })
+    instances
+        .into_iter()
+        .filter(move |i| i.spec.application == r.spec.application && i.metadata.namespace == ns)
 }
 
 /// A rollout's machines grouped by the version they run and their state, with counts:
@@ -221,7 +231,10 @@ pub fn grid<'a>(
 pub fn grid_machine(i: &Instance, state: GridState) -> Value {
     let st = i.status.clone().unwrap_or_default();
     let detail = match &st.failure {
-        Some(f) => format!("{} {} failed: {}: {}", f.operation, f.version, f.reason, f.message),
+        Some(f) => format!(
+            "{} {} failed: {}: {}",
+            f.operation, f.version, f.reason, f.message
+        ),
         None => {
             let mut parts = Vec::new();
             if let Some(want) = i.spec.current.as_deref() {
@@ -281,7 +294,11 @@ pub fn group_page<'a>(
 /// A row of the Machines page: the Machine and the Instances on it (the applications it
 /// runs). The last heartbeat is not here: it is the agent's lease, which no watch
 /// reports; the page asks for the rows it shows ([`heartbeat`]).
-pub fn machine_row(m: &Machine, instances: &[std::sync::Arc<Instance>], now: DateTime<Utc>) -> Value {
+pub fn machine_row(
+    m: &Machine,
+    instances: &[std::sync::Arc<Instance>],
+    now: DateTime<Utc>,
+) -> Value {
     let st = m.status.clone().unwrap_or_default();
     let ready = find_condition(&st.conditions, "Ready");
     let not_counted = NotCounted::of(m, now).map(|n| n.text());
@@ -313,7 +330,11 @@ pub fn machine_row(m: &Machine, instances: &[std::sync::Arc<Instance>], now: Dat
 
 /// A machine's last heartbeat in words, from its presence lease, as `describe machine`
 /// says it.
-pub fn heartbeat(presence: Option<&crate::store::Presence>, m: Option<&Machine>, now: DateTime<Utc>) -> String {
+pub fn heartbeat(
+    presence: Option<&crate::store::Presence>,
+    m: Option<&Machine>,
+    now: DateTime<Utc>,
+) -> String {
     let not_counted = m.and_then(|m| NotCounted::of(m, now));
     crate::cli::describe::heartbeat(presence, not_counted.as_ref())
 }
@@ -392,7 +413,12 @@ mod tests {
                 } else {
                     ConditionStatus::False
                 },
-                reason: if ready { "AgentHeartbeat" } else { "AgentLeaseExpired" }.into(),
+                reason: if ready {
+                    "AgentHeartbeat"
+                } else {
+                    "AgentLeaseExpired"
+                }
+                .into(),
                 message: String::new(),
                 last_transition_time: None,
             }],
@@ -451,10 +477,22 @@ mod tests {
             ..Default::default()
         };
         let cases = [
-            (instance("a", "v2", Some(running("v2"))), true, GridState::Available),
-            (instance("b", "v2", Some(running("v1"))), true, GridState::Switching),
+            (
+                instance("a", "v2", Some(running("v2"))),
+                true,
+                GridState::Available,
+            ),
+            (
+                instance("b", "v2", Some(running("v1"))),
+                true,
+                GridState::Switching,
+            ),
             (instance("c", "v1", Some(failed)), true, GridState::Failed),
-            (instance("d", "v2", Some(running("v2"))), false, GridState::NotReady),
+            (
+                instance("d", "v2", Some(running("v2"))),
+                false,
+                GridState::NotReady,
+            ),
             (instance("e", "v2", None), true, GridState::Pending),
         ];
         for (i, ready, want) in &cases {
@@ -508,7 +546,15 @@ mod tests {
         let last = page(1_000);
         assert_eq!(last["machines"].as_array().unwrap().len(), 200);
         assert_eq!(last["machines"][0]["machine"], "m1000");
-        let none = group_page(instances.iter(), &machines, None, GridState::Available, 0, 10, now);
+        let none = group_page(
+            instances.iter(),
+            &machines,
+            None,
+            GridState::Available,
+            0,
+            10,
+            now,
+        );
         assert_eq!(none["total"], 0, "no machine without a version");
     }
 }

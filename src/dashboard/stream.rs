@@ -9,8 +9,8 @@
 //! [`STREAM_LIFETIME`]; the browser's `EventSource` then reconnects and starts afresh.
 
 use super::model::{Diff, Model, Topic, ViewGuard};
-use hyper::body::Bytes;
 use futures::Stream;
+use hyper::body::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -132,7 +132,12 @@ mod tests {
     #[test]
     fn a_large_diff_should_be_split_into_events_each_one_line_of_json() {
         let rows: Vec<(String, Arc<str>)> = (0..1_200)
-            .map(|i| (format!("m{i}\n<x>"), Arc::from(format!("{{\"n\":{i}}}").as_str())))
+            .map(|i| {
+                (
+                    format!("m{i}\n<x>"),
+                    Arc::from(format!("{{\"n\":{i}}}").as_str()),
+                )
+            })
             .collect();
         let diff = Diff {
             reset: true,

@@ -2,10 +2,10 @@
 //! controller and agents), looked at in a real browser (Chromium through Playwright, see
 //! `browser.rs`), and its live stream read over plain HTTP on both stores.
 
-use deployctl::testing::browser::Browser;
 use crate::common::{spawn, tempdir, write, Backend, Spawned};
 use crate::rollouts::{build_artifact, Fleet};
 use deployctl::api::{Machine, MachineSpec, Object, RolloutPhase};
+use deployctl::testing::browser::Browser;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -57,7 +57,12 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
     rt.block_on(async {
         let mut m = Machine::new("intruder", MachineSpec::default());
         m.metadata.labels.insert("note".into(), hostile.into());
-        f.backend.client().await.create(&m).await.expect("create the Machine");
+        f.backend
+            .client()
+            .await
+            .create(&m)
+            .await
+            .expect("create the Machine");
     });
 
     let files = tempdir();
@@ -84,8 +89,16 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
     b.click("details.group.target summary");
     let member = b.wait_text("details.group.target .members .cell", "healthy");
     assert!(member.starts_with('m'), "a machine of the fleet: {member}");
-    assert_eq!(b.count("details.group.target .members .cell"), 1, "the canary step's one machine");
-    assert_eq!(b.count("#actions button"), 0, "no buttons before signing in");
+    assert_eq!(
+        b.count("details.group.target .members .cell"),
+        1,
+        "the canary step's one machine"
+    );
+    assert_eq!(
+        b.count("#actions button"),
+        0,
+        "no buttons before signing in"
+    );
     let promote = format!("{url}/api/namespaces/default/rollouts/api/actions/promote");
     let (status, body) = b.fetch(&promote, "POST", "{}");
     assert_eq!(status, 403, "{body}");
@@ -122,7 +135,11 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
     b.wait_text("tr.machine td.heartbeat", "ago (lease");
     let text = b.wait_text("tr.machine td.labels", "<script>");
     assert!(text.contains(hostile), "shown verbatim: {text}");
-    assert_eq!(b.count("td.labels script, td.labels img"), 0, "no element made from it");
+    assert_eq!(
+        b.count("td.labels script, td.labels img"),
+        0,
+        "no element made from it"
+    );
     assert_eq!(b.eval("window.__pwned === undefined"), json!(true));
     b.screenshot(&shots().join("machines.png"));
 
@@ -131,7 +148,10 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
     b.screenshot(&shots().join("events.png"));
     // The one error the page may log is the refused promote this test sent on purpose.
     let errors = b.console_errors();
-    let unexpected: Vec<&String> = errors.iter().filter(|e| !e.contains("status of 403")).collect();
+    let unexpected: Vec<&String> = errors
+        .iter()
+        .filter(|e| !e.contains("status of 403"))
+        .collect();
     assert!(unexpected.is_empty(), "the page logged errors: {errors:?}");
     assert_eq!(errors.len(), 1, "the refused promote: {errors:?}");
 }
@@ -163,24 +183,51 @@ fn dashboard_actions_should_need_allow_actions_the_token_and_the_same_origin() {
         let (_d, url) = start_dashboard(&store, &["--token-file", &token_file]);
         let host = url.trim_start_matches("http://").to_string();
         let origin = url.clone();
-        let ok_headers = [("Authorization", bearer.as_str()), ("Origin", origin.as_str()), ("Host", host.as_str())];
-        assert_eq!(post(&url, &ok_headers), 403, "actions off without --allow-actions");
+        let ok_headers = [
+            ("Authorization", bearer.as_str()),
+            ("Origin", origin.as_str()),
+            ("Host", host.as_str()),
+        ];
+        assert_eq!(
+            post(&url, &ok_headers),
+            403,
+            "actions off without --allow-actions"
+        );
     }
     let (_d, url) = start_dashboard(&store, &["--allow-actions", "--token-file", &token_file]);
     let host = url.trim_start_matches("http://").to_string();
     let origin = url.clone();
     assert_eq!(post(&url, &[("Origin", &origin)]), 403, "no token");
     assert_eq!(
-        post(&url, &[("Authorization", &bearer), ("Origin", "http://evil.example")]),
+        post(
+            &url,
+            &[
+                ("Authorization", &bearer),
+                ("Origin", "http://evil.example")
+            ]
+        ),
         403,
         "another origin"
     );
     assert_eq!(post(&url, &[("Authorization", &bearer)]), 403, "no Origin");
-    let (status, _) = http(&url, "GET", "/api/config", &[("Host", "evil.example:80")], "");
+    let (status, _) = http(
+        &url,
+        "GET",
+        "/api/config",
+        &[("Host", "evil.example:80")],
+        "",
+    );
     assert_eq!(status, 421, "a rebound host name is refused");
     assert!(!paused(&store), "nothing was written by a refused action");
     assert_eq!(
-        post(&url, &[("Authorization", &bearer), ("Origin", &origin), ("Host", &host)]),
+        post(
+            &url,
+            &[
+                ("Authorization", &bearer),
+                ("Origin", &origin),
+                ("Host", &host)
+            ]
+        ),
         200
     );
     assert!(paused(&store), "the action wrote spec.paused");
@@ -193,11 +240,20 @@ fn paused(store: &str) -> bool {
 }
 
 /// A minimal HTTP/1.1 request; the status and the body read until the connection closes.
-fn http(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+fn http(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let addr = url.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).expect("the dashboard listens");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
     }
@@ -214,7 +270,13 @@ fn http(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &st
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {text:.200}"));
-    (status, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    (
+        status,
+        text.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string(),
+    )
 }
 
 /// The live stream on both stores: the first message holds every row, a `set version`
@@ -234,22 +296,42 @@ fn dashboard_stream_should_send_rows_then_only_what_changed_on_both_stores() {
                  spec: {{application: api, version: 1.0.0}}\n"
             ));
         }
-        crate::common::run(&store, &["apply", "-f", &write(files.path(), "r.yaml", &docs)]).ok();
+        crate::common::run(
+            &store,
+            &["apply", "-f", &write(files.path(), "r.yaml", &docs)],
+        )
+        .ok();
         let (_d, url) = start_dashboard(&store, &[]);
         let mut sse = Sse::open(&url, "/api/stream?topic=rollouts");
         let first = sse.next_rows();
         assert_eq!(first["reset"], json!(true), "[{label}] {first}");
         let keys = |m: &Value| -> Vec<String> {
-            m["upsert"].as_array().unwrap().iter().map(|r| r[0].as_str().unwrap().to_string()).collect()
+            m["upsert"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r[0].as_str().unwrap().to_string())
+                .collect()
         };
-        assert_eq!(keys(&first), ["default/a", "default/b", "default/c"], "[{label}]");
+        assert_eq!(
+            keys(&first),
+            ["default/a", "default/b", "default/c"],
+            "[{label}]"
+        );
 
         crate::common::run(&store, &["set", "version", "b", "2.0.0"]).ok();
         let change = sse.rows_until(|m| keys(m).contains(&"default/b".to_string()));
         assert_eq!(change["reset"], json!(false), "[{label}] a diff: {change}");
-        assert_eq!(keys(&change), ["default/b"], "[{label}] only the changed row: {change}");
+        assert_eq!(
+            keys(&change),
+            ["default/b"],
+            "[{label}] only the changed row: {change}"
+        );
         let row = &change["upsert"][0][1];
-        assert!(row["version"].as_str().unwrap().contains("2.0.0"), "[{label}] {row}");
+        assert!(
+            row["version"].as_str().unwrap().contains("2.0.0"),
+            "[{label}] {row}"
+        );
 
         crate::common::run(&store, &["delete", "rollout", "c", "--wait=false"]).ok();
         let gone = sse.rows_until(|m| !m["delete"].as_array().unwrap().is_empty());
@@ -355,7 +437,12 @@ fn dashboard_should_show_failures_analysis_and_waves_as_text() {
             },
         );
         r.status = Some(status);
-        backend.client().await.create_with_status(&r).await.expect("create the Rollout");
+        backend
+            .client()
+            .await
+            .create_with_status(&r)
+            .await
+            .expect("create the Rollout");
     });
     let (_d, url) = start_dashboard(&store, &[]);
     let mut b = Browser::launch();
@@ -369,7 +456,11 @@ fn dashboard_should_show_failures_analysis_and_waves_as_text() {
     b.wait_text(".analysis td", "0.42");
     b.wait_text("section table td", "zone-b");
     b.wait_text("#message", markup);
-    assert_eq!(b.count("main img"), 0, "no element made from the store's text");
+    assert_eq!(
+        b.count("main img"),
+        0,
+        "no element made from the store's text"
+    );
     assert_eq!(b.eval("window.__pwned === undefined"), json!(true));
     b.screenshot(&shots().join("degraded.png"));
     let errors = b.console_errors();
