@@ -100,47 +100,34 @@ pub async fn serve(
         sign_ins: Mutex::new(crate::webhook::limit::RateLimits::new(SIGN_IN_PER_MINUTE)),
         shutdown: shutdown.clone(),
     });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+    let conn_shutdown = shutdown.clone();
+    let mut conns = crate::webhook::accept::accept_loop(
+        &listener,
+        MAX_CONNECTIONS,
+        &shutdown,
+        move |stream, peer| {
+            let shared = shared.clone();
+            let shutdown = conn_shutdown.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(answer(&shared, peer, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_HEADER_BYTES)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    r = conn => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    },
+                    _ = shutdown.cancelled() => {}
                 }
-            },
-        };
-        let shared = shared.clone();
-        while conns.try_join_next().is_some() {}
-        let shutdown = shutdown.clone();
-        conns.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, peer, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = shutdown.cancelled() => {}
             }
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while conns.join_next().await.is_some() {}
     })

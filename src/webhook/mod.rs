@@ -6,7 +6,9 @@
 //! - this file: the HTTP server (hyper), its limits, and the answers.
 //! - [`payload`]: reading a body (generic JSON or Docker Hub's) into a version. Pure.
 //! - [`limit`]: the per-source rate limit. Pure, given the time.
+//! - [`accept`]: the accept loop this server and the dashboard share.
 
+pub mod accept;
 pub mod limit;
 pub mod payload;
 
@@ -63,28 +65,9 @@ pub async fn serve(
         client,
         config,
     });
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let mut conns = accept::accept_loop(&listener, MAX_CONNECTIONS, &shutdown, |stream, peer| {
         let shared = shared.clone();
-        while conns.try_join_next().is_some() {}
-        conns.spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&shared, peer, req).await) }
@@ -97,9 +80,9 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
-        });
-    }
+        }
+    })
+    .await;
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
         while conns.join_next().await.is_some() {}
     })
