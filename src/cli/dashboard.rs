@@ -30,7 +30,7 @@ pub struct DashboardArgs {
     /// it is plain HTTP: put a TLS proxy in front.
     #[arg(long, default_value = dashboard::DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// A file holding the token users sign in with (at least 16 printable characters;
+    /// A file holding the token users sign in with (at least 32 printable characters;
     /// at most 8 KiB).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

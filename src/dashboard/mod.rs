@@ -22,7 +22,9 @@ pub mod stream;
 use crate::api::request::Request as RolloutRequest;
 use crate::api::{validation::check_name, Rollout};
 use crate::store::{Client, Error as StoreError};
+use crate::webhook::limit::RateLimits;
 use auth::Access;
+use auth::Credential;
 use futures::StreamExt;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
@@ -31,12 +33,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use model::{Model, Topic};
 use serde_json::json;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Where `deployctl dashboard` listens unless told otherwise.
@@ -59,8 +62,17 @@ pub const ACTION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEARTBEATS: usize = 200;
 /// How long the heartbeats of one request may take to read.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Sign-in attempts one address may make per minute.
-pub const SIGN_IN_PER_MINUTE: u32 = 10;
+/// Wrong tokens and unknown sessions one address may present per minute; past them even
+/// a right one is refused until the minute is over.
+pub const FAILED_AUTH_PER_MINUTE: u32 = 10;
+/// Heartbeat lookups one address may ask for per minute (an open Machines page asks
+/// every 10 s and when its rows change).
+pub const HEARTBEAT_ASKS_PER_MINUTE: u32 = 60;
+/// Live streams one address may hold (a proxy in front makes every user one address).
+pub const MAX_STREAMS_PER_SOURCE: usize = 16;
+/// How long a connection is served: a stream's lifetime and a minute more, so that a
+/// client that stopped reading a stream is cut off.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(31 * 60);
 
 /// The Content-Security-Policy of every answer: the page's own script and style only,
 /// no inline script, no frames, no other origin.
@@ -79,9 +91,66 @@ struct Shared {
     client: Client,
     model: Arc<Model>,
     access: Access,
-    streams: Arc<Semaphore>,
-    sign_ins: Mutex<crate::webhook::limit::RateLimits>,
+    streams: StreamSlots,
+    sessions: auth::Sessions,
+    /// Failed sign-ins and wrong credentials, per source address.
+    failures: Mutex<RateLimits>,
+    /// Heartbeat lookups (each up to 200 store reads), per source address.
+    heartbeat_asks: Mutex<RateLimits>,
     shutdown: CancellationToken,
+}
+
+/// The caps on live streams: [`MAX_STREAMS`] in all, [`MAX_STREAMS_PER_SOURCE`] per
+/// source address.
+struct StreamSlots {
+    all: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A stream's place in [`StreamSlots`], given back when the stream ends.
+pub struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+    source: IpAddr,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl StreamSlots {
+    fn take(&self, source: IpAddr) -> Result<StreamSlot, String> {
+        let mut counts = self
+            .per_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(source).or_default();
+        if *n >= MAX_STREAMS_PER_SOURCE {
+            return Err(format!(
+                "too many live pages open from {source} (at most {MAX_STREAMS_PER_SOURCE}): close some tabs"
+            ));
+        }
+        let permit = self.all.clone().try_acquire_owned().map_err(|_| {
+            format!("too many live pages open (at most {MAX_STREAMS}): close some tabs")
+        })?;
+        *n += 1;
+        Ok(StreamSlot {
+            _permit: permit,
+            source,
+            per_source: self.per_source.clone(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .per_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// Watches the store and serves on `listener` until `shutdown`.
@@ -96,8 +165,13 @@ pub async fn serve(
         client,
         model,
         access: config.access,
-        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
-        sign_ins: Mutex::new(crate::webhook::limit::RateLimits::new(SIGN_IN_PER_MINUTE)),
+        streams: StreamSlots {
+            all: Arc::new(Semaphore::new(MAX_STREAMS)),
+            per_source: Arc::default(),
+        },
+        sessions: auth::Sessions::default(),
+        failures: Mutex::new(RateLimits::new(FAILED_AUTH_PER_MINUTE)),
+        heartbeat_asks: Mutex::new(RateLimits::new(HEARTBEAT_ASKS_PER_MINUTE)),
         shutdown: shutdown.clone(),
     });
     let conn_shutdown = shutdown.clone();
@@ -118,9 +192,13 @@ pub async fn serve(
                     .header_read_timeout(HEADER_TIMEOUT)
                     .max_buf_size(MAX_HEADER_BYTES)
                     .serve_connection(TokioIo::new(stream), service);
+                // A stream ends at its lifetime only when its client reads; one that stopped
+                // reading is cut here.
                 tokio::select! {
-                    r = conn => if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    r = tokio::time::timeout(CONNECTION_LIFETIME, conn) => match r {
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+                        Err(_) => tracing::debug!(%peer, "connection closed at its lifetime"),
+                        Ok(Ok(())) => {}
                     },
                     _ = shutdown.cancelled() => {}
                 }
@@ -191,10 +269,35 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
             "unknown Host: open the dashboard at the address it printed",
         );
     }
-    let signed_in = access.signed_in(
-        header_str(&req, header::COOKIE),
+    let now = Instant::now();
+    let src = source(peer);
+    let session = header_str(&req, header::HeaderName::from_static(auth::SESSION_HEADER))
+        .map(str::to_string)
+        .or_else(|| query_value(req.uri().query().unwrap_or(""), "session"));
+    let credential = access.credential(
         header_str(&req, header::AUTHORIZATION),
+        session.as_deref(),
+        &shared.sessions,
+        now,
     );
+    if credential != Credential::None {
+        // Guessing a token or a session id costs a try of the source's few a minute, and
+        // once they are spent even a right guess is not told apart.
+        let mut failures = shared
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failures.exhausted(src, now) {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many wrong tokens or sessions from this address: wait a minute",
+            );
+        }
+        if credential == Credential::Invalid {
+            failures.allow(src, now);
+        }
+    }
+    let signed_in = credential == Credential::Valid;
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     // The page and its assets need no session: the sign-in form is part of it.
@@ -227,14 +330,10 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
             if !auth::same_origin(header_str(&req, header::ORIGIN), host.as_deref()) {
                 return error(StatusCode::FORBIDDEN, "cross-origin request refused");
             }
-            let mut r = json_answer(StatusCode::OK, json!({}));
-            r.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "deployctl_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-                ),
-            );
-            return r;
+            if let Some(id) = &session {
+                shared.sessions.close(id);
+            }
+            return json_answer(StatusCode::OK, json!({}));
         }
         _ => {}
     }
@@ -246,8 +345,19 @@ async fn route(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Res
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (Method::GET, ["api", "stream"]) => live(shared, req.uri().query().unwrap_or("")),
+        (Method::GET, ["api", "stream"]) => live(shared, src, req.uri().query().unwrap_or("")),
         (Method::GET, ["api", "heartbeats"]) => {
+            let allowed = shared
+                .heartbeat_asks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .allow(src, now);
+            if !allowed {
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many heartbeat lookups from this address: wait a few seconds",
+                );
+            }
             heartbeats(shared, req.uri().query().unwrap_or("")).await
         }
         (Method::GET, ["api", "namespaces", ns, "rollouts", name, "machines"]) => {
@@ -292,7 +402,7 @@ fn query_value(query: &str, key: &str) -> Option<String> {
 }
 
 /// `GET /api/stream?topic=rollouts|machines|events|rollout&namespace=NS&name=NAME`.
-fn live(shared: &Shared, query: &str) -> Response<Body> {
+fn live(shared: &Shared, src: IpAddr, query: &str) -> Response<Body> {
     let topic = match query_value(query, "topic").as_deref() {
         Some("rollouts") => Topic::Rollouts,
         Some("machines") => Topic::Machines,
@@ -317,11 +427,9 @@ fn live(shared: &Shared, query: &str) -> Response<Body> {
             )
         }
     };
-    let Ok(permit) = shared.streams.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("too many live pages open (at most {MAX_STREAMS}): close some tabs"),
-        );
+    let permit = match shared.streams.take(src) {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, why),
     };
     let events = stream::events(shared.model.clone(), topic, permit, shared.shutdown.clone())
         .map(|b| Ok::<_, Infallible>(Frame::data(b)));
@@ -394,12 +502,16 @@ async fn heartbeats(shared: &Shared, query: &str) -> Response<Body> {
         }
     }
     let now = chrono::Utc::now();
-    let names: Vec<String> = names.into_iter().map(str::to_string).collect();
+    // Each name once, and only Machines the dashboard knows: no store read for others.
+    let names: std::collections::BTreeSet<String> = names.into_iter().map(str::to_string).collect();
     let (client, machines) = (shared.client.clone(), shared.model.machines.clone());
     let read = futures::stream::iter(names)
         .map(move |name| {
             let (client, machines) = (client.clone(), machines.clone());
             async move {
+                if machines.get(None, &name).is_none() {
+                    return (name, serde_json::Value::String("unknown machine".into()));
+                }
                 let text = match client.presence(&name).await {
                     Ok(p) => {
                         let m = machines.get(None, &name);
@@ -456,15 +568,17 @@ async fn sign_in(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> R
             "this dashboard has no token: start it with --token-file to sign in",
         );
     }
-    let allowed = shared
-        .sign_ins
+    let now = Instant::now();
+    let src = source(peer);
+    if shared
+        .failures
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .allow(source(peer), Instant::now());
-    if !allowed {
+        .unwrap_or_else(PoisonError::into_inner)
+        .exhausted(src, now)
+    {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
-            "too many sign-in attempts: wait a minute",
+            "too many wrong tokens from this address: wait a minute",
         );
     }
     let body = match read_body(req).await {
@@ -481,24 +595,25 @@ async fn sign_in(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> R
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
     if !shared.access.token_matches(given.token.trim().as_bytes()) {
+        shared
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allow(src, now);
         tracing::warn!(%peer, "refused a dashboard sign-in with a wrong token");
         return error(StatusCode::FORBIDDEN, "wrong token");
     }
-    let cookie = format!(
-        "{}={}; Path=/; HttpOnly; SameSite=Strict",
-        auth::COOKIE,
-        shared.access.session_value().unwrap_or_default()
-    );
-    let mut r = json_answer(StatusCode::OK, json!({ "signedIn": true }));
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
+    let session = shared.sessions.open(now);
+    json_answer(
+        StatusCode::OK,
+        json!({ "signedIn": true, "session": session, "expiresInSeconds": auth::SESSION_TTL.as_secs() }),
+    )
 }
 
-/// The address a rate limit counts: IPv6 by its /64, as one host usually has one.
+/// The address a rate limit counts: IPv4 (also when mapped into IPv6, as a `[::]`
+/// listener sees it), or IPv6 by its /64, as one host usually has one.
 fn source(peer: SocketAddr) -> IpAddr {
-    match peer.ip() {
+    match peer.ip().to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
@@ -508,11 +623,13 @@ fn source(peer: SocketAddr) -> IpAddr {
 }
 
 /// The request a verb names; `undo` may carry `{"toRevision": N}`.
-fn parse_action(verb: &str, body: &[u8]) -> Result<RolloutRequest, String> {
+fn parse_action(verb: &str, body: &[u8]) -> Result<(RolloutRequest, Seen), String> {
     #[derive(serde::Deserialize, Default)]
     #[serde(deny_unknown_fields, rename_all = "camelCase")]
     struct Args {
         to_revision: Option<u32>,
+        generation: Option<i64>,
+        step: Option<u32>,
     }
     let args: Args = if body.iter().all(u8::is_ascii_whitespace) {
         Args::default()
@@ -525,7 +642,11 @@ fn parse_action(verb: &str, body: &[u8]) -> Result<RolloutRequest, String> {
     if args.to_revision == Some(0) {
         return Err("body.toRevision: revisions start at 1".into());
     }
-    Ok(match verb {
+    let seen = Seen {
+        generation: args.generation,
+        step: args.step,
+    };
+    let request = match verb {
         "pause" => RolloutRequest::Pause,
         "resume" => RolloutRequest::Resume,
         "promote" => RolloutRequest::Promote { full: false },
@@ -540,7 +661,45 @@ fn parse_action(verb: &str, body: &[u8]) -> Result<RolloutRequest, String> {
                 "action {other:?}: use promote, promote-full, pause, resume, abort, retry or undo"
             ))
         }
-    })
+    };
+    Ok((request, seen))
+}
+
+/// What the page showed when the user clicked: an action applies only to that, so a
+/// stale page cannot promote past a gate it did not see, nor a second click undo the
+/// first one's undo. `None`: not checked (a script that does not say).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `status.currentStepIndex`.
+    pub step: Option<u32>,
+}
+
+impl Seen {
+    /// `Err` saying what changed when `r` is no longer what was seen.
+    pub fn check(&self, r: &Rollout) -> Result<(), String> {
+        if let Some(g) = self.generation {
+            if r.metadata.generation != Some(g) {
+                return Err(format!(
+                    "the rollout changed since the page showed it (generation {g}, now {}): \
+                     look again",
+                    r.metadata.generation.unwrap_or(0)
+                ));
+            }
+        }
+        if let Some(step) = self.step {
+            let now = r.status.as_ref().and_then(|s| s.current_step_index);
+            if now != Some(step) {
+                return Err(format!(
+                    "the rollout moved on since the page showed it (step {}, now {}): look again",
+                    step + 1,
+                    now.map_or("none".to_string(), |i| (i + 1).to_string())
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `POST /api/namespaces/NS/rollouts/NAME/actions/VERB`: the CLI's request, written as
@@ -562,7 +721,7 @@ async fn action(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let request = match parse_action(verb, &body) {
+    let (request, seen) = match parse_action(verb, &body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -578,7 +737,9 @@ async fn action(
         let now = chrono::Utc::now();
         let mut outcome: Result<String, String> = Err(String::new());
         client
-            .update::<Rollout>(Some(ns), name, |r| outcome = request.apply(r, &token, now))
+            .update::<Rollout>(Some(ns), name, |r| {
+                outcome = seen.check(r).and_then(|()| request.apply(r, &token, now));
+            })
             .await?;
         Ok::<_, StoreError>(outcome.map(|m| (true, m)))
     };
@@ -614,19 +775,20 @@ async fn action(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Object;
 
     #[test]
     fn an_action_should_be_one_of_the_cli_verbs_with_only_undo_taking_a_revision() {
         assert_eq!(
-            parse_action("promote", b"").unwrap(),
+            parse_action("promote", b"").unwrap().0,
             RolloutRequest::Promote { full: false }
         );
         assert_eq!(
-            parse_action("promote-full", b" ").unwrap(),
+            parse_action("promote-full", b" ").unwrap().0,
             RolloutRequest::Promote { full: true }
         );
         assert_eq!(
-            parse_action("undo", br#"{"toRevision": 2}"#).unwrap(),
+            parse_action("undo", br#"{"toRevision": 2}"#).unwrap().0,
             RolloutRequest::Undo {
                 to_revision: Some(2)
             }
@@ -646,6 +808,41 @@ mod tests {
         assert!(
             parse_action("restart", b"").is_err(),
             "not a dashboard action"
+        );
+    }
+
+    #[test]
+    fn an_action_should_apply_only_to_the_rollout_the_page_showed() {
+        let (_, seen) = parse_action("promote", br#"{"generation": 3, "step": 1}"#).unwrap();
+        assert_eq!(
+            seen,
+            Seen {
+                generation: Some(3),
+                step: Some(1)
+            }
+        );
+        let mut r = Rollout::new(
+            "api",
+            crate::api::RolloutSpec {
+                application: "api".into(),
+                version: "v2".into(),
+                ..Default::default()
+            },
+        );
+        r.metadata.generation = Some(3);
+        r.status = Some(crate::api::RolloutStatus {
+            current_step_index: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(seen.check(&r), Ok(()));
+        r.status.as_mut().unwrap().current_step_index = Some(2);
+        assert!(seen.check(&r).unwrap_err().contains("step 2, now 3"));
+        r.metadata.generation = Some(4);
+        assert!(seen.check(&r).unwrap_err().contains("generation 3, now 4"));
+        assert_eq!(
+            Seen::default().check(&r),
+            Ok(()),
+            "a script that does not say"
         );
     }
 

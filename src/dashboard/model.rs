@@ -175,7 +175,8 @@ struct Tables {
     rollouts: Table,
     machines: Table,
     events: Table,
-    /// Event rows are keyed `<time>|<namespace>/<name>` so that the oldest go first;
+    /// Event rows are keyed `<store revision>|<namespace>/<name>` so that the oldest go
+    /// first;
     /// this maps an Event to its row key.
     event_keys: HashMap<ObjectKey, String>,
     /// The reverse of `event_keys`.
@@ -448,11 +449,17 @@ impl Model {
                 changed |= t.events.remove(seq, &old);
             }
             if let Some(e) = self.events.get_key(key) {
-                let time = e.spec.time.or(e.metadata.creation_timestamp);
+                // Ordered (and the oldest dropped) by the store's revision of the write,
+                // not by the time the Event claims: an agent may write Events, and one
+                // dated 9999 must not push every real one off the page.
+                let revision: i64 = e
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 let row_key = format!(
-                    "{}|{}/{}",
-                    time.map(|t| t.format("%Y%m%dT%H%M%S%.6f").to_string())
-                        .unwrap_or_default(),
+                    "{revision:020}|{}/{}",
                     key.namespace.as_deref().unwrap_or_default(),
                     key.name
                 );

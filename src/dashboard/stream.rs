@@ -13,7 +13,6 @@ use futures::Stream;
 use hyper::body::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 /// How often an idle stream sends a comment.
@@ -32,7 +31,7 @@ struct State {
     shutdown: CancellationToken,
     /// Held for the stream's life: the page's table, and the client's place in the cap.
     _view: ViewGuard,
-    _permit: OwnedSemaphorePermit,
+    _permit: super::StreamSlot,
     done: bool,
 }
 
@@ -41,7 +40,7 @@ struct State {
 pub fn events(
     model: Arc<Model>,
     topic: Topic,
-    permit: OwnedSemaphorePermit,
+    permit: super::StreamSlot,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Bytes> + Send {
     let view = model.view(&topic);

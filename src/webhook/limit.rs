@@ -29,6 +29,13 @@ impl RateLimits {
         (tokens + earned).min(self.per_minute as f64)
     }
 
+    /// Whether `source` has no token left at `now` (takes none).
+    pub fn exhausted(&self, source: IpAddr, now: Instant) -> bool {
+        self.buckets
+            .get(&source)
+            .is_some_and(|(t, at)| self.refill(*t, *at, now) < 1.0)
+    }
+
     /// Takes one token for `source` at `now`; false when it has none left.
     pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
         if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_SOURCES {
@@ -76,6 +83,8 @@ mod tests {
             !l.allow(a, t0 + Duration::from_secs(9)),
             "a token takes 10s"
         );
+        assert!(l.exhausted(a, t0 + Duration::from_secs(9)));
+        assert!(!l.exhausted(b, t0), "one taken of six");
         assert!(l.allow(a, t0 + Duration::from_secs(11)));
         assert!(!l.allow(a, t0 + Duration::from_secs(12)));
     }

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "dashboard-test-token-0123456789";
+const TOKEN: &str = "dashboard-test-token-0123456789abcdef";
 
 /// Starts `deployctl dashboard` on a free loopback port with `extra` flags; its URL.
 fn start_dashboard(store: &str, extra: &[&str]) -> (Spawned, String) {
@@ -114,6 +114,13 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
     b.click("#signin button");
     b.wait_text("#notice", "Signed in");
     b.wait_text("#action-promote", "Promote");
+    // The session lives in this origin's sessionStorage, not in a cookie that the
+    // browser would also send to other ports of 127.0.0.1.
+    assert_eq!(b.eval("document.cookie"), json!(""));
+    assert_eq!(
+        b.eval("(sessionStorage.getItem('deployctl-session') || '').length"),
+        json!(64)
+    );
     b.screenshot(&shots().join("rollout.png"));
     // README's picture: `DEPLOYCTL_BLESS=1 cargo test --test e2e dashboard_should_show`.
     if std::env::var_os("DEPLOYCTL_BLESS").is_some() {
@@ -231,6 +238,40 @@ fn dashboard_actions_should_need_allow_actions_the_token_and_the_same_origin() {
         200
     );
     assert!(paused(&store), "the action wrote spec.paused");
+    // An action made on what the page showed (its generation) is refused once the
+    // rollout changed since.
+    let body = r#"{"generation": 1}"#;
+    let resume = "/api/namespaces/default/rollouts/api/actions/resume";
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Origin", origin.as_str()),
+        ("Host", host.as_str()),
+    ];
+    let (status, text) = http(&url, "POST", resume, &headers, body);
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("changed since the page showed it"), "{text}");
+    assert!(paused(&store), "a refused resume wrote nothing");
+
+    // Guessing: ten wrong tokens, then even the right one is refused for a while.
+    let wrong = format!("Bearer {TOKEN}x");
+    for _ in 0..10 {
+        let (status, _) = http(
+            &url,
+            "GET",
+            "/api/config",
+            &[("Authorization", wrong.as_str())],
+            "",
+        );
+        assert_eq!(status, 200, "config answers, signed out");
+    }
+    let (status, text) = http(
+        &url,
+        "GET",
+        "/api/config",
+        &[("Authorization", bearer.as_str())],
+        "",
+    );
+    assert_eq!(status, 429, "{text}");
 }
 
 fn paused(store: &str) -> bool {

@@ -53,8 +53,17 @@ function notice(text, kind) {
   n.hidden = !text;
 }
 
+// The session of a sign-in lives in this tab's sessionStorage, which is per origin
+// (port included), and goes out in a header: never in a cookie, which a browser would
+// also send to every other port of this host.
+const SESSION_KEY = 'deployctl-session';
+function session() { return sessionStorage.getItem(SESSION_KEY) || ''; }
+
 async function api(path, options) {
-  const r = await fetch(path, Object.assign({ credentials: 'same-origin' }, options || {}));
+  const opts = Object.assign({ credentials: 'omit' }, options || {});
+  opts.headers = Object.assign({}, opts.headers || {});
+  if (session()) opts.headers['X-Deployctl-Session'] = session();
+  const r = await fetch(path, opts);
   let body = {};
   try { body = await r.json(); } catch (_) { body = {}; }
   if (!r.ok) throw new Error(body.error || (r.status + ' ' + r.statusText));
@@ -65,7 +74,9 @@ async function api(path, options) {
  * once per animation frame). Returns a function that closes it. */
 function live(params, onChange) {
   const rows = new Map();
-  const source = new EventSource('/api/stream?' + new URLSearchParams(params));
+  // An EventSource cannot send headers: the session goes in its query.
+  const query = Object.assign({}, params, session() ? { session: session() } : {});
+  const source = new EventSource('/api/stream?' + new URLSearchParams(query));
   const dot = document.getElementById('live');
   let pending = false;
   let changed = new Set();
@@ -234,7 +245,7 @@ function eventsPage(app) {
   app.append(el('h1', { text: 'Events' }), el('div', { class: 'tools' }, filter, type, count), body);
   let last = new Map();
   const render = () => {
-    // Keys start with the event's time: the newest are last.
+    // Keys start with the store's revision of each Event: the newest are last.
     const keys = [...last.keys()].sort().reverse();
     const shown = keys.map((k) => last.get(k))
       .filter((e) => (!type.value || e.type === type.value) &&
@@ -267,11 +278,13 @@ const ACTIONS = [
   ['undo', 'Undo', 'Roll back to the previous revision\'s version'],
 ];
 
-async function act(ns, name, verb, label) {
+/** Asks, then acts on the rollout as the page shows it (`seen`: its generation and
+ * step), so that a stale page cannot act on what it did not show. */
+async function act(ns, name, verb, label, seen) {
   if (!window.confirm(`${label} rollout ${ns}/${name}?`)) return;
   try {
     const r = await api(`/api/namespaces/${encodeURIComponent(ns)}/rollouts/${encodeURIComponent(name)}/actions/${verb}`, {
-      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}',
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(seen()),
     });
     notice(`rollout ${ns}/${name}: ${r.message}`, 'ok');
   } catch (e) {
@@ -292,11 +305,17 @@ function rolloutPage(app, ns, name) {
     section('Machines', el('p', { class: 'muted', text: 'Grouped by the version they run and their state; open a group to list its machines.' }), gridBox));
   if (state.config && state.config.actions) {
     for (const [verb, label, help] of ACTIONS) {
-      actions.append(el('button', { type: 'button', id: 'action-' + verb, title: help, text: label, onclick: () => act(ns, name, verb, label) }));
+      actions.append(el('button', { type: 'button', id: 'action-' + verb, title: help, text: label, onclick: () => act(ns, name, verb, label, seen) }));
     }
   }
-  const open = new Map(); // group key -> {node, offset}
+  const open = new Map(); // group key -> the list element of an open group
   let detail = null;
+  const seen = () => {
+    if (!detail) return {};
+    const o = detail.object;
+    const step = (o.status || {}).currentStepIndex;
+    return Object.assign({ generation: o.metadata.generation }, typeof step === 'number' ? { step } : {});
+  };
   let groups = [];
 
   const renderHead = () => {
@@ -460,6 +479,8 @@ function order(g) { return ROLE_ORDER.indexOf(g.role) * 100 + STATE_ORDER.indexO
 async function loadConfig() {
   state.config = await api('/api/config');
   const c = state.config;
+  // A session the server no longer knows (expired, signed out elsewhere, restarted).
+  if (session() && !c.signedIn) sessionStorage.removeItem(SESSION_KEY);
   document.getElementById('signin').hidden = !(c.canSignIn && !c.signedIn && (c.actionsAllowed || c.signInNeeded));
   document.getElementById('signout').hidden = !c.signedIn || !c.canSignIn;
 }
@@ -470,7 +491,12 @@ function route() {
   state.timers = [];
   const app = document.getElementById('app');
   clear(app);
-  const parts = (location.hash.replace(/^#\/?/, '') || 'rollouts').split('/').map(decodeURIComponent);
+  let parts;
+  try {
+    parts = (location.hash.replace(/^#\/?/, '') || 'rollouts').split('/').map(decodeURIComponent);
+  } catch (_) {
+    parts = ['rollouts'];
+  }
   for (const n of ['rollouts', 'machines', 'events']) {
     document.getElementById('nav-' + n).className = parts[0] === n ? 'active' : '';
   }
@@ -489,7 +515,8 @@ async function start() {
     ev.preventDefault();
     const input = document.getElementById('token');
     try {
-      await api('/api/login', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ token: input.value }) });
+      const r = await api('/api/login', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ token: input.value }) });
+      sessionStorage.setItem(SESSION_KEY, r.session);
       input.value = '';
       notice('Signed in.', 'ok');
     } catch (e) {
@@ -500,6 +527,7 @@ async function start() {
   });
   document.getElementById('signout').addEventListener('click', async () => {
     await api('/api/logout', { method: 'POST' }).catch(() => {});
+    sessionStorage.removeItem(SESSION_KEY);
     await loadConfig();
     route();
   });
