@@ -4,7 +4,7 @@
 
 use crate::common::Backend;
 use crate::rollouts::{build_artifact, condition, hook, Fleet, COUNT_ACTIVATIONS};
-use deployctl::api::{AnalysisPhase, RolloutPhase};
+use deployctl::api::{AnalysisPhase, AnalysisRunStatus, RolloutPhase};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -102,6 +102,25 @@ fn at_v1(label: &'static str, backend: Backend, template: Value) -> (Fleet, Vec<
     (f, machines)
 }
 
+/// Waits until every machine is back on `stable` and the Rollout is Degraded with
+/// `AnalysisFailed`; returns the newest analysis run.
+fn rolled_back_by_analysis(f: &Fleet, machines: &[String], stable: &str) -> AnalysisRunStatus {
+    let release = format!("releases/{stable}");
+    let r = f.wait(
+        &format!("every machine back on {stable} and Degraded with AnalysisFailed"),
+        || {
+            let r = f.get_rollout();
+            let back = machines
+                .iter()
+                .all(|m| f.current(m).as_deref() == Some(release.as_str()));
+            let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
+            (back && degraded && condition(&r, "Degraded")?.1 == "AnalysisFailed").then_some(r)
+        },
+    );
+    let mut st = r.status.expect("the waited-for condition is in the status");
+    st.analysis_runs.pop().expect("the analysis ran")
+}
+
 fn http_template(server: &RateServer) -> Value {
     template(
         json!({ "http": {
@@ -139,20 +158,7 @@ fn an_http_analysis_should_promote_a_good_canary_and_roll_a_bad_one_back_on_ever
         // Bad: the canary's error rate is 50%; v3 goes back to v2 everywhere.
         *server.body.lock().expect("not poisoned") = r#"{"rate": 0.5}"#.into();
         f.run(&["set", "version", "api", "v3"]).ok();
-        let r = f.wait(
-            "every machine back on v2 and Degraded with AnalysisFailed",
-            || {
-                let r = f.get_rollout();
-                let back = machines
-                    .iter()
-                    .all(|m| f.current(m).as_deref() == Some("releases/v2"));
-                let reason = condition(&r, "Degraded")?.1;
-                let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
-                (back && degraded && reason == "AnalysisFailed").then_some(r)
-            },
-        );
-        let st = r.status.expect("the waited-for condition is in the status");
-        let run = st.analysis_runs.last().expect("the analysis step ran");
+        let run = rolled_back_by_analysis(&f, &machines, "v2");
         assert_eq!(run.phase, AnalysisPhase::Failed, "[{label}] {run:?}");
         assert!(
             run.message.contains("last value 0.5"),
@@ -314,23 +320,7 @@ fn a_prometheus_analysis_should_promote_on_a_real_prometheus_and_roll_back_past_
         );
 
         f.run(&["set", "version", "api", "v3"]).ok();
-        let r = f.wait(
-            "v3 rolled back on every machine after the analysis failed",
-            || {
-                let r = f.get_rollout();
-                let back = machines
-                    .iter()
-                    .all(|m| f.current(m).as_deref() == Some("releases/v2"));
-                let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
-                (back && degraded && condition(&r, "Degraded")?.1 == "AnalysisFailed").then_some(r)
-            },
-        );
-        let run = r
-            .status
-            .expect("degraded")
-            .analysis_runs
-            .pop()
-            .expect("ran");
+        let run = rolled_back_by_analysis(&f, &machines, "v2");
         assert_eq!(run.phase, AnalysisPhase::Failed, "[{label}] {run:?}");
         assert!(
             run.message.contains("last value 0.2"),
@@ -386,23 +376,7 @@ fn a_failing_background_analysis_should_roll_back_while_the_steps_wait() {
     );
     f.apply(&[http_template(&server)]);
     f.run(&["set", "version", "api", "v2"]).ok();
-    let r = f.wait(
-        "v2 rolled back after the background analysis failed",
-        || {
-            let r = f.get_rollout();
-            let back = machines
-                .iter()
-                .all(|m| f.current(m).as_deref() == Some("releases/v1"));
-            let degraded = r.status.as_ref()?.phase == RolloutPhase::Degraded;
-            (back && degraded && condition(&r, "Degraded")?.1 == "AnalysisFailed").then_some(r)
-        },
-    );
-    let run = r
-        .status
-        .expect("degraded")
-        .analysis_runs
-        .pop()
-        .expect("ran");
+    let run = rolled_back_by_analysis(&f, &machines, "v1");
     assert!(run.background, "{run:?}");
     assert_eq!(run.phase, AnalysisPhase::Failed, "{run:?}");
 }

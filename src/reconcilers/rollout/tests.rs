@@ -990,23 +990,37 @@ fn a_version_that_never_staged_should_leave_staged_when_the_rollout_goes_back() 
     }
 }
 
-/// Canary steps that stop at a pause after the first machine and again after the second.
-fn two_pauses() -> Vec<Step> {
-    let pause = || Step {
+/// A `machines: n` step.
+fn machines_step(n: u32) -> Step {
+    Step {
+        machines: Some(n),
+        ..Default::default()
+    }
+}
+
+/// A pause step that waits for a promote.
+fn pause_step() -> Step {
+    Step {
         pause: Some(PauseStep { duration: None }),
         ..Default::default()
-    };
+    }
+}
+
+/// A `setWeight: w` step.
+fn weight_step(w: u32) -> Step {
+    Step {
+        set_weight: Some(w),
+        ..Default::default()
+    }
+}
+
+/// Canary steps that stop at a pause after the first machine and again after the second.
+fn two_pauses() -> Vec<Step> {
     vec![
-        Step {
-            machines: Some(1),
-            ..Default::default()
-        },
-        pause(),
-        Step {
-            machines: Some(2),
-            ..Default::default()
-        },
-        pause(),
+        machines_step(1),
+        pause_step(),
+        machines_step(2),
+        pause_step(),
     ]
 }
 

@@ -13,10 +13,7 @@ use crate::api::{
 
 fn steps() -> Vec<Step> {
     vec![
-        Step {
-            machines: Some(1),
-            ..Default::default()
-        },
+        machines_step(1),
         Step {
             analysis: Some(AnalysisStep {
                 templates: vec![TemplateRef {
@@ -29,10 +26,7 @@ fn steps() -> Vec<Step> {
             }),
             ..Default::default()
         },
-        Step {
-            set_weight: Some(50),
-            ..Default::default()
-        },
+        weight_step(50),
     ]
 }
 
@@ -361,20 +355,7 @@ fn background(starting_step: u32) -> Option<crate::api::BackgroundAnalysis> {
 /// analysis from step 1; then 2.0 started and held at the pause.
 fn with_background() -> Fleet {
     let mut fleet = Fleet::new(4, strategy(IntOrPercent::Int(1)));
-    fleet.rollout.spec.strategy.steps = vec![
-        Step {
-            machines: Some(1),
-            ..Default::default()
-        },
-        Step {
-            pause: Some(PauseStep { duration: None }),
-            ..Default::default()
-        },
-        Step {
-            set_weight: Some(50),
-            ..Default::default()
-        },
-    ];
+    fleet.rollout.spec.strategy.steps = vec![machines_step(1), pause_step(), weight_step(50)];
     fleet.rollout.spec.strategy.analysis = background(1);
     complete_v1(&mut fleet);
     assert!(

@@ -202,16 +202,7 @@ fn require_label_should_leave_unlabelled_machines_unswitched_and_say_so() {
 #[test]
 fn canary_steps_should_take_their_machines_from_the_first_wave() {
     let mut fleet = zoned(&["b", "b", "a", "a"], 1, by_zone(&["a", "b"]));
-    fleet.rollout.spec.strategy.steps = vec![
-        Step {
-            machines: Some(1),
-            ..Default::default()
-        },
-        Step {
-            pause: Some(PauseStep { duration: None }),
-            ..Default::default()
-        },
-    ];
+    fleet.rollout.spec.strategy.steps = vec![machines_step(1), pause_step()];
     fleet.set_version("2.0");
     fleet.run(100);
     assert_eq!(fleet.status().phase, RolloutPhase::Paused);
@@ -224,16 +215,7 @@ fn first_switch_with_one_down(order: SwitchOrder) -> Vec<String> {
     let mut fleet = Fleet::new(4, strategy(IntOrPercent::Int(2)));
     complete_v1(&mut fleet);
     fleet.rollout.spec.strategy.order = order;
-    fleet.rollout.spec.strategy.steps = vec![
-        Step {
-            machines: Some(1),
-            ..Default::default()
-        },
-        Step {
-            pause: Some(PauseStep { duration: None }),
-            ..Default::default()
-        },
-    ];
+    fleet.rollout.spec.strategy.steps = vec![machines_step(1), pause_step()];
     fleet.set_version("2.0");
     fleet.decide();
     fleet.agents();
