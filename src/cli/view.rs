@@ -57,7 +57,7 @@ impl Style {
 
 /// The few colours the view uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Paint {
+pub enum Paint {
     None,
     Green,
     Yellow,
@@ -926,7 +926,7 @@ fn machine_cells(i: &Instance, target: &str, fleet: &Fleet) -> ((String, Paint),
 
 /// What a machine is doing beyond its phase; its last error wins, being what a person
 /// needs first.
-fn instance_info(i: &Instance, target: &str) -> (String, Paint) {
+pub fn instance_info(i: &Instance, target: &str) -> (String, Paint) {
     let Some(s) = i.status.as_ref() else {
         return ("no status yet".into(), Paint::Dim);
     };

@@ -472,6 +472,7 @@ fn group_machines(shared: &Shared, ns: &str, name: &str, query: &str) -> Respons
     let page = rows::group_page(
         instances.iter().map(|i| &**i),
         &machines,
+        &rows::target_of(&r),
         version.as_deref(),
         state,
         offset,

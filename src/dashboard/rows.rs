@@ -8,7 +8,7 @@ use crate::api::{
     find_condition, ConditionStatus, Event, Instance, InstancePhase, Machine, Rollout,
 };
 use crate::cli::output::{rollout_phase, rollout_version, NotCounted};
-use crate::cli::view::{describe_step, gate, step_text, strategy_name};
+use crate::cli::view::{describe_step, gate, instance_info, step_text, strategy_name};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -17,13 +17,18 @@ use std::collections::BTreeMap;
 /// Machines listed at most per group page of a rollout's grid.
 pub const MAX_GROUP_PAGE: usize = 500;
 
+/// The version a Rollout is going to: the one its status works on, else its spec's.
+pub fn target_of(r: &Rollout) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.target_version.clone())
+        .unwrap_or_else(|| r.spec.version.clone())
+}
+
 /// A row of the Rollouts page: one Rollout.
 pub fn rollout_row(r: &Rollout, now: DateTime<Utc>) -> Value {
     let st = r.status.clone().unwrap_or_default();
-    let target = st
-        .target_version
-        .clone()
-        .unwrap_or_else(|| r.spec.version.clone());
+    let target = target_of(r);
     // The bar: machines on the target (updated, of which failed ones are shown apart),
     // with the target staged but not switched, failed, and the rest (on the stable or
     // another version). Each from the status the controller wrote in one write.
@@ -194,11 +199,7 @@ pub fn grid<'a>(
     machines: &impl Fn(&str) -> Option<std::sync::Arc<Machine>>,
     now: DateTime<Utc>,
 ) -> BTreeMap<String, Value> {
-    let target = r
-        .status
-        .as_ref()
-        .and_then(|s| s.target_version.clone())
-        .unwrap_or_else(|| r.spec.version.clone());
+    let target = target_of(r);
     let stable = r.status.as_ref().and_then(|s| s.stable_version.clone());
     let mut counts: BTreeMap<(Option<String>, GridState), u32> = BTreeMap::new();
     for i in instances {
@@ -228,26 +229,10 @@ pub fn grid<'a>(
 }
 
 /// One machine of a grid group, as the expanded group lists it.
-pub fn grid_machine(i: &Instance, state: GridState) -> Value {
+pub fn grid_machine(i: &Instance, state: GridState, target: &str) -> Value {
     let st = i.status.clone().unwrap_or_default();
-    let detail = match &st.failure {
-        Some(f) => format!(
-            "{} {} failed: {}: {}",
-            f.operation, f.version, f.reason, f.message
-        ),
-        None => {
-            let mut parts = Vec::new();
-            if let Some(want) = i.spec.current.as_deref() {
-                if st.current_version.as_deref() != Some(want) {
-                    parts.push(format!("switching to {want}"));
-                }
-            }
-            if st.current_version.is_some() {
-                parts.push(if st.healthy { "healthy" } else { "unhealthy" }.to_string());
-            }
-            parts.join(", ")
-        }
-    };
+    // In the words of the live view's machine lines.
+    let (detail, _) = instance_info(i, target);
     json!({
         "machine": i.spec.machine,
         "state": state.as_str(),
@@ -265,6 +250,7 @@ pub fn grid_machine(i: &Instance, state: GridState) -> Value {
 pub fn group_page<'a>(
     instances: impl IntoIterator<Item = &'a Instance>,
     machines: &impl Fn(&str) -> Option<std::sync::Arc<Machine>>,
+    target: &str,
     version: Option<&str>,
     state: GridState,
     offset: usize,
@@ -286,7 +272,7 @@ pub fn group_page<'a>(
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|(i, s)| grid_machine(i, s))
+        .map(|(i, s)| grid_machine(i, s, target))
         .collect();
     json!({"total": total, "offset": offset, "machines": page})
 }
@@ -532,6 +518,7 @@ mod tests {
             group_page(
                 instances.iter(),
                 &machines,
+                "v2",
                 Some("v2"),
                 GridState::Available,
                 offset,
@@ -549,6 +536,7 @@ mod tests {
         let none = group_page(
             instances.iter(),
             &machines,
+            "v2",
             None,
             GridState::Available,
             0,
