@@ -476,7 +476,6 @@ fn group_machines(shared: &Shared, ns: &str, name: &str, query: &str) -> Respons
         version.as_deref(),
         state,
         offset,
-        rows::MAX_GROUP_PAGE,
         chrono::Utc::now(),
     );
     json_answer(StatusCode::OK, page)
