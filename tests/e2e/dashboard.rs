@@ -35,10 +35,16 @@ fn shots() -> PathBuf {
 
 /// The rollout page, its rows live; a set version, a pause step, promote with the token;
 /// without it no buttons and 403; a hostile label shown as text; a screenshot of each
-/// page. On the embedded store: the stream is checked on both stores below.
+/// page; on both stores.
 #[test]
 fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
-    let mut f = Fleet::new("dashboard", Backend::embedded());
+    for (label, backend) in Backend::all() {
+        live_rollout_in_a_browser(label, backend);
+    }
+}
+
+fn live_rollout_in_a_browser(label: &'static str, backend: Backend) {
+    let mut f = Fleet::new(label, backend);
     for v in ["v1", "v2"] {
         build_artifact(&f.artifacts(), v);
     }
@@ -78,7 +84,7 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
     let row = b.wait_text("tr.rollout", "Paused");
     assert!(row.contains("2/2"), "the row shows the pause step: {row}");
     assert_eq!(b.eval("window.__marker"), json!("still here"), "no reload");
-    b.screenshot(&shots().join("rollouts.png"));
+    b.screenshot(&shots().join(format!("{label}-rollouts.png")));
 
     // The rollout's page: steps, grid; no action buttons without the token, and the
     // endpoint refuses.
@@ -121,7 +127,7 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
         b.eval("(sessionStorage.getItem('deployctl-session') || '').length"),
         json!(64)
     );
-    b.screenshot(&shots().join("rollout.png"));
+    b.screenshot(&shots().join(format!("{label}-rollout.png")));
     // README's picture: `DEPLOYCTL_BLESS=1 cargo test --test e2e dashboard_should_show`.
     if std::env::var_os("DEPLOYCTL_BLESS").is_some() {
         b.screenshot(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png"));
@@ -148,11 +154,11 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
         "no element made from it"
     );
     assert_eq!(b.eval("window.__pwned === undefined"), json!(true));
-    b.screenshot(&shots().join("machines.png"));
+    b.screenshot(&shots().join(format!("{label}-machines.png")));
 
     b.goto(&format!("{url}/#/events"));
     b.wait_text("tr.event", "rollout/api");
-    b.screenshot(&shots().join("events.png"));
+    b.screenshot(&shots().join(format!("{label}-events.png")));
     // The one error the page may log is the refused promote this test sent on purpose.
     let errors = b.console_errors();
     let unexpected: Vec<&String> = errors
@@ -167,8 +173,13 @@ fn dashboard_should_show_a_rollout_live_and_promote_it_in_a_real_browser() {
 /// cannot act even with it.
 #[test]
 fn dashboard_actions_should_need_allow_actions_the_token_and_the_same_origin() {
-    let b = Backend::embedded();
-    let store = b.url();
+    for (_, backend) in Backend::all() {
+        actions_need_allow_actions_the_token_and_the_same_origin(&backend);
+    }
+}
+
+fn actions_need_allow_actions_the_token_and_the_same_origin(backend: &Backend) {
+    let store = backend.url();
     let files = tempdir();
     let token_file = write(files.path(), "token", TOKEN);
     let manifest = write(
@@ -434,7 +445,12 @@ impl Sse {
 /// waves, all as text, markup in them included.
 #[test]
 fn dashboard_should_show_failures_analysis_and_waves_as_text() {
-    let backend = Backend::embedded();
+    for (label, backend) in Backend::all() {
+        failures_analysis_and_waves_as_text(label, &backend);
+    }
+}
+
+fn failures_analysis_and_waves_as_text(label: &str, backend: &Backend) {
     let store = backend.url();
     let markup = "<img src=x onerror=\"window.__pwned=1\">";
     let status: deployctl::api::RolloutStatus = serde_json::from_value(json!({
@@ -503,7 +519,7 @@ fn dashboard_should_show_failures_analysis_and_waves_as_text() {
         "no element made from the store's text"
     );
     assert_eq!(b.eval("window.__pwned === undefined"), json!(true));
-    b.screenshot(&shots().join("degraded.png"));
+    b.screenshot(&shots().join(format!("{label}-degraded.png")));
     let errors = b.console_errors();
     assert!(errors.is_empty(), "the page logged errors: {errors:?}");
 }
